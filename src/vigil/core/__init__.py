@@ -1,0 +1,34 @@
+"""The bottom layer: errors, the clinical variable catalog, model packages (numpy, pydantic only)."""
+
+from vigil.core.catalog import CATALOG, MEASURED, Conversion, Kind, Variable, variable
+from vigil.core.errors import (
+    AggregationError,
+    ConfigError,
+    DataError,
+    FHIRError,
+    FHIRResourceError,
+    FHIRTransportError,
+    ModelArtifactError,
+    NotFittedError,
+    ScoringError,
+    VigilError,
+)
+
+__all__ = [
+    "CATALOG",
+    "MEASURED",
+    "AggregationError",
+    "ConfigError",
+    "Conversion",
+    "DataError",
+    "FHIRError",
+    "FHIRResourceError",
+    "FHIRTransportError",
+    "Kind",
+    "ModelArtifactError",
+    "NotFittedError",
+    "ScoringError",
+    "Variable",
+    "VigilError",
+    "variable",
+]

@@ -1,0 +1,148 @@
+"""The one exception tree of vigil.
+
+::
+
+    VigilError
+    ├── ConfigError            bad settings, options or arguments
+    ├── DataError              input data does not have the expected shape or content
+    ├── FHIRError
+    │   ├── FHIRTransportError the server could not be reached or answered an error
+    │   └── FHIRResourceError  a resource is malformed or cannot be mapped
+    ├── ModelArtifactError     a model package or calibration record is missing, changed or unfit
+    ├── ScoringError           inference failed
+    ├── AggregationError       a federated round could not be aggregated
+    └── NotFittedError         an estimator was used before ``fit`` (also a ``ValueError``)
+
+Messages say what was expected, what came, and what to do. They never contain a
+patient identifier: context that could identify a patient is never attached.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AggregationError",
+    "ConfigError",
+    "DataError",
+    "FHIRError",
+    "FHIRResourceError",
+    "FHIRTransportError",
+    "ModelArtifactError",
+    "NotFittedError",
+    "ScoringError",
+    "VigilError",
+]
+
+
+class VigilError(Exception):
+    """Base class of every error vigil raises on purpose."""
+
+
+class ConfigError(VigilError):
+    """A setting, option or argument is invalid.
+
+    Parameters
+    ----------
+    message : str
+        What was expected, what came, and what to do.
+    key : str or None, optional
+        The name of the offending setting or option.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class DataError(VigilError):
+    """Input data does not have the expected shape, columns or content.
+
+    Parameters
+    ----------
+    message : str
+        What was expected, what came, and what to do.
+    source : str or None, optional
+        The file or table the data came from.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class FHIRError(VigilError):
+    """Base class of FHIR problems."""
+
+
+class FHIRTransportError(FHIRError):
+    """A FHIR server could not be reached or answered with an error.
+
+    Parameters
+    ----------
+    message : str
+        What happened; never contains a credential.
+    url : str or None, optional
+        The request URL without its query string.
+    status : int or None, optional
+        The HTTP status, when there was a response.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class FHIRResourceError(FHIRError):
+    """A FHIR resource is malformed or cannot be mapped to a clinical value.
+
+    Parameters
+    ----------
+    message : str
+        Why the resource was rejected (the quarantine reason).
+    resource_type : str or None, optional
+        The ``resourceType`` of the rejected resource.
+    """
+
+    def __init__(self, message: str, *, resource_type: str | None = None) -> None:
+        super().__init__(message)
+        self.resource_type = resource_type
+
+
+class ModelArtifactError(VigilError):
+    """A model package or calibration record is missing, changed, or does not fit.
+
+    Parameters
+    ----------
+    message : str
+        What was expected and what was found.
+    path : str or None, optional
+        The file that failed the check.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ScoringError(VigilError):
+    """Inference failed or produced values that are not probabilities."""
+
+
+class AggregationError(VigilError):
+    """A federated round could not be aggregated.
+
+    Parameters
+    ----------
+    message : str
+        What was expected and what came.
+    round_ : int or None, optional
+        The round number.
+    """
+
+    def __init__(self, message: str, *, round_: int | None = None) -> None:
+        super().__init__(message)
+        self.round_ = round_
+
+
+class NotFittedError(VigilError, ValueError):
+    """An estimator was used before ``fit`` was called."""
