@@ -1,0 +1,106 @@
+"""``vigil evaluate``: AUROC, AUPRC, normalized utility and threshold metrics, per hospital."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+from vigil.core.errors import ConfigError
+from vigil.data.splits import Split
+from vigil.features.baselines import Rule
+
+METRICS = ("auroc", "auprc", "utility", "sensitivity", "specificity", "ppv")
+
+
+def show(result: dict[str, Any], title: str) -> None:
+    """Print an evaluation as a table: overall and one row per hospital."""
+    out = Table(title=title)
+    out.add_column("hospital")
+    for col in ("patients", "rows", *METRICS):
+        out.add_column(col, justify="right")
+    rows = [("all", result), *sorted(result["by_hospital"].items())]
+    for name, r in rows:
+        out.add_row(name, f"{r['n_patients']:,}", f"{r['n_rows']:,}",
+                    *(f"{r[m]:.4f}" for m in METRICS))
+    print_table(out)
+    err_console.print(f"threshold: {result['threshold']:.4f}")
+
+
+@guarded
+def evaluate(
+    data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
+    model: Annotated[Path | None, typer.Option(help="Model package directory.")] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(help="Parquet of predictions made elsewhere: patient_id, ICULOS, "
+                          "probability, prediction."),
+    ] = None,
+    baseline: Annotated[Rule | None, typer.Option(help="Evaluate a rule baseline instead.")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration record to apply (probability and threshold).")
+    ] = None,
+    split: Annotated[
+        Split, typer.Option(help="Patients to evaluate (vigil's deterministic patient split).")
+    ] = Split.ALL,
+    threshold: Annotated[
+        float | None, typer.Option(help="Override the decision threshold.")
+    ] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="Require the package signature to verify with this key.")
+    ] = None,
+    out_predictions: Annotated[
+        Path | None, typer.Option(help="Write hourly predictions to this parquet file.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score every hour causally and report metrics, overall and per hospital."""
+    from vigil.data import load_physionet, patient_split
+    from vigil.runtime import offline
+
+    chosen = [x for x in (model, predictions, baseline) if x is not None]
+    if len(chosen) != 1:
+        raise ConfigError("expected exactly one of --model, --predictions or --baseline", key="model")
+    table = load_physionet(data)
+    if split is not Split.ALL:
+        table = table.select(patient_split(table.grid.patient_ids, split).nonzero()[0])
+    prediction = None
+    if model is not None:
+        from vigil.core.package import read_package
+        from vigil.features import FEATURE_SCHEMA
+
+        package = read_package(
+            model, public_key=public_key, expected_schema_sha256=FEATURE_SCHEMA.sha256
+        )
+        probability = offline.score_table(package, table)
+        cut = package.manifest.threshold
+        if calibration is not None:
+            from vigil.calibration.record import load_record
+
+            record = load_record(calibration, package=package)
+            probability = record.transform(probability)
+            cut = record.threshold
+        title = f"{package.manifest.name} {package.manifest.version}"
+    elif baseline is not None:
+        probability = offline.rule_scores(baseline, table).astype(float)
+        cut = offline.rule_threshold(baseline)
+        title = f"rule baseline {baseline.value}"
+    else:
+        import pandas as pd
+
+        assert predictions is not None
+        probability, prediction = offline.scores_from_predictions(table, pd.read_parquet(predictions))
+        cut = float("nan")
+        title = f"predictions {predictions.name}"
+    if threshold is not None:
+        cut, prediction = threshold, None
+    result = offline.evaluate_rows(table, probability, threshold=cut, prediction=prediction)
+    if out_predictions is not None:
+        offline.predictions_frame(table, probability, threshold=cut).to_parquet(out_predictions)
+    if json_out:
+        print_json(result)
+    else:
+        show(result, title)

@@ -1,0 +1,28 @@
+"""The ``vigil`` command: one typer application, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from vigil import __version__
+from vigil.cli import data, evaluate
+
+app = typer.Typer(
+    name="vigil",
+    help="Federated sepsis risk models: train across hospitals, run on premises.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.command("evaluate")(evaluate.evaluate)
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Federated sepsis risk models: train across hospitals, run on premises."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
