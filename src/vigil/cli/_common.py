@@ -70,7 +70,7 @@ def fail_on_vigil_error() -> Iterator[None]:
     try:
         yield
     except VigilError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 

@@ -236,6 +236,8 @@ def build_latest_features(grid: HourlyGrid) -> NDArray[np.float32]:
     -------
     ndarray of shape (grid.n_patients, len(FEATURE_SCHEMA))
     """
+    if grid.n_patients == 0:
+        return np.zeros((0, len(FEATURE_SCHEMA)), dtype=np.float32)
     ends = grid.starts[1:]
     begins = np.maximum(grid.starts[:-1], ends - (LOOKBACK_HOURS + 1))
     lengths = ends - begins

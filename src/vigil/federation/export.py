@@ -1,0 +1,323 @@
+"""ONNX export of a :class:`~vigil.federation.model.SepsisNet`, parity check, model package.
+
+The ONNX graph is built from the weights with ``onnx.helper`` (no tracing, no
+``onnxscript``): ``Sub(mean) -> Div(std) -> [Gemm -> Relu]* -> Gemm -> Sigmoid``.
+Dropout is the identity at inference and is left out.
+
+API (stable; federation builds on it)
+-------------------------------------
+``to_onnx(model) -> bytes``
+    Input ``features`` float32 (N, n_features), output ``probability`` float32
+    (N, 1) (sigmoid included), dynamic batch dimension ``N``, opset :data:`OPSET`.
+``parity(model, onnx_bytes, X) -> float``
+    Max absolute difference between onnxruntime's and torch's probabilities on ``X``.
+``export_package(model, out_dir, *, name, version, threshold, training, validation,
+reference_profile=None, private_key_pem=None, extra_files=None, model_card_extra="",
+check_rows=None, tolerance=PARITY_TOLERANCE) -> ModelPackage``
+    Exports, checks parity on ``check_rows`` (default: 1,000 rows drawn from the
+    model's own standardization statistics) and refuses (``ModelArtifactError``)
+    if it exceeds ``tolerance``; then writes the package with
+    :func:`vigil.core.package.write_package`, the feature schema of
+    :data:`vigil.features.FEATURE_SCHEMA`, the architecture and the parity in
+    the manifest, and a model card (:func:`model_card`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import nn
+
+from vigil.core.errors import ModelArtifactError
+from vigil.core.package import ModelPackage, write_package
+from vigil.features import FEATURE_SCHEMA
+from vigil.federation.model import SepsisNet, predict_proba, unwrap
+
+__all__ = [
+    "INPUT_NAME",
+    "OPSET",
+    "OUTPUT_NAME",
+    "PARITY_ROWS",
+    "PARITY_TOLERANCE",
+    "export_package",
+    "model_card",
+    "parity",
+    "to_onnx",
+]
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probability"
+OPSET = 17
+PARITY_TOLERANCE = 1e-5
+"""Largest accepted max-abs difference between onnxruntime and torch probabilities."""
+PARITY_ROWS = 1000
+
+
+def _net(model: nn.Module) -> SepsisNet:
+    net = unwrap(model)
+    if not isinstance(net, SepsisNet):
+        raise ModelArtifactError(f"expected a SepsisNet to export, got {type(net).__name__}")
+    return net
+
+
+def to_onnx(model: nn.Module) -> bytes:
+    """Serialize the model (with its standardization and sigmoid) to ONNX.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A :class:`SepsisNet`, possibly inside an Opacus wrapper.
+
+    Returns
+    -------
+    bytes
+        A checked ONNX model: ``features`` (N, n_features) -> ``probability`` (N, 1).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    net = _net(model)
+    inits = [
+        numpy_helper.from_array(net.norm.mean.detach().numpy().astype(np.float32), "norm_mean"),
+        numpy_helper.from_array(net.norm.std.detach().numpy().astype(np.float32), "norm_std"),
+    ]
+    nodes = [
+        helper.make_node("Sub", [INPUT_NAME, "norm_mean"], ["centered"]),
+        helper.make_node("Div", ["centered", "norm_std"], ["h0"]),
+    ]
+    linears = [m for m in net.mlp if isinstance(m, nn.Linear)]
+    current = "h0"
+    for i, lin in enumerate(linears):
+        w, b = f"fc{i}_weight", f"fc{i}_bias"
+        inits += [
+            numpy_helper.from_array(lin.weight.detach().numpy().astype(np.float32), w),
+            numpy_helper.from_array(lin.bias.detach().numpy().astype(np.float32), b),
+        ]
+        out = f"z{i}" if i < len(linears) - 1 else "logit"
+        nodes.append(helper.make_node("Gemm", [current, w, b], [out], transB=1))
+        if i < len(linears) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
+            current = f"h{i + 1}"
+    nodes.append(helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME]))
+    graph = helper.make_graph(
+        nodes,
+        "sepsis_net",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", net.n_features])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
+        initializer=inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vigil"
+    )
+    proto.ir_version = 8  # readable by every onnxruntime >= 1.10
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def parity(model: nn.Module, onnx_bytes: bytes, X: NDArray[np.floating]) -> float:
+    """Max absolute difference of probabilities, onnxruntime vs torch.
+
+    Parameters
+    ----------
+    model : nn.Module
+    onnx_bytes : bytes
+        From :func:`to_onnx`.
+    X : ndarray of shape (n, n_features)
+
+    Returns
+    -------
+    float
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(X, dtype=np.float32)
+    (onnx_p,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    torch_p = predict_proba(model, x)
+    return float(np.max(np.abs(np.asarray(onnx_p, dtype=np.float64).reshape(-1) - torch_p)))
+
+
+def _synthetic_rows(net: SepsisNet, n: int) -> NDArray[np.float32]:
+    rng = np.random.default_rng(0)
+    mean = net.norm.mean.numpy().astype(np.float64)
+    std = net.norm.std.numpy().astype(np.float64)
+    return (mean + std * rng.standard_normal((n, net.n_features))).astype(np.float32)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) and np.isfinite(v) else "—"
+
+
+def _metrics_section(validation: dict[str, Any]) -> str:
+    """Markdown table of overall and per-hospital metrics, if ``validation`` has them."""
+    if "auroc" not in validation:
+        return "```json\n" + json.dumps(validation, indent=2, default=str) + "\n```\n"
+    cols = ("n_patients", "auroc", "auprc", "utility", "sensitivity", "ppv")
+    lines = ["| hospital | patients | AUROC | AUPRC | utility | sensitivity | PPV |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [*sorted(validation.get("by_hospital", {}).items()), ("all", validation)]
+    for h, m in rows:
+        cells = [f"{m.get('n_patients', 0):,}", *(_fmt(m.get(c)) for c in cols[1:])]
+        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+    where = validation.get("split", "held-out patients")
+    return f"Measured on {where} at threshold {_fmt(validation.get('threshold'))}:\n\n" + \
+        "\n".join(lines) + "\n"
+
+
+def model_card(
+    *, name: str, version: str, threshold: float, architecture: dict[str, Any],
+    training: dict[str, Any], validation: dict[str, Any], extra: str = "",
+) -> str:
+    """The model card (Mitchell et al., FAT* 2019) of a sepsis package, as Markdown."""
+    return f"""# {name} {version}
+
+## Intended use
+
+Hourly risk that an adult ICU patient meets the Sepsis-3 criteria within the
+next 6 hours (PhysioNet/CinC 2019 task), as a decision *support* signal next to
+the EHR: it ranks patients for review; it does not diagnose and must not gate
+treatment. Each site should recalibrate it and pick its own alert threshold
+(`vigil calibrate`) before clinical use.
+
+## Model
+
+A multilayer perceptron (hidden layers {architecture.get("hidden")}, ReLU,
+dropout {architecture.get("dropout")} in training) on the {len(FEATURE_SCHEMA)} features
+of feature schema v{FEATURE_SCHEMA.version} (sha256 `{FEATURE_SCHEMA.sha256[:16]}`):
+last values carried forward, missingness indicators, hours since measurement,
+6 h trends, derived ratios, SOFA-like components, rule scores, demographics and
+ICU hour. Features are standardized inside the model; the output is a
+probability, exported to ONNX (opset {OPSET}).
+
+## Training data
+
+PhysioNet/CinC Challenge 2019 data (Reyna et al., Crit Care Med 48(2):210-217,
+2020; CC BY 4.0), two hospital systems (A, B). Details:
+
+```json
+{json.dumps(training, indent=2, default=str)}
+```
+
+## Metrics
+
+Hourly AUROC and AUPRC against `SepsisLabel`; normalized utility is the
+Challenge's score of the binary alerts.
+
+{_metrics_section(validation)}
+## Threshold
+
+An hour is flagged when the probability is at least **{threshold:.4f}**: the
+threshold that maximized the normalized utility on validation patients, disjoint
+from both the training and the test patients. It is tuned to the Challenge's
+utility, not to any site's alert budget.
+
+## Limitations
+
+- Only the 40 PhysioNet variables: no Glasgow Coma Scale, urine output,
+  vasopressors, cultures or antibiotics, which Sepsis-3 itself uses.
+- Two US hospital systems from the 2010s; the Challenge showed models trained
+  on them failed on a third system (utility below 0 on test set C). Expect the
+  same at a new site until it is validated and recalibrated locally.
+- Labels are algorithmic (Sepsis-3 from charted data, shifted 6 h early), not
+  clinician-adjudicated.
+- Hourly rows of one patient are correlated; metrics are per hour, so they
+  weigh long stays more.
+{extra}"""
+
+
+def export_package(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    name: str,
+    version: str,
+    threshold: float,
+    training: dict[str, Any],
+    validation: dict[str, Any],
+    reference_profile: dict[str, Any] | None = None,
+    private_key_pem: bytes | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    model_card_extra: str = "",
+    check_rows: NDArray[np.floating] | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ModelPackage:
+    """Export the model to ONNX, check parity, and write a model package.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained :class:`SepsisNet`.
+    out_dir : str or Path
+        Package directory.
+    name, version : str
+    threshold : float
+        Decision threshold on the probability.
+    training, validation : dict
+        Manifest sections (JSON-serializable).
+    reference_profile : dict or None, optional
+        Aggregate histograms for drift monitoring.
+    private_key_pem : bytes or None, optional
+        Ed25519 key to sign the manifest with.
+    extra_files : dict of str to bytes, optional
+    model_card_extra : str, optional
+        Markdown appended to the model card.
+    check_rows : ndarray of shape (n, n_features), optional
+        Rows for the parity check; by default :data:`PARITY_ROWS` rows drawn
+        from the model's standardization statistics.
+    tolerance : float, optional
+
+    Returns
+    -------
+    ModelPackage
+        The written package, read back and verified.
+
+    Raises
+    ------
+    ModelArtifactError
+        If the model's width is not the feature schema's or parity fails.
+    """
+    net = _net(model)
+    if net.n_features != len(FEATURE_SCHEMA):
+        raise ModelArtifactError(
+            f"expected a model on the {len(FEATURE_SCHEMA)} features of the schema, got "
+            f"{net.n_features}; train it on vigil.features.build_features output"
+        )
+    onnx_bytes = to_onnx(net)
+    rows = _synthetic_rows(net, PARITY_ROWS) if check_rows is None else check_rows
+    diff = parity(net, onnx_bytes, rows)
+    if not diff <= tolerance:
+        raise ModelArtifactError(
+            f"ONNX parity failed: max |onnxruntime - torch| = {diff:.3g} on {len(rows)} rows, "
+            f"expected <= {tolerance:g}; the package was not written",
+            path=str(out_dir),
+        )
+    architecture = {"type": "SepsisNet", **net.config()}
+    manifest = {
+        "name": name,
+        "version": version,
+        "task": "sepsis-6h",
+        "feature_schema": FEATURE_SCHEMA.to_dict(),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "threshold": float(threshold),
+        "training": training,
+        "validation": validation,
+        "reference_profile": reference_profile or {},
+        "architecture": architecture,
+        "export": {"opset": OPSET, "parity_max_abs_diff": diff, "parity_rows": int(len(rows))},
+    }
+    card = model_card(
+        name=name, version=version, threshold=float(threshold), architecture=architecture,
+        training=training, validation=validation, extra=model_card_extra,
+    )
+    return write_package(
+        out_dir, onnx_model=onnx_bytes, manifest=manifest, model_card=card,
+        private_key_pem=private_key_pem, extra_files=extra_files,
+    )

@@ -1,0 +1,237 @@
+"""Deployment settings of the on-prem service: one TOML file plus ``VIGIL_`` environment.
+
+Built once at the entry point by :func:`load_settings` and passed down; library
+code never reads the environment. Environment variables override the file, with
+``__`` between nested keys (``VIGIL_OPS__PORT=9200``). Unknown keys are refused,
+so a misspelt setting cannot be silently ignored.
+
+Example ``site.toml`` (see ``examples/site.toml``)::
+
+    site_id = "hospital-a"
+
+    [fhir]
+    base_url = "http://ehr.example.org/fhir"
+
+    [store]
+    url = "sqlite:////var/lib/vigil/state.db"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from vigil.core.errors import ConfigError
+from vigil.features.builder import LOOKBACK_HOURS
+
+__all__ = [
+    "AlertSettings",
+    "FHIRSection",
+    "ModelSettings",
+    "OpsSettings",
+    "SchedulerSettings",
+    "ScoringSettings",
+    "StoreSettings",
+    "VigilSettings",
+    "load_settings",
+]
+
+TICK_MINUTES = 15
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FHIRSection(_Section):
+    """Where the clinical data comes from and where scores go.
+
+    Exactly one of ``base_url`` (FHIR R4 REST) and ``ndjson_dir`` (Bulk Data
+    NDJSON files) is set.
+    """
+
+    base_url: str | None = None
+    ndjson_dir: Path | None = None
+    icu_location: str | None = Field(
+        default=None, description="Location reference of the ICU (REST census filter)."
+    )
+    token: SecretStr | None = Field(default=None, description="Bearer token, if the server wants one.")
+    timeout_s: float = Field(default=30.0, gt=0)
+    page_size: int = Field(default=1000, ge=1, le=5000)
+    writeback: Literal["rest", "ndjson", "none"] = "rest"
+    writeback_dir: Path | None = Field(
+        default=None, description="Directory of RiskAssessment NDJSON when writeback = 'ndjson'."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FHIRSection:
+        if (self.base_url is None) == (self.ndjson_dir is None):
+            raise ValueError("set exactly one of fhir.base_url and fhir.ndjson_dir")
+        if self.writeback == "rest" and self.base_url is None:
+            raise ValueError("fhir.writeback = 'rest' needs fhir.base_url")
+        if self.writeback == "ndjson" and self.writeback_dir is None:
+            raise ValueError("fhir.writeback = 'ndjson' needs fhir.writeback_dir")
+        return self
+
+
+class SchedulerSettings(_Section):
+    """When cycles run: a cron minute list, aligned to the wall clock."""
+
+    minute: str = Field(default="0,15,30,45", description="APScheduler cron 'minute' field.")
+    misfire_grace_s: int = Field(
+        default=300, ge=1, lt=TICK_MINUTES * 60,
+        description="A run this late is still made; later ones are skipped (coalesced).",
+    )
+    timezone: str = "UTC"
+    run_at_start: bool = Field(default=True, description="Run one cycle as soon as the service starts.")
+
+
+class ScoringSettings(_Section):
+    """How patients are scored."""
+
+    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads.")
+    overlap_minutes: int = Field(
+        default=60, ge=0, le=24 * 60,
+        description="Re-fetch this much before the watermark (late-charted values).",
+    )
+
+
+class AlertSettings(_Section):
+    """The alert policy applied to the calibrated probability."""
+
+    suppression_hours: float = Field(default=6.0, ge=0, description="No re-alert within this window.")
+    hysteresis: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="After an alert, the probability must fall below threshold - hysteresis to re-arm.",
+    )
+
+
+class StoreSettings(_Section):
+    """The state store."""
+
+    url: str = Field(default="sqlite:///vigil-state.db", description="sqlite:///PATH (WAL).")
+    retention_hours: int = Field(
+        default=7 * 24, ge=LOOKBACK_HOURS + 1,
+        description="Observations older than this are deleted; must cover the feature look-back.",
+    )
+
+
+class ModelSettings(_Section):
+    """Where installed models live and how they are verified."""
+
+    dir: Path = Path("models")
+    public_key: Path | None = Field(
+        default=None, description="Ed25519 public key (PEM); when set, packages must be signed."
+    )
+
+
+class OpsSettings(_Section):
+    """The operations endpoint (health, readiness, metrics, per-patient scores)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+    ready_max_age_s: int = Field(
+        default=35 * 60, ge=60, description="Not ready when the last good cycle is older than this."
+    )
+
+
+class VigilSettings(BaseSettings):
+    """All settings of one site's runtime."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only explicit values: :func:`load_settings` merges file and environment itself."""
+        return (init_settings,)
+
+    site_id: str = Field(default="site", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    fhir: FHIRSection
+    scheduler: SchedulerSettings = SchedulerSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    alerts: AlertSettings = AlertSettings()
+    store: StoreSettings = StoreSettings()
+    models: ModelSettings = ModelSettings()
+    ops: OpsSettings = OpsSettings()
+
+
+def _error_key(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "settings"
+
+
+def load_settings(
+    path: str | Path | None = None, *, environ: bool = True, **overrides: Any
+) -> VigilSettings:
+    """Read, merge and validate the settings (called once, at the entry point).
+
+    Parameters
+    ----------
+    path : str, Path or None, optional
+        A TOML file.
+    environ : bool, optional
+        Read ``VIGIL_*`` environment variables (they override the file).
+    **overrides
+        Values that override both (e.g. from command-line options).
+
+    Returns
+    -------
+    VigilSettings
+
+    Raises
+    ------
+    ConfigError
+        With ``key`` set to the dotted name of the first bad setting.
+    """
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            file_values = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"expected a settings file at {p}, found nothing", key="config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}", key="config") from exc
+    try:
+        env_values = EnvSettingsSource(VigilSettings)() if environ else {}
+        values = _deep_merge(_deep_merge(file_values, env_values), overrides)
+        return VigilSettings(**values)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        key = _error_key(first["loc"])
+        raise ConfigError(
+            f"invalid setting {key!r}: {first['msg']} (got {first.get('input')!r}); "
+            f"{exc.error_count()} error(s) in total",
+            key=key,
+        ) from None
+    except SettingsError as exc:
+        raise ConfigError(f"could not read VIGIL_ environment settings: {exc}", key="environment") from exc
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,64 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vigil.cli.main import app
+
+runner = CliRunner()
+KEYS = {"auroc", "auprc", "utility", "threshold", "sensitivity", "specificity", "ppv",
+        "n_patients", "n_rows"}
+
+
+def run_json(*args):
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_help_works():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "evaluate" in result.stdout
+
+
+def test_baseline_json_has_every_key_per_hospital():
+    out = run_json("evaluate", "--baseline", "sirs", "--data", "sample", "--split", "test")
+    assert KEYS <= set(out)
+    assert set(out["by_hospital"]) == {"A", "B"}
+    assert KEYS <= set(out["by_hospital"]["A"])
+    assert out["n_patients"] == out["by_hospital"]["A"]["n_patients"] + out["by_hospital"]["B"]["n_patients"]
+    assert out["threshold"] == 2.0
+    assert 0.5 < out["auroc"] < 0.8
+
+
+def test_predictions_made_elsewhere_score_the_same(tmp_path):
+    preds = tmp_path / "p.parquet"
+    direct = run_json("evaluate", "--baseline", "news2", "--split", "valid", "--out-predictions", str(preds))
+    frame = pd.read_parquet(preds)
+    assert list(frame.columns) == ["patient_id", "ICULOS", "probability", "prediction"]
+    again = run_json("evaluate", "--predictions", str(preds), "--split", "valid")
+    for k in ("auroc", "auprc", "utility", "sensitivity", "ppv", "n_rows"):
+        assert again[k] == pytest.approx(direct[k])
+
+
+def test_missing_predictions_are_an_error(tmp_path):
+    preds = tmp_path / "p.parquet"
+    run_json("evaluate", "--baseline", "qsofa", "--split", "test", "--out-predictions", str(preds))
+    pd.read_parquet(preds).iloc[10:].to_parquet(preds)
+    result = runner.invoke(app, ["evaluate", "--predictions", str(preds), "--split", "test"])
+    assert result.exit_code == 2
+    assert "10 of" in result.output and "rows have none" in result.output
+
+
+def test_exactly_one_source_required():
+    result = runner.invoke(app, ["evaluate", "--baseline", "sirs", "--predictions", "x.parquet"])
+    assert result.exit_code == 2 and "exactly one of --model, --predictions or --baseline" in result.output
+
+
+def test_data_sites_json():
+    result = runner.invoke(app, ["data", "sites", "--scheme", "hospital-unit", "--json"])
+    assert result.exit_code == 0
+    sites = json.loads(result.stdout)["sites"]
+    assert [s["site"] for s in sites] == ["A-MICU", "A-SICU", "B-MICU", "B-SICU"]
+    assert sum(s["patients"] for s in sites) == 3000

@@ -1,0 +1,26 @@
+"""Shared fixtures: the bundled sample, the shared data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vigil.data import PhysioNetTable, load_physionet
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_PARQUET = SHARED / "physionet2019" / "sepsis_hourly.parquet"
+
+
+@pytest.fixture(scope="session")
+def sample() -> PhysioNetTable:
+    """The bundled 3,000-patient sample."""
+    return load_physionet("sample")
+
+
+@pytest.fixture(scope="session")
+def shared_parquet() -> Path:
+    """The full shared development file (CI has it beside the clone)."""
+    if not SHARED_PARQUET.is_file():
+        pytest.skip(f"needs the shared data at {SHARED_PARQUET}")
+    return SHARED_PARQUET

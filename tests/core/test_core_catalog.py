@@ -1,0 +1,101 @@
+import math
+
+import pytest
+
+from vigil.core.catalog import CATALOG, DEMOGRAPHICS, LABS, MEASURED, VITALS, Kind, variable
+
+PHYSIONET_COLUMNS = (
+    "HR O2Sat Temp SBP MAP DBP Resp EtCO2 BaseExcess HCO3 FiO2 pH PaCO2 SaO2 AST BUN "
+    "Alkalinephos Calcium Chloride Creatinine Bilirubin_direct Glucose Lactate Magnesium "
+    "Phosphate Potassium Bilirubin_total TroponinI Hct Hgb PTT WBC Fibrinogen Platelets "
+    "Age Gender Unit1 Unit2 HospAdmTime ICULOS"
+).split()
+
+
+def test_catalog_has_the_40_physionet_variables_in_order():
+    assert [v.name for v in CATALOG] == PHYSIONET_COLUMNS
+    assert len(VITALS) == 8 and len(LABS) == 26 and len(MEASURED) == 34 and len(DEMOGRAPHICS) == 6
+
+
+# Codes reviewed against research/clinical-runtime.md 4.6-4.7 (primary code, canonical UCUM).
+@pytest.mark.parametrize(
+    ("name", "loinc", "unit"),
+    [
+        ("HR", "8867-4", "/min"),
+        ("O2Sat", "59408-5", "%"),
+        ("Temp", "8310-5", "Cel"),
+        ("SBP", "8480-6", "mm[Hg]"),
+        ("DBP", "8462-4", "mm[Hg]"),
+        ("MAP", "8478-0", "mm[Hg]"),
+        ("Resp", "9279-1", "/min"),
+        ("EtCO2", "19891-1", "mm[Hg]"),
+        ("FiO2", "3150-0", "1"),
+        ("Lactate", "2524-7", "mmol/L"),
+        ("Creatinine", "2160-0", "mg/dL"),
+        ("Bilirubin_direct", "1968-7", "mg/dL"),
+        ("Magnesium", "19123-9", "mg/dL"),
+        ("WBC", "6690-2", "10*3/uL"),
+        ("Platelets", "777-3", "10*3/uL"),
+        ("TroponinI", "10839-9", "ng/mL"),
+        ("PTT", "3173-2", "s"),
+    ],
+)
+def test_primary_loinc_and_unit(name, loinc, unit):
+    v = variable(name)
+    assert v.loinc[0] == loinc
+    assert v.unit == unit
+
+
+def test_no_loinc_code_maps_to_two_variables_except_spo2_sao2():
+    seen: dict[str, str] = {}
+    shared = []
+    for v in CATALOG:
+        for code in v.loinc:
+            if code in seen:
+                shared.append((seen[code], v.name, code))
+            seen[code] = v.name
+    # US Core pulse oximetry carries 2708-6 as a second coding of SpO2; SaO2's primary is 2708-6.
+    assert shared == [("O2Sat", "SaO2", "2708-6")]
+
+
+@pytest.mark.parametrize(
+    ("name", "unit", "value", "expected"),
+    [
+        ("Temp", "[degF]", 98.6, 37.0),
+        ("Temp", "[degF]", 32.0, 0.0),
+        ("Creatinine", "umol/L", 88.4, 1.0),
+        ("Glucose", "mmol/L", 5.0, 90.08),
+        ("Lactate", "mg/dL", 9.008, 1.0),
+        ("Magnesium", "mmol/L", 1.0, 2.431),
+        ("FiO2", "%", 40.0, 0.40),
+        ("Hgb", "g/L", 120.0, 12.0),
+        ("Bilirubin_total", "umol/L", 17.1, 1.0),
+        ("PaCO2", "kPa", 5.0, 37.503),
+        ("BUN", "mmol/L", 10.0, 28.01),
+        ("HR", "/min", 72.0, 72.0),
+    ],
+)
+def test_unit_conversions(name, unit, value, expected):
+    conv = variable(name).conversion_for(unit)
+    assert conv is not None
+    assert math.isclose(conv.apply(value), expected, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_unknown_unit_has_no_conversion():
+    assert variable("Creatinine").conversion_for("mg/L") is None
+
+
+def test_ranges_are_consistent():
+    for v in CATALOG:
+        assert v.low < v.high, v.name
+        assert v.low <= v.normal <= v.high, v.name
+        if v.kind is not Kind.DEMOGRAPHIC:
+            assert 1 <= v.max_age_h <= 72, v.name
+    assert variable("Temp").is_plausible(37.0)
+    assert not variable("Temp").is_plausible(98.6)  # a Fahrenheit value in a Celsius slot
+    assert not variable("Creatinine").is_plausible(88.0)  # a umol/L value in a mg/dL slot
+
+
+def test_unknown_variable_error_lists_names():
+    with pytest.raises(KeyError, match="unknown clinical variable 'Ferritin'.*Lactate"):
+        variable("Ferritin")

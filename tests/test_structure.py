@@ -1,0 +1,64 @@
+"""Package structure: layering, public API lists, no torch in the runtime."""
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import vigil
+
+
+def isort_key(name: str) -> tuple[int, str]:
+    """isort-style order (as ruff's RUF022): CONSTANTS, then Classes, then functions."""
+    kind = 0 if name.isupper() else 1 if name[:1].isupper() else 2
+    return kind, name
+
+
+def all_modules():
+    return [m.name for m in pkgutil.walk_packages(vigil.__path__, "vigil.")]
+
+
+@pytest.mark.parametrize("name", all_modules())
+def test_dunder_all_is_sorted_and_defined(name):
+    if name.startswith("vigil.cli"):
+        pytest.skip("command modules export typer apps, not an API")
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    if exported is None:
+        pytest.skip("private or script module")
+    assert list(exported) == sorted(exported, key=isort_key), f"{name}.__all__ is not sorted"
+    for symbol in exported:
+        assert hasattr(module, symbol), f"{name}.__all__ names missing {symbol}"
+
+
+LOWER_LAYERS = ["vigil.core", "vigil.features", "vigil.data", "vigil.calibration", "vigil.fhir_adapter", "vigil.runtime"]
+
+
+def test_runtime_and_lower_layers_never_import_torch():
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for top in {LOWER_LAYERS!r}:\n"
+        "    pkg = importlib.import_module(top)\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, top + '.'):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in {'torch', 'opacus', 'flwr', 'onnx'})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_core_imports_only_numpy_pydantic_and_stdlib():
+    code = (
+        "import sys\nbefore = set(sys.modules)\nimport vigil.core, vigil.core.package, vigil.core.signing\n"
+        "new = {k.split('.')[0] for k in set(sys.modules) - before}\nprint(','.join(sorted(new)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    third_party = {
+        m for m in out.stdout.strip().split(",") if m and not m.startswith("_sysconfigdata")
+    } - set(sys.stdlib_module_names) - {"vigil"}
+    allowed = {"numpy", "pydantic", "pydantic_core", "typing_extensions", "annotated_types",
+               "typing_inspection", "cryptography", "_cffi_backend", "_openssl"}
+    assert third_party <= allowed
