@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from vigil import __version__
-from vigil.cli import data, evaluate
+from vigil.cli import calibrate, data, evaluate, model, train
 
 app = typer.Typer(
     name="vigil",
@@ -16,6 +16,9 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("evaluate")(evaluate.evaluate)
+app.add_typer(model.app, name="model")
+app.command("calibrate")(calibrate.calibrate)
+train.register(app)
 
 
 @app.callback()

@@ -137,7 +137,9 @@ def parity(model: nn.Module, onnx_bytes: bytes, X: NDArray[np.floating]) -> floa
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+    )
     x = np.ascontiguousarray(X, dtype=np.float32)
     (onnx_p,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
     torch_p = predict_proba(model, x)
@@ -175,7 +177,7 @@ def model_card(
     *, name: str, version: str, threshold: float, architecture: dict[str, Any],
     training: dict[str, Any], validation: dict[str, Any], extra: str = "",
 ) -> str:
-    """The model card (Mitchell et al., FAT* 2019) of a sepsis package, as Markdown."""
+    """Write the model card (Mitchell et al., FAT* 2019) of a sepsis package, as Markdown."""
     return f"""# {name} {version}
 
 ## Intended use
@@ -213,10 +215,9 @@ Challenge's score of the binary alerts.
 {_metrics_section(validation)}
 ## Threshold
 
-An hour is flagged when the probability is at least **{threshold:.4f}**: the
-threshold that maximized the normalized utility on validation patients, disjoint
-from both the training and the test patients. It is tuned to the Challenge's
-utility, not to any site's alert budget.
+An hour is flagged when the probability is at least **{threshold:.4f}**:
+{training.get("threshold_rule", "the threshold chosen at training time")}.
+It is tuned to the Challenge's utility, not to any site's alert budget.
 
 ## Limitations
 

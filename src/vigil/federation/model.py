@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -129,15 +130,16 @@ class SepsisNet(nn.Module):
         return self.mlp(self.norm(x)).squeeze(-1)
 
     def config(self) -> dict[str, object]:
-        """Constructor arguments, to rebuild the same architecture."""
+        """Return the constructor arguments, to rebuild the same architecture."""
         return {"n_features": self.n_features, "hidden": list(self.hidden), "dropout": self.dropout}
 
     def extra_repr(self) -> str:
+        """Summarize the architecture in ``repr``."""
         return f"n_features={self.n_features}, hidden={self.hidden}, dropout={self.dropout}"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside wrappers such as Opacus' ``GradSampleModule`` (``._module``)."""
+    """Return the module inside wrappers such as Opacus' ``GradSampleModule`` (``._module``)."""
     while isinstance(getattr(model, "_module", None), nn.Module):
         model = model._module  # type: ignore[assignment]
     return model
@@ -149,7 +151,7 @@ def is_norm_key(name: str) -> bool:
 
 
 def get_weights(model: nn.Module) -> OrderedDict[str, NDArray[np.float32]]:
-    """The model state as an ordered ``name -> float32 ndarray`` dict (copies).
+    """Return the model state as an ordered ``name -> float32 ndarray`` dict (copies).
 
     Parameters
     ----------

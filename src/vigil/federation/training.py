@@ -113,7 +113,7 @@ class RowsDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         return self.x[i], self.y[i], self.w[i]
 
     def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A whole batch at once (``DataLoader`` uses this instead of per-row fetching)."""
+        """Fetch a whole batch at once (``DataLoader`` uses this instead of per-row fetching)."""
         index = torch.as_tensor(idx, dtype=torch.long)
         return self.x[index], self.y[index], self.w[index]
 
@@ -129,7 +129,8 @@ def _check_rows(
 ) -> NDArray[np.float32]:
     if X.ndim != 2 or y.shape != (X.shape[0],) or X.shape[0] == 0:
         raise DataError(
-            f"expected features (n, n_features) with n > 0 and labels (n,); got {X.shape} and {y.shape}"
+            "expected features (n, n_features) with n > 0 and labels (n,); "
+            f"got {X.shape} and {y.shape}"
         )
     if sample_weight is None:
         return np.ones(X.shape[0], dtype=np.float32)
@@ -149,7 +150,7 @@ def make_loader(
     seed: int,
     sample_weight: NDArray[np.floating] | None = None,
 ) -> DataLoader:
-    """A shuffling loader of ``(x, y, w)`` batches, reproducible for a seed.
+    """Make a shuffling loader of ``(x, y, w)`` batches, reproducible for a seed.
 
     Parameters
     ----------
@@ -177,8 +178,10 @@ def make_loader(
     )
 
 
-def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter, ICLR 2019) over the model's trainable parameters."""
+def make_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float = 1e-4
+) -> torch.optim.Optimizer:
+    """Make AdamW (Loshchilov & Hutter, ICLR 2019) over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 

@@ -110,9 +110,9 @@ class AlertSettings(_Section):
     """The alert policy applied to the calibrated probability."""
 
     suppression_hours: float = Field(default=6.0, ge=0, description="No re-alert within this window.")
-    hysteresis: float = Field(
-        default=0.0, ge=0, lt=1,
-        description="After an alert, the probability must fall below threshold - hysteresis to re-arm.",
+    hysteresis: float | None = Field(
+        default=None, ge=0, lt=1,
+        description="When set, re-arm only after a probability below threshold - hysteresis.",
     )
 
 
@@ -166,7 +166,9 @@ class VigilSettings(BaseSettings):
         return (init_settings,)
 
     site_id: str = Field(default="site", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    fhir: FHIRSection
+    fhir: FHIRSection | None = Field(
+        default=None, description="Required by `vigil serve`; model commands do without it."
+    )
     scheduler: SchedulerSettings = SchedulerSettings()
     scoring: ScoringSettings = ScoringSettings()
     alerts: AlertSettings = AlertSettings()

@@ -115,7 +115,7 @@ def weighted_mean(
     out: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
     for name in names:
         terms = np.stack(
-            [share * np.asarray(w[name], dtype=np.float64) for share, w in zip(s, weights, strict=True)]
+            [k * np.asarray(w[name], dtype=np.float64) for k, w in zip(s, weights, strict=True)]
         )
         # summing the sorted terms makes the result bitwise independent of site order
         out[name] = np.sort(terms, axis=0).sum(axis=0).astype(np.float32)

@@ -1,0 +1,61 @@
+"""The recalibration methods by name: ``in-the-large``, ``logistic``, ``isotonic``, ``beta``."""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from typing import Any
+
+from vigil.calibration._base import Calibrator
+from vigil.calibration.isotonic import IsotonicCalibration
+from vigil.calibration.parametric import BetaCalibration, InTheLarge, LogisticCalibration
+from vigil.core.errors import ConfigError
+
+__all__ = ["CALIBRATORS", "Method", "calibrator_from_dict", "make_calibrator", "parse_method"]
+
+
+class Method(StrEnum):
+    """A recalibration method (see :mod:`vigil.calibration.parametric` and ``.isotonic``)."""
+
+    IN_THE_LARGE = "in-the-large"
+    LOGISTIC = "logistic"
+    BETA = "beta"
+    ISOTONIC = "isotonic"
+
+
+CALIBRATORS: dict[Method, type[Calibrator]] = {
+    Method.IN_THE_LARGE: InTheLarge,
+    Method.LOGISTIC: LogisticCalibration,
+    Method.BETA: BetaCalibration,
+    Method.ISOTONIC: IsotonicCalibration,
+}
+
+
+def parse_method(name: str | Method) -> Method:
+    """Look up the :class:`Method` called ``name``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the valid methods and the closest one.
+    """
+    try:
+        return Method(name)
+    except ValueError:
+        names = [m.value for m in Method]
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown calibration method {name!r}; expected one of {', '.join(names)}.{hint}",
+            key="method",
+        ) from None
+
+
+def make_calibrator(method: str | Method, **params: Any) -> Calibrator:
+    """Make a new, unfitted calibrator of the given method."""
+    return CALIBRATORS[parse_method(method)](**params)
+
+
+def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
+    """Rebuild a fitted calibrator from its ``to_dict()`` output."""
+    return CALIBRATORS[parse_method(data.get("method", ""))].from_dict(data)

@@ -1,0 +1,151 @@
+"""``vigil calibrate``: recalibrate a model to a site and choose its alert threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+
+_SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
+          ("calibration slope", "calibration", "slope"), ("AUROC", "calibration", "auroc"),
+          ("sensitivity", "operating", "sensitivity"), ("specificity", "operating", "specificity"),
+          ("PPV", "operating", "ppv"), ("false-positive rate", "operating", "false_positive_rate"),
+          ("alerts / patient-day", "operating", "alerts_per_patient_day"),
+          ("patients detected by onset", "operating", "patient_sensitivity"))
+
+
+def _value(metrics: dict[str, Any], part: str, key: str) -> float:
+    value = metrics[part] if part == "calibration" else metrics[part]["metrics"]
+    v = value[key]
+    return float(v["value"] if isinstance(v, dict) else v)
+
+
+def show(summary: dict[str, Any]) -> None:
+    """Print the before/after table of a calibration."""
+    out = Table(title=f"calibration at site {summary['site']}: {summary['method']}, "
+                      f"{summary['policy']['text']} (later patients)")
+    out.add_column("metric")
+    out.add_column("before", justify="right")
+    out.add_column("after", justify="right")
+    before, after = summary["metrics"]["before"], summary["metrics"]["after"]
+    out.add_row("threshold", f"{summary['model_threshold']:.4g}", f"{summary['threshold']:.4g}")
+    for name, part, key in _SHOWN:
+        out.add_row(name, f"{_value(before, part, key):.4f}", f"{_value(after, part, key):.4f}")
+    print_table(out)
+    a = summary["achieved"]
+    err_console.print(f"achieved {a['metric']} {a['value']:.4f} "
+                      f"[{a['low']:.4f}, {a['high']:.4f}]; record: {summary['record']}")
+
+
+@guarded
+def calibrate(
+    model: Annotated[Path, typer.Option(help="Model package directory.")],
+    policy: Annotated[
+        str,
+        typer.Option(help="Threshold policy: sensitivity=S, patient-sensitivity=S, "
+                          "alerts-per-patient-day=A, ppv=P or utility."),
+    ],
+    out: Annotated[Path, typer.Option(help="Calibration record to write (calibration.json).")],
+    data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
+    method: Annotated[
+        str, typer.Option(help="in-the-large, logistic, beta or isotonic.")
+    ] = "logistic",
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Stored scores (patient_id, ICULOS or iculos, probability[, "
+                          "scored_at]) instead of scoring --data with the model."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Directory for the report (Markdown + PNG plots).")
+    ] = None,
+    hospital: Annotated[
+        str | None, typer.Option(help="Use only this hospital's patients (e.g. B).")
+    ] = None,
+    site: Annotated[
+        str | None, typer.Option(help="Site id written into the record (default: --hospital).")
+    ] = None,
+    fit_fraction: Annotated[
+        float, typer.Option(help="Share of earlier patients (by patient_id) to fit on.")
+    ] = 0.5,
+    suppression_hours: Annotated[
+        float, typer.Option(help="Re-alert suppression window of the alert policy.")
+    ] = DEFAULT_SUPPRESSION_HOURS,
+    hysteresis: Annotated[
+        float | None, typer.Option(help="Re-arm only below threshold minus this.")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Patient bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    min_events: Annotated[
+        int | None, typer.Option(help="Override the method's minimum number of events.")
+    ] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="Require the package signature to verify with this key.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Fit on earlier patients, choose the threshold, report on later ones, write the record."""
+    import numpy as np
+
+    from vigil.calibration import ModelRef, ScoredHours, calibrate_site, parse_method, parse_policy
+    from vigil.calibration.record import write_record
+    from vigil.core.errors import DataError
+    from vigil.core.package import read_package
+    from vigil.data import load_physionet
+    from vigil.features import FEATURE_SCHEMA
+
+    chosen_method, chosen_policy = parse_method(method), parse_policy(policy)
+    package = read_package(model, public_key=public_key,
+                           expected_schema_sha256=FEATURE_SCHEMA.sha256)
+    table = load_physionet(data)
+    if hospital is not None:
+        keep = np.flatnonzero(table.patient_hospital == hospital)
+        if keep.size == 0:
+            raise DataError(f"expected patients of hospital {hospital!r} in the data; found none")
+        table = table.select(keep)
+    if scores is not None:
+        import pandas as pd
+
+        hours = ScoredHours.from_scores(table.frame, pd.read_parquet(scores))
+    else:
+        from vigil.runtime.offline import score_table
+
+        with err_console.status(f"scoring {table.grid.n_rows:,} hours"):
+            hours = ScoredHours.from_table(table, score_table(package, table))
+    with err_console.status("fitting and bootstrapping"):
+        result = calibrate_site(
+            hours, method=chosen_method, policy=chosen_policy,
+            model_threshold=package.manifest.threshold, fit_fraction=fit_fraction,
+            suppression_hours=suppression_hours, hysteresis=hysteresis, n_boot=bootstrap,
+            seed=seed, min_events=min_events, source=Path(str(data)).name,
+        )
+    site_id = site or hospital or "site"
+    ref = ModelRef.of(package)
+    record = result.to_record(site=site_id, model=ref)
+    write_record(record, out)
+    page = None
+    if report is not None:
+        from vigil.calibration.report import write_report
+
+        page = write_report(result, report, site=site_id, model=ref)
+    summary = {
+        "record": str(out),
+        "report": None if page is None else str(page),
+        "site": site_id,
+        "model": ref.model_dump(),
+        "method": record.method,
+        "policy": record.policy,
+        "threshold": record.threshold,
+        "model_threshold": result.model_threshold,
+        "achieved": record.achieved,
+        "metrics": record.metrics,
+        "data_window": record.data_window,
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        show(summary)

@@ -1,0 +1,210 @@
+"""Bad-update control: which updates of a round are aggregated, and why the others are not.
+
+Rules, applied in this order before aggregation (each rejection names its rule):
+
+1. ``schema``: the update must hold exactly the entries the coordinator sent,
+   with the same shapes, as real floating-point arrays.
+2. ``non-finite``: no NaN or infinity anywhere.
+3. ``examples``: the example count must be a positive integer no larger than
+   the training rows the site declared in its statistics.
+
+The statistical rules compare the updates ``d_k = w_k - w_global`` of the
+sites that passed 1-3, and run only when at least ``min_sites`` (3) remain:
+with two updates nobody can tell which one is the outlier.
+
+4. ``norm``: an update whose norm is far above the round's typical norm. With
+   ``r_k = log ||d_k||``, ``med = median(r)`` and ``MAD = median |r - med|``,
+   the update is rejected when ``r_k - med > max(z * 1.4826 * MAD, log(max_ratio))``
+   (the robust z-score of Iglewicz & Hoaglin, 1993, on log norms, z = 3.5): it
+   must be both a robust outlier and more than ``max_ratio`` (10) times the
+   median norm, so honest sites of different sizes, whose norms differ by a
+   few times, are never rejected by it. A ×50-scaled update fails it.
+5. ``direction``: an update pointing away from the others. With ``m`` the
+   coordinate-wise median of the updates (Yin et al., ICML 2018), the update
+   is rejected when ``cos(d_k, m) < min_cosine`` (0). A sign-flipped update fails it.
+
+Rules 4 and 5 look at the flattened trainable entries only. Every rejection is
+logged (site name, rule, numbers; nothing about patients) and returned so the
+driver keeps it in the round history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vigil.federation.messages import Update
+from vigil.federation.strategies import Weights
+
+__all__ = ["Reason", "Rejection", "ScreenRule", "screen_updates"]
+
+log = logging.getLogger(__name__)
+
+MAD_TO_SIGMA = 1.4826
+"""``1 / Phi^-1(3/4)``: MAD times this estimates a normal standard deviation."""
+
+
+class Reason(StrEnum):
+    """Why an update was left out."""
+
+    SCHEMA = "schema"
+    NON_FINITE = "non-finite"
+    EXAMPLES = "examples"
+    NORM = "norm"
+    DIRECTION = "direction"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One update left out of a round.
+
+    Attributes
+    ----------
+    site : str
+    reason : Reason
+    detail : str
+        The numbers behind the decision.
+    """
+
+    site: str
+    reason: Reason
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain values, for the round history."""
+        return {"site": self.site, "reason": self.reason.value, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class ScreenRule:
+    """Thresholds of the statistical rules (see the module docstring).
+
+    Parameters
+    ----------
+    norm_z : float, optional
+        Robust z-score of the log norm above which an update may be rejected.
+    max_ratio : float, optional
+        An update is never rejected for its norm unless it is at least this
+        many times the median norm.
+    min_cosine : float, optional
+        Smallest accepted cosine with the coordinate-wise median update.
+    min_sites : int, optional
+        Updates needed for rules 4 and 5 to run.
+    """
+
+    norm_z: float = 3.5
+    max_ratio: float = 10.0
+    min_cosine: float = 0.0
+    min_sites: int = 3
+
+
+def _flat_delta(update: Update, reference: Weights) -> NDArray[np.float64]:
+    return np.concatenate([
+        (np.asarray(w, np.float64) - np.asarray(reference[k], np.float64)).ravel()
+        for k, w in update.weights.items()
+    ])
+
+
+def _schema_problem(update: Update, reference: Weights) -> str | None:
+    got, want = list(update.weights), list(reference)
+    if sorted(got) != sorted(want):
+        extra = sorted(set(got) - set(want))
+        missing = sorted(set(want) - set(got))
+        return (
+            f"expected the {len(want)} entries sent; unknown {extra or 'none'}, "
+            f"missing {missing or 'none'}"
+        )
+    for k, w in update.weights.items():
+        arr = np.asarray(w)
+        if arr.shape != np.shape(reference[k]) or not np.issubdtype(arr.dtype, np.floating):
+            want_shape = np.shape(reference[k])
+            return f"entry {k!r}: expected float {want_shape}, got {arr.dtype} {arr.shape}"
+    return None
+
+
+def _basic(update: Update, reference: Weights, declared: int | None) -> Rejection | None:
+    problem = _schema_problem(update, reference)
+    if problem is not None:
+        return Rejection(update.site, Reason.SCHEMA, problem)
+    bad = sum(int(np.size(w) - np.isfinite(w).sum()) for w in update.weights.values())
+    if bad or not np.isfinite(update.loss):
+        return Rejection(update.site, Reason.NON_FINITE, f"{bad} non-finite weight values")
+    n = update.num_examples
+    if not isinstance(n, int | np.integer) or n < 1 or (declared is not None and n > declared):
+        return Rejection(
+            update.site, Reason.EXAMPLES,
+            f"expected 1 <= num_examples <= {declared} (declared rows), got {n}",
+        )
+    return None
+
+
+def screen_updates(
+    updates: Sequence[Update],
+    reference: Weights,
+    *,
+    rule: ScreenRule | None = None,
+    declared_rows: Mapping[str, int] | None = None,
+) -> tuple[list[Update], list[Rejection]]:
+    """Split a round's updates into accepted ones and rejections.
+
+    Parameters
+    ----------
+    updates : sequence of Update
+        The round's updates, in any order.
+    reference : Weights
+        The trainable weights the coordinator sent this round.
+    rule : ScreenRule or None, optional
+        Thresholds; default :class:`ScreenRule()`.
+    declared_rows : mapping of str to int, optional
+        Training rows each site declared in its statistics.
+
+    Returns
+    -------
+    accepted : list of Update
+        In the input order.
+    rejections : list of Rejection
+    """
+    rule = rule or ScreenRule()
+    declared = declared_rows or {}
+    rejections: list[Rejection] = []
+    passed: list[Update] = []
+    for u in updates:
+        rejection = _basic(u, reference, declared.get(u.site))
+        if rejection is None:
+            passed.append(u)
+        else:
+            rejections.append(rejection)
+    if len(passed) >= rule.min_sites:
+        deltas = np.stack([_flat_delta(u, reference) for u in passed])
+        norms = np.linalg.norm(deltas, axis=1)
+        logs = np.log(np.maximum(norms, 1e-30))
+        med = float(np.median(logs))
+        limit = max(rule.norm_z * MAD_TO_SIGMA * float(np.median(np.abs(logs - med))),
+                    float(np.log(rule.max_ratio)))
+        center = np.median(deltas, axis=0)
+        cnorm = float(np.linalg.norm(center))
+        keep: list[Update] = []
+        for u, d, norm, r in zip(passed, deltas, norms, logs, strict=True):
+            cosine = float(d @ center / (norm * cnorm)) if norm > 0 and cnorm > 0 else 1.0
+            if r - med > limit:
+                rejections.append(Rejection(
+                    u.site, Reason.NORM,
+                    f"update norm {norm:.3g} is {np.exp(r - med):.1f}x the median "
+                    f"{np.exp(med):.3g}; limit {np.exp(limit):.1f}x",
+                ))
+            elif cosine < rule.min_cosine:
+                rejections.append(Rejection(
+                    u.site, Reason.DIRECTION,
+                    f"cosine with the median update {cosine:.3f} < {rule.min_cosine}",
+                ))
+            else:
+                keep.append(u)
+        passed = keep
+    for r in rejections:
+        log.warning("update of site %s rejected (%s): %s", r.site, r.reason.value, r.detail)
+    return passed, rejections

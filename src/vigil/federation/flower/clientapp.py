@@ -1,0 +1,88 @@
+"""vigil's Flower ClientApp: a hospital's :class:`~vigil.federation.site.Site` behind its SuperNode.
+
+The SuperNode runs it in a fresh process for each message. It loads the site
+prepared by ``vigil federation site`` (``node_config["site-dir"]``,
+:func:`~vigil.federation.flower.sitedata.load_site`) with the options of the
+run (:class:`~vigil.federation.flower.settings.RunSettings`), and answers:
+
+- ``query``: :meth:`Site.statistics`;
+- ``train``: :meth:`Site.fit` on the global weights and the round's config;
+- ``evaluate``: :meth:`Site.evaluate` of the global weights.
+
+The one piece of a site's state that lives across rounds, its DP-SGD
+accountant, is kept in the run's ``context.state`` on the SuperNode, so the
+privacy spent adds up over all rounds as in the in-process driver. Any
+exception becomes an error reply; the coordinator drops the site for that
+request.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from vigil.core.errors import ConfigError
+from vigil.federation.flower.settings import RunSettings
+from vigil.federation.flower.sitedata import SITE_DIR_KEY, load_site
+from vigil.federation.flower.wire import (
+    ARRAYS,
+    CONFIG,
+    config_from_record,
+    evaluation_to_content,
+    statistics_to_content,
+    update_to_content,
+    weights_from_record,
+)
+from vigil.federation.site import Site
+
+__all__ = ["app"]
+
+_STATE = "vigil-site"
+
+app = ClientApp()
+
+
+def _site(context: Context) -> Site:
+    import torch
+
+    site_dir = context.node_config.get(SITE_DIR_KEY)
+    if not isinstance(site_dir, str) or not site_dir:
+        raise ConfigError(
+            f"expected the SuperNode's --node-config to set {SITE_DIR_KEY}=\"DIR\" "
+            "(`vigil federation site` does)", key=SITE_DIR_KEY,
+        )
+    settings = RunSettings.from_run_config(context.run_config)
+    torch.set_num_threads(settings.threads)
+    site = load_site(site_dir, **settings.site_options())
+    saved = context.state.config_records.get(_STATE)
+    if saved is not None and "accountant" in saved:
+        # the accountant is written by this ClientApp only, into this run's state
+        site._accountant = pickle.loads(saved["accountant"])  # noqa: S301
+    return site
+
+
+@app.query()
+def statistics(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's request for the site's statistics."""
+    return Message(statistics_to_content(_site(context).statistics()), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model on the site's rows and answer the update."""
+    site = _site(context)
+    update = site.fit(weights_from_record(msg.content.array_records[ARRAYS]),
+                      config_from_record(msg.content.config_records[CONFIG]))
+    if site._accountant is not None:
+        context.state[_STATE] = ConfigRecord({"accountant": pickle.dumps(site._accountant)})
+    return Message(update_to_content(update), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the site's validation rows."""
+    site = _site(context)
+    evaluation = site.evaluate(weights_from_record(msg.content.array_records[ARRAYS]))
+    return Message(evaluation_to_content(evaluation), reply_to=msg)

@@ -1,0 +1,126 @@
+"""One federated training on a running SuperLink, from the coordinator's side.
+
+:func:`run_on_flower` writes the Flower app of the run (vigil's ServerApp and
+ClientApp with the run's settings, :func:`~.settings.app_pyproject`) into
+``RUN_DIR/app``, submits it (``flwr run``), follows ``RUN_DIR/result/events.jsonl``
+until the ServerApp reports ``done`` or ``failed``, and reads the result back
+(:func:`~.results.load_result`). A run that outlives ``timeout`` is stopped
+at the SuperLink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vigil.core.errors import AggregationError, VigilError
+from vigil.federation.flower.launch import Coordinator, stop_run, submit_run
+from vigil.federation.flower.results import RunOutput, load_result
+from vigil.federation.flower.settings import RunSettings, app_pyproject
+
+__all__ = ["read_events", "run_on_flower"]
+
+log = logging.getLogger(__name__)
+EVENTS = "events.jsonl"
+
+
+def read_events(result_dir: str | Path) -> list[dict[str, Any]]:
+    """Return the ServerApp's events so far (one dict per line; a torn last line is skipped)."""
+    path = Path(result_dir) / EVENTS
+    events = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def run_on_flower(
+    coordinator: Coordinator,
+    settings: RunSettings,
+    run_dir: str | Path,
+    *,
+    timeout: float | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> RunOutput:
+    """Run one federated training on the coordinator's SuperLink and return its result.
+
+    Parameters
+    ----------
+    coordinator : Coordinator
+        A running SuperLink (``vigil federation coordinator``).
+    settings : RunSettings
+        Its ``out_dir`` is replaced by ``RUN_DIR/result``.
+    run_dir : str or Path
+        A new directory for this run.
+    timeout : float or None, optional
+        Seconds the whole run may take; default: the sites' wait plus
+        ``(2 * rounds + 1)`` request timeouts plus one minute.
+    on_event : callable, optional
+        Called with each new event of the ServerApp (progress display).
+
+    Returns
+    -------
+    RunOutput
+
+    Raises
+    ------
+    AggregationError
+        If the ServerApp failed (too few sites, no round aggregated, ...).
+    VigilError
+        If the run did not finish within ``timeout``.
+    """
+    run_dir = Path(run_dir).resolve()
+    result_dir = run_dir / "result"
+    settings = replace(settings, out_dir=str(result_dir))
+    app_dir = run_dir / "app"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(app_pyproject(settings))
+    if timeout is None:
+        timeout = settings.wait + (2 * settings.rounds + 1) * settings.timeout + 60.0
+    proc = submit_run(coordinator, app_dir, log_path=run_dir / "flwr-run.log")
+    deadline = time.monotonic() + timeout
+    seen = 0
+    final: dict[str, Any] | None = None
+    try:
+        while final is None and time.monotonic() < deadline:
+            events = read_events(result_dir)
+            for event in events[seen:]:
+                if on_event is not None:
+                    on_event(event)
+                if event["event"] in ("done", "failed"):
+                    final = event
+            seen = len(events)
+            if final is None and not proc.alive and time.monotonic() > deadline - timeout + 5:
+                # `flwr run` ended; give the ServerApp's last event a moment to land
+                time.sleep(2.0)
+                if len(read_events(result_dir)) == seen:
+                    break
+            time.sleep(0.5)
+    finally:
+        proc.stop(timeout=5)
+    if final is None:
+        run_id = next((e.get("run_id") for e in read_events(result_dir) if e["event"] == "start"),
+                      None)
+        if run_id is not None:
+            try:
+                stop_run(coordinator, int(run_id))
+            except VigilError as exc:
+                log.warning("could not stop run %s: %s", run_id, exc)
+        raise VigilError(
+            f"the Flower run did not finish within {timeout:.0f} s; see {run_dir}/flwr-run.log "
+            "and the SuperLink log"
+        )
+    if final["event"] == "failed":
+        raise AggregationError(f"the federated run failed: {final.get('detail')}", round_=0)
+    return load_result(result_dir)

@@ -1,0 +1,80 @@
+"""vigil's Flower ServerApp: the in-process driver's rounds, with SuperNodes as the sites.
+
+Flower starts it on the coordinator (the SuperLink's SuperExec) for each run.
+It reads :class:`~vigil.federation.flower.settings.RunSettings` from the run
+config, waits for the sites, and calls
+:func:`~vigil.federation.driver.run_federation` with a
+:class:`~vigil.federation.flower.transport.FlowerTransport`: the same
+statistics pooling, initial model, bad-update checks, strategy, dropout rule
+and round history as ``vigil federate``. The result goes to the run's
+``out-dir`` (:func:`~vigil.federation.flower.results.save_result`) and every
+phase to ``out-dir/events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from vigil.federation.driver import run_federation
+from vigil.federation.flower.results import save_result
+from vigil.federation.flower.settings import RunSettings
+from vigil.federation.flower.transport import EventLog, FlowerTransport
+from vigil.federation.history import RoundRecord
+
+__all__ = ["EVENTS_FILE", "app", "main"]
+
+EVENTS_FILE = "events.jsonl"
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one federated training (Flower calls this once per run)."""
+    import torch
+
+    settings = RunSettings.from_run_config(context.run_config)
+    torch.set_num_threads(settings.threads)
+    out = Path(settings.out_dir)
+    events = EventLog(out / EVENTS_FILE)
+    events.write("start", run_id=grid.run.run_id, settings=settings.to_run_config())
+    transport = FlowerTransport(grid, timeout=settings.timeout, events=events)
+    t0 = time.monotonic()
+    round_seconds: list[float] = []
+
+    def on_round(record: RoundRecord) -> None:
+        round_seconds.append(time.monotonic() - t0 - sum(round_seconds))
+        events.write("round", round=record.round, aggregated=record.aggregated,
+                     sites={s.site: s.status.value for s in record.sites},
+                     valid_auroc=record.valid_auroc, seconds=round_seconds[-1])
+        log.info("round %d: aggregated=%s, pooled validation AUROC %s", record.round,
+                 record.aggregated, record.valid_auroc)
+
+    try:
+        sites = transport.connect(expected=settings.sites, min_sites=settings.min_sites,
+                                  wait=settings.wait)
+        round_seconds.append(time.monotonic() - t0)  # connecting counts as "round 0"
+        result = run_federation(
+            sites, settings.make_strategy(), settings.plan(), hidden=settings.hidden,
+            dropout=settings.dropout, on_round=on_round, transport=transport,
+        )
+    except Exception as exc:
+        events.write("failed", error=type(exc).__name__, detail=str(exc))
+        raise
+    info = {
+        "run_id": grid.run.run_id,
+        "settings": settings.to_run_config(),
+        "nodes": {s.name: s.node_id for s in sites},
+        "traffic": {name: asdict(t) for name, t in sorted(transport.traffic.items())},
+        "connect_seconds": round_seconds[0],
+        "round_seconds": round_seconds[1:],
+    }
+    save_result(out, result, info)
+    events.write("done", seconds=time.monotonic() - t0)

@@ -1,0 +1,439 @@
+"""The rules that turn a FHIR R4 Observation into catalog values, shared by both parsers.
+
+The fast parser (:mod:`vigil.fhir_adapter.fast`) and the strict parser
+(:mod:`vigil.fhir_adapter.strict`) differ only in how they read a resource
+(plain dicts, or validated ``fhir.resources`` R4B models). What they read is
+handed to :meth:`Accumulator.emit`, which applies these rules in this order:
+
+1. **Code.** Only LOINC codings (``http://loinc.org``) of the catalog count
+   (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value
+   (from ``value[x]``) and every ``component`` whose code is in the catalog gives
+   one more (a blood-pressure panel 85354-9 gives SBP and DBP). When codings name
+   several variables, a code listed by one variable only beats a code shared by
+   several (US Core pulse oximetry carries 59408-5 and 2708-6: it is O2Sat, while
+   2708-6 alone is SaO2); a tie is quarantined. An Observation with no catalog
+   code is **ignored and counted** (``ignored_unknown_code``).
+2. **Status.** ``final``, ``amended`` and ``corrected`` are used, ``preliminary``
+   only with ``accept_preliminary``. ``entered-in-error`` emits a
+   :class:`~vigil.fhir_adapter.records.Deletion` of every value read before from
+   that resource. Any other status is skipped and counted.
+3. **Subject.** It must reference a Patient (``Patient/{id}``, an absolute URL,
+   or a ``urn:uuid`` resolved inside a Bundle); the Patient id is the patient key.
+4. **Time.** ``effectiveDateTime``, else ``effectiveInstant``, else
+   ``effectivePeriod.end``, else ``effectivePeriod.start``; only when no
+   ``effective[x]`` is present, ``issued``. The time must carry a time of day and
+   a zone (FHIR requires a zone with a time); it is converted to UTC. A
+   day-precision or zone-less time is quarantined, never guessed.
+5. **Value.** ``dataAbsentReason`` instead of a value is counted (``absent``).
+   Otherwise it must be a ``valueQuantity`` without comparator; its unit (the
+   UCUM ``code``, else the ``unit`` text) must be the canonical unit or one of the
+   catalog's conversions, and the converted value must lie in the plausible
+   range. Anything else is quarantined with its reason.
+
+Reasons never contain a patient identifier.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from vigil.core.catalog import MEASURED, variable
+from vigil.fhir_adapter.records import (
+    NO_TIME,
+    Deletion,
+    IngestCounts,
+    IngestResult,
+    ObservationBatch,
+    Quarantine,
+    to_micros,
+)
+
+__all__ = [
+    "AMBIGUOUS",
+    "CODE_INDEX",
+    "CONVERSION_CACHE",
+    "LOINC",
+    "NO_VALUE",
+    "TIME_CACHES",
+    "RANGES",
+    "UCUM",
+    "UNKNOWN",
+    "UNITS",
+    "USE",
+    "Accumulator",
+    "MappingOptions",
+    "Payload",
+    "canonical_value",
+    "parse_time",
+    "not_quantity",
+    "patient_key",
+    "quantity_payload",
+    "reference_id",
+    "variable_of",
+]
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+UNKNOWN = -1
+"""Return value of :func:`variable_of`: no catalog code."""
+AMBIGUOUS = -2
+"""Return value of :func:`variable_of`: codes of several variables, none more specific."""
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOptions:
+    """How permissive the mapping is.
+
+    Parameters
+    ----------
+    accept_preliminary : bool, optional
+        Use ``preliminary`` Observations too (default: skip them).
+    """
+
+    accept_preliminary: bool = False
+
+
+def _code_index() -> dict[str, tuple[int, int]]:
+    owners: dict[str, list[int]] = {}
+    for i, name in enumerate(MEASURED):
+        for code in variable(name).loinc:
+            owners.setdefault(code, []).append(i)
+    index: dict[str, tuple[int, int]] = {}
+    for code, idx in owners.items():
+        if len(idx) == 1:
+            index[code] = (idx[0], 0)
+            continue
+        primary = [i for i in idx if variable(MEASURED[i]).loinc[0] == code]
+        if len(primary) != 1:
+            raise RuntimeError(f"LOINC {code} is shared by {len(idx)} catalog variables and is the "
+                               f"primary code of {len(primary)}; expected exactly one owner")
+        index[code] = (primary[0], 1)
+    return index
+
+
+CODE_INDEX: dict[str, tuple[int, int]] = _code_index()
+"""LOINC code -> (index into MEASURED, 0 if only that variable lists it else 1)."""
+
+UNITS: tuple[dict[str, tuple[float, float]], ...] = tuple(
+    {variable(n).unit: (1.0, 0.0), **{c.unit: (c.scale, c.offset) for c in variable(n).conversions}}
+    for n in MEASURED
+)
+RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
+
+
+def variable_of(codes: Iterable[str]) -> int:
+    """The catalog variable named by a list of LOINC codes.
+
+    Parameters
+    ----------
+    codes : iterable of str
+        The LOINC codes of one CodeableConcept (other systems already removed).
+
+    Returns
+    -------
+    int
+        Index into :data:`~vigil.core.catalog.MEASURED`, :data:`UNKNOWN` or :data:`AMBIGUOUS`.
+    """
+    best, best_rank, tie = UNKNOWN, 2, False
+    for code in codes:
+        hit = CODE_INDEX.get(code)
+        if hit is None:
+            continue
+        var, rank = hit
+        if rank < best_rank:
+            best, best_rank, tie = var, rank, False
+        elif rank == best_rank and var != best:
+            tie = True
+    return AMBIGUOUS if tie else best
+
+
+CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None], tuple[float, float] | str] = {}
+
+
+def _conversion(var: int, system: str | None, code: str | None, unit: str | None
+                ) -> tuple[float, float] | str:
+    key = (var, system, code, unit)
+    hit = CONVERSION_CACHE.get(key)
+    if hit is None:
+        table = UNITS[var]
+        candidates = ([code] if code is not None and system in (None, UCUM) else []) + [unit]
+        hit = next((table[c] for c in candidates if c is not None and c in table), None)
+        if hit is None:
+            shown = code if code is not None else unit
+            hit = (f"no unit on a {MEASURED[var]} value; expected {', '.join(sorted(table))}"
+                   if shown is None else
+                   f"unit {shown!r} is not known for {MEASURED[var]}; expected one of "
+                   f"{', '.join(sorted(table))}")
+        if len(CONVERSION_CACHE) < 4096:
+            CONVERSION_CACHE[key] = hit
+    return hit
+
+
+def canonical_value(var: int, value: float, *, comparator: str | None = None,
+                    system: str | None = None, code: str | None = None, unit: str | None = None
+                    ) -> float | str:
+    """Convert one Quantity to the canonical unit and check its plausibility.
+
+    Parameters
+    ----------
+    var : int
+        Index into :data:`~vigil.core.catalog.MEASURED`.
+    value : float
+        ``Quantity.value``.
+    comparator, system, code, unit : str or None
+        The other ``Quantity`` fields.
+
+    Returns
+    -------
+    float or str
+        The canonical value, or the reason to quarantine it.
+    """
+    if comparator is not None:
+        return f"value has comparator {comparator!r}; a censored value is not used"
+    conv = _conversion(var, system, code, unit)
+    if isinstance(conv, str):
+        return conv
+    out = value * conv[0] + conv[1]
+    low, high = RANGES[var]
+    if not low <= out <= high:
+        return (f"value {out:g} {variable(MEASURED[var]).unit} is outside the plausible range "
+                f"[{low:g}, {high:g}] of {MEASURED[var]}")
+    return out
+
+
+_INSTANT = re.compile(
+    r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:"
+    r"([0-5][0-9]|60)(\.[0-9]{1,9})?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+)
+_DATE_ONLY = re.compile(r"[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?")
+TIME_CACHES: dict[str, dict[str, int | str]] = {}
+"""Per element name, the parsed value of each time string seen (bounded)."""
+
+
+def parse_time(text: str, element: str) -> int | str:
+    """Parse a FHIR ``dateTime``/``instant`` string to UTC microseconds.
+
+    Parameters
+    ----------
+    text : str
+        The value as written in the resource.
+    element : str
+        Its element name, for the reason (``"effectiveDateTime"``...).
+
+    Returns
+    -------
+    int or str
+        Microseconds since the epoch, or the reason the time cannot be used.
+    """
+    cache = TIME_CACHES.setdefault(element, {})
+    hit = cache.get(text)
+    if hit is not None:
+        return hit
+    if _INSTANT.fullmatch(text):
+        try:
+            hit = to_micros(datetime.fromisoformat(text))
+        except ValueError:
+            hit = f"{element} is not a valid date and time"
+    elif _DATE_ONLY.fullmatch(text):
+        hit = f"{element} has no time of day; an hourly grid cannot place it"
+    elif "T" in text and _DATE_ONLY.fullmatch(text.split("T", 1)[0]):
+        hit = f"{element} has a time without a valid time zone"
+    else:
+        hit = f"{element} is not a FHIR dateTime"
+    if len(cache) > 100_000:
+        cache.clear()
+    cache[text] = hit
+    return hit
+
+
+def reference_id(reference: str | None, resource_type: str) -> str | None:
+    """The id a reference to ``resource_type`` points to, or None.
+
+    Parameters
+    ----------
+    reference : str or None
+        ``Reference.reference``: ``Type/{id}``, ``Type/{id}/_history/{v}`` or ``{base}/Type/{id}``.
+    resource_type : str
+        The expected type, e.g. ``"Patient"``.
+
+    Returns
+    -------
+    str or None
+    """
+    if not reference:
+        return None
+    parts = reference.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
+        return parts[-1]
+    return None
+
+
+def patient_key(reference: str, resolve: Mapping[str, str] | None = None) -> str | None:
+    """The Patient id a subject reference points to, or None if it is not a Patient.
+
+    Parameters
+    ----------
+    reference : str
+        A reference (see :func:`reference_id`) or a ``urn:uuid:`` of the same Bundle.
+    resolve : mapping of str to str, optional
+        ``fullUrl`` -> ``Type/id`` of the resources of the same Bundle.
+
+    Returns
+    -------
+    str or None
+    """
+    if resolve:
+        reference = resolve.get(reference, reference)
+    return reference_id(reference, "Patient")
+
+
+Payload = tuple[float, str | None, str | None, str | None, str | None] | str | None
+"""What a parser read for one catalog value: ``(value, comparator, system, code, unit)``
+of a valueQuantity, ``None`` for a dataAbsentReason, or the reason it is unusable."""
+
+NO_VALUE = "no value and no dataAbsentReason"
+
+
+def not_quantity(element: str) -> str:
+    """Reason for a value of another type than Quantity."""
+    return f"expected valueQuantity, got {element}"
+
+
+def quantity_payload(value: object, comparator: str | None, system: str | None,
+                     code: str | None, unit: str | None) -> Payload:
+    """The payload of a valueQuantity (a reason if its value is missing or not a number)."""
+    if value is None:
+        return "valueQuantity has no value"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "valueQuantity.value is not a number"
+    return (float(value), comparator, system, code, unit)
+
+
+USE, _DELETE, _SKIP = 0, 1, 2
+_STATUS = {"final": USE, "amended": USE, "corrected": USE, "preliminary": _SKIP,
+           "entered-in-error": _DELETE}
+
+
+class Accumulator:
+    """Collects what the parsers read and applies the rules of this module.
+
+    Parameters
+    ----------
+    options : MappingOptions, optional
+    """
+
+    def __init__(self, options: MappingOptions | None = None) -> None:
+        self.status_action = dict(_STATUS)
+        if options is not None and options.accept_preliminary:
+            self.status_action["preliminary"] = USE
+        self.patient: list[str] = []
+        self.variable: list[int] = []
+        self.effective: list[int] = []
+        self.value: list[float] = []
+        self.resource_id: list[str] = []
+        self.last_updated: list[int] = []
+        self.seq: list[int] = []
+        self.deletions: list[Deletion] = []
+        self.quarantine: list[Quarantine] = []
+        self.n_resources = 0
+        self.n_unknown = 0
+        self.n_skipped = 0
+        self.n_absent = 0
+
+    def ignore(self) -> None:
+        """Count an Observation without a catalog code."""
+        self.n_resources += 1
+        self.n_unknown += 1
+
+    def reject(self, rid: str, reason: str, last_updated: int = NO_TIME,
+               resource_type: str = "Observation") -> None:
+        """Quarantine a whole resource."""
+        if resource_type == "Observation":
+            self.n_resources += 1
+        self.quarantine.append(Quarantine(resource_type, rid, reason, last_updated))
+
+    def emit(self, rid: str, last_updated: int, status: str | None, patient: str | None,
+             time: int | str, items: list[tuple[int, Payload]]) -> None:
+        """Apply the status, subject, time and value rules to one Observation.
+
+        Parameters
+        ----------
+        rid : str
+            Resource id.
+        last_updated : int
+            ``meta.lastUpdated`` in microseconds or :data:`NO_TIME`.
+        status : str or None
+            ``Observation.status``.
+        patient : str or None
+            The Patient id of ``subject`` (None if it names no Patient).
+        time : int or str
+            Effective time in microseconds, or the reason it is unusable.
+        items : list of (int, Payload)
+            One entry per catalog code found (``Observation.code`` first, then components);
+            the variable may be :data:`AMBIGUOUS`.
+        """
+        self.n_resources += 1
+        action = self.status_action.get(status or "", _SKIP)
+        if status is None:
+            self.quarantine.append(Quarantine("Observation", rid, "no status", last_updated))
+            return
+        if action == _DELETE:
+            self.deletions.append(Deletion(rid, patient, self.n_resources, last_updated))
+            return
+        if action == _SKIP:
+            self.n_skipped += 1
+            return
+        if patient is None:
+            self.quarantine.append(
+                Quarantine("Observation", rid, "subject does not reference a Patient", last_updated))
+            return
+        if isinstance(time, str):
+            self.quarantine.append(Quarantine("Observation", rid, time, last_updated))
+            return
+        for var, payload in items:
+            if payload is None:
+                self.n_absent += 1
+                continue
+            if var == AMBIGUOUS:
+                out: float | str = "codes name several catalog variables; none is more specific"
+            elif isinstance(payload, str):
+                out = payload
+            else:
+                out = canonical_value(var, payload[0], comparator=payload[1], system=payload[2],
+                                      code=payload[3], unit=payload[4])
+            if isinstance(out, str):
+                self.quarantine.append(Quarantine("Observation", rid, out, last_updated))
+                continue
+            self.patient.append(patient)
+            self.variable.append(var)
+            self.effective.append(time)
+            self.value.append(out)
+            self.resource_id.append(rid)
+            self.last_updated.append(last_updated)
+            self.seq.append(self.n_resources)
+
+    def result(self) -> IngestResult:
+        """Everything collected, as an :class:`IngestResult` (no watermark)."""
+        batch = ObservationBatch(
+            patient=np.array(self.patient, dtype=object),
+            variable=np.array(self.variable, dtype=np.int8),
+            effective=np.array(self.effective, dtype=np.int64),
+            value=np.array(self.value, dtype=np.float64),
+            resource_id=np.array(self.resource_id, dtype=object),
+            last_updated=np.array(self.last_updated, dtype=np.int64),
+            seq=np.array(self.seq, dtype=np.int64),
+            deletions=tuple(self.deletions),
+        )
+        counts = IngestCounts(
+            resources=self.n_resources, values=len(self.value),
+            ignored_unknown_code=self.n_unknown, skipped_status=self.n_skipped,
+            absent=self.n_absent, quarantined=len(self.quarantine), deleted=len(self.deletions),
+        )
+        return IngestResult(observations=batch, quarantine=tuple(self.quarantine), counts=counts)

@@ -1,0 +1,414 @@
+"""The scoring cycle (DESIGN.md, "Cycle"), the same code for the service and for replay.
+
+census → incremental fetch from the persisted watermark (with an overlap for
+late-charted values) → store → features of each census patient at the tick →
+onnxruntime batch (active and shadow model) → calibrated probability → alert
+policy → RiskAssessments queued → one commit → write-back → cycle record.
+
+Crash safety:
+
+* Everything a cycle stores (census, observations, watermark, quarantine,
+  scores, alert state, queued RiskAssessments, the cycle's status) is written
+  in **one transaction**. A cycle that fails or is killed before the commit
+  leaves no trace but its ``running`` record (marked ``interrupted`` at the
+  next start); the watermark was not advanced, so the next cycle fetches the
+  same observations again.
+* Write-back happens after the commit, from the queue (``outbox``). Each
+  RiskAssessment has a deterministic id (patient, tick, model) and is written
+  with an idempotent ``PUT``, so sending it again after a crash replaces it
+  instead of duplicating it. A failed write-back leaves the queue for the next
+  cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from vigil.core.errors import FHIRError, VigilError
+from vigil.features.builder import LOOKBACK_HOURS, build_latest_features
+from vigil.features.grid import HourlyGrid
+from vigil.fhir_adapter.records import Census, IngestResult, ObservationBatch, Stay, to_micros
+from vigil.runtime.alert_step import alert_step
+from vigil.runtime.models import LiveModel, LiveModels
+from vigil.runtime.ops import RuntimeMetrics
+from vigil.runtime.settings import AlertSettings, ScoringSettings
+from vigil.runtime.store import StateStore
+
+__all__ = [
+    "CycleResult",
+    "CycleRunner",
+    "CycleSink",
+    "CycleSource",
+    "GridBuilder",
+    "adapter_grid",
+    "complete_hours",
+]
+
+log = logging.getLogger(__name__)
+
+HOUR_US = 3_600_000_000
+
+class CycleSource(Protocol):
+    """Where a cycle reads the clinical data (a FHIR server, or NDJSON files on a clock)."""
+
+    name: str
+
+    def census(self, tick: datetime) -> Census:
+        """The in-progress ICU stays at ``tick``."""
+        ...
+
+    def observations(self, *, since: datetime | None, until: datetime) -> IngestResult:
+        """Observations recorded after ``since`` (None: everything) up to ``until``."""
+        ...
+
+
+class GridBuilder(Protocol):
+    """Builds the hourly grid of the census (:func:`vigil.fhir_adapter.grid_from_observations`)."""
+
+    def __call__(
+        self, stays: Sequence[Stay], observations: ObservationBatch, *, until: Sequence[datetime]
+    ) -> HourlyGrid:
+        """One patient per stay, hourly rows up to each stay's ``until``."""
+        ...
+
+
+def adapter_grid(
+    stays: Sequence[Stay], observations: ObservationBatch, *, until: Sequence[datetime]
+) -> HourlyGrid:
+    """The FHIR adapter's grid builder (the default)."""
+    from vigil.fhir_adapter.hourly import grid_from_observations
+
+    return grid_from_observations(stays, observations, until=until)
+
+
+def complete_hours(stays: Sequence[Stay], tick: datetime) -> list[int]:
+    """ICU hours each stay has completed at ``tick``: ``floor((tick - admission) / 1 h)``.
+
+    The grid's hour ``h`` covers ``(A + (h - 1) h, A + h h]``; the runtime scores a
+    patient's last *complete* hour, the row a model trained on hourly PhysioNet
+    rows was trained on (its values are all in by the end of the hour).
+    """
+    t = to_micros(tick)
+    return [(t - to_micros(s.icu_admission)) // HOUR_US for s in stays]
+
+
+class CycleSink(Protocol):
+    """Where scores go (RiskAssessments on a FHIR server, NDJSON files, or nowhere)."""
+
+    def assessments(self, scores: pd.DataFrame, *, model: str) -> list[tuple[str, str]]:
+        """One ``(deterministic id, JSON)`` RiskAssessment per score row."""
+        ...
+
+    def put(self, bodies: list[str]) -> None:
+        """Write resources idempotently (same id → same resource)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """The record of one cycle."""
+
+    cycle_id: int
+    tick: datetime
+    status: str
+    reason: str | None
+    counts: dict[str, int]
+    timings: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the cycle scored and wrote back."""
+        return self.status == "ok"
+
+
+def _ts(t: datetime) -> float:
+    return t.timestamp()
+
+
+class CycleRunner:
+    """Runs cycles against one store, source, sink and set of models.
+
+    Parameters
+    ----------
+    store : StateStore
+    source : CycleSource
+    sink : CycleSink or None
+        None scores and stores without writing back.
+    models : callable returning LiveModels
+        Asked at every cycle (a promotion takes effect at the next cycle).
+    scoring : ScoringSettings
+    alerts : AlertSettings
+    metrics : RuntimeMetrics or None, optional
+    checkpoint : callable (str) -> None, optional
+        Called at named points of the cycle (crash tests kill the process there).
+    retention_hours : float, optional
+        Observations older than this are pruned.
+    writeback_batch : int, optional
+        RiskAssessments per sink call.
+    grid_builder : GridBuilder, optional
+        The FHIR adapter's by default.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        source: CycleSource,
+        sink: CycleSink | None,
+        models: Callable[[], LiveModels],
+        scoring: ScoringSettings,
+        alerts: AlertSettings,
+        metrics: RuntimeMetrics | None = None,
+        checkpoint: Callable[[str], None] | None = None,
+        retention_hours: float = 7 * 24,
+        writeback_batch: int = 200,
+        grid_builder: GridBuilder = adapter_grid,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.sink = sink
+        self.models = models
+        self.scoring = scoring
+        self.alerts = alerts
+        self.metrics = metrics
+        self.checkpoint = checkpoint or (lambda _name: None)
+        self.retention_hours = retention_hours
+        self.writeback_batch = writeback_batch
+        self.grid_builder = grid_builder
+
+    def run(self, tick: datetime) -> CycleResult:
+        """Run one cycle for ``tick`` (UTC); never raises for a failed cycle, records it."""
+        if tick.tzinfo is None:
+            raise ValueError("expected a timezone-aware tick (UTC)")
+        tick = tick.astimezone(UTC)
+        started = time.perf_counter()
+        cycle_id = self.store.start_cycle(_ts(tick))
+        timings: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        try:
+            self.checkpoint("started")
+            models = self.models()
+            if models.active is None:
+                raise VigilError("no active model is installed; run `vigil model install`")
+            self._score_and_commit(cycle_id, tick, models, counts, timings)
+        except Exception as exc:
+            return self._failed(cycle_id, tick, exc, counts, timings, started)
+        self.checkpoint("committed")
+        t0 = time.perf_counter()
+        reason = self.flush(counts)
+        status = "ok" if reason is None else "writeback_failed"
+        if reason is not None:
+            log.warning("cycle %d: %s", cycle_id, reason)
+        timings["writeback"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+        with self.store.transaction() as tx:
+            self.store.finish_cycle(tx, cycle_id, status=status, reason=reason, counts=counts,
+                                    timings=timings)
+        self._observe(status, counts, timings, committed=True)
+        return CycleResult(cycle_id, tick, status, reason, counts, timings)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _score_and_commit(
+        self,
+        cycle_id: int,
+        tick: datetime,
+        models: LiveModels,
+        counts: dict[str, int],
+        timings: dict[str, float],
+    ) -> None:
+        t0 = time.perf_counter()
+        census = self.source.census(tick)
+        timings["census"] = time.perf_counter() - t0
+        counts["census"] = len(census)
+        self.checkpoint("census")
+
+        t0 = time.perf_counter()
+        mark = self.store.watermark(self.source.name)
+        since = None
+        if mark is not None:
+            since = datetime.fromisoformat(mark) - timedelta(minutes=self.scoring.overlap_minutes)
+        fetched = self.source.observations(since=since, until=tick)
+        timings["fetch"] = time.perf_counter() - t0
+        counts["observations"] = len(fetched.observations)
+        quarantine = census.quarantine + fetched.quarantine
+        counts["quarantined"] = len(quarantine)
+        self.checkpoint("fetched")
+
+        with self.store.transaction() as tx:
+            t0 = time.perf_counter()
+            self.store.put_census(tx, census.stays, tick=_ts(tick))
+            self.store.put_observations(tx, fetched.observations)
+            self.store.put_quarantine(tx, cycle_id, quarantine)
+            if fetched.watermark is not None:
+                self.store.set_watermark(tx, self.source.name, fetched.watermark.isoformat())
+            counts["pruned"] = self.store.prune(tx, before=_ts(tick) - self.retention_hours * 3600)
+            window = self.store.observations(
+                census.patients,
+                since=to_micros(tick - timedelta(hours=LOOKBACK_HOURS + 2)),
+                until=to_micros(tick),
+            )
+            timings["store"] = time.perf_counter() - t0
+            self.checkpoint("stored")
+
+            t0 = time.perf_counter()
+            done = complete_hours(census.stays, tick)
+            ready = [(s, h) for s, h in zip(census.stays, done, strict=True) if h >= 1]
+            grid = self.grid_builder(
+                [s for s, _ in ready], window,
+                until=[s.icu_admission + timedelta(hours=h) for s, h in ready],
+            )
+            features = build_latest_features(grid)
+            hours = grid.hours[grid.starts[1:] - 1] if grid.n_patients else np.zeros(0, np.int32)
+            timings["features"] = time.perf_counter() - t0
+            counts["first_hour"] = len(census) - len(ready)
+
+            t0 = time.perf_counter()
+            frames = []
+            for role, model in (("active", models.active), ("shadow", models.shadow)):
+                if model is None:
+                    continue
+                frames.append(self._score(model, role, grid, features, hours, tick))
+            timings["inference"] = time.perf_counter() - t0
+            scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
+            active = scores[scores["role"] == "active"]
+            counts["scored"] = len(active)
+            counts["shadow_scored"] = int((scores["role"] == "shadow").sum())
+            counts["alerts"] = int(active["alert"].sum())
+            self.store.put_scores(tx, scores, cycle_id=cycle_id)
+
+            t0 = time.perf_counter()
+            queued = 0
+            if self.sink is not None and models.active is not None and len(active):
+                encounter = {stay.patient: stay.encounter for stay in census.stays}
+                active = active.assign(encounter=active["patient_key"].map(encounter))
+                items = self.sink.assessments(active, model=models.active.key)
+                self.store.enqueue(tx, cycle_id, ((i, _ts(tick), b) for i, b in items))
+                queued = len(items)
+            counts["queued"] = queued
+            timings["build_writeback"] = time.perf_counter() - t0
+            self.store.finish_cycle(tx, cycle_id, status="scored", counts=counts, timings=timings)
+
+    def _score(
+        self,
+        model: LiveModel,
+        role: str,
+        grid: HourlyGrid,
+        features: np.ndarray,
+        hours: np.ndarray,
+        tick: datetime,
+    ) -> pd.DataFrame:
+        raw, prob = model.probabilities(features)
+        keys = list(grid.patient_ids)
+        # The shadow model gets the same policy (its own state) so that its alert burden can be
+        # compared before a promotion; only the active model's alerts are raised and written back.
+        step = alert_step(
+            keys, prob, now_hours=_ts(tick) / 3600.0, state=self.store.alert_state(model.key),
+            threshold=model.threshold, suppression_hours=self.alerts.suppression_hours,
+            hysteresis=self.alerts.hysteresis,
+        )
+        self.store.put_alert_state(
+            self.store.conn, model.key, zip(keys, step.last_alert, step.armed, strict=True)
+        )
+        alert = step.alert
+        return pd.DataFrame(
+            {
+                "patient_key": keys,
+                "tick": _ts(tick),
+                "model": model.key,
+                "role": role,
+                "iculos": hours.astype(np.int64),
+                "raw_probability": raw,
+                "probability": prob,
+                "calibrated": model.calibration is not None,
+                "alert": np.asarray(alert, dtype=bool),
+            }
+        )
+
+    def flush(self, counts: dict[str, int] | None = None) -> str | None:
+        """Write back every queued RiskAssessment; returns why it failed, or None.
+
+        Sets ``written_back`` and ``pending`` in ``counts`` when given.
+        """
+        counts = {} if counts is None else counts
+        counts["written_back"] = 0
+        reason = None
+        if self.sink is not None:
+            pending = self.store.pending()
+            try:
+                for lo in range(0, len(pending), self.writeback_batch):
+                    chunk = pending[lo : lo + self.writeback_batch]
+                    self.sink.put([body for _, body in chunk])
+                    self.checkpoint("put")
+                    self.store.mark_sent([rid for rid, _ in chunk])
+                    counts["written_back"] += len(chunk)
+            except Exception as exc:
+                reason = f"write-back failed ({type(exc).__name__}: {exc}); queued for the next cycle"
+                if isinstance(exc, FHIRError) and self.metrics is not None:
+                    self.metrics.fhir_errors.inc()
+        counts["pending"] = len(self.store.pending())
+        return reason
+
+    def _failed(
+        self,
+        cycle_id: int,
+        tick: datetime,
+        exc: Exception,
+        counts: dict[str, int],
+        timings: dict[str, float],
+        started: float,
+    ) -> CycleResult:
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, VigilError):
+            log.warning("cycle %d failed: %s", cycle_id, reason)
+        else:
+            log.exception("cycle %d failed unexpectedly", cycle_id)
+        if isinstance(exc, FHIRError) and self.metrics is not None:
+            self.metrics.fhir_errors.inc()
+        timings["total"] = time.perf_counter() - started
+        with self.store.transaction() as tx:
+            self.store.finish_cycle(tx, cycle_id, status="failed", reason=reason, counts=counts,
+                                    timings=timings)
+        self._observe("failed", counts, timings, committed=False)
+        return CycleResult(cycle_id, tick, "failed", reason, counts, timings)
+
+    def _observe(
+        self, status: str, counts: dict[str, int], timings: dict[str, float], *, committed: bool
+    ) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m.cycles.labels(status=status).inc()
+        m.cycle_duration.observe(timings.get("total", 0.0))
+        if committed:
+            m.quarantined.inc(counts.get("quarantined", 0))
+            m.patients_scored.set(counts.get("scored", 0))
+            m.scores.inc(counts.get("scored", 0))
+            m.alerts.inc(counts.get("alerts", 0))
+            m.writeback.inc(counts.get("written_back", 0))
+        if status == "ok":
+            m.last_good.set(time.time())
+
+
+def _empty_scores() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "patient_key": pd.Series(dtype=object),
+            "tick": pd.Series(dtype=float),
+            "model": pd.Series(dtype=object),
+            "role": pd.Series(dtype=object),
+            "iculos": pd.Series(dtype=np.int64),
+            "raw_probability": pd.Series(dtype=float),
+            "probability": pd.Series(dtype=float),
+            "calibrated": pd.Series(dtype=bool),
+            "alert": pd.Series(dtype=bool),
+        }
+    )

@@ -1,0 +1,237 @@
+"""Feed health: a variable that stops arriving, a unit that changes, a jump in quarantine.
+
+Three checks, run every cycle on what the cycle fetched:
+
+**Feed down.** Site-wide, a variable measured in a share ``r`` of patient-hours
+arrives at about ``lambda = r * n`` values per hour with ``n`` patients in the
+census. Modelling arrivals as a Poisson process, ``g`` hours without a value
+has probability ``exp(-lambda g)``; the feed is reported down when that falls
+below ``alpha``, i.e. when ``g > -ln(alpha) / lambda`` (the variable's
+*expected interval*, never shorter than ``min_gap_hours``). ``r`` is the
+site's own rate from its baseline window, so a variable the site never
+records (EtCO2 at some hospitals) raises nothing.
+
+**Unit change.** The FHIR adapter converts every known unit to the canonical
+one, so a correctly labelled change (temperature now sent in ``[degF]``) is
+harmless to the model but worth knowing; when the adapter reports the units it
+met per variable, a unit absent from the baseline and seen in at least
+``min_count`` values raises a warning.
+
+**Quarantine jump.** A unit change the feed does *not* label (Fahrenheit
+numbers still coded ``Cel``) puts values outside the plausible range, and the
+adapter quarantines them with a reason naming the variable. The resources
+quarantined in a cycle (each resource counted once, although the fetch
+overlap reads it again) are counted per variable and compared with the mean
+of earlier cycles: ``P(X >= count)`` under a Poisson law below ``alpha``
+(with at least ``min_count`` resources) raises a critical alarm naming the
+variable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats as sps
+
+from vigil.core.catalog import MEASURED
+from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
+
+__all__ = ["FeedHealth", "variable_in_reason"]
+
+_NAMES = frozenset(MEASURED)
+_NAMED = re.compile(r"\b(?:for|of|on a)\s+([A-Za-z][A-Za-z0-9_]*)")
+_GENERAL = ""
+"""The variable name used for quarantine not attributed to a variable."""
+
+
+def variable_in_reason(reason: str) -> str:
+    """Find the catalog variable a quarantine reason names (``""`` if none).
+
+    Examples
+    --------
+    >>> variable_in_reason("value 98.6 Cel is outside the plausible range [25, 45] of Temp")
+    'Temp'
+    >>> variable_in_reason("no status")
+    ''
+    """
+    for word in _NAMED.findall(reason):
+        if word in _NAMES:
+            return word
+    return _GENERAL
+
+
+class FeedHealth:
+    """The three feed checks and what they remember between cycles.
+
+    Parameters
+    ----------
+    alpha : float, optional
+        Tail probability of the feed-down and quarantine tests.
+    min_gap_hours : float, optional
+        Shortest gap reported as a feed down (PhysioNet-derived feeds are hourly).
+    min_count : int, optional
+        Fewest values in a new unit, or quarantined resources, that raise an alarm.
+    quarantine_floor : float, optional
+        Smallest mean quarantine count per cycle assumed (a clean feed has mean 0).
+    memory : int, optional
+        Quarantined resource ids remembered to count each once.
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 1e-4,
+        min_gap_hours: float = 2.0,
+        min_count: int = 3,
+        quarantine_floor: float = 0.25,
+        memory: int = 200_000,
+    ) -> None:
+        self.alpha, self.min_gap_hours, self.min_count = alpha, min_gap_hours, min_count
+        self.quarantine_floor, self.memory = quarantine_floor, memory
+        self.last_value: dict[str, float] = {}
+        self.baseline_units: dict[str, set[str]] = {}
+        self.learning_units = True
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._q_total: dict[str, float] = {}
+        self._q_cycles = 0
+
+    # -- feed down --------------------------------------------------------------------------------
+
+    def observe_values(self, variables: Sequence[str] | NDArray[np.object_], effective_s: NDArray[
+        np.floating
+    ]) -> None:
+        """Remember the latest effective time (UTC seconds) of every variable fetched."""
+        if len(variables) == 0:
+            return
+        names = np.asarray(variables, dtype=object)
+        times = np.asarray(effective_s, dtype=np.float64)
+        order = np.argsort(names, kind="stable")
+        names, times = names[order], times[order]
+        cut = np.flatnonzero(names[1:] != names[:-1]) + 1
+        for lo, hi in zip(np.r_[0, cut], np.r_[cut, names.size], strict=True):
+            name, latest = str(names[lo]), float(times[lo:hi].max())
+            if latest > self.last_value.get(name, -math.inf):
+                self.last_value[name] = latest
+
+    def expected_interval(self, rate: float, census: int) -> float:
+        """Hours without a value after which a feed of this rate is reported down."""
+        lam = rate * census
+        if not lam > 0:
+            return math.inf
+        return max(self.min_gap_hours, -math.log(self.alpha) / lam)
+
+    def feed_down(
+        self, *, now: float, census: int, rates: Mapping[str, float]
+    ) -> tuple[list[Finding], list[tuple[str, str, str, float]]]:
+        """Variables whose values stopped arriving.
+
+        Parameters
+        ----------
+        now : float
+            The tick, UTC seconds.
+        census : int
+            Patients in the census.
+        rates : mapping of str to float
+            The site's share of patient-hours with a value, per variable.
+
+        Returns
+        -------
+        findings : list of Finding
+        stats : list of (kind, variable, statistic, value)
+            Hours since the last value, per variable.
+        """
+        findings, stats = [], []
+        for name in MEASURED:
+            rate = rates.get(name, 0.0)
+            last = self.last_value.get(name)
+            if last is None or not rate > 0:
+                continue
+            gap = max(0.0, (now - last) / 3600.0)
+            limit = self.expected_interval(rate, census)
+            stats.append((str(AlarmKind.FEED_DOWN), name, "hours_since_value", gap))
+            if gap > limit:
+                findings.append(Finding(
+                    AlarmKind.FEED_DOWN, name, Severity.CRITICAL, gap, limit,
+                    f"no {name} value for {gap:.1f} h; with {census} patients and {name} in "
+                    f"{rate:.1%} of patient-hours one was expected within {limit:.1f} h "
+                    f"(p < {self.alpha:g}); check the {name} interface",
+                ))
+        return findings, stats
+
+    # -- units ------------------------------------------------------------------------------------
+
+    def units(self, units: Mapping[str, Mapping[str, int]] | None) -> list[Finding]:
+        """Units never seen during the baseline (learned while ``learning_units`` is True)."""
+        if not units:
+            return []
+        findings = []
+        for name, per_unit in units.items():
+            known = self.baseline_units.setdefault(name, set())
+            if self.learning_units:
+                known.update(u for u, n in per_unit.items() if n > 0)
+                continue
+            new = {u: n for u, n in per_unit.items() if u not in known and n >= self.min_count}
+            if new:
+                total = sum(per_unit.values())
+                shown = ", ".join(f"{u!r} ({n} of {total})" for u, n in sorted(new.items()))
+                findings.append(Finding(
+                    AlarmKind.UNIT_CHANGE, name, Severity.WARNING, float(sum(new.values())),
+                    float(self.min_count),
+                    f"{name} now arrives in {shown}, a unit not seen in the baseline "
+                    f"({', '.join(sorted(known)) or 'none'}); values are converted, but confirm "
+                    "the interface change was intended",
+                ))
+        return findings
+
+    # -- quarantine -------------------------------------------------------------------------------
+
+    def quarantine(
+        self, records: Iterable[tuple[str, str, str]]
+    ) -> tuple[list[Finding], list[tuple[str, str, str, float]]]:
+        """Per-variable jumps in newly quarantined resources.
+
+        Parameters
+        ----------
+        records : iterable of (resource_type, resource_id, reason)
+            What the cycle's fetch rejected (repeats of earlier cycles are skipped).
+
+        Returns
+        -------
+        findings : list of Finding
+        stats : list of (kind, variable, statistic, value)
+        """
+        counts: dict[str, int] = {}
+        for rtype, rid, reason in records:
+            key = (f"{rtype}/{rid}", reason)
+            if rid and key in self._seen:
+                continue
+            if rid:
+                self._seen[key] = None
+                if len(self._seen) > self.memory:
+                    self._seen.popitem(last=False)
+            name = variable_in_reason(reason)
+            counts[name] = counts.get(name, 0) + 1
+        findings, stats = [], []
+        cycles = max(self._q_cycles, 1)
+        for name in sorted(set(counts) | set(self._q_total)):
+            n = counts.get(name, 0)
+            mean = max(self._q_total.get(name, 0.0) / cycles, self.quarantine_floor)
+            stats.append((str(AlarmKind.QUARANTINE), name, "quarantined", float(n)))
+            p = float(sps.poisson.sf(n - 1, mean)) if n > 0 else 1.0
+            if n >= self.min_count and p < self.alpha:
+                what = f"{name} values" if name else "resources naming no variable"
+                findings.append(Finding(
+                    AlarmKind.QUARANTINE, name, Severity.CRITICAL, float(n), mean,
+                    f"{n} {what} quarantined this cycle against {mean:.2f} per cycle before "
+                    f"(p = {p:.1e}); a unit or interface change? see the quarantine reasons",
+                ))
+            else:
+                # only quiet cycles teach the usual rate, so a broken feed does not become normal
+                self._q_total[name] = self._q_total.get(name, 0.0) + n
+        self._q_cycles += 1
+        return findings, stats

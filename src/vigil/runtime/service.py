@@ -1,0 +1,174 @@
+"""The on-prem service: a scoring cycle every 15 minutes, plus the ops endpoint.
+
+APScheduler 3.x runs the cycle on a cron trigger aligned to the wall clock
+(minutes 0, 15, 30 and 45 by default) with ``max_instances=1`` (a slow cycle
+never overlaps the next), ``coalesce=True`` (runs missed while the machine was
+busy or asleep collapse into one) and a ``misfire_grace_time`` (a run later than
+that is skipped; the next one catches up from the watermark). SIGTERM or
+SIGINT stop the scheduler, let a running cycle finish, close the endpoint and
+the store, and return.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+
+from vigil.core.errors import ConfigError
+from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
+from vigil.runtime.models import LiveModels, load_live_models
+from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics, readiness
+from vigil.runtime.settings import VigilSettings
+from vigil.runtime.store import StateStore, sqlite_path
+
+__all__ = ["Service", "last_fire_time"]
+
+log = logging.getLogger(__name__)
+
+
+def _trigger(settings: VigilSettings):  # type: ignore[no-untyped-def]
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        return CronTrigger(minute=settings.scheduler.minute, timezone=settings.scheduler.timezone)
+    except (ValueError, LookupError) as exc:
+        raise ConfigError(
+            f"invalid setting 'scheduler.minute' or 'scheduler.timezone': {exc}", key="scheduler.minute"
+        ) from exc
+
+
+def last_fire_time(trigger: object, now: datetime) -> datetime:
+    """The latest time at or before ``now`` at which a cron trigger fires (the cycle's tick)."""
+    probe = now - timedelta(hours=25)
+    last = probe
+    while True:
+        nxt = trigger.get_next_fire_time(None, probe)  # type: ignore[attr-defined]
+        if nxt is None or nxt > now:
+            return last.astimezone(UTC)
+        last = nxt
+        probe = nxt + timedelta(seconds=1)
+
+
+class Service:
+    """Everything ``vigil serve`` runs.
+
+    Parameters
+    ----------
+    settings : VigilSettings
+    source : CycleSource
+    sink : CycleSink or None
+    """
+
+    def __init__(self, settings: VigilSettings, *, source: CycleSource, sink: CycleSink | None) -> None:
+        self.settings = settings
+        self.trigger = _trigger(settings)
+        self.store = StateStore.open(settings.store.url)
+        n = self.store.mark_interrupted()
+        if n:
+            log.warning("%d cycle(s) were interrupted by a stop; the next cycle catches up", n)
+        self.metrics = RuntimeMetrics()
+        self._models = LiveModels(None, None)
+        self._lock = threading.Lock()
+        self._reload_models()
+        good = self.store.last_good_cycle()
+        self._last_good_end: float | None = good.finished if good is not None else None
+        if self._last_good_end is not None:
+            self.metrics.last_good.set(self._last_good_end)
+        self.runner = CycleRunner(
+            store=self.store,
+            source=source,
+            sink=sink,
+            models=self._reload_models,
+            scoring=settings.scoring,
+            alerts=settings.alerts,
+            metrics=self.metrics,
+            retention_hours=settings.store.retention_hours,
+        )
+        self._stop = threading.Event()
+
+    def _reload_models(self) -> LiveModels:
+        wanted = tuple(
+            (r.key, r.role, r.calibration) for r in self.store.models() if r.role in ("active", "shadow")
+        )
+        if wanted != self._models.signature:
+            self._models = load_live_models(
+                self.store, public_key=self.settings.models.public_key,
+                threads=self.settings.scoring.threads,
+            )
+            active = self._models.active
+            log.info("models loaded: active %s, shadow %s", active.key if active else None,
+                     self._models.shadow.key if self._models.shadow else None)
+            self.metrics.model_loaded.set(1 if active is not None else 0)
+        return self._models
+
+    def run_cycle(self, now: datetime | None = None) -> CycleResult:
+        """Run the cycle of the latest tick at or before ``now`` (the scheduler's job)."""
+        now = datetime.now(UTC) if now is None else now
+        tick = last_fire_time(self.trigger, now)
+        with self._lock:
+            result = self.runner.run(tick)
+        if result.ok:
+            good = self.store.last_good_cycle()
+            self._last_good_end = good.finished if good is not None else None
+        log.info(
+            "cycle %d at %s: %s; %s", result.cycle_id, tick.isoformat(timespec="minutes"),
+            result.status, ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items())),
+        )
+        return result
+
+    def readiness(self) -> Readiness:
+        """What ``/readyz`` answers."""
+        active = self._models.active
+        return readiness(
+            model=active.key if active is not None else None,
+            last_good_end=self._last_good_end,
+            max_age_s=self.settings.ops.ready_max_age_s,
+        )
+
+    def patient_scores(self, patient_key: str) -> list[dict[str, object]]:
+        """Recent scores of one patient, read on a connection of its own."""
+        if sqlite_path(self.settings.store.url) == ":memory:":
+            return []
+        with StateStore.open(self.settings.store.url, read_only=True) as reader:
+            return reader.patient_scores(patient_key)
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Ask :meth:`serve` to return (also the SIGTERM and SIGINT handler)."""
+        if signum is not None:
+            log.info("received signal %d; stopping after the running cycle", signum)
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Run until :meth:`stop` or SIGTERM/SIGINT; then shut down cleanly."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        s = self.settings
+        ops = None
+        if s.ops.enabled:
+            ops = OpsServer(
+                host=s.ops.host, port=s.ops.port, ready=self.readiness, metrics=self.metrics,
+                patient_scores=self.patient_scores,
+            ).start()
+        scheduler = BackgroundScheduler(timezone=s.scheduler.timezone)
+        extra = {"next_run_time": datetime.now(UTC)} if s.scheduler.run_at_start else {}
+        scheduler.add_job(
+            self.run_cycle, self.trigger, id="cycle", name="scoring cycle", max_instances=1,
+            coalesce=True, misfire_grace_time=s.scheduler.misfire_grace_s, **extra,
+        )
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        scheduler.start()
+        log.info("serving: cycles at minute %s (%s)", s.scheduler.minute, s.scheduler.timezone)
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            scheduler.shutdown(wait=True)
+            if ops is not None:
+                ops.stop()
+            self.store.close()
+            log.info("stopped")

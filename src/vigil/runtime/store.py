@@ -1,0 +1,600 @@
+"""The runtime's state store: SQLite in WAL mode, with a versioned schema.
+
+Tables: ``patients`` (the census as last seen), ``observations`` (mapped
+values within the retention window, one row per FHIR Observation id),
+``scores`` and ``alerts`` (per patient, tick and model), ``alert_state``
+(what the alert policy remembers), ``cycles`` (one record per cycle),
+``watermarks`` (how far each source has been read), ``quarantine`` (rejected
+resources, without patient identifiers), ``outbox`` (RiskAssessments waiting
+to be written back) and ``models`` (installed model packages and their roles).
+
+Every method that changes several tables takes the connection of one
+:meth:`StateStore.transaction`, so a cycle commits all or nothing. Times are
+UTC seconds since the epoch (float).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vigil.core.errors import ConfigError
+from vigil.fhir_adapter.records import ObservationBatch, Quarantine, Stay, from_micros, to_micros
+from vigil.runtime.monitoring.alarms import MONITOR_MIGRATION
+
+__all__ = ["SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema.
+    """
+    CREATE TABLE patients (
+        patient_key TEXT PRIMARY KEY,
+        encounter TEXT NOT NULL,
+        icu_admission INTEGER NOT NULL,
+        unit TEXT,
+        gender TEXT,
+        birth_date TEXT,
+        hospital_admission INTEGER,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        in_census INTEGER NOT NULL
+    );
+    CREATE TABLE observations (
+        resource_id TEXT NOT NULL,
+        variable INTEGER NOT NULL,
+        patient_key TEXT NOT NULL,
+        effective INTEGER NOT NULL,
+        value REAL NOT NULL,
+        last_updated INTEGER NOT NULL,
+        PRIMARY KEY (resource_id, variable)
+    );
+    CREATE INDEX observations_patient_time ON observations (patient_key, effective);
+    CREATE INDEX observations_time ON observations (effective);
+    CREATE TABLE cycles (
+        cycle_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tick REAL NOT NULL,
+        started REAL NOT NULL,
+        finished REAL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        counts TEXT NOT NULL DEFAULT '{}',
+        timings TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX cycles_tick ON cycles (tick);
+    CREATE TABLE scores (
+        patient_key TEXT NOT NULL,
+        tick REAL NOT NULL,
+        model TEXT NOT NULL,
+        role TEXT NOT NULL,
+        iculos INTEGER NOT NULL,
+        raw_probability REAL NOT NULL,
+        probability REAL NOT NULL,
+        calibrated INTEGER NOT NULL,
+        alert INTEGER NOT NULL,
+        cycle_id INTEGER NOT NULL,
+        PRIMARY KEY (patient_key, tick, model)
+    );
+    CREATE INDEX scores_tick ON scores (tick);
+    CREATE TABLE alerts (
+        patient_key TEXT NOT NULL,
+        tick REAL NOT NULL,
+        model TEXT NOT NULL,
+        probability REAL NOT NULL,
+        cycle_id INTEGER NOT NULL,
+        PRIMARY KEY (patient_key, tick, model)
+    );
+    CREATE TABLE alert_state (
+        patient_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+        last_alert REAL,
+        armed INTEGER NOT NULL,
+        PRIMARY KEY (patient_key, model)
+    );
+    CREATE TABLE watermarks (
+        source TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE quarantine (
+        quarantine_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cycle_id INTEGER NOT NULL,
+        resource_type TEXT,
+        resource_id TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        resource_id TEXT PRIMARY KEY,
+        cycle_id INTEGER NOT NULL,
+        tick REAL NOT NULL,
+        body TEXT NOT NULL,
+        sent REAL
+    );
+    CREATE INDEX outbox_pending ON outbox (sent, tick);
+    CREATE TABLE models (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        calibration TEXT,
+        role TEXT NOT NULL,
+        installed REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    """,
+    # 2: the drift and performance monitor's alarms and statistics.
+    MONITOR_MIGRATION,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""Schema version this vigil writes; older databases are migrated on open."""
+
+
+@dataclass(frozen=True)
+class CycleRow:
+    """One cycle as recorded."""
+
+    cycle_id: int
+    tick: float
+    started: float
+    finished: float | None
+    status: str
+    reason: str | None
+    counts: dict[str, int]
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """An installed model package."""
+
+    name: str
+    version: str
+    path: str
+    model_sha256: str
+    calibration: str | None
+    role: str
+    installed: float
+
+    @property
+    def key(self) -> str:
+        """``name@version``, the model's name in scores and alerts."""
+        return f"{self.name}@{self.version}"
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///PATH`` URL (``sqlite://`` or ``:memory:`` for memory).
+
+    Raises
+    ------
+    ConfigError
+        For any other scheme (PostgreSQL URLs are not supported by this build).
+    """
+    if url in ("sqlite://", "sqlite:///:memory:", ":memory:"):
+        return ":memory:"
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    raise ConfigError(
+        f"expected store.url of the form sqlite:///PATH, got {url.split('://')[0]}://…; "
+        "this build of vigil stores state in SQLite only",
+        key="store.url",
+    )
+
+
+class StateStore:
+    """The state store on one SQLite connection (one thread).
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+        Opened by :meth:`open`, in autocommit mode; transactions are explicit.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    def open(cls, url: str, *, read_only: bool = False, durable: bool = True) -> StateStore:
+        """Open (and create or migrate) the store at a ``sqlite:///PATH`` URL.
+
+        ``durable`` syncs every commit to disk (``synchronous = FULL``), so a power
+        loss loses no committed cycle; without it (replay, tests) a commit survives a
+        killed process but not a power cut (WAL with ``synchronous = NORMAL``).
+        """
+        path = sqlite_path(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        target = f"file:{path}?mode=ro" if read_only else path
+        conn = sqlite3.connect(
+            target, uri=read_only, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        store = cls(conn)
+        if not read_only:
+            store._migrate()
+        return store
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- schema -------------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the database."""
+        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
+            )
+            current = self.schema_version
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the state store has schema version {current} but this vigil knows up to "
+                    f"{SCHEMA_VERSION}; run a newer vigil or point store.url at another database",
+                    key="store.url",
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        tx.execute(statement)
+                tx.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+
+    # -- watermarks ---------------------------------------------------------------------------
+
+    def watermark(self, source: str) -> str | None:
+        """The stored watermark of a source, or None before the first good cycle."""
+        row = self.conn.execute("SELECT value FROM watermarks WHERE source = ?", (source,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def set_watermark(tx: sqlite3.Connection, source: str, value: str) -> None:
+        """Store a source's watermark (inside a transaction)."""
+        tx.execute(
+            "INSERT INTO watermarks VALUES (?, ?, ?) ON CONFLICT (source) DO UPDATE "
+            "SET value = excluded.value, updated = excluded.updated",
+            (source, value, time.time()),
+        )
+
+    # -- census and observations --------------------------------------------------------------
+
+    @staticmethod
+    def put_census(tx: sqlite3.Connection, stays: Sequence[Stay], *, tick: float) -> None:
+        """Record the census: these patients are in, every other one is out."""
+        tx.execute("UPDATE patients SET in_census = 0 WHERE in_census = 1")
+        tx.executemany(
+            "INSERT INTO patients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (patient_key) "
+            "DO UPDATE SET encounter = excluded.encounter, icu_admission = excluded.icu_admission, "
+            "unit = excluded.unit, gender = excluded.gender, birth_date = excluded.birth_date, "
+            "hospital_admission = excluded.hospital_admission, last_seen = excluded.last_seen, "
+            "in_census = 1",
+            (
+                (s.patient, s.encounter, to_micros(s.icu_admission), s.unit, s.gender,
+                 s.birth_date.isoformat() if s.birth_date is not None else None,
+                 to_micros(s.hospital_admission) if s.hospital_admission is not None else None,
+                 tick, tick)
+                for s in stays
+            ),
+        )
+
+    def census(self) -> tuple[Stay, ...]:
+        """The stays of the census as last recorded, sorted by patient."""
+        rows = self.conn.execute(
+            "SELECT patient_key, encounter, icu_admission, unit, gender, birth_date, "
+            "hospital_admission FROM patients WHERE in_census = 1 ORDER BY patient_key"
+        )
+        return tuple(
+            Stay(
+                patient=k, encounter=e, icu_admission=from_micros(a), unit=u, gender=g,
+                birth_date=date.fromisoformat(b) if b is not None else None,
+                hospital_admission=from_micros(h) if h is not None else None,
+            )
+            for k, e, a, u, g, b, h in rows
+        )
+
+    @staticmethod
+    def put_observations(tx: sqlite3.Connection, batch: ObservationBatch) -> int:
+        """Store a batch with the adapter's version rules; returns the values stored.
+
+        Per resource id, the values of its latest version (highest ``seq``) replace
+        everything stored before; a :class:`~vigil.fhir_adapter.records.Deletion` read
+        after the last version removes the resource's values.
+        """
+        rid = batch.resource_id.astype(str)
+        seq = batch.seq
+        keep = np.ones(len(rid), dtype=bool)
+        last_seq: dict[str, int] = {}
+        if len(rid):
+            unique, inverse = np.unique(rid, return_inverse=True)
+            top = np.full(unique.size, np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(top, inverse, seq)
+            keep = seq == top[inverse]
+            if batch.deletions:
+                last_seq = dict(zip(unique.tolist(), top.tolist(), strict=True))
+        deleted = {d.resource_id for d in batch.deletions if d.seq > last_seq.get(d.resource_id, -1)}
+        if deleted:
+            keep &= ~np.isin(rid, list(deleted))
+        rid = rid[keep]
+        tx.executemany(
+            "DELETE FROM observations WHERE resource_id = ?",
+            ((r,) for r in sorted(set(rid.tolist()) | deleted)),
+        )
+        tx.executemany(
+            "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?)",
+            zip(rid.tolist(), batch.variable[keep].tolist(), batch.patient[keep].astype(str).tolist(),
+                batch.effective[keep].tolist(), batch.value[keep].tolist(),
+                batch.last_updated[keep].tolist(), strict=True),
+        )
+        return int(keep.sum())
+
+    def observations(self, patient_keys: Sequence[str], *, since: int, until: int) -> ObservationBatch:
+        """Stored values of some patients with ``since <= effective <= until`` (microseconds)."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (patient_key TEXT PRIMARY KEY)")
+        self.conn.execute("DELETE FROM wanted")
+        self.conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((k,) for k in patient_keys))
+        rows = self.conn.execute(
+            "SELECT o.patient_key, o.variable, o.effective, o.value, o.resource_id, o.last_updated "
+            "FROM observations o JOIN wanted w ON w.patient_key = o.patient_key "
+            "WHERE o.effective >= ? AND o.effective <= ? ORDER BY o.patient_key, o.effective",
+            (since, until),
+        ).fetchall()
+        self.conn.execute("DELETE FROM wanted")
+        if not rows:
+            return ObservationBatch()
+        patient, variable, effective, value, rid, lu = zip(*rows, strict=True)
+        return ObservationBatch(
+            patient=np.asarray(patient, dtype=object),
+            variable=np.asarray(variable, dtype=np.int8),
+            effective=np.asarray(effective, dtype=np.int64),
+            value=np.asarray(value, dtype=np.float64),
+            resource_id=np.asarray(rid, dtype=object),
+            last_updated=np.asarray(lu, dtype=np.int64),
+            seq=np.arange(len(rows), dtype=np.int64),
+        )
+
+    def count(self, table: str) -> int:
+        """Number of rows of a table."""
+        if table not in _TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(_TABLES)}")
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    @staticmethod
+    def prune(tx: sqlite3.Connection, *, before: float) -> int:
+        """Delete what is older than ``before`` (epoch seconds): observations, gone patients."""
+        n = tx.execute(
+            "DELETE FROM observations WHERE effective < ?", (int(before * 1_000_000),)
+        ).rowcount
+        tx.execute("DELETE FROM patients WHERE in_census = 0 AND last_seen < ?", (before,))
+        tx.execute("DELETE FROM outbox WHERE sent IS NOT NULL AND tick < ?", (before,))
+        return int(n)
+
+    @staticmethod
+    def put_quarantine(
+        tx: sqlite3.Connection, cycle_id: int, records: Iterable[Quarantine]
+    ) -> None:
+        """Record rejected resources (type, id and reason; no patient identifier)."""
+        tx.executemany(
+            "INSERT INTO quarantine (cycle_id, resource_type, resource_id, reason) VALUES (?, ?, ?, ?)",
+            ((cycle_id, q.resource_type, q.resource_id, q.reason) for q in records),
+        )
+
+    # -- scores and alerts --------------------------------------------------------------------
+
+    @staticmethod
+    def put_scores(tx: sqlite3.Connection, scores: pd.DataFrame, *, cycle_id: int) -> None:
+        """Store scores, and alerts for the active model's rows with ``alert`` set.
+
+        Parameters
+        ----------
+        scores : DataFrame
+            Columns ``patient_key, tick, model, role, iculos, raw_probability,
+            probability, calibrated, alert``.
+        """
+        cols = ["patient_key", "tick", "model", "role", "iculos", "raw_probability",
+                "probability", "calibrated", "alert"]
+        columns = [scores[c].tolist() for c in cols]
+        columns[7] = [int(bool(x)) for x in columns[7]]
+        columns[8] = [int(bool(x)) for x in columns[8]]
+        tx.executemany(
+            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            zip(*columns, [cycle_id] * len(scores), strict=True),
+        )
+        alerted = scores[scores["alert"].astype(bool) & (scores["role"] == "active")]
+        tx.executemany(
+            "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?)",
+            zip(alerted["patient_key"].tolist(), alerted["tick"].tolist(), alerted["model"].tolist(),
+                alerted["probability"].tolist(), [cycle_id] * len(alerted), strict=True),
+        )
+
+    def alert_state(self, model: str) -> dict[str, tuple[float | None, bool]]:
+        """What the alert policy remembers per patient: ``(last alert time, armed)``."""
+        rows = self.conn.execute(
+            "SELECT patient_key, last_alert, armed FROM alert_state WHERE model = ?", (model,)
+        )
+        return {k: (t, bool(a)) for k, t, a in rows}
+
+    @staticmethod
+    def put_alert_state(
+        tx: sqlite3.Connection, model: str, states: Iterable[tuple[str, float | None, bool]]
+    ) -> None:
+        """Store the policy state: ``(patient_key, last alert time, armed)``."""
+        tx.executemany(
+            "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?, ?)",
+            ((k, model, t, int(a)) for k, t, a in states),
+        )
+
+    def patient_scores(self, patient_key: str, *, limit: int = 96) -> list[dict[str, Any]]:
+        """The most recent scores of one patient, newest first."""
+        rows = self.conn.execute(
+            "SELECT tick, model, role, iculos, raw_probability, probability, calibrated, alert "
+            "FROM scores WHERE patient_key = ? ORDER BY tick DESC, model LIMIT ?",
+            (patient_key, limit),
+        )
+        names = ("tick", "model", "role", "iculos", "raw_probability", "probability",
+                 "calibrated", "alert")
+        out = [dict(zip(names, r, strict=True)) for r in rows]
+        for d in out:
+            d["calibrated"], d["alert"] = bool(d["calibrated"]), bool(d["alert"])
+        return out
+
+    def scores_frame(self, *, role: str | None = "active") -> pd.DataFrame:
+        """All stored scores (of one role), ordered by tick and patient."""
+        where, params = ("WHERE role = ?", (role,)) if role is not None else ("", ())
+        return pd.read_sql_query(
+            f"SELECT * FROM scores {where} ORDER BY tick, patient_key, model", self.conn, params=params
+        )
+
+    # -- cycles -------------------------------------------------------------------------------
+
+    def start_cycle(self, tick: float) -> int:
+        """Record a cycle as running (committed at once, so a crash leaves a trace)."""
+        with self.transaction() as tx:
+            cur = tx.execute(
+                "INSERT INTO cycles (tick, started, status) VALUES (?, ?, 'running')",
+                (tick, time.time()),
+            )
+        return int(cur.lastrowid or 0)
+
+    @staticmethod
+    def finish_cycle(
+        tx: sqlite3.Connection,
+        cycle_id: int,
+        *,
+        status: str,
+        reason: str | None = None,
+        counts: dict[str, int] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        """Set a cycle's status, counts and timings (inside a transaction)."""
+        tx.execute(
+            "UPDATE cycles SET status = ?, reason = ?, finished = ?, counts = ?, timings = ? "
+            "WHERE cycle_id = ?",
+            (status, reason, time.time(), json.dumps(counts or {}, sort_keys=True),
+             json.dumps({k: round(v, 6) for k, v in (timings or {}).items()}, sort_keys=True),
+             cycle_id),
+        )
+
+    def mark_interrupted(self) -> int:
+        """Cycles left ``running`` by a crash become ``interrupted``; returns how many."""
+        with self.transaction() as tx:
+            n = tx.execute(
+                "UPDATE cycles SET status = 'interrupted', reason = 'the process stopped during "
+                "the cycle', finished = ? WHERE status = 'running'",
+                (time.time(),),
+            ).rowcount
+        return int(n)
+
+    def cycles(self, *, limit: int | None = None) -> list[CycleRow]:
+        """Recorded cycles, oldest first (the last ``limit`` ones)."""
+        sql = "SELECT * FROM cycles ORDER BY cycle_id DESC"
+        rows = self.conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        out = [
+            CycleRow(int(c), float(t), float(s), f, st, r, json.loads(n), json.loads(tm))
+            for c, t, s, f, st, r, n, tm in rows
+        ]
+        return out[::-1]
+
+    def last_good_cycle(self) -> CycleRow | None:
+        """The most recent cycle that scored and wrote back."""
+        row = self.conn.execute(
+            "SELECT * FROM cycles WHERE status = 'ok' ORDER BY cycle_id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        c, t, s, f, st, r, n, tm = row
+        return CycleRow(int(c), float(t), float(s), f, st, r, json.loads(n), json.loads(tm))
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    @staticmethod
+    def enqueue(tx: sqlite3.Connection, cycle_id: int, items: Iterable[tuple[str, float, str]]) -> None:
+        """Queue resources to write back: ``(resource id, tick, JSON body)``.
+
+        Re-queuing an id replaces its body and marks it pending again.
+        """
+        tx.executemany(
+            "INSERT INTO outbox VALUES (?, ?, ?, ?, NULL) ON CONFLICT (resource_id) DO UPDATE "
+            "SET cycle_id = excluded.cycle_id, body = excluded.body, sent = NULL",
+            ((rid, cycle_id, tick, body) for rid, tick, body in items),
+        )
+
+    def pending(self) -> list[tuple[str, str]]:
+        """Resources not yet written back, oldest tick first: ``(resource id, JSON body)``."""
+        rows = self.conn.execute(
+            "SELECT resource_id, body FROM outbox WHERE sent IS NULL ORDER BY tick, resource_id"
+        )
+        return [(str(i), str(b)) for i, b in rows]
+
+    def mark_sent(self, resource_ids: Sequence[str]) -> None:
+        """Record that resources were written back."""
+        now = time.time()
+        with self.transaction() as tx:
+            tx.executemany(
+                "UPDATE outbox SET sent = ? WHERE resource_id = ?", ((now, i) for i in resource_ids)
+            )
+
+    # -- models -------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelRow]:
+        """Installed models, newest first."""
+        rows = self.conn.execute("SELECT * FROM models ORDER BY installed DESC, name, version")
+        return [ModelRow(n, v, p, s, c, r, float(i)) for n, v, p, s, c, r, i in rows]
+
+    def put_model(self, row: ModelRow) -> None:
+        """Add or replace an installed model."""
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.name, row.version, row.path, row.model_sha256, row.calibration, row.role,
+                 row.installed),
+            )
+
+    def set_role(self, name: str, version: str, role: str) -> None:
+        """Give a model a role; the model that held it (``active`` or ``shadow``) retires."""
+        with self.transaction() as tx:
+            if role in ("active", "shadow"):
+                tx.execute("UPDATE models SET role = 'retired' WHERE role = ?", (role,))
+            tx.execute(
+                "UPDATE models SET role = ? WHERE name = ? AND version = ?", (role, name, version)
+            )
+
+
+_TABLES = frozenset(
+    {"patients", "observations", "cycles", "scores", "alerts", "alert_state", "watermarks",
+     "quarantine", "outbox", "models"}
+)
+

@@ -1,0 +1,118 @@
+"""Runtime test support: a tiny ONNX model package over the real feature schema (no torch).
+
+Imported by the runtime tests (``from rt_support import ...``); not a test module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vigil.core.errors import FHIRTransportError
+from vigil.core.package import ModelPackage, write_package
+from vigil.features import FEATURE_SCHEMA
+
+
+def tiny_onnx(*, seed: int = 0, hidden: int = 8) -> bytes:
+    """An MLP ``features (n, 184) -> probability (n,)`` built with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    d = len(FEATURE_SCHEMA)
+    # Features are on very different scales (counts, hours, lab values): keep the logits moderate.
+    w1 = (rng.normal(size=(d, hidden)) * 0.01).astype(np.float32)
+    b1 = rng.normal(size=hidden).astype(np.float32) * 0.1
+    w2 = (rng.normal(size=(hidden, 1)) * 0.5).astype(np.float32)
+    b2 = np.array([-1.0], dtype=np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["features", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Tanh", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["z0"]),
+        helper.make_node("Add", ["z0", "b2"], ["z1"]),
+        helper.make_node("Sigmoid", ["z1"], ["p2"]),
+        helper.make_node("Reshape", ["p2", "shape"], ["probability"]),
+    ]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(b2, "b2"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "shape"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", d])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["n"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_package(
+    path: Path,
+    *,
+    version: str = "1.0.0",
+    seed: int = 0,
+    threshold: float = 0.3,
+    private_key: bytes | None = None,
+    schema: dict | None = None,
+) -> ModelPackage:
+    """Write a tiny but real model package."""
+    return write_package(
+        path,
+        onnx_model=tiny_onnx(seed=seed),
+        manifest={
+            "name": "sepsis-tiny",
+            "version": version,
+            "feature_schema": schema if schema is not None else FEATURE_SCHEMA.to_dict(),
+            "threshold": threshold,
+        },
+        model_card="# tiny test model\n",
+        private_key_pem=private_key,
+    )
+
+
+# -- recorded data and fakes for cycle tests ---------------------------------------------------
+
+
+def synth_source(table, directory: Path, *, stack_admissions: bool = True):
+    """The table written by ``vigil fhir synth`` and read back as a replay source."""
+    from vigil.fhir_adapter.synth import write_synth
+    from vigil.runtime.replay import load_ndjson
+
+    write_synth(table.frame, directory)
+    source, _ = load_ndjson(directory, stack_admissions=stack_admissions)
+    return source
+
+
+class MemorySink:
+    """A write-back target that keeps resources by id, like ``PUT RiskAssessment/{id}``."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.resources: dict[str, dict] = {}
+        self.puts = 0
+        self.fail = fail
+
+    def assessments(self, scores, *, model):
+        return [
+            (f"ra-{r.patient_key}-{int(r.tick)}", json.dumps({
+                "resourceType": "RiskAssessment", "id": f"ra-{r.patient_key}-{int(r.tick)}",
+                "subject": r.patient_key, "tick": r.tick, "probability": r.probability,
+                "model": model}))
+            for r in scores.itertuples(index=False)
+        ]
+
+    def put(self, bodies):
+        if self.fail:
+            raise FHIRTransportError("connection refused", url="http://127.0.0.1:1/fhir")
+        for b in bodies:
+            d = json.loads(b)
+            self.resources[d["id"]] = d
+            self.puts += 1

@@ -1,0 +1,155 @@
+import sqlite3
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vigil.core.catalog import MEASURED
+from vigil.core.errors import ConfigError
+from vigil.fhir_adapter.records import Deletion, ObservationBatch, Quarantine, Stay, to_micros
+from vigil.runtime.store import SCHEMA_VERSION, StateStore, sqlite_path
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HR = MEASURED.index("HR")
+SBP = MEASURED.index("SBP")
+
+
+def batch(rows, deletions=()):
+    """rows: (resource_id, variable index, patient, effective hours after T0, value, seq)."""
+    rid, var, pat, eff, val, seq = zip(*rows, strict=True) if rows else ([],) * 6
+    us = [to_micros(T0) + int(h * 3600e6) for h in eff]
+    return ObservationBatch(
+        patient=np.asarray(pat, dtype=object), variable=np.asarray(var, dtype=np.int8),
+        effective=np.asarray(us, dtype=np.int64), value=np.asarray(val, dtype=float),
+        resource_id=np.asarray(rid, dtype=object), last_updated=np.asarray(us, dtype=np.int64),
+        seq=np.asarray(seq, dtype=np.int64), deletions=tuple(deletions),
+    )
+
+
+def stored(store):
+    return sorted(store.conn.execute(
+        "SELECT resource_id, variable, patient_key, value FROM observations").fetchall())
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    yield s
+    s.close()
+
+
+def test_schema_is_versioned_and_reopen_is_idempotent(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a' / 'state.db'}"
+    with StateStore.open(url) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with StateStore.open(url) as s:
+        assert s.conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with StateStore.open(url) as s:
+        s.conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(ConfigError, match=f"schema version {SCHEMA_VERSION + 1}") as info:
+        StateStore.open(url)
+    assert info.value.key == "store.url"
+
+
+def test_urls():
+    assert sqlite_path("sqlite:///var/x.db") == "var/x.db"
+    assert sqlite_path("sqlite:////var/x.db") == "/var/x.db"
+    assert sqlite_path("sqlite://") == ":memory:"
+    with pytest.raises(ConfigError, match="sqlite:///PATH") as info:
+        sqlite_path("postgresql://user:secret@db/vigil")
+    assert "secret" not in str(info.value)
+
+
+def test_versions_replace_and_deletions_remove(store):
+    with store.transaction() as tx:
+        # a blood-pressure panel gives two values with one id; p2's HR is read twice (v1, v2)
+        store.put_observations(tx, batch([
+            ("bp1", SBP, "p1", 1, 120, 0), ("bp1", HR, "p1", 1, 80, 0),
+            ("hr2", HR, "p2", 1, 90, 1), ("hr2", HR, "p2", 1, 95, 2),
+            ("hr3", HR, "p3", 1, 70, 3),
+        ]))
+    assert stored(store) == [("bp1", HR, "p1", 80.0), ("bp1", SBP, "p1", 120.0),
+                             ("hr2", HR, "p2", 95.0), ("hr3", HR, "p3", 70.0)]
+    with store.transaction() as tx:
+        # a new version of the panel without its HR component; hr3 entered in error;
+        # hr2 deleted, then re-created later in the same read
+        store.put_observations(tx, batch(
+            [("bp1", SBP, "p1", 1, 125, 0), ("hr2", HR, "p2", 1, 99, 5)],
+            deletions=[Deletion("hr3", "p3", 1), Deletion("hr2", "p2", 4)],
+        ))
+    assert stored(store) == [("bp1", SBP, "p1", 125.0), ("hr2", HR, "p2", 99.0)]
+
+
+def test_window_read_and_prune(store):
+    with store.transaction() as tx:
+        store.put_observations(tx, batch([
+            ("a", HR, "p1", 0, 60, 0), ("b", HR, "p1", 10, 61, 1), ("c", HR, "p2", 10, 62, 2),
+        ]))
+    got = store.observations(["p1"], since=to_micros(T0) + 1, until=to_micros(T0) + int(20 * 3600e6))
+    assert list(got.resource_id) == ["b"] and list(got.value) == [61.0]
+    with store.transaction() as tx:
+        assert store.prune(tx, before=T0.timestamp() + 5 * 3600) == 1
+    assert store.count("observations") == 2
+
+
+def test_transaction_rolls_back_everything(store):
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        store.put_observations(tx, batch([("a", HR, "p1", 0, 60, 0)]))
+        store.set_watermark(tx, "src", "2026-01-01T00:00:00+00:00")
+        raise RuntimeError("killed")
+    assert store.count("observations") == 0 and store.watermark("src") is None
+
+
+def test_census_round_trip(store):
+    stays = (
+        Stay("p1", "e1", T0, "MICU", "female", date(1950, 5, 1), T0.replace(hour=0)),
+        Stay("p2", "e2", T0, None, None, None, None),
+    )
+    with store.transaction() as tx:
+        store.put_census(tx, stays, tick=T0.timestamp())
+    assert store.census() == stays
+    with store.transaction() as tx:
+        store.put_census(tx, stays[1:], tick=T0.timestamp() + 900)
+    assert store.census() == stays[1:]
+
+
+def test_outbox_cycles_and_quarantine(store):
+    cid = store.start_cycle(1000.0)
+    with store.transaction() as tx:
+        store.enqueue(tx, cid, [("ra-1", 1000.0, "{}"), ("ra-2", 1000.0, "{}")])
+        store.put_quarantine(tx, cid, [Quarantine("Observation", "o1", "unknown unit")])
+    assert [i for i, _ in store.pending()] == ["ra-1", "ra-2"]
+    store.mark_sent(["ra-1"])
+    with store.transaction() as tx:  # queuing a sent id again makes it pending again
+        store.enqueue(tx, cid, [("ra-1", 1000.0, '{"v": 2}')])
+    assert store.pending() == [("ra-1", '{"v": 2}'), ("ra-2", "{}")]
+    assert store.count("quarantine") == 1
+    store.start_cycle(1900.0)
+    assert store.mark_interrupted() == 2
+    assert [c.status for c in store.cycles()] == ["interrupted", "interrupted"]
+    assert store.last_good_cycle() is None
+
+
+def test_read_only_connection_sees_commits_only(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    writer = StateStore.open(url)
+    reader = StateStore.open(url, read_only=True)
+    frame = pd.DataFrame({
+        "patient_key": ["p1"], "tick": [1.0], "model": ["m@1"], "role": ["active"], "iculos": [3],
+        "raw_probability": [0.4], "probability": [0.5], "calibrated": [False], "alert": [True],
+    })
+    with writer.transaction() as tx:
+        writer.put_scores(tx, frame, cycle_id=1)
+        assert reader.patient_scores("p1") == []
+    assert reader.patient_scores("p1")[0]["probability"] == 0.5
+    assert writer.count("alerts") == 1
+    with pytest.raises(sqlite3.OperationalError):
+        reader.conn.execute("DELETE FROM scores")
+    writer.close()
+    reader.close()
