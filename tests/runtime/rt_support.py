@@ -85,7 +85,7 @@ def make_package(
 def synth_source(table, directory: Path, *, stack_admissions: bool = True):
     """The table written by ``vigil fhir synth`` and read back as a replay source."""
     from vigil.fhir_adapter.synth import write_synth
-    from vigil.runtime.replay import load_ndjson
+    from vigil.runtime.recorded import load_ndjson
 
     write_synth(table.frame, directory)
     source, _ = load_ndjson(directory, stack_admissions=stack_admissions)
@@ -100,14 +100,14 @@ class MemorySink:
         self.puts = 0
         self.fail = fail
 
-    def assessments(self, scores, *, model):
-        return [
-            (f"ra-{r.patient_key}-{int(r.tick)}", json.dumps({
-                "resourceType": "RiskAssessment", "id": f"ra-{r.patient_key}-{int(r.tick)}",
-                "subject": r.patient_key, "tick": r.tick, "probability": r.probability,
-                "model": model}))
-            for r in scores.itertuples(index=False)
-        ]
+    def assessments(self, scores):
+        out = []
+        for key, p in zip(scores.patient_keys, scores.probability.tolist(), strict=True):
+            rid = f"ra-{key}-{int(scores.tick.timestamp())}"
+            out.append((rid, json.dumps({"resourceType": "RiskAssessment", "id": rid,
+                                         "subject": key, "probability": p,
+                                         "model": scores.model})))
+        return out
 
     def put(self, bodies):
         if self.fail:

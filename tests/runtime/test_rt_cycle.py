@@ -10,7 +10,8 @@ from vigil.runtime.cycle import CycleRunner
 from vigil.runtime.models import install_model, load_live_models
 from vigil.runtime.offline import score_table
 from vigil.runtime.ops import RuntimeMetrics
-from vigil.runtime.replay import ClockedSource, replay, replay_ticks, scores_output
+from vigil.runtime.recorded import ClockedSource
+from vigil.runtime.replay import replay, replay_ticks, scores_output
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
 

@@ -1,12 +1,13 @@
 import pytest
 
 from vigil.core.errors import ConfigError
-from vigil.runtime.settings import VigilSettings, load_settings
+from vigil.runtime.settings import VigilSettings, check_serving, load_settings
 
 TOML = """
 site_id = "hospital-a"
 
-[fhir]
+[data]
+source = "ndjson"
 ndjson_dir = "/data/export"
 writeback = "none"
 
@@ -35,7 +36,8 @@ def test_file_values_and_defaults(site):
     assert s.ops.port == 9200 and s.ops.host == "127.0.0.1"
     assert s.alerts.suppression_hours == 4 and s.alerts.hysteresis is None
     assert s.scheduler.minute == "0,15,30,45"
-    assert str(s.fhir.ndjson_dir) == "/data/export"
+    assert str(s.data.ndjson_dir) == "/data/export" and s.fhir is None
+    check_serving(s)
 
 
 def test_environment_overrides_file_and_overrides_win(site, monkeypatch):
@@ -55,7 +57,8 @@ def test_environment_overrides_file_and_overrides_win(site, monkeypatch):
         ({"store": {"retention_hours": 10}}, "store.retention_hours"),
         ({"alerts": {"hysteresis": -0.1}}, "alerts.hysteresis"),
         ({"site_id": "a b"}, "site_id"),
-        ({"fhir": {"base_url": "http://x/fhir"}}, "fhir"),
+        ({"fhir": {"base_url": "ftp://x"}}, "fhir.base_url"),
+        ({"fhir": {"base_url": "http://x", "retries": -1}}, "fhir.retries"),
     ],
 )
 def test_errors_name_the_bad_key(site, override, key):
@@ -81,7 +84,26 @@ def test_missing_or_broken_file(tmp_path):
         load_settings(bad)
 
 
-def test_fhir_section_is_optional_but_checked(tmp_path):
-    assert load_settings(None, environ=False).fhir is None
-    with pytest.raises(ConfigError, match="needs fhir.writeback_dir"):
-        load_settings(None, environ=False, fhir={"ndjson_dir": "/x", "writeback": "ndjson"})
+def test_serving_needs_consistent_sources(site):
+    with pytest.raises(ConfigError, match="needs a \\[fhir\\] section") as info:
+        check_serving(load_settings(site, data={"source": "fhir"}))
+    assert info.value.key == "fhir.base_url"
+    with pytest.raises(ConfigError, match="needs data.writeback_dir") as info:
+        check_serving(load_settings(site, data={"writeback": "ndjson"}))
+    assert info.value.key == "data.writeback_dir"
+    s = load_settings(site, data={"source": "fhir", "writeback": "fhir"},
+                      fhir={"base_url": "http://127.0.0.1:9/fhir/"})
+    check_serving(s)
+    assert s.fhir.base_url == "http://127.0.0.1:9/fhir"
+
+
+def test_secrets_are_not_echoed(site, monkeypatch):
+    monkeypatch.setenv("VIGIL_FHIR__BASE_URL", "http://ehr/fhir")
+    monkeypatch.setenv("VIGIL_FHIR__AUTH", "bearer")
+    monkeypatch.setenv("VIGIL_FHIR__BEARER_TOKEN", "s3cret-token")
+    s = load_settings(site)
+    assert s.fhir.bearer_token.get_secret_value() == "s3cret-token"
+    assert "s3cret" not in repr(s)
+    with pytest.raises(ConfigError) as info:
+        load_settings(site, fhir={"bearer_token": {"nested": "s3cret-token"}})
+    assert info.value.key == "fhir.bearer_token" and "s3cret" not in str(info.value)

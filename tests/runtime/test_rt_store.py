@@ -2,12 +2,12 @@ import sqlite3
 from datetime import UTC, date, datetime
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from vigil.core.catalog import MEASURED
 from vigil.core.errors import ConfigError
 from vigil.fhir_adapter.records import Deletion, ObservationBatch, Quarantine, Stay, to_micros
+from vigil.runtime.cycle import ScoreBatch
 from vigil.runtime.store import SCHEMA_VERSION, StateStore, sqlite_path
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -140,15 +140,18 @@ def test_read_only_connection_sees_commits_only(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
     writer = StateStore.open(url)
     reader = StateStore.open(url, read_only=True)
-    frame = pd.DataFrame({
-        "patient_key": ["p1"], "tick": [1.0], "model": ["m@1"], "role": ["active"], "iculos": [3],
-        "raw_probability": [0.4], "probability": [0.5], "calibrated": [False], "alert": [True],
-    })
+    batch = ScoreBatch(
+        model_name="m", model_version="1", threshold=0.3, role="active", tick=T0, patient_keys=("p1", "p2"), encounters=("e1", "e2"),
+        iculos=np.array([3, 4]), raw_probability=np.array([0.4, 0.1]),
+        probability=np.array([0.5, 0.2]), calibrated=True, alert=np.array([True, False]),
+    )
     with writer.transaction() as tx:
-        writer.put_scores(tx, frame, cycle_id=1)
+        writer.put_scores(tx, batch, cycle_id=1)
         assert reader.patient_scores("p1") == []
-    assert reader.patient_scores("p1")[0]["probability"] == 0.5
-    assert writer.count("alerts") == 1
+    assert reader.patient_scores("p1") == [{
+        "tick": T0.timestamp(), "model": "m@1", "role": "active", "iculos": 3,
+        "raw_probability": 0.4, "probability": 0.5, "calibrated": True, "alert": True}]
+    assert writer.count("alerts") == 1 and writer.count("scores") == 2
     with pytest.raises(sqlite3.OperationalError):
         reader.conn.execute("DELETE FROM scores")
     writer.close()

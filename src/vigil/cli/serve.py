@@ -31,7 +31,7 @@ def serve(
     service = build_service(settings)
     if once:
         result = service.run_cycle()
-        service.store.close()
+        service.close()
         print_json({
             "cycle_id": result.cycle_id, "tick": result.tick.isoformat(), "status": result.status,
             "reason": result.reason, "counts": result.counts, "timings": result.timings,

@@ -14,9 +14,12 @@ in one process, sites one after the other. A round:
    as not aggregated);
 5. each site evaluates the new global model on its validation rows.
 
+With ``keep_best`` the result is the global model of the round with the best
+pooled validation utility (validation patients only; the same rule the
+centralized reference uses to pick its epoch), else the last round's.
+
 Before round 1 every site sends its :class:`SiteStatistics`; for FedAvg and
-FedProx the global standardization is formed from their pooled sums, and the
-positive-class weight of the loss from the pooled counts.
+FedProx the global standardization is formed from their pooled sums.
 
 How the requests reach the sites is a :class:`Transport`: :class:`InProcess`
 (the default) calls each site in turn in this process; the Flower ServerApp
@@ -47,6 +50,7 @@ from vigil.federation.messages import (
     SiteStatistics,
     Update,
 )
+from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, Weights
 
 __all__ = [
@@ -145,7 +149,8 @@ class Plan:
     ----------
     rounds : int
     local_epochs, batch_size : int, optional
-    lr : float, optional
+    lr, weight_decay : float, optional
+        Local AdamW settings.
     seed : int, optional
         Seeds the initial model and every site's local training.
     min_sites : int, optional
@@ -154,16 +159,20 @@ class Plan:
         Seconds a site's ``fit`` may take; None for no limit.
     rule : ScreenRule, optional
         Bad-update thresholds.
+    keep_best : bool, optional
+        Return the round with the best pooled validation utility, not the last.
     """
 
     rounds: int
     local_epochs: int = 1
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
     seed: int = 0
     min_sites: int = 2
     time_budget: float | None = None
     rule: ScreenRule = field(default_factory=ScreenRule)
+    keep_best: bool = True
 
     def __post_init__(self) -> None:
         for key in ("rounds", "local_epochs", "batch_size", "min_sites"):
@@ -181,19 +190,22 @@ class FederationResult:
     Attributes
     ----------
     weights : OrderedDict of str to ndarray
-        The final global weights (under FedBN without normalization entries).
+        The chosen global weights (under FedBN without normalization entries).
+    best_round : int
+        The round they come from.
     history : History
     statistics : dict of str to SiteStatistics
         What each site declared before round 1.
     evaluations : list of SiteEvaluation
-        Each site's validation summary of the final model.
+        Each site's validation summary of the chosen model.
     pooled : PooledMetrics
-        The final model's pooled validation metrics (and best-utility threshold).
+        The chosen model's pooled validation metrics (and best-utility threshold).
     privacy : dict of str to PrivacySpent
         Under DP-SGD, each site's final privacy spent.
     """
 
     weights: OrderedDict[str, NDArray[np.float32]]
+    best_round: int
     history: History
     statistics: dict[str, SiteStatistics]
     evaluations: list[SiteEvaluation]
@@ -244,8 +256,7 @@ def run_federation(
     strategy: Strategy,
     plan: Plan,
     *,
-    hidden: tuple[int, ...] = (128, 64),
-    dropout: float = 0.2,
+    model: ModelSpec | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     transport: Transport | None = None,
 ) -> FederationResult:
@@ -257,9 +268,8 @@ def run_federation(
         Distinct names; the order does not change the result.
     strategy : Strategy
     plan : Plan
-    hidden : tuple of int, optional
-        Architecture of the initial model (the sites' ``ModelSpec``).
-    dropout : float, optional
+    model : ModelSpec, optional
+        Architecture of the initial model: the one the sites were built with.
     on_round : callable, optional
         Called with each round's record (progress display).
     transport : Transport or None, optional
@@ -293,24 +303,25 @@ def run_federation(
         raise AggregationError(
             f"expected at least {plan.min_sites} sites, {len(statistics)} sent statistics", round_=0
         )
-    count, positives, total, total_sq = pooled_statistics(list(statistics.values()))
+    count, _, total, total_sq = pooled_statistics(list(statistics.values()))
     n_features = int(total.shape[0])
-    weights = _initial_weights(n_features, hidden, dropout, plan.seed)
+    spec = model or ModelSpec()
+    weights = _initial_weights(n_features, spec.hidden, spec.dropout, plan.seed)
     if strategy.keeps_norm_local:
         weights = OrderedDict((k, v) for k, v in weights.items() if not is_norm_key(k))
     else:
         mean, std = norm_stats_from_sums(count, total, total_sq)
         weights["norm.mean"], weights["norm.std"] = mean, std
-    pos_weight = (count - positives) / positives if positives else 1.0
     declared = {name: s.count for name, s in statistics.items()}
     records: list[RoundRecord] = []
     privacy: dict[str, PrivacySpent] = {}
-    evaluations: list[SiteEvaluation] = []
+    best: tuple[float, int, OrderedDict[str, NDArray[np.float32]], list[SiteEvaluation]] | None
+    best = None
     for r in range(1, plan.rounds + 1):
         config = FitConfig(
             round=r, total_rounds=plan.rounds, seed=plan.seed, local_epochs=plan.local_epochs,
-            batch_size=plan.batch_size, lr=plan.lr, proximal_mu=strategy.proximal_mu,
-            pos_weight=float(pos_weight),
+            batch_size=plan.batch_size, lr=plan.lr, weight_decay=plan.weight_decay,
+            proximal_mu=strategy.proximal_mu,
         )
         trainable = OrderedDict((k, v) for k, v in weights.items() if not is_norm_key(k))
         updates: list[Update] = []
@@ -359,14 +370,18 @@ def run_federation(
         records.append(record)
         if on_round is not None:
             on_round(record)
-    if not any(rec.aggregated for rec in records):
+        score = pooled.utility if np.isfinite(pooled.utility) else -np.inf
+        if aggregated and (best is None or not plan.keep_best or score > best[0]):
+            best = (score, r, weights, evaluations)
+    if best is None:
         raise AggregationError(
             f"no round had {plan.min_sites} acceptable updates; see the rejections and dropouts "
             "logged above", round_=plan.rounds,
         )
+    _, best_round, chosen, final = best
     return FederationResult(
-        weights=weights, history=History(tuple(records)), statistics=statistics,
-        evaluations=evaluations, pooled=pool_evaluations(evaluations), privacy=privacy,
+        weights=chosen, best_round=best_round, history=History(tuple(records)),
+        statistics=statistics, evaluations=final, pooled=pool_evaluations(final), privacy=privacy,
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "log_loss",
     "pool_evaluations",
     "score_bins",
+    "site_utility",
 ]
 
 SCORE_EDGES: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.linspace(-10.0, 10.0, 401)))
@@ -178,3 +179,22 @@ def pool_evaluations(evaluations: Sequence[SiteEvaluation]) -> PooledMetrics:
     utility = float(tail[k] / denom) if denom else float("nan")
     return PooledMetrics(n_rows=n_rows, loss=float(loss), auroc=binned_auroc(pos, neg),
                          threshold=float(SCORE_EDGES[k]), utility=utility)
+
+
+def site_utility(evaluation: SiteEvaluation, threshold: float) -> float:
+    """Compute a site's normalized utility when alerting at ``probability >= threshold``.
+
+    Parameters
+    ----------
+    evaluation : SiteEvaluation
+    threshold : float
+        One of :data:`SCORE_EDGES` (e.g. :attr:`PooledMetrics.threshold`).
+
+    Returns
+    -------
+    float
+        NaN when the site has no septic patient.
+    """
+    k = int(np.searchsorted(SCORE_EDGES, threshold, side="left"))
+    denom = evaluation.utility_best - evaluation.utility_inaction
+    return float(evaluation.utility_gain[k + 1 :].sum()) / denom if denom else float("nan")

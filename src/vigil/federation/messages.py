@@ -43,12 +43,10 @@ class FitConfig:
     seed : int
         Base seed; each site derives its own from it, the round and its name.
     local_epochs, batch_size : int
-    lr : float
-        Local AdamW learning rate.
+    lr, weight_decay : float
+        Local AdamW learning rate and decoupled weight decay.
     proximal_mu : float
         FedProx strength (0: plain local training).
-    pos_weight : float
-        Weight of the positive class in the loss, from the pooled counts.
     """
 
     round: int
@@ -57,8 +55,8 @@ class FitConfig:
     local_epochs: int
     batch_size: int
     lr: float
+    weight_decay: float = 1e-2
     proximal_mu: float = 0.0
-    pos_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Scalar]:
         """Plain values, e.g. for a Flower ``ConfigRecord``."""

@@ -95,6 +95,10 @@ class Site:
         FedBN: standardize with this site's own statistics, never the coordinator's.
     dp : DPSettings or None, optional
         Train with DP-SGD within this budget.
+    target : str, optional
+        ``"utility"`` (default) or ``"label"``: what the rows are fitted to
+        (:func:`vigil.federation.centralized.training_targets`, the same rule as
+        the centralized reference).
     """
 
     name: str
@@ -105,6 +109,7 @@ class Site:
     model: ModelSpec = field(default_factory=ModelSpec)
     keep_norm_local: bool = False
     dp: DPSettings | None = None
+    target: str = "utility"
     _accountant: SiteAccountant | None = field(default=None, init=False, repr=False)
     _norm: tuple[NDArray[np.float32], NDArray[np.float32]] | None = field(
         default=None, init=False, repr=False
@@ -120,7 +125,7 @@ class Site:
         table : PhysioNetTable
             The site's patients.
         **options
-            :class:`Site` fields ``model``, ``keep_norm_local``, ``dp``.
+            :class:`Site` fields ``model``, ``keep_norm_local``, ``dp``, ``target``.
         """
         ids = table.grid.patient_ids
         train = table.select(np.flatnonzero(patient_split(ids, "train")))
@@ -179,6 +184,7 @@ class Site:
             The trained trainable entries, the example count, the loss and,
             under DP-SGD, the privacy spent so far.
         """
+        from vigil.federation.centralized import training_targets
         from vigil.federation.model import get_weights, is_norm_key
         from vigil.federation.training import train_local
 
@@ -191,11 +197,11 @@ class Site:
                     local_epochs=config.local_epochs, total_rounds=config.total_rounds,
                 )
             hook = self._accountant.hook()
+        y, weight = training_targets(self.train.y, self.train.starts, target=self.target)
         result = train_local(
-            net, self.train.X, self.train.y, epochs=config.local_epochs,
-            batch_size=config.batch_size, lr=config.lr,
-            seed=site_seed(config.seed, config.round, self.name), pos_weight=config.pos_weight,
-            proximal_mu=config.proximal_mu,
+            net, self.train.X, y, epochs=config.local_epochs, batch_size=config.batch_size,
+            lr=config.lr, seed=site_seed(config.seed, config.round, self.name),
+            sample_weight=weight, weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
             global_weights=global_weights if config.proximal_mu > 0 else None,
             optimizer_hook=hook,
         )

@@ -42,7 +42,7 @@ class Credentials(Protocol):
     """What the HTTP layer asks for each request."""
 
     def authorization(self, client: httpx.Client) -> str | None:
-        """The ``Authorization`` header value, or None."""
+        """Return the ``Authorization`` header value, or None."""
         ...
 
     def invalidate(self) -> None:
@@ -81,7 +81,7 @@ class BearerAuth:
         return f"Bearer {self._token}"
 
     def invalidate(self) -> None:
-        """A static token cannot be refreshed."""
+        """Do nothing: a static token cannot be refreshed."""
 
 
 def _b64(data: bytes) -> str:
@@ -90,7 +90,7 @@ def _b64(data: bytes) -> str:
 
 def sign_jwt(claims: dict[str, object], *, private_key_pem: bytes, algorithm: str, key_id: str
              ) -> str:
-    """A compact JWS (RFC 7515) of ``claims``, signed with RS384 or ES384.
+    """Sign ``claims`` as a compact JWS (RFC 7515) with RS384 or ES384.
 
     Raises
     ------
@@ -177,7 +177,8 @@ class SMARTBackendAuth:
         algs = doc.get("token_endpoint_auth_signing_alg_values_supported")
         if isinstance(algs, list) and self._settings.algorithm not in algs:
             raise ConfigError(f"the server does not accept {self._settings.algorithm} assertions "
-                              f"(it lists {', '.join(map(str, algs))}); change fhir.smart.algorithm",
+                              f"(it lists {', '.join(map(str, algs))}); "
+                              "change fhir.smart.algorithm",
                               key="fhir.smart.algorithm")
         return str(doc["token_endpoint"])
 
@@ -197,7 +198,8 @@ class SMARTBackendAuth:
             resp = client.post(url, data=form, headers={"Accept": "application/json"},
                                timeout=self._timeout)
         except httpx.HTTPError as exc:
-            raise self._post_error(url, f"SMART token request failed ({type(exc).__name__})") from exc
+            raise self._post_error(
+                url, f"SMART token request failed ({type(exc).__name__})") from exc
         try:
             doc = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
@@ -214,7 +216,7 @@ class SMARTBackendAuth:
 
 def credentials_for(settings: FHIRSettings, *, clock: Callable[[], float] = time.time
                     ) -> Credentials:
-    """The credentials the settings describe."""
+    """Make the credentials the settings describe."""
     if settings.auth is AuthMode.BEARER:
         assert settings.bearer_token is not None
         return BearerAuth(settings.bearer_token.get_secret_value())

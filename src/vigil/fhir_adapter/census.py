@@ -43,7 +43,7 @@ def _type_codes(location: Mapping[str, Any]) -> set[str]:
 
 def location_unit(location_id: str, location: Mapping[str, Any] | None,
                   unit_by_location: Mapping[str, str] | None = None) -> str | None:
-    """The ICU unit (``MICU``/``SICU``) of a Location, or None when it does not say."""
+    """Return the ICU unit (``MICU``/``SICU``) of a Location, or None when it does not say."""
     if unit_by_location and location_id in unit_by_location:
         return unit_by_location[location_id]
     codes = _type_codes(location) if location is not None else set()

@@ -27,11 +27,11 @@ from vigil.fhir_adapter.mapping import (
     CODE_INDEX,
     LOINC,
     NO_VALUE,
-    TIME_CACHES,
-    UNKNOWN,
     RANGES,
+    TIME_CACHES,
     UCUM,
     UNITS,
+    UNKNOWN,
     USE,
     Accumulator,
     MappingOptions,
@@ -44,12 +44,13 @@ from vigil.fhir_adapter.mapping import (
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult
 
-__all__ = ["bundle_references", "parse_fast", "parse_ndjson"]
+__all__ = ["bundle_references", "effective_time", "parse_fast", "parse_ndjson"]
 
 _CODE_GET = CODE_INDEX.get
 _NUMBER = (int, float)
 _FAST_CODES: dict[str, tuple[int, dict[str, tuple[float, float, float, float]]]] = {
-    code: (var, {unit: (scale, offset, *RANGES[var]) for unit, (scale, offset) in UNITS[var].items()})
+    code: (var, {unit: (scale, offset, *RANGES[var])
+                 for unit, (scale, offset) in UNITS[var].items()})
     for code, (var, _rank) in CODE_INDEX.items()
 }
 """LOINC code -> (variable, UCUM code -> (scale, offset, low, high)), for the inline common case."""
@@ -88,7 +89,8 @@ def _payload(holder: dict[str, Any]) -> Payload:
     return NO_VALUE
 
 
-def _time(d: dict[str, Any]) -> int | str:
+def effective_time(d: dict[str, Any]) -> int | str:
+    """Effective time of an Observation dict in microseconds, or the reason it is unusable."""
     t = d.get("effectiveDateTime")
     if t is not None:
         hit = _EDT.get(t)
@@ -105,7 +107,8 @@ def _time(d: dict[str, Any]) -> int | str:
         return "effectivePeriod has neither start nor end"
     for key in d:
         if key.startswith("effective"):
-            return f"{key} is not supported; expected effectiveDateTime, effectiveInstant or effectivePeriod"
+            return (f"{key} is not supported; expected effectiveDateTime, effectiveInstant "
+                    "or effectivePeriod")
     t = d.get("issued")
     if t is not None:
         return parse_time(t, "issued")
@@ -157,14 +160,14 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
                 if len(_PATIENTS) > 100_000:
                     _PATIENTS.clear()
                 _PATIENTS[ref] = patient
-        acc.emit(rid, lu, d.get("status"), patient, _time(d), items)
+        acc.emit(rid, lu, d.get("status"), patient, effective_time(d), items)
     except (AttributeError, KeyError, TypeError, IndexError, ValueError) as exc:
         acc.reject(rid, f"malformed Observation: {type(exc).__name__}",
                    lu if isinstance(lu, int) else NO_TIME)
 
 
 def bundle_references(bundle: dict[str, Any]) -> dict[str, str]:
-    """``fullUrl`` -> ``Type/id`` of the entries of a Bundle (to resolve ``urn:uuid`` references)."""
+    """Map ``fullUrl`` -> ``Type/id`` over a Bundle's entries (to resolve ``urn:uuid``)."""
     out: dict[str, str] = {}
     for entry in bundle.get("entry") or ():
         res = entry.get("resource")

@@ -40,7 +40,7 @@ _STATIC_AT = GRID_COLUMNS.index("Age")
 
 
 def hours_until(icu_admission: datetime, until: datetime) -> int:
-    """Number of grid rows of a stay at time ``until``: ``max(1, ceil((until - A) / 1 h))``."""
+    """Count the grid rows of a stay at ``until``: ``max(1, ceil((until - A) / 1 h))``."""
     d = to_micros(until) - to_micros(icu_admission)
     return max(1, -((-d) // HOUR_US))
 
@@ -89,11 +89,13 @@ def grid_from_observations(stays: Census | Sequence[Stay], observations: Observa
     if len(untils) != n:
         raise DataError(f"expected one 'until' per stay ({n}), got {len(untils)}")
     admit = np.array([to_micros(s.icu_admission) for s in stays], dtype=np.int64)
-    n_hours = np.array([hours_until(s.icu_admission, u) for s, u in zip(stays, untils, strict=True)],
-                       dtype=np.int64)
+    n_hours = np.array(
+        [hours_until(s.icu_admission, u) for s, u in zip(stays, untils, strict=True)],
+        dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(n_hours)]).astype(np.int64)
     n_rows = int(starts[-1])
-    hours = (np.arange(n_rows, dtype=np.int64) - np.repeat(starts[:-1], n_hours) + 1).astype(np.int32)
+    hours = (np.arange(n_rows, dtype=np.int64) - np.repeat(starts[:-1], n_hours) + 1
+             ).astype(np.int32)
     values = np.full((n_rows, len(GRID_COLUMNS)), np.nan, dtype=np.float32)
     if n:
         static = np.array([s.static_values() for s in stays], dtype=np.float32)

@@ -243,7 +243,10 @@ class FHIRHttp:
             url, query = nxt, None
 
     def put(self, resource: dict[str, Any]) -> dict[str, Any] | None:
-        """``PUT {type}/{id}`` (update or create with the client's id); the stored resource if returned."""
+        """Send ``PUT {type}/{id}`` (update or create with the client's id).
+
+        Returns the stored resource when the server sends it back.
+        """
         path = f"{resource['resourceType']}/{resource['id']}"
         resp = self.request("PUT", path, body=orjson.dumps(resource),
                             headers={"Prefer": "return=representation"})

@@ -127,7 +127,7 @@ RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
 
 
 def variable_of(codes: Iterable[str]) -> int:
-    """The catalog variable named by a list of LOINC codes.
+    """Find the catalog variable named by a list of LOINC codes.
 
     Parameters
     ----------
@@ -152,7 +152,8 @@ def variable_of(codes: Iterable[str]) -> int:
     return AMBIGUOUS if tie else best
 
 
-CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None], tuple[float, float] | str] = {}
+CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None],
+                       tuple[float, float] | str] = {}
 
 
 def _conversion(var: int, system: str | None, code: str | None, unit: str | None
@@ -252,7 +253,7 @@ def parse_time(text: str, element: str) -> int | str:
 
 
 def reference_id(reference: str | None, resource_type: str) -> str | None:
-    """The id a reference to ``resource_type`` points to, or None.
+    """Return the id a reference to ``resource_type`` points to, or None.
 
     Parameters
     ----------
@@ -276,7 +277,7 @@ def reference_id(reference: str | None, resource_type: str) -> str | None:
 
 
 def patient_key(reference: str, resolve: Mapping[str, str] | None = None) -> str | None:
-    """The Patient id a subject reference points to, or None if it is not a Patient.
+    """Return the Patient id a subject reference points to (None if not a Patient).
 
     Parameters
     ----------
@@ -308,7 +309,7 @@ def not_quantity(element: str) -> str:
 
 def quantity_payload(value: object, comparator: str | None, system: str | None,
                      code: str | None, unit: str | None) -> Payload:
-    """The payload of a valueQuantity (a reason if its value is missing or not a number)."""
+    """Build the payload of a valueQuantity (a reason if its value is missing or not a number)."""
     if value is None:
         return "valueQuantity has no value"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -391,8 +392,8 @@ class Accumulator:
             self.n_skipped += 1
             return
         if patient is None:
-            self.quarantine.append(
-                Quarantine("Observation", rid, "subject does not reference a Patient", last_updated))
+            self.quarantine.append(Quarantine(
+                "Observation", rid, "subject does not reference a Patient", last_updated))
             return
         if isinstance(time, str):
             self.quarantine.append(Quarantine("Observation", rid, time, last_updated))

@@ -57,7 +57,7 @@ def to_micros(when: datetime) -> int:
 
 
 def from_micros(micros: int) -> datetime:
-    """The tz-aware UTC datetime of a microsecond timestamp."""
+    """Return the tz-aware UTC datetime of a microsecond timestamp."""
     return _EPOCH + timedelta(microseconds=int(micros))
 
 
@@ -169,7 +169,7 @@ class IngestCounts:
                                for f in fields(self)})
 
     def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict."""
+        """Return the counters as a plain dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -222,7 +222,7 @@ class ObservationBatch:
         return np.asarray(MEASURED, dtype=object)[self.variable]
 
     def take(self, mask: NDArray[np.bool_] | NDArray[np.int64]) -> ObservationBatch:
-        """The values selected by a boolean mask or index array (deletions kept)."""
+        """Select values by a boolean mask or index array (deletions kept)."""
         return ObservationBatch(
             patient=self.patient[mask], variable=self.variable[mask],
             effective=self.effective[mask], value=self.value[mask],
@@ -245,7 +245,7 @@ class ObservationBatch:
             )
 
     def to_frame(self) -> pd.DataFrame:
-        """A DataFrame with one row per value (times as ``datetime64[us, UTC]``)."""
+        """Return a DataFrame with one row per value (times as ``datetime64[us, UTC]``)."""
         lu = pd.to_datetime(np.where(self.last_updated == NO_TIME, np.int64(0), self.last_updated),
                             unit="us", utc=True)
         frame = pd.DataFrame({
@@ -356,7 +356,7 @@ class Stay:
 
     @property
     def hosp_adm_time(self) -> float:
-        """Hours from hospital admission to ICU admission (negative when earlier; NaN if unknown)."""
+        """Hours from hospital to ICU admission (negative when earlier; NaN if unknown)."""
         if self.hospital_admission is None:
             return float("nan")
         return (self.hospital_admission - self.icu_admission).total_seconds() / 3600.0

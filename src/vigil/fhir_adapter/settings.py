@@ -86,7 +86,7 @@ class SMARTSettings(BaseModel):
         return self
 
     def private_key(self) -> bytes:
-        """The PEM bytes of the private key (read from the file if a path is given)."""
+        """Return the PEM bytes of the private key (read from the file if a path is given)."""
         if self.private_key_pem is not None:
             return self.private_key_pem.get_secret_value().encode()
         assert self.private_key_path is not None

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,16 +72,17 @@ _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _STATIC = ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")
 _OBS_PARTS = tuple(
     (v.name.lower().replace("_", "-"),
-     [{"coding": [{"system": _CATEGORY, "code": "vital-signs" if v.name in VITALS else "laboratory"}]}],
+     [{"coding": [{"system": _CATEGORY,
+                   "code": "vital-signs" if v.name in VITALS else "laboratory"}]}],
      {"coding": [{"system": LOINC, "code": v.loinc[0]}], "text": v.description},
      v.unit)
     for v in map(variable, MEASURED)
 )
-"""Per measured variable: id slug, category, code and unit of its Observations (shared, not mutated)."""
+"""Per measured variable: id slug, category, code and unit of its Observations (shared)."""
 
 
 def icu_admission(patient_id: str) -> datetime:
-    """The synthetic ICU admission time of a patient (see the module docstring)."""
+    """Return the synthetic ICU admission time of a patient (see the module docstring)."""
     u = int.from_bytes(hashlib.sha256(f"vigil-synth-v1:{patient_id}".encode()).digest()[:8], "big")
     return SYNTH_ANCHOR + timedelta(minutes=u % _SPAN_MINUTES)
 
@@ -108,7 +109,7 @@ def _location_id(hospital: str, unit: str | None) -> str:
 
 
 def location_resources(hospitals: tuple[str, ...] = ("A", "B")) -> list[dict[str, Any]]:
-    """The ICU Locations: per hospital a MICU, a SICU and an ICU of unknown unit."""
+    """Build the ICU Locations: per hospital a MICU, a SICU and an ICU of unknown unit."""
     out = []
     for hospital in hospitals:
         for unit in ("MICU", "SICU", None):
@@ -125,7 +126,7 @@ def location_resources(hospitals: tuple[str, ...] = ("A", "B")) -> list[dict[str
 
 def patient_resources(rows: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any],
                                                      list[dict[str, Any]]]:
-    """The Patient, Encounter and Observations of one patient's PhysioNet rows.
+    """Build the Patient, Encounter and Observations of one patient's PhysioNet rows.
 
     Parameters
     ----------
@@ -228,7 +229,8 @@ def _entry(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_synth(frame: pd.DataFrame, out: Path, *, bundles: bool = False,
-                bundle_size: int = 1000) -> SynthSummary:
+                bundle_size: int = 1000,
+                on_patient: Callable[[], None] | None = None) -> SynthSummary:
     """Write PhysioNet rows as FHIR R4 NDJSON (and optionally transaction Bundles).
 
     Parameters
@@ -245,6 +247,8 @@ def write_synth(frame: pd.DataFrame, out: Path, *, bundles: bool = False,
         ``PUT Type/id``, so loading twice changes nothing.
     bundle_size : int, optional
         Maximum entries per Bundle.
+    on_patient : callable, optional
+        Called after each patient (progress display).
 
     Returns
     -------
@@ -289,6 +293,8 @@ def write_synth(frame: pd.DataFrame, out: Path, *, bundles: bool = False,
             files["Observation"].write(b"".join(orjson.dumps(o) + b"\n" for o in observations))
             n_patients += 1
             n_obs += len(observations)
+            if on_patient is not None:
+                on_patient()
             if bundles:
                 if len(pending) + 2 > bundle_size:
                     flush()

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import numpy as np
-import pandas as pd
+from numpy.typing import NDArray
 
 from vigil.core.errors import FHIRError, VigilError
 from vigil.features.builder import LOOKBACK_HOURS, build_latest_features
@@ -48,6 +48,7 @@ __all__ = [
     "CycleSink",
     "CycleSource",
     "GridBuilder",
+    "ScoreBatch",
     "adapter_grid",
     "complete_hours",
 ]
@@ -65,8 +66,10 @@ class CycleSource(Protocol):
         """The in-progress ICU stays at ``tick``."""
         ...
 
-    def observations(self, *, since: datetime | None, until: datetime) -> IngestResult:
-        """Observations recorded after ``since`` (None: everything) up to ``until``."""
+    def observations(
+        self, since: datetime | None, until: datetime, *, patients: Sequence[str]
+    ) -> IngestResult:
+        """Observations of ``patients`` recorded after ``since`` (None: all) up to ``until``."""
         ...
 
 
@@ -100,11 +103,62 @@ def complete_hours(stays: Sequence[Stay], tick: datetime) -> list[int]:
     return [(t - to_micros(s.icu_admission)) // HOUR_US for s in stays]
 
 
+@dataclass(frozen=True, eq=False)
+class ScoreBatch:
+    """One model's scores of the census at one tick. Arrays have shape (n_patients,).
+
+    Attributes
+    ----------
+    model_name, model_version : str
+        The model package's name and version.
+    threshold : float
+        The alert threshold applied (calibration record's, else the package's).
+    role : str
+        ``active`` or ``shadow``.
+    tick : datetime
+        When the scores were made (the RiskAssessment's ``occurrenceDateTime``).
+    patient_keys, encounters : tuple of str
+        FHIR Patient and Encounter ids.
+    iculos : ndarray of int64
+        The ICU hour scored (the patient's last complete hour).
+    raw_probability, probability : ndarray of float64
+        Model output, and after the site calibration (equal without one).
+    calibrated : bool
+        Whether a calibration record was applied.
+    alert : ndarray of bool
+        Alerts raised by the alert policy.
+    """
+
+    model_name: str
+    model_version: str
+    threshold: float
+    role: str
+    tick: datetime
+    patient_keys: tuple[str, ...]
+    encounters: tuple[str, ...]
+    iculos: NDArray[np.int64]
+    raw_probability: NDArray[np.float64]
+    probability: NDArray[np.float64]
+    calibrated: bool
+    alert: NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.patient_keys)
+
+    @property
+    def model(self) -> str:
+        """``name@version``, the model's key in the store."""
+        return f"{self.model_name}@{self.model_version}"
+
+    def __repr__(self) -> str:
+        return f"ScoreBatch(model={self.model!r}, role={self.role!r}, n={len(self)})"
+
+
 class CycleSink(Protocol):
     """Where scores go (RiskAssessments on a FHIR server, NDJSON files, or nowhere)."""
 
-    def assessments(self, scores: pd.DataFrame, *, model: str) -> list[tuple[str, str]]:
-        """One ``(deterministic id, JSON)`` RiskAssessment per score row."""
+    def assessments(self, scores: ScoreBatch) -> list[tuple[str, str]]:
+        """One ``(deterministic id, JSON)`` RiskAssessment per score."""
         ...
 
     def put(self, bodies: list[str]) -> None:
@@ -233,20 +287,31 @@ class CycleRunner:
 
         t0 = time.perf_counter()
         mark = self.store.watermark(self.source.name)
-        since = None
-        if mark is not None:
-            since = datetime.fromisoformat(mark) - timedelta(minutes=self.scoring.overlap_minutes)
-        fetched = self.source.observations(since=since, until=tick)
+        since = None if mark is None else datetime.fromisoformat(mark)
+        fetched = self.source.observations(since, tick, patients=census.patients)
+        results = [fetched]
+        # Patients new to the census are read back to their ICU admission: their values
+        # written before the watermark were not fetched while they were elsewhere.
+        known = set(self.store.census_keys())
+        new = [s for s in census.stays if s.patient not in known]
+        if new and since is not None:
+            back = min(s.icu_admission for s in new) - timedelta(hours=1)
+            if back < since:
+                results.append(
+                    self.source.observations(back, tick, patients=[s.patient for s in new])
+                )
+        batch = ObservationBatch.concat([r.observations for r in results])
         timings["fetch"] = time.perf_counter() - t0
-        counts["observations"] = len(fetched.observations)
-        quarantine = census.quarantine + fetched.quarantine
+        counts["observations"] = len(batch)
+        counts["backfilled_patients"] = len(new) if len(results) > 1 else 0
+        quarantine = census.quarantine + tuple(q for r in results for q in r.quarantine)
         counts["quarantined"] = len(quarantine)
         self.checkpoint("fetched")
 
         with self.store.transaction() as tx:
             t0 = time.perf_counter()
             self.store.put_census(tx, census.stays, tick=_ts(tick))
-            self.store.put_observations(tx, fetched.observations)
+            self.store.put_observations(tx, batch)
             self.store.put_quarantine(tx, cycle_id, quarantine)
             if fetched.watermark is not None:
                 self.store.set_watermark(tx, self.source.name, fetched.watermark.isoformat())
@@ -272,28 +337,24 @@ class CycleRunner:
             counts["first_hour"] = len(census) - len(ready)
 
             t0 = time.perf_counter()
-            frames = []
-            for role, model in (("active", models.active), ("shadow", models.shadow)):
-                if model is None:
-                    continue
-                frames.append(self._score(model, role, grid, features, hours, tick))
+            encounters = {stay.patient: stay.encounter for stay in census.stays}
+            batches = [
+                self._score(model, role, grid, features, hours, tick, encounters)
+                for role, model in (("active", models.active), ("shadow", models.shadow))
+                if model is not None
+            ]
             timings["inference"] = time.perf_counter() - t0
-            scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
-            active = scores[scores["role"] == "active"]
+            for batch in batches:
+                self.store.put_scores(tx, batch, cycle_id=cycle_id)
+            active = batches[0]
             counts["scored"] = len(active)
-            counts["shadow_scored"] = int((scores["role"] == "shadow").sum())
-            counts["alerts"] = int(active["alert"].sum())
-            self.store.put_scores(tx, scores, cycle_id=cycle_id)
+            counts["shadow_scored"] = sum(len(b) for b in batches[1:])
+            counts["alerts"] = int(active.alert.sum())
 
             t0 = time.perf_counter()
-            queued = 0
-            if self.sink is not None and models.active is not None and len(active):
-                encounter = {stay.patient: stay.encounter for stay in census.stays}
-                active = active.assign(encounter=active["patient_key"].map(encounter))
-                items = self.sink.assessments(active, model=models.active.key)
-                self.store.enqueue(tx, cycle_id, ((i, _ts(tick), b) for i, b in items))
-                queued = len(items)
-            counts["queued"] = queued
+            items = self.sink.assessments(active) if self.sink is not None and len(active) else []
+            self.store.enqueue(tx, cycle_id, ((i, _ts(tick), b) for i, b in items))
+            counts["queued"] = len(items)
             timings["build_writeback"] = time.perf_counter() - t0
             self.store.finish_cycle(tx, cycle_id, status="scored", counts=counts, timings=timings)
 
@@ -302,12 +363,13 @@ class CycleRunner:
         model: LiveModel,
         role: str,
         grid: HourlyGrid,
-        features: np.ndarray,
-        hours: np.ndarray,
+        features: NDArray[np.float32],
+        hours: NDArray[np.int32],
         tick: datetime,
-    ) -> pd.DataFrame:
+        encounters: dict[str, str],
+    ) -> ScoreBatch:
         raw, prob = model.probabilities(features)
-        keys = list(grid.patient_ids)
+        keys = grid.patient_ids
         # The shadow model gets the same policy (its own state) so that its alert burden can be
         # compared before a promotion; only the active model's alerts are raised and written back.
         step = alert_step(
@@ -318,19 +380,19 @@ class CycleRunner:
         self.store.put_alert_state(
             self.store.conn, model.key, zip(keys, step.last_alert, step.armed, strict=True)
         )
-        alert = step.alert
-        return pd.DataFrame(
-            {
-                "patient_key": keys,
-                "tick": _ts(tick),
-                "model": model.key,
-                "role": role,
-                "iculos": hours.astype(np.int64),
-                "raw_probability": raw,
-                "probability": prob,
-                "calibrated": model.calibration is not None,
-                "alert": np.asarray(alert, dtype=bool),
-            }
+        return ScoreBatch(
+            model_name=model.row.name,
+            model_version=model.row.version,
+            threshold=model.threshold,
+            role=role,
+            tick=tick,
+            patient_keys=keys,
+            encounters=tuple(encounters[k] for k in keys),
+            iculos=hours.astype(np.int64),
+            raw_probability=raw,
+            probability=prob,
+            calibrated=model.calibration is not None,
+            alert=np.asarray(step.alert, dtype=bool),
         )
 
     def flush(self, counts: dict[str, int] | None = None) -> str | None:
@@ -397,18 +459,3 @@ class CycleRunner:
         if status == "ok":
             m.last_good.set(time.time())
 
-
-def _empty_scores() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "patient_key": pd.Series(dtype=object),
-            "tick": pd.Series(dtype=float),
-            "model": pd.Series(dtype=object),
-            "role": pd.Series(dtype=object),
-            "iculos": pd.Series(dtype=np.int64),
-            "raw_probability": pd.Series(dtype=float),
-            "probability": pd.Series(dtype=float),
-            "calibrated": pd.Series(dtype=bool),
-            "alert": pd.Series(dtype=bool),
-        }
-    )

@@ -32,7 +32,9 @@ __all__ = [
     "LiveModel",
     "LiveModels",
     "install_model",
+    "live_model",
     "load_live_models",
+    "model_summary",
     "promote_model",
     "verify_package",
 ]
@@ -264,6 +266,25 @@ def load_live_models(
         record = _load_calibration(Path(row.calibration), package) if row.calibration else None
         live[row.role] = LiveModel(row=row, scorer=scorer, calibration=record)
     return LiveModels(active=live.get("active"), shadow=live.get("shadow"))
+
+
+def live_model(
+    path: str | Path,
+    *,
+    calibration: Path | None = None,
+    public_key: Path | None = None,
+    threads: int = 1,
+) -> LiveModel:
+    """A verified package loaded for scoring without installing it (replay, demo)."""
+    package, scorer = verify_package(path, public_key=public_key, threads=threads)
+    record = _load_calibration(calibration, package) if calibration is not None else None
+    m = package.manifest
+    row = ModelRow(
+        name=m.name, version=m.version, path=str(package.path), model_sha256=m.model_sha256,
+        calibration=str(calibration) if calibration is not None else None, role="active",
+        installed=time.time(),
+    )
+    return LiveModel(row=row, scorer=scorer, calibration=record)
 
 
 def model_summary(row: ModelRow) -> dict[str, Any]:

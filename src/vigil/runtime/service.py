@@ -21,10 +21,10 @@ from vigil.core.errors import ConfigError
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
 from vigil.runtime.models import LiveModels, load_live_models
 from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics, readiness
-from vigil.runtime.settings import VigilSettings
+from vigil.runtime.settings import VigilSettings, check_serving
 from vigil.runtime.store import StateStore, sqlite_path
 
-__all__ = ["Service", "last_fire_time"]
+__all__ = ["Service", "build_service", "last_fire_time"]
 
 log = logging.getLogger(__name__)
 
@@ -170,5 +170,21 @@ class Service:
             scheduler.shutdown(wait=True)
             if ops is not None:
                 ops.stop()
-            self.store.close()
+            self.close()
             log.info("stopped")
+
+    def close(self) -> None:
+        """Close the store, the source and the write-back target."""
+        self.store.close()
+        for part in (self.runner.source, self.runner.sink):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
+
+def build_service(settings: VigilSettings) -> Service:
+    """The service of a site's settings: its FHIR (or NDJSON) source and write-back target."""
+    from vigil.runtime.sources import open_sink, open_source
+
+    check_serving(settings)
+    return Service(settings, source=open_source(settings), sink=open_sink(settings))

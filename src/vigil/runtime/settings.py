@@ -9,7 +9,7 @@ Example ``site.toml`` (see ``examples/site.toml``)::
 
     site_id = "hospital-a"
 
-    [fhir]
+    [fhir]                       # vigil.fhir_adapter.FHIRSettings
     base_url = "http://ehr.example.org/fhir"
 
     [store]
@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -33,16 +33,18 @@ from pydantic_settings import (
 
 from vigil.core.errors import ConfigError
 from vigil.features.builder import LOOKBACK_HOURS
+from vigil.fhir_adapter.settings import FHIRSettings
 
 __all__ = [
     "AlertSettings",
-    "FHIRSection",
+    "DataSettings",
     "ModelSettings",
     "OpsSettings",
     "SchedulerSettings",
     "ScoringSettings",
     "StoreSettings",
     "VigilSettings",
+    "check_serving",
     "load_settings",
 ]
 
@@ -53,35 +55,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FHIRSection(_Section):
-    """Where the clinical data comes from and where scores go.
+class DataSettings(_Section):
+    """Where the clinical data comes from and where the scores go.
 
-    Exactly one of ``base_url`` (FHIR R4 REST) and ``ndjson_dir`` (Bulk Data
-    NDJSON files) is set.
+    ``source = "fhir"`` reads the FHIR server of the ``[fhir]`` section (REST);
+    ``"ndjson"`` reads a Bulk Data directory (the embedded mode). ``writeback``
+    is ``fhir`` (``PUT RiskAssessment/{id}``), ``ndjson`` (``RiskAssessment.ndjson``
+    in ``writeback_dir``) or ``none``.
     """
 
-    base_url: str | None = None
+    source: Literal["fhir", "ndjson"] = "fhir"
     ndjson_dir: Path | None = None
-    icu_location: str | None = Field(
-        default=None, description="Location reference of the ICU (REST census filter)."
-    )
-    token: SecretStr | None = Field(default=None, description="Bearer token, if the server wants one.")
-    timeout_s: float = Field(default=30.0, gt=0)
-    page_size: int = Field(default=1000, ge=1, le=5000)
-    writeback: Literal["rest", "ndjson", "none"] = "rest"
-    writeback_dir: Path | None = Field(
-        default=None, description="Directory of RiskAssessment NDJSON when writeback = 'ndjson'."
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> FHIRSection:
-        if (self.base_url is None) == (self.ndjson_dir is None):
-            raise ValueError("set exactly one of fhir.base_url and fhir.ndjson_dir")
-        if self.writeback == "rest" and self.base_url is None:
-            raise ValueError("fhir.writeback = 'rest' needs fhir.base_url")
-        if self.writeback == "ndjson" and self.writeback_dir is None:
-            raise ValueError("fhir.writeback = 'ndjson' needs fhir.writeback_dir")
-        return self
+    writeback: Literal["fhir", "ndjson", "none"] = "fhir"
+    writeback_dir: Path | None = None
 
 
 class SchedulerSettings(_Section):
@@ -100,10 +86,6 @@ class ScoringSettings(_Section):
     """How patients are scored."""
 
     threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads.")
-    overlap_minutes: int = Field(
-        default=60, ge=0, le=24 * 60,
-        description="Re-fetch this much before the watermark (late-charted values).",
-    )
 
 
 class AlertSettings(_Section):
@@ -166,8 +148,9 @@ class VigilSettings(BaseSettings):
         return (init_settings,)
 
     site_id: str = Field(default="site", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    fhir: FHIRSection | None = Field(
-        default=None, description="Required by `vigil serve`; model commands do without it."
+    data: DataSettings = DataSettings()
+    fhir: FHIRSettings | None = Field(
+        default=None, description="The FHIR client (vigil.fhir_adapter.FHIRSettings)."
     )
     scheduler: SchedulerSettings = SchedulerSettings()
     scoring: ScoringSettings = ScoringSettings()
@@ -175,6 +158,25 @@ class VigilSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     models: ModelSettings = ModelSettings()
     ops: OpsSettings = OpsSettings()
+
+
+def check_serving(settings: VigilSettings) -> None:
+    """Check what ``vigil serve`` and ``vigil replay`` need beyond each section's own rules.
+
+    Raises
+    ------
+    ConfigError
+        Naming the missing or contradictory key.
+    """
+    d = settings.data
+    if (d.source == "fhir" or d.writeback == "fhir") and settings.fhir is None:
+        key = "data.source" if d.source == "fhir" else "data.writeback"
+        raise ConfigError(f"{key} = 'fhir' needs a [fhir] section with base_url", key="fhir.base_url")
+    if d.source == "ndjson" and d.ndjson_dir is None:
+        raise ConfigError("data.source = 'ndjson' needs data.ndjson_dir", key="data.ndjson_dir")
+    if d.writeback == "ndjson" and d.writeback_dir is None:
+        raise ConfigError("data.writeback = 'ndjson' needs data.writeback_dir",
+                          key="data.writeback_dir")
 
 
 def _error_key(loc: tuple[Any, ...]) -> str:
@@ -220,9 +222,10 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         key = _error_key(first["loc"])
+        secret = any(w in key.lower() for w in ("token", "key", "secret", "password", "pem"))
+        shown = "" if secret or "input" not in first else f" (got {first['input']!r})"
         raise ConfigError(
-            f"invalid setting {key!r}: {first['msg']} (got {first.get('input')!r}); "
-            f"{exc.error_count()} error(s) in total",
+            f"invalid setting {key!r}: {first['msg']}{shown}; {exc.error_count()} error(s) in total",
             key=key,
         ) from None
     except SettingsError as exc:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ import pandas as pd
 from vigil.core.errors import ConfigError
 from vigil.fhir_adapter.records import ObservationBatch, Quarantine, Stay, from_micros, to_micros
 from vigil.runtime.monitoring.alarms import MONITOR_MIGRATION
+
+if TYPE_CHECKING:
+    from vigil.runtime.cycle import ScoreBatch
 
 __all__ = ["SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
 
@@ -311,6 +314,11 @@ class StateStore:
             ),
         )
 
+    def census_keys(self) -> list[str]:
+        """Patients in the census as last recorded."""
+        rows = self.conn.execute("SELECT patient_key FROM patients WHERE in_census = 1 ORDER BY 1")
+        return [r[0] for r in rows]
+
     def census(self) -> tuple[Stay, ...]:
         """The stays of the census as last recorded, sorted by patient."""
         rows = self.conn.execute(
@@ -415,30 +423,23 @@ class StateStore:
     # -- scores and alerts --------------------------------------------------------------------
 
     @staticmethod
-    def put_scores(tx: sqlite3.Connection, scores: pd.DataFrame, *, cycle_id: int) -> None:
-        """Store scores, and alerts for the active model's rows with ``alert`` set.
-
-        Parameters
-        ----------
-        scores : DataFrame
-            Columns ``patient_key, tick, model, role, iculos, raw_probability,
-            probability, calibrated, alert``.
-        """
-        cols = ["patient_key", "tick", "model", "role", "iculos", "raw_probability",
-                "probability", "calibrated", "alert"]
-        columns = [scores[c].tolist() for c in cols]
-        columns[7] = [int(bool(x)) for x in columns[7]]
-        columns[8] = [int(bool(x)) for x in columns[8]]
+    def put_scores(tx: sqlite3.Connection, scores: ScoreBatch, *, cycle_id: int) -> None:
+        """Store one model's scores, and the alerts when it is the active model."""
+        n = len(scores)
+        tick = scores.tick.timestamp()
         tx.executemany(
             "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            zip(*columns, [cycle_id] * len(scores), strict=True),
+            zip(scores.patient_keys, [tick] * n, [scores.model] * n, [scores.role] * n,
+                scores.iculos.tolist(), scores.raw_probability.tolist(),
+                scores.probability.tolist(), [int(scores.calibrated)] * n,
+                scores.alert.astype(int).tolist(), [cycle_id] * n, strict=True),
         )
-        alerted = scores[scores["alert"].astype(bool) & (scores["role"] == "active")]
-        tx.executemany(
-            "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?)",
-            zip(alerted["patient_key"].tolist(), alerted["tick"].tolist(), alerted["model"].tolist(),
-                alerted["probability"].tolist(), [cycle_id] * len(alerted), strict=True),
-        )
+        if scores.role == "active":
+            tx.executemany(
+                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?)",
+                ((scores.patient_keys[i], tick, scores.model, float(scores.probability[i]), cycle_id)
+                 for i in np.flatnonzero(scores.alert)),
+            )
 
     def alert_state(self, model: str) -> dict[str, tuple[float | None, bool]]:
         """What the alert policy remembers per patient: ``(last alert time, armed)``."""

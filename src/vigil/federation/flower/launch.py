@@ -68,12 +68,36 @@ FLOWER_ENV = {
 
 
 def flower_env(home: str | Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Return a Flower process's environment: ``base`` (default: this one's) and FLOWER_ENV."""
+    """Return a Flower process's environment: ``base`` (default: this one's) and FLOWER_ENV.
+
+    This Python's scripts directory goes first on ``PATH``: the SuperLink and
+    SuperNode start ``flower-superexec`` by name.
+    """
     env = dict(os.environ if base is None else base)
     env.update(FLOWER_ENV)
     env["FLWR_HOME"] = str(Path(home).resolve())
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux ``/proc``), including detached sessions."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        out.append(child)
+        stack.extend(children.get(child, []))
+    return out
 
 
 def _bin(name: str) -> str:
@@ -121,31 +145,50 @@ class Process:
             return ""
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (a crash, as a test needs it)."""
-        self._signal_group(signal.SIGKILL)
+        """SIGKILL the process and everything it started (a crash, as a test needs it)."""
+        tree = _descendants(self.pid)
+        self._signal([self.pid, *tree], signal.SIGKILL)
         self.popen.wait()
 
-    def stop(self, *, timeout: float = 15.0) -> int | None:
-        """SIGTERM the process group, wait, then SIGKILL what is left.
+    def stop(self, *, timeout: float = 15.0) -> int:
+        """SIGTERM the process and everything it started, wait, then SIGKILL what is left.
+
+        Flower starts its SuperExec in a session of its own, so the process
+        group alone would miss it: the whole tree of descendants is signalled.
 
         Returns
         -------
-        int or None
+        int
             The exit code.
         """
-        self._signal_group(signal.SIGTERM)
+        tree = _descendants(self.pid)
+        self._signal([self.pid, *tree], signal.SIGTERM)
+        deadline = time.monotonic() + timeout
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-        self._signal_group(signal.SIGKILL)  # leftover children of the group
+        tree += _descendants(self.pid)
+        while time.monotonic() < deadline and any(_alive(p) for p in tree):
+            time.sleep(0.1)
+        self._signal([self.pid, *tree], signal.SIGKILL)
         return self.popen.wait()
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def _signal(self, pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            for send in (os.killpg, os.kill):
+                try:
+                    send(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
 
     def __enter__(self) -> Process:
         return self

@@ -9,8 +9,9 @@ statistics, evaluations and privacy spent.
 ``OUT_DIR/``
     ``weights.npz`` (in state order), ``history.json``, ``statistics.npz`` and
     ``evaluations.npz`` (``SITE/FIELD`` arrays), ``result.json`` (privacy per
-    site, the pooled metrics, the run settings, per-site traffic and the
-    round timings) and, last, ``DONE`` (its presence says the rest is complete).
+    site, the round whose model was kept, the pooled metrics, the run
+    settings, per-site traffic and the round timings) and, last, ``DONE``
+    (its presence says the rest is complete).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def save_result(out_dir: str | Path, result: FederationResult, info: dict[str, A
     _save_messages(out / "statistics.npz", result.statistics)
     _save_messages(out / "evaluations.npz", {e.site: e for e in result.evaluations})
     body = {
+        "best_round": result.best_round,
         "privacy": {site: p.to_dict() for site, p in result.privacy.items()},
         "pooled": result.pooled.to_dict(),
         **info,
@@ -135,7 +137,8 @@ def load_result(out_dir: str | Path) -> RunOutput:
     privacy = {site: PrivacySpent(**p) for site, p in body.pop("privacy", {}).items()}
     body.pop("pooled", None)
     result = FederationResult(
-        weights=weights, history=history, statistics=dict(sorted(statistics.items())),
+        weights=weights, best_round=int(body.pop("best_round")), history=history,
+        statistics=dict(sorted(statistics.items())),
         evaluations=evaluations, pooled=pool_evaluations(evaluations), privacy=privacy,
     )
     return RunOutput(result=result, info=body)

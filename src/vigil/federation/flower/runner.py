@@ -87,7 +87,7 @@ def run_on_flower(
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "pyproject.toml").write_text(app_pyproject(settings))
     if timeout is None:
-        timeout = settings.wait + (2 * settings.rounds + 1) * settings.timeout + 60.0
+        timeout = settings.wait + (2 * settings.plan.rounds + 1) * settings.timeout + 60.0
     proc = submit_run(coordinator, app_dir, log_path=run_dir / "flwr-run.log")
     deadline = time.monotonic() + timeout
     seen = 0
@@ -101,13 +101,13 @@ def run_on_flower(
                 if event["event"] in ("done", "failed"):
                     final = event
             seen = len(events)
-            if final is None and not proc.alive and time.monotonic() > deadline - timeout + 5:
-                # `flwr run` ended; give the ServerApp's last event a moment to land
-                time.sleep(2.0)
+            if final is None and not proc.alive:
+                time.sleep(2.0)  # `flwr run` ended: give the ServerApp's last event time to land
                 if len(read_events(result_dir)) == seen:
                     break
             time.sleep(0.5)
     finally:
+        ended = not proc.alive
         proc.stop(timeout=5)
     if final is None:
         run_id = next((e.get("run_id") for e in read_events(result_dir) if e["event"] == "start"),
@@ -117,10 +117,9 @@ def run_on_flower(
                 stop_run(coordinator, int(run_id))
             except VigilError as exc:
                 log.warning("could not stop run %s: %s", run_id, exc)
-        raise VigilError(
-            f"the Flower run did not finish within {timeout:.0f} s; see {run_dir}/flwr-run.log "
-            "and the SuperLink log"
-        )
+        why = "`flwr run` ended without a result" if ended else \
+            f"the Flower run did not finish within {timeout:.0f} s"
+        raise VigilError(f"{why}; see {run_dir}/flwr-run.log and the SuperLink log")
     if final["event"] == "failed":
         raise AggregationError(f"the federated run failed: {final.get('detail')}", round_=0)
     return load_result(result_dir)

@@ -58,12 +58,12 @@ def main(grid: Grid, context: Context) -> None:
                  record.aggregated, record.valid_auroc)
 
     try:
-        sites = transport.connect(expected=settings.sites, min_sites=settings.min_sites,
+        sites = transport.connect(expected=settings.sites, min_sites=settings.plan.min_sites,
                                   wait=settings.wait)
         round_seconds.append(time.monotonic() - t0)  # connecting counts as "round 0"
         result = run_federation(
-            sites, settings.make_strategy(), settings.plan(), hidden=settings.hidden,
-            dropout=settings.dropout, on_round=on_round, transport=transport,
+            sites, settings.strategy, settings.plan, hidden=settings.model.hidden,
+            dropout=settings.model.dropout, on_round=on_round, transport=transport,
         )
     except Exception as exc:
         events.write("failed", error=type(exc).__name__, detail=str(exc))

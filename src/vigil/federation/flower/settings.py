@@ -1,34 +1,43 @@
 """The settings of one federated run on Flower, as they travel in the run config.
 
-The coordinator writes them into the Flower app's ``pyproject.toml``
-(``[tool.flwr.app.config]``, :func:`app_pyproject`); Flower hands them to the
-ServerApp and to every ClientApp as ``context.run_config``
-(:meth:`RunSettings.from_run_config`). From them each side builds the same
-objects the in-process driver uses: :class:`~vigil.federation.driver.Plan`,
+A run is the in-process driver's own objects,
+:class:`~vigil.federation.driver.Plan`,
 :class:`~vigil.federation.strategies.Strategy`,
-:class:`~vigil.federation.site.ModelSpec` and
-:class:`~vigil.federation.privacy.DPSettings`. TOML has no null, so an unset
-option travels as an empty string.
+:class:`~vigil.federation.site.ModelSpec` and, under DP-SGD,
+:class:`~vigil.federation.privacy.DPSettings`, plus where to write the result
+and how many sites to wait for. The coordinator writes them into the Flower
+app's ``pyproject.toml`` (``[tool.flwr.app.config]``, :func:`app_pyproject`),
+one TOML table per object; Flower flattens them into ``context.run_config``
+(``plan.rounds``, ``strategy.name``, ...) for the ServerApp and every
+ClientApp, which rebuild the objects (:meth:`RunSettings.from_run_config`).
+The fields are read off the dataclasses, so a new option of the driver
+travels without a change here. TOML has no null and Flower's run config
+no list: None travels as ``""`` and a tuple as ``"128,64"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.errors import ConfigError
 from vigil.federation.driver import Plan
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec
-from vigil.federation.strategies import DEFAULT_TRIM, Strategy, StrategyName, make_strategy
+from vigil.federation.strategies import Strategy
 
 __all__ = ["APP_NAME", "RunSettings", "app_pyproject"]
 
 APP_NAME = "vigil-federation"
 SERVERAPP = "vigil.federation.flower.serverapp:app"
 CLIENTAPP = "vigil.federation.flower.clientapp:app"
+_NONE = ""
 
 
 @dataclass(frozen=True)
@@ -37,134 +46,139 @@ class RunSettings:
 
     Parameters
     ----------
-    out_dir : str
-        Where the ServerApp writes the result (on the coordinator's disk).
+    plan : Plan
+        Its ``time_budget`` is the seconds each site has to answer a request
+        (a site that has not answered is dropped from that round); required.
+    strategy : Strategy
+    model : ModelSpec
+    dp : DPSettings or None
+        Every site's record-level DP-SGD budget.
     sites : int
         SuperNodes to wait for before round 1.
     wait : float, optional
-        Seconds to wait for them; the run starts with those connected by then
-        if they are at least ``min_sites``.
-    timeout : float, optional
-        Seconds a site has to answer a round's request (the driver's time
-        budget); a site that has not answered is dropped for the round.
-    rounds, local_epochs, batch_size, lr, seed, min_sites
-        As :class:`~vigil.federation.driver.Plan`.
-    strategy, mu, robust, max_share, trim_beta
-        As :func:`~vigil.federation.strategies.make_strategy`.
-    hidden : tuple of int, optional
-    dropout : float, optional
-    dp_epsilon, dp_delta : float or None, optional
-        Record-level DP-SGD budget of every site (None: no DP).
-    dp_clip : float, optional
+        Seconds to wait for them; the run then starts with those connected if
+        they are at least ``plan.min_sites``.
+    out_dir : str, optional
+        Where the ServerApp writes the result (on the coordinator's disk).
     threads : int, optional
         torch threads of the ServerApp and of each ClientApp.
     """
 
-    out_dir: str
+    plan: Plan
+    strategy: Strategy
     sites: int
-    rounds: int
+    model: ModelSpec = field(default_factory=ModelSpec)
+    dp: DPSettings | None = None
     wait: float = 300.0
-    timeout: float = 600.0
-    local_epochs: int = 1
-    batch_size: int = 1024
-    lr: float = 1e-3
-    seed: int = 0
-    min_sites: int = 2
-    strategy: str = "fedavg"
-    mu: float | None = None
-    robust: str | None = None
-    max_share: float | None = None
-    trim_beta: float = DEFAULT_TRIM
-    hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.2
-    dp_epsilon: float | None = None
-    dp_delta: float | None = None
-    dp_clip: float = 1.0
+    out_dir: str = ""
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.sites < 1 or self.min_sites > self.sites:
-            raise ConfigError(
-                f"expected 1 <= min_sites <= sites, got min_sites={self.min_sites}, "
-                f"sites={self.sites}", key="sites",
-            )
-        for key in ("wait", "timeout"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"expected {key} > 0 s, got {getattr(self, key)}", key=key)
-        self.plan()
-        self.make_strategy()
-        self.dp()
+        if self.plan.time_budget is None:
+            raise ConfigError("expected a time budget (seconds a site has to answer) for a "
+                              "Flower run, got none", key="timeout")
+        if not 1 <= self.plan.min_sites <= self.sites:
+            raise ConfigError(f"expected 1 <= min_sites <= sites, got min_sites="
+                              f"{self.plan.min_sites}, sites={self.sites}", key="sites")
+        if not self.wait > 0:
+            raise ConfigError(f"expected wait > 0 s, got {self.wait}", key="wait")
 
-    def plan(self) -> Plan:
-        """Return the driver's plan; ``timeout`` is the time budget of a site's answer."""
-        return Plan(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
-                    lr=self.lr, seed=self.seed, min_sites=self.min_sites,
-                    time_budget=self.timeout)
-
-    def make_strategy(self) -> Strategy:
-        """Return the strategy (validated by :func:`make_strategy`)."""
-        return make_strategy(self.strategy, mu=self.mu, robust=self.robust,
-                             max_share=self.max_share, trim_beta=self.trim_beta)
-
-    def model(self) -> ModelSpec:
-        """Return the network every site trains."""
-        return ModelSpec(hidden=tuple(self.hidden), dropout=self.dropout)
-
-    def dp(self) -> DPSettings | None:
-        """Every site's DP-SGD budget, or None."""
-        if self.dp_epsilon is None:
-            return None
-        return DPSettings(self.dp_epsilon, delta=self.dp_delta, max_grad_norm=self.dp_clip)
+    @property
+    def timeout(self) -> float:
+        """Seconds each site has to answer a request."""
+        return float(self.plan.time_budget)  # type: ignore[arg-type]
 
     def site_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~vigil.federation.site.Site` for every site."""
-        return {"model": self.model(),
-                "keep_norm_local": StrategyName(self.strategy) is StrategyName.FEDBN,
-                "dp": self.dp()}
+        return {"model": self.model, "keep_norm_local": self.strategy.keeps_norm_local,
+                "dp": self.dp}
 
-    def to_run_config(self) -> dict[str, str | int | float]:
-        """Flat TOML-ready values (None as ``""``, ``hidden`` as ``"128,64"``)."""
-        out: dict[str, str | int | float] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "hidden":
-                value = ",".join(str(h) for h in value)
-            out[f.name.replace("_", "-")] = "" if value is None else value
-        return out
+    def to_run_config(self) -> dict[str, Any]:
+        """Nested TOML-ready values (``{"plan": {"rounds": 2, ...}, "sites": 3, ...}``)."""
+        return _dump(self)
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
-        """Parse the run config Flower hands an app.
+        """Rebuild the settings from Flower's flat run config (``"plan.rounds": 2``, ...).
 
         Raises
         ------
         ConfigError
             Naming the key, if one is missing or has the wrong type.
         """
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.name.replace("_", "-")
-            if key not in config:
-                continue
-            raw = config[key]
-            try:
-                if f.name == "hidden":
-                    values[f.name] = tuple(int(h) for h in str(raw).split(",") if h.strip())
-                elif raw == "":
-                    values[f.name] = None
-                elif f.type in ("int",):
-                    values[f.name] = int(raw)
-                elif "float" in str(f.type):
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = raw
-            except ValueError:
-                raise ConfigError(f"run config {key!r}: expected {f.type}, got {raw!r}",
-                                  key=key) from None
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"incomplete run config: {exc}", key="run_config") from None
+        nested: dict[str, Any] = {}
+        for key, value in config.items():
+            node = nested
+            *path, leaf = key.split(".")
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return _load(cls, nested, "")
+
+
+def _dump(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.name.startswith("_")}
+    if obj is None:
+        return _NONE
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, tuple):  # Flower's run config holds scalars only
+        return ",".join(str(_dump(v)) for v in obj)
+    return obj
+
+
+def _load(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values or not f.init:
+            continue
+        kwargs[f.name] = _value(hints[f.name], values[f.name], f"{where}{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"run config {where.rstrip('.') or 'root'}: {exc}",
+                          key=where.rstrip(".") or "run_config") from None
+
+
+def _value(hint: Any, raw: Any, key: str) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()
+    if options and type(None) in options:
+        if raw == _NONE:
+            return None
+        hint = next(o for o in options if o is not type(None))
+    try:
+        if dataclasses.is_dataclass(hint):
+            return _load(hint, raw, key + ".")  # type: ignore[arg-type]
+        if typing.get_origin(hint) is tuple:
+            (item, *_) = typing.get_args(hint)
+            return tuple(item(v) for v in str(raw).split(",") if v.strip())
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return hint(raw)
+        if hint is bool:
+            if not isinstance(raw, bool):
+                raise ValueError(raw)
+            return raw
+        if hint in (int, float, str):
+            return hint(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"run config {key!r}: expected {hint}, got {raw!r}", key=key) from None
+    raise ConfigError(f"run config {key!r}: unsupported type {hint}", key=key)
+
+
+def _toml(table: Mapping[str, Any], prefix: str) -> list[str]:
+    lines = [f"[{prefix}]"]
+    tables = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    for key, value in tables:
+        lines += ["", *_toml(value, f"{prefix}.{key}")]
+    return lines
 
 
 def app_pyproject(settings: RunSettings) -> str:
@@ -174,7 +188,7 @@ def app_pyproject(settings: RunSettings) -> str:
     the installed ``vigil`` package: the app bundle carries no code, and with
     runtime dependency installation switched off nothing is installed.
     """
-    lines = [
+    head = [
         "[build-system]",
         'requires = ["hatchling"]',
         'build-backend = "hatchling.build"',
@@ -193,7 +207,5 @@ def app_pyproject(settings: RunSettings) -> str:
         f'serverapp = "{SERVERAPP}"',
         f'clientapp = "{CLIENTAPP}"',
         "",
-        "[tool.flwr.app.config]",
     ]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.to_run_config().items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(head + _toml(settings.to_run_config(), "tool.flwr.app.config")) + "\n"

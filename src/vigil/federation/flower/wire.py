@@ -75,11 +75,18 @@ def config_to_record(config: FitConfig) -> ConfigRecord:
 
 
 def config_from_record(record: ConfigRecord) -> FitConfig:
-    """Read a :class:`FitConfig` back; raises ValueError if an entry is missing."""
+    """Read a :class:`FitConfig` back (entries it lacks take their defaults).
+
+    Raises
+    ------
+    ValueError
+        If an entry without a default is missing.
+    """
     try:
-        return FitConfig(**{f.name: record[f.name] for f in fields(FitConfig)})  # type: ignore[arg-type]
-    except KeyError as exc:
-        raise ValueError(f"expected a fit config with entry {exc}; got {sorted(record)}") from None
+        return FitConfig(**{f.name: record[f.name] for f in fields(FitConfig)  # type: ignore[arg-type]
+                            if f.name in record})
+    except TypeError as exc:
+        raise ValueError(f"expected a complete fit config, got {sorted(record)}: {exc}") from None
 
 
 def _to_content(site: str, payload: Mapping[str, Any]) -> RecordDict:

@@ -4,12 +4,15 @@ Three checks, run every cycle on what the cycle fetched:
 
 **Feed down.** Site-wide, a variable measured in a share ``r`` of patient-hours
 arrives at about ``lambda = r * n`` values per hour with ``n`` patients in the
-census. Modelling arrivals as a Poisson process, ``g`` hours without a value
-has probability ``exp(-lambda g)``; the feed is reported down when that falls
-below ``alpha``, i.e. when ``g > -ln(alpha) / lambda`` (the variable's
-*expected interval*, never shorter than ``min_gap_hours``). ``r`` is the
-site's own rate from its baseline window, so a variable the site never
-records (EtCO2 at some hospitals) raises nothing.
+census. Were arrivals a Poisson process, ``g`` hours without a value would have
+probability ``exp(-lambda g)``, below ``alpha`` once ``g > -ln(alpha) / lambda``.
+Laboratory values arrive in batches (one blood draw, several results; rounds),
+so silences are longer than Poisson's: the variable's *expected interval* is
+the largest of that Poisson limit, ``gap_factor`` times the longest silence
+seen during the site's baseline (scaled by the baseline's mean census over
+the current one: fewer patients, longer silences), and ``min_gap_hours``; a
+longer silence reports the feed down. ``r`` and the longest silence are the site's own, so a
+variable the site never records (EtCO2 at some hospitals) raises nothing.
 
 **Unit change.** The FHIR adapter converts every known unit to the canonical
 one, so a correctly labelled change (temperature now sent in ``[degF]``) is
@@ -74,6 +77,8 @@ class FeedHealth:
         Tail probability of the feed-down and quarantine tests.
     min_gap_hours : float, optional
         Shortest gap reported as a feed down (PhysioNet-derived feeds are hourly).
+    gap_factor : float, optional
+        Multiple of the longest baseline silence that is still normal.
     min_count : int, optional
         Fewest values in a new unit, or quarantined resources, that raise an alarm.
     quarantine_floor : float, optional
@@ -87,15 +92,19 @@ class FeedHealth:
         *,
         alpha: float = 1e-4,
         min_gap_hours: float = 2.0,
+        gap_factor: float = 3.0,
         min_count: int = 3,
         quarantine_floor: float = 0.25,
         memory: int = 200_000,
     ) -> None:
         self.alpha, self.min_gap_hours, self.min_count = alpha, min_gap_hours, min_count
-        self.quarantine_floor, self.memory = quarantine_floor, memory
+        self.gap_factor, self.quarantine_floor, self.memory = gap_factor, quarantine_floor, memory
         self.last_value: dict[str, float] = {}
+        self.longest_gap: dict[str, float] = {}
+        self._census: list[int] = []
         self.baseline_units: dict[str, set[str]] = {}
-        self.learning_units = True
+        self.learning = True
+        self.learn_after = -math.inf
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._q_total: dict[str, float] = {}
         self._q_cycles = 0
@@ -105,25 +114,40 @@ class FeedHealth:
     def observe_values(self, variables: Sequence[str] | NDArray[np.object_], effective_s: NDArray[
         np.floating
     ]) -> None:
-        """Remember the latest effective time (UTC seconds) of every variable fetched."""
+        """Remember the latest effective time (UTC seconds) of every variable fetched.
+
+        While :attr:`learning`, also the longest silence between values
+        measured after :attr:`learn_after`.
+        """
         if len(variables) == 0:
             return
         names = np.asarray(variables, dtype=object)
         times = np.asarray(effective_s, dtype=np.float64)
-        order = np.argsort(names, kind="stable")
+        order = np.lexsort((times, names))
         names, times = names[order], times[order]
         cut = np.flatnonzero(names[1:] != names[:-1]) + 1
         for lo, hi in zip(np.r_[0, cut], np.r_[cut, names.size], strict=True):
-            name, latest = str(names[lo]), float(times[lo:hi].max())
-            if latest > self.last_value.get(name, -math.inf):
-                self.last_value[name] = latest
+            name = str(names[lo])
+            last = self.last_value.get(name, -math.inf)
+            new = times[lo:hi][times[lo:hi] > last]
+            if new.size == 0:
+                continue
+            if self.learning:
+                known = np.r_[last, new]
+                known = known[known >= self.learn_after]
+                if known.size >= 2:
+                    gap = float(np.max(np.diff(known))) / 3600.0
+                    self.longest_gap[name] = max(self.longest_gap.get(name, 0.0), gap)
+            self.last_value[name] = float(new[-1])
 
-    def expected_interval(self, rate: float, census: int) -> float:
+    def expected_interval(self, name: str, rate: float, census: int) -> float:
         """Hours without a value after which a feed of this rate is reported down."""
         lam = rate * census
         if not lam > 0:
             return math.inf
-        return max(self.min_gap_hours, -math.log(self.alpha) / lam)
+        scale = float(np.mean(self._census)) / census if self._census else 1.0
+        return max(self.min_gap_hours, -math.log(self.alpha) / lam,
+                   self.gap_factor * self.longest_gap.get(name, 0.0) * scale)
 
     def feed_down(
         self, *, now: float, census: int, rates: Mapping[str, float]
@@ -135,7 +159,7 @@ class FeedHealth:
         now : float
             The tick, UTC seconds.
         census : int
-            Patients in the census.
+            Patients in the census (while :attr:`learning`, only remembered).
         rates : mapping of str to float
             The site's share of patient-hours with a value, per variable.
 
@@ -145,6 +169,9 @@ class FeedHealth:
         stats : list of (kind, variable, statistic, value)
             Hours since the last value, per variable.
         """
+        if self.learning:
+            self._census.append(census)
+            return [], []
         findings, stats = [], []
         for name in MEASURED:
             rate = rates.get(name, 0.0)
@@ -152,27 +179,28 @@ class FeedHealth:
             if last is None or not rate > 0:
                 continue
             gap = max(0.0, (now - last) / 3600.0)
-            limit = self.expected_interval(rate, census)
+            limit = self.expected_interval(name, rate, census)
             stats.append((str(AlarmKind.FEED_DOWN), name, "hours_since_value", gap))
             if gap > limit:
                 findings.append(Finding(
                     AlarmKind.FEED_DOWN, name, Severity.CRITICAL, gap, limit,
                     f"no {name} value for {gap:.1f} h; with {census} patients and {name} in "
                     f"{rate:.1%} of patient-hours one was expected within {limit:.1f} h "
-                    f"(p < {self.alpha:g}); check the {name} interface",
+                    f"(longest silence in the baseline {self.longest_gap.get(name, 0.0):.1f} h); "
+                    f"check the {name} interface",
                 ))
         return findings, stats
 
     # -- units ------------------------------------------------------------------------------------
 
     def units(self, units: Mapping[str, Mapping[str, int]] | None) -> list[Finding]:
-        """Units never seen during the baseline (learned while ``learning_units`` is True)."""
+        """Units never seen during the baseline (learned while :attr:`learning`)."""
         if not units:
             return []
         findings = []
         for name, per_unit in units.items():
             known = self.baseline_units.setdefault(name, set())
-            if self.learning_units:
+            if self.learning:
                 known.update(u for u, n in per_unit.items() if n > 0)
                 continue
             new = {u: n for u, n in per_unit.items() if u not in known and n >= self.min_count}

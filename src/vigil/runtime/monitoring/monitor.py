@@ -37,10 +37,10 @@ import logging
 import math
 import sqlite3
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -73,7 +73,7 @@ from vigil.runtime.monitoring.stats import (
 if TYPE_CHECKING:
     from vigil.runtime.models import LiveModel
 
-__all__ = ["Monitor", "effective_size"]
+__all__ = ["Monitor", "Scores", "effective_size"]
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,23 @@ _N_VARS = len(GRID_COLUMNS)
 Stat = tuple[str, str, str, float]
 
 
+class Scores(Protocol):
+    """One model's scores of the census at one tick (the cycle's ``ScoreBatch``)."""
+
+    patient_keys: Sequence[str]
+    iculos: NDArray[np.int64]
+    raw_probability: NDArray[np.float64]
+    probability: NDArray[np.float64]
+
+
 @dataclass(frozen=True, eq=False)
 class _Hours:
     """Patient-hours completed in one cycle."""
 
     tick: float
-    patients: NDArray[np.object_]  # (n,)
+    patients: NDArray[np.int64]  # (n,) patient codes of the monitor
     values: NDArray[np.float32]  # (n, n_vars)
-    score_patients: NDArray[np.object_]  # (m,)
+    score_patients: NDArray[np.int64]  # (m,)
     raw: NDArray[np.float64]  # (m,)
     flagged: NDArray[np.bool_]  # (m,)
 
@@ -172,6 +181,7 @@ class Monitor:
         self._detail = True
         self._last_detail = -math.inf
         self._coarse: dict[str, tuple[Histogram, Histogram]] = {}
+        self._ids: dict[str, int] = {}
 
     # -- the hook -------------------------------------------------------------------------------
 
@@ -182,7 +192,7 @@ class Monitor:
         tick: datetime | float,
         model: LiveModel,
         grid: HourlyGrid,
-        scores: pd.DataFrame,
+        scores: Scores,
         census: int,
         fetched: Any = None,
         quarantine: Iterable[Any] = (),
@@ -199,8 +209,9 @@ class Monitor:
             The active model.
         grid : HourlyGrid
             The scored patients' hourly grid.
-        scores : DataFrame
-            The active model's scores: ``patient_key, iculos, raw_probability, probability``.
+        scores : ScoreBatch
+            The active model's scores (``patient_keys``, ``iculos``, ``raw_probability``,
+            ``probability``).
         census : int
             Patients in the census.
         fetched : IngestResult, optional
@@ -229,7 +240,7 @@ class Monitor:
 
     def _observe(
         self, tx: sqlite3.Connection, now: float, model: LiveModel, grid: HourlyGrid,
-        scores: pd.DataFrame, census: int, fetched: Any, quarantine: Iterable[Any],
+        scores: Scores, census: int, fetched: Any, quarantine: Iterable[Any],
     ) -> list[Alarm]:
         if self._started is None:
             self._start(tx, now)
@@ -281,6 +292,7 @@ class Monitor:
 
     def _start(self, tx: sqlite3.Connection, now: float) -> None:
         self._started = now
+        self.feed.learn_after = now - 3600.0
         self.book = AlarmBook(load_alarms(tx, open_only=True), clear_after=self.book.clear_after)
         # stats already stored: this process restarts a running site, so the patients' earlier
         # hours were counted before; only hours completing from now on are new
@@ -308,7 +320,7 @@ class Monitor:
         )
 
     def _completed_hours(
-        self, now: float, grid: HourlyGrid, scores: pd.DataFrame, threshold: float
+        self, now: float, grid: HourlyGrid, scores: Scores, threshold: float
     ) -> _Hours:
         """Grid rows and scores of the patient-hours that completed since the last cycle."""
         keys = np.asarray(grid.patient_ids, dtype=object)
@@ -334,24 +346,31 @@ class Monitor:
         }
 
         s_keys, s_raw, s_flag = [], [], []
-        cur = scores.loc[:, ["patient_key", "iculos", "raw_probability", "probability"]]
-        for key, hour, raw, prob in cur.itertuples(index=False, name=None):
-            prev = self._last_score.get(key)
-            if prev is not None and int(hour) > prev[0]:
+        previous, self._last_score = self._last_score, {}
+        for key, hour, raw, prob in zip(
+            scores.patient_keys, np.asarray(scores.iculos).tolist(),
+            np.asarray(scores.raw_probability).tolist(), np.asarray(scores.probability).tolist(),
+            strict=True,
+        ):
+            prev = previous.get(key)
+            if prev is not None and hour > prev[0]:
                 s_keys.append(key)
                 s_raw.append(prev[1])
                 s_flag.append(prev[2])
-            self._last_score[key] = (int(hour), float(raw), bool(prob >= threshold))
-        for gone in set(self._last_score) - set(cur["patient_key"]):
-            del self._last_score[gone]
+            self._last_score[key] = (int(hour), float(raw), prob >= threshold)
         return _Hours(
             tick=now,
-            patients=owners,
+            patients=self._codes(owners),
             values=grid.values[take, :_N_VARS],
-            score_patients=np.asarray(s_keys, dtype=object),
+            score_patients=self._codes(s_keys),
             raw=np.asarray(s_raw, dtype=np.float64),
             flagged=np.asarray(s_flag, dtype=bool),
         )
+
+    def _codes(self, keys: Iterable[str]) -> NDArray[np.int64]:
+        """Small integer codes of patient keys (stable within this process)."""
+        ids = self._ids
+        return np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.int64)
 
     def _learn_baseline(self, hours: _Hours, now: float) -> None:
         if self.baseline is not None:
@@ -363,28 +382,27 @@ class Monitor:
         values = np.concatenate([h.values for h in self._baseline_hours])
         raw = np.concatenate([h.raw for h in self._baseline_hours])
         flagged = np.concatenate([h.flagged for h in self._baseline_hours])
-        patients = {p for h in self._baseline_hours for p in h.patients}
-        if values.shape[0] == 0 or len(patients) < self.min_patients:
+        patients = np.unique(np.concatenate([h.patients for h in self._baseline_hours]))
+        if values.shape[0] == 0 or patients.size < self.min_patients:
             return  # keep learning until the baseline has enough patients
         self.baseline = Reference.from_baseline(values, raw if raw.size else None)
         self.baseline_flag_rate = float(flagged.mean()) if flagged.size else None
         self._baseline_flag_n = int(flagged.size)
-        self.feed.learning_units = False
+        self.feed.learning = False
         self._baseline_hours = []
         log.info("monitor baseline set from %d patient-hours of %d patients",
-                 values.shape[0], len(patients))
+                 values.shape[0], patients.size)
 
     # -- checks ---------------------------------------------------------------------------------
 
-    def _window_arrays(self) -> tuple[NDArray[np.object_], NDArray[np.float32]]:
+    def _window_arrays(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         if not self._window:
-            return np.zeros(0, dtype=object), np.zeros((0, _N_VARS), np.float32)
+            return np.zeros(0, dtype=np.int64), np.zeros((0, _N_VARS), np.float32)
         return (np.concatenate([h.patients for h in self._window]),
                 np.concatenate([h.values for h in self._window]))
 
     def _drift(self, ref: Reference) -> tuple[list[Finding], list[Stat]]:
-        patients, values = self._window_arrays()
-        codes = np.unique(patients, return_inverse=True)[1] if patients.size else patients
+        codes, values = self._window_arrays()
         findings: list[Finding] = []
         stats: list[Stat] = []
         if effective_size(codes) < self.min_patients:
@@ -407,7 +425,7 @@ class Monitor:
         if ref.score is not None and self._window:
             raw = np.concatenate([h.raw for h in self._window])
             owners = np.concatenate([h.score_patients for h in self._window])
-            n_eff = effective_size(np.unique(owners, return_inverse=True)[1]) if owners.size else 0
+            n_eff = effective_size(owners)
             if n_eff >= self.min_patients:
                 f, s = self._distribution(AlarmKind.SCORE_DRIFT, "score", ref.score, raw, n_eff)
                 findings += f
@@ -428,7 +446,7 @@ class Monitor:
         stats: list[Stat] = [(str(kind), name, "psi", value)]
         if self._detail:
             stats += [
-                (str(kind), name, "ks", ks_binned(coarse.counts, cur).statistic),
+                (str(kind), name, "ks", ks_binned(coarse.counts, cur, limit=True).statistic),
                 (str(kind), name, "wasserstein_normed",
                  normed_wasserstein(coarse.counts, cur, coarse.edges)),
                 (str(kind), name, "jensen_shannon", jensen_shannon(coarse.counts, cur)),
@@ -476,7 +494,7 @@ class Monitor:
     def _alert_rate(self) -> tuple[list[Finding], list[Stat]]:
         flagged = np.concatenate([h.flagged for h in self._window])
         owners = np.concatenate([h.score_patients for h in self._window])
-        scored = effective_size(np.unique(owners, return_inverse=True)[1]) if owners.size else 0.0
+        scored = effective_size(owners)
         kind = str(AlarmKind.ALERT_RATE)
         r0 = float(self.baseline_flag_rate or 0.0)
         if flagged.size == 0:
@@ -506,11 +524,12 @@ class Monitor:
             self.feed.observe_values(obs.variable_names, np.asarray(obs.effective) / 1e6)
         findings, stats = self.feed.quarantine(_quarantine_records(quarantine))
         findings += self.feed.units(getattr(fetched, "units", None))
-        if self.baseline is not None:
-            rates = {n: h.measured_rate for n, h in self.baseline.variables.items()}
-            f, s = self.feed.feed_down(now=now, census=census, rates=rates)
-            findings += f
-            stats += s
+        rates = {} if self.baseline is None else {
+            n: h.measured_rate for n, h in self.baseline.variables.items()
+        }
+        f, s = self.feed.feed_down(now=now, census=census, rates=rates)
+        findings += f
+        stats += s
         return findings, stats
 
     def _performance(self, tx: sqlite3.Connection, now: float) -> tuple[list[Finding], list[Stat]]:

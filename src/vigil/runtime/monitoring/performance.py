@@ -170,7 +170,8 @@ class PerformanceMonitor:
         self.window_hours, self.min_patients = window_hours, min_patients
         self.auroc_margin, self.z_alarm = auroc_margin, z_alarm
         self.adwin = Adwin(delta=adwin_delta)
-        self._rows: deque[tuple[float, str, float, int]] = deque()
+        self._batches: deque[tuple[float, NDArray[np.object_], NDArray[np.float64],
+                                   NDArray[np.int64]]] = deque()
         self._started: float | None = None
         self._recalibrate: tuple[int, float] | None = None
 
@@ -183,27 +184,29 @@ class PerformanceMonitor:
         p = np.clip(np.asarray(probability, dtype=np.float64)[keep], 0.0, 1.0)
         y = np.asarray(labels, dtype=np.float64)[keep].astype(np.int64)
         keys = np.asarray(patient_keys, dtype=object)[keep]
-        if self._started is None and p.size:
-            self._started = now
-        for k, pi, yi in zip(keys, p, y, strict=True):
-            self._rows.append((now, str(k), float(pi), int(yi)))
+        if p.size:
+            if self._started is None:
+                self._started = now
+            self._batches.append((now, keys, p, y))
+        for pi, yi in zip(p.tolist(), y.tolist(), strict=True):
             change = self.adwin.update((yi - pi + 1.0) / 2.0)
             if change is not None:
                 # residual means are (y - p + 1) / 2: back to observed-minus-expected per hour
                 self._recalibrate = (change.width_after,
                                      2.0 * (change.mean_after - change.mean_before))
-        while self._rows and self._rows[0][0] < now - self.window_hours * 3600.0:
-            self._rows.popleft()
+        while self._batches and self._batches[0][0] < now - self.window_hours * 3600.0:
+            self._batches.popleft()
 
     def metrics(self) -> WindowMetrics | None:
         """Metrics of the current window (None before any labelled hour)."""
-        if not self._rows:
+        if not self._batches:
             return None
-        _, keys, p, y = zip(*self._rows, strict=True)
-        pa, ya = np.asarray(p), np.asarray(y)
-        ka = np.asarray(keys, dtype=object)
-        pos_patients = set(ka[ya == 1])
-        neg_patients = set(ka) - pos_patients
+        ka = np.concatenate([b[1] for b in self._batches])
+        pa = np.concatenate([b[2] for b in self._batches])
+        ya = np.concatenate([b[3] for b in self._batches])
+        patients = np.unique(ka)
+        pos = np.unique(ka[ya == 1])
+        n_pos, n_neg = int(pos.size), int(patients.size - pos.size)
         two_classes = 0 < ya.sum() < ya.size
         area, intercept, slope = math.nan, math.nan, math.nan
         if two_classes:
@@ -215,10 +218,9 @@ class PerformanceMonitor:
                 except DataError:  # separated outcomes: no finite fit, chart a gap
                     pass
         return WindowMetrics(
-            n=int(ya.size), events=int(ya.sum()), patients_pos=len(pos_patients),
-            patients_neg=len(neg_patients), auroc=area,
-            auroc_se=hanley_mcneil_se(area, n_pos=len(pos_patients), n_neg=len(neg_patients))
-            if two_classes else math.inf,
+            n=int(ya.size), events=int(ya.sum()), patients_pos=n_pos, patients_neg=n_neg,
+            auroc=area,
+            auroc_se=hanley_mcneil_se(area, n_pos=n_pos, n_neg=n_neg) if two_classes else math.inf,
             observed_expected=float(ya.sum() / pa.sum()) if pa.sum() > 0 else math.nan,
             intercept=intercept, slope=slope,
         )

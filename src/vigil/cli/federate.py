@@ -1,0 +1,158 @@
+"""``vigil federate``: federated training in-process, its round history, and comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+from vigil.core.errors import ConfigError
+from vigil.federation.strategies import Robust, StrategyName
+
+app = typer.Typer(
+    help="Train a model across simulated hospitals; no patient row leaves a site.",
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+@app.callback(invoke_without_command=True)
+@guarded
+def federate(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
+    sites: Annotated[
+        str, typer.Option(help="hospital, hospital-unit, random:N or dirichlet:N:ALPHA")
+    ] = "hospital-unit",
+    strategy: Annotated[StrategyName, typer.Option(help="Strategy.")] = StrategyName.FEDAVG,
+    mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
+    robust: Annotated[Robust | None, typer.Option(help="Robust aggregation.")] = None,
+    max_share: Annotated[
+        float | None, typer.Option(help="Cap on any one site's share of the average.")
+    ] = None,
+    dp_epsilon: Annotated[
+        float | None, typer.Option(help="DP-SGD budget epsilon per site (record level).")
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option(help="DP delta (default 1/n, n = a site's training rows).")
+    ] = None,
+    dp_clip: Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
+    lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
+    min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds a site may take per round before it is dropped.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the model, the training and partitions.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Model package directory to write.")] = None,
+    export_site: Annotated[
+        str | None, typer.Option(help="FedBN: write only this site's package (with its "
+                                      "normalization); default one package per site.")
+    ] = None,
+    private_key: Annotated[
+        Path | None, typer.Option(help="PEM Ed25519 private key to sign the package with.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model package name.")] = "sepsis-federated",
+    version: Annotated[str, typer.Option(help="Model package version.")] = "0.1.0",
+    json_out: JsonOption = False,
+) -> None:
+    """Train across sites in one process and write the model package (``--out``).
+
+    Sites train on their train patients and report on their validation
+    patients; test patients are never used. Deterministic for a seed.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise ConfigError("expected --out DIR for the model package", key="out")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vigil.data import load_physionet, resolve_data_path
+    from vigil.federation.driver import Plan
+    from vigil.federation.privacy import DPSettings
+    from vigil.federation.simulation import export_run, run_summary
+    from vigil.federation.simulation import federate as run_federated
+    from vigil.federation.strategies import make_strategy
+
+    chosen = make_strategy(strategy, mu=mu, robust=robust, max_share=max_share)
+    dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
+                                                    max_grad_norm=dp_clip)
+    plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
+                seed=seed, min_sites=min_sites, time_budget=time_budget)
+    table = load_physionet(data)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task(f"{chosen.name.value} on {sites}", total=rounds,
+                            status="building sites")
+
+        def on_round(record: Any) -> None:
+            bar.update(task, advance=1, status=f"validation AUROC {_fmt(record.valid_auroc)}, "
+                                               f"utility {_fmt(record.valid_utility)}")
+
+        finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
+                       data=resolve_data_path(data).name, on_round=on_round)
+    key = None if private_key is None else private_key.read_bytes()
+    packages = export_run(finished, out, name=name, version=version, private_key_pem=key,
+                          export_site=export_site)
+    summary = run_summary(finished, packages)
+    if json_out:
+        print_json(summary)
+        return
+    _show_history(finished.result.history)
+    for site_name, p in summary["privacy"].items():
+        err_console.print(
+            f"DP-SGD {site_name}: epsilon {p['epsilon']:.3f} at delta {p['delta']:.2e} "
+            f"(noise multiplier {p['noise_multiplier']:.3f}, {p['steps']} steps)", highlight=False
+        )
+    v = summary["validation"]
+    err_console.print(f"kept round {summary['best_round']}: pooled validation AUROC "
+                      f"{v['auroc']:.4f}, utility {v['utility']:.4f} at threshold "
+                      f"{v['threshold']:.4f}", highlight=False)
+    for path in summary["packages"]:
+        err_console.print(f"wrote {path}", highlight=False)
+
+
+def _show_history(history: Any) -> None:
+    out = Table(title="round history")
+    for col in ("round", "site", "status", "reason", "examples", "train loss", "valid AUROC",
+                "epsilon", "seconds"):
+        out.add_column(col, justify="left" if col in ("site", "status", "reason") else "right")
+    for r in history.rounds:
+        for s in r.sites:
+            out.add_row(str(r.round), s.site, s.status.value, s.reason or "",
+                        _fmt(s.num_examples, ","), _fmt(s.train_loss), _fmt(s.valid_auroc),
+                        _fmt(s.epsilon, ".3f"), _fmt(s.seconds, ".1f"))
+        out.add_row(str(r.round), "pooled", "aggregated" if r.aggregated else "NOT aggregated", "",
+                    "", "", _fmt(r.valid_auroc), "", "", end_section=True)
+    print_table(out)
+
+
+@app.command("history")
+@guarded
+def history(
+    package: Annotated[Path, typer.Argument(help="A federated model package directory.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Print the round history saved in a package (loss, AUROC, rejections, dropouts)."""
+    from vigil.core.package import read_package
+    from vigil.federation.history import HISTORY_FILE, History
+
+    pkg = read_package(package)
+    if HISTORY_FILE not in pkg.manifest.files:
+        raise ConfigError(f"expected a federated package with {HISTORY_FILE}; {package} has none",
+                          key="package")
+    record = History.from_json((pkg.path / HISTORY_FILE).read_bytes())
+    if json_out:
+        print_json(record.to_dict())
+    else:
+        _show_history(record)

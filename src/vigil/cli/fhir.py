@@ -1,0 +1,86 @@
+"""``vigil fhir``: PhysioNet rows to FHIR, and a look at FHIR NDJSON through the adapter."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json
+
+app = typer.Typer(help="FHIR R4: synthesize from PhysioNet rows, ingest NDJSON.",
+                  no_args_is_help=True)
+
+
+@app.command("synth")
+@guarded
+def synth(
+    out: Annotated[Path, typer.Option(help="Directory for the NDJSON files (and bundles/).")],
+    data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
+    bundles: Annotated[bool, typer.Option(help="Also write transaction Bundles.")] = False,
+    split: Annotated[str, typer.Option(help="train, valid, test or all.")] = "all",
+    patients: Annotated[int | None, typer.Option(help="Only the first N patients.")] = None,
+    bundle_size: Annotated[int, typer.Option(help="Entries per Bundle.")] = 1000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write PhysioNet rows as FHIR R4 NDJSON: Location, Patient, Encounter, Observation."""
+    import numpy as np
+    from rich.progress import Progress
+
+    from vigil.data import load_physionet, patient_split
+    from vigil.fhir_adapter import write_synth
+
+    table = load_physionet(data)
+    chosen = np.flatnonzero(patient_split(table.grid.patient_ids, split))
+    if patients is not None:
+        chosen = chosen[:patients]
+    frame = table.select(chosen).frame
+    with Progress(console=err_console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("writing FHIR", total=len(chosen))
+        summary = write_synth(frame, out, bundles=bundles, bundle_size=bundle_size,
+                              on_patient=lambda: bar.advance(task))
+    result = {"out": str(out), "patients": summary.patients, "observations": summary.observations,
+              "bundles": summary.bundles, "files": len(summary.files)}
+    if json_out:
+        print_json(result)
+    else:
+        err_console.print(f"wrote {summary.patients:,} patients, {summary.observations:,} "
+                          f"Observations, {summary.bundles:,} bundles to {out}")
+
+
+@app.command("ingest")
+@guarded
+def ingest(
+    ndjson: Annotated[Path, typer.Option(help="Directory of FHIR NDJSON (synth or $export).")],
+    strict: Annotated[bool, typer.Option(help="Validate with fhir.resources R4B.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Read FHIR NDJSON through the adapter: census, counters, quarantine reasons."""
+    from vigil.fhir_adapter import NDJSONSource, ndjson_files, parse_ndjson, parse_ndjson_strict
+
+    source = NDJSONSource(ndjson)
+    source.check()
+    census = source.census()
+    parse = parse_ndjson_strict if strict else parse_ndjson
+    counts = None
+    reasons: Counter[str] = Counter()
+    for path in ndjson_files(ndjson)["Observation"]:
+        result = parse(path)
+        counts = result.counts if counts is None else counts + result.counts
+        reasons.update(q.reason for q in result.quarantine)
+    result_dict = {
+        "stays": len(census.stays),
+        "units": dict(Counter(s.unit or "unknown" for s in census.stays)),
+        "counts": counts.as_dict() if counts is not None else {},
+        "quarantine_reasons": dict(reasons.most_common(10)),
+    }
+    if json_out:
+        print_json(result_dict)
+        return
+    err_console.print(f"{result_dict['stays']:,} ICU stays; units {result_dict['units']}")
+    for key, value in result_dict["counts"].items():
+        err_console.print(f"  {key:<22} {value:>10,}")
+    for reason, n in reasons.most_common(10):
+        err_console.print(f"  quarantined {n:>8,}  {reason}")

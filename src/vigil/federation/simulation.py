@@ -1,0 +1,321 @@
+"""``vigil federate``: partition a table into sites, train across them in-process, export.
+
+The whole pipeline of the command, kept out of the CLI: build one
+:class:`~vigil.federation.site.Site` per partition (each keeps its train and
+valid patients; test patients are never given to a site), run
+:func:`~vigil.federation.driver.run_federation`, then write the model package
+with the manifest sections a federated model owes: strategy, rounds, sites
+with sample counts, DP epsilon/delta per site, pooled validation metrics and
+the drift reference profile, plus ``history.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vigil.core.errors import ConfigError
+from vigil.core.package import ModelPackage
+from vigil.data import PhysioNetTable, partition
+from vigil.federation.driver import FederationResult, Plan, pooled_statistics, run_federation
+from vigil.federation.evaluation import SCORE_EDGES, site_utility
+from vigil.federation.history import HISTORY_FILE, RoundRecord, Status
+from vigil.federation.integrity import PUBLIC_KEY_FILE
+from vigil.federation.privacy import DPSettings
+from vigil.federation.profile import reference_profile
+from vigil.federation.site import ModelSpec, Site
+from vigil.federation.strategies import Strategy, Weights
+
+__all__ = [
+    "FederatedRun",
+    "build_sites",
+    "export_run",
+    "federate",
+    "run_summary",
+    "training_section",
+    "validation_section",
+]
+
+THRESHOLD_RULE = (
+    "score-bin edge maximizing the normalized utility of the validation patients of all sites, "
+    "pooled from the sites' utility histograms"
+)
+
+
+def build_sites(
+    table: PhysioNetTable,
+    scheme: str,
+    *,
+    seed: int = 0,
+    model: ModelSpec | None = None,
+    keep_norm_local: bool = False,
+    dp: DPSettings | None = None,
+    target: str = "utility",
+) -> list[Site]:
+    """Partition ``table`` by ``scheme`` (:func:`vigil.data.partition`), one site per part."""
+    spec = model or ModelSpec()
+    return [
+        Site.from_table(name, table.select(idx), model=spec, keep_norm_local=keep_norm_local,
+                        dp=dp, target=target)
+        for name, idx in partition(table, scheme, seed=seed).items()
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedRun:
+    """A finished in-process federated training and what it was made with.
+
+    Attributes
+    ----------
+    result : FederationResult
+    strategy : Strategy
+    plan : Plan
+    model : ModelSpec
+    dp : DPSettings or None
+    scheme : str
+    data : str
+        Name of the data file (for the manifest).
+    sites : list of Site
+        Kept so a FedBN package can carry one site's own normalization.
+    """
+
+    result: FederationResult
+    strategy: Strategy
+    plan: Plan
+    model: ModelSpec
+    dp: DPSettings | None
+    scheme: str
+    data: str
+    sites: list[Site]
+
+    def site_weights(self, name: str | None) -> Weights:
+        """Return the complete weights a site runs (the global ones unless FedBN)."""
+        if name is None:
+            return self.result.weights
+        site = next((s for s in self.sites if s.name == name), None)
+        if site is None:
+            raise ConfigError(
+                f"expected --export-site among {[s.name for s in self.sites]}, got {name!r}",
+                key="export_site",
+            )
+        return site.local_weights(self.result.weights)
+
+
+def federate(
+    table: PhysioNetTable,
+    *,
+    scheme: str,
+    strategy: Strategy,
+    plan: Plan,
+    model: ModelSpec | None = None,
+    dp: DPSettings | None = None,
+    data: str = "",
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> FederatedRun:
+    """Partition, train across the sites, and return the run.
+
+    Parameters
+    ----------
+    table : PhysioNetTable
+        All patients.
+    scheme : str
+        ``--sites`` value.
+    strategy : Strategy
+    plan : Plan
+    model : ModelSpec, optional
+    dp : DPSettings or None, optional
+        Every site trains with DP-SGD within this budget.
+    data : str, optional
+        Name of the data file, recorded in the manifest.
+    on_round : callable, optional
+        Progress callback.
+
+    Returns
+    -------
+    FederatedRun
+    """
+    spec = model or ModelSpec()
+    sites = build_sites(table, scheme, seed=plan.seed, model=spec,
+                        keep_norm_local=strategy.keeps_norm_local, dp=dp)
+    if len(sites) < plan.min_sites:
+        raise ConfigError(
+            f"--sites {scheme} gives {len(sites)} sites, fewer than min_sites={plan.min_sites}",
+            key="sites",
+        )
+    result = run_federation(sites, strategy, plan, model=spec, on_round=on_round)
+    return FederatedRun(result=result, strategy=strategy, plan=plan, model=spec, dp=dp,
+                        scheme=scheme, data=data, sites=sites)
+
+
+def training_section(run: FederatedRun) -> dict[str, Any]:
+    """Build the manifest's ``training`` section: strategy, rounds, sites, DP."""
+    r = run.result
+    history = r.history
+    evaluations = {e.site: e for e in r.evaluations}
+    sites = {
+        name: {"train_rows": s.count, "train_positive_rows": s.positives,
+               "valid_rows": evaluations[name].n_rows if name in evaluations else None}
+        for name, s in r.statistics.items()
+    }
+    dp: dict[str, Any] | None = None
+    if run.dp is not None:
+        dp = {
+            "mechanism": "DP-SGD (Opacus), Poisson sampling, per-row clipping, RDP accountant",
+            "unit": "one hourly row of a site's training data",
+            "target_epsilon": run.dp.target_epsilon,
+            "delta_rule": "1/n per site (n = its training rows)" if run.dp.delta is None
+            else f"{run.dp.delta:g}",
+            "sites": {name: p.to_dict() for name, p in sorted(r.privacy.items())},
+        }
+    return {
+        "method": "federated (in-process simulation)",
+        "strategy": run.strategy.describe(),
+        "rounds": run.plan.rounds,
+        "rounds_aggregated": sum(rec.aggregated for rec in history.rounds),
+        "best_round": r.best_round,
+        "plan": {k: v for k, v in asdict(run.plan).items() if k != "rule"},
+        "update_screening": asdict(run.plan.rule),
+        "model": {"hidden": list(run.model.hidden), "dropout": run.model.dropout},
+        "data": run.data,
+        "site_scheme": run.scheme,
+        "sites": sites,
+        "rejections": len(history.events(Status.REJECTED)),
+        "dropouts": len(history.events(Status.DROPPED)),
+        "differential_privacy": dp,
+        "threshold_rule": THRESHOLD_RULE,
+    }
+
+
+def validation_section(run: FederatedRun) -> dict[str, Any]:
+    """Build the manifest's ``validation`` section: pooled and per-site validation metrics."""
+    pooled = run.result.pooled
+    return {
+        "split": "validation patients of every site (pooled from site histograms)",
+        **pooled.to_dict(),
+        "by_site": {
+            e.site: {"n_rows": e.n_rows, "auroc": e.auroc, "loss": e.loss,
+                     "utility": site_utility(e, pooled.threshold)}
+            for e in run.result.evaluations
+        },
+    }
+
+
+def _profile(run: FederatedRun) -> dict[str, Any]:
+    stats = list(run.result.statistics.values())
+    count = pooled_statistics(stats)[0]
+    scores = np.sum([e.positive_hist + e.negative_hist for e in run.result.evaluations], axis=0)
+    return reference_profile(
+        np.sum([s.histograms for s in stats], axis=0), np.sum([s.missing for s in stats], axis=0),
+        count, score_edges=SCORE_EDGES, score_counts=scores,
+    )
+
+
+def _card(run: FederatedRun, site: str | None) -> str:
+    valid = {e.site: e for e in run.result.evaluations}
+    lines = [
+        "", "## Federated training", "",
+        f"Strategy **{run.strategy.name.value}**"
+        + (f" (mu = {run.strategy.proximal_mu:g})" if run.strategy.proximal_mu else "")
+        + (f", robust aggregation {run.strategy.robust.value}" if run.strategy.robust else "")
+        + f"; {run.plan.rounds} rounds of {run.plan.local_epochs} local epoch(s), sites "
+        f"`{run.scheme}`; the global model of round {run.result.best_round} is kept (best pooled "
+        "validation utility). No patient row left a site: sites sent weights, counts and "
+        "aggregate histograms only.",
+    ]
+    if site is not None:
+        lines += ["", f"This package carries the normalization of site **{site}** (FedBN)."]
+    lines += ["", "| site | train rows | validation AUROC | DP epsilon |", "|---|---|---|---|"]
+    for name, s in run.result.statistics.items():
+        eps = run.result.privacy.get(name)
+        auc = valid[name].auroc if name in valid else float("nan")
+        lines.append(f"| {name} | {s.count:,} | {auc:.3f} | "
+                     f"{'—' if eps is None else f'{eps.epsilon:.2f} (delta {eps.delta:.1e})'} |")
+    history = run.result.history
+    lines += ["", f"Rejected updates: {len(history.events(Status.REJECTED))}; dropped site "
+              f"rounds: {len(history.events(Status.DROPPED))} (see `{HISTORY_FILE}`).", ""]
+    return "\n".join(lines)
+
+
+def export_run(
+    run: FederatedRun,
+    out: str | Path,
+    *,
+    name: str,
+    version: str,
+    private_key_pem: bytes | None = None,
+    export_site: str | None = None,
+) -> list[ModelPackage]:
+    """Write the run as model package(s).
+
+    FedAvg and FedProx give one package at ``out``. FedBN gives the package of
+    ``export_site`` at ``out``, or, without it, one package per site at
+    ``out/<site>``, each with that site's normalization.
+
+    Parameters
+    ----------
+    run : FederatedRun
+    out : str or Path
+    name, version : str
+    private_key_pem : bytes or None, optional
+        Signs the manifest; its public key is included as ``public_key.pem``.
+    export_site : str or None, optional
+        FedBN only: the site whose package to write.
+
+    Returns
+    -------
+    list of ModelPackage
+
+    Raises
+    ------
+    ConfigError
+        If ``export_site`` is given for a strategy without site-local normalization.
+    """
+    from vigil.core.signing import public_key_of
+    from vigil.federation.export import export_package
+    from vigil.federation.model import SepsisNet, set_weights
+
+    if export_site is not None and not run.strategy.keeps_norm_local:
+        raise ConfigError("--export-site applies to --strategy fedbn only", key="export_site")
+    if run.strategy.keeps_norm_local:
+        targets = [(export_site, Path(out))] if export_site else [
+            (s.name, Path(out) / s.name) for s in run.sites]
+    else:
+        targets = [(None, Path(out))]
+    extra = {HISTORY_FILE: run.result.history.to_json()}
+    if private_key_pem is not None:
+        extra[PUBLIC_KEY_FILE] = public_key_of(private_key_pem)
+    training, validation, profile = training_section(run), validation_section(run), _profile(run)
+    packages = []
+    for site, path in targets:
+        weights = run.site_weights(site)
+        net = SepsisNet(int(np.shape(weights["norm.mean"])[0]), hidden=run.model.hidden,
+                        dropout=run.model.dropout)
+        set_weights(net, weights)
+        packages.append(export_package(
+            net, path, name=name if site is None else f"{name}-{site}", version=version,
+            threshold=run.result.pooled.threshold,
+            training={**training, "export_site": site}, validation=validation,
+            reference_profile=profile, private_key_pem=private_key_pem, extra_files=extra,
+            model_card_extra=_card(run, site),
+        ))
+    return packages
+
+
+def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, Any]:
+    """Summarize a run for the command line: packages, kept round, validation, privacy, events."""
+    history = run.result.history
+    return {
+        "packages": [str(p.path) for p in packages],
+        "signed": all(p.signed for p in packages),
+        "best_round": run.result.best_round,
+        "validation": run.result.pooled.to_dict(),
+        "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
+        "rejections": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
+                       for r, s in history.events(Status.REJECTED)],
+        "dropouts": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
+                     for r, s in history.events(Status.DROPPED)],
+    }

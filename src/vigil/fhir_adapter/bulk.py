@@ -1,0 +1,273 @@
+"""The Bulk Data NDJSON source (the embedded default) and a ``$export`` client.
+
+:class:`NDJSONSource` reads a directory of NDJSON files, one resource per line:
+
+- the embedded layout ``Patient.ndjson``, ``Encounter.ndjson``, ``Location.ndjson``,
+  ``Observation.ndjson`` (what ``vigil fhir synth`` writes); or
+- what a Bulk Data ``$export`` produces: a ``manifest.json`` (``output[].type`` and
+  ``url``; the file is the last path segment of the url, in the same directory),
+  possibly several files per type (``Observation.1.ndjson``, ``2.Observation.ndjson``).
+
+Without a manifest, a file's type is the resource type named in its file name.
+
+``observations(since, until)`` returns the Observations whose time key lies in
+``(since, until]``: the key is ``meta.lastUpdated``, else the effective time (a
+line with neither is returned only when ``since`` is None). The files are indexed
+once by that key (and again when they change); each call maps only its window,
+so counters are those of the window. The watermark is ``until`` (or the latest key
+seen when ``until`` is None).
+
+:func:`bulk_export` runs the asynchronous ``$export`` pattern against a server
+(kick-off with ``Prefer: respond-async`` -> 202 + ``Content-Location`` -> poll,
+honouring ``Retry-After`` -> manifest -> download) and writes such a directory.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from vigil.core.errors import DataError, FHIRError, FHIRTransportError
+from vigil.fhir_adapter.census import build_census
+from vigil.fhir_adapter.fast import effective_time, parse_ndjson
+from vigil.fhir_adapter.http import FHIRHttp
+from vigil.fhir_adapter.mapping import MappingOptions, parse_time
+from vigil.fhir_adapter.protocols import Capabilities
+from vigil.fhir_adapter.records import NO_TIME, Census, IngestResult, Stay, from_micros, to_micros
+from vigil.fhir_adapter.rest import search_instant
+
+__all__ = ["NDJSONSource", "bulk_export", "ndjson_files"]
+
+_TYPES = ("Patient", "Encounter", "Location", "Observation")
+
+
+def ndjson_files(directory: Path) -> dict[str, list[Path]]:
+    """List the NDJSON files of a directory by resource type (manifest first, else file names).
+
+    Raises
+    ------
+    DataError
+        If the manifest names a file that is not there.
+    """
+    out: dict[str, list[Path]] = {t: [] for t in _TYPES}
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        doc = orjson.loads(manifest.read_bytes())
+        for item in doc.get("output") or ():
+            rtype, url = item.get("type"), str(item.get("url") or "")
+            path = directory / url.rstrip("/").rsplit("/", 1)[-1]
+            if not path.is_file():
+                raise DataError(f"the manifest lists {url!r} but {path.name} is missing; "
+                                "download the export again", source=str(directory))
+            if rtype in out:
+                out[rtype].append(path)
+        return out
+    for path in sorted(directory.glob("*.ndjson")):
+        named = [t for t in re.split(r"[._-]", path.stem) if t in out]
+        if len(named) == 1:
+            out[named[0]].append(path)
+    return out
+
+
+def _lines(paths: Iterable[Path]) -> list[bytes]:
+    return [line for p in paths for line in p.read_bytes().splitlines() if line.strip()]
+
+
+def _key(line: bytes) -> int:
+    try:
+        d = orjson.loads(line)
+        stamp = (d.get("meta") or {}).get("lastUpdated")
+        key = parse_time(stamp, "meta.lastUpdated") if isinstance(stamp, str) else effective_time(d)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return NO_TIME
+    return key if isinstance(key, int) else NO_TIME
+
+
+@dataclass(frozen=True, eq=False)
+class _Index:
+    stamp: tuple[tuple[str, int, int], ...]
+    keys: np.ndarray
+    lines: list[bytes]
+
+
+class NDJSONSource:
+    """Census and observations from a directory of FHIR NDJSON files.
+
+    Parameters
+    ----------
+    directory : Path
+    icu_locations : sequence of str, optional
+        Location ids of the ICUs; empty to recognise them by ``Location.type``.
+    unit_by_location : mapping of str to str, optional
+        Location id -> ``"MICU"``/``"SICU"``.
+    accept_preliminary : bool, optional
+    """
+
+    def __init__(self, directory: Path, *, icu_locations: Sequence[str] = (),
+                 unit_by_location: Mapping[str, str] | None = None,
+                 accept_preliminary: bool = False) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DataError(f"expected a directory of FHIR NDJSON files at {self.directory}, "
+                            "found none; write one with `vigil fhir synth`",
+                            source=str(self.directory))
+        self._icu = tuple(icu_locations)
+        self._units = dict(unit_by_location or {})
+        self._options = MappingOptions(accept_preliminary=accept_preliminary)
+        self._index: _Index | None = None
+        self.name = str(self.directory)
+        """Key of this source's watermark (its directory)."""
+
+    def __repr__(self) -> str:
+        return f"NDJSONSource(directory={str(self.directory)!r})"
+
+    def close(self) -> None:
+        """Drop the index."""
+        self._index = None
+
+    def check(self) -> Capabilities:
+        """Check the directory holds Encounter and Observation files.
+
+        Raises
+        ------
+        FHIRError
+            If one of them is missing.
+        """
+        files = ndjson_files(self.directory)
+        missing = [t for t in ("Encounter", "Observation") if not files[t]]
+        if missing:
+            raise FHIRError(f"no {' or '.join(missing)} NDJSON in {self.directory}; expected "
+                            "Encounter.ndjson and Observation.ndjson or a Bulk Data manifest")
+        return Capabilities(fhir_version="ndjson", software=str(self.directory),
+                            can_write_risk=True)
+
+    def census(self, *, at: datetime | None = None) -> Census:
+        """Return the in-progress ICU stays (with ``at``: only those admitted by then)."""
+        files = ndjson_files(self.directory)
+        read = {t: [orjson.loads(line) for line in _lines(files[t])] for t in _TYPES}
+        census = build_census(read["Encounter"], read["Patient"], read["Location"],
+                              icu_locations=self._icu, unit_by_location=self._units)
+        if at is None:
+            return census
+        keep: tuple[Stay, ...] = tuple(s for s in census.stays if s.icu_admission <= at)
+        return Census(stays=keep, quarantine=census.quarantine)
+
+    def _indexed(self) -> _Index:
+        paths = ndjson_files(self.directory)["Observation"]
+        stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+        if self._index is None or self._index.stamp != stamp:
+            lines = _lines(paths)
+            keys = np.array([_key(line) for line in lines], dtype=np.int64)
+            order = np.argsort(keys, kind="stable")
+            self._index = _Index(stamp=stamp, keys=keys[order], lines=[lines[i] for i in order])
+        return self._index
+
+    def observations(self, since: datetime | None, until: datetime | None = None, *,
+                     patients: Sequence[str] | None = None) -> IngestResult:
+        """Observations with a time key in ``(since, until]``, mapped (see the module docstring)."""
+        index = self._indexed()
+        lo = 0 if since is None else int(np.searchsorted(index.keys, to_micros(since), "right"))
+        hi = (len(index.keys) if until is None
+              else int(np.searchsorted(index.keys, to_micros(until), "right")))
+        result = parse_ndjson(index.lines[lo:hi], options=self._options)
+        if patients is not None:
+            wanted = set(patients)
+            batch = result.observations
+            keep = np.fromiter((p in wanted for p in batch.patient), dtype=bool, count=len(batch))
+            result = IngestResult(observations=batch.take(keep), quarantine=result.quarantine,
+                                  counts=result.counts)
+        if until is not None:
+            watermark: datetime | None = until
+        elif hi > lo and index.keys[hi - 1] != NO_TIME:
+            watermark = from_micros(int(index.keys[hi - 1]))
+        else:
+            watermark = since
+        return IngestResult(observations=result.observations, quarantine=result.quarantine,
+                            counts=result.counts, watermark=watermark)
+
+
+def _inside(http: FHIRHttp, url: str) -> None:
+    if not url.startswith(http.base_url + "/"):
+        raise FHIRTransportError("an export URL points outside the FHIR base URL; refusing to send "
+                                 "credentials there", url=url.split("?", 1)[0])
+
+
+def bulk_export(http: FHIRHttp, out: Path, *, types: Sequence[str] = _TYPES,
+                since: datetime | None = None, group: str | None = None,
+                max_polls: int = 600, sleep: Callable[[float], None] = time.sleep
+                ) -> dict[str, Any]:
+    """Run ``$export`` and write its NDJSON files and manifest into ``out``.
+
+    Parameters
+    ----------
+    http : FHIRHttp
+    out : Path
+        Directory for ``manifest.json`` and the files (created if needed).
+    types : sequence of str, optional
+        ``_type``.
+    since : datetime, optional
+        ``_since``; use the manifest's ``transactionTime`` of the previous export.
+    group : str, optional
+        Export ``Group/{group}/$export`` instead of the system-level ``$export``.
+    max_polls : int, optional
+        Give up after this many status polls.
+    sleep : callable, optional
+
+    Returns
+    -------
+    dict
+        The manifest as written (``url`` values are the local file names).
+
+    Raises
+    ------
+    FHIRTransportError
+        If the server refuses the export, fails it, or does not finish in time.
+    """
+    path = f"Group/{group}/$export" if group else "$export"
+    params = [("_type", ",".join(types)), ("_outputFormat", "application/fhir+ndjson")]
+    if since is not None:
+        params.append(("_since", search_instant(since)))
+    resp = http.request("GET", path, params=params, headers={"Prefer": "respond-async"})
+    status_url = resp.headers.get("Content-Location")
+    if resp.status_code != 202 or not status_url:
+        raise FHIRTransportError(
+            f"$export kick-off answered HTTP {resp.status_code}, expected 202 with "
+            "Content-Location", url=http.url(path), status=resp.status_code)
+    _inside(http, status_url)
+    for _ in range(max_polls):
+        resp = http.request("GET", status_url, headers={"Accept": "application/json"})
+        if resp.status_code == 202:
+            after = resp.headers.get("Retry-After", "1")
+            sleep(min(http.settings.max_backoff_s, float(after) if after.isdigit() else 1.0))
+            continue
+        if resp.status_code != 200:
+            raise FHIRTransportError(f"$export status answered HTTP {resp.status_code}",
+                                     url=status_url.split("?", 1)[0], status=resp.status_code)
+        manifest = orjson.loads(resp.content)
+        break
+    else:
+        raise FHIRTransportError(f"$export did not finish after {max_polls} polls",
+                                 url=status_url.split("?", 1)[0])
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, int] = {}
+    for item in manifest.get("output") or ():
+        rtype = str(item.get("type"))
+        _inside(http, str(item.get("url")))
+        written[rtype] = written.get(rtype, 0) + 1
+        name = f"{rtype}.ndjson" if written[rtype] == 1 else f"{rtype}.{written[rtype]}.ndjson"
+        data = http.request("GET", str(item["url"]), headers={"Accept": "application/fhir+ndjson"})
+        if data.status_code != 200:
+            raise FHIRTransportError(f"downloading an export file answered HTTP {data.status_code}",
+                                     url=str(item["url"]).split("?", 1)[0], status=data.status_code)
+        (out / name).write_bytes(data.content)
+        item["url"] = name
+    (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return manifest

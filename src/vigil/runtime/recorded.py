@@ -1,0 +1,208 @@
+"""Recorded FHIR data served on a simulated clock (what ``vigil replay`` reads).
+
+A :class:`ClockedSource` holds every ICU stay (with its end) and every mapped
+observation of a recorded data set, e.g. the NDJSON that ``vigil fhir synth``
+writes, and answers as the FHIR server would have at each simulated tick: the
+census is the stays in progress, and an observation becomes visible at its
+effective time. :func:`load_ndjson` reads a Bulk Data directory and
+:func:`load_fhir` a FHIR server, both with the FHIR adapter's census and
+Observation mapping.
+
+A recorded stay has no end (``vigil fhir synth`` writes in-progress encounters);
+it ends one hour after its last observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vigil.core.errors import DataError
+from vigil.fhir_adapter.records import (
+    NO_TIME,
+    Census,
+    IngestCounts,
+    IngestResult,
+    ObservationBatch,
+    Stay,
+    from_micros,
+    to_micros,
+)
+
+__all__ = ["ClockedSource", "clocked", "load_fhir", "load_ndjson"]
+
+_HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
+
+
+@dataclass(frozen=True, eq=False)
+class ClockedSource:
+    """Recorded data served as it would have been seen at each tick.
+
+    Parameters
+    ----------
+    stays : sequence of (Stay, datetime or None)
+        Every ICU stay and its end (None: still in the ICU at the end).
+    recorded : ObservationBatch
+        Every mapped observation.
+    name : str, optional
+        The watermark's key in the store.
+    """
+
+    stays: Sequence[tuple[Stay, datetime | None]]
+    recorded: ObservationBatch
+    name: str = "replay"
+
+    def __repr__(self) -> str:
+        return f"ClockedSource(stays={len(self.stays)}, values={len(self.recorded)})"
+
+    def census(self, tick: datetime) -> Census:
+        """Stays with ``icu_admission <= tick < end``, sorted by patient."""
+        current: dict[str, Stay] = {}
+        for stay, end in self.stays:
+            if stay.icu_admission <= tick and (end is None or tick < end):
+                held = current.get(stay.patient)
+                if held is None or held.icu_admission < stay.icu_admission:
+                    current[stay.patient] = stay
+        return Census(stays=tuple(current[k] for k in sorted(current)))
+
+    def observations(
+        self, since: datetime | None, until: datetime, *, patients: Sequence[str] | None = None
+    ) -> IngestResult:
+        """Observations with ``since < effective <= until``; the watermark is ``until``."""
+        eff = self.recorded.effective
+        mask = eff <= to_micros(until)
+        if since is not None:
+            mask &= eff > to_micros(since)
+        if patients is not None:
+            mask &= np.isin(self.recorded.patient.astype(str), np.asarray(patients, dtype=str))
+        batch = self.recorded.take(mask)
+        return IngestResult(
+            observations=batch, quarantine=(), counts=IngestCounts(values=len(batch)), watermark=until
+        )
+
+    @property
+    def span(self) -> tuple[datetime, datetime]:
+        """First ICU admission and last end.
+
+        Raises
+        ------
+        DataError
+            If there is no stay.
+        """
+        if not self.stays:
+            raise DataError("the recorded data holds no ICU stay; nothing to replay")
+        start = min(s.icu_admission for s, _ in self.stays)
+        ends = [e for _, e in self.stays if e is not None]
+        if len(self.recorded):
+            ends.append(from_micros(int(self.recorded.effective.max())))
+        return start, max(ends) if ends else start
+
+
+def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool = False) -> ClockedSource:
+    """Build a clocked source from a census and every observation.
+
+    Parameters
+    ----------
+    census : Census
+        Every recorded ICU stay.
+    batch : ObservationBatch
+        Every mapped observation (those of other patients are dropped).
+    stack_admissions : bool, optional
+        Move each stay by whole days so that every ICU admission falls on the day
+        of the earliest one (``vigil fhir synth`` spreads admissions over a year,
+        so few patients would share a replayed day). Times within a stay, and
+        ages, do not change, so neither does the grid.
+
+    Returns
+    -------
+    ClockedSource
+    """
+    stays = list(census.stays)
+    shift = np.zeros(len(stays), dtype=np.int64)
+    if stack_admissions and stays:
+        anchor = min(s.icu_admission for s in stays).astimezone(UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        shift = np.array([(s.icu_admission - anchor).days for s in stays], dtype=np.int64)
+        stays = [_shift_stay(s, int(k)) for s, k in zip(stays, shift, strict=True)]
+    where = (pd.Index([s.patient for s in stays]).get_indexer(batch.patient.astype(str))
+             if len(batch) else np.zeros(0, dtype=np.int64))
+    batch = batch.take(where >= 0)
+    where = where[where >= 0]
+    if stack_admissions:
+        back = shift[where] * _DAY_US
+        lu = batch.last_updated
+        batch = replace(batch, effective=batch.effective - back,
+                        last_updated=np.where(lu == NO_TIME, lu, lu - back))
+    last = np.full(len(stays), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, where, batch.effective)
+    ends = [from_micros(max(int(e), to_micros(s.icu_admission)) + _HOUR_US)
+            for s, e in zip(stays, last, strict=True)]
+    return ClockedSource(stays=list(zip(stays, ends, strict=True)), recorded=batch)
+
+
+def _shift_stay(stay: Stay, days: int) -> Stay:
+    d = timedelta(days=days)
+    return replace(
+        stay,
+        icu_admission=stay.icu_admission - d,
+        hospital_admission=stay.hospital_admission - d if stay.hospital_admission else None,
+        birth_date=stay.birth_date - d if stay.birth_date else None,
+    )
+
+
+def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
+    """Recorded data from a Bulk Data directory (``vigil fhir synth`` output).
+
+    Returns
+    -------
+    ClockedSource, int
+        The source, and how many resources or values the mapping quarantined.
+
+    Raises
+    ------
+    DataError
+        If the directory holds no Encounter or Observation file.
+    """
+    from vigil.fhir_adapter.bulk import NDJSONSource, ndjson_files
+
+    root = Path(path)
+    files = ndjson_files(root) if root.is_dir() else {}
+    if not files.get("Encounter") or not files.get("Observation"):
+        raise DataError(
+            f"expected Encounter and Observation NDJSON in {root} (e.g. from `vigil fhir synth`); "
+            "found none", source=str(root),
+        )
+    source = NDJSONSource(root)
+    census = source.census()
+    result = source.observations(None, None)
+    source.close()
+    quarantined = len(census.quarantine) + len(result.quarantine)
+    return clocked(census, result.observations, stack_admissions=stack_admissions), quarantined
+
+
+def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
+    """Recorded data from a FHIR server: every in-progress ICU stay and its Observations.
+
+    Parameters
+    ----------
+    settings : vigil.fhir_adapter.FHIRSettings
+    stack_admissions : bool, optional
+        See :func:`clocked`.
+    """
+    from vigil.fhir_adapter.rest import RESTSource
+
+    source = RESTSource(settings)  # type: ignore[arg-type]
+    try:
+        source.check()
+        census = source.census()
+        result = source.observations(None, None, patients=list(census.patients))
+    finally:
+        source.close()
+    quarantined = len(census.quarantine) + len(result.quarantine)
+    return clocked(census, result.observations, stack_admissions=stack_admissions), quarantined

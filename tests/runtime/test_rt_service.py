@@ -1,0 +1,118 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rt_support import make_package
+
+from vigil.data import patient_split
+from vigil.fhir_adapter.synth import write_synth
+from vigil.runtime.service import _trigger, last_fire_time
+from vigil.runtime.settings import load_settings
+
+VIGIL = Path(sys.executable).with_name("vigil")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ticks_are_aligned_to_the_quarter_hours():
+    trigger = _trigger(load_settings(None, environ=False))
+    at = datetime(2026, 5, 1, 10, 29, 59, tzinfo=UTC)
+    assert last_fire_time(trigger, at) == datetime(2026, 5, 1, 10, 15, tzinfo=UTC)
+    assert last_fire_time(trigger, at.replace(minute=30, second=0)) == at.replace(minute=30, second=0)
+    hourly = _trigger(load_settings(None, environ=False, scheduler={"minute": "5"}))
+    assert last_fire_time(hourly, at) == datetime(2026, 5, 1, 10, 5, tzinfo=UTC)
+
+
+@pytest.fixture()
+def site(tmp_path, sample):
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
+    write_synth(table.frame, tmp_path / "export")
+    make_package(tmp_path / "pkg")
+    port = free_port()
+    config = tmp_path / "site.toml"
+    config.write_text(f"""
+site_id = "test-site"
+[data]
+source = "ndjson"
+ndjson_dir = "{tmp_path / 'export'}"
+writeback = "ndjson"
+writeback_dir = "{tmp_path / 'out'}"
+[store]
+url = "sqlite:///{tmp_path / 'state.db'}"
+[models]
+dir = "{tmp_path / 'models'}"
+[ops]
+port = {port}
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    subprocess.run([VIGIL, "model", "install", tmp_path / "pkg", "--config", config],
+                   check=True, env=env, capture_output=True)
+    return config, port, env, tmp_path, table.grid.patient_ids
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_serve_runs_a_cycle_and_stops_cleanly_on_sigterm(site):
+    config, port, env, tmp_path, patients = site
+    proc = subprocess.Popen([VIGIL, "serve", "--config", config], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = get(base + "/readyz")
+            except OSError:
+                ready = None
+            if ready and ready[0] == 200:
+                break
+            time.sleep(0.3)
+        assert ready is not None and ready[0] == 200, ready
+        assert json.loads(ready[1])["model"] == "sepsis-tiny@1.0.0"
+        assert get(base + "/healthz")[0] == 200
+        metrics = get(base + "/metrics")[1]
+        assert 'vigil_cycles_total{status="ok"} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "received signal 15" in err and "stopped" in err
+    lines = (tmp_path / "out" / "RiskAssessment.ndjson").read_text().splitlines()
+    subjects = sorted(json.loads(x)["subject"]["reference"] for x in lines)
+    assert subjects == sorted(f"Patient/{p}" for p in patients)  # one per census patient
+
+
+def test_serve_once_and_a_bad_setting(site):
+    config, _, env, _, _ = site
+    done = subprocess.run([VIGIL, "serve", "--config", config, "--once"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "ok" and record["counts"]["scored"] == 3
+    bad = subprocess.run([VIGIL, "serve", "--config", config], env={**env, "VIGIL_OPS__PORT": "x"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'ops.port'" in bad.stderr
