@@ -109,8 +109,7 @@ def _in_process(root: Path, settings: RunSettings, *, fail: str | None = None): 
     sites = [load_site(root / "sites" / name, **settings.site_options()) for name in SITES]
     if fail is not None:
         sites = [_Unreachable(s) if s.name == fail else s for s in sites]
-    return run_federation(sites, settings.strategy, settings.plan, hidden=settings.model.hidden,
-                          dropout=settings.model.dropout)
+    return run_federation(sites, settings.strategy, settings.plan, model=settings.model)
 
 
 class _Unreachable:

@@ -167,8 +167,12 @@ def test_histogram_open_outer_bins_match_numpy_inside():
 
 
 def test_quantile_edges_binary_and_continuous():
-    assert quantile_edges([0, 1, 1, 0, 1]).tolist() == [0.0, 0.5, 1.0]
-    assert quantile_edges([3, 3, 3]).tolist() == [2.5, 3.5]
+    assert quantile_edges([0, 1, 1, 0, 1]).tolist() == [-1.0, -0.5, 0.5, 1.5, 2.0]
+    one = quantile_edges([3, 3, 3])
+    assert one.tolist() == [2.0, 2.5, 3.5, 4.0]
+    # a value the reference never had gets its own bin, so the change is visible
+    assert histogram([1, 3, 9], one).tolist() == [1, 1, 1]
+    assert psi(histogram([3, 3], one) + 0.5, histogram([1, 1], one) + 0.5) > 1
     e = quantile_edges(np.arange(1000.0), n_bins=10)
     assert e.size == 11
     assert histogram(np.arange(1000.0), e).tolist() == [100] * 10

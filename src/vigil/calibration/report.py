@@ -51,23 +51,27 @@ _OP_ROWS = (
 def _plot_reliability(result: SiteCalibration, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
-    ax = fig.add_subplot()
     y = result.report.labels
-    top = 0.0
-    for label, prob, style in (("before (raw model)", result.report.probability, "o--"),
-                               ("after recalibration", result.report_calibrated, "s-")):
-        curve = reliability_curve(y, prob, n_bins=10, strategy="quantile")
-        ax.plot(curve.predicted, curve.observed, style, label=label)
-        top = max(top, float(curve.predicted.max()), float(curve.observed.max()))
-    top = min(1.0, 1.1 * top) if top > 0 else 1.0
-    ax.plot([0, top], [0, top], color="grey", lw=1, label="perfect calibration")
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    ax.set_xlabel("predicted risk (mean per tenth of hours)")
-    ax.set_ylabel("observed share of hours with SepsisLabel = 1")
-    ax.set_title("Reliability on later patients")
-    ax.legend(loc="upper left")
+    curves = [(label, reliability_curve(y, prob, n_bins=10, strategy="quantile"), style)
+              for label, prob, style in (("before (raw model)", result.report.probability, "o--"),
+                                         ("after recalibration", result.report_calibrated, "s-"))]
+    after = curves[1][1]
+    full = max(max(float(c.predicted.max()), float(c.observed.max())) for _, c, _ in curves)
+    zoom = max(float(after.predicted.max()), float(after.observed.max()))
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
+    for i, (top, title) in enumerate(((full, "all predicted risks"),
+                                      (zoom, "range of the recalibrated risks"))):
+        top = min(1.0, 1.1 * top) if top > 0 else 1.0
+        ax = fig.add_subplot(1, 2, i + 1)
+        for label, curve, style in curves:
+            ax.plot(curve.predicted, curve.observed, style, label=label)
+        ax.plot([0, top], [0, top], color="grey", lw=1, label="perfect calibration")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("predicted risk (mean per tenth of hours)")
+        ax.set_ylabel("observed share of hours with SepsisLabel = 1")
+        ax.set_title(f"Later patients: {title}")
+        ax.legend(loc="upper left")
     fig.savefig(path, dpi=110)
 
 

@@ -77,7 +77,8 @@ class ScoredHours:
         scores : DataFrame
             ``patient_id``, ``ICULOS`` (or the runtime's ``iculos``), ``probability``
             and optionally ``scored_at``. Several scores of one hour (15-minute
-            ticks) keep the latest; hours without a score are left out.
+            ticks) keep the latest; hours without a score are left out (the alert
+            replay then treats a patient's remaining rows as consecutive hours).
 
         Returns
         -------

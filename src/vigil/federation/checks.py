@@ -19,9 +19,17 @@ with two updates nobody can tell which one is the outlier.
    must be both a robust outlier and more than ``max_ratio`` (10) times the
    median norm, so honest sites of different sizes, whose norms differ by a
    few times, are never rejected by it. A ×50-scaled update fails it.
-5. ``direction``: an update pointing away from the others. With ``m`` the
-   coordinate-wise median of the updates (Yin et al., ICML 2018), the update
-   is rejected when ``cos(d_k, m) < min_cosine`` (0). A sign-flipped update fails it.
+5. ``direction``: an update pointing away from the others. Its score is the
+   median of its cosine similarities with the other updates,
+   ``s_k = median_{j != k} cos(d_k, d_j)``; it is rejected when ``s_k < min_cosine``
+   (0) and ``s_k < median(s) - margin`` (0.1): against the others on the
+   whole, and clearly below the typical site. As long as the bad updates are a
+   minority of the others, an honest site's median peer is honest, so its
+   score is an honest pair's cosine (positive: the sites learn the same
+   task), while a sign-flipped update's peers are all honest and its score is
+   minus such a cosine. (The cosine with the coordinate-wise median update,
+   Yin et al. 2018, does not separate them with four sites: the median moves
+   with the flipped update itself.)
 
 Rules 4 and 5 look at the flattened trainable entries only. Every rejection is
 logged (site name, rule, numbers; nothing about patients) and returned so the
@@ -92,7 +100,9 @@ class ScreenRule:
         An update is never rejected for its norm unless it is at least this
         many times the median norm.
     min_cosine : float, optional
-        Smallest accepted cosine with the coordinate-wise median update.
+        An update whose median cosine with the others is below this ...
+    margin : float, optional
+        ... and this much below the round's median score is rejected.
     min_sites : int, optional
         Updates needed for rules 4 and 5 to run.
     """
@@ -100,6 +110,7 @@ class ScreenRule:
     norm_z: float = 3.5
     max_ratio: float = 10.0
     min_cosine: float = 0.0
+    margin: float = 0.1
     min_sites: int = 3
 
 
@@ -186,21 +197,23 @@ def screen_updates(
         med = float(np.median(logs))
         limit = max(rule.norm_z * MAD_TO_SIGMA * float(np.median(np.abs(logs - med))),
                     float(np.log(rule.max_ratio)))
-        center = np.median(deltas, axis=0)
-        cnorm = float(np.linalg.norm(center))
+        unit = deltas / np.where(norms > 0, norms, 1.0)[:, None]
+        cosines = unit @ unit.T
+        scores = np.array([np.median(np.delete(row, k)) for k, row in enumerate(cosines)])
+        typical = float(np.median(scores))
         keep: list[Update] = []
-        for u, d, norm, r in zip(passed, deltas, norms, logs, strict=True):
-            cosine = float(d @ center / (norm * cnorm)) if norm > 0 and cnorm > 0 else 1.0
+        for u, norm, r, score in zip(passed, norms, logs, scores, strict=True):
             if r - med > limit:
                 rejections.append(Rejection(
                     u.site, Reason.NORM,
                     f"update norm {norm:.3g} is {np.exp(r - med):.1f}x the median "
                     f"{np.exp(med):.3g}; limit {np.exp(limit):.1f}x",
                 ))
-            elif cosine < rule.min_cosine:
+            elif score < rule.min_cosine and score < typical - rule.margin:
                 rejections.append(Rejection(
                     u.site, Reason.DIRECTION,
-                    f"cosine with the median update {cosine:.3f} < {rule.min_cosine}",
+                    f"median cosine with the other updates {score:.3f} < {rule.min_cosine} and "
+                    f"below the round's typical {typical:.3f} by more than {rule.margin}",
                 ))
             else:
                 keep.append(u)

@@ -81,6 +81,8 @@ class FederatedRun:
         Name of the data file (for the manifest).
     sites : list of Site
         Kept so a FedBN package can carry one site's own normalization.
+    method : str, optional
+        How the sites were reached, for the manifest (the Flower path sets its own).
     """
 
     result: FederationResult
@@ -91,6 +93,7 @@ class FederatedRun:
     scheme: str
     data: str
     sites: list[Site]
+    method: str = "federated (in-process simulation)"
 
     def site_weights(self, name: str | None) -> Weights:
         """Return the complete weights a site runs (the global ones unless FedBN)."""
@@ -172,7 +175,7 @@ def training_section(run: FederatedRun) -> dict[str, Any]:
             "sites": {name: p.to_dict() for name, p in sorted(r.privacy.items())},
         }
     return {
-        "method": "federated (in-process simulation)",
+        "method": run.method,
         "strategy": run.strategy.describe(),
         "rounds": run.plan.rounds,
         "rounds_aggregated": sum(rec.aggregated for rec in history.rounds),

@@ -17,9 +17,11 @@ parser.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from vigil.fhir_adapter.mapping import (
@@ -33,6 +35,7 @@ from vigil.fhir_adapter.mapping import (
     UNITS,
     UNKNOWN,
     USE,
+    VALID_INSTANTS,
     Accumulator,
     MappingOptions,
     Payload,
@@ -42,19 +45,19 @@ from vigil.fhir_adapter.mapping import (
     quantity_payload,
     variable_of,
 )
-from vigil.fhir_adapter.records import NO_TIME, IngestResult
+from vigil.fhir_adapter.records import NO_TIME, IngestResult, ObservationBatch
 
 __all__ = ["bundle_references", "effective_time", "parse_fast", "parse_ndjson"]
 
 _CODE_GET = CODE_INDEX.get
-_NUMBER = (int, float)
 _FAST_CODES: dict[str, tuple[int, dict[str, tuple[float, float, float, float]]]] = {
     code: (var, {unit: (scale, offset, *RANGES[var])
                  for unit, (scale, offset) in UNITS[var].items()})
     for code, (var, _rank) in CODE_INDEX.items()
 }
 """LOINC code -> (variable, UCUM code -> (scale, offset, low, high)), for the inline common case."""
-_PATIENTS: dict[str, str | None] = {}
+_PATIENTS: dict[str, str] = {}
+"""Subject reference -> Patient id, for references that name a Patient (bounded)."""
 _TIME_ELEMENTS = ("effectiveDateTime", "effectiveInstant", "meta.lastUpdated", "issued",
                   "effectivePeriod.end", "effectivePeriod.start")
 for _element in _TIME_ELEMENTS:
@@ -157,9 +160,10 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
             patient = _PATIENTS.get(ref)
             if patient is None:
                 patient = patient_key(ref)
-                if len(_PATIENTS) > 100_000:
-                    _PATIENTS.clear()
-                _PATIENTS[ref] = patient
+                if patient is not None:
+                    if len(_PATIENTS) > 100_000:
+                        _PATIENTS.clear()
+                    _PATIENTS[ref] = patient
         acc.emit(rid, lu, d.get("status"), patient, effective_time(d), items)
     except (AttributeError, KeyError, TypeError, IndexError, ValueError) as exc:
         acc.reject(rid, f"malformed Observation: {type(exc).__name__}",
@@ -233,15 +237,12 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
     lines = source.splitlines() if isinstance(source, bytes) else source
     acc = Accumulator(options)
     used = frozenset(k for k, v in acc.status_action.items() if v == USE)
-    loads, fast_code, edt_get, lu_get, patient_get = (
-        orjson.loads, _FAST_CODES.__getitem__, _EDT.get, _LU.get, _PATIENTS.get)
-    ap_patient, ap_var, ap_eff, ap_value, ap_rid, ap_lu, ap_seq = (
-        acc.patient.append, acc.variable.append, acc.effective.append, acc.value.append,
-        acc.resource_id.append, acc.last_updated.append, acc.seq.append)
+    loads, codes, instants, patients = orjson.loads, _FAST_CODES, VALID_INSTANTS, _PATIENTS
+    loinc, ucum = LOINC, UCUM
+    flat: list[Any] = []
+    extend = flat.extend
     n = 0
     for line in lines:
-        if not line:
-            continue
         try:
             d = loads(line)
         except orjson.JSONDecodeError:
@@ -251,24 +252,23 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
             acc.reject("", "malformed NDJSON line: not JSON", resource_type="?")
             n = acc.n_resources
             continue
-        # The common case (one LOINC coding, final, valueQuantity in a UCUM unit of the catalog,
-        # cached time and subject) is mapped inline; anything else takes the general path,
-        # which applies the same rules (mapping.Accumulator.emit).
+        # The common case (one LOINC coding, a used status, a valueQuantity in a UCUM unit of
+        # the catalog, a time and a subject seen before) is mapped inline with dict lookups
+        # only; anything else, including a first sighting, takes the general path, which
+        # applies the same rules (mapping.Accumulator.emit) and fills the caches.
         try:
             (c,) = d["code"]["coding"]
-            var, units = fast_code(c["code"])
+            var, units = codes[c["code"]]
             q = d["valueQuantity"]
             value = q["value"]
             scale, offset, low, high = units[q["code"]]
-            t = edt_get(d["effectiveDateTime"])
-            lu = lu_get(d["meta"]["lastUpdated"])
-            patient = patient_get(d["subject"]["reference"])
+            t = instants[d["effectiveDateTime"]]
+            lu = instants[d["meta"]["lastUpdated"]]
+            patient = patients[d["subject"]["reference"]]
             rid = d["id"]
-            if (c.get("system") != LOINC or q.get("system") != UCUM
-                    or d["resourceType"] != "Observation" or d["status"] not in used
-                    or "component" in d or "comparator" in q or type(value) not in _NUMBER
-                    or type(t) is not int or type(lu) is not int or patient is None
-                    or not rid or type(rid) is not str):
+            if (c["system"] != loinc or q["system"] != ucum or d["resourceType"] != "Observation"
+                    or d["status"] not in used or "component" in d or "comparator" in q
+                    or value is True or value is False or not rid):
                 raise LookupError
             out = value * scale + offset
             if not low <= out <= high:
@@ -282,12 +282,31 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
             n = acc.n_resources
             continue
         n += 1
-        ap_patient(patient)
-        ap_var(var)
-        ap_eff(t)
-        ap_value(out)
-        ap_rid(rid)
-        ap_lu(lu)
-        ap_seq(n)
+        extend((patient, var, t, out, rid, lu, n))
     acc.n_resources = n
-    return acc.result()
+    return _merge(acc.result(), flat)
+
+
+def _merge(general: IngestResult, flat: list[Any]) -> IngestResult:
+    """Join the inline rows (flattened 7-tuples) with the general path's, in reading order."""
+    if not flat:
+        return general
+    g = general.observations
+    inline = ObservationBatch(
+        patient=np.array(flat[0::7], dtype=object),
+        variable=np.array(flat[1::7], dtype=np.int8),
+        effective=np.array(flat[2::7], dtype=np.int64),
+        value=np.array(flat[3::7], dtype=np.float64),
+        resource_id=np.array(flat[4::7], dtype=object),
+        last_updated=np.array(flat[5::7], dtype=np.int64),
+        seq=np.array(flat[6::7], dtype=np.int64),
+    )
+    if len(g):
+        both = ObservationBatch(**{
+            f: np.concatenate([getattr(inline, f), getattr(g, f)])
+            for f in ("patient", "variable", "effective", "value", "resource_id", "last_updated",
+                      "seq")})
+        inline = both.take(np.argsort(both.seq, kind="stable"))
+    counts = replace(general.counts, values=general.counts.values + len(flat) // 7)
+    return IngestResult(observations=replace(inline, deletions=g.deletions),
+                        quarantine=general.quarantine, counts=counts)

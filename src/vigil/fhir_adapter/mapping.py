@@ -65,6 +65,7 @@ __all__ = [
     "UNKNOWN",
     "UNITS",
     "USE",
+    "VALID_INSTANTS",
     "Accumulator",
     "MappingOptions",
     "Payload",
@@ -214,6 +215,8 @@ _INSTANT = re.compile(
 _DATE_ONLY = re.compile(r"[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?")
 TIME_CACHES: dict[str, dict[str, int | str]] = {}
 """Per element name, the parsed value of each time string seen (bounded)."""
+VALID_INSTANTS: dict[str, int] = {}
+"""Every time string that parsed to an instant, and its microseconds (bounded)."""
 
 
 def parse_time(text: str, element: str) -> int | str:
@@ -249,6 +252,10 @@ def parse_time(text: str, element: str) -> int | str:
     if len(cache) > 100_000:
         cache.clear()
     cache[text] = hit
+    if isinstance(hit, int):
+        if len(VALID_INSTANTS) > 200_000:
+            VALID_INSTANTS.clear()
+        VALID_INSTANTS[text] = hit
     return hit
 
 

@@ -58,6 +58,16 @@ class ClockedSource:
     recorded: ObservationBatch
     name: str = "replay"
 
+    def __post_init__(self) -> None:
+        # Sorted by effective time, with integer patient codes: each fetch is a slice and a
+        # lookup, not a scan of every value.
+        order = np.argsort(self.recorded.effective, kind="stable")
+        batch = self.recorded.take(order)
+        codes, names = pd.factorize(batch.patient.astype(str))
+        object.__setattr__(self, "_sorted", batch)
+        object.__setattr__(self, "_codes", codes)
+        object.__setattr__(self, "_names", pd.Index(names))
+
     def __repr__(self) -> str:
         return f"ClockedSource(stays={len(self.stays)}, values={len(self.recorded)})"
 
@@ -75,13 +85,17 @@ class ClockedSource:
         self, since: datetime | None, until: datetime, *, patients: Sequence[str] | None = None
     ) -> IngestResult:
         """Observations with ``since < effective <= until``; the watermark is ``until``."""
-        eff = self.recorded.effective
-        mask = eff <= to_micros(until)
-        if since is not None:
-            mask &= eff > to_micros(since)
+        sorted_: ObservationBatch = self._sorted  # type: ignore[attr-defined]
+        eff = sorted_.effective
+        lo = 0 if since is None else int(np.searchsorted(eff, to_micros(since), "right"))
+        hi = int(np.searchsorted(eff, to_micros(until), "right"))
+        index = np.arange(lo, hi)
         if patients is not None:
-            mask &= np.isin(self.recorded.patient.astype(str), np.asarray(patients, dtype=str))
-        batch = self.recorded.take(mask)
+            wanted = np.zeros(len(self._names) + 1, dtype=bool)  # type: ignore[attr-defined]
+            codes = self._names.get_indexer(list(patients))  # type: ignore[attr-defined]
+            wanted[codes[codes >= 0]] = True
+            index = index[wanted[self._codes[lo:hi]]]  # type: ignore[attr-defined]
+        batch = sorted_.take(index)
         return IngestResult(
             observations=batch, quarantine=(), counts=IngestCounts(values=len(batch)), watermark=until
         )

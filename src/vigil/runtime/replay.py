@@ -213,6 +213,7 @@ def summarize(
     out["labelled_hours"] = len(merged)
     out["auroc"] = auroc(y, p) if len(merged) else float("nan")
     out["utility"] = (
-        normalized_utility(y, (p >= threshold).astype(np.int8), starts) if len(merged) else float("nan")
+        normalized_utility(y, (p >= threshold).astype(np.int8), starts).normalized
+        if len(merged) else float("nan")
     )
     return out

@@ -371,27 +371,31 @@ class StateStore:
 
     def observations(self, patient_keys: Sequence[str], *, since: int, until: int) -> ObservationBatch:
         """Stored values of some patients with ``since <= effective <= until`` (microseconds)."""
-        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (patient_key TEXT PRIMARY KEY)")
+        keys = list(patient_keys)
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS wanted (code INTEGER PRIMARY KEY, patient_key TEXT)"
+        )
         self.conn.execute("DELETE FROM wanted")
-        self.conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((k,) for k in patient_keys))
+        self.conn.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(keys))
         rows = self.conn.execute(
-            "SELECT o.patient_key, o.variable, o.effective, o.value, o.resource_id, o.last_updated "
-            "FROM observations o JOIN wanted w ON w.patient_key = o.patient_key "
-            "WHERE o.effective >= ? AND o.effective <= ? ORDER BY o.patient_key, o.effective",
+            "SELECT w.code, o.variable, o.effective, o.value, o.resource_id, o.last_updated "
+            "FROM wanted w JOIN observations o ON o.patient_key = w.patient_key "
+            "AND o.effective >= ? AND o.effective <= ?",
             (since, until),
         ).fetchall()
         self.conn.execute("DELETE FROM wanted")
         if not rows:
             return ObservationBatch()
-        patient, variable, effective, value, rid, lu = zip(*rows, strict=True)
+        code, variable, effective, value, rid, lu = zip(*rows, strict=True)
+        n = len(rows)
         return ObservationBatch(
-            patient=np.asarray(patient, dtype=object),
-            variable=np.asarray(variable, dtype=np.int8),
-            effective=np.asarray(effective, dtype=np.int64),
-            value=np.asarray(value, dtype=np.float64),
-            resource_id=np.asarray(rid, dtype=object),
-            last_updated=np.asarray(lu, dtype=np.int64),
-            seq=np.arange(len(rows), dtype=np.int64),
+            patient=np.asarray(keys, dtype=object)[np.fromiter(code, np.int64, n)],
+            variable=np.fromiter(variable, np.int8, n),
+            effective=np.fromiter(effective, np.int64, n),
+            value=np.fromiter(value, np.float64, n),
+            resource_id=np.fromiter(rid, object, n),
+            last_updated=np.fromiter(lu, np.int64, n),
+            seq=np.arange(n, dtype=np.int64),
         )
 
     def count(self, table: str) -> int:

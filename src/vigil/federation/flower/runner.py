@@ -16,17 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vigil.core.errors import AggregationError, VigilError
+from vigil.core.errors import AggregationError, ConfigError, VigilError
 from vigil.federation.flower.launch import Coordinator, stop_run, submit_run
 from vigil.federation.flower.results import RunOutput, load_result
 from vigil.federation.flower.settings import RunSettings, app_pyproject
 
-__all__ = ["read_events", "run_on_flower"]
+if TYPE_CHECKING:
+    from vigil.federation.simulation import FederatedRun
+
+__all__ = ["FLOWER_METHOD", "read_events", "run_on_flower", "train_on_flower"]
 
 log = logging.getLogger(__name__)
 EVENTS = "events.jsonl"
+FLOWER_METHOD = "federated (Flower 1.42 SuperLink and SuperNodes, TLS, authenticated nodes)"
 
 
 def read_events(result_dir: str | Path) -> list[dict[str, Any]]:
@@ -123,3 +127,33 @@ def run_on_flower(
     if final["event"] == "failed":
         raise AggregationError(f"the federated run failed: {final.get('detail')}", round_=0)
     return load_result(result_dir)
+
+
+def train_on_flower(
+    coordinator: Coordinator,
+    settings: RunSettings,
+    run_dir: str | Path,
+    *,
+    timeout: float | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> FederatedRun:
+    """Run :func:`run_on_flower`; wrap the result for :func:`.simulation.export_run`.
+
+    Raises
+    ------
+    ConfigError
+        For FedBN: its packages carry each site's own normalization, which
+        stays at the sites on Flower.
+    """
+    from vigil.federation.simulation import FederatedRun
+
+    if settings.strategy.keeps_norm_local:
+        raise ConfigError("a FedBN package carries one site's own normalization, which stays "
+                          "at the site on Flower; use fedavg or fedprox here", key="strategy")
+    out = run_on_flower(coordinator, settings, run_dir, timeout=timeout, on_event=on_event)
+    n = len(out.result.statistics)
+    return FederatedRun(
+        result=out.result, strategy=settings.strategy, plan=settings.plan, model=settings.model,
+        dp=settings.dp, scheme=f"{n} SuperNodes", data="each site's own data", sites=[],
+        method=FLOWER_METHOD,
+    )

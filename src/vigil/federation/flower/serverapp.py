@@ -62,8 +62,8 @@ def main(grid: Grid, context: Context) -> None:
                                   wait=settings.wait)
         round_seconds.append(time.monotonic() - t0)  # connecting counts as "round 0"
         result = run_federation(
-            sites, settings.strategy, settings.plan, hidden=settings.model.hidden,
-            dropout=settings.model.dropout, on_round=on_round, transport=transport,
+            sites, settings.strategy, settings.plan, model=settings.model, on_round=on_round,
+            transport=transport,
         )
     except Exception as exc:
         events.write("failed", error=type(exc).__name__, detail=str(exc))

@@ -9,16 +9,18 @@ probability ``exp(-lambda g)``, below ``alpha`` once ``g > -ln(alpha) / lambda``
 Laboratory values arrive in batches (one blood draw, several results; rounds),
 so silences are longer than Poisson's: the variable's *expected interval* is
 the largest of that Poisson limit, ``gap_factor`` times the longest silence
-seen during the site's baseline (scaled by the baseline's mean census over
-the current one: fewer patients, longer silences), and ``min_gap_hours``; a
-longer silence reports the feed down. ``r`` and the longest silence are the site's own, so a
-variable the site never records (EtCO2 at some hospitals) raises nothing.
+seen during the site's first ``learn_hours`` (scaled by the mean census then
+over the current one: fewer patients, longer silences), and
+``min_gap_hours``; a longer silence reports the feed down. ``r`` and the
+silences are the site's own, and a variable with fewer than
+``min_arrivals`` values while learning is not judged, so a variable the site
+rarely or never records (EtCO2 at some hospitals) raises nothing.
 
 **Unit change.** The FHIR adapter converts every known unit to the canonical
 one, so a correctly labelled change (temperature now sent in ``[degF]``) is
 harmless to the model but worth knowing; when the adapter reports the units it
-met per variable, a unit absent from the baseline and seen in at least
-``min_count`` values raises a warning.
+met per variable, a unit not met during the first ``unit_hours`` and seen in at
+least ``min_count`` values of a cycle raises a warning.
 
 **Quarantine jump.** A unit change the feed does *not* label (Fahrenheit
 numbers still coded ``Cel``) puts values outside the plausible range, and the
@@ -71,6 +73,10 @@ def variable_in_reason(reason: str) -> str:
 class FeedHealth:
     """The three feed checks and what they remember between cycles.
 
+    Call :meth:`start` at the first cycle: the site's silences are learned for
+    the first ``learn_hours`` and only then judged; its units are learned for
+    the first ``unit_hours``. Quarantine is judged from the first cycle.
+
     Parameters
     ----------
     alpha : float, optional
@@ -78,7 +84,13 @@ class FeedHealth:
     min_gap_hours : float, optional
         Shortest gap reported as a feed down (PhysioNet-derived feeds are hourly).
     gap_factor : float, optional
-        Multiple of the longest baseline silence that is still normal.
+        Multiple of the longest learned silence that is still normal.
+    learn_hours : float, optional
+        Hours during which the longest silences are learned.
+    unit_hours : float, optional
+        Hours during which the units of each variable are learned.
+    min_arrivals : int, optional
+        Fewest values of a variable during learning before its feed is judged.
     min_count : int, optional
         Fewest values in a new unit, or quarantined resources, that raise an alarm.
     quarantine_floor : float, optional
@@ -93,34 +105,47 @@ class FeedHealth:
         alpha: float = 1e-4,
         min_gap_hours: float = 2.0,
         gap_factor: float = 3.0,
+        learn_hours: float = 72.0,
+        unit_hours: float = 24.0,
+        min_arrivals: int = 20,
         min_count: int = 3,
         quarantine_floor: float = 0.25,
         memory: int = 200_000,
     ) -> None:
         self.alpha, self.min_gap_hours, self.min_count = alpha, min_gap_hours, min_count
-        self.gap_factor, self.quarantine_floor, self.memory = gap_factor, quarantine_floor, memory
+        self.gap_factor, self.learn_hours, self.unit_hours = gap_factor, learn_hours, unit_hours
+        self.min_arrivals = min_arrivals
+        self.quarantine_floor, self.memory = quarantine_floor, memory
         self.last_value: dict[str, float] = {}
         self.longest_gap: dict[str, float] = {}
-        self._census: list[int] = []
+        self.arrivals: dict[str, int] = {}
         self.baseline_units: dict[str, set[str]] = {}
-        self.learning = True
-        self.learn_after = -math.inf
+        self._census: list[int] = []
+        self._learn_from = -math.inf
+        self._gaps_until = self._units_until = math.inf
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._q_total: dict[str, float] = {}
         self._q_cycles = 0
 
+    def start(self, now: float) -> None:
+        """Begin learning at the first cycle (values from the hour before count)."""
+        self._learn_from = now - 3600.0
+        self._gaps_until = now + self.learn_hours * 3600.0
+        self._units_until = now + self.unit_hours * 3600.0
+
     # -- feed down --------------------------------------------------------------------------------
 
-    def observe_values(self, variables: Sequence[str] | NDArray[np.object_], effective_s: NDArray[
-        np.floating
-    ]) -> None:
+    def observe_values(
+        self, variables: Sequence[str] | NDArray[np.object_], effective_s: NDArray[np.floating],
+        *, now: float,
+    ) -> None:
         """Remember the latest effective time (UTC seconds) of every variable fetched.
 
-        While :attr:`learning`, also the longest silence between values
-        measured after :attr:`learn_after`.
+        While learning, also count the values and the longest silence between them.
         """
         if len(variables) == 0:
             return
+        learning = now < self._gaps_until
         names = np.asarray(variables, dtype=object)
         times = np.asarray(effective_s, dtype=np.float64)
         order = np.lexsort((times, names))
@@ -132,9 +157,10 @@ class FeedHealth:
             new = times[lo:hi][times[lo:hi] > last]
             if new.size == 0:
                 continue
-            if self.learning:
+            if learning:
                 known = np.r_[last, new]
-                known = known[known >= self.learn_after]
+                known = known[known >= self._learn_from]
+                self.arrivals[name] = self.arrivals.get(name, 0) + int(np.unique(new).size)
                 if known.size >= 2:
                     gap = float(np.max(np.diff(known))) / 3600.0
                     self.longest_gap[name] = max(self.longest_gap.get(name, 0.0), gap)
@@ -159,9 +185,11 @@ class FeedHealth:
         now : float
             The tick, UTC seconds.
         census : int
-            Patients in the census (while :attr:`learning`, only remembered).
+            Patients in the census.
         rates : mapping of str to float
-            The site's share of patient-hours with a value, per variable.
+            The site's share of patient-hours with a value, per variable (empty
+            before the site's baseline is known: nothing is judged, nor while
+            learning).
 
         Returns
         -------
@@ -169,38 +197,45 @@ class FeedHealth:
         stats : list of (kind, variable, statistic, value)
             Hours since the last value, per variable.
         """
-        if self.learning:
+        learning = now < self._gaps_until
+        if learning:
             self._census.append(census)
-            return [], []
-        findings, stats = [], []
+        findings: list[Finding] = []
+        stats: list[tuple[str, str, str, float]] = []
         for name in MEASURED:
-            rate = rates.get(name, 0.0)
             last = self.last_value.get(name)
-            if last is None or not rate > 0:
+            if last is None:
                 continue
             gap = max(0.0, (now - last) / 3600.0)
-            limit = self.expected_interval(name, rate, census)
             stats.append((str(AlarmKind.FEED_DOWN), name, "hours_since_value", gap))
+            if learning and last >= self._learn_from:  # a silence still open counts as learned
+                self.longest_gap[name] = max(self.longest_gap.get(name, 0.0), gap)
+            rate = rates.get(name, 0.0)
+            if learning or census <= 0 or not rate > 0 \
+                    or self.arrivals.get(name, 0) < self.min_arrivals:
+                continue
+            limit = self.expected_interval(name, rate, census)
+            stats.append((str(AlarmKind.FEED_DOWN), name, "expected_interval", limit))
             if gap > limit:
                 findings.append(Finding(
                     AlarmKind.FEED_DOWN, name, Severity.CRITICAL, gap, limit,
                     f"no {name} value for {gap:.1f} h; with {census} patients and {name} in "
                     f"{rate:.1%} of patient-hours one was expected within {limit:.1f} h "
-                    f"(longest silence in the baseline {self.longest_gap.get(name, 0.0):.1f} h); "
+                    f"(longest silence learned {self.longest_gap.get(name, 0.0):.1f} h); "
                     f"check the {name} interface",
                 ))
         return findings, stats
 
     # -- units ------------------------------------------------------------------------------------
 
-    def units(self, units: Mapping[str, Mapping[str, int]] | None) -> list[Finding]:
-        """Units never seen during the baseline (learned while :attr:`learning`)."""
+    def units(self, units: Mapping[str, Mapping[str, int]] | None, *, now: float) -> list[Finding]:
+        """Units never seen while learning them."""
         if not units:
             return []
         findings = []
         for name, per_unit in units.items():
             known = self.baseline_units.setdefault(name, set())
-            if self.learning:
+            if now < self._units_until:
                 known.update(u for u, n in per_unit.items() if n > 0)
                 continue
             new = {u: n for u, n in per_unit.items() if u not in known and n >= self.min_count}

@@ -292,7 +292,7 @@ class Monitor:
 
     def _start(self, tx: sqlite3.Connection, now: float) -> None:
         self._started = now
-        self.feed.learn_after = now - 3600.0
+        self.feed.start(now)
         self.book = AlarmBook(load_alarms(tx, open_only=True), clear_after=self.book.clear_after)
         # stats already stored: this process restarts a running site, so the patients' earlier
         # hours were counted before; only hours completing from now on are new
@@ -388,7 +388,6 @@ class Monitor:
         self.baseline = Reference.from_baseline(values, raw if raw.size else None)
         self.baseline_flag_rate = float(flagged.mean()) if flagged.size else None
         self._baseline_flag_n = int(flagged.size)
-        self.feed.learning = False
         self._baseline_hours = []
         log.info("monitor baseline set from %d patient-hours of %d patients",
                  values.shape[0], patients.size)
@@ -521,9 +520,10 @@ class Monitor:
     ) -> tuple[list[Finding], list[Stat]]:
         obs = getattr(fetched, "observations", None)
         if obs is not None and len(obs):
-            self.feed.observe_values(obs.variable_names, np.asarray(obs.effective) / 1e6)
+            self.feed.observe_values(obs.variable_names, np.asarray(obs.effective) / 1e6,
+                                     now=now)
         findings, stats = self.feed.quarantine(_quarantine_records(quarantine))
-        findings += self.feed.units(getattr(fetched, "units", None))
+        findings += self.feed.units(getattr(fetched, "units", None), now=now)
         rates = {} if self.baseline is None else {
             n: h.measured_rate for n, h in self.baseline.variables.items()
         }

@@ -101,18 +101,22 @@ def quantile_edges(values: ArrayLike, *, n_bins: int = 10) -> NDArray[np.float64
     values : array-like of shape (n,)
         Reference values; NaN is ignored.
     n_bins : int, optional
-        Wanted number of bins; fewer come back when values are tied (a binary
-        feature gets two bins).
+        Wanted number of bins for a continuous variable.
 
     Returns
     -------
     ndarray of shape (k + 1,)
-        Strictly increasing edges, ``1 <= k <= n_bins``.
+        Strictly increasing edges. A variable with at most ``n_bins``
+        distinct values gets one bin per value plus an empty bin on each side
+        (the outer bins are open), so a value never seen in the reference, a
+        0 where the reference only had 1s, lands in a bin of its own.
 
     Examples
     --------
     >>> quantile_edges([0, 0, 1, 1, 1], n_bins=4).tolist()
-    [0.0, 0.5, 1.0]
+    [-1.0, -0.5, 0.5, 1.5, 2.0]
+    >>> histogram([0, 1, 1], quantile_edges([1, 1])).tolist()
+    [1, 2, 0]
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -120,13 +124,11 @@ def quantile_edges(values: ArrayLike, *, n_bins: int = 10) -> NDArray[np.float64
         raise ValueError("cannot place bin edges: no finite reference value")
     uniq = np.unique(v)
     if uniq.size <= n_bins:
-        # one bin per distinct value, edges halfway between them
-        if uniq.size == 1:
-            return np.array([uniq[0] - 0.5, uniq[0] + 0.5])
+        half = float(np.min(np.diff(uniq))) / 2 if uniq.size > 1 else 0.5
         mid = (uniq[1:] + uniq[:-1]) / 2
-        return np.concatenate(([uniq[0]], mid, [uniq[-1]]))
-    edges = np.unique(np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1)))
-    return edges if edges.size >= 2 else np.array([edges[0] - 0.5, edges[0] + 0.5])
+        return np.concatenate(([uniq[0] - 2 * half, uniq[0] - half], mid,
+                               [uniq[-1] + half, uniq[-1] + 2 * half]))
+    return np.unique(np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1)))
 
 
 def histogram(values: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:

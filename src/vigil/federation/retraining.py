@@ -1,0 +1,345 @@
+"""Periodic retraining at the coordinator: on a cron schedule, train, export, sign and release.
+
+Each run of the schedule (:func:`retrain_once`):
+
+1. trains a federated model with the in-process driver
+   (:func:`vigil.federation.simulation.federate`, for development and
+   demos) or on the coordinator's Flower SuperLink with the hospitals'
+   SuperNodes (:func:`vigil.federation.flower.runner.train_on_flower`);
+2. exports it with :func:`vigil.federation.simulation.export_run` as the
+   registry's next version (``1.0.0``, ``1.1.0``, ...), signed with the
+   coordinator's Ed25519 key;
+3. releases it into the :class:`~vigil.federation.registry.Registry`, which
+   records its manifest, metrics and difference from the previous version.
+
+Sites then pull the new version (``vigil federation pull``); their runtime
+installs it as the shadow model until the site team recalibrates and
+promotes it. :func:`schedule` runs :func:`retrain_once` with APScheduler on a
+cron expression, by default :data:`DEFAULT_CRON` (every six months); a run
+that fails is logged and the schedule goes on.
+
+The settings are one TOML file (:func:`load_retrain_config`)::
+
+    cron = "0 2 1 1,7 *"          # 02:00 on 1 January and 1 July
+    registry = "/srv/vigil/registry"
+    name = "sepsis-federated"
+    private_key = "/srv/vigil/keys/release.pem"
+    engine = "flower"             # or "in-process"
+
+    [strategy]                    # make_strategy(...)
+    name = "fedavg"
+    [plan]                        # Plan(...): rounds, lr, time_budget, ...
+    rounds = 10
+    time_budget = 900
+    [model]                       # ModelSpec(...)
+    hidden = [128, 64]
+    [dp]                          # DPSettings(...), optional
+    target_epsilon = 8.0
+    [flower]                      # engine = "flower"
+    work = "/srv/vigil/coordinator"
+    certs = "/srv/vigil/pki"
+    port = 9092
+    sites = 3
+    [in_process]                  # engine = "in-process"
+    data = "sample"
+    sites = "hospital-unit"
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vigil.core.errors import ConfigError, VigilError
+from vigil.federation.driver import Plan
+from vigil.federation.privacy import DPSettings
+from vigil.federation.registry import Registry, Release
+from vigil.federation.site import ModelSpec
+from vigil.federation.strategies import Strategy, make_strategy
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
+
+__all__ = [
+    "DEFAULT_CRON",
+    "Engine",
+    "RetrainConfig",
+    "load_retrain_config",
+    "next_runs",
+    "retrain_once",
+    "schedule",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CRON = "0 2 1 1,7 *"
+"""02:00 on the first of January and of July: every six months."""
+
+
+class Engine(StrEnum):
+    """Where the federated training runs."""
+
+    IN_PROCESS = "in-process"
+    FLOWER = "flower"
+
+
+@dataclass(frozen=True)
+class FlowerTarget:
+    """The coordinator's SuperLink and the sites it waits for.
+
+    Parameters
+    ----------
+    work, certs : Path
+        As ``vigil federation coordinator --work --certs``.
+    sites : int
+        SuperNodes to wait for.
+    host : str, optional
+    port : int, optional
+    wait : float, optional
+        Seconds to wait for the sites.
+    """
+
+    work: Path
+    certs: Path
+    sites: int
+    host: str = "127.0.0.1"
+    port: int = 9092
+    wait: float = 600.0
+
+
+@dataclass(frozen=True)
+class InProcessTarget:
+    """Data and site scheme of an in-process retraining (development, demos)."""
+
+    data: str = "sample"
+    sites: str = "hospital-unit"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """What every scheduled retraining does.
+
+    Parameters
+    ----------
+    registry : Path
+    strategy : Strategy
+    plan : Plan
+    model : ModelSpec, optional
+    dp : DPSettings or None, optional
+    engine : Engine, optional
+    flower : FlowerTarget or None, optional
+        Required for ``Engine.FLOWER``.
+    in_process : InProcessTarget, optional
+    name : str, optional
+        Model name of the packages.
+    private_key : Path or None, optional
+        Ed25519 PEM key the packages are signed with.
+    cron : str, optional
+        Five-field crontab expression.
+    timezone : str, optional
+    """
+
+    registry: Path
+    strategy: Strategy
+    plan: Plan
+    model: ModelSpec = field(default_factory=ModelSpec)
+    dp: DPSettings | None = None
+    engine: Engine = Engine.IN_PROCESS
+    flower: FlowerTarget | None = None
+    in_process: InProcessTarget = field(default_factory=InProcessTarget)
+    name: str = "sepsis-federated"
+    private_key: Path | None = None
+    cron: str = DEFAULT_CRON
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if self.engine is Engine.FLOWER and self.flower is None:
+            raise ConfigError("engine = \"flower\" needs a [flower] section (work, certs, sites)",
+                              key="flower")
+        if self.engine is Engine.FLOWER and self.strategy.keeps_norm_local:
+            raise ConfigError(
+                "a FedBN model carries each site's own normalization, which stays at the sites "
+                "on Flower; release fedavg or fedprox models from the schedule", key="strategy",
+            )
+        _trigger(self.cron, self.timezone)
+
+
+def _section(cls: Any, values: Any, key: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"expected a [{key}] table, got {values!r}", key=key)
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{key}]: {exc}", key=key) from None
+
+
+def load_retrain_config(path: str | Path) -> RetrainConfig:
+    """Read the retraining settings from a TOML file (see the module docstring).
+
+    Relative paths in it are taken from the file's directory.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key or section that is missing or wrong.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"expected a readable TOML file: {exc}", key="config") from None
+    known = {"cron", "timezone", "registry", "name", "private_key", "engine", "strategy", "plan",
+             "model", "dp", "flower", "in_process"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; expected some of {sorted(known)}",
+                          key=unknown[0])
+    if "registry" not in raw:
+        raise ConfigError("expected `registry = \"DIR\"`", key="registry")
+
+    def here(p: Any) -> Path:
+        return (path.parent / str(p)).resolve()
+
+    strategy = dict(raw.get("strategy", {}))
+    model = dict(raw.get("model", {}))
+    if "hidden" in model:
+        model["hidden"] = tuple(model["hidden"])
+    flower = None
+    if "flower" in raw:
+        flower = _section(FlowerTarget, raw["flower"], "flower")
+        flower = FlowerTarget(**{**flower.__dict__, "work": here(flower.work),
+                                 "certs": here(flower.certs)})
+    try:
+        engine = Engine(raw.get("engine", Engine.IN_PROCESS))
+    except ValueError:
+        raise ConfigError(f"expected engine \"in-process\" or \"flower\", got {raw['engine']!r}",
+                          key="engine") from None
+    return RetrainConfig(
+        registry=here(raw["registry"]),
+        strategy=_section(make_strategy, strategy, "strategy"),
+        plan=_section(Plan, raw.get("plan", {"rounds": 10}), "plan"),
+        model=_section(ModelSpec, model, "model"),
+        dp=_section(DPSettings, raw["dp"], "dp") if "dp" in raw else None,
+        engine=engine, flower=flower,
+        in_process=_section(InProcessTarget, raw.get("in_process", {}), "in_process"),
+        name=str(raw.get("name", "sepsis-federated")),
+        private_key=here(raw["private_key"]) if "private_key" in raw else None,
+        cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
+    )
+
+
+def _train(config: RetrainConfig, version: str) -> Any:
+    """Run the federated training; return a :class:`~vigil.federation.simulation.FederatedRun`."""
+    if config.engine is Engine.FLOWER:
+        from vigil.federation.flower.launch import Coordinator
+        from vigil.federation.flower.runner import train_on_flower
+        from vigil.federation.flower.settings import RunSettings
+
+        target = config.flower
+        assert target is not None
+        coordinator = Coordinator.from_certs(target.work, target.certs, host=target.host,
+                                             port=target.port)
+        settings = RunSettings(plan=config.plan, strategy=config.strategy, sites=target.sites,
+                               model=config.model, dp=config.dp, wait=target.wait)
+        return train_on_flower(coordinator, settings, target.work / "runs" / version)
+    from vigil.data import load_physionet, resolve_data_path
+    from vigil.federation.simulation import federate
+
+    data = config.in_process.data
+    return federate(load_physionet(data), scheme=config.in_process.sites,
+                    strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
+                    data=resolve_data_path(data).name)
+
+
+def retrain_once(config: RetrainConfig) -> Release:
+    """Train, export and sign the next version, and release it into the registry.
+
+    Returns
+    -------
+    Release
+        With its metrics and its difference from the previous release.
+
+    Raises
+    ------
+    VigilError
+        If the training, the export or the release fails (nothing is released).
+    """
+    from vigil.core.signing import public_key_of
+    from vigil.federation.simulation import export_run
+
+    registry = Registry(config.registry)
+    version = registry.next_version()
+    log.info("retraining %s %s (%s)", config.name, version, config.engine.value)
+    run = _train(config, version)
+    key = None if config.private_key is None else config.private_key.read_bytes()
+    staging = registry.staging(version)
+    export_run(run, staging, name=config.name, version=version, private_key_pem=key)
+    release = registry.add(staging, public_key=None if key is None else public_key_of(key))
+    log.info("released %s %s: validation AUROC %s, utility %s", release.name, release.version,
+             release.metrics.get("auroc"), release.metrics.get("utility"))
+    return release
+
+
+def _trigger(cron: str, timezone: str) -> Any:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        return CronTrigger.from_crontab(cron, timezone=timezone)
+    except (ValueError, LookupError) as exc:
+        raise ConfigError(f"expected a five-field crontab expression and a time zone, got "
+                          f"{cron!r} ({timezone}): {exc}", key="cron") from None
+
+
+def next_runs(config: RetrainConfig, *, count: int = 3,
+              after: datetime | None = None) -> list[datetime]:
+    """Return the next ``count`` times the schedule fires (after ``after``, default now)."""
+    trigger = _trigger(config.cron, config.timezone)
+    out: list[datetime] = []
+    previous = None
+    now = after or datetime.now(trigger.timezone)
+    for _ in range(count):
+        fire = trigger.get_next_fire_time(previous, now)
+        if fire is None:
+            break
+        out.append(fire)
+        previous, now = fire, fire
+    return out
+
+
+def _job(config: RetrainConfig) -> None:
+    try:
+        retrain_once(config)
+    except VigilError as exc:
+        log.error("scheduled retraining failed, nothing released: %s", exc)
+
+
+def schedule(config: RetrainConfig, *, blocking: bool = True) -> BaseScheduler:
+    """Create the APScheduler scheduler that runs :func:`retrain_once` on the cron schedule.
+
+    Parameters
+    ----------
+    config : RetrainConfig
+    blocking : bool, optional
+        A ``BlockingScheduler`` (for ``vigil federation schedule``; call
+        ``start()`` to run it until SIGTERM) or a ``BackgroundScheduler``.
+
+    Returns
+    -------
+    BaseScheduler
+        Not started. One retraining at a time; a missed run (the coordinator
+        was down) is run once when it comes back, within a day.
+    """
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = cls(timezone=config.timezone)
+    scheduler.add_job(_job, _trigger(config.cron, config.timezone), args=[config], id="retrain",
+                      name=f"retrain {config.name}", max_instances=1, coalesce=True,
+                      misfire_grace_time=24 * 3600)
+    return scheduler

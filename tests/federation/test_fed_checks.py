@@ -1,0 +1,94 @@
+"""Bad-update control: each rule, on synthetic updates around a global model."""
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from vigil.federation.checks import Reason, ScreenRule, screen_updates
+from vigil.federation.messages import Update
+
+SHAPES = {"mlp.0.weight": (8, 5), "mlp.0.bias": (8,), "mlp.2.weight": (1, 8)}
+
+
+def make_round(seed=0, n_sites=4, spread=(1.0, 1.0, 1.0, 1.0)):
+    """Global weights and honest updates: a common direction plus site noise, sizes vary."""
+    rng = np.random.default_rng(seed)
+    glob = OrderedDict((k, rng.normal(size=s).astype(np.float32)) for k, s in SHAPES.items())
+    common = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    updates = []
+    for i in range(n_sites):
+        w = OrderedDict()
+        for k, s in SHAPES.items():
+            step = spread[i] * 0.1 * (common[k] + 0.8 * rng.normal(size=s))
+            w[k] = (glob[k] + step).astype(np.float32)
+        updates.append(Update(site=f"s{i}", weights=w, num_examples=100 * (i + 1), loss=0.3))
+    return glob, updates
+
+
+def with_weights(u, weights, **kw):
+    n = kw.get("n", u.num_examples)
+    return Update(site=u.site, weights=OrderedDict(weights), num_examples=n, loss=u.loss)
+
+
+def test_honest_sites_of_different_sizes_all_pass():
+    glob, ups = make_round(spread=(0.4, 1.0, 2.0, 3.0))
+    accepted, rejections = screen_updates(ups, glob)
+    assert [u.site for u in accepted] == ["s0", "s1", "s2", "s3"] and rejections == []
+
+
+@pytest.mark.parametrize("attack, reason", [
+    ("scale50", Reason.NORM), ("flip", Reason.DIRECTION), ("nan", Reason.NON_FINITE),
+    ("inf", Reason.NON_FINITE),
+])
+def test_one_bad_site_of_four_is_rejected_with_its_reason(attack, reason, caplog):
+    glob, ups = make_round(seed=1)
+    bad = ups[2]
+    if attack == "scale50":
+        w = {k: glob[k] + 50 * (v - glob[k]) for k, v in bad.weights.items()}
+    elif attack == "flip":
+        w = {k: glob[k] - (v - glob[k]) for k, v in bad.weights.items()}
+    else:
+        w = {k: v.copy() for k, v in bad.weights.items()}
+        w["mlp.0.bias"][3] = np.nan if attack == "nan" else np.inf
+    ups[2] = with_weights(bad, w)
+    with caplog.at_level(logging.WARNING, logger="vigil.federation.checks"):
+        accepted, rejections = screen_updates(ups, glob)
+    assert [u.site for u in accepted] == ["s0", "s1", "s3"]
+    assert [(r.site, r.reason) for r in rejections] == [("s2", reason)]
+    assert f"update of site s2 rejected ({reason.value})" in caplog.text
+
+
+def test_schema_and_example_count_are_checked():
+    glob, ups = make_round(seed=2)
+    missing = {k: v for k, v in ups[0].weights.items() if k != "mlp.0.bias"}
+    reshaped = {**ups[1].weights, "mlp.0.bias": np.zeros(9, np.float32)}
+    ints = {**ups[2].weights, "mlp.0.bias": np.zeros(8, np.int64)}
+    ups[0], ups[1], ups[2] = with_weights(ups[0], missing), with_weights(ups[1], reshaped), \
+        with_weights(ups[2], ints)
+    ups[3] = with_weights(ups[3], ups[3].weights, n=10**9)
+    accepted, rejections = screen_updates(ups, glob, declared_rows={"s3": 400})
+    assert accepted == []
+    got = {r.site: (r.reason, r.detail) for r in rejections}
+    assert got["s0"][0] is Reason.SCHEMA and "missing ['mlp.0.bias']" in got["s0"][1]
+    assert got["s1"][0] is Reason.SCHEMA and "expected float (8,), got float32 (9,)" in got["s1"][1]
+    assert got["s2"][0] is Reason.SCHEMA and "int64" in got["s2"][1]
+    assert got["s3"][0] is Reason.EXAMPLES and "<= 400" in got["s3"][1]
+
+
+def test_statistical_rules_need_three_updates():
+    glob, ups = make_round(seed=3, n_sites=2)
+    flipped = with_weights(ups[1], {k: glob[k] - (v - glob[k]) for k, v in ups[1].weights.items()})
+    accepted, rejections = screen_updates([ups[0], flipped], glob)
+    assert len(accepted) == 2 and rejections == []
+
+
+def test_norm_rule_needs_both_a_robust_outlier_and_the_ratio_floor():
+    glob, ups = make_round(seed=4)
+    five = {k: glob[k] + 5 * (v - glob[k]) for k, v in ups[3].weights.items()}
+    ups[3] = with_weights(ups[3], five)
+    accepted, rejections = screen_updates(ups, glob)
+    assert len(accepted) == 4 and rejections == []  # 5x the median norm is below the 10x floor
+    _, rejections = screen_updates(ups, glob, rule=ScreenRule(max_ratio=2.0))
+    assert [(r.site, r.reason) for r in rejections] == [("s3", Reason.NORM)]
