@@ -6,9 +6,16 @@ Imported by the runtime tests (``from rt_support import ...``); not a test modul
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vigil.core.errors import FHIRTransportError
 from vigil.core.package import ModelPackage, write_package
@@ -116,3 +123,80 @@ class MemorySink:
             d = json.loads(b)
             self.resources[d["id"]] = d
             self.puts += 1
+
+
+# -- a real FHIR server (sekmet-fhir in .venv-fhir, see the Makefile) ---------------------------
+
+SEKMET = Path(__file__).resolve().parents[2] / ".venv-fhir" / "bin" / "sekmet"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FHIRServer:
+    """sekmet-fhir on a free loopback port, with its data in ``directory``; ``start``/``stop``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/fhir"
+        self.proc: subprocess.Popen | None = None
+        self.config = self.directory / "settings.yaml"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"base_url: {self.base_url}\nhost: 127.0.0.1\nport: {self.port}\n"
+            f"data_dir: {self.directory / 'data'}\nsimulator:\n  enabled: false\n"
+            "log_inbound: false\nvalidation:\n  inbound: strict\n"
+        )
+
+    def start(self, timeout: float = 90.0) -> FHIRServer:
+        if not SEKMET.is_file():
+            pytest.skip(f"needs the FHIR test server at {SEKMET} (make setup)")
+        log = (self.directory / "server.log").open("ab")
+        self.proc = subprocess.Popen([str(SEKMET), "serve", "--config", str(self.config)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the FHIR server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/metadata", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError("the FHIR server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def load(self, bundle_dir: Path) -> None:
+        """POST the transaction Bundles ``vigil fhir synth --bundles`` wrote."""
+        for path in sorted(Path(bundle_dir).glob("*.json")):
+            req = urllib.request.Request(self.base_url, data=path.read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/fhir+json"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                assert r.status == 200, path.name
+
+    def search(self, resource_type: str, **params) -> list[dict]:
+        """Every resource of a search, following the next links."""
+        query = urllib.parse.urlencode({"_count": 500, **params})
+        url = f"{self.base_url}/{resource_type}?{query}"
+        out = []
+        while url:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                bundle = json.loads(r.read())
+            out.extend(e["resource"] for e in bundle.get("entry", ()))
+            url = next((x["url"] for x in bundle.get("link", ()) if x["relation"] == "next"), None)
+        return out

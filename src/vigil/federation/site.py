@@ -92,7 +92,9 @@ class Site:
         (:func:`vigil.federation.profile.variable_histograms`).
     model : ModelSpec, optional
     keep_norm_local : bool, optional
-        FedBN: standardize with this site's own statistics, never the coordinator's.
+        FedBN: standardize with this site's own statistics, never the
+        coordinator's. A site also does so whenever the weights it receives
+        carry no normalization (which is how FedBN sends them).
     dp : DPSettings or None, optional
         Train with DP-SGD within this budget.
     target : str, optional
@@ -150,6 +152,7 @@ class Site:
         from vigil.federation.model import (
             SepsisNet,
             feature_sums,
+            is_norm_key,
             norm_stats_from_sums,
             set_norm,
             set_weights,
@@ -157,7 +160,7 @@ class Site:
 
         net = SepsisNet(self.train.X.shape[1], hidden=self.model.hidden, dropout=self.model.dropout)
         set_weights(net, weights, strict=False)
-        if self.keep_norm_local:
+        if self.keep_norm_local or not any(is_norm_key(k) for k in weights):
             if self._norm is None:
                 self._norm = norm_stats_from_sums(*feature_sums(self.train.X))
             set_norm(net, *self._norm)

@@ -38,6 +38,7 @@ from vigil.features.grid import HourlyGrid
 from vigil.fhir_adapter.records import Census, IngestResult, ObservationBatch, Stay, to_micros
 from vigil.runtime.alert_step import alert_step
 from vigil.runtime.models import LiveModel, LiveModels
+from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
@@ -209,6 +210,8 @@ class CycleRunner:
         RiskAssessments per sink call.
     grid_builder : GridBuilder, optional
         The FHIR adapter's by default.
+    monitor : Monitor or None, optional
+        Drift and performance monitor, called after scoring inside the cycle's transaction.
     """
 
     def __init__(
@@ -225,6 +228,7 @@ class CycleRunner:
         retention_hours: float = 7 * 24,
         writeback_batch: int = 200,
         grid_builder: GridBuilder = adapter_grid,
+        monitor: Monitor | None = None,
     ) -> None:
         self.store = store
         self.source = source
@@ -237,6 +241,7 @@ class CycleRunner:
         self.retention_hours = retention_hours
         self.writeback_batch = writeback_batch
         self.grid_builder = grid_builder
+        self.monitor = monitor
 
     def run(self, tick: datetime) -> CycleResult:
         """Run one cycle for ``tick`` (UTC); never raises for a failed cycle, records it."""
@@ -350,6 +355,10 @@ class CycleRunner:
             counts["scored"] = len(active)
             counts["shadow_scored"] = sum(len(b) for b in batches[1:])
             counts["alerts"] = int(active.alert.sum())
+            if self.monitor is not None:
+                counts["monitor_alarms"] = len(self.monitor.observe_cycle(
+                    tx, tick=tick, model=models.active, grid=grid, scores=active,
+                    census=len(census), observations=batch, quarantine=quarantine))
 
             t0 = time.perf_counter()
             items = self.sink.assessments(active) if self.sink is not None and len(active) else []

@@ -37,7 +37,7 @@ import logging
 import math
 import sqlite3
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import VigilError
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
+from vigil.fhir_adapter.records import ObservationBatch
 from vigil.runtime.monitoring.alarms import (
     Alarm,
     AlarmBook,
@@ -175,7 +176,6 @@ class Monitor:
         self._baseline_hours: list[_Hours] = []
         self._started: float | None = None
         self._counted: dict[str, int] = {}
-        self._last_score: dict[str, tuple[int, float, bool]] = {}
         self._labelled_until: float | None = None
         self._restarted = False
         self._detail = True
@@ -194,8 +194,9 @@ class Monitor:
         grid: HourlyGrid,
         scores: Scores,
         census: int,
-        fetched: Any = None,
+        observations: ObservationBatch | None = None,
         quarantine: Iterable[Any] = (),
+        units: Mapping[str, Mapping[str, int]] | None = None,
     ) -> list[Alarm]:
         """Monitor one committed-to-be cycle; returns the alarms it raised.
 
@@ -214,10 +215,13 @@ class Monitor:
             ``probability``).
         census : int
             Patients in the census.
-        fetched : IngestResult, optional
-            What the cycle fetched (``observations``; ``units`` when the adapter reports them).
+        observations : ObservationBatch, optional
+            The values the cycle fetched.
         quarantine : iterable of Quarantine or (type, id, reason)
             What the cycle rejected.
+        units : mapping of str to (mapping of str to int), optional
+            Per variable, how many fetched values came in each source unit (when
+            the FHIR adapter reports it).
 
         Returns
         -------
@@ -226,7 +230,8 @@ class Monitor:
         """
         now = tick.timestamp() if isinstance(tick, datetime) else float(tick)
         try:
-            return self._observe(tx, now, model, grid, scores, census, fetched, quarantine)
+            return self._observe(tx, now, model, grid, scores, census, observations, quarantine,
+                                 units)
         except (VigilError, ValueError, ArithmeticError, sqlite3.Error) as exc:
             # the monitor must never cost a cycle its scores: log, count, go on
             log.error("monitor skipped this cycle: %s: %s", type(exc).__name__, exc)
@@ -240,7 +245,8 @@ class Monitor:
 
     def _observe(
         self, tx: sqlite3.Connection, now: float, model: LiveModel, grid: HourlyGrid,
-        scores: Scores, census: int, fetched: Any, quarantine: Iterable[Any],
+        scores: Scores, census: int, observations: ObservationBatch | None,
+        quarantine: Iterable[Any], units: Mapping[str, Mapping[str, int]] | None,
     ) -> list[Alarm]:
         if self._started is None:
             self._start(tx, now)
@@ -269,7 +275,7 @@ class Monitor:
             findings += f
             stats += s
             checked.add(AlarmKind.ALERT_RATE)
-        f, s = self._feed(now, census, fetched, quarantine)
+        f, s = self._feed(now, census, observations, quarantine, units)
         findings += f
         stats += s
         checked |= {AlarmKind.QUARANTINE, AlarmKind.UNIT_CHANGE}
@@ -322,7 +328,11 @@ class Monitor:
     def _completed_hours(
         self, now: float, grid: HourlyGrid, scores: Scores, threshold: float
     ) -> _Hours:
-        """Grid rows and scores of the patient-hours that completed since the last cycle."""
+        """Grid rows and scores of the patient-hours completed since the last cycle.
+
+        The cycle's grid ends at each patient's last complete hour, the hour
+        it scores; each hour is taken once, with its first score.
+        """
         keys = np.asarray(grid.patient_ids, dtype=object)
         sizes = np.diff(grid.starts)
         has = sizes > 0
@@ -330,41 +340,31 @@ class Monitor:
         last[has] = grid.hours[grid.starts[1:][has] - 1]
         first = np.zeros(keys.size, dtype=np.int64)
         first[has] = grid.hours[grid.starts[:-1][has]]
-        fresh = not self._counted and not self._last_score and self._restarted
+        fresh = not self._counted and self._restarted
         done = np.array(
-            [self._counted.get(k, (lh - 1) if fresh else (fh - 1))
+            [self._counted.get(k, lh if fresh else fh - 1)
              for k, lh, fh in zip(keys.tolist(), last.tolist(), first.tolist(), strict=True)],
             dtype=np.int64,
         )
-        row_done = np.repeat(done, sizes)
-        row_last = np.repeat(last, sizes)
-        take = np.flatnonzero((grid.hours > row_done) & (grid.hours < row_last))
+        take = np.flatnonzero(grid.hours > np.repeat(done, sizes))
         owners = np.repeat(keys, sizes)[take]
+        previous = self._counted
         self._counted = {
-            k: max(int(d), int(lh) - 1)
-            for k, d, lh, h in zip(keys.tolist(), done, last, has, strict=True) if h
+            k: max(int(d), int(lh)) for k, d, lh, h in zip(keys.tolist(), done, last, has,
+                                                          strict=True) if h
         }
-
-        s_keys, s_raw, s_flag = [], [], []
-        previous, self._last_score = self._last_score, {}
-        for key, hour, raw, prob in zip(
-            scores.patient_keys, np.asarray(scores.iculos).tolist(),
-            np.asarray(scores.raw_probability).tolist(), np.asarray(scores.probability).tolist(),
-            strict=True,
-        ):
-            prev = previous.get(key)
-            if prev is not None and hour > prev[0]:
-                s_keys.append(key)
-                s_raw.append(prev[1])
-                s_flag.append(prev[2])
-            self._last_score[key] = (int(hour), float(raw), prob >= threshold)
+        hour = np.asarray(scores.iculos, dtype=np.int64)
+        new = np.array([h > previous.get(k, -1) if not fresh else False
+                        for k, h in zip(scores.patient_keys, hour.tolist(), strict=True)],
+                       dtype=bool)
+        prob = np.asarray(scores.probability, dtype=np.float64)
         return _Hours(
             tick=now,
             patients=self._codes(owners),
             values=grid.values[take, :_N_VARS],
-            score_patients=self._codes(s_keys),
-            raw=np.asarray(s_raw, dtype=np.float64),
-            flagged=np.asarray(s_flag, dtype=bool),
+            score_patients=self._codes(np.asarray(scores.patient_keys, dtype=object)[new]),
+            raw=np.asarray(scores.raw_probability, dtype=np.float64)[new],
+            flagged=prob[new] >= threshold,
         )
 
     def _codes(self, keys: Iterable[str]) -> NDArray[np.int64]:
@@ -516,14 +516,14 @@ class Monitor:
         )], stats
 
     def _feed(
-        self, now: float, census: int, fetched: Any, quarantine: Iterable[Any]
+        self, now: float, census: int, obs: ObservationBatch | None, quarantine: Iterable[Any],
+        units: Mapping[str, Mapping[str, int]] | None,
     ) -> tuple[list[Finding], list[Stat]]:
-        obs = getattr(fetched, "observations", None)
         if obs is not None and len(obs):
             self.feed.observe_values(obs.variable_names, np.asarray(obs.effective) / 1e6,
                                      now=now)
         findings, stats = self.feed.quarantine(_quarantine_records(quarantine))
-        findings += self.feed.units(getattr(fetched, "units", None), now=now)
+        findings += self.feed.units(units, now=now)
         rates = {} if self.baseline is None else {
             n: h.measured_rate for n, h in self.baseline.variables.items()
         }

@@ -1,0 +1,132 @@
+"""Crash safety with real processes: kill -9 at points of a cycle, restart, compare.
+
+Each scenario replays the same ticks as a reference run into its own state store,
+writing RiskAssessments to a real FHIR server (sekmet-fhir) with ``PUT``; the
+driver process SIGKILLs itself at a named point of one tick, and is started again.
+Every scenario uses its own model version (same weights), so its RiskAssessments
+can be told apart on the server.
+"""
+
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+from rt_support import FHIRServer, make_package
+
+from vigil.data import patient_split
+from vigil.fhir_adapter.synth import write_synth
+from vigil.runtime.store import StateStore
+
+pytestmark = pytest.mark.slow
+
+DRIVER = textwrap.dedent('''
+    import os, signal, sys
+    from datetime import timedelta
+    from vigil.fhir_adapter.settings import FHIRSettings
+    from vigil.fhir_adapter.writers import RESTWriter
+    from vigil.runtime.cycle import CycleRunner
+    from vigil.runtime.models import LiveModels, live_model
+    from vigil.runtime.recorded import load_ndjson
+    from vigil.runtime.replay import replay, replay_ticks
+    from vigil.runtime.settings import AlertSettings, ScoringSettings
+    from vigil.runtime.sources import FHIRSink
+    from vigil.runtime.store import StateStore
+
+    ndjson, db, pkg, base_url, point, at_tick = sys.argv[1:7]
+    source, _ = load_ndjson(ndjson, stack_admissions=True)
+    start, _ = source.span
+    ticks = replay_ticks(start + timedelta(hours=3), start + timedelta(hours=5))
+    done = [0]
+
+    def checkpoint(name):
+        if name == point and done[0] == int(at_tick):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    live = LiveModels(live_model(pkg), None)
+    runner = CycleRunner(
+        store=StateStore.open(f"sqlite:///{db}"), source=source,
+        sink=FHIRSink(RESTWriter(FHIRSettings(base_url=base_url))), models=lambda: live,
+        scoring=ScoringSettings(), alerts=AlertSettings(suppression_hours=1.0),
+        checkpoint=checkpoint, writeback_batch=2,
+    )
+    replay(runner, ticks, progress=lambda i, r: done.__setitem__(0, i + 1))
+''')
+
+POINTS = ("census", "fetched", "stored", "committed", "put")
+KILL_TICK = 3
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, sample):
+    root = tmp_path_factory.mktemp("crash")
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:4])
+    write_synth(table.frame, root / "ndjson")
+    (root / "driver.py").write_text(DRIVER)
+    server = FHIRServer(root / "server").start()
+    yield root, server
+    server.stop()
+
+
+def run(root, server, version, *, point="", tick=-1):
+    pkg = root / f"pkg-{version}"
+    if not pkg.exists():
+        make_package(pkg, version=version)
+    return subprocess.run(
+        [sys.executable, root / "driver.py", root / "ndjson", root / f"{version}.db", pkg,
+         server.base_url, point, str(tick)],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def stored(root, version):
+    with StateStore.open(f"sqlite:///{root / f'{version}.db'}") as store:
+        scores = store.scores_frame().loc[:, ["patient_key", "tick", "iculos", "probability",
+                                              "alert"]]
+        obs = store.conn.execute(
+            "SELECT resource_id, variable, value FROM observations ORDER BY 1, 2").fetchall()
+        statuses = Counter(c.status for c in store.cycles())
+        pending = store.pending()
+    return scores, obs, statuses, pending
+
+
+def assessments(server, version):
+    """(patient, occurrence) of every RiskAssessment the server holds for a model version."""
+    return [
+        (r["subject"]["reference"], r["occurrenceDateTime"])
+        for r in server.search("RiskAssessment")
+        if r["method"]["coding"][0]["version"] == version
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(world):
+    root, server = world
+    done = run(root, server, "ref")
+    assert done.returncode == 0, done.stderr
+    scores, obs, statuses, _ = stored(root, "ref")
+    assert set(statuses) == {"ok"} and len(scores) > 20 and scores["alert"].any()
+    return scores, obs, sorted(assessments(server, "ref"))
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_9_then_restart_loses_and_duplicates_nothing(world, reference, point):
+    root, server = world
+    version = f"crash-{point}"
+    killed = run(root, server, version, point=point, tick=KILL_TICK)
+    assert killed.returncode == -9, killed.stderr
+    again = run(root, server, version)
+    assert again.returncode == 0, again.stderr
+
+    ref_scores, ref_obs, ref_ras = reference
+    scores, obs, statuses, pending = stored(root, version)
+    # the killed cycle is on record; every tick was then scored, for every patient
+    assert statuses["interrupted"] == 1 and statuses["ok"] == len(set(ref_scores["tick"]))
+    assert pending == []
+    np.testing.assert_array_equal(scores.to_numpy(), ref_scores.to_numpy())
+    assert obs == ref_obs  # no observation lost
+    ras = sorted(assessments(server, version))
+    assert len(ras) == len(set(ras)) == len(ref_scores)  # no duplicate RiskAssessment
+    assert ras == ref_ras
