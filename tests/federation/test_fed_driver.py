@@ -133,11 +133,22 @@ def test_min_sites_leaves_the_model_unchanged_and_no_round_is_an_error(sites):
         run(down, plan=replace(PLAN, rounds=1))
 
 
+@pytest.fixture(scope="module")
+def all_sites(sample):
+    """Sites of the whole sample: enough rows that honest updates agree in direction."""
+    torch.set_num_threads(1)
+    return build_sites(sample, "hospital-unit", model=SPEC)
+
+
+@pytest.fixture(scope="module")
+def clean(all_sites):
+    return run(all_sites)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attack, reason", [("scale", "norm"), ("flip", "direction"),
                                             ("nan", "non-finite")])
-def test_one_bad_site_of_four_is_excluded_and_the_model_holds(sites, attack, reason):
-    clean = run(sites)
+def test_one_bad_site_of_four_is_excluded_and_the_model_holds(all_sites, clean, attack, reason):
 
     def tamper(weights, config, update):
         bad = OrderedDict()
@@ -147,7 +158,7 @@ def test_one_bad_site_of_four_is_excluded_and_the_model_holds(sites, attack, rea
                       "nan": np.full_like(v, np.nan)}[attack].astype(np.float32)
         return replace(update, weights=bad)
 
-    result = run([Wrapped(s, fit=tamper) if s.name == "B-MICU" else s for s in sites])
+    result = run([Wrapped(s, fit=tamper) if s.name == "B-MICU" else s for s in all_sites])
     for record in result.history.rounds:
         bad = {s.site: s for s in record.sites}["B-MICU"]
         assert (bad.status, bad.reason) == (Status.REJECTED, reason), record.round

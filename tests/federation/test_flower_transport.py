@@ -149,6 +149,7 @@ def test_driver_over_flower_messages_equals_in_process(site_dirs, task) -> None:
     assert all(t.sent > 4 * weights_bytes for t in transport.traffic.values())
 
 
+@pytest.mark.slow
 # Opacus' own warnings on a tiny site (its accountant's alpha grid, torch's backward hook)
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning")
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")

@@ -155,9 +155,9 @@ class FHIRServer:
     def start(self, timeout: float = 90.0) -> FHIRServer:
         if not SEKMET.is_file():
             pytest.skip(f"needs the FHIR test server at {SEKMET} (make setup)")
-        log = (self.directory / "server.log").open("ab")
-        self.proc = subprocess.Popen([str(SEKMET), "serve", "--config", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        with (self.directory / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen([str(SEKMET), "serve", "--config", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

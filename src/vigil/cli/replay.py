@@ -50,6 +50,15 @@ def replay(
     suppression_hours: Annotated[
         float, typer.Option(help="Alert policy: no re-alert within this window.")
     ] = 6.0,
+    monitor: Annotated[
+        bool, typer.Option(help="Run the drift and performance monitor (`vigil monitor report`).")
+    ] = True,
+    monitor_reference: Annotated[
+        str, typer.Option(help="Monitor against the package's 'profile' or the site 'baseline'.")
+    ] = "profile",
+    label_delay_hours: Annotated[
+        float, typer.Option(help="With --labels: outcomes reach the monitor this late.")
+    ] = 24.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score recorded FHIR data every 15 simulated minutes with the service's cycle."""
@@ -79,6 +88,21 @@ def replay(
 
         riskassessments.mkdir(parents=True, exist_ok=True)
         sink = FHIRSink(NDJSONWriter(riskassessments))
+    table = None
+    if labels is not None:
+        import pandas as pd
+
+        from vigil.data import resolve_data_path
+
+        table = pd.read_parquet(resolve_data_path(labels), columns=["patient_id", "ICULOS",
+                                                                     "SepsisLabel"])
+    watch = None
+    if monitor:
+        from vigil.runtime.monitoring import FrameLabels, Monitor
+
+        outcomes = None if table is None else FrameLabels(table.set_axis(
+            ["patient_key", "iculos", "label"], axis=1), delay_hours=label_delay_hours)
+        watch = Monitor(labels=outcomes, reference=monitor_reference)
     db = db if db is not None else out.with_suffix(".state.db")
     out.parent.mkdir(parents=True, exist_ok=True)
     with StateStore.open(f"sqlite:///{db}", durable=False) as store, Progress(
@@ -88,17 +112,9 @@ def replay(
         result, scores = run_replay(
             source, LiveModels(active=active, shadow=None), store=store, sink=sink,
             alerts=AlertSettings(suppression_hours=suppression_hours), hours=hours,
-            progress=lambda i, _r: bar.update(task, completed=i + 1),
+            progress=lambda i, _r: bar.update(task, completed=i + 1), monitor=watch,
         )
     scores.to_parquet(out, index=False)
-    table = None
-    if labels is not None:
-        import pandas as pd
-
-        from vigil.data import resolve_data_path
-
-        table = pd.read_parquet(resolve_data_path(labels), columns=["patient_id", "ICULOS",
-                                                                     "SepsisLabel"])
     summary = summarize(scores, cycles=result.cycles + result.skipped, threshold=active.threshold,
                         labels=table)
     summary.update({

@@ -9,8 +9,10 @@ Rules, applied in this order before aggregation (each rejection names its rule):
    the training rows the site declared in its statistics.
 
 The statistical rules compare the updates ``d_k = w_k - w_global`` of the
-sites that passed 1-3, and run only when at least ``min_sites`` (3) remain:
-with two updates nobody can tell which one is the outlier.
+sites that passed 1-3. Rule 4 runs when at least ``min_sites`` (3) remain,
+rule 5 when at least ``direction_min_sites`` (4) do: with two updates nobody
+can tell which one is the outlier, and rule 5 needs every site to have a
+majority of honest peers when one update is bad (``n - 1 > 2``).
 
 4. ``norm``: an update whose norm is far above the round's typical norm. With
    ``r_k = log ||d_k||``, ``med = median(r)`` and ``MAD = median |r - med|``,
@@ -21,15 +23,19 @@ with two updates nobody can tell which one is the outlier.
    few times, are never rejected by it. A ×50-scaled update fails it.
 5. ``direction``: an update pointing away from the others. Its score is the
    median of its cosine similarities with the other updates,
-   ``s_k = median_{j != k} cos(d_k, d_j)``; it is rejected when ``s_k < min_cosine``
-   (0) and ``s_k < median(s) - margin`` (0.1): against the others on the
-   whole, and clearly below the typical site. As long as the bad updates are a
+   ``s_k = median_{j != k} cos(d_k, d_j)``, and the round's typical score is
+   ``t = median(s)``. When the sites agree (``t > 0``), an update is rejected
+   if ``s_k < -ratio * t`` (ratio 0.5): it opposes the others at least half as
+   much as the typical site agrees with them. As long as the bad updates are a
    minority of the others, an honest site's median peer is honest, so its
-   score is an honest pair's cosine (positive: the sites learn the same
+   score is an honest pair's cosine (positive while the sites learn the same
    task), while a sign-flipped update's peers are all honest and its score is
-   minus such a cosine. (The cosine with the coordinate-wise median update,
-   Yin et al. 2018, does not separate them with four sites: the median moves
-   with the flipped update itself.)
+   minus such a cosine: about ``-t``. When the sites no longer agree
+   (``t <= 0``, near convergence, where honest updates cancel out) the rule
+   cannot tell a flipped update from an honest one and rejects nothing.
+   (The cosine with the coordinate-wise median update, Yin et al. 2018, does
+   not separate them with four sites: the median moves with the flipped
+   update itself.)
 
 Rules 4 and 5 look at the flattened trainable entries only. Every rejection is
 logged (site name, rule, numbers; nothing about patients) and returned so the
@@ -99,19 +105,20 @@ class ScreenRule:
     max_ratio : float, optional
         An update is never rejected for its norm unless it is at least this
         many times the median norm.
-    min_cosine : float, optional
-        An update whose median cosine with the others is below this ...
-    margin : float, optional
-        ... and this much below the round's median score is rejected.
+    direction_ratio : float, optional
+        An update whose median cosine with the others is below minus this
+        times the round's typical (positive) score is rejected.
     min_sites : int, optional
-        Updates needed for rules 4 and 5 to run.
+        Updates needed for rule 4 to run.
+    direction_min_sites : int, optional
+        Updates needed for rule 5 to run.
     """
 
     norm_z: float = 3.5
     max_ratio: float = 10.0
-    min_cosine: float = 0.0
-    margin: float = 0.1
+    direction_ratio: float = 0.5
     min_sites: int = 3
+    direction_min_sites: int = 4
 
 
 def _flat_delta(update: Update, reference: Weights) -> NDArray[np.float64]:
@@ -209,11 +216,12 @@ def screen_updates(
                     f"update norm {norm:.3g} is {np.exp(r - med):.1f}x the median "
                     f"{np.exp(med):.3g}; limit {np.exp(limit):.1f}x",
                 ))
-            elif score < rule.min_cosine and score < typical - rule.margin:
+            elif (len(passed) >= rule.direction_min_sites and typical > 0
+                  and score < -rule.direction_ratio * typical):
                 rejections.append(Rejection(
                     u.site, Reason.DIRECTION,
-                    f"median cosine with the other updates {score:.3f} < {rule.min_cosine} and "
-                    f"below the round's typical {typical:.3f} by more than {rule.margin}",
+                    f"median cosine with the other updates {score:.3f} < "
+                    f"-{rule.direction_ratio} x the round's typical {typical:.3f}",
                 ))
             else:
                 keep.append(u)

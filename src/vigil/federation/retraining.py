@@ -205,7 +205,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     def here(p: Any) -> Path:
         return (path.parent / str(p)).resolve()
 
-    strategy = dict(raw.get("strategy", {}))
+    strategy = {"name": "fedavg", **raw.get("strategy", {})}
     model = dict(raw.get("model", {}))
     if "hidden" in model:
         model["hidden"] = tuple(model["hidden"])
@@ -226,11 +226,18 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         model=_section(ModelSpec, model, "model"),
         dp=_section(DPSettings, raw["dp"], "dp") if "dp" in raw else None,
         engine=engine, flower=flower,
-        in_process=_section(InProcessTarget, raw.get("in_process", {}), "in_process"),
+        in_process=_in_process(raw.get("in_process", {}), here),
         name=str(raw.get("name", "sepsis-federated")),
         private_key=here(raw["private_key"]) if "private_key" in raw else None,
         cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
     )
+
+
+def _in_process(values: Any, here: Any) -> InProcessTarget:
+    target: InProcessTarget = _section(InProcessTarget, values, "in_process")
+    if target.data == "sample":
+        return target
+    return InProcessTarget(data=str(here(target.data)), sites=target.sites)
 
 
 def _train(config: RetrainConfig, version: str) -> Any:
@@ -285,11 +292,38 @@ def retrain_once(config: RetrainConfig) -> Release:
     return release
 
 
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _weekdays(field: str) -> str:
+    """Turn crontab's day of week (0 or 7 = Sunday) into names (APScheduler 3 has 0 = Monday)."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.split(","):
+        span, _, step = item.partition("/")
+        if span == "*":
+            lo, hi = 0, 6
+        else:
+            ends = [int(x) if x.isdigit() else _DAYS.index(x[:3].lower()) for x in span.split("-")]
+            lo, hi = ends[0], ends[-1]
+            if hi < lo and hi == 0:  # "fri-sun"
+                hi = 7
+        days.update(d % 7 for d in range(lo, hi + 1, int(step) if step else 1))
+    return ",".join(_DAYS[d] for d in sorted(days))
+
+
 def _trigger(cron: str, timezone: str) -> Any:
+    """Build the APScheduler trigger of a standard five-field crontab expression."""
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        return CronTrigger.from_crontab(cron, timezone=timezone)
+        fields = cron.split()
+        if len(fields) != 5:
+            raise ValueError(f"{len(fields)} fields")
+        minute, hour, day, month, weekday = fields
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=_weekdays(weekday), timezone=timezone)
     except (ValueError, LookupError) as exc:
         raise ConfigError(f"expected a five-field crontab expression and a time zone, got "
                           f"{cron!r} ({timezone}): {exc}", key="cron") from None

@@ -20,7 +20,7 @@ from vigil.data import PhysioNetTable, patient_split
 from vigil.features import build_features
 from vigil.federation.evaluation import evaluate_scores
 from vigil.federation.messages import FitConfig, SiteEvaluation, SiteStatistics, Update
-from vigil.federation.privacy import DPSettings, SiteAccountant
+from vigil.federation.privacy import DPSettings, SiteAccountant, quiet_hooks
 from vigil.federation.profile import variable_histograms
 from vigil.federation.strategies import Weights
 
@@ -201,13 +201,15 @@ class Site:
                 )
             hook = self._accountant.hook()
         y, weight = training_targets(self.train.y, self.train.starts, target=self.target)
-        result = train_local(
-            net, self.train.X, y, epochs=config.local_epochs, batch_size=config.batch_size,
-            lr=config.lr, seed=site_seed(config.seed, config.round, self.name),
-            sample_weight=weight, weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
-            global_weights=global_weights if config.proximal_mu > 0 else None,
-            optimizer_hook=hook,
-        )
+        with quiet_hooks():
+            result = train_local(
+                net, self.train.X, y, epochs=config.local_epochs, batch_size=config.batch_size,
+                lr=config.lr, seed=site_seed(config.seed, config.round, self.name),
+                sample_weight=weight, weight_decay=config.weight_decay,
+                proximal_mu=config.proximal_mu,
+                global_weights=global_weights if config.proximal_mu > 0 else None,
+                optimizer_hook=hook,
+            )
         trained = OrderedDict((k, v) for k, v in get_weights(net).items() if not is_norm_key(k))
         privacy = None if self._accountant is None else self._accountant.spent()
         return Update(site=self.name, weights=trained, num_examples=result.n_examples,

@@ -129,6 +129,12 @@ class NDJSONSource:
     def __repr__(self) -> str:
         return f"NDJSONSource(directory={str(self.directory)!r})"
 
+    def __enter__(self) -> NDJSONSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Drop the index."""
         self._index = None

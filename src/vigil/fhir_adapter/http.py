@@ -84,6 +84,12 @@ class FHIRHttp:
     def __repr__(self) -> str:
         return f"FHIRHttp(base_url={self.base_url!r}, auth={self.settings.auth.value!r})"
 
+    def __enter__(self) -> FHIRHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the client if this object made it."""
         if self._owns_client:

@@ -97,6 +97,12 @@ class RESTSource:
     def __repr__(self) -> str:
         return f"RESTSource({self.http!r})"
 
+    def __enter__(self) -> RESTSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the HTTP client if this source made it."""
         self.http.close()

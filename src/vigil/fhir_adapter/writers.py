@@ -70,6 +70,12 @@ class RESTWriter:
             list(pool.map(lambda a: self.http.put(dict(a)), assessments))
         return WriteReport(written=len(assessments))
 
+    def __enter__(self) -> RESTWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the HTTP client if this writer made it."""
         self.http.close()

@@ -180,8 +180,8 @@ class CycleResult:
 
     @property
     def ok(self) -> bool:
-        """Whether the cycle scored and wrote back."""
-        return self.status == "ok"
+        """Whether the cycle scored and wrote back (or its tick had been scored before)."""
+        return self.status in ("ok", "skipped") and self.reason is None
 
 
 def _ts(t: datetime) -> float:
@@ -249,9 +249,15 @@ class CycleRunner:
             raise ValueError("expected a timezone-aware tick (UTC)")
         tick = tick.astimezone(UTC)
         started = time.perf_counter()
-        cycle_id = self.store.start_cycle(_ts(tick))
         timings: dict[str, float] = {}
         counts: dict[str, int] = {}
+        if self.store.committed(_ts(tick)):
+            # Scored before (a restart within the same tick): scoring again would apply the
+            # alert policy twice; only finish what that cycle queued.
+            reason = self.flush(counts)
+            timings["total"] = time.perf_counter() - started
+            return CycleResult(0, tick, "skipped", reason, counts, timings)
+        cycle_id = self.store.start_cycle(_ts(tick))
         try:
             self.checkpoint("started")
             models = self.models()
@@ -305,9 +311,9 @@ class CycleRunner:
                 results.append(
                     self.source.observations(back, tick, patients=[s.patient for s in new])
                 )
-        batch = ObservationBatch.concat([r.observations for r in results])
+        incoming = ObservationBatch.concat([r.observations for r in results])
         timings["fetch"] = time.perf_counter() - t0
-        counts["observations"] = len(batch)
+        counts["observations"] = len(incoming)
         counts["backfilled_patients"] = len(new) if len(results) > 1 else 0
         quarantine = census.quarantine + tuple(q for r in results for q in r.quarantine)
         counts["quarantined"] = len(quarantine)
@@ -316,7 +322,7 @@ class CycleRunner:
         with self.store.transaction() as tx:
             t0 = time.perf_counter()
             self.store.put_census(tx, census.stays, tick=_ts(tick))
-            self.store.put_observations(tx, batch)
+            self.store.put_observations(tx, incoming)
             self.store.put_quarantine(tx, cycle_id, quarantine)
             if fetched.watermark is not None:
                 self.store.set_watermark(tx, self.source.name, fetched.watermark.isoformat())
@@ -349,8 +355,8 @@ class CycleRunner:
                 if model is not None
             ]
             timings["inference"] = time.perf_counter() - t0
-            for batch in batches:
-                self.store.put_scores(tx, batch, cycle_id=cycle_id)
+            for scored in batches:
+                self.store.put_scores(tx, scored, cycle_id=cycle_id)
             active = batches[0]
             counts["scored"] = len(active)
             counts["shadow_scored"] = sum(len(b) for b in batches[1:])
@@ -358,7 +364,7 @@ class CycleRunner:
             if self.monitor is not None:
                 counts["monitor_alarms"] = len(self.monitor.observe_cycle(
                     tx, tick=tick, model=models.active, grid=grid, scores=active,
-                    census=len(census), observations=batch, quarantine=quarantine))
+                    census=len(census), observations=incoming, quarantine=quarantine))
 
             t0 = time.perf_counter()
             items = self.sink.assessments(active) if self.sink is not None and len(active) else []

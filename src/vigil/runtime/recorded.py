@@ -29,6 +29,7 @@ from vigil.fhir_adapter.records import (
     IngestCounts,
     IngestResult,
     ObservationBatch,
+    Quarantine,
     Stay,
     from_micros,
     to_micros,
@@ -52,11 +53,14 @@ class ClockedSource:
         Every mapped observation.
     name : str, optional
         The watermark's key in the store.
+    quarantine : sequence of Quarantine, optional
+        Rejected resources, served at their ``meta.lastUpdated`` (those without one never).
     """
 
     stays: Sequence[tuple[Stay, datetime | None]]
     recorded: ObservationBatch
     name: str = "replay"
+    quarantine: Sequence[Quarantine] = ()
 
     def __post_init__(self) -> None:
         # Sorted by effective time, with integer patient codes: each fetch is a slice and a
@@ -96,8 +100,12 @@ class ClockedSource:
             wanted[codes[codes >= 0]] = True
             index = index[wanted[self._codes[lo:hi]]]  # type: ignore[attr-defined]
         batch = sorted_.take(index)
+        rejected = tuple(q for q in self.quarantine if q.last_updated != NO_TIME
+                         and (since is None or q.last_updated > to_micros(since))
+                         and q.last_updated <= to_micros(until))
         return IngestResult(
-            observations=batch, quarantine=(), counts=IngestCounts(values=len(batch)), watermark=until
+            observations=batch, quarantine=rejected, counts=IngestCounts(values=len(batch)),
+            watermark=until,
         )
 
     @property
@@ -118,7 +126,8 @@ class ClockedSource:
         return start, max(ends) if ends else start
 
 
-def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool = False) -> ClockedSource:
+def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool = False,
+            quarantine: Sequence[Quarantine] = ()) -> ClockedSource:
     """Build a clocked source from a census and every observation.
 
     Parameters
@@ -132,6 +141,9 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
         of the earliest one (``vigil fhir synth`` spreads admissions over a year,
         so few patients would share a replayed day). Times within a stay, and
         ages, do not change, so neither does the grid.
+    quarantine : sequence of Quarantine, optional
+        Rejected resources to serve at their time (not when stacking: a rejected
+        resource names no patient, so it cannot be moved with its stay).
 
     Returns
     -------
@@ -157,7 +169,8 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
     np.maximum.at(last, where, batch.effective)
     ends = [from_micros(max(int(e), to_micros(s.icu_admission)) + _HOUR_US)
             for s, e in zip(stays, last, strict=True)]
-    return ClockedSource(stays=list(zip(stays, ends, strict=True)), recorded=batch)
+    return ClockedSource(stays=list(zip(stays, ends, strict=True)), recorded=batch,
+                         quarantine=() if stack_admissions else tuple(quarantine))
 
 
 def _shift_stay(stay: Stay, days: int) -> Stay:
@@ -197,7 +210,8 @@ def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[Cl
     result = source.observations(None, None)
     source.close()
     quarantined = len(census.quarantine) + len(result.quarantine)
-    return clocked(census, result.observations, stack_admissions=stack_admissions), quarantined
+    return clocked(census, result.observations, stack_admissions=stack_admissions,
+                   quarantine=result.quarantine), quarantined
 
 
 def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
@@ -219,4 +233,5 @@ def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[Cloc
     finally:
         source.close()
     quarantined = len(census.quarantine) + len(result.quarantine)
-    return clocked(census, result.observations, stack_admissions=stack_admissions), quarantined
+    return clocked(census, result.observations, stack_admissions=stack_admissions,
+                   quarantine=result.quarantine), quarantined

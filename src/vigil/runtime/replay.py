@@ -24,12 +24,12 @@ import pandas as pd
 
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink
 from vigil.runtime.models import LiveModels
+from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.recorded import ClockedSource
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
 
 __all__ = [
-    "COMMITTED",
     "OUTPUT_COLUMNS",
     "ReplayResult",
     "hourly",
@@ -40,8 +40,6 @@ __all__ = [
     "summarize",
 ]
 
-COMMITTED = ("scored", "ok", "writeback_failed")
-"""Cycle statuses whose scores are in the store."""
 OUTPUT_COLUMNS = ("patient_id", "iculos", "scored_at", "probability", "alert")
 TICK = timedelta(minutes=15)
 
@@ -84,22 +82,19 @@ def replay(
     -------
     ReplayResult
     """
-    done = {c.tick for c in runner.store.cycles() if c.status in COMMITTED}
     runner.store.mark_interrupted()
     results: list[CycleResult] = []
     skipped = 0
     for i, tick in enumerate(ticks):
-        if tick.timestamp() in done:
+        result = runner.run(tick)
+        if result.status == "skipped":
             skipped += 1
             if progress is not None:
                 progress(i, None)
             continue
-        result = runner.run(tick)
         results.append(result)
         if progress is not None:
             progress(i, result)
-    if runner.store.pending():
-        runner.flush()
     return ReplayResult(
         cycles=len(results),
         skipped=skipped,
@@ -117,6 +112,7 @@ def run_replay(
     alerts: AlertSettings | None = None,
     hours: float | None = None,
     progress: Callable[[int, CycleResult | None], None] | None = None,
+    monitor: Monitor | None = None,
 ) -> tuple[ReplayResult, pd.DataFrame]:
     """Replay recorded data from its first ICU admission, for ``hours`` or to its end.
 
@@ -131,7 +127,7 @@ def run_replay(
     runner = CycleRunner(
         store=store, source=source, sink=sink, models=lambda: models, scoring=ScoringSettings(),
         alerts=alerts or AlertSettings(),
-        retention_hours=max(24.0 * 7, (end - start).total_seconds() / 3600 + 1),
+        retention_hours=max(24.0 * 7, (end - start).total_seconds() / 3600 + 1), monitor=monitor,
     )
     result = replay(runner, replay_ticks(start, end), progress=progress)
     return result, scores_output(store)

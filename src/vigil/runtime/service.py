@@ -20,6 +20,7 @@ from types import FrameType
 from vigil.core.errors import ConfigError
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
 from vigil.runtime.models import LiveModels, load_live_models
+from vigil.runtime.monitoring import AlarmCollector, Monitor
 from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics, readiness
 from vigil.runtime.settings import VigilSettings, check_serving
 from vigil.runtime.store import StateStore, sqlite_path
@@ -77,7 +78,10 @@ class Service:
         self._last_good_end: float | None = good.finished if good is not None else None
         if self._last_good_end is not None:
             self.metrics.last_good.set(self._last_good_end)
+        self.monitor = Monitor()
+        self.metrics.registry.register(AlarmCollector(self.monitor.open_alarms))
         self.runner = CycleRunner(
+            monitor=self.monitor,
             store=self.store,
             source=source,
             sink=sink,

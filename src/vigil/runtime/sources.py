@@ -49,8 +49,13 @@ class LiveSource:
     def observations(
         self, since: datetime | None, until: datetime, *, patients: Sequence[str]
     ) -> IngestResult:
-        """Observations of the census written after ``since`` and up to ``until``."""
-        return self.source.observations(since, until, patients=list(patients))
+        """Observations of the census written after ``since``, up to now.
+
+        ``until`` (the tick) does not bound the fetch: values written between the tick
+        and now are stored too (the grid places each value by its own time), and the
+        watermark is the server's latest ``meta.lastUpdated``.
+        """
+        return self.source.observations(since, None, patients=list(patients))
 
     def close(self) -> None:
         """Release the source's connections."""

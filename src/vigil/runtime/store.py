@@ -35,7 +35,7 @@ from vigil.runtime.monitoring.alarms import MONITOR_MIGRATION
 if TYPE_CHECKING:
     from vigil.runtime.cycle import ScoreBatch
 
-__all__ = ["SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
+__all__ = ["COMMITTED", "SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
@@ -138,6 +138,8 @@ _MIGRATIONS: tuple[str, ...] = (
     MONITOR_MIGRATION,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+COMMITTED = ("scored", "ok", "writeback_failed", "writeback_interrupted")
+"""Cycle statuses whose scores are in the store (the tick is never scored again)."""
 """Schema version this vigil writes; older databases are migrated on open."""
 
 
@@ -514,14 +516,34 @@ class StateStore:
         )
 
     def mark_interrupted(self) -> int:
-        """Cycles left ``running`` by a crash become ``interrupted``; returns how many."""
+        """Record the cycles a stopped process left unfinished; returns how many.
+
+        ``running`` (nothing was committed) becomes ``interrupted``; ``scored``
+        (committed, write-back not finished) becomes ``writeback_interrupted``, its
+        RiskAssessments staying queued for the next cycle.
+        """
+        now = time.time()
         with self.transaction() as tx:
             n = tx.execute(
                 "UPDATE cycles SET status = 'interrupted', reason = 'the process stopped during "
-                "the cycle', finished = ? WHERE status = 'running'",
-                (time.time(),),
+                "the cycle; nothing of it was committed', finished = ? WHERE status = 'running'",
+                (now,),
+            ).rowcount
+            n += tx.execute(
+                "UPDATE cycles SET status = 'writeback_interrupted', reason = 'the process stopped "
+                "during write-back; the queued RiskAssessments go with the next cycle', "
+                "finished = ? WHERE status = 'scored'",
+                (now,),
             ).rowcount
         return int(n)
+
+    def committed(self, tick: float) -> bool:
+        """Whether a cycle of this tick has committed its scores."""
+        row = self.conn.execute(
+            "SELECT 1 FROM cycles WHERE tick = ? AND status IN (?, ?, ?, ?) LIMIT 1",
+            (tick, *COMMITTED),
+        ).fetchone()
+        return row is not None
 
     def cycles(self, *, limit: int | None = None) -> list[CycleRow]:
         """Recorded cycles, oldest first (the last ``limit`` ones)."""

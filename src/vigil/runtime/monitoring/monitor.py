@@ -40,13 +40,13 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from vigil.core.errors import VigilError
+from vigil.core.errors import ConfigError, VigilError
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.fhir_adapter.records import ObservationBatch
 from vigil.runtime.monitoring.alarms import (
@@ -139,7 +139,7 @@ class Monitor:
         self,
         *,
         labels: LabelSource | None = None,
-        reference: Literal["profile", "baseline"] = "profile",
+        reference: str = "profile",
         window_hours: float = 24.0,
         baseline_hours: float = 24.0,
         min_patients: int = 20,
@@ -153,9 +153,9 @@ class Monitor:
         max_bins: int = 10,
     ) -> None:
         if reference not in ("profile", "baseline"):
-            raise ValueError(
+            raise ConfigError(
                 f"The 'reference' parameter of Monitor must be 'profile' or 'baseline'. "
-                f"Got {reference!r} instead."
+                f"Got {reference!r} instead.", key="monitor.reference",
             )
         self.labels = labels
         self.reference_mode = reference

@@ -1,0 +1,197 @@
+"""Federation on Flower vs in-process: time per round, bytes per site, update vs raw data.
+
+Both paths run the same federated training of the sepsis model (``ModelSpec()``
+defaults, FedAvg) on the same sites, each the partition ``--sites`` of
+``--data`` written to its own parquet file and prepared once
+(``vigil federation site --prepare-only``):
+
+- ``in-process``: :func:`vigil.federation.driver.run_federation` with the
+  default :class:`~vigil.federation.driver.InProcess` transport;
+- ``flower``: a SuperLink (TLS, node authentication, ``--database``) and one
+  SuperNode per site as separate processes on loopback, the run submitted with
+  ``flwr run`` (:func:`vigil.federation.flower.runner.run_on_flower`).
+
+Printed per path: seconds per round (Flower: from request to the last answer,
+training and evaluation included; the connection and statistics phase is
+reported apart) and, per site, the bytes sent each way. In-process the bytes
+are the message payloads (:meth:`payload` arrays and scalars) that a transport
+would carry; on Flower they are the serialized Flower objects counted by the
+ServerApp (:class:`~vigil.federation.flower.transport.SiteTraffic`), before HTTP
+and TLS framing. Then the size of one update against the raw data it stands in
+for: the site's parquet file, its hourly grid (rows x 39 float32) and its
+feature rows (rows x 184 float32). The two runs must give the same weights
+(``max_abs_diff``).
+
+Usage: ``.venv/bin/python bench/federation.py [--data sample] [--sites random:3] [--rounds 2]
+[--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vigil.data import load_physionet, partition
+from vigil.features import GRID_COLUMNS
+from vigil.federation.driver import Plan, run_federation
+from vigil.federation.flower.certs import make_test_pki
+from vigil.federation.flower.launch import (
+    Coordinator,
+    SiteNode,
+    register_site,
+    start_superlink,
+    start_supernode,
+)
+from vigil.federation.flower.runner import run_on_flower
+from vigil.federation.flower.settings import RunSettings
+from vigil.federation.flower.sitedata import load_site, prepare_site
+from vigil.federation.site import ModelSpec
+from vigil.federation.strategies import make_strategy
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _payload_bytes(payload: dict[str, Any]) -> int:
+    return sum(v.nbytes if isinstance(v, np.ndarray) else 8 for v in payload.values()
+               if v is not None)
+
+
+class Counting:
+    """The in-process transport, counting each message's payload bytes per site."""
+
+    def __init__(self) -> None:
+        from vigil.federation.driver import InProcess
+
+        self.inner = InProcess()
+        self.traffic: dict[str, dict[str, int]] = {}
+
+    def _add(self, site: str, sent: int, received: int) -> None:
+        t = self.traffic.setdefault(site, {"sent": 0, "received": 0, "messages": 0})
+        t["sent"] += sent
+        t["received"] += received
+        t["messages"] += 1
+
+    def statistics(self, sites):  # type: ignore[no-untyped-def]
+        out = self.inner.statistics(sites)
+        for name, s in out.items():
+            self._add(name, 0, 0 if isinstance(s, Exception) else _payload_bytes(s.payload()))
+        return out
+
+    def fit(self, sites, weights, config):  # type: ignore[no-untyped-def]
+        out = self.inner.fit(sites, weights, config)
+        down = sum(v.nbytes for v in weights.values()) + 8 * len(config.to_dict())
+        for name, (u, _) in out.items():
+            self._add(name, down, 0 if isinstance(u, Exception) else _payload_bytes(u.payload()))
+        return out
+
+    def evaluate(self, sites, weights):  # type: ignore[no-untyped-def]
+        out = self.inner.evaluate(sites, weights)
+        down = sum(v.nbytes for v in weights.values())
+        for name, e in out.items():
+            self._add(name, down, 0 if isinstance(e, Exception) else _payload_bytes(e.payload()))
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="sample")
+    parser.add_argument("--sites", default="random:3")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        table = load_physionet(args.data)
+        raw: dict[str, dict[str, int]] = {}
+        names = []
+        for name, positions in partition(table, args.sites).items():
+            part = table.select(positions)
+            part.frame.to_parquet(root / f"{name}.parquet")
+            prepare_site(name, root / f"{name}.parquet", root / "sites" / name)
+            names.append(name)
+            raw[name] = {"patients": int(part.grid.n_patients), "rows": int(part.grid.n_rows),
+                         "parquet_bytes": (root / f"{name}.parquet").stat().st_size,
+                         "grid_bytes": int(part.grid.n_rows) * len(GRID_COLUMNS) * 4,
+                         "feature_bytes": int(part.grid.n_rows) * 184 * 4}
+        settings = RunSettings(
+            plan=Plan(rounds=args.rounds, seed=0, time_budget=args.timeout, keep_best=False),
+            strategy=make_strategy("fedavg"), sites=len(names), model=ModelSpec(), wait=300.0,
+        )
+
+        counting = Counting()
+        sites = [load_site(root / "sites" / n, **settings.site_options()) for n in names]
+        stamps = [time.perf_counter()]
+        local = run_federation(sites, settings.strategy, settings.plan, model=settings.model,
+                               transport=counting,  # type: ignore[arg-type]
+                               on_round=lambda _: stamps.append(time.perf_counter()))
+        local_rounds = list(np.diff(stamps))
+
+        pki = make_test_pki(root / "pki", sites=names)
+        coordinator = Coordinator.from_certs(root / "coordinator", root / "pki", port=_port())
+        procs = [start_superlink(coordinator)]
+        try:
+            for key in pki.sites:
+                register_site(coordinator, key.public_key, name=key.name)
+                procs.append(start_supernode(SiteNode(
+                    root / "sites" / key.name, coordinator.address, pki.ca_cert,
+                    key.private_key, port=_port())))
+            out = run_on_flower(coordinator, settings, root / "run")
+        finally:
+            for proc in procs:
+                proc.stop()
+
+    weights = out.result.weights
+    from vigil.federation.model import is_norm_key
+
+    update_bytes = sum(v.nbytes for k, v in weights.items() if not is_norm_key(k))
+    diff = max(float(np.max(np.abs(weights[k] - local.weights[k]))) for k in weights)
+    flower_rounds = out.info["round_seconds"]
+    report = {
+        "data": args.data, "sites": args.sites, "rounds": args.rounds,
+        "model_parameters": int(sum(v.size for v in weights.values())),
+        "max_abs_diff": diff,
+        "in_process": {"round_seconds": local_rounds, "traffic": counting.traffic},
+        "flower": {"connect_seconds": out.info["connect_seconds"],
+                   "round_seconds": flower_rounds, "traffic": out.info["traffic"]},
+        "flower_over_in_process_round": float(np.mean(flower_rounds) / np.mean(local_rounds)),
+        "update_bytes": update_bytes,
+        "raw": raw,
+        "raw_over_update": {n: {k: raw[n][k] / update_bytes for k in
+                                ("parquet_bytes", "grid_bytes", "feature_bytes")} for n in raw},
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"sepsis model, {report['model_parameters']:,} parameters ({update_bytes:,} bytes as "
+          f"float32); {args.sites} on {args.data}, {args.rounds} rounds; max |flower - "
+          f"in-process| = {diff:.2g}")
+    print(f"seconds per round: in-process {', '.join(f'{s:.1f}' for s in local_rounds)}; flower "
+          f"{', '.join(f'{s:.1f}' for s in flower_rounds)} (+ {out.info['connect_seconds']:.1f} "
+          f"to connect); flower / in-process = {report['flower_over_in_process_round']:.1f}")
+    print(f"{'site':10} {'in-proc sent':>13} {'in-proc recv':>13} {'flower sent':>12} "
+          f"{'flower recv':>12} {'parquet/update':>15} {'grid/update':>12} {'features/update':>16}")
+    for n in names:
+        a, b, r = counting.traffic[n], out.info["traffic"][n], report["raw_over_update"][n]
+        print(f"{n:10} {a['sent']:>13,} {a['received']:>13,} {b['sent']:>12,} "
+              f"{b['received']:>12,} {r['parquet_bytes']:>15.2f} {r['grid_bytes']:>12.1f} "
+              f"{r['feature_bytes']:>16.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Periodic retraining: the settings, the six-monthly cron schedule, and a scheduled release."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+
+from vigil.core.errors import ConfigError
+from vigil.core.package import read_package
+from vigil.core.signing import generate_keypair
+from vigil.data import PhysioNetTable
+from vigil.federation.registry import Registry
+from vigil.federation.retraining import (
+    DEFAULT_CRON,
+    Engine,
+    load_retrain_config,
+    next_runs,
+    retrain_once,
+    schedule,
+)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_default_schedule_is_every_six_months(tmp_path: Path) -> None:
+    config = load_retrain_config(_write(tmp_path / "r.toml", 'registry = "reg"\n'))
+    assert config.cron == DEFAULT_CRON and config.engine is Engine.IN_PROCESS
+    assert config.registry == (tmp_path / "reg").resolve()
+    runs = next_runs(config, after=datetime(2026, 3, 15, tzinfo=UTC))
+    assert [r.isoformat() for r in runs] == [
+        "2026-07-01T02:00:00+00:00", "2027-01-01T02:00:00+00:00", "2027-07-01T02:00:00+00:00"]
+
+
+def test_the_schedule_is_configurable(tmp_path: Path) -> None:
+    config = load_retrain_config(_write(tmp_path / "r.toml", (
+        'registry = "reg"\ncron = "30 3 * * 0"\ntimezone = "Europe/Berlin"\n'
+        '[plan]\nrounds = 3\n[strategy]\nname = "fedprox"\nmu = 0.1\n[model]\nhidden = [32]\n'
+    )))
+    (first, *_) = next_runs(config, after=datetime(2026, 6, 1, tzinfo=UTC))  # a Monday
+    assert (first.weekday(), first.hour, first.minute, str(first.tzinfo)) == (
+        6, 3, 30, "Europe/Berlin")
+    assert config.plan.rounds == 3 and config.strategy.proximal_mu == 0.1
+    assert config.model.hidden == (32,)
+    job = schedule(config, blocking=False).get_job("retrain")
+    assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 86400)
+
+
+@pytest.mark.parametrize(("text", "key", "match"), [
+    ('cron = "0 2 1 1,7 *"\n', "registry", "expected `registry"),
+    ('registry = "r"\ncadence = "often"\n', "cadence", "unknown settings"),
+    ('registry = "r"\ncron = "every six months"\n', "cron", "five-field crontab"),
+    ('registry = "r"\nengine = "flower"\n', "flower", "needs a \\[flower\\] section"),
+    ('registry = "r"\n[plan]\nrounds = 2\nspeed = 3\n', "plan", "speed"),
+    ('registry = "r"\nengine = "flower"\n[strategy]\nname = "fedbn"\n'
+     '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n', "strategy", "FedBN"),
+])
+def test_bad_settings_name_their_key(tmp_path: Path, text: str, key: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        load_retrain_config(_write(tmp_path / "r.toml", text))
+    assert info.value.key == key
+
+
+@pytest.mark.slow
+def test_the_scheduled_job_releases_signed_versions(sample: PhysioNetTable, tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    sample.select(list(range(400))).frame.to_parquet(tmp_path / "small.parquet")  # type: ignore[arg-type]
+    private, public = generate_keypair()
+    (tmp_path / "release.pem").write_bytes(private)
+    (tmp_path / "release.pub").write_bytes(public)
+    config = load_retrain_config(_write(tmp_path / "retrain.toml", (
+        'registry = "registry"\nprivate_key = "release.pem"\nname = "sepsis-test"\n'
+        '[plan]\nrounds = 1\nbatch_size = 4096\n[model]\nhidden = [8]\n'
+        '[in_process]\ndata = "small.parquet"\nsites = "random:2"\n'
+    )))
+    scheduler = schedule(config, blocking=False)
+    ran = threading.Event()
+    scheduler.add_listener(lambda _: ran.set(), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.start()
+    try:
+        scheduler.get_job("retrain").modify(next_run_time=datetime.now(UTC))
+        assert ran.wait(timeout=600), "the scheduled retraining did not run"
+    finally:
+        scheduler.shutdown(wait=True)
+    registry = Registry(config.registry)
+    first = registry.latest()
+    assert first is not None and first.version == "1.0.0" and first.signed
+
+    second = retrain_once(dataclasses.replace(
+        config, plan=dataclasses.replace(config.plan, seed=1)))
+    assert second.version == "1.1.0" and second.diff is not None
+    assert second.diff["previous"] == "1.0.0"
+    assert second.diff["weights"]["comparable"] and second.diff["weights"]["relative_l2"] > 0
+    package = read_package(config.registry / "1.1.0", public_key=tmp_path / "release.pub")
+    assert package.manifest.training["method"] == "federated (in-process simulation)"
+    assert second.metrics["auroc"] == package.manifest.validation["auroc"]
+    assert second.diff["metrics"]["auroc"]["change"] == pytest.approx(
+        second.metrics["auroc"] - first.metrics["auroc"])
