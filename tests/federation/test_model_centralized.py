@@ -11,7 +11,7 @@ from vigil.data.splits import Split
 from vigil.features.utility import normalized_utility
 from vigil.federation.centralized import split_table, training_targets
 
-runner = CliRunner()
+runner = CliRunner(mix_stderr=False)
 
 
 def invoke_json(*args):
@@ -77,12 +77,13 @@ def test_train_then_evaluate_round_trip(tmp_path):
 
 def test_train_refuses_an_unknown_hospital(tmp_path):
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--hospital", "Z"])
-    assert result.exit_code == 2 and "got 'Z'" in result.output
+    assert result.exit_code == 2 and "got 'Z'" in result.stderr
 
 
 @pytest.mark.slow
 def test_reference_on_the_sample_reports_every_method(tmp_path):
-    out = invoke_json("reference", "--data", "sample", "--epochs", "2", "--out", str(tmp_path / "p"))
+    out = invoke_json("reference", "--data", "sample", "--epochs", "2",
+                      "--out", str(tmp_path / "p"))
     assert list(out["methods"]) == ["qsofa", "sirs", "news2", "torch", "hgb"]
     for res in out["methods"].values():
         assert set(res["by_hospital"]) == {"A", "B"}

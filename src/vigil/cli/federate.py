@@ -156,3 +156,39 @@ def history(
         print_json(record.to_dict())
     else:
         _show_history(record)
+
+
+@app.command("compare")
+@guarded
+def compare_cmd(
+    data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
+    sites: Annotated[str, typer.Option(help="Site partition.")] = "hospital-unit",
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds (epochs for single-site models).")] = 5,
+    local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
+    lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
+    mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
+    dp_epsilon: Annotated[
+        list[float] | None, typer.Option(help="Also FedAvg with DP-SGD at this epsilon "
+                                              "(repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    markdown: Annotated[Path | None, typer.Option(help="Write the tables here.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Compare FedAvg, FedProx, FedBN, centralized and each site alone on every test site."""
+    from vigil.data import load_physionet
+    from vigil.federation.compare import compare, comparison_markdown
+    from vigil.federation.driver import Plan
+
+    plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed)
+    result = compare(load_physionet(data), scheme=sites, plan=plan, mu=mu,
+                     dp_epsilons=tuple(dp_epsilon or ()),
+                     progress=lambda line: err_console.print(line, highlight=False))
+    text = comparison_markdown(result)
+    if markdown is not None:
+        markdown.write_text(text)
+    if json_out:
+        print_json(result)
+    else:
+        typer.echo(text)

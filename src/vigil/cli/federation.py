@@ -173,6 +173,9 @@ def site(
     ca: Annotated[Path | None, typer.Option(help="CA certificate of the coordinator.")] = None,
     key: Annotated[Path | None, typer.Option(help="This site's private key (NAME.key).")] = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API.")] = 9094,
+    partition: Annotated[str | None, typer.Option(
+        help="Demo: use only this site's part of --data under a site scheme (e.g. random:3 "
+             "with --name site1).")] = None,
     prepare_only: Annotated[bool, typer.Option(
         "--prepare-only", help="Build the site's features and exit.")] = False,
 ) -> None:
@@ -180,7 +183,7 @@ def site(
     from vigil.core.errors import ConfigError
     from vigil.federation.flower.sitedata import prepare_site
 
-    path = prepare_site(name, data, work)
+    path = prepare_site(name, data, work, scheme=partition)
     err_console.print(f"prepared site {name} in {path}")
     if prepare_only:
         return

@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from vigil import __version__
-from vigil.cli import calibrate, data, evaluate, federate, fhir, model, package, replay, serve, train
+from vigil.cli import (
+    calibrate,
+    data,
+    demo,
+    evaluate,
+    federate,
+    fhir,
+    model,
+    package,
+    replay,
+    serve,
+    train,
+)
 
 app = typer.Typer(
     name="vigil",
@@ -20,11 +32,13 @@ app.add_typer(fhir.app, name="fhir")
 app.add_typer(model.app, name="model")
 app.command("serve")(serve.serve)
 app.command("replay")(replay.replay)
+app.command("demo")(demo.demo)
 app.command("calibrate")(calibrate.calibrate)
 train.register(app)
 app.add_typer(federate.app, name="federate")
 app.add_typer(package.app, name="package")
 app.add_typer(__import__("vigil.cli.federation").cli.federation.app, name="federation")
+app.add_typer(__import__("vigil.cli.monitor").cli.monitor.app, name="monitor")
 
 
 @app.callback()

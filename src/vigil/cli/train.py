@@ -19,7 +19,9 @@ EpochsOption = Annotated[
 NameOption = Annotated[str, typer.Option(help="Model package name.")]
 VersionOption = Annotated[str, typer.Option(help="Model package version.")]
 KeyOption = Annotated[
-    Path | None, typer.Option(help="PEM Ed25519 private key to sign the package with.")
+    Path | None,
+    typer.Option(exists=True, dir_okay=False,
+                 help="PEM Ed25519 private key to sign the package with."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 REFERENCE_COLUMNS = ("auroc", "auprc", "utility")

@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CRON",
     "Engine",
+    "FlowerTarget",
+    "InProcessTarget",
     "RetrainConfig",
     "load_retrain_config",
     "next_runs",

@@ -8,6 +8,7 @@
 - **Paging** follows ``Bundle.link[relation=next]`` and stops with an error after
   ``max_pages`` pages, on a next link that repeats, or on one that leaves the base
   URL (the token is never sent elsewhere).
+- **Logs** never carry a query string: httpx's own request log is filtered too.
 - **Errors** are :class:`~vigil.core.errors.FHIRTransportError` carrying the
   status and the URL without its query string (queries name patients); messages
   carry OperationOutcome issue codes, never diagnostics text, headers or tokens.
@@ -31,7 +32,7 @@ from vigil.core.errors import FHIRTransportError
 from vigil.fhir_adapter.auth import Credentials, credentials_for
 from vigil.fhir_adapter.settings import FHIRSettings
 
-__all__ = ["FHIR_JSON", "FHIRHttp", "Params"]
+__all__ = ["FHIR_JSON", "FHIRHttp", "Params", "redact_httpx_logs"]
 
 FHIR_JSON = "application/fhir+json"
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -42,6 +43,25 @@ log = logging.getLogger("vigil.fhir")
 
 def _path(url: str | httpx.URL) -> str:
     return str(url).split("?", 1)[0]
+
+
+class _RedactQuery(logging.Filter):
+    """Drop the query string of URLs in httpx's own log records (queries name patients)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_path(a) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+_REDACT = _RedactQuery()
+
+
+def redact_httpx_logs() -> None:
+    """Make httpx log request URLs without their query string (idempotent)."""
+    logger = logging.getLogger("httpx")
+    if _REDACT not in logger.filters:
+        logger.addFilter(_REDACT)
 
 
 def _issue_codes(resp: httpx.Response) -> str:
@@ -80,6 +100,7 @@ class FHIRHttp:
         self.credentials = credentials if credentials is not None else credentials_for(settings)
         self._sleep = sleep
         self._timeout = httpx.Timeout(settings.timeout_s)
+        redact_httpx_logs()
 
     def __repr__(self) -> str:
         return f"FHIRHttp(base_url={self.base_url!r}, auth={self.settings.auth.value!r})"

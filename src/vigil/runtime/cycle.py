@@ -362,9 +362,11 @@ class CycleRunner:
             counts["shadow_scored"] = sum(len(b) for b in batches[1:])
             counts["alerts"] = int(active.alert.sum())
             if self.monitor is not None:
+                t0 = time.perf_counter()
                 counts["monitor_alarms"] = len(self.monitor.observe_cycle(
                     tx, tick=tick, model=models.active, grid=grid, scores=active,
                     census=len(census), observations=incoming, quarantine=quarantine))
+                timings["monitor"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
             items = self.sink.assessments(active) if self.sink is not None and len(active) else []

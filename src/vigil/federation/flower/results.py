@@ -30,9 +30,18 @@ from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.history import HISTORY_FILE, History
 from vigil.federation.messages import PrivacySpent, SiteEvaluation, SiteStatistics
 
-__all__ = ["DONE_FILE", "RESULT_FILE", "RunOutput", "load_result", "save_result"]
+__all__ = [
+    "DONE_FILE",
+    "EVENTS_FILE",
+    "RESULT_FILE",
+    "RunOutput",
+    "load_result",
+    "save_result",
+]
 
 DONE_FILE = "DONE"
+EVENTS_FILE = "events.jsonl"
+"""The ServerApp's progress, one JSON object per line (written as the run goes)."""
 RESULT_FILE = "result.json"
 T = TypeVar("T", SiteStatistics, SiteEvaluation)
 

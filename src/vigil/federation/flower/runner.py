@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vigil.core.errors import AggregationError, ConfigError, VigilError
 from vigil.federation.flower.launch import Coordinator, stop_run, submit_run
-from vigil.federation.flower.results import RunOutput, load_result
+from vigil.federation.flower.results import EVENTS_FILE, RunOutput, load_result
 from vigil.federation.flower.settings import RunSettings, app_pyproject
 
 if TYPE_CHECKING:
@@ -29,13 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["FLOWER_METHOD", "read_events", "run_on_flower", "train_on_flower"]
 
 log = logging.getLogger(__name__)
-EVENTS = "events.jsonl"
 FLOWER_METHOD = "federated (Flower 1.42 SuperLink and SuperNodes, TLS, authenticated nodes)"
 
 
 def read_events(result_dir: str | Path) -> list[dict[str, Any]]:
     """Return the ServerApp's events so far (one dict per line; a torn last line is skipped)."""
-    path = Path(result_dir) / EVENTS
+    path = Path(result_dir) / EVENTS_FILE
     events = []
     try:
         lines = path.read_text().splitlines()

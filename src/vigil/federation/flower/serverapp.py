@@ -22,14 +22,13 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from vigil.federation.driver import run_federation
-from vigil.federation.flower.results import save_result
+from vigil.federation.flower.results import EVENTS_FILE, save_result
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.transport import EventLog, FlowerTransport
 from vigil.federation.history import RoundRecord
 
-__all__ = ["EVENTS_FILE", "app", "main"]
+__all__ = ["app", "main"]
 
-EVENTS_FILE = "events.jsonl"
 log = logging.getLogger(__name__)
 
 app = ServerApp()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vigil.core.errors import ConfigError, DataError
-from vigil.data import load_physionet
+from vigil.data import load_physionet, partition
 from vigil.federation.site import Site, SiteData
 
 __all__ = ["SITE_DIR_KEY", "SITE_FILE", "SITE_INFO", "load_site", "prepare_site", "site_name"]
@@ -30,7 +30,9 @@ SITE_INFO = "site.json"
 _PARTS = ("train", "valid")
 
 
-def prepare_site(name: str, data: str | Path, site_dir: str | Path) -> Path:
+def prepare_site(
+    name: str, data: str | Path, site_dir: str | Path, *, scheme: str | None = None
+) -> Path:
     """Build a site from a PhysioNet parquet table and store it in ``site_dir``.
 
     Parameters
@@ -41,13 +43,28 @@ def prepare_site(name: str, data: str | Path, site_dir: str | Path) -> Path:
         The hospital's table (``load_physionet``); its *test* patients are
         left out, as by :meth:`Site.from_table`.
     site_dir : str or Path
+    scheme : str or None, optional
+        Keep only the patients that :func:`vigil.data.partition` with this
+        scheme gives to site ``name`` (demos: one table split into hospitals).
 
     Returns
     -------
     Path
         The written ``site.npz``.
+
+    Raises
+    ------
+    ConfigError
+        If ``scheme`` has no site called ``name``.
     """
-    site = Site.from_table(name, load_physionet(data))
+    table = load_physionet(data)
+    if scheme is not None:
+        parts = partition(table, scheme)
+        if name not in parts:
+            raise ConfigError(f"--partition {scheme} has sites {sorted(parts)}, not {name!r}",
+                              key="name")
+        table = table.select(parts[name])
+    site = Site.from_table(name, table)
     out = Path(site_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"histograms": site.histograms, "missing": site.missing}

@@ -1,0 +1,183 @@
+"""Federated vs centralized vs each site alone, on every site's held-out test patients.
+
+``vigil federate compare`` (docs/federation.md) runs, on one table and one
+site partition, with the same network, training loop and budget:
+
+- FedAvg, FedProx and FedBN across the sites (``rounds`` rounds of
+  ``local_epochs`` each); under FedBN each site scores with its own
+  normalization;
+- **centralized**: the same loop on the pooled training patients of all sites,
+  as one site (``rounds`` epochs), the upper reference;
+- **local-only**: each site alone, the same loop on its own patients;
+- optionally FedAvg with DP-SGD at each requested epsilon.
+
+Every model keeps its best round (epoch) by validation utility and its
+threshold from validation patients: the pooled validation patients of the
+sites it was trained with. All are then scored on the **test** patients of
+every site (never used by any training or threshold), per site, per hospital
+and overall: AUROC and normalized utility.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+
+from vigil.data import PhysioNetTable, partition, patient_split
+from vigil.features import build_features
+from vigil.federation.driver import Plan, run_federation
+from vigil.federation.privacy import DPSettings
+from vigil.federation.site import ModelSpec, Site
+from vigil.federation.strategies import Strategy, Weights, make_strategy
+
+__all__ = ["compare", "comparison_markdown"]
+
+Progress = Callable[[str], None]
+
+
+def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray) -> np.ndarray:
+    from vigil.federation.model import SepsisNet, predict_proba, set_weights
+
+    net = SepsisNet(x.shape[1], hidden=spec.hidden, dropout=spec.dropout)
+    set_weights(net, weights)
+    return predict_proba(net, x)
+
+
+def _metrics(table: PhysioNetTable, probability: np.ndarray, threshold: float) -> dict[str, Any]:
+    from vigil.federation.centralized import evaluate_table
+
+    full = evaluate_table(table, probability, threshold=threshold)
+    pick = ("auroc", "auprc", "utility", "n_patients")
+    out = {"all": {k: full[k] for k in pick}}
+    out |= {f"hospital {h}": {k: m[k] for k in pick} for h, m in full["by_hospital"].items()}
+    return out
+
+
+def compare(
+    table: PhysioNetTable,
+    *,
+    scheme: str,
+    plan: Plan,
+    model: ModelSpec | None = None,
+    mu: float | None = None,
+    dp_epsilons: tuple[float, ...] = (),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train every method and score it on every site's test patients.
+
+    Parameters
+    ----------
+    table : PhysioNetTable
+        All patients.
+    scheme : str
+        Site partition (``--sites``).
+    plan : Plan
+        Rounds (epochs for the centralized and local-only models) and local settings.
+    model : ModelSpec, optional
+    mu : float or None, optional
+        FedProx strength.
+    dp_epsilons : tuple of float, optional
+        Also run FedAvg with DP-SGD at each epsilon (delta = 1/n per site).
+    progress : callable, optional
+        Receives one line per finished model.
+
+    Returns
+    -------
+    dict
+        ``sites`` (train rows, test patients), ``methods``: name -> ``threshold``,
+        ``valid_utility``, ``seconds``, ``test`` (per site, per hospital, all:
+        AUROC, AUPRC, utility, patients) and, under DP, ``epsilon`` per site.
+    """
+    say = progress or (lambda line: None)
+    spec = model or ModelSpec()
+    parts = partition(table, scheme, seed=plan.seed)
+    site_tables = {name: table.select(idx) for name, idx in parts.items()}
+    sites = [Site.from_table(name, t, model=spec) for name, t in site_tables.items()]
+    tests = {}
+    for name, t in site_tables.items():
+        tests[name] = t.select(np.flatnonzero(patient_split(t.grid.patient_ids, "test")))
+    x_test = {name: build_features(t.grid) for name, t in tests.items()}
+    order = sorted(tests)
+    test_all = table.select(np.concatenate([
+        parts[n][np.flatnonzero(patient_split(site_tables[n].grid.patient_ids, "test"))]
+        for n in order
+    ]))
+    say(f"{len(sites)} sites built; {test_all.grid.n_patients:,} test patients")
+
+    def score(weights_for: Callable[[str], Weights], threshold: float) -> dict[str, Any]:
+        probs = {n: _predict(spec, weights_for(n), x_test[n]) for n in order}
+        out = _metrics(test_all, np.concatenate([probs[n] for n in order]), threshold)
+        for n in order:
+            out[n] = _metrics(tests[n], probs[n], threshold)["all"]
+        return out
+
+    methods: dict[str, Any] = {}
+
+    def federated(label: str, strategy: Strategy, members: list[Site], local_norm: bool = False,
+                  run_plan: Plan = plan) -> None:
+        t0 = time.perf_counter()
+        result = run_federation(members, strategy, run_plan, model=spec)
+        by_name = {s.name: s for s in sites}
+        weights_for = (lambda n: by_name[n].local_weights(result.weights)) if local_norm else (
+            lambda n: result.weights)
+        methods[label] = {
+            "threshold": result.pooled.threshold, "valid_utility": result.pooled.utility,
+            "valid_auroc": result.pooled.auroc, "best_round": result.best_round,
+            "seconds": time.perf_counter() - t0,
+            "test": score(weights_for, result.pooled.threshold),
+        }
+        if result.privacy:
+            methods[label]["epsilon"] = {k: v.epsilon for k, v in result.privacy.items()}
+            methods[label]["delta"] = {k: v.delta for k, v in result.privacy.items()}
+        t = methods[label]["test"]["all"]
+        say(f"{label}: test AUROC {t['auroc']:.4f}, utility {t['utility']:.4f} "
+            f"({methods[label]['seconds']:.0f} s)")
+
+    federated("fedavg", make_strategy("fedavg"), sites)
+    federated("fedprox", make_strategy("fedprox", mu=mu), sites)
+    federated("fedbn", make_strategy("fedbn"), sites, local_norm=True)
+    single = replace(plan, min_sites=1)
+    pooled_train = table.select(np.concatenate([parts[n] for n in order]))
+    federated("centralized", make_strategy("fedavg"),
+              [Site.from_table("pooled", pooled_train, model=spec)], run_plan=single)
+    for s in sites:
+        federated(f"local {s.name}", make_strategy("fedavg"), [s], run_plan=single)
+    for eps in dp_epsilons:
+        private = [replace(s, dp=DPSettings(eps)) for s in sites]
+        federated(f"fedavg dp eps={eps:g}", make_strategy("fedavg"), private)
+    return {
+        "scheme": scheme, "plan": {k: v for k, v in asdict(plan).items() if k != "rule"},
+        "model": {"hidden": list(spec.hidden), "dropout": spec.dropout},
+        "sites": {s.name: {"train_rows": s.train.n_rows,
+                           "test_patients": tests[s.name].grid.n_patients} for s in sites},
+        "methods": methods,
+    }
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    """Render :func:`compare`'s result as Markdown tables (AUROC, then utility)."""
+    methods = result["methods"]
+    groups = [*result["sites"], *sorted(k for k in next(iter(methods.values()))["test"]
+                                         if k.startswith("hospital")), "all"]
+    lines: list[str] = []
+    for metric in ("auroc", "utility"):
+        lines += [f"Test {'AUROC' if metric == 'auroc' else 'normalized utility'} "
+                  "(rows: model; columns: test patients of)", "",
+                  "| model | " + " | ".join(groups) + " |",
+                  "|---" * (len(groups) + 1) + "|"]
+        for name, m in methods.items():
+            cells = [f"{m['test'][g][metric]:.3f}" for g in groups]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    private = {k: m for k, m in methods.items() if "epsilon" in m}
+    if private:
+        lines += ["| model | epsilon per site (delta = 1/n) |", "|---|---|"]
+        for name, m in private.items():
+            eps = ", ".join(f"{s} {e:.2f}" for s, e in sorted(m["epsilon"].items()))
+            lines.append(f"| {name} | {eps} |")
+        lines.append("")
+    return "\n".join(lines)
