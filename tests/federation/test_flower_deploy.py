@@ -147,6 +147,7 @@ def test_flower_run_equals_in_process_driver(federation: Federation) -> None:
             s.num_examples for s in reference.history.rounds[record.round - 1].sites
         ]
     assert out.result.pooled.auroc == pytest.approx(reference.pooled.auroc, abs=1e-6)
+    assert federation.coordinator.database.stat().st_size > 0  # state persisted (--database)
     # statistics, two train and two evaluate requests per site, and each answered
     traffic = out.info["traffic"]
     weights_bytes = sum(v.nbytes for v in reference.weights.values())

@@ -85,7 +85,8 @@ def test_collector_exports_open_alarms():
     registry = CollectorRegistry()
     registry.register(AlarmCollector(lambda: [alarm]))
     text = generate_latest(registry).decode()
-    assert 'vigil_monitor_alarm{kind="feed_down",severity="critical",variable="Lactate"} 1.0' in text
+    labels = 'kind="feed_down",severity="critical",variable="Lactate"'
+    assert f"vigil_monitor_alarm{{{labels}}} 1.0" in text
     assert ('vigil_monitor_alarm_first_seen_timestamp_seconds{kind="feed_down",variable="Lactate"} '
             "1.7e+09") in text
     assert "vigil_monitor_alarms_open 1.0" in text

@@ -17,6 +17,20 @@ app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+HiddenOption = Annotated[
+    str, typer.Option(help="Hidden layer widths of the network, comma-separated.")
+]
+DropoutOption = Annotated[float, typer.Option(help="Dropout after each hidden layer.")]
+
+
+def _spec(hidden: str, dropout: float) -> Any:
+    from vigil.federation.site import ModelSpec
+
+    try:
+        widths = tuple(int(h) for h in hidden.split(","))
+    except ValueError:
+        raise ConfigError(f"expected --hidden like 256,128; got {hidden!r}", key="hidden") from None
+    return ModelSpec(hidden=widths, dropout=dropout)
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -48,6 +62,8 @@ def federate(
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
     lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
+    hidden: HiddenOption = "256,128",
+    dropout: DropoutOption = 0.5,
     min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
     time_budget: Annotated[
         float | None, typer.Option(help="Seconds a site may take per round before it is dropped.")
@@ -100,6 +116,7 @@ def federate(
                                                f"utility {_fmt(record.valid_utility)}")
 
         finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
+                                 model=_spec(hidden, dropout),
                        data=resolve_data_path(data).name, on_round=on_round)
     key = None if private_key is None else private_key.read_bytes()
     packages = export_run(finished, out, name=name, version=version, private_key_pem=key,
@@ -168,6 +185,8 @@ def compare_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
     lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
     mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
+    hidden: HiddenOption = "256,128",
+    dropout: DropoutOption = 0.5,
     dp_epsilon: Annotated[
         list[float] | None, typer.Option(help="Also FedAvg with DP-SGD at this epsilon "
                                               "(repeatable).")
@@ -183,6 +202,7 @@ def compare_cmd(
 
     plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = compare(load_physionet(data), scheme=sites, plan=plan, mu=mu,
+                     model=_spec(hidden, dropout),
                      dp_epsilons=tuple(dp_epsilon or ()),
                      progress=lambda line: err_console.print(line, highlight=False))
     text = comparison_markdown(result)

@@ -53,7 +53,6 @@ __all__ = [
     "HGBSetup",
     "ReferenceResult",
     "TorchSetup",
-    "evaluate_table",
     "fit_hgb",
     "fit_torch",
     "package_fitted",
@@ -167,8 +166,9 @@ class ReferenceResult:
     Attributes
     ----------
     metrics : dict of str to dict
-        ``"torch"`` and ``"hgb"`` -> :func:`evaluate_table` dict (overall fields
-        plus ``by_hospital``).
+        ``"torch"`` and ``"hgb"`` -> a
+        :func:`vigil.features.metrics.evaluate_by_hospital` dict (overall
+        fields plus ``by_hospital``).
     torch : FittedModel
     hgb : FittedModel
     test : PhysioNetTable
@@ -423,7 +423,7 @@ def reference(
         say("writing the model package")
         package_fitted(fitted_torch, out_dir, parts=parts, x_test=x[Split.TEST], name=name,
                        version=version, private_key_pem=private_key_pem)
-    metrics = {name: evaluate_table(test, fitted.predict(x[Split.TEST]), threshold=fitted.threshold)
+    metrics = {name: _evaluate(test, fitted.predict(x[Split.TEST]), threshold=fitted.threshold)
                for name, fitted in (("torch", fitted_torch), ("hgb", fitted_hgb))}
     return ReferenceResult(
         metrics=metrics, torch=fitted_torch, hgb=fitted_hgb, test=test,
@@ -431,23 +431,10 @@ def reference(
     )
 
 
-def evaluate_table(
+def _evaluate(
     table: PhysioNetTable, probability: NDArray[np.floating], *, threshold: float
 ) -> dict[str, Any]:
-    """Metrics of hourly probabilities on a table, overall and per hospital.
-
-    Parameters
-    ----------
-    table : PhysioNetTable
-    probability : ndarray of shape (n_rows,)
-    threshold : float
-        Rows with ``probability >= threshold`` are alerts.
-
-    Returns
-    -------
-    dict
-        See :func:`vigil.features.metrics.evaluate_by_hospital`.
-    """
+    """Overall and per-hospital metrics of alerts at ``probability >= threshold``."""
     prediction = (np.asarray(probability) >= threshold).astype(np.int8)
     return evaluate_by_hospital(table.labels, probability, prediction, table.grid.starts,
                                 table.hospital, threshold=threshold)
@@ -529,7 +516,7 @@ def package_fitted(
         **fitted.details,
     }
     validation = {
-        **evaluate_table(test, fitted.predict(x_test), threshold=fitted.threshold),
+        **_evaluate(test, fitted.predict(x_test), threshold=fitted.threshold),
         "split": f"{test.grid.n_patients:,} held-out test patients (vigil patient_split 'test')",
     }
     return export_package(

@@ -29,6 +29,7 @@ import numpy as np
 
 from vigil.data import PhysioNetTable, partition, patient_split
 from vigil.features import build_features
+from vigil.features.metrics import evaluate_by_hospital
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec, Site
@@ -48,9 +49,9 @@ def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray) -> np.ndarray:
 
 
 def _metrics(table: PhysioNetTable, probability: np.ndarray, threshold: float) -> dict[str, Any]:
-    from vigil.federation.centralized import evaluate_table
-
-    full = evaluate_table(table, probability, threshold=threshold)
+    alerts = (probability >= threshold).astype(np.int8)
+    full = evaluate_by_hospital(table.labels, probability, alerts, table.grid.starts,
+                                table.hospital, threshold=threshold)
     pick = ("auroc", "auprc", "utility", "n_patients")
     out = {"all": {k: full[k] for k in pick}}
     out |= {f"hospital {h}": {k: m[k] for k in pick} for h, m in full["by_hospital"].items()}

@@ -35,10 +35,12 @@ class ModelSpec:
     ----------
     hidden : tuple of int, optional
     dropout : float, optional
+        Defaults are the centralized reference's
+        (:class:`vigil.federation.centralized.TorchSetup`).
     """
 
-    hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.2
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = 0.5
 
 
 @dataclass(frozen=True, eq=False)

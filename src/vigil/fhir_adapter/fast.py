@@ -16,7 +16,7 @@ parser.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from vigil.fhir_adapter.accumulator import USE, Accumulator
 from vigil.fhir_adapter.mapping import (
     AMBIGUOUS,
     CODE_INDEX,
@@ -34,9 +35,7 @@ from vigil.fhir_adapter.mapping import (
     UCUM,
     UNITS,
     UNKNOWN,
-    USE,
     VALID_INSTANTS,
-    Accumulator,
     MappingOptions,
     Payload,
     not_quantity,
@@ -47,7 +46,15 @@ from vigil.fhir_adapter.mapping import (
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult, ObservationBatch
 
-__all__ = ["bundle_references", "effective_time", "parse_fast", "parse_ndjson"]
+__all__ = [
+    "Reader",
+    "bundle_references",
+    "effective_time",
+    "feed",
+    "ndjson_lines",
+    "parse_fast",
+    "parse_ndjson",
+]
 
 _CODE_GET = CODE_INDEX.get
 _FAST_CODES: dict[str, tuple[int, dict[str, tuple[float, float, float, float]]]] = {
@@ -181,20 +188,32 @@ def bundle_references(bundle: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _feed(acc: Accumulator, d: Any, fallback_id: str | None = None,
-          resolve: Mapping[str, str] | None = None) -> None:
+Reader = Callable[[Accumulator, dict[str, Any], str | None, Mapping[str, str] | None], None]
+"""How a parser reads one Observation: (accumulator, resource, fallback id, Bundle references)."""
+
+
+def feed(acc: Accumulator, d: Any, read: Reader, fallback_id: str | None = None,
+         resolve: Mapping[str, str] | None = None) -> None:
+    """Hand an Observation to ``read``; expand a Bundle; pass other resources over."""
     if not isinstance(d, dict):
         acc.reject("", "malformed resource: not a JSON object", resource_type="?")
         return
     rtype = d.get("resourceType")
     if rtype == "Observation":
-        _read(acc, d, fallback_id, resolve)
+        read(acc, d, fallback_id, resolve)
     elif rtype == "Bundle":
         refs = bundle_references(d)
         for entry in d.get("entry") or ():
             if isinstance(entry, dict) and "resource" in entry:
                 url = entry.get("fullUrl")
-                _feed(acc, entry["resource"], url if isinstance(url, str) else None, refs)
+                feed(acc, entry["resource"], read, url if isinstance(url, str) else None, refs)
+
+
+def ndjson_lines(source: bytes | str | Path | Iterable[bytes | str]) -> Iterable[bytes | str]:
+    """Split NDJSON given as bytes or a file path into lines (lines pass through)."""
+    if isinstance(source, str | Path):
+        source = Path(source).read_bytes()
+    return source.splitlines() if isinstance(source, bytes) else source
 
 
 def parse_fast(resources: Iterable[Any], *, options: MappingOptions | None = None) -> IngestResult:
@@ -213,7 +232,7 @@ def parse_fast(resources: Iterable[Any], *, options: MappingOptions | None = Non
     """
     acc = Accumulator(options)
     for d in resources:
-        _feed(acc, d)
+        feed(acc, d, _read)
     return acc.result()
 
 
@@ -232,9 +251,7 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
     IngestResult
         Without watermark. A line that is not JSON is quarantined.
     """
-    if isinstance(source, str | Path):
-        source = Path(source).read_bytes()
-    lines = source.splitlines() if isinstance(source, bytes) else source
+    lines = ndjson_lines(source)
     acc = Accumulator(options)
     used = frozenset(k for k, v in acc.status_action.items() if v == USE)
     loads, codes, instants, patients = orjson.loads, _FAST_CODES, VALID_INSTANTS, _PATIENTS
@@ -255,7 +272,7 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
         # The common case (one LOINC coding, a used status, a valueQuantity in a UCUM unit of
         # the catalog, a time and a subject seen before) is mapped inline with dict lookups
         # only; anything else, including a first sighting, takes the general path, which
-        # applies the same rules (mapping.Accumulator.emit) and fills the caches.
+        # applies the same rules (Accumulator.emit) and fills the caches.
         try:
             (c,) = d["code"]["coding"]
             var, units = codes[c["code"]]
@@ -278,7 +295,7 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
             if type(d) is dict and d.get("resourceType") == "Observation":
                 _read(acc, d, None, None)
             else:
-                _feed(acc, d)
+                feed(acc, d, _read)
             n = acc.n_resources
             continue
         n += 1

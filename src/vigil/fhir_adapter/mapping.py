@@ -3,7 +3,8 @@
 The fast parser (:mod:`vigil.fhir_adapter.fast`) and the strict parser
 (:mod:`vigil.fhir_adapter.strict`) differ only in how they read a resource
 (plain dicts, or validated ``fhir.resources`` R4B models). What they read is
-handed to :meth:`Accumulator.emit`, which applies these rules in this order:
+handed to :meth:`vigil.fhir_adapter.accumulator.Accumulator.emit`, which applies
+these rules in this order:
 
 1. **Code.** Only LOINC codings (``http://loinc.org``) of the catalog count
    (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value
@@ -40,18 +41,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
-
 from vigil.core.catalog import MEASURED, variable
-from vigil.fhir_adapter.records import (
-    NO_TIME,
-    Deletion,
-    IngestCounts,
-    IngestResult,
-    ObservationBatch,
-    Quarantine,
-    to_micros,
-)
+from vigil.fhir_adapter.records import to_micros
 
 __all__ = [
     "AMBIGUOUS",
@@ -64,9 +55,7 @@ __all__ = [
     "UCUM",
     "UNKNOWN",
     "UNITS",
-    "USE",
     "VALID_INSTANTS",
-    "Accumulator",
     "MappingOptions",
     "Payload",
     "canonical_value",
@@ -322,126 +311,3 @@ def quantity_payload(value: object, comparator: str | None, system: str | None,
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "valueQuantity.value is not a number"
     return (float(value), comparator, system, code, unit)
-
-
-USE, _DELETE, _SKIP = 0, 1, 2
-_STATUS = {"final": USE, "amended": USE, "corrected": USE, "preliminary": _SKIP,
-           "entered-in-error": _DELETE}
-
-
-class Accumulator:
-    """Collects what the parsers read and applies the rules of this module.
-
-    Parameters
-    ----------
-    options : MappingOptions, optional
-    """
-
-    def __init__(self, options: MappingOptions | None = None) -> None:
-        self.status_action = dict(_STATUS)
-        if options is not None and options.accept_preliminary:
-            self.status_action["preliminary"] = USE
-        self.patient: list[str] = []
-        self.variable: list[int] = []
-        self.effective: list[int] = []
-        self.value: list[float] = []
-        self.resource_id: list[str] = []
-        self.last_updated: list[int] = []
-        self.seq: list[int] = []
-        self.deletions: list[Deletion] = []
-        self.quarantine: list[Quarantine] = []
-        self.n_resources = 0
-        self.n_unknown = 0
-        self.n_skipped = 0
-        self.n_absent = 0
-
-    def ignore(self) -> None:
-        """Count an Observation without a catalog code."""
-        self.n_resources += 1
-        self.n_unknown += 1
-
-    def reject(self, rid: str, reason: str, last_updated: int = NO_TIME,
-               resource_type: str = "Observation") -> None:
-        """Quarantine a whole resource."""
-        if resource_type == "Observation":
-            self.n_resources += 1
-        self.quarantine.append(Quarantine(resource_type, rid, reason, last_updated))
-
-    def emit(self, rid: str, last_updated: int, status: str | None, patient: str | None,
-             time: int | str, items: list[tuple[int, Payload]]) -> None:
-        """Apply the status, subject, time and value rules to one Observation.
-
-        Parameters
-        ----------
-        rid : str
-            Resource id.
-        last_updated : int
-            ``meta.lastUpdated`` in microseconds or :data:`NO_TIME`.
-        status : str or None
-            ``Observation.status``.
-        patient : str or None
-            The Patient id of ``subject`` (None if it names no Patient).
-        time : int or str
-            Effective time in microseconds, or the reason it is unusable.
-        items : list of (int, Payload)
-            One entry per catalog code found (``Observation.code`` first, then components);
-            the variable may be :data:`AMBIGUOUS`.
-        """
-        self.n_resources += 1
-        action = self.status_action.get(status or "", _SKIP)
-        if status is None:
-            self.quarantine.append(Quarantine("Observation", rid, "no status", last_updated))
-            return
-        if action == _DELETE:
-            self.deletions.append(Deletion(rid, patient, self.n_resources, last_updated))
-            return
-        if action == _SKIP:
-            self.n_skipped += 1
-            return
-        if patient is None:
-            self.quarantine.append(Quarantine(
-                "Observation", rid, "subject does not reference a Patient", last_updated))
-            return
-        if isinstance(time, str):
-            self.quarantine.append(Quarantine("Observation", rid, time, last_updated))
-            return
-        for var, payload in items:
-            if payload is None:
-                self.n_absent += 1
-                continue
-            if var == AMBIGUOUS:
-                out: float | str = "codes name several catalog variables; none is more specific"
-            elif isinstance(payload, str):
-                out = payload
-            else:
-                out = canonical_value(var, payload[0], comparator=payload[1], system=payload[2],
-                                      code=payload[3], unit=payload[4])
-            if isinstance(out, str):
-                self.quarantine.append(Quarantine("Observation", rid, out, last_updated))
-                continue
-            self.patient.append(patient)
-            self.variable.append(var)
-            self.effective.append(time)
-            self.value.append(out)
-            self.resource_id.append(rid)
-            self.last_updated.append(last_updated)
-            self.seq.append(self.n_resources)
-
-    def result(self) -> IngestResult:
-        """Everything collected, as an :class:`IngestResult` (no watermark)."""
-        batch = ObservationBatch(
-            patient=np.array(self.patient, dtype=object),
-            variable=np.array(self.variable, dtype=np.int8),
-            effective=np.array(self.effective, dtype=np.int64),
-            value=np.array(self.value, dtype=np.float64),
-            resource_id=np.array(self.resource_id, dtype=object),
-            last_updated=np.array(self.last_updated, dtype=np.int64),
-            seq=np.array(self.seq, dtype=np.int64),
-            deletions=tuple(self.deletions),
-        )
-        counts = IngestCounts(
-            resources=self.n_resources, values=len(self.value),
-            ignored_unknown_code=self.n_unknown, skipped_status=self.n_skipped,
-            absent=self.n_absent, quarantined=len(self.quarantine), deleted=len(self.deletions),
-        )
-        return IngestResult(observations=batch, quarantine=tuple(self.quarantine), counts=counts)

@@ -24,12 +24,12 @@ import orjson
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from vigil.fhir_adapter.fast import bundle_references
+from vigil.fhir_adapter.accumulator import Accumulator
+from vigil.fhir_adapter.fast import feed, ndjson_lines
 from vigil.fhir_adapter.mapping import (
     LOINC,
     NO_VALUE,
     UNKNOWN,
-    Accumulator,
     MappingOptions,
     Payload,
     not_quantity,
@@ -130,22 +130,6 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     acc.emit(rid, lu, obs.status, patient, _time(obs), items)
 
 
-def _feed(acc: Accumulator, d: Any, fallback_id: str | None = None,
-          resolve: Mapping[str, str] | None = None) -> None:
-    if not isinstance(d, dict):
-        acc.reject("", "malformed resource: not a JSON object", resource_type="?")
-        return
-    rtype = d.get("resourceType")
-    if rtype == "Observation":
-        _read(acc, d, fallback_id, resolve)
-    elif rtype == "Bundle":
-        refs = bundle_references(d)
-        for entry in d.get("entry") or ():
-            if isinstance(entry, dict) and "resource" in entry:
-                url = entry.get("fullUrl")
-                _feed(acc, entry["resource"], url if isinstance(url, str) else None, refs)
-
-
 def parse_strict(resources: Iterable[Any], *, options: MappingOptions | None = None
                  ) -> IngestResult:
     """Validate and map already decoded resources (dicts; Bundles are expanded).
@@ -162,18 +146,15 @@ def parse_strict(resources: Iterable[Any], *, options: MappingOptions | None = N
     """
     acc = Accumulator(options)
     for d in resources:
-        _feed(acc, d)
+        feed(acc, d, _read)
     return acc.result()
 
 
 def parse_ndjson_strict(source: bytes | str | Path | Iterable[bytes | str], *,
                         options: MappingOptions | None = None) -> IngestResult:
     """Validate and map NDJSON (see :func:`vigil.fhir_adapter.fast.parse_ndjson`)."""
-    if isinstance(source, str | Path):
-        source = Path(source).read_bytes()
-    lines = source.splitlines() if isinstance(source, bytes) else source
     acc = Accumulator(options)
-    for line in lines:
+    for line in ndjson_lines(source):
         if not line.strip():
             continue
         try:
@@ -181,5 +162,5 @@ def parse_ndjson_strict(source: bytes | str | Path | Iterable[bytes | str], *,
         except orjson.JSONDecodeError:
             acc.reject("", "malformed NDJSON line: not JSON", resource_type="?")
             continue
-        _feed(acc, d)
+        feed(acc, d, _read)
     return acc.result()

@@ -42,6 +42,7 @@ from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
+from vigil.runtime.window import ObservationWindow
 
 __all__ = [
     "CycleResult",
@@ -210,6 +211,10 @@ class CycleRunner:
         RiskAssessments per sink call.
     grid_builder : GridBuilder, optional
         The FHIR adapter's by default.
+    keep_window : bool, optional
+        Keep the observation window in memory between cycles
+        (:class:`~vigil.runtime.window.ObservationWindow`); False reads it from the
+        store every cycle.
     monitor : Monitor or None, optional
         Drift and performance monitor, called after scoring inside the cycle's transaction.
     """
@@ -228,6 +233,7 @@ class CycleRunner:
         retention_hours: float = 7 * 24,
         writeback_batch: int = 200,
         grid_builder: GridBuilder = adapter_grid,
+        keep_window: bool = True,
         monitor: Monitor | None = None,
     ) -> None:
         self.store = store
@@ -241,6 +247,8 @@ class CycleRunner:
         self.retention_hours = retention_hours
         self.writeback_batch = writeback_batch
         self.grid_builder = grid_builder
+        self.keep_window = keep_window
+        self._window: ObservationWindow | None = None
         self.monitor = monitor
 
     def run(self, tick: datetime) -> CycleResult:
@@ -322,16 +330,17 @@ class CycleRunner:
         with self.store.transaction() as tx:
             t0 = time.perf_counter()
             self.store.put_census(tx, census.stays, tick=_ts(tick))
-            self.store.put_observations(tx, incoming)
+            kept, replaced = self.store.put_observations(tx, incoming)
             self.store.put_quarantine(tx, cycle_id, quarantine)
             if fetched.watermark is not None:
                 self.store.set_watermark(tx, self.source.name, fetched.watermark.isoformat())
             counts["pruned"] = self.store.prune(tx, before=_ts(tick) - self.retention_hours * 3600)
-            window = self.store.observations(
-                census.patients,
-                since=to_micros(tick - timedelta(hours=LOOKBACK_HOURS + 2)),
-                until=to_micros(tick),
-            )
+            since_us = to_micros(tick - timedelta(hours=LOOKBACK_HOURS + 2))
+            if self._window is None or self._window.since > since_us:
+                window = ObservationWindow.read(self.store, census.patients, since=since_us)
+            else:
+                window = self._window.advance(self.store, census.patients, since=since_us,
+                                              kept=kept, replaced=replaced)
             timings["store"] = time.perf_counter() - t0
             self.checkpoint("stored")
 
@@ -339,7 +348,7 @@ class CycleRunner:
             done = complete_hours(census.stays, tick)
             ready = [(s, h) for s, h in zip(census.stays, done, strict=True) if h >= 1]
             grid = self.grid_builder(
-                [s for s, _ in ready], window,
+                [s for s, _ in ready], window.until(to_micros(tick)),
                 until=[s.icu_admission + timedelta(hours=h) for s, h in ready],
             )
             features = build_latest_features(grid)
@@ -374,6 +383,7 @@ class CycleRunner:
             counts["queued"] = len(items)
             timings["build_writeback"] = time.perf_counter() - t0
             self.store.finish_cycle(tx, cycle_id, status="scored", counts=counts, timings=timings)
+        self._window = window if self.keep_window else None
 
     def _score(
         self,
@@ -445,6 +455,7 @@ class CycleRunner:
         timings: dict[str, float],
         started: float,
     ) -> CycleResult:
+        self._window = None  # rebuilt from the store by the next cycle
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, VigilError):
             log.warning("cycle %d failed: %s", cycle_id, reason)

@@ -197,6 +197,7 @@ def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[Cl
         If the directory holds no Encounter or Observation file.
     """
     from vigil.fhir_adapter.bulk import NDJSONSource, ndjson_files
+    from vigil.fhir_adapter.fast import parse_ndjson
 
     root = Path(path)
     files = ndjson_files(root) if root.is_dir() else {}
@@ -205,13 +206,14 @@ def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[Cl
             f"expected Encounter and Observation NDJSON in {root} (e.g. from `vigil fhir synth`); "
             "found none", source=str(root),
         )
-    source = NDJSONSource(root)
-    census = source.census()
-    result = source.observations(None, None)
-    source.close()
-    quarantined = len(census.quarantine) + len(result.quarantine)
-    return clocked(census, result.observations, stack_admissions=stack_admissions,
-                   quarantine=result.quarantine), quarantined
+    census = NDJSONSource(root).census()
+    # Every value at once: the mapping of each file, without the source's time index.
+    results = [parse_ndjson(path) for path in files["Observation"]]
+    batch = ObservationBatch.concat([r.observations for r in results])
+    rejected = tuple(q for r in results for q in r.quarantine)
+    quarantined = len(census.quarantine) + len(rejected)
+    return clocked(census, batch, stack_admissions=stack_admissions,
+                   quarantine=rejected), quarantined
 
 
 def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:

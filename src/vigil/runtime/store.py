@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -337,12 +337,21 @@ class StateStore:
         )
 
     @staticmethod
-    def put_observations(tx: sqlite3.Connection, batch: ObservationBatch) -> int:
-        """Store a batch with the adapter's version rules; returns the values stored.
+    def put_observations(
+        tx: sqlite3.Connection, batch: ObservationBatch
+    ) -> tuple[ObservationBatch, frozenset[str]]:
+        """Store a batch with the adapter's version rules.
 
         Per resource id, the values of its latest version (highest ``seq``) replace
         everything stored before; a :class:`~vigil.fhir_adapter.records.Deletion` read
         after the last version removes the resource's values.
+
+        Returns
+        -------
+        kept : ObservationBatch
+            The values stored (no deletions).
+        replaced : frozenset of str
+            Resource ids whose earlier values are gone (replaced or deleted).
         """
         rid = batch.resource_id.astype(str)
         seq = batch.seq
@@ -358,18 +367,18 @@ class StateStore:
         deleted = {d.resource_id for d in batch.deletions if d.seq > last_seq.get(d.resource_id, -1)}
         if deleted:
             keep &= ~np.isin(rid, list(deleted))
-        rid = rid[keep]
-        tx.executemany(
-            "DELETE FROM observations WHERE resource_id = ?",
-            ((r,) for r in sorted(set(rid.tolist()) | deleted)),
-        )
+        kept = replace(batch.take(keep), deletions=())
+        rids = kept.resource_id.astype(str).tolist()
+        replaced = frozenset(rids) | deleted
+        tx.executemany("DELETE FROM observations WHERE resource_id = ?",
+                       ((r,) for r in sorted(replaced)))
         tx.executemany(
             "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?)",
-            zip(rid.tolist(), batch.variable[keep].tolist(), batch.patient[keep].astype(str).tolist(),
-                batch.effective[keep].tolist(), batch.value[keep].tolist(),
-                batch.last_updated[keep].tolist(), strict=True),
+            zip(rids, kept.variable.tolist(), kept.patient.astype(str).tolist(),
+                kept.effective.tolist(), kept.value.tolist(), kept.last_updated.tolist(),
+                strict=True),
         )
-        return int(keep.sum())
+        return kept, replaced
 
     def observations(self, patient_keys: Sequence[str], *, since: int, until: int) -> ObservationBatch:
         """Stored values of some patients with ``since <= effective <= until`` (microseconds)."""

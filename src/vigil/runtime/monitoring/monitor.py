@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from vigil.core.errors import ConfigError, VigilError
+from vigil.core.errors import ConfigError
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.fhir_adapter.records import ObservationBatch
 from vigil.runtime.monitoring.alarms import (
@@ -178,6 +178,7 @@ class Monitor:
         self._counted: dict[str, int] = {}
         self._labelled_until: float | None = None
         self._restarted = False
+        self.errors = 0
         self._detail = True
         self._last_detail = -math.inf
         self._coarse: dict[str, tuple[Histogram, Histogram]] = {}
@@ -229,13 +230,20 @@ class Monitor:
             Alarms first raised in this cycle (all open alarms: :meth:`open_alarms`).
         """
         now = tick.timestamp() if isinstance(tick, datetime) else float(tick)
+        # The monitor must never cost a cycle its scores: whatever fails here is logged and
+        # undone (a savepoint inside the cycle's transaction), and the cycle goes on.
+        tx.execute("SAVEPOINT vigil_monitor")
         try:
-            return self._observe(tx, now, model, grid, scores, census, observations, quarantine,
-                                 units)
-        except (VigilError, ValueError, ArithmeticError, sqlite3.Error) as exc:
-            # the monitor must never cost a cycle its scores: log, count, go on
-            log.error("monitor skipped this cycle: %s: %s", type(exc).__name__, exc)
+            raised = self._observe(tx, now, model, grid, scores, census, observations,
+                                   quarantine, units)
+        except Exception:
+            tx.execute("ROLLBACK TO vigil_monitor")
+            tx.execute("RELEASE vigil_monitor")
+            self.errors += 1
+            log.exception("the monitor failed on this cycle; its statistics are skipped")
             return []
+        tx.execute("RELEASE vigil_monitor")
+        return raised
 
     def open_alarms(self) -> list[Alarm]:
         """Return the alarms open now (for ``/metrics``)."""

@@ -1,0 +1,75 @@
+"""``vigil federate``, ``vigil federate history`` and ``vigil package`` end to end on the sample."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vigil.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def federated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    keys = (root / "k.pem", root / "k.pub")
+    made = runner.invoke(app, ["package", "keygen", "--private-key", str(keys[0]),
+                               "--public-key", str(keys[1])])
+    assert made.exit_code == 0, made.output
+    out = root / "pkg"
+    result = runner.invoke(app, [
+        "federate", "--data", "sample", "--sites", "hospital", "--strategy", "fedprox",
+        "--mu", "0.1", "--robust", "median", "--rounds", "2", "--hidden", "8", "--dropout", "0",
+        "--lr", "1e-3", "--out", str(out), "--private-key", str(keys[0]), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), out, keys
+
+
+def test_federate_writes_a_signed_package_and_reports(federated):
+    summary, out, _ = federated
+    assert summary["packages"] == [str(out)] and summary["signed"] is True
+    assert summary["best_round"] in (1, 2) and summary["rejections"] == []
+    assert 0.5 < summary["validation"]["auroc"] <= 1.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    strategy = manifest["training"]["strategy"]
+    assert (strategy["name"], strategy["proximal_mu"], strategy["robust"]) == ("fedprox", 0.1,
+                                                                                 "median")
+
+
+def test_history_prints_every_round_and_site(federated):
+    _, out, _ = federated
+    result = runner.invoke(app, ["federate", "history", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rounds = json.loads(result.stdout)["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert [s["site"] for s in rounds[0]["sites"]] == ["A", "B"]
+    table = runner.invoke(app, ["federate", "history", str(out)])
+    assert "round history" in table.stdout and "accepted" in table.stdout
+
+
+def test_verify_passes_then_names_the_changed_file(federated, tmp_path):
+    import shutil
+
+    _, out, keys = federated
+    ok = runner.invoke(app, ["package", "verify", str(out), "--public-key", str(keys[1]), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["signature"] == "publisher key"
+    copy = tmp_path / "pkg"
+    shutil.copytree(out, copy)
+    onnx = copy / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    bad = runner.invoke(app, ["package", "verify", str(copy), "--public-key", str(keys[1])])
+    assert bad.exit_code == 2 and "model.onnx has changed" in bad.output
+
+
+def test_option_errors_exit_2_with_a_message(tmp_path):
+    no_out = runner.invoke(app, ["federate", "--rounds", "1"])
+    assert no_out.exit_code == 2 and "expected --out DIR" in no_out.output
+    mu = runner.invoke(app, ["federate", "--mu", "0.1", "--out", str(tmp_path / "x")])
+    assert mu.exit_code == 2 and "--mu applies to --strategy fedprox only" in mu.output
+    exists = runner.invoke(app, ["package", "keygen", "--private-key", str(tmp_path),
+                                 "--public-key", str(tmp_path / "p")])
+    assert exists.exit_code == 2 and "refusing to overwrite" in exists.output

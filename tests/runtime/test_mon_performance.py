@@ -1,0 +1,86 @@
+"""Performance with delayed labels: AUROC standard error, label lookup, the two alarms."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vigil.features.metrics import auroc
+from vigil.runtime.monitoring.alarms import AlarmKind
+from vigil.runtime.monitoring.performance import FrameLabels, PerformanceMonitor, hanley_mcneil_se
+
+H = 3600.0
+
+
+def test_hanley_mcneil_se_matches_the_bootstrap():
+    # exponential scores: the model under which Hanley & McNeil derived Q1 and Q2
+    rng = np.random.default_rng(0)
+    n_pos, n_neg = 60, 240
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
+    x = np.r_[rng.exponential(2.5, n_pos), rng.exponential(1.0, n_neg)]
+    area = auroc(y, x)
+    boot = []
+    for _ in range(1000):
+        i = np.r_[rng.integers(0, n_pos, n_pos), n_pos + rng.integers(0, n_neg, n_neg)]
+        boot.append(auroc(y[i], x[i]))
+    assert hanley_mcneil_se(area, n_pos=n_pos, n_neg=n_neg) == pytest.approx(np.std(boot), rel=0.1)
+    assert hanley_mcneil_se(0.8, n_pos=0, n_neg=5) == np.inf
+
+
+def test_frame_labels_look_up_patient_hours():
+    labels = FrameLabels(pd.DataFrame({"patient_key": ["p1", "p1", "p2"], "iculos": [1, 2, 1],
+                                       "label": [0, 1, 0]}), delay_hours=6)
+    got = labels.labels(np.array(["p1", "p2", "p3"], dtype=object), np.array([2, 1, 1]))
+    assert got[:2].tolist() == [1.0, 0.0] and np.isnan(got[2])
+    with pytest.raises(ValueError, match="missing \\['label'\\]"):
+        FrameLabels(pd.DataFrame({"patient_key": [], "iculos": []}), delay_hours=1)
+
+
+def stream(monitor, rng, *, hours, start, probability):
+    """One labelled hour of 40 patients per call; 1 in 10 patients is septic."""
+    for h in range(hours):
+        keys = np.array([f"p{(start + h) // 24}-{i}" for i in range(40)], dtype=object)
+        septic = np.array([i % 10 == 0 for i in range(40)])
+        risk = np.where(septic, 0.3, 0.02)
+        y = (rng.random(40) < risk).astype(float)
+        monitor.add(now=(start + h) * H, patient_keys=keys, probability=probability(risk, rng),
+                    labels=y)
+
+
+def test_a_calibrated_stable_model_raises_nothing():
+    rng = np.random.default_rng(1)
+    mon = PerformanceMonitor(reference_auroc=None, window_hours=72)
+    stream(mon, rng, hours=240, start=0, probability=lambda r, g: r)
+    found, stats = mon.check(now=240 * H)
+    assert found == []
+    m = mon.metrics()
+    assert m is not None and m.observed_expected == pytest.approx(1.0, abs=0.25)
+    assert mon.reference_auroc is not None  # learned from the first full window
+    assert {s[2] for s in stats} >= {"auroc", "observed_expected", "intercept", "slope"}
+
+
+def test_noise_on_the_output_raises_a_discrimination_alarm():
+    rng = np.random.default_rng(2)
+    mon = PerformanceMonitor(reference_auroc=0.8, window_hours=72, min_patients=5)
+    noisy = lambda r, g: 1 / (1 + np.exp(-(np.log(r / (1 - r)) + g.normal(0, 3, r.size))))  # noqa: E731
+    stream(mon, rng, hours=96, start=0, probability=noisy)
+    found, _ = mon.check(now=96 * H)
+    kinds = {f.kind for f in found}
+    assert AlarmKind.DISCRIMINATION in kinds
+    (disc,) = [f for f in found if f.kind is AlarmKind.DISCRIMINATION]
+    assert disc.value < 0.75 and "ranks patients worse" in disc.message
+
+
+def test_a_calibration_shift_recommends_recalibration_on_the_recent_window():
+    rng = np.random.default_rng(3)
+    mon = PerformanceMonitor(reference_auroc=None, window_hours=72)
+    stream(mon, rng, hours=120, start=0, probability=lambda r, g: r)
+    assert mon.check(now=120 * H)[0] == []
+    # the outcome rate rises fourfold against the model's output (Davis et al. 2017: drift
+    # follows the event rate); ADWIN's bound is conservative, it needs a clear change
+    stream(mon, rng, hours=120, start=120, probability=lambda r, g: r / 4)
+    found, _ = mon.check(now=240 * H)
+    (cal,) = [f for f in found if f.kind is AlarmKind.CALIBRATION]
+    assert cal.value > 0  # more observed than expected
+    assert "recalibration recommended" in cal.message
+    width = int(cal.message.rsplit("on the last ", 1)[1].split()[0])
+    assert width < 120 * 40  # the window to recalibrate on starts after the change

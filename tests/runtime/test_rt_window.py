@@ -1,0 +1,65 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from rt_support import make_package, synth_source
+
+from vigil.core.catalog import MEASURED
+from vigil.data import patient_split
+from vigil.fhir_adapter.records import Deletion, ObservationBatch
+from vigil.runtime.cycle import CycleRunner
+from vigil.runtime.models import LiveModels, live_model
+from vigil.runtime.recorded import ClockedSource
+from vigil.runtime.replay import replay, replay_ticks, scores_output
+from vigil.runtime.settings import AlertSettings, ScoringSettings
+from vigil.runtime.store import StateStore
+from vigil.runtime.window import ObservationWindow
+
+HOUR_US = 3_600_000_000
+
+
+@pytest.fixture(scope="module")
+def source(sample, tmp_path_factory):
+    """Synthetic stays, plus late corrections (a new version, 3 h later, with another value)
+    of some heart rates, and one heart rate entered in error."""
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:5])
+    base = synth_source(table, tmp_path_factory.mktemp("nd"))
+    rec = base.recorded
+    hr = np.flatnonzero(rec.variable == MEASURED.index("HR"))[::7]
+    top = int(rec.seq.max())
+    fix = rec.take(hr)
+    fix = replace(fix, value=fix.value + 25.0, effective=fix.effective + 3 * HOUR_US,
+                  last_updated=fix.effective + 3 * HOUR_US,
+                  seq=top + 1 + np.arange(len(fix), dtype=np.int64))
+    gone = rec.take(np.flatnonzero(rec.variable == MEASURED.index("HR"))[3:4])
+    deletion = Deletion(str(gone.resource_id[0]), str(gone.patient[0]), top + len(fix) + 5)
+    recorded = replace(ObservationBatch.concat([rec, fix]), deletions=(deletion,))
+    return ClockedSource(stays=base.stays, recorded=recorded), len(fix)
+
+
+def run(tmp_path, source, *, keep_window):
+    make_package(tmp_path / "pkg")
+    live = LiveModels(live_model(tmp_path / "pkg"), None)
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", durable=False)
+    runner = CycleRunner(store=store, source=source, sink=None, models=lambda: live,
+                         scoring=ScoringSettings(), alerts=AlertSettings(), keep_window=keep_window)
+    start, end = source.span
+    result = replay(runner, replay_ticks(start, start + (end - start) / 2))
+    assert result.failed == 0
+    return runner
+
+
+def test_the_window_in_memory_equals_the_store(tmp_path, source):
+    src, n_fixed = source
+    assert n_fixed > 20
+    kept = run(tmp_path / "kept", src, keep_window=True)
+    read = run(tmp_path / "read", src, keep_window=False)
+    a, b = scores_output(kept.store), scores_output(read.store)
+    assert len(a) > 100
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+    # and the last window holds exactly what the store holds
+    window = kept._window
+    again = ObservationWindow.read(kept.store, sorted(window.patients), since=window.since)
+    rows = lambda v: sorted(zip(v.resource_id, v.variable.tolist(), v.value.tolist(),  # noqa: E731
+                                strict=True))
+    assert rows(window.values) == rows(again.values) and len(window.values) > 0
