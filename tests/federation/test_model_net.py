@@ -118,6 +118,19 @@ def test_predict_proba_is_sigmoid_of_logits_and_restores_mode():
     assert p.shape == (9,)
 
 
+def test_forward_matches_a_numpy_reference():
+    rng = np.random.default_rng(3)
+    x = rng.normal(5.0, 30.0, size=(50, 4)).astype(np.float32)
+    net = SepsisNet(4, hidden=(6, 3), dropout=0.3)
+    set_norm(net, np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 2.0, 8.0, 1.0]))
+    w = get_weights(net)
+    h = np.arcsinh((x.astype(np.float64) - w["norm.mean"]) / w["norm.std"])
+    h = np.maximum(h @ w["mlp.0.weight"].T + w["mlp.0.bias"], 0)
+    h = np.maximum(h @ w["mlp.3.weight"].T + w["mlp.3.bias"], 0)
+    logit = (h @ w["mlp.6.weight"].T + w["mlp.6.bias"])[:, 0]
+    np.testing.assert_allclose(predict_proba(net, x), 1 / (1 + np.exp(-logit)), atol=1e-6)
+
+
 def test_standardization_uses_the_buffers():
     net = SepsisNet(2, hidden=(1,))
     set_norm(net, np.array([1.0, -2.0]), np.array([2.0, 4.0]))

@@ -201,3 +201,12 @@ def test_the_inline_path_and_the_general_path_agree_on_many_variations() -> None
     n = 2 * len(MEASURED)
     assert (res.counts.values, res.counts.skipped_status, res.counts.deleted,
             res.counts.quarantined) == (n, n, n, n)
+
+
+def test_reprs_never_show_patient_or_resource_ids() -> None:
+    res = parse_all([observation(patient="pt-secret", rid="pt-secret-hr-1"),
+                     observation(patient="pt-secret", rid="pt-secret-x", status="entered-in-error"),
+                     observation(patient="pt-secret", rid="pt-secret-q", value=999.0)])
+    shown = repr(list(res.observations.records())) + repr(res.observations.deletions) + repr(
+        res.quarantine) + repr(res) + repr(res.observations)
+    assert "pt-secret" not in shown and "HR" in shown

@@ -1,7 +1,7 @@
 """ONNX export of a :class:`~vigil.federation.model.SepsisNet`, parity check, model package.
 
 The ONNX graph is built from the weights with ``onnx.helper`` (no tracing, no
-``onnxscript``): ``Sub(mean) -> Div(std) -> [Gemm -> Relu]* -> Gemm -> Sigmoid``.
+``onnxscript``): ``Sub(mean) -> Div(std) -> Asinh -> [Gemm -> Relu]* -> Gemm -> Sigmoid``.
 Dropout is the identity at inference and is left out.
 
 API (stable; federation builds on it)
@@ -87,7 +87,8 @@ def to_onnx(model: nn.Module) -> bytes:
     ]
     nodes = [
         helper.make_node("Sub", [INPUT_NAME, "norm_mean"], ["centered"]),
-        helper.make_node("Div", ["centered", "norm_std"], ["h0"]),
+        helper.make_node("Div", ["centered", "norm_std"], ["standardized"]),
+        helper.make_node("Asinh", ["standardized"], ["h0"]),
     ]
     linears = [m for m in net.mlp if isinstance(m, nn.Linear)]
     current = "h0"
@@ -195,7 +196,8 @@ dropout {architecture.get("dropout")} in training) on the {len(FEATURE_SCHEMA)} 
 of feature schema v{FEATURE_SCHEMA.version} (sha256 `{FEATURE_SCHEMA.sha256[:16]}`):
 last values carried forward, missingness indicators, hours since measurement,
 6 h trends, derived ratios, SOFA-like components, rule scores, demographics and
-ICU hour. Features are standardized inside the model; the output is a
+ICU hour. Features are standardized inside the model and squashed with
+`asinh` (linear near the mean, logarithmic in the tails); the output is a
 probability, exported to ONNX (opset {OPSET}).
 
 ## Training data

@@ -113,7 +113,9 @@ UNITS: tuple[dict[str, tuple[float, float]], ...] = tuple(
     {variable(n).unit: (1.0, 0.0), **{c.unit: (c.scale, c.offset) for c in variable(n).conversions}}
     for n in MEASURED
 )
+"""Per variable (MEASURED order): accepted unit -> (scale, offset) to the canonical unit."""
 RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
+"""Per variable (MEASURED order): the plausible range (low, high), canonical unit."""
 
 
 def variable_of(codes: Iterable[str]) -> int:
@@ -144,6 +146,7 @@ def variable_of(codes: Iterable[str]) -> int:
 
 CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None],
                        tuple[float, float] | str] = {}
+"""(variable, system, code, unit) -> conversion or quarantine reason (bounded)."""
 
 
 def _conversion(var: int, system: str | None, code: str | None, unit: str | None

@@ -8,6 +8,9 @@ frozen :class:`MappedObservation`).
 Times are integer microseconds since 1970-01-01T00:00:00Z in the columns
 (:data:`NO_TIME` where unknown) and tz-aware UTC datetimes in the row view.
 
+Patient ids and resource ids (which may embed a patient id, as the synthetic
+ones do) are left out of every ``repr``; treat both as patient keys, never log them.
+
 Versions and deletions: every FHIR resource read gets a sequence number
 ``seq`` in reading order. A later version of a resource (same resource id,
 higher ``seq``) replaces every value of the earlier one; a :class:`Deletion`
@@ -81,11 +84,11 @@ class MappedObservation:
         ``meta.lastUpdated`` of the resource, tz-aware UTC.
     """
 
-    patient: str
+    patient: str = field(repr=False)
     variable: str
     effective: datetime
     value: float
-    resource_id: str
+    resource_id: str = field(repr=False)
     last_updated: datetime | None
 
 
@@ -105,8 +108,8 @@ class Deletion:
         ``meta.lastUpdated`` in microseconds, or :data:`NO_TIME`.
     """
 
-    resource_id: str
-    patient: str | None
+    resource_id: str = field(repr=False)
+    patient: str | None = field(repr=False)
     seq: int
     last_updated: int = NO_TIME
 
@@ -128,7 +131,7 @@ class Quarantine:
     """
 
     resource_type: str
-    resource_id: str
+    resource_id: str = field(repr=False)
     reason: str
     last_updated: int = NO_TIME
 

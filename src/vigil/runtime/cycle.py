@@ -42,7 +42,7 @@ from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
-from vigil.runtime.window import ObservationWindow
+from vigil.runtime.window import ObservationWindow, recent_grid
 
 __all__ = [
     "CycleResult",
@@ -347,10 +347,8 @@ class CycleRunner:
             t0 = time.perf_counter()
             done = complete_hours(census.stays, tick)
             ready = [(s, h) for s, h in zip(census.stays, done, strict=True) if h >= 1]
-            grid = self.grid_builder(
-                [s for s, _ in ready], window.until(to_micros(tick)),
-                until=[s.icu_admission + timedelta(hours=h) for s, h in ready],
-            )
+            grid = recent_grid([s for s, _ in ready], [h for _, h in ready],
+                               window.until(to_micros(tick)), builder=self.grid_builder)
             features = build_latest_features(grid)
             hours = grid.hours[grid.starts[1:] - 1] if grid.n_patients else np.zeros(0, np.int32)
             timings["features"] = time.perf_counter() - t0

@@ -1,4 +1,6 @@
-"""The observation window in memory: the stored values a cycle's grid needs, kept up to date.
+"""What a cycle needs from the past: the observation window in memory, and the recent grid.
+
+**The observation window.**
 
 Each cycle needs, for every census patient, the stored values of the last
 ``LOOKBACK_HOURS + 2`` hours. Reading them back from the store every 15 minutes
@@ -8,19 +10,32 @@ the store: the values stored (:meth:`StateStore.put_observations`'s ``kept``)
 replace every earlier value of the same resource ids (``replaced``). Patients
 new to the window are read from the store once. The store stays the truth: the
 window is rebuilt from it after a restart or a failed cycle.
+
+**The recent grid** (:func:`recent_grid`). The features of a patient's last hour
+depend on that hour and the ``LOOKBACK_HOURS`` before it, so the grid of a stay
+holds at most its last ``LOOKBACK_HOURS + 1`` hours, with their true ICU hour
+numbers: a week-long stay, or an encounter left open for years, costs the same
+as a three-day one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 import numpy as np
 
-from vigil.fhir_adapter.records import ObservationBatch
+from vigil.features.builder import LOOKBACK_HOURS
+from vigil.features.grid import GRID_COLUMNS, HourlyGrid
+from vigil.fhir_adapter.records import ObservationBatch, Stay
 from vigil.runtime.store import StateStore
 
-__all__ = ["ObservationWindow"]
+__all__ = ["RECENT_HOURS", "ObservationWindow", "recent_grid"]
+
+RECENT_HOURS = LOOKBACK_HOURS + 1
+"""Hours of a stay the grid keeps: the scored hour and its look-back."""
+_STATIC_AT = GRID_COLUMNS.index("Age")
 
 _END_OF_TIME = np.iinfo(np.int64).max
 
@@ -86,3 +101,51 @@ class ObservationWindow:
     def until(self, until: int) -> ObservationBatch:
         """The values with ``effective <= until``."""
         return self.values.take(self.values.effective <= until)
+
+
+def recent_grid(
+    stays: Sequence[Stay],
+    hours: Sequence[int],
+    values: ObservationBatch,
+    *,
+    builder: Callable[..., HourlyGrid],
+) -> HourlyGrid:
+    """The grid of each stay's last ``min(h, RECENT_HOURS)`` complete hours.
+
+    The grid builder is asked for a stay whose admission is moved ``k = h -
+    RECENT_HOURS`` hours later, which numbers the wanted hours ``1..RECENT_HOURS``
+    and leaves out the earlier values; the hours then get ``k`` back, and the
+    static columns (age and hospital admission depend on the admission time)
+    are those of the real stay.
+
+    Parameters
+    ----------
+    stays : sequence of Stay
+    hours : sequence of int
+        Complete ICU hours of each stay at the tick (>= 1).
+    values : ObservationBatch
+    builder : callable
+        :func:`vigil.fhir_adapter.grid_from_observations` or the same contract.
+
+    Returns
+    -------
+    HourlyGrid
+    """
+    offsets = np.array([max(0, h - RECENT_HOURS) for h in hours], dtype=np.int64)
+    moved = [s if k == 0 else replace(s, icu_admission=s.icu_admission + timedelta(hours=int(k)))
+             for s, k in zip(stays, offsets, strict=True)]
+    until: list[datetime] = [s.icu_admission + timedelta(hours=h) for s, h in zip(stays, hours,
+                                                                                  strict=True)]
+    grid = builder(moved, values, until=until)
+    if not offsets.any():
+        return grid
+    lengths = np.diff(grid.starts)
+    fixed = grid.values.copy()
+    static = np.array([s.static_values() for s in stays], dtype=np.float32).reshape(-1, 5)
+    fixed[:, _STATIC_AT:] = np.repeat(static, lengths, axis=0)
+    return HourlyGrid(
+        patient_ids=grid.patient_ids,
+        starts=grid.starts,
+        hours=(grid.hours + np.repeat(offsets, lengths)).astype(np.int32),
+        values=fixed,
+    )
