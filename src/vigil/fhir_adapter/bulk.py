@@ -158,7 +158,8 @@ class NDJSONSource:
     def census(self, *, at: datetime | None = None) -> Census:
         """Return the in-progress ICU stays (with ``at``: only those admitted by then)."""
         files = ndjson_files(self.directory)
-        read = {t: [orjson.loads(line) for line in _lines(files[t])] for t in _TYPES}
+        read = {t: [orjson.loads(line) for line in _lines(files[t])]
+                for t in ("Encounter", "Patient", "Location")}
         census = build_census(read["Encounter"], read["Patient"], read["Location"],
                               icu_locations=self._icu, unit_by_location=self._units)
         if at is None:

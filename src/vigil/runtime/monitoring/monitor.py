@@ -69,6 +69,7 @@ from vigil.runtime.monitoring.stats import (
     normed_wasserstein,
     proportion_change,
     psi,
+    psi_noise_floor,
 )
 
 if TYPE_CHECKING:
@@ -462,7 +463,13 @@ class Monitor:
             return [], stats
         ks = ks_binned(hist.counts, histogram(current, hist.edges), n_current=n_eff, limit=True)
         stats.append((str(kind), name, "ks_pvalue", ks.pvalue))
-        if ks.pvalue >= self.noise_level:
+        import os
+        if os.environ.get("GATE") == "psi":
+            floor = psi_noise_floor(coarse.n_bins, n_reference=float(coarse.counts.sum()),
+                                    n_current=n_eff, quantile=1 - self.noise_level)
+            if value <= floor:
+                return [], stats
+        elif ks.pvalue >= self.noise_level:
             return [], stats
         severity = Severity.CRITICAL if value >= self.psi_act else Severity.WARNING
         what = "score distribution" if kind is AlarmKind.SCORE_DRIFT else f"{name} distribution"

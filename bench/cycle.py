@@ -1,0 +1,284 @@
+"""One scoring cycle for 1,000 ICU patients with 72 h of history: where the time goes.
+
+The data: ``--patients`` PhysioNet stays of at least ``--hours`` hours (the full
+shared file when it is beside the checkout, else the bundled sample, with stays
+reused under new ids when there are too few), written as FHIR R4 by the synth's
+resource builder, every patient admitted ``--hours`` hours (and up to 15
+minutes) before the tick. Two sources serve it:
+
+- ``ndjson``: the Bulk Data directory (the embedded mode; write-back to NDJSON);
+- ``rest``: the real FHIR test server (sekmet-fhir from ``.venv-fhir``) on
+  loopback, loaded with transaction Bundles (write-back ``PUT RiskAssessment``).
+
+Each runs ``vigil serve``'s service (:func:`vigil.runtime.service.build_service`
+from a ``site.toml``) in a child process, for two cycles: **cold** (first tick:
+the whole 72 h history is fetched) and **warm** (15 minutes later: the
+incremental fetch, nothing new). Printed per cycle: total, FHIR I/O (REST: HTTP
+requests and JSON decoding, including the write-back PUTs; NDJSON: reading and
+indexing the files), parsing (Observation mapping and census), store, features
+(grid and feature builder), inference (onnxruntime, calibration, alert policy),
+write-back building, the share of everything that is not FHIR I/O (target
+<= 25%), and the child's peak RSS (target <= 500 MB).
+
+Usage: ``.venv/bin/python bench/cycle.py [--patients 1000] [--hours 72]
+[--sources ndjson,rest] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "physionet2019" / "sepsis_hourly.parquet"
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def _stays(n: int, hours: int) -> Any:
+    import pandas as pd
+
+    from vigil.data import load_physionet
+
+    table = load_physionet(SHARED if SHARED.is_file() else "sample")
+    frame = table.frame
+    length = frame.groupby("patient_id", sort=False)["ICULOS"].transform("size")
+    long = frame[length >= hours]
+    long = long[long.groupby("patient_id", sort=False).cumcount() < hours]
+    ids = long["patient_id"].unique()
+    parts = []
+    for i in range(n):
+        rows = long[long["patient_id"] == ids[i % len(ids)]].copy()
+        rows["patient_id"] = f"{ids[i % len(ids)]}-{i // len(ids)}" if i >= len(ids) else ids[i]
+        rows["ICULOS"] = np.arange(1, hours + 1)
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True), len(ids)
+
+
+def _shift(text: str, delta: timedelta) -> str:
+    when = datetime.fromisoformat(text.replace("Z", "+00:00")) + delta
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_fhir(frame: Any, out: Path, *, tick: datetime, hours: int, bundles: bool) -> int:
+    """Synth resources of every patient, moved so each is admitted ``hours`` before ``tick``."""
+    from vigil.fhir_adapter.synth import icu_admission, location_resources, patient_resources
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = {t: (out / f"{t}.ndjson").open("wb") for t in ("Location", "Patient", "Encounter",
+                                                           "Observation")}
+    n_obs, entries, n_bundles = 0, [], 0
+
+    def flush() -> None:
+        nonlocal entries, n_bundles
+        if bundles and entries:
+            (out / "bundles").mkdir(exist_ok=True)
+            (out / "bundles" / f"b{n_bundles:05d}.json").write_bytes(orjson.dumps(
+                {"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+            n_bundles += 1
+        entries = []
+
+    def put(r: dict[str, Any]) -> None:
+        files[r["resourceType"]].write(orjson.dumps(r) + b"\n")
+        entries.append({"resource": r, "request": {"method": "PUT",
+                                                   "url": f"{r['resourceType']}/{r['id']}"}})
+
+    for loc in location_resources(("A", "B")):
+        put(loc)
+    flush()
+    for pid, rows in frame.groupby("patient_id", sort=False):
+        admitted = tick - timedelta(hours=hours, minutes=int(rng.integers(0, 15)))
+        delta = admitted - icu_admission(str(pid))
+        patient, encounter, observations = patient_resources(rows)
+        days = (admitted.date() - icu_admission(str(pid)).date()).days
+        patient["birthDate"] = (datetime.fromisoformat(patient["birthDate"]).date()
+                                + timedelta(days=days)).isoformat()
+        for entry in encounter["location"]:
+            entry["period"]["start"] = _shift(entry["period"]["start"], delta)
+        if "period" in encounter:
+            encounter["period"]["start"] = _shift(encounter["period"]["start"], delta)
+        put(patient)
+        put(encounter)
+        for o in observations:
+            when = _shift(o["effectiveDateTime"], delta)
+            o["effectiveDateTime"] = o["issued"] = o["meta"]["lastUpdated"] = when
+            put(o)
+        n_obs += len(observations)
+        if len(entries) >= 2000:
+            flush()
+    flush()
+    for f in files.values():
+        f.close()
+    return n_obs
+
+
+# -- the child: one service, two cycles ----------------------------------------------------------
+
+
+def child(config: Path, tick: datetime) -> dict[str, Any]:
+    """Run the cycles in this process with the parsers timed; returns timings and peak RSS."""
+    import vigil.fhir_adapter.bulk as bulk
+    import vigil.fhir_adapter.rest as rest
+    from vigil.runtime.service import build_service
+    from vigil.runtime.settings import load_settings
+
+    spent = {"parse": 0.0}
+
+    def timed(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["parse"] += time.perf_counter() - t0
+        return wrapper
+
+    for module, name in ((rest, "parse_fast"), (rest, "build_census"), (bulk, "parse_ndjson"),
+                         (bulk, "build_census")):
+        setattr(module, name, timed(getattr(module, name)))
+    service = build_service(load_settings(config, environ=False))
+    out = []
+    for label, now in (("cold", tick), ("warm", tick + timedelta(minutes=15))):
+        spent["parse"] = 0.0
+        result = service.run_cycle(now=now)
+        out.append({"cycle": label, "status": result.status, "reason": result.reason,
+                    "counts": result.counts, "timings": result.timings,
+                    "parse": spent["parse"]})
+    service.close()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"cycles": out, "peak_rss_mb": rss_mb}
+
+
+def split(c: dict[str, Any]) -> dict[str, float]:
+    """The time split of one cycle."""
+    t = c["timings"]
+    source = t.get("census", 0.0) + t.get("fetch", 0.0)
+    io = max(0.0, source - c["parse"]) + t.get("writeback", 0.0)
+    parts = {
+        "total": t["total"],
+        "fhir_io": io,
+        "parsing": c["parse"],
+        "store": t.get("store", 0.0),
+        "features": t.get("features", 0.0),
+        "inference": t.get("inference", 0.0),
+        "writeback_build": t.get("build_writeback", 0.0),
+    }
+    parts["not_io_share"] = 1.0 - io / t["total"] if t["total"] else float("nan")
+    return parts
+
+
+# -- the parent ----------------------------------------------------------------------------------
+
+
+def _site(path: Path, work: Path, source: str, base_url: str | None) -> Path:
+    data = (f'source = "ndjson"\nndjson_dir = "{work / "fhir"}"\nwriteback = "ndjson"\n'
+            f'writeback_dir = "{work / source / "out"}"\n') if source == "ndjson" else (
+        'source = "fhir"\nwriteback = "fhir"\n')
+    fhir = f'[fhir]\nbase_url = "{base_url}"\npage_size = 1000\n' if base_url else ""
+    path.write_text(f'site_id = "bench"\n[data]\n{data}{fhir}'
+                    f'[store]\nurl = "sqlite:///{work / source / "state.db"}"\n'
+                    f'[models]\ndir = "{work / source / "models"}"\n[ops]\nenabled = false\n')
+    return path
+
+
+def run_source(source: str, work: Path, tick: datetime, package: Path) -> dict[str, Any]:
+    (work / source).mkdir(parents=True, exist_ok=True)
+    server = None
+    base_url = None
+    extra: dict[str, Any] = {}
+    if source == "rest":
+        sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+        from rt_support import FHIRServer
+
+        server = FHIRServer(work / "server").start()
+        base_url = server.base_url
+        t0 = time.perf_counter()
+        server.load(work / "fhir" / "bundles")
+        extra["load_seconds"] = round(time.perf_counter() - t0, 1)
+    try:
+        config = _site(work / source / "site.toml", work, source, base_url)
+        vigil = Path(sys.executable).with_name("vigil")
+        subprocess.run([vigil, "model", "install", package, "--config", config], check=True,
+                       capture_output=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(config), "--tick", tick.isoformat()],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        result = json.loads(done.stdout)
+    finally:
+        if server is not None:
+            server.stop()
+    return {**result, **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=1000)
+    parser.add_argument("--hours", type=int, default=72)
+    parser.add_argument("--sources", default="ndjson,rest")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tick", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        sys.stdout.write(json.dumps(child(args.child, datetime.fromisoformat(args.tick))) + "\n")
+        return
+
+    sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+    from rt_support import make_package
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-bench-cycle-"))
+    now = datetime.now(UTC)
+    tick = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+    frame, distinct = _stays(args.patients, args.hours)
+    t0 = time.perf_counter()
+    n_obs = write_fhir(frame, work / "fhir", tick=tick, hours=args.hours,
+                       bundles="rest" in args.sources)
+    make_package(work / "pkg")
+    report: dict[str, Any] = {
+        "patients": args.patients, "distinct_stays": distinct, "hours": args.hours,
+        "observations": n_obs, "write_seconds": round(time.perf_counter() - t0, 1),
+        "data": str(SHARED if SHARED.is_file() else "bundled sample"), "sources": {},
+    }
+    for source in args.sources.split(","):
+        result = run_source(source, work, tick, work / "pkg")
+        result["split"] = [split(c) for c in result["cycles"]]
+        report["sources"][source] = result
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{args.patients} patients ({distinct} distinct stays) x {args.hours} h, "
+          f"{n_obs:,} observations ({report['data']})")
+    head = ("source", "cycle", "total s", "FHIR I/O", "parsing", "store", "features",
+            "inference", "wb build", "not I/O", "peak RSS MB")
+    print(" | ".join(head))
+    for source, result in report["sources"].items():
+        for c, s in zip(result["cycles"], result["split"], strict=True):
+            print(" | ".join([
+                source, c["cycle"], f"{s['total']:.2f}", f"{s['fhir_io']:.2f}",
+                f"{s['parsing']:.2f}", f"{s['store']:.2f}", f"{s['features']:.2f}",
+                f"{s['inference']:.3f}", f"{s['writeback_build']:.2f}",
+                f"{s['not_io_share']:.0%}", f"{result['peak_rss_mb']:.0f}",
+            ]) + ("" if c["status"] == "ok" else f"  [{c['status']}: {c['reason']}]"))
+        if "load_seconds" in result:
+            print(f"  ({source}: loading the server took {result['load_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
