@@ -102,3 +102,24 @@ def test_alarm_dict_has_the_cli_keys():
 def test_severity_is_a_closed_set(bad):
     with pytest.raises(ValueError, match="is not a valid Severity"):
         Severity(bad)
+
+
+def test_the_ops_endpoint_serves_the_alarms_on_metrics():
+    import urllib.request
+
+    from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics
+
+    book = AlarmBook()
+    book.update([TEMP], tick=1_700_000_000.0, model="m@1")
+    metrics = RuntimeMetrics()
+    metrics.registry.register(AlarmCollector(book.open))  # as vigil.runtime.service does
+    server = OpsServer(host="127.0.0.1", port=0, metrics=metrics, patient_scores=lambda _k: [],
+                       ready=lambda: Readiness(True, "m@1", 0.0, "ok")).start()
+    try:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.stop()
+    labels = 'kind="quarantine",severity="critical",variable="Temp"'
+    assert f"vigil_monitor_alarm{{{labels}}} 1.0" in text
+    assert "vigil_monitor_alarms_open 1.0" in text

@@ -6,24 +6,46 @@ import pytest
 
 from vigil.features.metrics import auroc
 from vigil.runtime.monitoring.alarms import AlarmKind
-from vigil.runtime.monitoring.performance import FrameLabels, PerformanceMonitor, hanley_mcneil_se
+from vigil.runtime.monitoring.performance import FrameLabels, PerformanceMonitor, clustered_auroc
 
 H = 3600.0
 
 
-def test_hanley_mcneil_se_matches_the_bootstrap():
-    # exponential scores: the model under which Hanley & McNeil derived Q1 and Q2
+def delong_se(y, x):
+    """DeLong et al. (1988) by its definition: an O(M N) double loop."""
+    pos, neg = x[y == 1], x[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return np.sqrt(psi.mean(1).var(ddof=1) / pos.size + psi.mean(0).var(ddof=1) / neg.size)
+
+
+def test_clustered_auroc_with_one_row_per_patient_is_delong():
     rng = np.random.default_rng(0)
-    n_pos, n_neg = 60, 240
-    y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
-    x = np.r_[rng.exponential(2.5, n_pos), rng.exponential(1.0, n_neg)]
-    area = auroc(y, x)
+    y = (rng.random(300) < 0.2).astype(int)
+    x = np.round(rng.normal(y * 1.0, 1.0), 1)  # ties included
+    area, se = clustered_auroc(y, x, np.arange(300))
+    assert area == pytest.approx(auroc(y, x), abs=1e-12)
+    assert se == pytest.approx(delong_se(y, x), rel=1e-9)
+
+
+def test_clustered_auroc_se_matches_the_patient_bootstrap():
+    # 80 patients with 12 hours each; a patient's hours share its level (strong correlation)
+    rng = np.random.default_rng(1)
+    n, hours = 80, 12
+    septic = rng.random(n) < 0.3
+    level = rng.normal(septic * 1.0, 1.0)
+    codes = np.repeat(np.arange(n), hours)
+    y = np.repeat(septic, hours).astype(int)
+    x = level[codes] + rng.normal(0, 0.3, n * hours)
+    area, se = clustered_auroc(y, x, codes)
     boot = []
-    for _ in range(1000):
-        i = np.r_[rng.integers(0, n_pos, n_pos), n_pos + rng.integers(0, n_neg, n_neg)]
-        boot.append(auroc(y[i], x[i]))
-    assert hanley_mcneil_se(area, n_pos=n_pos, n_neg=n_neg) == pytest.approx(np.std(boot), rel=0.1)
-    assert hanley_mcneil_se(0.8, n_pos=0, n_neg=5) == np.inf
+    for _ in range(400):
+        pick = rng.integers(0, n, n)
+        rows = (pick[:, None] * hours + np.arange(hours)).ravel()
+        boot.append(auroc(y[rows], x[rows]))
+    assert se == pytest.approx(np.std(boot), rel=0.2)
+    assert se > 2 * delong_se(y, x)  # treating the hours as independent would be far too sure
+    one_class = clustered_auroc(np.zeros(5), np.ones(5), np.arange(5))
+    assert np.isnan(one_class[0]) and one_class[1] == np.inf
 
 
 def test_frame_labels_look_up_patient_hours():

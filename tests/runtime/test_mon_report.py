@@ -62,7 +62,7 @@ def test_markdown_report(db, tmp_path):
 
 
 def test_cli_json(db, tmp_path):
-    result = CliRunner().invoke(app, ["monitor", "report", "--db", str(db), "--out",
+    result = CliRunner(mix_stderr=False).invoke(app, ["monitor", "report", "--db", str(db), "--out",
                                       str(tmp_path / "r"), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

@@ -32,7 +32,8 @@ def test_ticks_are_aligned_to_the_quarter_hours():
     trigger = _trigger(load_settings(None, environ=False))
     at = datetime(2026, 5, 1, 10, 29, 59, tzinfo=UTC)
     assert last_fire_time(trigger, at) == datetime(2026, 5, 1, 10, 15, tzinfo=UTC)
-    assert last_fire_time(trigger, at.replace(minute=30, second=0)) == at.replace(minute=30, second=0)
+    half_past = at.replace(minute=30, second=0)
+    assert last_fire_time(trigger, half_past) == half_past
     hourly = _trigger(load_settings(None, environ=False, scheduler={"minute": "5"}))
     assert last_fire_time(hourly, at) == datetime(2026, 5, 1, 10, 5, tzinfo=UTC)
 

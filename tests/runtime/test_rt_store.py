@@ -45,7 +45,8 @@ def test_schema_is_versioned_and_reopen_is_idempotent(tmp_path):
         assert s.schema_version == SCHEMA_VERSION
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with StateStore.open(url) as s:
-        assert s.conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
+        applied = s.conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0]
+        assert applied == SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -91,7 +92,8 @@ def test_window_read_and_prune(store):
         store.put_observations(tx, batch([
             ("a", HR, "p1", 0, 60, 0), ("b", HR, "p1", 10, 61, 1), ("c", HR, "p2", 10, 62, 2),
         ]))
-    got = store.observations(["p1"], since=to_micros(T0) + 1, until=to_micros(T0) + int(20 * 3600e6))
+    start = to_micros(T0)
+    got = store.observations(["p1"], since=start + 1, until=start + int(20 * 3600e6))
     assert list(got.resource_id) == ["b"] and list(got.value) == [61.0]
     with store.transaction() as tx:
         assert store.prune(tx, before=T0.timestamp() + 5 * 3600) == 1
@@ -141,7 +143,8 @@ def test_read_only_connection_sees_commits_only(tmp_path):
     writer = StateStore.open(url)
     reader = StateStore.open(url, read_only=True)
     batch = ScoreBatch(
-        model_name="m", model_version="1", threshold=0.3, role="active", tick=T0, patient_keys=("p1", "p2"), encounters=("e1", "e2"),
+        model_name="m", model_version="1", threshold=0.3, role="active", tick=T0,
+        patient_keys=("p1", "p2"), encounters=("e1", "e2"),
         iculos=np.array([3, 4]), raw_probability=np.array([0.4, 0.1]),
         probability=np.array([0.5, 0.2]), calibrated=True, alert=np.array([True, False]),
     )

@@ -146,10 +146,13 @@ The whole job on the bundled PhysioNet 2019 sample, with no server.
 
 | step | what | seconds |
 |---|---|---:|
-| 1 | federated training (FedAvg, hospital units as sites), training patients only; package `model/` | {t['train']} |
-| 2 | site calibration (logistic, utility threshold) on validation patients; `calibration.json` | {t['calibrate']} |
+| 1 | federated training (FedAvg, hospital units as sites), training patients only; \
+`model/` | {t['train']} |
+| 2 | site calibration (logistic, utility threshold) on validation patients; \
+`calibration.json` | {t['calibrate']} |
 | 3 | `vigil fhir synth` of the {n_test} test patients to `fhir/` (NDJSON) | {t['synth']} |
-| 4 | replay of {s['simulated_hours']:g} simulated hours, a cycle every 15 minutes; `scores.parquet`, `riskassessments/`, `state.db` | {t['replay']} |
+| 4 | replay of {s['simulated_hours']:g} simulated hours, a cycle every 15 minutes; \
+`scores.parquet`, `riskassessments/`, `state.db` | {t['replay']} |
 
 ## Results (test patients, replayed hours)
 

@@ -38,7 +38,8 @@ def install(
     ] = None,
     role: Annotated[
         str | None,
-        typer.Option(help="active, shadow or installed (default: active if none is, else installed)."),
+        typer.Option(help="active, shadow or installed (default: active if none is active, "
+                          "else installed)."),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -61,8 +62,12 @@ def install(
 @guarded
 def promote(
     version: Annotated[str, typer.Argument(help="Version of an installed model.")],
-    name: Annotated[str | None, typer.Option(help="Model name, if several share the version.")] = None,
-    shadow: Annotated[bool, typer.Option("--shadow", help="Make it the shadow model instead.")] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Model name, if several share the version.")
+    ] = None,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="Make it the shadow model instead.")
+    ] = False,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -94,5 +99,6 @@ def list_models(config: ConfigOption = None, json_out: JsonOption = False) -> No
     for col in ("name", "version", "role", "calibrated", "sha256"):
         out.add_column(col)
     for r in rows:
-        out.add_row(r.name, r.version, r.role, "yes" if r.calibration else "no", r.model_sha256[:12])
+        calibrated = "yes" if r.calibration else "no"
+        out.add_row(r.name, r.version, r.role, calibrated, r.model_sha256[:12])
     print_table(out)

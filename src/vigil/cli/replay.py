@@ -34,7 +34,8 @@ def replay(
                           "utility to the summary."),
     ] = None,
     hours: Annotated[
-        float | None, typer.Option(help="Simulated hours to replay (default: to the last stay's end).")
+        float | None,
+        typer.Option(help="Simulated hours to replay (default: to the last stay's end)."),
     ] = None,
     stack_admissions: Annotated[
         bool,

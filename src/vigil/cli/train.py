@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+from vigil.federation.centralized import DEFAULT_NAME, DEFAULT_VERSION, TorchSetup
 
 __all__ = ["reference", "register", "train"]
 
@@ -27,11 +28,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 REFERENCE_COLUMNS = ("auroc", "auprc", "utility")
 
 
-def _setup(seed: int, epochs: int | None) -> Any:
-    from vigil.federation.centralized import TorchSetup
-
-    base = TorchSetup(seed=seed)
-    return base if epochs is None else TorchSetup(seed=seed, epochs=epochs)
+def _setup(seed: int, epochs: int | None) -> TorchSetup:
+    return TorchSetup(seed=seed) if epochs is None else TorchSetup(seed=seed, epochs=epochs)
 
 
 def _key(path: Path | None) -> bytes | None:
@@ -51,8 +49,8 @@ def train(
     ] = None,
     seed: SeedOption = 0,
     epochs: EpochsOption = None,
-    name: NameOption = "sepsis-centralized",
-    version: VersionOption = "0.1.0",
+    name: NameOption = DEFAULT_NAME,
+    version: VersionOption = DEFAULT_VERSION,
     private_key: KeyOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -89,8 +87,8 @@ def reference(
     ] = None,
     seed: SeedOption = 0,
     epochs: EpochsOption = None,
-    name: NameOption = "sepsis-centralized",
-    version: VersionOption = "0.1.0",
+    name: NameOption = DEFAULT_NAME,
+    version: VersionOption = DEFAULT_VERSION,
     private_key: KeyOption = None,
     json_out: JsonOption = False,
 ) -> None:

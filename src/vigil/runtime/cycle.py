@@ -65,7 +65,7 @@ class CycleSource(Protocol):
     name: str
 
     def census(self, tick: datetime) -> Census:
-        """The in-progress ICU stays at ``tick``."""
+        """Return the in-progress ICU stays at ``tick``."""
         ...
 
     def observations(
@@ -88,7 +88,7 @@ class GridBuilder(Protocol):
 def adapter_grid(
     stays: Sequence[Stay], observations: ObservationBatch, *, until: Sequence[datetime]
 ) -> HourlyGrid:
-    """The FHIR adapter's grid builder (the default)."""
+    """Build the grid with the FHIR adapter (the default builder)."""
     from vigil.fhir_adapter.hourly import grid_from_observations
 
     return grid_from_observations(stays, observations, until=until)
@@ -438,7 +438,8 @@ class CycleRunner:
                     self.store.mark_sent([rid for rid, _ in chunk])
                     counts["written_back"] += len(chunk)
             except Exception as exc:
-                reason = f"write-back failed ({type(exc).__name__}: {exc}); queued for the next cycle"
+                reason = (f"write-back failed ({type(exc).__name__}: {exc}); "
+                          "queued for the next cycle")
                 if isinstance(exc, FHIRError) and self.metrics is not None:
                     self.metrics.fhir_errors.inc()
         counts["pending"] = len(self.store.pending())

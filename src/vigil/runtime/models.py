@@ -104,7 +104,9 @@ class LiveModels:
     def signature(self) -> tuple[tuple[str, str, str | None], ...]:
         """What identifies the loaded set (to notice a promotion)."""
         return tuple(
-            (m.key, m.row.role, m.row.calibration) for m in (self.active, self.shadow) if m is not None
+            (m.key, m.row.role, m.row.calibration)
+            for m in (self.active, self.shadow)
+            if m is not None
         )
 
 
@@ -227,7 +229,9 @@ def install_model(
     return next(r for r in store.models() if (r.name, r.version) == (m.name, m.version))
 
 
-def promote_model(store: StateStore, version: str, *, name: str | None = None, role: str = "active") -> ModelRow:
+def promote_model(
+    store: StateStore, version: str, *, name: str | None = None, role: str = "active"
+) -> ModelRow:
     """Make an installed model the active (or shadow) one; the previous holder retires.
 
     Raises
@@ -275,7 +279,7 @@ def live_model(
     public_key: Path | None = None,
     threads: int = 1,
 ) -> LiveModel:
-    """A verified package loaded for scoring without installing it (replay, demo)."""
+    """Load a verified package for scoring without installing it (replay, demo)."""
     package, scorer = verify_package(path, public_key=public_key, threads=threads)
     record = _load_calibration(calibration, package) if calibration is not None else None
     m = package.manifest
@@ -288,7 +292,7 @@ def live_model(
 
 
 def model_summary(row: ModelRow) -> dict[str, Any]:
-    """A registry entry as a JSON-ready dict."""
+    """Return a registry entry as a JSON-ready dict."""
     return {
         "name": row.name,
         "version": row.version,

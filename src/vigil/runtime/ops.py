@@ -31,7 +31,7 @@ from urllib.parse import unquote
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-__all__ = ["OpsServer", "Readiness", "RuntimeMetrics"]
+__all__ = ["OpsServer", "Readiness", "RuntimeMetrics", "readiness"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,12 @@ class RuntimeMetrics:
         self.last_good = Gauge(
             "vigil_last_good_cycle_timestamp_seconds", "End of the last good cycle.", registry=r
         )
-        self.model_loaded = Gauge("vigil_model_loaded", "1 when an active model is loaded.", registry=r)
+        self.model_loaded = Gauge(
+            "vigil_model_loaded", "1 when an active model is loaded.", registry=r
+        )
 
     def exposition(self) -> bytes:
-        """The metrics in Prometheus text format."""
+        """Return the metrics in Prometheus text format."""
         return generate_latest(self.registry)
 
 
@@ -101,7 +103,9 @@ def readiness(
     if age is None:
         return Readiness(False, model, None, "no good cycle yet")
     if age > max_age_s:
-        return Readiness(False, model, age, f"the last good cycle is {age:.0f} s old (> {max_age_s:.0f} s)")
+        return Readiness(
+            False, model, age, f"the last good cycle is {age:.0f} s old (> {max_age_s:.0f} s)"
+        )
     return Readiness(True, model, age, "ok")
 
 
@@ -130,7 +134,9 @@ class OpsServer:
         handler = _handler(ready, metrics, patient_scores)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="vigil-ops", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="vigil-ops", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -187,7 +193,8 @@ def _handler(
                 else:
                     self._json(404, {"error": "unknown path"})
             except Exception:  # never let a handler error kill the thread or leak details
-                log.exception("ops endpoint error on %s", path.split("/", 2)[1] if "/" in path else "")
+                route = path.split("/", 2)[1] if "/" in path else ""
+                log.exception("ops endpoint error on /%s", route)
                 self._json(500, {"error": "internal error"})
 
         def _json(self, status: int, body: dict[str, Any]) -> None:

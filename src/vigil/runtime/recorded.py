@@ -184,7 +184,7 @@ def _shift_stay(stay: Stay, days: int) -> Stay:
 
 
 def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
-    """Recorded data from a Bulk Data directory (``vigil fhir synth`` output).
+    """Read recorded data from a Bulk Data directory (``vigil fhir synth`` output).
 
     Returns
     -------
@@ -211,8 +211,11 @@ def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[Cl
         )
     # The census from the Encounter, Patient and Location files only (NDJSONSource.census
     # would decode the Observation files too).
-    decoded = {t: [orjson.loads(line) for p in files.get(t, ()) for line in p.read_bytes().splitlines()
-                   if line.strip()] for t in ("Encounter", "Patient", "Location")}
+    decoded = {
+        t: [orjson.loads(line) for p in files.get(t, ()) for line in p.read_bytes().splitlines()
+            if line.strip()]
+        for t in ("Encounter", "Patient", "Location")
+    }
     census = build_census(decoded["Encounter"], decoded["Patient"], decoded["Location"])
     # Every value at once: the mapping of each file, without the source's time index.
     results = [parse_ndjson(path) for path in files["Observation"]]
@@ -224,7 +227,7 @@ def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[Cl
 
 
 def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
-    """Recorded data from a FHIR server: every in-progress ICU stay and its Observations.
+    """Read recorded data from a FHIR server: every in-progress ICU stay and its values.
 
     Parameters
     ----------

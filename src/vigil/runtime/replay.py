@@ -134,7 +134,7 @@ def run_replay(
 
 
 def scores_output(store: StateStore) -> pd.DataFrame:
-    """The active model's scores as ``patient_id, iculos, scored_at, probability, alert``."""
+    """Return the active model's scores (:data:`OUTPUT_COLUMNS`)."""
     frame = store.scores_frame(role="active")
     return pd.DataFrame({
         "patient_id": frame["patient_key"].astype(str),
@@ -162,8 +162,10 @@ def summarize(
     threshold: float,
     labels: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """The replay summary: patients, cycles, scores, alerts per patient-day, and with labels
-    AUROC and normalized utility on the scored patient-hours.
+    """Summarize a replay: patients, cycles, alerts per patient-day; AUROC and utility.
+
+    AUROC and the normalized utility need ``labels``; they are computed on the
+    scored patient-hours.
 
     Parameters
     ----------
@@ -196,7 +198,8 @@ def summarize(
     from vigil.features.utility import normalized_utility
 
     per_hour = hourly(scores)
-    lab = labels.loc[:, ["patient_id", "ICULOS", "SepsisLabel"]].rename(columns={"ICULOS": "iculos"})
+    lab = labels.loc[:, ["patient_id", "ICULOS", "SepsisLabel"]]
+    lab = lab.rename(columns={"ICULOS": "iculos"})
     lab = lab.astype({"patient_id": str, "iculos": np.int64})
     merged = per_hour.merge(lab, on=["patient_id", "iculos"], how="inner", validate="one_to_one")
     merged = merged.sort_values(["patient_id", "iculos"], kind="stable").reset_index(drop=True)

@@ -37,12 +37,13 @@ def _trigger(settings: VigilSettings):  # type: ignore[no-untyped-def]
         return CronTrigger(minute=settings.scheduler.minute, timezone=settings.scheduler.timezone)
     except (ValueError, LookupError) as exc:
         raise ConfigError(
-            f"invalid setting 'scheduler.minute' or 'scheduler.timezone': {exc}", key="scheduler.minute"
+            f"invalid setting 'scheduler.minute' or 'scheduler.timezone': {exc}",
+            key="scheduler.minute",
         ) from exc
 
 
 def last_fire_time(trigger: object, now: datetime) -> datetime:
-    """The latest time at or before ``now`` at which a cron trigger fires (the cycle's tick)."""
+    """Return the latest time at or before ``now`` when a cron trigger fires (the tick)."""
     probe = now - timedelta(hours=25)
     last = probe
     while True:
@@ -63,7 +64,9 @@ class Service:
     sink : CycleSink or None
     """
 
-    def __init__(self, settings: VigilSettings, *, source: CycleSource, sink: CycleSink | None) -> None:
+    def __init__(
+        self, settings: VigilSettings, *, source: CycleSource, sink: CycleSink | None
+    ) -> None:
         self.settings = settings
         self.trigger = _trigger(settings)
         self.store = StateStore.open(settings.store.url)
@@ -95,7 +98,9 @@ class Service:
 
     def _reload_models(self) -> LiveModels:
         wanted = tuple(
-            (r.key, r.role, r.calibration) for r in self.store.models() if r.role in ("active", "shadow")
+            (r.key, r.role, r.calibration)
+            for r in self.store.models()
+            if r.role in ("active", "shadow")
         )
         if wanted != self._models.signature:
             self._models = load_live_models(
@@ -124,7 +129,7 @@ class Service:
         return result
 
     def readiness(self) -> Readiness:
-        """What ``/readyz`` answers."""
+        """Answer ``/readyz``."""
         active = self._models.active
         return readiness(
             model=active.key if active is not None else None,
@@ -187,7 +192,7 @@ class Service:
 
 
 def build_service(settings: VigilSettings) -> Service:
-    """The service of a site's settings: its FHIR (or NDJSON) source and write-back target."""
+    """Build the service of a site: its FHIR (or NDJSON) source and write-back target."""
     from vigil.runtime.sources import open_sink, open_source
 
     check_serving(settings)

@@ -79,7 +79,9 @@ class SchedulerSettings(_Section):
         description="A run this late is still made; later ones are skipped (coalesced).",
     )
     timezone: str = "UTC"
-    run_at_start: bool = Field(default=True, description="Run one cycle as soon as the service starts.")
+    run_at_start: bool = Field(
+        default=True, description="Run one cycle as soon as the service starts."
+    )
 
 
 class ScoringSettings(_Section):
@@ -91,7 +93,9 @@ class ScoringSettings(_Section):
 class AlertSettings(_Section):
     """The alert policy applied to the calibrated probability."""
 
-    suppression_hours: float = Field(default=6.0, ge=0, description="No re-alert within this window.")
+    suppression_hours: float = Field(
+        default=6.0, ge=0, description="No re-alert within this window."
+    )
     hysteresis: float | None = Field(
         default=None, ge=0, lt=1,
         description="When set, re-arm only after a probability below threshold - hysteresis.",
@@ -171,7 +175,9 @@ def check_serving(settings: VigilSettings) -> None:
     d = settings.data
     if (d.source == "fhir" or d.writeback == "fhir") and settings.fhir is None:
         key = "data.source" if d.source == "fhir" else "data.writeback"
-        raise ConfigError(f"{key} = 'fhir' needs a [fhir] section with base_url", key="fhir.base_url")
+        raise ConfigError(
+            f"{key} = 'fhir' needs a [fhir] section with base_url", key="fhir.base_url"
+        )
     if d.source == "ndjson" and d.ndjson_dir is None:
         raise ConfigError("data.source = 'ndjson' needs data.ndjson_dir", key="data.ndjson_dir")
     if d.writeback == "ndjson" and d.writeback_dir is None:
@@ -212,7 +218,9 @@ def load_settings(
         try:
             file_values = tomllib.loads(p.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"expected a settings file at {p}, found nothing", key="config") from None
+            raise ConfigError(
+                f"expected a settings file at {p}, found nothing", key="config"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p} is not valid TOML: {exc}", key="config") from exc
     try:
@@ -225,11 +233,14 @@ def load_settings(
         secret = any(w in key.lower() for w in ("token", "key", "secret", "password", "pem"))
         shown = "" if secret or "input" not in first else f" (got {first['input']!r})"
         raise ConfigError(
-            f"invalid setting {key!r}: {first['msg']}{shown}; {exc.error_count()} error(s) in total",
+            f"invalid setting {key!r}: {first['msg']}{shown}; "
+            f"{exc.error_count()} error(s) in total",
             key=key,
         ) from None
     except SettingsError as exc:
-        raise ConfigError(f"could not read VIGIL_ environment settings: {exc}", key="environment") from exc
+        raise ConfigError(
+            f"could not read VIGIL_ environment settings: {exc}", key="environment"
+        ) from exc
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class LiveSource:
         self.name = name
 
     def census(self, tick: datetime) -> Census:
-        """The server's current census (``tick`` is when the cycle was due)."""
+        """Return the server's current census (``tick`` is when the cycle was due)."""
         return self.source.census()
 
     def observations(
@@ -98,7 +98,7 @@ class FHIRSink:
 
 
 def open_source(settings: VigilSettings) -> CycleSource:
-    """The source the settings name (``data.source``)."""
+    """Open the source the settings name (``data.source``)."""
     check_serving(settings)
     d = settings.data
     if d.source == "ndjson":
@@ -113,7 +113,7 @@ def open_source(settings: VigilSettings) -> CycleSource:
 
 
 def open_sink(settings: VigilSettings) -> CycleSink | None:
-    """The write-back target the settings name (``data.writeback``), or None."""
+    """Open the write-back target the settings name (``data.writeback``), or None."""
     check_serving(settings)
     d = settings.data
     if d.writeback == "none":

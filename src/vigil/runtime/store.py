@@ -176,7 +176,7 @@ class ModelRow:
 
 
 def sqlite_path(url: str) -> str:
-    """The file of a ``sqlite:///PATH`` URL (``sqlite://`` or ``:memory:`` for memory).
+    """Return the file of a ``sqlite:///PATH`` URL (``sqlite://`` or ``:memory:``: memory).
 
     Raises
     ------
@@ -229,6 +229,11 @@ class StateStore:
         store = cls(conn)
         if not read_only:
             store._migrate()
+            conn.execute(
+                "CREATE TEMP TABLE temp_incoming (resource_id TEXT, variable INTEGER, "
+                "patient_key TEXT, effective INTEGER, value REAL, last_updated INTEGER, "
+                "PRIMARY KEY (resource_id, variable))"
+            )
         return store
 
     def close(self) -> None:
@@ -256,7 +261,7 @@ class StateStore:
 
     @property
     def schema_version(self) -> int:
-        """The schema version of the database."""
+        """Return the schema version of the database."""
         row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
@@ -282,8 +287,10 @@ class StateStore:
     # -- watermarks ---------------------------------------------------------------------------
 
     def watermark(self, source: str) -> str | None:
-        """The stored watermark of a source, or None before the first good cycle."""
-        row = self.conn.execute("SELECT value FROM watermarks WHERE source = ?", (source,)).fetchone()
+        """Return a source's stored watermark (None before the first good cycle)."""
+        row = self.conn.execute(
+            "SELECT value FROM watermarks WHERE source = ?", (source,)
+        ).fetchone()
         return None if row is None else str(row[0])
 
     @staticmethod
@@ -317,12 +324,12 @@ class StateStore:
         )
 
     def census_keys(self) -> list[str]:
-        """Patients in the census as last recorded."""
+        """Return the patients in the census as last recorded."""
         rows = self.conn.execute("SELECT patient_key FROM patients WHERE in_census = 1 ORDER BY 1")
         return [r[0] for r in rows]
 
     def census(self) -> tuple[Stay, ...]:
-        """The stays of the census as last recorded, sorted by patient."""
+        """Return the stays of the census as last recorded, sorted by patient."""
         rows = self.conn.execute(
             "SELECT patient_key, encounter, icu_admission, unit, gender, birth_date, "
             "hospital_admission FROM patients WHERE in_census = 1 ORDER BY patient_key"
@@ -364,24 +371,39 @@ class StateStore:
             keep = seq == top[inverse]
             if batch.deletions:
                 last_seq = dict(zip(unique.tolist(), top.tolist(), strict=True))
-        deleted = {d.resource_id for d in batch.deletions if d.seq > last_seq.get(d.resource_id, -1)}
+        deleted = {
+            d.resource_id for d in batch.deletions if d.seq > last_seq.get(d.resource_id, -1)
+        }
         if deleted:
             keep &= ~np.isin(rid, list(deleted))
         kept = replace(batch.take(keep), deletions=())
         rids = kept.resource_id.astype(str).tolist()
         replaced = frozenset(rids) | deleted
-        tx.executemany("DELETE FROM observations WHERE resource_id = ?",
-                       ((r,) for r in sorted(replaced)))
+        tx.execute("DELETE FROM temp_incoming")
         tx.executemany(
-            "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO temp_incoming VALUES (?, ?, ?, ?, ?, ?)",
             zip(rids, kept.variable.tolist(), kept.patient.astype(str).tolist(),
                 kept.effective.tolist(), kept.value.tolist(), kept.last_updated.tolist(),
                 strict=True),
         )
+        # A new version replaces every value of its resource: drop the values it no longer
+        # has (a panel without a component), then upsert the ones it has.
+        tx.execute(
+            "DELETE FROM observations WHERE rowid IN (SELECT o.rowid FROM temp_incoming i "
+            "JOIN observations o ON o.resource_id = i.resource_id WHERE NOT EXISTS "
+            "(SELECT 1 FROM temp_incoming j WHERE j.resource_id = o.resource_id "
+            "AND j.variable = o.variable))"
+        )
+        tx.execute("INSERT OR REPLACE INTO observations SELECT * FROM temp_incoming")
+        tx.executemany("DELETE FROM observations WHERE resource_id = ?",
+                       ((r,) for r in sorted(deleted)))
+        tx.execute("DELETE FROM temp_incoming")
         return kept, replaced
 
-    def observations(self, patient_keys: Sequence[str], *, since: int, until: int) -> ObservationBatch:
-        """Stored values of some patients with ``since <= effective <= until`` (microseconds)."""
+    def observations(
+        self, patient_keys: Sequence[str], *, since: int, until: int
+    ) -> ObservationBatch:
+        """Read stored values of patients with ``since <= effective <= until`` (microseconds)."""
         keys = list(patient_keys)
         self.conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS wanted (code INTEGER PRIMARY KEY, patient_key TEXT)"
@@ -410,7 +432,7 @@ class StateStore:
         )
 
     def count(self, table: str) -> int:
-        """Number of rows of a table."""
+        """Count the rows of a table."""
         if table not in _TABLES:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(_TABLES)}")
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
@@ -431,7 +453,8 @@ class StateStore:
     ) -> None:
         """Record rejected resources (type, id and reason; no patient identifier)."""
         tx.executemany(
-            "INSERT INTO quarantine (cycle_id, resource_type, resource_id, reason) VALUES (?, ?, ?, ?)",
+            "INSERT INTO quarantine (cycle_id, resource_type, resource_id, reason) "
+            "VALUES (?, ?, ?, ?)",
             ((cycle_id, q.resource_type, q.resource_id, q.reason) for q in records),
         )
 
@@ -452,12 +475,15 @@ class StateStore:
         if scores.role == "active":
             tx.executemany(
                 "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?)",
-                ((scores.patient_keys[i], tick, scores.model, float(scores.probability[i]), cycle_id)
-                 for i in np.flatnonzero(scores.alert)),
+                (
+                    (scores.patient_keys[i], tick, scores.model, float(scores.probability[i]),
+                     cycle_id)
+                    for i in np.flatnonzero(scores.alert)
+                ),
             )
 
     def alert_state(self, model: str) -> dict[str, tuple[float | None, bool]]:
-        """What the alert policy remembers per patient: ``(last alert time, armed)``."""
+        """Return what the alert policy remembers per patient: ``(last alert, armed)``."""
         rows = self.conn.execute(
             "SELECT patient_key, last_alert, armed FROM alert_state WHERE model = ?", (model,)
         )
@@ -474,7 +500,7 @@ class StateStore:
         )
 
     def patient_scores(self, patient_key: str, *, limit: int = 96) -> list[dict[str, Any]]:
-        """The most recent scores of one patient, newest first."""
+        """Return the most recent scores of one patient, newest first."""
         rows = self.conn.execute(
             "SELECT tick, model, role, iculos, raw_probability, probability, calibrated, alert "
             "FROM scores WHERE patient_key = ? ORDER BY tick DESC, model LIMIT ?",
@@ -488,10 +514,11 @@ class StateStore:
         return out
 
     def scores_frame(self, *, role: str | None = "active") -> pd.DataFrame:
-        """All stored scores (of one role), ordered by tick and patient."""
+        """Return all stored scores (of one role), ordered by tick and patient."""
         where, params = ("WHERE role = ?", (role,)) if role is not None else ("", ())
         return pd.read_sql_query(
-            f"SELECT * FROM scores {where} ORDER BY tick, patient_key, model", self.conn, params=params
+            f"SELECT * FROM scores {where} ORDER BY tick, patient_key, model", self.conn,
+            params=params,
         )
 
     # -- cycles -------------------------------------------------------------------------------
@@ -555,7 +582,7 @@ class StateStore:
         return row is not None
 
     def cycles(self, *, limit: int | None = None) -> list[CycleRow]:
-        """Recorded cycles, oldest first (the last ``limit`` ones)."""
+        """Return the recorded cycles, oldest first (the last ``limit`` ones)."""
         sql = "SELECT * FROM cycles ORDER BY cycle_id DESC"
         rows = self.conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
         out = [
@@ -565,7 +592,7 @@ class StateStore:
         return out[::-1]
 
     def last_good_cycle(self) -> CycleRow | None:
-        """The most recent cycle that scored and wrote back."""
+        """Return the most recent cycle that scored and wrote back."""
         row = self.conn.execute(
             "SELECT * FROM cycles WHERE status = 'ok' ORDER BY cycle_id DESC LIMIT 1"
         ).fetchone()
@@ -577,7 +604,9 @@ class StateStore:
     # -- outbox -------------------------------------------------------------------------------
 
     @staticmethod
-    def enqueue(tx: sqlite3.Connection, cycle_id: int, items: Iterable[tuple[str, float, str]]) -> None:
+    def enqueue(
+        tx: sqlite3.Connection, cycle_id: int, items: Iterable[tuple[str, float, str]]
+    ) -> None:
         """Queue resources to write back: ``(resource id, tick, JSON body)``.
 
         Re-queuing an id replaces its body and marks it pending again.
@@ -589,7 +618,7 @@ class StateStore:
         )
 
     def pending(self) -> list[tuple[str, str]]:
-        """Resources not yet written back, oldest tick first: ``(resource id, JSON body)``."""
+        """Return resources not written back yet, oldest tick first: ``(id, JSON)``."""
         rows = self.conn.execute(
             "SELECT resource_id, body FROM outbox WHERE sent IS NULL ORDER BY tick, resource_id"
         )
@@ -606,7 +635,7 @@ class StateStore:
     # -- models -------------------------------------------------------------------------------
 
     def models(self) -> list[ModelRow]:
-        """Installed models, newest first."""
+        """Return the installed models, newest first."""
         rows = self.conn.execute("SELECT * FROM models ORDER BY installed DESC, name, version")
         return [ModelRow(n, v, p, s, c, r, float(i)) for n, v, p, s, c, r, i in rows]
 

@@ -63,7 +63,7 @@ class ObservationWindow:
 
     @classmethod
     def read(cls, store: StateStore, patients: Sequence[str], *, since: int) -> ObservationWindow:
-        """The window as the store holds it."""
+        """Read the window from the store."""
         values = store.observations(patients, since=since, until=_END_OF_TIME)
         return cls(frozenset(patients), since, values)
 
@@ -76,7 +76,7 @@ class ObservationWindow:
         kept: ObservationBatch,
         replaced: frozenset[str],
     ) -> ObservationWindow:
-        """The window after a commit of ``kept``/``replaced``, for ``patients`` from ``since``.
+        """Return the window after a commit of ``kept``/``replaced``, from ``since`` on.
 
         Call it inside the transaction that stored ``kept``, after storing it: patients
         new to the window are read from the store (their ``kept`` values included).
@@ -99,7 +99,7 @@ class ObservationWindow:
         return ObservationWindow(frozenset(patients), since, values)
 
     def until(self, until: int) -> ObservationBatch:
-        """The values with ``effective <= until``."""
+        """Return the values with ``effective <= until``."""
         return self.values.take(self.values.effective <= until)
 
 
@@ -110,7 +110,7 @@ def recent_grid(
     *,
     builder: Callable[..., HourlyGrid],
 ) -> HourlyGrid:
-    """The grid of each stay's last ``min(h, RECENT_HOURS)`` complete hours.
+    """Build the grid of each stay's last ``min(h, RECENT_HOURS)`` complete hours.
 
     The grid builder is asked for a stay whose admission is moved ``k = h -
     RECENT_HOURS`` hours later, which numbers the wanted hours ``1..RECENT_HOURS``

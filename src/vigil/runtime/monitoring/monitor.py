@@ -20,10 +20,10 @@ fetched and quarantined) and:
 A drift finding needs both a material change (PSI at least ``psi_warn``,
 ``psi_act`` for critical, on at most ``max_bins`` reference bins of equal
 mass; a measured rate halved or doubled and at least ``rate_abs`` apart) and
-one that sampling noise cannot explain at level ``noise_level`` (KS test,
-two-proportion test). One patient's hours are strongly correlated, so the
-tests count Kish's effective number of patients (:func:`effective_size`),
-not hours.
+one that sampling noise cannot explain at level ``noise_level`` (the PSI's
+chi-squared noise floor, :func:`~.stats.psi_noise_floor`; the two-proportion
+test). One patient's hours are strongly correlated, so the tests count Kish's
+effective number of patients (:func:`effective_size`), not hours.
 
 The reference is the model package's profile when it has one
 (``reference="profile"``), else, or with ``reference="baseline"``, the site's
@@ -461,23 +461,18 @@ class Monitor:
             ]
         if value < self.psi_warn:
             return [], stats
-        ks = ks_binned(hist.counts, histogram(current, hist.edges), n_current=n_eff, limit=True)
-        stats.append((str(kind), name, "ks_pvalue", ks.pvalue))
-        import os
-        if os.environ.get("GATE") == "psi":
-            floor = psi_noise_floor(coarse.n_bins, n_reference=float(coarse.counts.sum()),
-                                    n_current=n_eff, quantile=1 - self.noise_level)
-            if value <= floor:
-                return [], stats
-        elif ks.pvalue >= self.noise_level:
+        floor = psi_noise_floor(coarse.n_bins, n_reference=float(coarse.counts.sum()),
+                                n_current=n_eff, quantile=1.0 - self.noise_level)
+        stats.append((str(kind), name, "psi_floor", floor))
+        if value <= floor:
             return [], stats
         severity = Severity.CRITICAL if value >= self.psi_act else Severity.WARNING
         what = "score distribution" if kind is AlarmKind.SCORE_DRIFT else f"{name} distribution"
         return [Finding(
-            kind, name, severity, value, self.psi_warn,
+            kind, name, severity, value, max(self.psi_warn, floor),
             f"{what} drifted from the {self._ref_name()}: PSI {value:.3f} over the last "
-            f"{self.window_hours:g} h, KS {ks.statistic:.3f} (p = {ks.pvalue:.1e} with "
-            f"{n_eff:.0f} effective patients)",
+            f"{self.window_hours:g} h, above {self.psi_warn:g} and above what chance gives "
+            f"{n_eff:.0f} effective patients ({floor:.3f}, p = {self.noise_level:g})",
         )], stats
 
     def _measured_rate(

@@ -4,12 +4,11 @@ Sepsis labels come days after the scores (chart review, coding), so this
 monitor is fed the scored patient-hours whose outcome became known in a
 cycle. It keeps the last ``window_hours`` of them and measures:
 
-- AUROC (Hanley & McNeil, Radiology 143:29-36, 1982) against a reference
-  AUROC (the package's validation AUROC, else the first full window at the
-  site); a drop larger than ``auroc_margin`` whose z statistic exceeds
-  ``z_alarm`` raises a *discrimination* alarm. The standard error is Hanley and
-  McNeil's eq. 2 with the numbers of distinct positive and negative patients
-  (hours of one patient are not independent), so it is conservative.
+- AUROC against a reference AUROC (the package's validation AUROC, else the
+  first full window at the site); a drop larger than ``auroc_margin`` whose z
+  statistic exceeds ``z_alarm`` raises a *discrimination* alarm. Hours of one
+  patient are correlated, so the standard error is Obuchowski's for clustered
+  data (:func:`clustered_auroc`), patients being the clusters.
 - observed/expected events, calibration intercept and slope
   (:func:`vigil.calibration.metrics.calibration_intercept_slope`, Van Calster
   et al. 2019), charted every cycle.
@@ -36,11 +35,10 @@ from numpy.typing import NDArray
 
 from vigil.calibration.metrics import calibration_intercept_slope
 from vigil.core.errors import DataError
-from vigil.features.metrics import auroc
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
 from vigil.runtime.monitoring.detectors import Adwin
 
-__all__ = ["FrameLabels", "LabelSource", "PerformanceMonitor", "WindowMetrics", "hanley_mcneil_se"]
+__all__ = ["FrameLabels", "LabelSource", "PerformanceMonitor", "WindowMetrics", "clustered_auroc"]
 
 
 class LabelSource(Protocol):
@@ -96,20 +94,65 @@ class FrameLabels:
         return self._labels.reindex(index).to_numpy(dtype=np.float64)
 
 
-def hanley_mcneil_se(area: float, *, n_pos: int, n_neg: int) -> float:
-    """Return the standard error of an AUROC (Hanley & McNeil 1982, eq. 2).
+def clustered_auroc(
+    labels: NDArray[np.integer], scores: NDArray[np.floating], clusters: NDArray[np.integer]
+) -> tuple[float, float]:
+    """AUROC and its standard error when rows come in correlated clusters (patients).
 
-    Examples
-    --------
-    >>> round(hanley_mcneil_se(0.8, n_pos=50, n_neg=50), 4)
-    0.0432
+    Obuchowski's nonparametric estimator (Biometrics 53:567-578, 1997): the
+    structural components ``V10(x) = mean_y psi(x, y)`` over negatives and
+    ``V01(y) = mean_x psi(x, y)`` over positives (``psi`` 1, 1/2 on ties, 0)
+    are summed per cluster, and
+
+    ``var = S10 / M + S01 / N + 2 S11 / (M N)``, with
+    ``S10 = I10 / ((I10 - 1) M) sum_i (V10_i - m_i A)^2``,
+    ``S01 = I01 / ((I01 - 1) N) sum_i (V01_i - n_i A)^2``,
+    ``S11 = I / (I - 1) sum_i (V10_i - m_i A)(V01_i - n_i A)``
+
+    for ``M`` positive and ``N`` negative rows, ``m_i``/``n_i`` of them in
+    cluster ``i``, ``I10``/``I01`` clusters with positives/negatives. With one row
+    per cluster it is DeLong's variance (DeLong et al., Biometrics 44:837-845, 1988).
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n,)
+        0/1 outcomes.
+    scores : ndarray of shape (n,)
+    clusters : ndarray of shape (n,)
+        Integer cluster (patient) code of each row, in ``[0, n_clusters)``.
+
+    Returns
+    -------
+    auroc, se : float
+        NaN and inf when a class is missing; se inf with fewer than two clusters of a class.
     """
-    if n_pos < 1 or n_neg < 1:
-        return math.inf
-    a = area
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
-    return math.sqrt(max(var, 0.0))
+    y = np.asarray(labels) > 0
+    x = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(clusters, dtype=np.int64)
+    pos, neg = x[y], x[~y]
+    m_rows, n_rows = pos.size, neg.size
+    if m_rows == 0 or n_rows == 0:
+        return math.nan, math.inf
+    neg_sorted, pos_sorted = np.sort(neg), np.sort(pos)
+    v10 = (np.searchsorted(neg_sorted, pos, "left")
+           + np.searchsorted(neg_sorted, pos, "right")) / (2.0 * n_rows)
+    v01 = (m_rows - (np.searchsorted(pos_sorted, neg, "left")
+                     + np.searchsorted(pos_sorted, neg, "right")) / 2.0) / m_rows
+    area = float(v10.mean())
+    k = int(c.max()) + 1
+    v10_i = np.bincount(c[y], weights=v10, minlength=k)
+    v01_i = np.bincount(c[~y], weights=v01, minlength=k)
+    m_i = np.bincount(c[y], minlength=k)
+    n_i = np.bincount(c[~y], minlength=k)
+    i10, i01, i_all = int((m_i > 0).sum()), int((n_i > 0).sum()), int(((m_i + n_i) > 0).sum())
+    if i10 < 2 or i01 < 2:
+        return area, math.inf
+    d10, d01 = v10_i - m_i * area, v01_i - n_i * area
+    s10 = i10 / ((i10 - 1) * m_rows) * float(np.sum(d10 * d10))
+    s01 = i01 / ((i01 - 1) * n_rows) * float(np.sum(d01 * d01))
+    s11 = i_all / (i_all - 1) * float(np.sum(d10 * d01))
+    var = s10 / m_rows + s01 / n_rows + 2.0 * s11 / (m_rows * n_rows)
+    return area, math.sqrt(max(var, 0.0))
 
 
 @dataclass(frozen=True)
@@ -123,6 +166,7 @@ class WindowMetrics:
     patients_pos, patients_neg : int
         Distinct patients with a positive hour, and with none.
     auroc, auroc_se : float
+        AUROC and its clustered standard error.
     observed_expected, intercept, slope : float
     """
 
@@ -147,7 +191,7 @@ class PerformanceMonitor:
     window_hours : float, optional
         Hours of labelled scores kept.
     min_patients : int, optional
-        Fewest distinct positive patients before discrimination is judged.
+        Fewest distinct patients with a positive hour before discrimination is judged.
     auroc_margin : float, optional
         Smallest AUROC drop that matters.
     z_alarm : float, optional
@@ -161,7 +205,7 @@ class PerformanceMonitor:
         *,
         reference_auroc: float | None,
         window_hours: float = 72.0,
-        min_patients: int = 10,
+        min_patients: int = 5,
         auroc_margin: float = 0.05,
         z_alarm: float = 2.33,
         adwin_delta: float = 0.002,
@@ -204,23 +248,22 @@ class PerformanceMonitor:
         ka = np.concatenate([b[1] for b in self._batches])
         pa = np.concatenate([b[2] for b in self._batches])
         ya = np.concatenate([b[3] for b in self._batches])
-        patients = np.unique(ka)
-        pos = np.unique(ka[ya == 1])
+        patients, codes = np.unique(ka, return_inverse=True)
+        pos = np.unique(codes[ya == 1])
         n_pos, n_neg = int(pos.size), int(patients.size - pos.size)
         two_classes = 0 < ya.sum() < ya.size
-        area, intercept, slope = math.nan, math.nan, math.nan
+        area, se, intercept, slope = math.nan, math.inf, math.nan, math.nan
         if two_classes:
+            area, se = clustered_auroc(ya, pa, codes)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                area = auroc(ya, pa)
                 try:
                     intercept, slope = calibration_intercept_slope(ya, pa)
                 except DataError:  # separated outcomes: no finite fit, chart a gap
                     pass
         return WindowMetrics(
             n=int(ya.size), events=int(ya.sum()), patients_pos=n_pos, patients_neg=n_neg,
-            auroc=area,
-            auroc_se=hanley_mcneil_se(area, n_pos=n_pos, n_neg=n_neg) if two_classes else math.inf,
+            auroc=area, auroc_se=se,
             observed_expected=float(ya.sum() / pa.sum()) if pa.sum() > 0 else math.nan,
             intercept=intercept, slope=slope,
         )
