@@ -33,7 +33,14 @@ def test_dunder_all_is_sorted_and_defined(name):
         assert hasattr(module, symbol), f"{name}.__all__ names missing {symbol}"
 
 
-LOWER_LAYERS = ["vigil.core", "vigil.features", "vigil.data", "vigil.calibration", "vigil.fhir_adapter", "vigil.runtime"]
+LOWER_LAYERS = [
+    "vigil.core",
+    "vigil.features",
+    "vigil.data",
+    "vigil.calibration",
+    "vigil.fhir_adapter",
+    "vigil.runtime",
+]
 
 
 def test_runtime_and_lower_layers_never_import_torch():
@@ -43,7 +50,8 @@ def test_runtime_and_lower_layers_never_import_torch():
         "    pkg = importlib.import_module(top)\n"
         "    for m in pkgutil.walk_packages(pkg.__path__, top + '.'):\n"
         "        importlib.import_module(m.name)\n"
-        "bad = sorted(k for k in sys.modules if k.split('.')[0] in {'torch', 'opacus', 'flwr', 'onnx'})\n"
+        "heavy = {'torch', 'opacus', 'flwr', 'onnx'}\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in heavy)\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -52,13 +60,25 @@ def test_runtime_and_lower_layers_never_import_torch():
 
 def test_core_imports_only_numpy_pydantic_and_stdlib():
     code = (
-        "import sys\nbefore = set(sys.modules)\nimport vigil.core, vigil.core.package, vigil.core.signing\n"
+        "import sys\nbefore = set(sys.modules)\n"
+        "import vigil.core, vigil.core.package, vigil.core.signing\n"
         "new = {k.split('.')[0] for k in set(sys.modules) - before}\nprint(','.join(sorted(new)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    third_party = {
-        m for m in out.stdout.strip().split(",") if m and not m.startswith("_sysconfigdata")
-    } - set(sys.stdlib_module_names) - {"vigil"}
-    allowed = {"numpy", "pydantic", "pydantic_core", "typing_extensions", "annotated_types",
-               "typing_inspection", "cryptography", "_cffi_backend", "_openssl"}
+    third_party = (
+        {m for m in out.stdout.strip().split(",") if m and not m.startswith("_sysconfigdata")}
+        - set(sys.stdlib_module_names)
+        - {"vigil"}
+    )
+    allowed = {
+        "numpy",
+        "pydantic",
+        "pydantic_core",
+        "typing_extensions",
+        "annotated_types",
+        "typing_inspection",
+        "cryptography",
+        "_cffi_backend",
+        "_openssl",
+    }
     assert third_party <= allowed

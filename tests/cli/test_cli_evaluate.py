@@ -7,8 +7,17 @@ from typer.testing import CliRunner
 from vigil.cli.main import app
 
 runner = CliRunner()
-KEYS = {"auroc", "auprc", "utility", "threshold", "sensitivity", "specificity", "ppv",
-        "n_patients", "n_rows"}
+KEYS = {
+    "auroc",
+    "auprc",
+    "utility",
+    "threshold",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "n_patients",
+    "n_rows",
+}
 
 
 def run_json(*args):
@@ -27,14 +36,19 @@ def test_baseline_json_has_every_key_per_hospital():
     assert KEYS <= set(out)
     assert set(out["by_hospital"]) == {"A", "B"}
     assert KEYS <= set(out["by_hospital"]["A"])
-    assert out["n_patients"] == out["by_hospital"]["A"]["n_patients"] + out["by_hospital"]["B"]["n_patients"]
+    assert (
+        out["n_patients"]
+        == out["by_hospital"]["A"]["n_patients"] + out["by_hospital"]["B"]["n_patients"]
+    )
     assert out["threshold"] == 2.0
     assert 0.5 < out["auroc"] < 0.8
 
 
 def test_predictions_made_elsewhere_score_the_same(tmp_path):
     preds = tmp_path / "p.parquet"
-    direct = run_json("evaluate", "--baseline", "news2", "--split", "valid", "--out-predictions", str(preds))
+    direct = run_json(
+        "evaluate", "--baseline", "news2", "--split", "valid", "--out-predictions", str(preds)
+    )
     frame = pd.read_parquet(preds)
     assert list(frame.columns) == ["patient_id", "ICULOS", "probability", "prediction"]
     again = run_json("evaluate", "--predictions", str(preds), "--split", "valid")
@@ -53,7 +67,10 @@ def test_missing_predictions_are_an_error(tmp_path):
 
 def test_exactly_one_source_required():
     result = runner.invoke(app, ["evaluate", "--baseline", "sirs", "--predictions", "x.parquet"])
-    assert result.exit_code == 2 and "exactly one of --model, --predictions or --baseline" in result.output
+    assert (
+        result.exit_code == 2
+        and "exactly one of --model, --predictions or --baseline" in result.output
+    )
 
 
 def test_data_sites_json():

@@ -21,8 +21,13 @@ def keys():
 
 @pytest.fixture()
 def package_dir(tmp_path, keys):
-    write_package(tmp_path / "pkg", onnx_model=b"\x08\x07onnx-bytes", manifest=MANIFEST_FIELDS,
-                  model_card="# Model card\n", private_key_pem=keys[0])
+    write_package(
+        tmp_path / "pkg",
+        onnx_model=b"\x08\x07onnx-bytes",
+        manifest=MANIFEST_FIELDS,
+        model_card="# Model card\n",
+        private_key_pem=keys[0],
+    )
     return tmp_path / "pkg"
 
 
@@ -70,7 +75,9 @@ def test_schema_mismatch_is_refused(package_dir):
 
 def test_missing_listed_file_and_not_a_package(package_dir, tmp_path):
     (package_dir / "MODEL_CARD.md").unlink()
-    with pytest.raises(ModelArtifactError, match="MODEL_CARD.md is listed in the manifest but missing"):
+    with pytest.raises(
+        ModelArtifactError, match="MODEL_CARD.md is listed in the manifest but missing"
+    ):
         read_package(package_dir)
     with pytest.raises(ModelArtifactError, match="expected a model package directory"):
         read_package(tmp_path / "nowhere")

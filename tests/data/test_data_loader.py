@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 
 from vigil.core.errors import ConfigError, DataError
-from vigil.data import SAMPLE_PATH, load_physionet, parse_scheme, partition, patient_split, site_summary
+from vigil.data import (
+    SAMPLE_PATH,
+    load_physionet,
+    parse_scheme,
+    partition,
+    patient_split,
+    site_summary,
+)
 from vigil.data.sample import make_sample
 from vigil.data.splits import patient_uniform
 
@@ -70,7 +77,9 @@ def test_dirichlet_small_alpha_skews_labels(sample):
     assert skewed.std() > 3 * even.std()
 
 
-@pytest.mark.parametrize("bad", ["hospitals", "random", "random:x", "dirichlet:3", "dirichlet:3:0", "random:0"])
+@pytest.mark.parametrize(
+    "bad", ["hospitals", "random", "random:x", "dirichlet:3", "dirichlet:3:0", "random:0"]
+)
 def test_bad_scheme_names_the_forms(bad):
     with pytest.raises(ConfigError, match="hospital, hospital-unit, random:N or dirichlet:N:ALPHA"):
         parse_scheme(bad)

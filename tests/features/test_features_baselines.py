@@ -24,7 +24,8 @@ def test_sirs_criteria():
 def test_news2_hand_computed_rows():
     # row 0: all normal on air -> 0 ; row 1: RR 9 (1), SpO2 94 (1), O2 (2), SBP 101 (1),
     # HR 51 (0), T 36.0 (1) -> 6 ; row 2: RR 8 (3), SpO2 91 (3), air, SBP 90 (3), HR 131 (3),
-    # T 35.0 (3) -> 15 ; row 3: RR 20 (0), SpO2 96 (0), FiO2 0.21, SBP 220 (3), HR 110 (1), T 39.1 (2) -> 6
+    # T 35.0 (3) -> 15 ; row 3: RR 20 (0), SpO2 96 (0), FiO2 0.21, SBP 220 (3), HR 110 (1),
+    # T 39.1 (2) -> 6
     s = news2(
         resp=np.array([16, 9, 8, 20]),
         spo2=np.array([98, 94, 91, 96]),

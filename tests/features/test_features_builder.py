@@ -19,11 +19,18 @@ from vigil.features.window import carry_forward, rolling_count, rolling_stats
 def naive_reference(values, starts, max_age, lookback, hours):
     """Row-by-row Python loops: the definitions, written the slow obvious way."""
     n, m = values.shape
-    out = {k: np.full((n, m), np.nan) for k in ("value", "since", "count", "min", "max", "mean", "slope")}
+    out = {
+        k: np.full((n, m), np.nan)
+        for k in ("value", "since", "count", "min", "max", "mean", "slope")
+    }
     for p in range(len(starts) - 1):
         for r in range(starts[p], starts[p + 1]):
             for j in range(m):
-                past = [(r - q, values[q, j]) for q in range(starts[p], r + 1) if not np.isnan(values[q, j])]
+                past = [
+                    (r - q, values[q, j])
+                    for q in range(starts[p], r + 1)
+                    if not np.isnan(values[q, j])
+                ]
                 if past:
                     age, v = past[-1]
                     out["value"][r, j] = v if age <= max_age[j] else np.nan
@@ -35,7 +42,11 @@ def naive_reference(values, starts, max_age, lookback, hours):
                 if win:
                     t = np.array([w[0] for w in win], float)
                     v = np.array([w[1] for w in win], float)
-                    out["min"][r, j], out["max"][r, j], out["mean"][r, j] = v.min(), v.max(), v.mean()
+                    out["min"][r, j], out["max"][r, j], out["mean"][r, j] = (
+                        v.min(),
+                        v.max(),
+                        v.mean(),
+                    )
                     out["slope"][r, j] = np.polyfit(t, v, 1)[0] if len(win) >= 2 else 0.0
                 else:
                     out["slope"][r, j] = 0.0
@@ -56,8 +67,15 @@ def test_window_kernels_equal_the_naive_definitions():
     np.testing.assert_array_equal(cf.hours_since, ref["since"])
     rs = rolling_stats(values, row_start, hours=6)
     np.testing.assert_array_equal(rs.count, ref["count"])
-    np.testing.assert_array_equal(rolling_count(~np.isnan(values), row_start, hours=6), ref["count"])
-    for key, got in (("min", rs.minimum), ("max", rs.maximum), ("mean", rs.mean), ("slope", rs.slope)):
+    np.testing.assert_array_equal(
+        rolling_count(~np.isnan(values), row_start, hours=6), ref["count"]
+    )
+    for key, got in (
+        ("min", rs.minimum),
+        ("max", rs.maximum),
+        ("mean", rs.mean),
+        ("slope", rs.slope),
+    ):
         np.testing.assert_allclose(got, ref[key], rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
@@ -71,8 +89,11 @@ def test_schema_names_unique_and_match_width(sample):
 def test_schema_hash_covers_parameters():
     d = FEATURE_SCHEMA.to_dict()
     assert d["sha256"] == FEATURE_SCHEMA.sha256 and len(d["sha256"]) == 64
-    other = type(FEATURE_SCHEMA)(FEATURE_SCHEMA.version, FEATURE_SCHEMA.names,
-                                 {**FEATURE_SCHEMA.parameters, "trend_hours": 5})
+    other = type(FEATURE_SCHEMA)(
+        FEATURE_SCHEMA.version,
+        FEATURE_SCHEMA.names,
+        {**FEATURE_SCHEMA.parameters, "trend_hours": 5},
+    )
     assert other.sha256 != FEATURE_SCHEMA.sha256
 
 
@@ -88,7 +109,11 @@ def test_known_values_on_a_hand_made_patient():
     x = build_features(grid_from_frame(frame))
     col = {n: i for i, n in enumerate(FEATURE_SCHEMA.names)}
     # HR carried forward 6 h (max age 6): at hour 8 (row 7) the last HR is 5 h old
-    assert x[7, col["HR"]] == 100 and x[7, col["HR__hours_since"]] == 5 and x[7, col["HR__missing"]] == 0
+    assert (
+        x[7, col["HR"]] == 100
+        and x[7, col["HR__hours_since"]] == 5
+        and x[7, col["HR__missing"]] == 0
+    )
     assert x[3, col["HR__max_6h"]] == 100 and x[3, col["HR__min_6h"]] == 80
     assert x[2, col["HR__slope_6h"]] == pytest.approx(10.0)  # (100 - 80) / 2 h
     assert x[3, col["shock_index"]] == pytest.approx(100 / 125)
@@ -99,7 +124,9 @@ def test_known_values_on_a_hand_made_patient():
     assert x[7, col["unit_unknown"]] == 1 and x[7, col["ICULOS"]] == 8 and x[7, col["Age"]] == 70
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_batch_equals_incremental_on_real_patients(sample, data):
     """Property: the runtime's incremental features equal the training batch features."""
@@ -117,7 +144,9 @@ def test_batch_equals_incremental_for_many_patients_at_once(sample):
     sub = sample.grid.select(idx)
     batch = build_features(sub)
     # cut every patient at a different hour, then score all of them as the runtime does
-    cuts = [int(sub.starts[i]) + (i * 7) % int(np.diff(sub.starts)[i]) for i in range(sub.n_patients)]
+    cuts = [
+        int(sub.starts[i]) + (i * 7) % int(np.diff(sub.starts)[i]) for i in range(sub.n_patients)
+    ]
     pieces = [sub.rows(int(sub.starts[i]), c + 1) for i, c in enumerate(cuts)]
     merged = type(sub)(
         patient_ids=sub.patient_ids,

@@ -29,4 +29,12 @@ def test_by_hospital_splits_patients():
     assert out["by_hospital"]["A"]["n_patients"] == 2
     assert out["by_hospital"]["B"]["n_rows"] == 3
     assert out["sensitivity"] == 1.0 and out["ppv"] == 1.0
-    assert set(out) >= {"auroc", "auprc", "utility", "threshold", "sensitivity", "specificity", "ppv"}
+    assert set(out) >= {
+        "auroc",
+        "auprc",
+        "utility",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "ppv",
+    }

@@ -84,4 +84,6 @@ def test_best_threshold_matches_brute_force():
         for c in np.unique(scores)
     )
     assert u == pytest.approx(brute[0])
-    assert normalized_utility(labels, (scores >= th).astype(int), starts).normalized == pytest.approx(u)
+    assert normalized_utility(
+        labels, (scores >= th).astype(int), starts
+    ).normalized == pytest.approx(u)

@@ -1,0 +1,1 @@
+"""The ``vigil`` command line: one thin module per command group."""

@@ -75,7 +75,7 @@ def fail_on_vigil_error() -> Iterator[None]:
 
 
 def guarded(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorator form of :func:`fail_on_vigil_error` (keeps the signature for typer)."""
+    """Wrap a command in :func:`fail_on_vigil_error`, keeping its signature for typer."""
     import functools
 
     @functools.wraps(fn)

@@ -35,14 +35,18 @@ def sites(
     for col in ("site", "patients", "rows", "septic patients", "prevalence"):
         out.add_column(col, justify="left" if col == "site" else "right")
     for r in summary.itertuples(index=False):
-        out.add_row(r.site, f"{r.patients:,}", f"{r.rows:,}", f"{r.septic:,}", f"{r.prevalence:.2%}")
+        out.add_row(
+            r.site, f"{r.patients:,}", f"{r.rows:,}", f"{r.septic:,}", f"{r.prevalence:.2%}"
+        )
     print_table(out)
 
 
 @app.command("make-sample")
 @guarded
 def make_sample_cmd(
-    data: Annotated[Path, typer.Option(help="The full sepsis_hourly.parquet.", envvar="VIGIL_DATA")],
+    data: Annotated[
+        Path, typer.Option(help="The full sepsis_hourly.parquet.", envvar="VIGIL_DATA")
+    ],
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
 ) -> None:
     """Write the bundled sample (1,500 patients per hospital) from the full data."""
@@ -51,4 +55,6 @@ def make_sample_cmd(
     from vigil.data.sample import make_sample
 
     sample = make_sample(pd.read_parquet(data), out)
-    err_console.print(f"wrote {sample['patient_id'].nunique():,} patients, {len(sample):,} rows to {out}")
+    err_console.print(
+        f"wrote {sample['patient_id'].nunique():,} patients, {len(sample):,} rows to {out}"
+    )

@@ -24,8 +24,9 @@ def show(result: dict[str, Any], title: str) -> None:
         out.add_column(col, justify="right")
     rows = [("all", result), *sorted(result["by_hospital"].items())]
     for name, r in rows:
-        out.add_row(name, f"{r['n_patients']:,}", f"{r['n_rows']:,}",
-                    *(f"{r[m]:.4f}" for m in METRICS))
+        out.add_row(
+            name, f"{r['n_patients']:,}", f"{r['n_rows']:,}", *(f"{r[m]:.4f}" for m in METRICS)
+        )
     print_table(out)
     err_console.print(f"threshold: {result['threshold']:.4f}")
 
@@ -36,8 +37,10 @@ def evaluate(
     model: Annotated[Path | None, typer.Option(help="Model package directory.")] = None,
     predictions: Annotated[
         Path | None,
-        typer.Option(help="Parquet of predictions made elsewhere: patient_id, ICULOS, "
-                          "probability, prediction."),
+        typer.Option(
+            help="Parquet of predictions made elsewhere: patient_id, ICULOS, "
+            "probability, prediction."
+        ),
     ] = None,
     baseline: Annotated[Rule | None, typer.Option(help="Evaluate a rule baseline instead.")] = None,
     calibration: Annotated[
@@ -63,7 +66,9 @@ def evaluate(
 
     chosen = [x for x in (model, predictions, baseline) if x is not None]
     if len(chosen) != 1:
-        raise ConfigError("expected exactly one of --model, --predictions or --baseline", key="model")
+        raise ConfigError(
+            "expected exactly one of --model, --predictions or --baseline", key="model"
+        )
     table = load_physionet(data)
     if split is not Split.ALL:
         table = table.select(patient_split(table.grid.patient_ids, split).nonzero()[0])
@@ -92,7 +97,9 @@ def evaluate(
         import pandas as pd
 
         assert predictions is not None
-        probability, prediction = offline.scores_from_predictions(table, pd.read_parquet(predictions))
+        probability, prediction = offline.scores_from_predictions(
+            table, pd.read_parquet(predictions)
+        )
         cut = float("nan")
         title = f"predictions {predictions.name}"
     if threshold is not None:

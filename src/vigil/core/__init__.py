@@ -1,4 +1,7 @@
-"""The bottom layer: errors, the clinical variable catalog, model packages (numpy, pydantic only)."""
+"""The bottom layer: errors, the clinical variable catalog, model packages.
+
+Imports numpy, pydantic and cryptography only.
+"""
 
 from vigil.core.catalog import CATALOG, MEASURED, Conversion, Kind, Variable, variable
 from vigil.core.errors import (

@@ -155,7 +155,9 @@ def read_package(
     try:
         manifest = Manifest.model_validate(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as exc:
-        raise ModelArtifactError(f"{MANIFEST} is not a valid manifest: {exc}", path=str(mpath)) from exc
+        raise ModelArtifactError(
+            f"{MANIFEST} is not a valid manifest: {exc}", path=str(mpath)
+        ) from exc
     if manifest.format != PACKAGE_FORMAT:
         raise ModelArtifactError(
             f"expected package format {PACKAGE_FORMAT!r}, got {manifest.format!r}", path=str(mpath)
@@ -165,7 +167,9 @@ def read_package(
     for name, digest in manifest.files.items():
         fpath = root / name
         if not fpath.is_file():
-            raise ModelArtifactError(f"{name} is listed in the manifest but missing", path=str(fpath))
+            raise ModelArtifactError(
+                f"{name} is listed in the manifest but missing", path=str(fpath)
+            )
         actual = file_sha256(fpath)
         if actual != digest:
             raise ModelArtifactError(
@@ -235,7 +239,9 @@ def write_package(
         "format": PACKAGE_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **manifest,
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())},
+        "files": {
+            name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())
+        },
     }
     Manifest.model_validate(body)
     raw = json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
@@ -248,4 +254,3 @@ def write_package(
     elif sig.exists():
         sig.unlink()
     return read_package(root, public_key=public)
-

@@ -21,7 +21,7 @@ __all__ = ["generate_keypair", "public_key_of", "sign", "verify"]
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
-    """A new Ed25519 key pair as (private PEM, public PEM)."""
+    """Generate an Ed25519 key pair as (private PEM, public PEM)."""
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     return private, public_key_of(private)
@@ -38,9 +38,11 @@ def _private(pem: bytes) -> Ed25519PrivateKey:
 
 
 def public_key_of(private_pem: bytes) -> bytes:
-    """The public PEM of a private PEM."""
-    return _private(private_pem).public_key().public_bytes(
-        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+    """Return the public PEM of a private PEM."""
+    return (
+        _private(private_pem)
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     )
 
 

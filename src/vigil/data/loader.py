@@ -60,7 +60,7 @@ class PhysioNetTable:
         return np.maximum.reduceat(self.labels, self.grid.starts[:-1]).astype(bool)
 
     def select(self, patients: NDArray[np.int64]) -> PhysioNetTable:
-        """The table restricted to the given patients (by position), in order."""
+        """Restrict the table to the given patients (by position), in that order."""
         patients = np.asarray(patients, dtype=np.int64)
         starts = self.grid.starts
         rows = (
@@ -126,7 +126,9 @@ def load_physionet(path: str | Path | None = None) -> PhysioNetTable:
     try:
         frame = pd.read_parquet(file)
     except (OSError, ValueError) as exc:
-        raise DataError(f"expected a parquet file, could not read it: {exc}", source=str(file)) from exc
+        raise DataError(
+            f"expected a parquet file, could not read it: {exc}", source=str(file)
+        ) from exc
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise DataError(

@@ -19,7 +19,9 @@ __all__ = ["SAMPLE_PER_HOSPITAL", "make_sample"]
 SAMPLE_PER_HOSPITAL = 1500
 
 
-def make_sample(frame: pd.DataFrame, out: str | Path, *, per_hospital: int = SAMPLE_PER_HOSPITAL) -> pd.DataFrame:
+def make_sample(
+    frame: pd.DataFrame, out: str | Path, *, per_hospital: int = SAMPLE_PER_HOSPITAL
+) -> pd.DataFrame:
     """Write the sample of ``frame`` to ``out`` (parquet, zstd) and return it.
 
     Parameters
@@ -38,9 +40,7 @@ def make_sample(frame: pd.DataFrame, out: str | Path, *, per_hospital: int = SAM
     """
     patients = frame.groupby("patient_id", sort=True)["hospital"].first()
     u = pd.Series(patient_uniform(patients.index, salt="vigil-sample-v1"), index=patients.index)
-    chosen = (
-        u.groupby(patients).nsmallest(per_hospital).index.get_level_values("patient_id")
-    )
+    chosen = u.groupby(patients).nsmallest(per_hospital).index.get_level_values("patient_id")
     sample = frame[frame["patient_id"].isin(np.asarray(chosen))]
     sample = sample.sort_values(["patient_id", "ICULOS"], kind="stable").reset_index(drop=True)
     sample.to_parquet(out, compression="zstd", compression_level=19, index=False)

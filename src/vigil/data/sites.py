@@ -70,9 +70,7 @@ def parse_scheme(text: str) -> SiteScheme:
     except ValueError:
         raise ConfigError(f"expected a site scheme {forms}; got {text!r}", key="sites") from None
     if scheme.n < 1 or (scheme.kind == "dirichlet" and scheme.alpha <= 0):
-        raise ConfigError(
-            f"expected N >= 1 and ALPHA > 0 in {forms}; got {text!r}", key="sites"
-        )
+        raise ConfigError(f"expected N >= 1 and ALPHA > 0 in {forms}; got {text!r}", key="sites")
     return scheme
 
 
@@ -86,9 +84,9 @@ def _patient_unit(table: PhysioNetTable) -> NDArray[np.str_]:
     return np.where(micu, "MICU", np.where(sicu, "SICU", np.where(coin, "MICU", "SICU")))
 
 
-def partition(table: PhysioNetTable, scheme: SiteScheme | str, *, seed: int = 0) -> dict[
-    str, NDArray[np.int64]
-]:
+def partition(
+    table: PhysioNetTable, scheme: SiteScheme | str, *, seed: int = 0
+) -> dict[str, NDArray[np.int64]]:
     """Assign every patient to exactly one site.
 
     Parameters
@@ -149,4 +147,6 @@ def site_summary(table: PhysioNetTable, sites: dict[str, NDArray[np.int64]]) -> 
         }
         for name, idx in sites.items()
     ]
-    return pd.DataFrame.from_records(records, columns=["site", "patients", "rows", "septic", "prevalence"])
+    return pd.DataFrame.from_records(
+        records, columns=["site", "patients", "rows", "septic", "prevalence"]
+    )

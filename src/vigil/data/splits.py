@@ -29,8 +29,10 @@ class Split(StrEnum):
     ALL = "all"
 
 
-def patient_uniform(patient_ids: Iterable[str], *, salt: str = "vigil-split-v1") -> NDArray[np.float64]:
-    """A uniform number in [0, 1) per patient, from a salted SHA-256 of the identifier.
+def patient_uniform(
+    patient_ids: Iterable[str], *, salt: str = "vigil-split-v1"
+) -> NDArray[np.float64]:
+    """Draw a uniform number in [0, 1) per patient from a salted SHA-256 of its identifier.
 
     Parameters
     ----------

@@ -123,23 +123,31 @@ def news2(
     with np.errstate(invalid="ignore"):
         # Bands are half-open so that non-integer values fall in exactly one band.
         score = (
-            _points(resp <= 8, 3) + _points((resp > 8) & (resp < 12), 1)
-            + _points((resp > 20) & (resp < 25), 2) + _points(resp >= 25, 3)
+            _points(resp <= 8, 3)
+            + _points((resp > 8) & (resp < 12), 1)
+            + _points((resp > 20) & (resp < 25), 2)
+            + _points(resp >= 25, 3)
         )
         score += _points(spo2 < 92, 3) + _points((spo2 >= 92) & (spo2 < 94), 2)
         score += _points((spo2 >= 94) & (spo2 < 96), 1)
         score += _points(fio2 > 0.21, 2)
         score += (
-            _points(sbp <= 90, 3) + _points((sbp > 90) & (sbp < 101), 2)
-            + _points((sbp >= 101) & (sbp < 111), 1) + _points(sbp >= 220, 3)
+            _points(sbp <= 90, 3)
+            + _points((sbp > 90) & (sbp < 101), 2)
+            + _points((sbp >= 101) & (sbp < 111), 1)
+            + _points(sbp >= 220, 3)
         )
         score += (
-            _points(hr <= 40, 3) + _points((hr > 40) & (hr < 51), 1)
-            + _points((hr >= 91) & (hr < 111), 1) + _points((hr >= 111) & (hr < 131), 2)
+            _points(hr <= 40, 3)
+            + _points((hr > 40) & (hr < 51), 1)
+            + _points((hr >= 91) & (hr < 111), 1)
+            + _points((hr >= 111) & (hr < 131), 2)
             + _points(hr >= 131, 3)
         )
         score += (
-            _points(temp <= 35.0, 3) + _points((temp > 35.0) & (temp <= 36.0), 1)
-            + _points((temp > 38.0) & (temp <= 39.0), 1) + _points(temp > 39.0, 2)
+            _points(temp <= 35.0, 3)
+            + _points((temp > 35.0) & (temp <= 36.0), 1)
+            + _points((temp > 38.0) & (temp <= 39.0), 1)
+            + _points(temp > 39.0, 2)
         )
     return score

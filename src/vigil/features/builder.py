@@ -128,9 +128,9 @@ def _steps(x: NDArray[np.float32], cuts: tuple[float, ...], *, below: bool) -> N
     return out
 
 
-def _derived(v: dict[str, NDArray[np.float32]], raw: dict[str, NDArray[np.float32]]) -> list[
-    NDArray[np.float32]
-]:
+def _derived(
+    v: dict[str, NDArray[np.float32]], raw: dict[str, NDArray[np.float32]]
+) -> list[NDArray[np.float32]]:
     hr, sbp, dbp = v["HR"], v["SBP"], v["DBP"]
     sf = v["O2Sat"] / v["FiO2"]
     s_plt = _steps(v["Platelets"], (150, 100, 50, 20), below=True)
@@ -153,8 +153,12 @@ def _derived(v: dict[str, NDArray[np.float32]], raw: dict[str, NDArray[np.float3
         qsofa(resp=raw["Resp"], sbp=raw["SBP"]),
         sirs(temp=raw["Temp"], hr=raw["HR"], resp=raw["Resp"], paco2=raw["PaCO2"], wbc=raw["WBC"]),
         news2(
-            resp=raw["Resp"], spo2=raw["O2Sat"], fio2=raw["FiO2"], sbp=raw["SBP"],
-            hr=raw["HR"], temp=raw["Temp"],
+            resp=raw["Resp"],
+            spo2=raw["O2Sat"],
+            fio2=raw["FiO2"],
+            sbp=raw["SBP"],
+            hr=raw["HR"],
+            temp=raw["Temp"],
         ),
     ]
 

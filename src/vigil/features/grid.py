@@ -79,7 +79,7 @@ class HourlyGrid:
         return self.values[:, GRID_COLUMNS.index(name)]
 
     def rows(self, start: int, stop: int) -> HourlyGrid:
-        """The grid made of rows ``start:stop``, which must belong to one patient."""
+        """Return the grid of rows ``start:stop``, which must belong to one patient."""
         p = int(np.searchsorted(self.starts, start, side="right") - 1)
         if not (self.starts[p] <= start < stop <= self.starts[p + 1]):
             raise DataError(
@@ -94,16 +94,18 @@ class HourlyGrid:
         )
 
     def patient(self, index: int) -> HourlyGrid:
-        """The grid of one patient (by position)."""
+        """Return the grid of one patient (by position)."""
         return self.rows(int(self.starts[index]), int(self.starts[index + 1]))
 
     def select(self, indices: Sequence[int] | NDArray[np.int64]) -> HourlyGrid:
-        """The grid of the given patients (by position), in the order given."""
+        """Return the grid of the given patients (by position), in the order given."""
         idx = np.asarray(indices, dtype=np.int64)
         lengths = np.diff(self.starts)[idx]
-        row_idx = np.concatenate(
-            [np.arange(self.starts[i], self.starts[i + 1]) for i in idx]
-        ) if idx.size else np.zeros(0, dtype=np.int64)
+        row_idx = (
+            np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in idx])
+            if idx.size
+            else np.zeros(0, dtype=np.int64)
+        )
         return HourlyGrid(
             patient_ids=tuple(self.patient_ids[i] for i in idx),
             starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),

@@ -23,8 +23,11 @@ __all__ = ["Evaluation", "auprc", "auroc", "evaluate", "evaluate_by_hospital"]
 
 def _single_class(y: NDArray[np.bool_], name: str) -> bool:
     if y.all() or not y.any():
-        warnings.warn(f"{name}: labels are all {int(y[0]) if y.size else 'absent'}; it is NaN",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{name}: labels are all {int(y[0]) if y.size else 'absent'}; it is NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return True
     return False
 

@@ -43,10 +43,11 @@ class FeatureSchema:
         return len(self.names)
 
     def __repr__(self) -> str:
-        return f"FeatureSchema(version={self.version!r}, n={len(self.names)}, sha256={self.sha256[:12]})"
+        n, digest = len(self.names), self.sha256[:12]
+        return f"FeatureSchema(version={self.version!r}, n={n}, sha256={digest})"
 
     def to_dict(self) -> dict[str, Any]:
-        """The schema as stored in a model package manifest."""
+        """Return the schema as stored in a model package manifest."""
         return {
             "version": self.version,
             "sha256": self.sha256,

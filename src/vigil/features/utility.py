@@ -53,9 +53,9 @@ class UtilityResult:
     normalized: float
 
 
-def _offsets(labels: NDArray[np.integer], starts: NDArray[np.int64]) -> tuple[
-    NDArray[np.float64], NDArray[np.bool_]
-]:
+def _offsets(
+    labels: NDArray[np.integer], starts: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """Per row: ``d = t - t_sepsis`` (NaN-free; arbitrary for non-septic) and septic flag."""
     n = labels.shape[0]
     lengths = np.diff(starts)
@@ -77,7 +77,7 @@ def _offsets(labels: NDArray[np.integer], starts: NDArray[np.int64]) -> tuple[
 def row_utilities(
     labels: NDArray[np.integer], starts: NDArray[np.int64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Utility of predicting 1 and of predicting 0 at every row.
+    """Compute the utility of predicting 1 and of predicting 0 at every row.
 
     Parameters
     ----------
@@ -98,8 +98,11 @@ def row_utilities(
     """
     d, septic = _offsets(labels, starts)
     early = d <= DT_OPTIMAL
-    u_pos = np.where(early, np.maximum((d - DT_EARLY) / (DT_OPTIMAL - DT_EARLY), U_FP),
-                     (DT_LATE - d) / (DT_LATE - DT_OPTIMAL))
+    u_pos = np.where(
+        early,
+        np.maximum((d - DT_EARLY) / (DT_OPTIMAL - DT_EARLY), U_FP),
+        (DT_LATE - d) / (DT_LATE - DT_OPTIMAL),
+    )
     u_neg = np.where(early, 0.0, -2.0 * (d - DT_OPTIMAL) / (DT_LATE - DT_OPTIMAL))
     late = d > DT_LATE
     u_pos = np.where(septic, np.where(late, 0.0, u_pos), U_FP)
@@ -110,7 +113,7 @@ def row_utilities(
 def normalized_utility(
     labels: NDArray[np.integer], predictions: NDArray[np.integer], starts: NDArray[np.int64]
 ) -> UtilityResult:
-    """The Challenge's normalized utility of binary hourly predictions.
+    """Compute the Challenge's normalized utility of binary hourly predictions.
 
     Parameters
     ----------
@@ -140,7 +143,7 @@ def normalized_utility(
 def best_utility_threshold(
     labels: NDArray[np.integer], scores: NDArray[np.floating], starts: NDArray[np.int64]
 ) -> tuple[float, float]:
-    """The threshold on ``scores`` that maximizes the normalized utility.
+    """Find the threshold on ``scores`` that maximizes the normalized utility.
 
     Predicting ``scores >= threshold``, the utility changes by ``u_pos - u_neg``
     for every row that turns positive, so one sort and a cumulative sum give

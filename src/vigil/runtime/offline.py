@@ -34,9 +34,9 @@ __all__ = [
 PREDICTION_COLUMNS = ("patient_id", "ICULOS", "probability", "prediction")
 
 
-def score_table(package: ModelPackage, table: PhysioNetTable, *, threads: int = 2) -> NDArray[
-    np.float64
-]:
+def score_table(
+    package: ModelPackage, table: PhysioNetTable, *, threads: int = 2
+) -> NDArray[np.float64]:
     """Model probability of every hourly row, shape (n_rows,)."""
     return Scorer(package, threads=threads).predict_proba(build_features(table.grid))
 
@@ -50,8 +50,9 @@ def rule_scores(rule: Rule | str, table: PhysioNetTable) -> NDArray[np.float32]:
         return qsofa(resp=v["Resp"], sbp=v["SBP"])
     if rule is Rule.SIRS:
         return sirs(temp=v["Temp"], hr=v["HR"], resp=v["Resp"], paco2=v["PaCO2"], wbc=v["WBC"])
-    return news2(resp=v["Resp"], spo2=v["O2Sat"], fio2=v["FiO2"], sbp=v["SBP"], hr=v["HR"],
-                 temp=v["Temp"])
+    return news2(
+        resp=v["Resp"], spo2=v["O2Sat"], fio2=v["FiO2"], sbp=v["SBP"], hr=v["HR"], temp=v["Temp"]
+    )
 
 
 def evaluate_rows(
@@ -79,20 +80,24 @@ def evaluate_rows(
     if prediction is None:
         prediction = (probability >= threshold).astype(np.int8)
     return evaluate_by_hospital(
-        table.labels, probability, prediction, table.grid.starts, table.hospital,
+        table.labels,
+        probability,
+        prediction,
+        table.grid.starts,
+        table.hospital,
         threshold=threshold,
     )
 
 
 def rule_threshold(rule: Rule | str) -> float:
-    """The positive cut-off of a rule."""
+    """Return the positive cut-off of a rule."""
     return RULE_THRESHOLDS[Rule(rule)]
 
 
 def predictions_frame(
     table: PhysioNetTable, probability: NDArray[np.floating], *, threshold: float
 ) -> pd.DataFrame:
-    """The predictions parquet format: ``patient_id, ICULOS, probability, prediction``."""
+    """Build the predictions table: ``patient_id, ICULOS, probability, prediction``."""
     return pd.DataFrame(
         {
             "patient_id": table.frame["patient_id"].to_numpy(),
@@ -103,9 +108,9 @@ def predictions_frame(
     )
 
 
-def scores_from_predictions(table: PhysioNetTable, predictions: pd.DataFrame) -> tuple[
-    NDArray[np.float64], NDArray[np.int8]
-]:
+def scores_from_predictions(
+    table: PhysioNetTable, predictions: pd.DataFrame
+) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
     """Align a predictions table with the rows of ``table``.
 
     Parameters
@@ -126,12 +131,17 @@ def scores_from_predictions(table: PhysioNetTable, predictions: pd.DataFrame) ->
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
         raise DataError(
-            f"expected prediction columns {', '.join(PREDICTION_COLUMNS)}; missing {', '.join(missing)}"
+            f"expected prediction columns {', '.join(PREDICTION_COLUMNS)}; "
+            f"missing {', '.join(missing)}"
         )
     if predictions.duplicated(["patient_id", "ICULOS"]).any():
         raise DataError("expected one prediction per (patient_id, ICULOS); found duplicates")
-    keys = pd.DataFrame({"patient_id": table.frame["patient_id"].to_numpy(),
-                         "ICULOS": table.grid.hours.astype(np.int64)})
+    keys = pd.DataFrame(
+        {
+            "patient_id": table.frame["patient_id"].to_numpy(),
+            "ICULOS": table.grid.hours.astype(np.int64),
+        }
+    )
     preds = predictions.loc[:, list(PREDICTION_COLUMNS)].astype({"ICULOS": np.int64})
     merged = keys.merge(preds, on=["patient_id", "ICULOS"], how="left", validate="one_to_one")
     absent = int(merged["probability"].isna().sum())

@@ -16,9 +16,9 @@ __all__ = ["InferenceSession", "Scorer"]
 class InferenceSession(Protocol):
     """The part of ``onnxruntime.InferenceSession`` the scorer uses."""
 
-    def run(self, output_names: list[str] | None, input_feed: dict[str, NDArray[np.float32]]) -> list[
-        NDArray[np.float32]
-    ]:
+    def run(
+        self, output_names: list[str] | None, input_feed: dict[str, NDArray[np.float32]]
+    ) -> list[NDArray[np.float32]]:
         """Run the model."""
         ...
 
@@ -57,9 +57,9 @@ class Scorer:
                 ) from exc
         self._session = session
 
-    def predict_proba(self, features: NDArray[np.float32], *, batch_size: int = 65536) -> NDArray[
-        np.float64
-    ]:
+    def predict_proba(
+        self, features: NDArray[np.float32], *, batch_size: int = 65536
+    ) -> NDArray[np.float64]:
         """Probability of the outcome for each row.
 
         Parameters
@@ -80,9 +80,7 @@ class Scorer:
         """
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ScoringError(
-                f"expected features of shape (n, {self.n_features}), got {x.shape}"
-            )
+            raise ScoringError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
         m = self.package.manifest
         out = np.empty(x.shape[0], dtype=np.float64)
         for lo in range(0, x.shape[0], batch_size):
