@@ -11,10 +11,10 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) $(FHIR_STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; vigil needs Python 3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 # The FHIR server the integration tests start (sekmet-fhir), in its own venv with exact pins.
