@@ -184,3 +184,28 @@ dir = "{root / 'models'}"
         assert up[1]["counts"]["pruned"] == n_values and store.count("observations") == 0
         assert store.watermark(f"fhir:{server.base_url}") is not None
     assert len(assessments(server, "serve")) == 6
+
+
+def test_replay_from_the_fhir_server_equals_replay_from_ndjson(world):
+    root, server = world
+    server.load(root / "ndjson" / "bundles")  # PUTs: loading twice changes nothing
+    vigil = Path(sys.executable).with_name("vigil")
+    make_package(root / "pkg-replay", version="replay")
+    outs = {}
+    for name, source in (("rest", ["--fhir-url", server.base_url]),
+                         ("ndjson", ["--ndjson", root / "ndjson"])):
+        done = subprocess.run(
+            [vigil, "replay", "--model", root / "pkg-replay", *source, "--hours", "30",
+             "--out", root / f"replay-{name}.parquet", "--json"],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[name] = json.loads(done.stdout)
+    assert outs["rest"]["patients"] == outs["ndjson"]["patients"] == 6
+    assert outs["rest"]["cycles"] == outs["ndjson"]["cycles"] > 100
+    import pandas as pd
+
+    rest = pd.read_parquet(root / "replay-rest.parquet")
+    ndjson = pd.read_parquet(root / "replay-ndjson.parquet")
+    assert len(rest) > 50
+    pd.testing.assert_frame_equal(rest, ndjson)

@@ -7,7 +7,7 @@ import pytest
 from vigil.core.catalog import MEASURED
 from vigil.core.errors import ConfigError
 from vigil.fhir_adapter.records import Deletion, ObservationBatch, Quarantine, Stay, to_micros
-from vigil.runtime.cycle import ScoreBatch
+from vigil.runtime.contracts import ScoreBatch
 from vigil.runtime.store import SCHEMA_VERSION, StateStore, sqlite_path
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

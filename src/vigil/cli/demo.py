@@ -112,6 +112,7 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log) -> dict[str, Any
     t0 = time.perf_counter()
     log(f"4/5 replay: the runtime cycle every 15 simulated minutes for {hours:g} hours")
     active = live_model(package.path, calibration=record_path)
+    (out / "riskassessments").mkdir()
     with StateStore.open(f"sqlite:///{out / 'state.db'}", durable=False) as store:
         result, scores = run_replay(
             source, LiveModels(active=active, shadow=None), store=store,

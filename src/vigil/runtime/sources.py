@@ -1,7 +1,7 @@
 """The FHIR adapter's sources and writers, seen by the cycle.
 
 :class:`LiveSource` puts a :class:`vigil.fhir_adapter.Source` (REST or NDJSON)
-behind the cycle's :class:`~vigil.runtime.cycle.CycleSource`: the census is the
+behind the cycle's :class:`~vigil.runtime.contracts.CycleSource`: the census is the
 server's current one. :class:`FHIRSink` builds one RiskAssessment per score
 (:func:`vigil.fhir_adapter.risk_assessment`, deterministic id) and hands them to
 a :class:`vigil.fhir_adapter.Writer` (``PUT RiskAssessment/{id}`` or NDJSON).
@@ -18,7 +18,7 @@ import orjson
 from vigil.fhir_adapter.protocols import Source, Writer
 from vigil.fhir_adapter.records import Census, IngestResult
 from vigil.fhir_adapter.riskassessment import risk_assessment
-from vigil.runtime.cycle import CycleSink, CycleSource, ScoreBatch
+from vigil.runtime.contracts import CycleSink, CycleSource, ScoreBatch
 from vigil.runtime.settings import VigilSettings, check_serving
 
 __all__ = ["FHIRSink", "LiveSource", "open_sink", "open_source"]

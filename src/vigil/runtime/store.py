@@ -1,12 +1,6 @@
 """The runtime's state store: SQLite in WAL mode, with a versioned schema.
 
-Tables: ``patients`` (the census as last seen), ``observations`` (mapped
-values within the retention window, one row per FHIR Observation id),
-``scores`` and ``alerts`` (per patient, tick and model), ``alert_state``
-(what the alert policy remembers), ``cycles`` (one record per cycle),
-``watermarks`` (how far each source has been read), ``quarantine`` (rejected
-resources, without patient identifiers), ``outbox`` (RiskAssessments waiting
-to be written back) and ``models`` (installed model packages and their roles).
+The tables and their migrations are in :mod:`vigil.runtime.schema`.
 
 Every method that changes several tables takes the connection of one
 :meth:`StateStore.transaction`, so a cycle commits all or nothing. Times are
@@ -20,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,169 +24,19 @@ import pandas as pd
 
 from vigil.core.errors import ConfigError
 from vigil.fhir_adapter.records import ObservationBatch, Quarantine, Stay, from_micros, to_micros
-from vigil.runtime.monitoring.alarms import MONITOR_MIGRATION
+from vigil.runtime.schema import (
+    COMMITTED,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    CycleRow,
+    ModelRow,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
-    from vigil.runtime.cycle import ScoreBatch
+    from vigil.runtime.contracts import ScoreBatch
 
 __all__ = ["COMMITTED", "SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
-
-_MIGRATIONS: tuple[str, ...] = (
-    # 1: the first schema.
-    """
-    CREATE TABLE patients (
-        patient_key TEXT PRIMARY KEY,
-        encounter TEXT NOT NULL,
-        icu_admission INTEGER NOT NULL,
-        unit TEXT,
-        gender TEXT,
-        birth_date TEXT,
-        hospital_admission INTEGER,
-        first_seen REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        in_census INTEGER NOT NULL
-    );
-    CREATE TABLE observations (
-        resource_id TEXT NOT NULL,
-        variable INTEGER NOT NULL,
-        patient_key TEXT NOT NULL,
-        effective INTEGER NOT NULL,
-        value REAL NOT NULL,
-        last_updated INTEGER NOT NULL,
-        PRIMARY KEY (resource_id, variable)
-    );
-    CREATE INDEX observations_patient_time ON observations (patient_key, effective);
-    CREATE INDEX observations_time ON observations (effective);
-    CREATE TABLE cycles (
-        cycle_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        tick REAL NOT NULL,
-        started REAL NOT NULL,
-        finished REAL,
-        status TEXT NOT NULL,
-        reason TEXT,
-        counts TEXT NOT NULL DEFAULT '{}',
-        timings TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX cycles_tick ON cycles (tick);
-    CREATE TABLE scores (
-        patient_key TEXT NOT NULL,
-        tick REAL NOT NULL,
-        model TEXT NOT NULL,
-        role TEXT NOT NULL,
-        iculos INTEGER NOT NULL,
-        raw_probability REAL NOT NULL,
-        probability REAL NOT NULL,
-        calibrated INTEGER NOT NULL,
-        alert INTEGER NOT NULL,
-        cycle_id INTEGER NOT NULL,
-        PRIMARY KEY (patient_key, tick, model)
-    );
-    CREATE INDEX scores_tick ON scores (tick);
-    CREATE TABLE alerts (
-        patient_key TEXT NOT NULL,
-        tick REAL NOT NULL,
-        model TEXT NOT NULL,
-        probability REAL NOT NULL,
-        cycle_id INTEGER NOT NULL,
-        PRIMARY KEY (patient_key, tick, model)
-    );
-    CREATE TABLE alert_state (
-        patient_key TEXT NOT NULL,
-        model TEXT NOT NULL,
-        last_alert REAL,
-        armed INTEGER NOT NULL,
-        PRIMARY KEY (patient_key, model)
-    );
-    CREATE TABLE watermarks (
-        source TEXT PRIMARY KEY,
-        value TEXT NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE quarantine (
-        quarantine_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        cycle_id INTEGER NOT NULL,
-        resource_type TEXT,
-        resource_id TEXT,
-        reason TEXT NOT NULL
-    );
-    CREATE TABLE outbox (
-        resource_id TEXT PRIMARY KEY,
-        cycle_id INTEGER NOT NULL,
-        tick REAL NOT NULL,
-        body TEXT NOT NULL,
-        sent REAL
-    );
-    CREATE INDEX outbox_pending ON outbox (sent, tick);
-    CREATE TABLE models (
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        path TEXT NOT NULL,
-        model_sha256 TEXT NOT NULL,
-        calibration TEXT,
-        role TEXT NOT NULL,
-        installed REAL NOT NULL,
-        PRIMARY KEY (name, version)
-    );
-    """,
-    # 2: the drift and performance monitor's alarms and statistics.
-    MONITOR_MIGRATION,
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-COMMITTED = ("scored", "ok", "writeback_failed", "writeback_interrupted")
-"""Cycle statuses whose scores are in the store (the tick is never scored again)."""
-"""Schema version this vigil writes; older databases are migrated on open."""
-
-
-@dataclass(frozen=True)
-class CycleRow:
-    """One cycle as recorded."""
-
-    cycle_id: int
-    tick: float
-    started: float
-    finished: float | None
-    status: str
-    reason: str | None
-    counts: dict[str, int]
-    timings: dict[str, float]
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    """An installed model package."""
-
-    name: str
-    version: str
-    path: str
-    model_sha256: str
-    calibration: str | None
-    role: str
-    installed: float
-
-    @property
-    def key(self) -> str:
-        """``name@version``, the model's name in scores and alerts."""
-        return f"{self.name}@{self.version}"
-
-
-def sqlite_path(url: str) -> str:
-    """Return the file of a ``sqlite:///PATH`` URL (``sqlite://`` or ``:memory:``: memory).
-
-    Raises
-    ------
-    ConfigError
-        For any other scheme (PostgreSQL URLs are not supported by this build).
-    """
-    if url in ("sqlite://", "sqlite:///:memory:", ":memory:"):
-        return ":memory:"
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///"):]
-    raise ConfigError(
-        f"expected store.url of the form sqlite:///PATH, got {url.split('://')[0]}://…; "
-        "this build of vigil stores state in SQLite only",
-        key="store.url",
-    )
-
 
 class StateStore:
     """The state store on one SQLite connection (one thread).
@@ -279,7 +123,7 @@ class StateStore:
                     key="store.url",
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version - 1].split(";"):
+                for statement in MIGRATIONS[version - 1].split(";"):
                     if statement.strip():
                         tx.execute(statement)
                 tx.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))

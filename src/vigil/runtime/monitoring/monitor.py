@@ -23,7 +23,7 @@ mass; a measured rate halved or doubled and at least ``rate_abs`` apart) and
 one that sampling noise cannot explain at level ``noise_level`` (the PSI's
 chi-squared noise floor, :func:`~.stats.psi_noise_floor`; the two-proportion
 test). One patient's hours are strongly correlated, so the tests count Kish's
-effective number of patients (:func:`effective_size`), not hours.
+effective number of patients (:func:`~.stats.effective_size`), not hours.
 
 The reference is the model package's profile when it has one
 (``reference="profile"``), else, or with ``reference="baseline"``, the site's
@@ -63,6 +63,7 @@ from vigil.runtime.monitoring.feed import FeedHealth
 from vigil.runtime.monitoring.performance import LabelSource, PerformanceMonitor
 from vigil.runtime.monitoring.reference import Histogram, Reference
 from vigil.runtime.monitoring.stats import (
+    effective_size,
     histogram,
     jensen_shannon,
     ks_binned,
@@ -75,7 +76,7 @@ from vigil.runtime.monitoring.stats import (
 if TYPE_CHECKING:
     from vigil.runtime.models import LiveModel
 
-__all__ = ["Monitor", "Scores", "effective_size"]
+__all__ = ["Monitor", "Scores"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class Monitor:
         self.reference: Reference | None = None
         self.baseline: Reference | None = None
         self.baseline_flag_rate: float | None = None
-        self._baseline_flag_n = 0
+        self._baseline_flag_n = 0.0
         self.performance: PerformanceMonitor | None = None
         self._window: deque[_Hours] = deque()
         self._baseline_hours: list[_Hours] = []
@@ -388,18 +389,21 @@ class Monitor:
         assert self._started is not None
         if now - self._started < self.baseline_hours * 3600.0:
             return
-        values = np.concatenate([h.values for h in self._baseline_hours])
-        raw = np.concatenate([h.raw for h in self._baseline_hours])
-        flagged = np.concatenate([h.flagged for h in self._baseline_hours])
-        patients = np.unique(np.concatenate([h.patients for h in self._baseline_hours]))
-        if values.shape[0] == 0 or patients.size < self.min_patients:
+        hours_ = self._baseline_hours
+        values = np.concatenate([h.values for h in hours_])
+        patients = np.concatenate([h.patients for h in hours_])
+        if values.shape[0] == 0 or effective_size(patients) < self.min_patients:
             return  # keep learning until the baseline has enough patients
-        self.baseline = Reference.from_baseline(values, raw if raw.size else None)
+        raw = np.concatenate([h.raw for h in hours_])
+        flagged = np.concatenate([h.flagged for h in hours_])
+        scored = np.concatenate([h.score_patients for h in hours_])
+        self.baseline = Reference.from_baseline(values, raw if raw.size else None,
+                                                patients=patients, score_patients=scored)
         self.baseline_flag_rate = float(flagged.mean()) if flagged.size else None
-        self._baseline_flag_n = int(flagged.size)
+        self._baseline_flag_n = effective_size(scored)
         self._baseline_hours = []
         log.info("monitor baseline set from %d patient-hours of %d patients",
-                 values.shape[0], patients.size)
+                 values.shape[0], np.unique(patients).size)
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -461,7 +465,7 @@ class Monitor:
             ]
         if value < self.psi_warn:
             return [], stats
-        floor = psi_noise_floor(coarse.n_bins, n_reference=float(coarse.counts.sum()),
+        floor = psi_noise_floor(coarse.n_bins, n_reference=coarse.values_size,
                                 n_current=n_eff, quantile=1.0 - self.noise_level)
         stats.append((str(kind), name, "psi_floor", floor))
         if value <= floor:
@@ -486,7 +490,7 @@ class Monitor:
             return [], stats
         n_eff = effective_size(codes)
         change = proportion_change(
-            reference_events=hist.rows - hist.missing, reference_n=hist.rows,
+            reference_events=hist.measured_rate * hist.rows_size, reference_n=hist.rows_size,
             current_events=r1 * n_eff, current_n=n_eff,
         )
         ratio = (r1 + 1e-9) / (r0 + 1e-9)
@@ -557,24 +561,6 @@ class Monitor:
 
     def _ref_name(self) -> str:
         return "model's reference profile" if self.reference is not None else "site baseline"
-
-
-def effective_size(codes: NDArray[np.integer]) -> float:
-    """Kish's effective sample size of rows clustered in patients.
-
-    ``(sum m_i)^2 / sum m_i^2`` for ``m_i`` rows of patient ``i``: the number of
-    independent values the rows are worth when a patient's rows are fully
-    correlated (Kish, *Survey Sampling*, Wiley 1965, sec. 11.7).
-
-    Examples
-    --------
-    >>> effective_size(np.array([0, 0, 0, 1]))
-    1.6
-    """
-    if codes.size == 0:
-        return 0.0
-    m = np.bincount(codes).astype(np.float64)
-    return float(m.sum() ** 2 / np.sum(m * m))
 
 
 def _quarantine_records(items: Iterable[Any]) -> list[tuple[str, str, str]]:

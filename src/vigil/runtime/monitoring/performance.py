@@ -13,9 +13,13 @@ cycle. It keeps the last ``window_hours`` of them and measures:
   (:func:`vigil.calibration.metrics.calibration_intercept_slope`, Van Calster
   et al. 2019), charted every cycle.
 - a sequential detector on calibration error, after Davis et al. (J Biomed
-  Inform 108:103493, 2020): ADWIN (:class:`~vigil.runtime.monitoring.detectors.Adwin`)
-  on the stream of per-hour calibration residuals ``(y - p + 1) / 2``. A cut
-  means the observed-minus-expected rate changed; the alarm says
+  Inform 108:103493, 2020): on the first full window with enough events the
+  site's calibration curve is fitted (logistic, ``logit p' = a + b logit p``,
+  :class:`vigil.calibration.LogisticCalibration`), and from then on ADWIN
+  (:class:`~vigil.runtime.monitoring.detectors.Adwin`) watches the stream of
+  per-hour residuals against it, ``(y - p' + 1) / 2``. The curve absorbs a raw
+  model's miscalibration and a changing case mix (the mean risk moves, the
+  curve holds); a cut means the curve itself moved: the alarm says
   "recalibration recommended" and how many recent hours to recalibrate on,
   and stays open until another model or calibration is installed (a new
   :class:`PerformanceMonitor`).
@@ -33,6 +37,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from vigil.calibration import LogisticCalibration
 from vigil.calibration.metrics import calibration_intercept_slope
 from vigil.core.errors import DataError
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
@@ -198,6 +203,8 @@ class PerformanceMonitor:
         One-sided z of the drop needed for an alarm.
     adwin_delta : float, optional
         Confidence of the calibration-drift detector.
+    min_events : int, optional
+        Events per parameter of the site's calibration map (it has two).
     """
 
     def __init__(
@@ -209,11 +216,13 @@ class PerformanceMonitor:
         auroc_margin: float = 0.05,
         z_alarm: float = 2.33,
         adwin_delta: float = 0.002,
+        min_events: int = 10,
     ) -> None:
         self.reference_auroc = reference_auroc
         self.window_hours, self.min_patients = window_hours, min_patients
-        self.auroc_margin, self.z_alarm = auroc_margin, z_alarm
+        self.auroc_margin, self.z_alarm, self.min_events = auroc_margin, z_alarm, min_events
         self.adwin = Adwin(delta=adwin_delta)
+        self.site_map: LogisticCalibration | None = None
         self._batches: deque[tuple[float, NDArray[np.object_], NDArray[np.float64],
                                    NDArray[np.int64]]] = deque()
         self._started: float | None = None
@@ -232,14 +241,28 @@ class PerformanceMonitor:
             if self._started is None:
                 self._started = now
             self._batches.append((now, keys, p, y))
-        for pi, yi in zip(p.tolist(), y.tolist(), strict=True):
-            change = self.adwin.update((yi - pi + 1.0) / 2.0)
-            if change is not None:
-                # residual means are (y - p + 1) / 2: back to observed-minus-expected per hour
-                self._recalibrate = (change.width_after,
-                                     2.0 * (change.mean_after - change.mean_before))
+        if self.site_map is None:
+            self._fit_site_map(now)
+        elif p.size:
+            expected = self.site_map.transform(p)
+            for pi, yi in zip(expected.tolist(), y.tolist(), strict=True):
+                change = self.adwin.update((yi - pi + 1.0) / 2.0)
+                if change is not None:
+                    # residual means are (y - p + 1) / 2: back to observed-minus-expected per hour
+                    self._recalibrate = (change.width_after,
+                                         2.0 * (change.mean_after - change.mean_before))
         while self._batches and self._batches[0][0] < now - self.window_hours * 3600.0:
             self._batches.popleft()
+
+    def _fit_site_map(self, now: float) -> None:
+        """Fit the site's calibration map on the first full window with enough events."""
+        if self._started is None or now - self._started < self.window_hours * 3600.0:
+            return
+        p = np.concatenate([b[2] for b in self._batches])
+        y = np.concatenate([b[3] for b in self._batches])
+        if min(int(y.sum()), int(y.size - y.sum())) < 2 * self.min_events:
+            return
+        self.site_map = LogisticCalibration().fit(p, y)
 
     def metrics(self) -> WindowMetrics | None:
         """Metrics of the current window (None before any labelled hour)."""

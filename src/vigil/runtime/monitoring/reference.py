@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import ModelArtifactError
 from vigil.features.grid import GRID_COLUMNS
-from vigil.runtime.monitoring.stats import histogram, quantile_edges
+from vigil.runtime.monitoring.stats import effective_size, histogram, quantile_edges
 
 __all__ = ["PROFILE_FORMAT", "Histogram", "Reference"]
 
@@ -43,12 +43,27 @@ class Histogram:
         Rows without a value (0 for the score).
     rows : int
         Rows in the reference.
+    n_values, n_rows : float or None
+        Effective sample sizes of the values and of the rows (Kish, over the
+        patients they come from); None: the counts themselves (a large profile).
     """
 
     edges: NDArray[np.float64]
     counts: NDArray[np.float64]
     missing: int
     rows: int
+    n_values: float | None = None
+    n_rows: float | None = None
+
+    @property
+    def values_size(self) -> float:
+        """Effective number of independent values."""
+        return float(self.counts.sum()) if self.n_values is None else self.n_values
+
+    @property
+    def rows_size(self) -> float:
+        """Effective number of independent rows."""
+        return float(self.rows) if self.n_rows is None else self.n_rows
 
     @property
     def n_bins(self) -> int:
@@ -72,7 +87,7 @@ class Histogram:
         keep = np.r_[0, np.unique(np.clip(cuts, 1, self.n_bins - 1)), self.n_bins]
         counts = np.diff(np.r_[0.0, cum][keep])
         return Histogram(edges=self.edges[keep], counts=counts, missing=self.missing,
-                         rows=self.rows)
+                         rows=self.rows, n_values=self.n_values, n_rows=self.n_rows)
 
     @property
     def measured_rate(self) -> float:
@@ -149,6 +164,8 @@ class Reference:
         values: NDArray[np.floating],
         scores: NDArray[np.floating] | None = None,
         *,
+        patients: NDArray[np.integer] | None = None,
+        score_patients: NDArray[np.integer] | None = None,
         n_bins: int = 10,
     ) -> Reference:
         """Build a reference from the site's baseline window.
@@ -159,6 +176,9 @@ class Reference:
             Completed hourly grid rows, NaN where not measured.
         scores : ndarray of shape (n_scores,), optional
             Probabilities of the same window.
+        patients, score_patients : ndarray of int, optional
+            Patient code of each row and of each score: the baseline's sample
+            sizes are then its effective numbers of patients, not of hours.
         n_bins : int, optional
             Quantile bins per variable.
 
@@ -181,14 +201,19 @@ class Reference:
             variables[name] = Histogram(
                 edges=edges, counts=histogram(seen, edges).astype(np.float64),
                 missing=int(col.size - seen.size), rows=int(col.size),
+                n_values=None if patients is None else effective_size(patients[np.isfinite(col)]),
+                n_rows=None if patients is None else effective_size(patients),
             )
         score_hist = None
         if scores is not None and np.isfinite(scores).any():
             s = np.asarray(scores, dtype=np.float64)
             s = s[np.isfinite(s)]
             edges = quantile_edges(s, n_bins=n_bins)
-            score_hist = Histogram(edges=edges, counts=histogram(s, edges).astype(np.float64),
-                                   missing=0, rows=int(s.size))
+            score_hist = Histogram(
+                edges=edges, counts=histogram(s, edges).astype(np.float64), missing=0,
+                rows=int(s.size),
+                n_values=None if score_patients is None else effective_size(score_patients),
+            )
         return cls(source="baseline", variables=variables, score=score_hist)
 
 

@@ -20,6 +20,8 @@ package (no patient rows ever leave a site) or a site's own baseline window.
 - A change of a proportion (missingness rate, alert rate) by the pooled
   two-proportion z-test (Agresti, *Categorical Data Analysis*, 3rd ed., 2013,
   sec. 3.1).
+- Kish's effective sample size of rows clustered in patients, the sample size
+  the tests use (hours of one patient are not independent).
 
 Bins: ``edges`` of length ``k + 1`` define ``k`` bins; the first and last bins
 are open (values below ``edges[0]`` or above ``edges[-1]`` count in them), so a
@@ -42,6 +44,7 @@ __all__ = [
     "KSResult",
     "ProportionChange",
     "binned_std",
+    "effective_size",
     "histogram",
     "jensen_shannon",
     "ks_binned",
@@ -439,3 +442,21 @@ def proportion_change(
         reference_rate=float(p0), current_rate=float(p1), difference=float(p1 - p0),
         z=float(z), pvalue=pvalue,
     )
+
+
+def effective_size(codes: NDArray[np.integer]) -> float:
+    """Kish's effective sample size of rows clustered in patients.
+
+    ``(sum m_i)^2 / sum m_i^2`` for ``m_i`` rows of patient ``i``: the number of
+    independent values the rows are worth when a patient's rows are fully
+    correlated (Kish, *Survey Sampling*, Wiley 1965, sec. 11.7).
+
+    Examples
+    --------
+    >>> effective_size(np.array([0, 0, 0, 1]))
+    1.6
+    """
+    if codes.size == 0:
+        return 0.0
+    m = np.bincount(codes).astype(np.float64)
+    return float(m.sum() ** 2 / np.sum(m * m))
