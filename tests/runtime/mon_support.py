@@ -71,7 +71,8 @@ def site_week(
     shift: dict[str, int] = {}
     for e in encounters:
         pid = e["subject"]["reference"].split("/")[1]
-        admitted = datetime.fromisoformat(e["location"][0]["period"]["start"].replace("Z", "+00:00"))
+        start = e["location"][0]["period"]["start"]
+        admitted = datetime.fromisoformat(start.replace("Z", "+00:00"))
         unit = e["location"][0]["location"]["reference"].rsplit("-", 1)[1]
         day = int(rng.integers(0, days)) if pick is None else pick(pid, unit, rng)
         if day is not None:

@@ -12,8 +12,8 @@ from vigil.data import patient_split
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.federation.profile import reference_profile, variable_histograms
 from vigil.runtime.monitoring import AlarmKind, Monitor, Reference, load_alarms
-from vigil.runtime.monitoring.stats import effective_size
 from vigil.runtime.monitoring.reference import Histogram
+from vigil.runtime.monitoring.stats import effective_size
 from vigil.runtime.store import StateStore
 
 T0 = 1_700_000_000.0

@@ -20,6 +20,7 @@ from vigil.runtime.service import _trigger, last_fire_time
 from vigil.runtime.settings import load_settings
 
 VIGIL = Path(sys.executable).with_name("vigil")
+serve_process = pytest.mark.slow  # real `vigil` processes: about 10 s each to start
 
 
 def free_port():
@@ -73,6 +74,7 @@ def get(url):
         return e.code, e.read().decode()
 
 
+@serve_process
 def test_serve_runs_a_cycle_and_stops_cleanly_on_sigterm(site):
     config, port, env, tmp_path, patients = site
     proc = subprocess.Popen([VIGIL, "serve", "--config", config], env=env,
@@ -107,6 +109,7 @@ def test_serve_runs_a_cycle_and_stops_cleanly_on_sigterm(site):
     assert subjects == sorted(f"Patient/{p}" for p in patients)  # one per census patient
 
 
+@serve_process
 def test_serve_once_and_a_bad_setting(site):
     config, _, env, _, _ = site
     done = subprocess.run([VIGIL, "serve", "--config", config, "--once"], env=env,

@@ -36,6 +36,8 @@ from vigil.runtime.schema import (
 if TYPE_CHECKING:
     from vigil.runtime.contracts import ScoreBatch
 
+_CHUNK = 50_000
+
 __all__ = ["COMMITTED", "SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
 
 class StateStore:
@@ -221,15 +223,16 @@ class StateStore:
         if deleted:
             keep &= ~np.isin(rid, list(deleted))
         kept = replace(batch.take(keep), deletions=())
-        rids = kept.resource_id.astype(str).tolist()
-        replaced = frozenset(rids) | deleted
+        replaced = frozenset(kept.resource_id.astype(str).tolist()) | deleted
         tx.execute("DELETE FROM temp_incoming")
-        tx.executemany(
-            "INSERT OR REPLACE INTO temp_incoming VALUES (?, ?, ?, ?, ?, ?)",
-            zip(rids, kept.variable.tolist(), kept.patient.astype(str).tolist(),
-                kept.effective.tolist(), kept.value.tolist(), kept.last_updated.tolist(),
-                strict=True),
-        )
+        for lo in range(0, len(kept), _CHUNK):  # slices bound the Python objects alive at once
+            part = kept.take(np.arange(lo, min(lo + _CHUNK, len(kept))))
+            tx.executemany(
+                "INSERT OR REPLACE INTO temp_incoming VALUES (?, ?, ?, ?, ?, ?)",
+                zip(part.resource_id.astype(str).tolist(), part.variable.tolist(),
+                    part.patient.astype(str).tolist(), part.effective.tolist(),
+                    part.value.tolist(), part.last_updated.tolist(), strict=True),
+            )
         # A new version replaces every value of its resource: drop the values it no longer
         # has (a panel without a component), then upsert the ones it has.
         tx.execute(
@@ -254,24 +257,33 @@ class StateStore:
         )
         self.conn.execute("DELETE FROM wanted")
         self.conn.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(keys))
-        rows = self.conn.execute(
+        cursor = self.conn.execute(
             "SELECT w.code, o.variable, o.effective, o.value, o.resource_id, o.last_updated "
             "FROM wanted w JOIN observations o ON o.patient_key = w.patient_key "
             "AND o.effective >= ? AND o.effective <= ?",
             (since, until),
-        ).fetchall()
+        )
+        parts = []
+        while rows := cursor.fetchmany(_CHUNK):  # slices bound the Python objects alive at once
+            code, variable, effective, value, rid, lu = zip(*rows, strict=True)
+            n = len(rows)
+            parts.append((np.fromiter(code, np.int64, n), np.fromiter(variable, np.int8, n),
+                          np.fromiter(effective, np.int64, n), np.fromiter(value, np.float64, n),
+                          np.fromiter(rid, object, n), np.fromiter(lu, np.int64, n)))
         self.conn.execute("DELETE FROM wanted")
-        if not rows:
+        if not parts:
             return ObservationBatch()
-        code, variable, effective, value, rid, lu = zip(*rows, strict=True)
-        n = len(rows)
+        code, variable, effective, value, rid, lu = (
+            np.concatenate(c) for c in zip(*parts, strict=True)
+        )
+        n = len(code)
         return ObservationBatch(
-            patient=np.asarray(keys, dtype=object)[np.fromiter(code, np.int64, n)],
-            variable=np.fromiter(variable, np.int8, n),
-            effective=np.fromiter(effective, np.int64, n),
-            value=np.fromiter(value, np.float64, n),
-            resource_id=np.fromiter(rid, object, n),
-            last_updated=np.fromiter(lu, np.int64, n),
+            patient=np.asarray(keys, dtype=object)[code],
+            variable=variable,
+            effective=effective,
+            value=value,
+            resource_id=rid,
+            last_updated=lu,
             seq=np.arange(n, dtype=np.int64),
         )
 

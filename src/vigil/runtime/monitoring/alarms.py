@@ -243,8 +243,9 @@ class AlarmBook:
                 self._open[a.key] = a
 
     def open(self) -> list[Alarm]:
-        """Open alarms, oldest first."""
-        return sorted(self._open.values(), key=lambda a: (a.first_seen, a.key))
+        """Open alarms, oldest first (safe to call from the ops endpoint's thread)."""
+        alarms = list(self._open.values())  # one C-level copy: no iteration over a changing dict
+        return sorted(alarms, key=lambda a: (a.first_seen, a.key))
 
     def __len__(self) -> int:
         return len(self._open)

@@ -120,7 +120,7 @@ class Monitor:
     baseline_hours : float, optional
         The site's first hours, which set its own rates.
     min_patients : int, optional
-        Fewest distinct patients (with a value) before a variable is judged.
+        Fewest effective patients (with a value) before a variable is judged.
     psi_warn, psi_act : float, optional
         PSI of a warning and of a critical alarm (Siddiqi 2006: 0.1 and 0.25).
     noise_level : float, optional
