@@ -139,6 +139,10 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log) -> dict[str, Any
     return summary
 
 
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
 def _report(s: dict[str, Any], n_test: int) -> str:
     t = s["timings_s"]
     return f"""# vigil demo
@@ -170,7 +174,7 @@ The whole job on the bundled PhysioNet 2019 sample, with no server.
 | normalized utility (PhysioNet 2019) | {s['utility']:.4f} |
 | labelled patient-hours | {s['labelled_hours']} |
 | max abs difference replay vs offline (`vigil evaluate`) | {s['max_abs_diff_vs_offline']:.2e} |
-| pooled validation AUROC at training | {s['validation_auroc']} |
+| pooled validation AUROC at training | {_fmt(s['validation_auroc'])} |
 
 The replayed probabilities are those of the offline evaluation of the same hours:
 the deployed path (FHIR NDJSON -> mapping -> state store -> hourly grid ->

@@ -21,6 +21,7 @@ HiddenOption = Annotated[
     str, typer.Option(help="Hidden layer widths of the network, comma-separated.")
 ]
 DropoutOption = Annotated[float, typer.Option(help="Dropout after each hidden layer.")]
+ThreadsOption = Annotated[int, typer.Option(min=1, help="torch threads (1: reproducible).")]
 
 
 def _spec(hidden: str, dropout: float) -> Any:
@@ -64,6 +65,7 @@ def federate(
     lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
     hidden: HiddenOption = "256,128",
     dropout: DropoutOption = 0.5,
+    threads: ThreadsOption = 1,
     min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
     time_budget: Annotated[
         float | None, typer.Option(help="Seconds a site may take per round before it is dropped.")
@@ -116,7 +118,7 @@ def federate(
                                                f"utility {_fmt(record.valid_utility)}")
 
         finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
-                                 model=_spec(hidden, dropout),
+                                 model=_spec(hidden, dropout), threads=threads,
                        data=resolve_data_path(data).name, on_round=on_round)
     key = None if private_key is None else private_key.read_bytes()
     packages = export_run(finished, out, name=name, version=version, private_key_pem=key,
@@ -187,6 +189,7 @@ def compare_cmd(
     mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
     hidden: HiddenOption = "256,128",
     dropout: DropoutOption = 0.5,
+    threads: ThreadsOption = 1,
     dp_epsilon: Annotated[
         list[float] | None, typer.Option(help="Also FedAvg with DP-SGD at this epsilon "
                                               "(repeatable).")
@@ -202,7 +205,7 @@ def compare_cmd(
 
     plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = compare(load_physionet(data), scheme=sites, plan=plan, mu=mu,
-                     model=_spec(hidden, dropout),
+                     model=_spec(hidden, dropout), threads=threads,
                      dp_epsilons=tuple(dp_epsilon or ()),
                      progress=lambda line: err_console.print(line, highlight=False))
     text = comparison_markdown(result)

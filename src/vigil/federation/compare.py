@@ -67,6 +67,7 @@ def compare(
     mu: float | None = None,
     dp_epsilons: tuple[float, ...] = (),
     progress: Progress | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Train every method and score it on every site's test patients.
 
@@ -85,6 +86,8 @@ def compare(
         Also run FedAvg with DP-SGD at each epsilon (delta = 1/n per site).
     progress : callable, optional
         Receives one line per finished model.
+    threads : int, optional
+        torch intra-op threads.
 
     Returns
     -------
@@ -93,6 +96,9 @@ def compare(
         ``valid_utility``, ``seconds``, ``test`` (per site, per hospital, all:
         AUROC, AUPRC, utility, patients) and, under DP, ``epsilon`` per site.
     """
+    import torch
+
+    torch.set_num_threads(threads)
     say = progress or (lambda line: None)
     spec = model or ModelSpec()
     parts = partition(table, scheme, seed=plan.seed)

@@ -118,6 +118,7 @@ def federate(
     dp: DPSettings | None = None,
     data: str = "",
     on_round: Callable[[RoundRecord], None] | None = None,
+    threads: int = 1,
 ) -> FederatedRun:
     """Partition, train across the sites, and return the run.
 
@@ -136,11 +137,16 @@ def federate(
         Name of the data file, recorded in the manifest.
     on_round : callable, optional
         Progress callback.
+    threads : int, optional
+        torch intra-op threads (1 keeps runs bitwise reproducible and shares the machine).
 
     Returns
     -------
     FederatedRun
     """
+    import torch
+
+    torch.set_num_threads(threads)
     spec = model or ModelSpec()
     sites = build_sites(table, scheme, seed=plan.seed, model=spec,
                         keep_norm_local=strategy.keeps_norm_local, dp=dp)
