@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from vigil.cli.main import app
 
-runner = CliRunner()
+runner = CliRunner(mix_stderr=False)  # --json: stdout holds only the JSON object
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vigil.core.errors import ConfigError, ModelArtifactError
 from vigil.data import patient_split
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.federation.profile import reference_profile, variable_histograms
-from vigil.runtime.monitoring import AlarmKind, Monitor, Reference, load_alarms
+from vigil.runtime.monitoring import AlarmKind, FrameLabels, Monitor, Reference, load_alarms
 from vigil.runtime.monitoring.reference import Histogram
 from vigil.runtime.monitoring.stats import effective_size
 from vigil.runtime.store import StateStore
@@ -73,6 +74,11 @@ def run(store, monitor, site, *, hours, shift_from=None, step=1800):
         shift = 40.0 if shift_from is not None and t >= T0 + shift_from * 3600 else 0.0
         grid, scores = cycle_inputs(table, positions, admit, t, shift_hr=shift)
         with store.transaction() as tx:
+            tx.executemany(  # what the cycle stores before it calls the monitor
+                "INSERT INTO scores VALUES (?, ?, 'm@1', 'active', ?, ?, ?, 0, 0, ?)",
+                [(k, t, int(h), 0.1, 0.1, c) for k, h in zip(
+                    scores.patient_keys, scores.iculos, strict=True)],
+            )
             raised += monitor.observe_cycle(tx, tick=t, model=model(profile), grid=grid,
                                             scores=scores, census=len(scores.patient_keys))
     return raised
@@ -107,6 +113,26 @@ def test_stable_data_raises_nothing_and_a_shift_names_the_variable(site):
             "SELECT COUNT(*) FROM monitor_stats WHERE kind = 'input_drift' AND variable = 'HR' "
             "AND statistic = 'psi'").fetchone()[0]
         assert psi > 0
+
+
+def test_labels_reach_the_performance_checks_after_their_delay(site):
+    table, _, positions, _ = site
+    g = table.grid
+    frame = pd.DataFrame({
+        "patient_key": np.repeat(np.asarray(g.patient_ids, dtype=object), np.diff(g.starts)),
+        "iculos": g.hours, "label": table.labels,
+    })
+    monitor = Monitor(labels=FrameLabels(frame, delay_hours=6))
+    with StateStore.open("sqlite://") as store:
+        run(store, monitor, site, hours=12, step=900)
+        first = store.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT MIN(tick) AS t0 FROM scores GROUP BY patient_key, "
+            "iculos) WHERE t0 <= ?", (T0 + 11 * 3600 - 7 * 3600,)).fetchone()[0]
+        m = monitor.performance.metrics()
+        assert m is not None and m.n == first  # each labelled patient-hour once, 7 h late
+        stats = {r[0] for r in store.conn.execute(
+            "SELECT statistic FROM monitor_stats WHERE kind IN ('discrimination', 'calibration')")}
+        assert {"labelled_hours", "observed_expected"} <= stats
 
 
 def test_a_restarted_monitor_keeps_open_alarms(site):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from vigil.core.errors import ConfigError
@@ -107,3 +109,11 @@ def test_secrets_are_not_echoed(site, monkeypatch):
     with pytest.raises(ConfigError) as info:
         load_settings(site, fhir={"bearer_token": {"nested": "s3cret-token"}})
     assert info.value.key == "fhir.bearer_token" and "s3cret" not in str(info.value)
+
+
+def test_the_example_site_file_is_valid():
+    example = Path(__file__).resolve().parents[2] / "examples" / "site.toml"
+    s = load_settings(example, environ=False)
+    check_serving(s)
+    assert s.data.source == "fhir" and s.fhir.base_url.startswith("http://127.0.0.1")
+    assert s.store.url.startswith("sqlite:////") and s.ops.host == "127.0.0.1"

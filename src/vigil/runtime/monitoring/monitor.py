@@ -4,16 +4,16 @@ Every cycle, :meth:`Monitor.observe_cycle` takes what the cycle already has
 (the census patients' hourly grid, the active model's scores, what was
 fetched and quarantined) and:
 
-1. adds each patient-hour that has just *completed* (the patient's grid
-   moved on to a later hour) to a sliding window of ``window_hours``, with
-   the score of the last cycle of that hour; each patient-hour counts once;
-2. compares the window with the reference (:mod:`.reference`): per grid
-   variable PSI, Kolmogorov-Smirnov, normed Wasserstein and Jensen-Shannon
-   (:mod:`.stats`) and the measured rate (missingness); the raw score's
-   PSI; and the share of hours at or above the alert threshold against the
-   site's baseline;
-3. runs the feed checks (:mod:`.feed`) and, when outcomes arrive, the
-   performance checks (:mod:`.performance`);
+1. adds each patient-hour the cycle scored for the first time (the cycle's
+   grid ends at each patient's last complete hour) to a sliding window of
+   ``window_hours``, with that first score; each patient-hour counts once;
+2. once an hour, compares the window with the reference (:mod:`.reference`):
+   per grid variable PSI, Kolmogorov-Smirnov, normed Wasserstein and
+   Jensen-Shannon (:mod:`.stats`) and the measured rate (missingness); the
+   raw score's PSI; and the share of hours at or above the alert threshold
+   against the site's baseline;
+3. runs the feed checks (:mod:`.feed`) every cycle and, once an hour when
+   outcomes arrive, the performance checks (:mod:`.performance`);
 4. turns findings into alarms (:class:`~.alarms.AlarmBook`) and stores the
    alarms and the cycle's statistics in the cycle's own transaction.
 
@@ -181,8 +181,7 @@ class Monitor:
         self._labelled_until: float | None = None
         self._restarted = False
         self.errors = 0
-        self._detail = True
-        self._last_detail = -math.inf
+        self._last_hourly = -math.inf
         self._coarse: dict[str, tuple[Histogram, Histogram]] = {}
         self._ids: dict[str, int] = {}
 
@@ -270,17 +269,19 @@ class Monitor:
         stats: list[Stat] = []
         findings: list[Finding] = []
         checked: set[str] = set()
-        # descriptive statistics (KS, Wasserstein, JS) for the report: once an hour
-        self._detail = now - self._last_detail >= 3600.0 - 1e-6
-        if self._detail:
-            self._last_detail = now
+        # A patient's hour completes once an hour, so the window, and the labelled hours,
+        # change by a quarter of the census per 15-minute cycle: judge them once an hour.
+        # Feeds and quarantine are judged every cycle (a broken interface is urgent).
+        hourly = now - self._last_hourly >= 3600.0 - 1e-6
+        if hourly:
+            self._last_hourly = now
         ref = self.reference if self.reference is not None else self.baseline
-        if ref is not None:
+        if hourly and ref is not None:
             f, s = self._drift(ref)
             findings += f
             stats += s
             checked |= {AlarmKind.INPUT_DRIFT, AlarmKind.MISSINGNESS, AlarmKind.SCORE_DRIFT}
-        if self.baseline_flag_rate is not None:
+        if hourly and self.baseline_flag_rate is not None:
             f, s = self._alert_rate()
             findings += f
             stats += s
@@ -291,7 +292,7 @@ class Monitor:
         checked |= {AlarmKind.QUARANTINE, AlarmKind.UNIT_CHANGE}
         if self.baseline is not None:
             checked.add(AlarmKind.FEED_DOWN)
-        if self.labels is not None and self.performance is not None:
+        if hourly and self.labels is not None and self.performance is not None:
             f, s = self._performance(tx, now)
             findings += f
             stats += s
@@ -455,14 +456,13 @@ class Monitor:
         cur = histogram(current, coarse.edges)
         # add-one-half (Jeffreys) smoothing: a bin a small window leaves empty is not infinite
         value = psi(coarse.counts + 0.5, cur + 0.5)
-        stats: list[Stat] = [(str(kind), name, "psi", value)]
-        if self._detail:
-            stats += [
-                (str(kind), name, "ks", ks_binned(coarse.counts, cur, limit=True).statistic),
-                (str(kind), name, "wasserstein_normed",
-                 normed_wasserstein(coarse.counts, cur, coarse.edges)),
-                (str(kind), name, "jensen_shannon", jensen_shannon(coarse.counts, cur)),
-            ]
+        stats: list[Stat] = [
+            (str(kind), name, "psi", value),
+            (str(kind), name, "ks", ks_binned(coarse.counts, cur, limit=True).statistic),
+            (str(kind), name, "wasserstein_normed",
+             normed_wasserstein(coarse.counts, cur, coarse.edges)),
+            (str(kind), name, "jensen_shannon", jensen_shannon(coarse.counts, cur)),
+        ]
         if value < self.psi_warn:
             return [], stats
         floor = psi_noise_floor(coarse.n_bins, n_reference=coarse.values_size,
@@ -551,7 +551,7 @@ class Monitor:
         until = now - self.labels.delay_hours * 3600.0
         since = self._labelled_until if self._labelled_until is not None else -math.inf
         self._labelled_until = until
-        frame = _completed_scores(tx, since=since, until=until)
+        frame = _completed_scores(tx, since=since, until=until, model=self.model_key or "")
         if len(frame):
             keys = frame["patient_key"].to_numpy(object)
             y = self.labels.labels(keys, frame["iculos"].to_numpy())
@@ -573,8 +573,10 @@ def _quarantine_records(items: Iterable[Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _completed_scores(tx: sqlite3.Connection, *, since: float, until: float) -> pd.DataFrame:
-    """Active scores of the patient-hours first scored in ``(since - 1 h, until - 1 h]``.
+def _completed_scores(
+    tx: sqlite3.Connection, *, since: float, until: float, model: str
+) -> pd.DataFrame:
+    """Read a model's scores of the patient-hours first scored in ``(since - 1 h, until - 1 h]``.
 
     A patient-hour is scored by up to four cycles; it is taken once, when its
     first score is an hour old (so the hour is over), with its last score.
@@ -585,10 +587,10 @@ def _completed_scores(tx: sqlite3.Connection, *, since: float, until: float) -> 
     rows = tx.execute(
         "SELECT s.patient_key, s.iculos, s.probability FROM scores s JOIN ("
         " SELECT patient_key, iculos, model, MIN(tick) AS t0, MAX(tick) AS t1 FROM scores"
-        " WHERE role = 'active' AND tick > ? AND tick <= ? GROUP BY patient_key, iculos, model"
+        " WHERE model = ? AND tick > ? AND tick <= ? GROUP BY patient_key, iculos, model"
         " HAVING t0 > ? AND t0 <= ?) g ON s.patient_key = g.patient_key AND s.iculos = g.iculos"
         " AND s.model = g.model AND s.tick = g.t1 ORDER BY g.t0, s.patient_key",
-        (lo - 3600.0, hi + 3600.0, lo, hi),
+        (model, lo - 3600.0, hi + 3600.0, lo, hi),
     ).fetchall()
     return pd.DataFrame(rows, columns=["patient_key", "iculos", "probability"])
 

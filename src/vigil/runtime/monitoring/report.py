@@ -127,8 +127,8 @@ def _chart(report: MonitorReport, alarms: Sequence[Alarm], path: Path) -> bool:
                 ls="-" if name == names[0] else "--")
     for a in alarms:
         ax.axvline(pd.Timestamp(a.first_seen, unit="s", tz=UTC), color="tab:red", lw=1, alpha=0.7)
-    if first.kind in (AlarmKind.INPUT_DRIFT, AlarmKind.SCORE_DRIFT):
-        ax.axhline(first.threshold, color="grey", lw=0.8, ls=":", label="threshold")
+    if first.kind in (AlarmKind.INPUT_DRIFT, AlarmKind.SCORE_DRIFT, AlarmKind.DISCRIMINATION):
+        ax.axhline(alarms[-1].threshold, color="grey", lw=0.8, ls=":", label="threshold")
     label = first.variable or "all"
     ax.set_title(f"{first.kind}: {label} (red: alarm first seen)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
