@@ -62,14 +62,14 @@ def test_verify_passes_then_names_the_changed_file(federated, tmp_path):
     data[-1] ^= 0xFF
     onnx.write_bytes(bytes(data))
     bad = runner.invoke(app, ["package", "verify", str(copy), "--public-key", str(keys[1])])
-    assert bad.exit_code == 2 and "model.onnx has changed" in bad.output
+    assert bad.exit_code == 2 and "model.onnx has changed" in bad.stderr
 
 
 def test_option_errors_exit_2_with_a_message(tmp_path):
     no_out = runner.invoke(app, ["federate", "--rounds", "1"])
-    assert no_out.exit_code == 2 and "expected --out DIR" in no_out.output
+    assert no_out.exit_code == 2 and "expected --out DIR" in no_out.stderr
     mu = runner.invoke(app, ["federate", "--mu", "0.1", "--out", str(tmp_path / "x")])
-    assert mu.exit_code == 2 and "--mu applies to --strategy fedprox only" in mu.output
+    assert mu.exit_code == 2 and "--mu applies to --strategy fedprox only" in mu.stderr
     exists = runner.invoke(app, ["package", "keygen", "--private-key", str(tmp_path),
                                  "--public-key", str(tmp_path / "p")])
-    assert exists.exit_code == 2 and "refusing to overwrite" in exists.output
+    assert exists.exit_code == 2 and "refusing to overwrite" in exists.stderr
