@@ -92,3 +92,19 @@ def test_norm_rule_needs_both_a_robust_outlier_and_the_ratio_floor():
     assert len(accepted) == 4 and rejections == []  # 5x the median norm is below the 10x floor
     _, rejections = screen_updates(ups, glob, rule=ScreenRule(max_ratio=2.0))
     assert [(r.site, r.reason) for r in rejections] == [("s3", Reason.NORM)]
+
+
+def test_near_orthogonal_honest_updates_are_kept():
+    """Late in training honest updates barely agree; none is rejected for direction.
+
+    Independent directions in a network-sized space (5,000 weights) have cosines near 0.
+    """
+    rng = np.random.default_rng(5)
+    glob = OrderedDict(w=rng.normal(size=(100, 50)).astype(np.float32))
+    for trial in range(20):
+        ups = []
+        for i in range(5):
+            w = OrderedDict(w=(glob["w"] + 0.1 * rng.normal(size=(100, 50))).astype(np.float32))
+            ups.append(Update(site=f"s{i}", weights=w, num_examples=100, loss=0.1))
+        _, rejections = screen_updates(ups, glob)
+        assert rejections == [], trial

@@ -25,8 +25,10 @@ majority of honest peers when one update is bad (``n - 1 > 2``).
    median of its cosine similarities with the other updates,
    ``s_k = median_{j != k} cos(d_k, d_j)``, and the round's typical score is
    ``t = median(s)``. When the sites agree (``t > 0``), an update is rejected
-   if ``s_k < -ratio * t`` (ratio 0.5): it opposes the others at least half as
-   much as the typical site agrees with them. As long as the bad updates are a
+   if ``s_k < -max(ratio * t, floor)`` (ratio 0.5, floor 0.1): it opposes the
+   others at least half as much as the typical site agrees with them, and
+   clearly (honest sites whose updates are nearly orthogonal to the others',
+   as happens late in training, score around 0 and are kept). As long as the bad updates are a
    minority of the others, an honest site's median peer is honest, so its
    score is an honest pair's cosine (positive while the sites learn the same
    task), while a sign-flipped update's peers are all honest and its score is
@@ -105,9 +107,10 @@ class ScreenRule:
     max_ratio : float, optional
         An update is never rejected for its norm unless it is at least this
         many times the median norm.
-    direction_ratio : float, optional
-        An update whose median cosine with the others is below minus this
-        times the round's typical (positive) score is rejected.
+    direction_ratio, direction_floor : float, optional
+        An update whose median cosine with the others is below
+        ``-max(direction_ratio * typical, direction_floor)`` is rejected
+        (when the typical score is positive).
     min_sites : int, optional
         Updates needed for rule 4 to run.
     direction_min_sites : int, optional
@@ -117,6 +120,7 @@ class ScreenRule:
     norm_z: float = 3.5
     max_ratio: float = 10.0
     direction_ratio: float = 0.5
+    direction_floor: float = 0.1
     min_sites: int = 3
     direction_min_sites: int = 4
 
@@ -217,11 +221,12 @@ def screen_updates(
                     f"{np.exp(med):.3g}; limit {np.exp(limit):.1f}x",
                 ))
             elif (len(passed) >= rule.direction_min_sites and typical > 0
-                  and score < -rule.direction_ratio * typical):
+                  and score < -max(rule.direction_ratio * typical, rule.direction_floor)):
                 rejections.append(Rejection(
                     u.site, Reason.DIRECTION,
                     f"median cosine with the other updates {score:.3f} < "
-                    f"-{rule.direction_ratio} x the round's typical {typical:.3f}",
+                    f"-max({rule.direction_ratio} x the round's typical {typical:.3f}, "
+                    f"{rule.direction_floor})",
                 ))
             else:
                 keep.append(u)
