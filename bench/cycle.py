@@ -163,7 +163,7 @@ def child(config: Path, tick: datetime) -> dict[str, Any]:
 
 
 def split(c: dict[str, Any]) -> dict[str, float]:
-    """The time split of one cycle."""
+    """Return the time split of one cycle."""
     t = c["timings"]
     source = t.get("census", 0.0) + t.get("fetch", 0.0)
     io = max(0.0, source - c["parse"]) + t.get("writeback", 0.0)
@@ -183,19 +183,25 @@ def split(c: dict[str, Any]) -> dict[str, float]:
 # -- the parent ----------------------------------------------------------------------------------
 
 
-def _site(path: Path, work: Path, source: str, base_url: str | None) -> Path:
+def _site(path: Path, work: Path, source: str, base_url: str | None, *,
+          per_request: int) -> Path:
     data = (f'source = "ndjson"\nndjson_dir = "{work / "fhir"}"\nwriteback = "ndjson"\n'
             f'writeback_dir = "{work / source / "out"}"\n') if source == "ndjson" else (
         'source = "fhir"\nwriteback = "fhir"\n')
-    fhir = f'[fhir]\nbase_url = "{base_url}"\npage_size = 1000\n' if base_url else ""
+    fhir = (f'[fhir]\nbase_url = "{base_url}"\npage_size = 1000\ntimeout_s = 600\n'
+            f'patients_per_request = {per_request}\n') if base_url else ""
     path.write_text(f'site_id = "bench"\n[data]\n{data}{fhir}'
                     f'[store]\nurl = "sqlite:///{work / source / "state.db"}"\n'
                     f'[models]\ndir = "{work / source / "models"}"\n[ops]\nenabled = false\n')
     return path
 
 
-def run_source(source: str, work: Path, tick: datetime, package: Path) -> dict[str, Any]:
-    (work / source).mkdir(parents=True, exist_ok=True)
+def run_source(source: str, work: Path, tick: datetime, package: Path, *,
+               per_request: int) -> dict[str, Any]:
+    import shutil
+
+    shutil.rmtree(work / source, ignore_errors=True)
+    (work / source).mkdir(parents=True)
     server = None
     base_url = None
     extra: dict[str, Any] = {}
@@ -205,11 +211,15 @@ def run_source(source: str, work: Path, tick: datetime, package: Path) -> dict[s
 
         server = FHIRServer(work / "server").start()
         base_url = server.base_url
-        t0 = time.perf_counter()
-        server.load(work / "fhir" / "bundles")
-        extra["load_seconds"] = round(time.perf_counter() - t0, 1)
+        loaded = work / "server" / "loaded"
+        if not loaded.exists():  # the server keeps its data in the work directory
+            t0 = time.perf_counter()
+            server.load(work / "fhir" / "bundles")
+            extra["load_seconds"] = round(time.perf_counter() - t0, 1)
+            loaded.write_text(tick.isoformat())
     try:
-        config = _site(work / source / "site.toml", work, source, base_url)
+        config = _site(work / source / "site.toml", work, source, base_url,
+                       per_request=per_request)
         vigil = Path(sys.executable).with_name("vigil")
         subprocess.run([vigil, "model", "install", package, "--config", config], check=True,
                        capture_output=True)
@@ -231,7 +241,10 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--hours", type=int, default=72)
     parser.add_argument("--sources", default="ndjson,rest")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="Reuse the data (and the loaded server) of an earlier run here.")
+    parser.add_argument("--patients-per-request", type=int, default=50,
+                        help="Patients per Observation search (OR-list).")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tick", default=None, help=argparse.SUPPRESS)
@@ -244,27 +257,35 @@ def main() -> None:
     from rt_support import make_package
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-bench-cycle-"))
-    now = datetime.now(UTC)
-    tick = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
-    frame, distinct = _stays(args.patients, args.hours)
-    t0 = time.perf_counter()
-    n_obs = write_fhir(frame, work / "fhir", tick=tick, hours=args.hours,
-                       bundles="rest" in args.sources)
-    make_package(work / "pkg")
-    report: dict[str, Any] = {
-        "patients": args.patients, "distinct_stays": distinct, "hours": args.hours,
-        "observations": n_obs, "write_seconds": round(time.perf_counter() - t0, 1),
-        "data": str(SHARED if SHARED.is_file() else "bundled sample"), "sources": {},
-    }
+    made = work / "made.json"
+    if made.exists():  # the data of an earlier run (same patients, hours and tick)
+        report = json.loads(made.read_text())
+        tick = datetime.fromisoformat(report["tick"])
+    else:
+        now = datetime.now(UTC)
+        tick = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+        frame, distinct = _stays(args.patients, args.hours)
+        t0 = time.perf_counter()
+        n_obs = write_fhir(frame, work / "fhir", tick=tick, hours=args.hours, bundles=True)
+        make_package(work / "pkg")
+        report = {
+            "patients": args.patients, "distinct_stays": distinct, "hours": args.hours,
+            "observations": n_obs, "write_seconds": round(time.perf_counter() - t0, 1),
+            "data": str(SHARED if SHARED.is_file() else "bundled sample"),
+            "tick": tick.isoformat(),
+        }
+        made.write_text(json.dumps(report))
+    report["sources"] = {}
     for source in args.sources.split(","):
-        result = run_source(source, work, tick, work / "pkg")
+        result = run_source(source, work, tick, work / "pkg",
+                            per_request=args.patients_per_request)
         result["split"] = [split(c) for c in result["cycles"]]
         report["sources"][source] = result
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{args.patients} patients ({distinct} distinct stays) x {args.hours} h, "
-          f"{n_obs:,} observations ({report['data']})")
+    print(f"{report['patients']} patients ({report['distinct_stays']} distinct stays) x "
+          f"{report['hours']} h, {report['observations']:,} observations ({report['data']})")
     head = ("source", "cycle", "total s", "FHIR I/O", "parsing", "store", "features",
             "inference", "wb build", "not I/O", "peak RSS MB")
     print(" | ".join(head))

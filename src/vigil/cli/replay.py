@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +26,8 @@ def replay(
     ] = None,
     db: Annotated[
         Path | None,
-        typer.Option(help="State store file; an existing one resumes the replay (default: "
-                          "a new one next to --out)."),
+        typer.Option(help="State store file to keep; an existing one resumes the replay "
+                          "(default: a temporary one)."),
     ] = None,
     labels: Annotated[
         str | None,
@@ -104,24 +105,25 @@ def replay(
         outcomes = None if table is None else FrameLabels(table.set_axis(
             ["patient_key", "iculos", "label"], axis=1), delay_hours=label_delay_hours)
         watch = Monitor(labels=outcomes, reference=monitor_reference)
-    db = db if db is not None else out.with_suffix(".state.db")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with StateStore.open(f"sqlite:///{db}", durable=False) as store, Progress(
-        console=err_console, transient=True, disable=json_out
-    ) as bar:
-        task = bar.add_task("replaying", total=None)
-        result, scores = run_replay(
-            source, LiveModels(active=active, shadow=None), store=store, sink=sink,
-            alerts=AlertSettings(suppression_hours=suppression_hours), hours=hours,
-            progress=lambda i, _r: bar.update(task, completed=i + 1), monitor=watch,
-        )
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        path = db if db is not None else Path(scratch) / "state.db"
+        with StateStore.open(f"sqlite:///{path}", durable=False) as store, Progress(
+            console=err_console, transient=True, disable=json_out
+        ) as bar:
+            task = bar.add_task("replaying", total=None)
+            result, scores = run_replay(
+                source, LiveModels(active=active, shadow=None), store=store, sink=sink,
+                alerts=AlertSettings(suppression_hours=suppression_hours), hours=hours,
+                progress=lambda i, _r: bar.update(task, completed=i + 1), monitor=watch,
+            )
     scores.to_parquet(out, index=False)
     summary = summarize(scores, cycles=result.cycles + result.skipped, threshold=active.threshold,
                         labels=table)
     summary.update({
         "model": active.key, "calibrated": active.calibration is not None,
         "failed_cycles": result.failed, "resumed_cycles": result.skipped,
-        "quarantined": quarantined, "out": str(out), "db": str(db),
+        "quarantined": quarantined, "out": str(out), "db": None if db is None else str(db),
     })
     if json_out:
         print_json(summary)

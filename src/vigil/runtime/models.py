@@ -28,6 +28,7 @@ from vigil.runtime.store import ModelRow, StateStore
 
 __all__ = [
     "CALIBRATION_FILE",
+    "ROLES",
     "Calibration",
     "LiveModel",
     "LiveModels",
@@ -41,6 +42,7 @@ __all__ = [
 
 CALIBRATION_FILE = "calibration.json"
 ROLES = ("active", "shadow", "installed", "retired")
+"""Roles of an installed model; ``retired`` is what a replaced active or shadow model gets."""
 
 
 class Calibration(Protocol):
@@ -191,7 +193,7 @@ def install_model(
     ConfigError
         For an unknown role.
     """
-    if role is not None and role not in ("active", "shadow", "installed"):
+    if role is not None and role not in ROLES[:3]:
         raise ConfigError(f"expected role active, shadow or installed, got {role!r}", key="role")
     package, _ = verify_package(source, public_key=public_key)
     if calibration is not None:
