@@ -15,7 +15,11 @@ Every model keeps its best round (epoch) by validation utility and its
 threshold from validation patients: the pooled validation patients of the
 sites it was trained with. All are then scored on the **test** patients of
 every site (never used by any training or threshold), per site, per hospital
-and overall: AUROC and normalized utility.
+and overall: AUROC and normalized utility. A federated model is also scored
+with **site thresholds** ("+ site thresholds"): at each site, the threshold
+that maximizes the utility of that site's own validation patients, from the
+utility histogram it reported (what a site's recalibration does; the
+local-only models, too, use their own site's threshold).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vigil.data import PhysioNetTable, partition, patient_split
 from vigil.features import build_features
 from vigil.features.metrics import evaluate_by_hospital
 from vigil.federation.driver import Plan, run_federation
+from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights, make_strategy
@@ -48,10 +53,9 @@ def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray) -> np.ndarray:
     return predict_proba(net, x)
 
 
-def _metrics(table: PhysioNetTable, probability: np.ndarray, threshold: float) -> dict[str, Any]:
-    alerts = (probability >= threshold).astype(np.int8)
+def _metrics(table: PhysioNetTable, probability: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
     full = evaluate_by_hospital(table.labels, probability, alerts, table.grid.starts,
-                                table.hospital, threshold=threshold)
+                                table.hospital, threshold=float("nan"))
     pick = ("auroc", "auprc", "utility", "n_patients")
     out = {"all": {k: full[k] for k in pick}}
     out |= {f"hospital {h}": {k: m[k] for k in pick} for h, m in full["by_hospital"].items()}
@@ -115,11 +119,15 @@ def compare(
     ]))
     say(f"{len(sites)} sites built; {test_all.grid.n_patients:,} test patients")
 
-    def score(weights_for: Callable[[str], Weights], threshold: float) -> dict[str, Any]:
+    def score(weights_for: Callable[[str], Weights], threshold_for: Callable[[str], float]) -> dict[
+        str, Any
+    ]:
         probs = {n: _predict(spec, weights_for(n), x_test[n]) for n in order}
-        out = _metrics(test_all, np.concatenate([probs[n] for n in order]), threshold)
+        alerts = {n: (probs[n] >= threshold_for(n)).astype(np.int8) for n in order}
+        out = _metrics(test_all, np.concatenate([probs[n] for n in order]),
+                       np.concatenate([alerts[n] for n in order]))
         for n in order:
-            out[n] = _metrics(tests[n], probs[n], threshold)["all"]
+            out[n] = _metrics(tests[n], probs[n], alerts[n])["all"]
         return out
 
     methods: dict[str, Any] = {}
@@ -135,8 +143,14 @@ def compare(
             "threshold": result.pooled.threshold, "valid_utility": result.pooled.utility,
             "valid_auroc": result.pooled.auroc, "best_round": result.best_round,
             "seconds": time.perf_counter() - t0,
-            "test": score(weights_for, result.pooled.threshold),
+            "test": score(weights_for, lambda n: result.pooled.threshold),
         }
+        if len(members) > 1:
+            own = {e.site: pool_evaluations([e]).threshold for e in result.evaluations}
+            methods[f"{label} + site thresholds"] = {
+                **methods[label], "threshold": own,
+                "test": score(weights_for, lambda n: own.get(n, result.pooled.threshold)),
+            }
         if result.privacy:
             methods[label]["epsilon"] = {k: v.epsilon for k, v in result.privacy.items()}
             methods[label]["delta"] = {k: v.delta for k, v in result.privacy.items()}

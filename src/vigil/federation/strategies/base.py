@@ -93,9 +93,8 @@ class Strategy:
         OrderedDict of str to ndarray (float32)
         """
         if self.robust is not None:
-            keys = shared_keys(list(weights[0]), is_local=is_local) if weights else None
-            if not self.keeps_norm_local:
-                keys = None
+            local = self.keeps_norm_local and bool(weights)
+            keys = shared_keys(list(weights[0]), is_local=is_local) if local else None
             return robust_aggregate(weights, self.robust, beta=self.trim_beta, keys=keys)
         if self.name is StrategyName.FEDBN:
             return fedbn(weights, num_examples, is_local=is_local, max_share=self.max_share)
