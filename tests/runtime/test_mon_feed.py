@@ -88,12 +88,40 @@ def test_late_values_do_not_move_the_last_arrival_back():
 def test_a_unit_not_seen_while_learning_raises_a_warning():
     feed = FeedHealth(unit_hours=1.0)
     feed.start(0.0)
-    assert feed.units({"Temp": {"Cel": 40}}, now=0.5 * H) == []
-    assert feed.units({"Temp": {"Cel": 38, "[degF]": 2}}, now=2 * H) == []  # fewer than 3
-    (found,) = feed.units({"Temp": {"Cel": 10, "[degF]": 30}}, now=3 * H)
+    assert feed.units({"Temp": {"Cel": 40}}, now=0.5 * H)[0] == []
+    found, stats = feed.units({"Temp": {"Cel": 38, "[degF]": 2}}, now=2 * H)
+    assert found == []  # fewer than 3 so far
+    assert ("unit_change", "Temp", "values:[degF]", 2.0) in stats
+    assert ("unit_change", "Temp", "new_unit_values", 2.0) in stats
+    (found,), _ = feed.units({"Temp": {"Cel": 10, "[degF]": 30}}, now=3 * H)
     assert (found.kind, found.variable, found.severity) == (
         AlarmKind.UNIT_CHANGE, "Temp", Severity.WARNING)
     assert "'[degF]' (30 of 40)" in found.message
+    assert found.value == 32.0  # every value in the new unit so far
+
+
+def test_a_sparse_lab_in_a_new_unit_adds_up_over_cycles_and_holds_the_warning():
+    feed = FeedHealth(unit_hours=1.0)
+    feed.start(0.0)
+    feed.units({"Creatinine": {"mg/dL": 2}}, now=0.5 * H)
+    assert feed.units({"Creatinine": {"umol/L": 1}}, now=1.25 * H)[0] == []
+    assert feed.units({"Creatinine": {"umol/L": 1}}, now=1.5 * H)[0] == []
+    (found,), _ = feed.units({"Creatinine": {"umol/L": 1}}, now=1.75 * H)
+    assert (found.variable, found.value) == ("Creatinine", 3.0)
+    # a cycle without creatinine still finds it (the alarm holds) ...
+    assert [f.variable for f in feed.units({"HR": {"/min": 20}}, now=2.0 * H)[0]] == ["Creatinine"]
+    # ... until the new unit has been absent for unit_hours
+    assert feed.units({"HR": {"/min": 20}}, now=2.8 * H)[0] == []
+
+
+def test_a_variable_first_sent_after_learning_learns_its_own_units():
+    feed = FeedHealth(unit_hours=1.0)
+    feed.start(0.0)
+    feed.units({"HR": {"/min": 20}}, now=0.5 * H)
+    assert feed.units({"Fibrinogen": {"mg/dL": 5}}, now=30 * H)[0] == []
+    assert feed.units({"Fibrinogen": {"mg/dL": 5}}, now=31 * H)[0] == []
+    (found,), _ = feed.units({"Fibrinogen": {"g/L": 5}}, now=32 * H)
+    assert found.variable == "Fibrinogen"
 
 
 def test_a_quarantine_jump_names_the_variable_and_repeats_are_counted_once():

@@ -66,6 +66,16 @@ def test_b_temperature_in_fahrenheit_is_named_within_two_cycles(work):
     assert [a for a in alarms if a["variable"] != "Temp"] == []  # false alarms
 
 
+def test_b2_temperature_correctly_coded_in_fahrenheit_is_a_unit_change_within_two_cycles(work):
+    switch = 30.0  # after the 24 h in which the site's units are learned
+    alarms, _ = replay(work, "fahrenheit-coded", hours=33, fahrenheit_from=at(switch),
+                       fahrenheit_code="[degF]")
+    (first,) = alarms  # converted correctly: nothing else moves
+    assert (first["kind"], first["variable"]) == ("unit_change", "Temp")
+    assert 0 < first["hour"] - switch <= 2 * CYCLE_H
+    assert "'[degF]'" in first["message"]
+
+
 def test_c_a_stopped_lactate_feed_is_reported_within_its_expected_interval(work):
     stop = 76.0  # after the 72 h in which the site's silences are learned
     alarms, _ = replay(work, "lactate", hours=90, lactate_until=at(stop))

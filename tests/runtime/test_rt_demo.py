@@ -25,3 +25,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     report = (out / "REPORT.md").read_text()
     assert "alerts per patient-day" in report and "nan" not in report.lower()
+    monitor = summary["monitor"]  # the replay ran with the monitor and its outcomes
+    assert monitor["errors"] == 0 and monitor["labelled_hours"] > 100
+    assert sum(monitor["alarms"].values()) == len(monitor["alarm_list"])
+    assert "## Monitoring" in report

@@ -100,10 +100,11 @@ def replay(
                                                                      "SepsisLabel"])
     watch = None
     if monitor:
-        from vigil.runtime.monitoring import FrameLabels, Monitor
+        from vigil.runtime.monitoring import Monitor
+        from vigil.runtime.replay import physionet_labels
 
-        outcomes = None if table is None else FrameLabels(table.set_axis(
-            ["patient_key", "iculos", "label"], axis=1), delay_hours=label_delay_hours)
+        outcomes = (None if table is None
+                    else physionet_labels(table, delay_hours=label_delay_hours))
         watch = Monitor(labels=outcomes, reference=monitor_reference)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:

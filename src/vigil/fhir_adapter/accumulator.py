@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from vigil.fhir_adapter.mapping import AMBIGUOUS, MappingOptions, Payload, canonical_value
+from vigil.fhir_adapter.mapping import (
+    AMBIGUOUS,
+    MappingOptions,
+    Payload,
+    canonical_value,
+    source_unit,
+)
 from vigil.fhir_adapter.records import (
     NO_TIME,
     Deletion,
@@ -45,6 +51,7 @@ class Accumulator:
         self.resource_id: list[str] = []
         self.last_updated: list[int] = []
         self.seq: list[int] = []
+        self.unit: list[int] = []
         self.deletions: list[Deletion] = []
         self.quarantine: list[Quarantine] = []
         self.n_resources = 0
@@ -106,6 +113,7 @@ class Accumulator:
             if payload is None:
                 self.n_absent += 1
                 continue
+            unit = -1
             if var == AMBIGUOUS:
                 out: float | str = "codes name several catalog variables; none is more specific"
             elif isinstance(payload, str):
@@ -113,6 +121,7 @@ class Accumulator:
             else:
                 out = canonical_value(var, payload[0], comparator=payload[1], system=payload[2],
                                       code=payload[3], unit=payload[4])
+                unit = source_unit(var, system=payload[2], code=payload[3], unit=payload[4])
             if isinstance(out, str):
                 self.quarantine.append(Quarantine("Observation", rid, out, last_updated))
                 continue
@@ -123,6 +132,7 @@ class Accumulator:
             self.resource_id.append(rid)
             self.last_updated.append(last_updated)
             self.seq.append(self.n_resources)
+            self.unit.append(unit)
 
     def result(self) -> IngestResult:
         """Everything collected, as an :class:`IngestResult` (no watermark)."""
@@ -135,6 +145,7 @@ class Accumulator:
             last_updated=np.array(self.last_updated, dtype=np.int64),
             seq=np.array(self.seq, dtype=np.int64),
             deletions=tuple(self.deletions),
+            unit=np.array(self.unit, dtype=np.int8),
         )
         counts = IngestCounts(
             resources=self.n_resources, values=len(self.value),

@@ -33,6 +33,7 @@ from vigil.fhir_adapter.mapping import (
     RANGES,
     TIME_CACHES,
     UCUM,
+    UNIT_INDEX,
     UNITS,
     UNKNOWN,
     VALID_INSTANTS,
@@ -57,12 +58,13 @@ __all__ = [
 ]
 
 _CODE_GET = CODE_INDEX.get
-_FAST_CODES: dict[str, tuple[int, dict[str, tuple[float, float, float, float]]]] = {
-    code: (var, {unit: (scale, offset, *RANGES[var])
+_FAST_CODES: dict[str, tuple[int, dict[str, tuple[float, float, float, float, int]]]] = {
+    code: (var, {unit: (scale, offset, *RANGES[var], UNIT_INDEX[unit])
                  for unit, (scale, offset) in UNITS[var].items()})
     for code, (var, _rank) in CODE_INDEX.items()
 }
-"""LOINC code -> (variable, UCUM code -> (scale, offset, low, high)), for the inline common case."""
+"""LOINC code -> (variable, UCUM code -> (scale, offset, low, high, source unit code)), for the
+inline common case."""
 _PATIENTS: dict[str, str] = {}
 """Subject reference -> Patient id, for references that name a Patient (bounded)."""
 _TIME_ELEMENTS = ("effectiveDateTime", "effectiveInstant", "meta.lastUpdated", "issued",
@@ -278,7 +280,7 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
             var, units = codes[c["code"]]
             q = d["valueQuantity"]
             value = q["value"]
-            scale, offset, low, high = units[q["code"]]
+            scale, offset, low, high, unit = units[q["code"]]
             t = instants[d["effectiveDateTime"]]
             lu = instants[d["meta"]["lastUpdated"]]
             patient = patients[d["subject"]["reference"]]
@@ -299,31 +301,32 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
             n = acc.n_resources
             continue
         n += 1
-        extend((patient, var, t, out, rid, lu, n))
+        extend((patient, var, t, out, rid, lu, n, unit))
     acc.n_resources = n
     return _merge(acc.result(), flat)
 
 
 def _merge(general: IngestResult, flat: list[Any]) -> IngestResult:
-    """Join the inline rows (flattened 7-tuples) with the general path's, in reading order."""
+    """Join the inline rows (flattened 8-tuples) with the general path's, in reading order."""
     if not flat:
         return general
     g = general.observations
     inline = ObservationBatch(
-        patient=np.array(flat[0::7], dtype=object),
-        variable=np.array(flat[1::7], dtype=np.int8),
-        effective=np.array(flat[2::7], dtype=np.int64),
-        value=np.array(flat[3::7], dtype=np.float64),
-        resource_id=np.array(flat[4::7], dtype=object),
-        last_updated=np.array(flat[5::7], dtype=np.int64),
-        seq=np.array(flat[6::7], dtype=np.int64),
+        patient=np.array(flat[0::8], dtype=object),
+        variable=np.array(flat[1::8], dtype=np.int8),
+        effective=np.array(flat[2::8], dtype=np.int64),
+        value=np.array(flat[3::8], dtype=np.float64),
+        resource_id=np.array(flat[4::8], dtype=object),
+        last_updated=np.array(flat[5::8], dtype=np.int64),
+        seq=np.array(flat[6::8], dtype=np.int64),
+        unit=np.array(flat[7::8], dtype=np.int8),
     )
     if len(g):
         both = ObservationBatch(**{
             f: np.concatenate([getattr(inline, f), getattr(g, f)])
             for f in ("patient", "variable", "effective", "value", "resource_id", "last_updated",
-                      "seq")})
+                      "seq", "unit")})
         inline = both.take(np.argsort(both.seq, kind="stable"))
-    counts = replace(general.counts, values=general.counts.values + len(flat) // 7)
+    counts = replace(general.counts, values=general.counts.values + len(flat) // 8)
     return IngestResult(observations=replace(inline, deletions=g.deletions),
                         quarantine=general.quarantine, counts=counts)

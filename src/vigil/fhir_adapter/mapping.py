@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vigil.core.catalog import MEASURED, variable
-from vigil.fhir_adapter.records import to_micros
+from vigil.fhir_adapter.records import SOURCE_UNITS, to_micros
 
 __all__ = [
     "AMBIGUOUS",
@@ -54,6 +54,7 @@ __all__ = [
     "TIME_CACHES",
     "UCUM",
     "UNITS",
+    "UNIT_INDEX",
     "UNKNOWN",
     "VALID_INSTANTS",
     "MappingOptions",
@@ -64,6 +65,7 @@ __all__ = [
     "patient_key",
     "quantity_payload",
     "reference_id",
+    "source_unit",
     "variable_of",
 ]
 
@@ -145,19 +147,24 @@ def variable_of(codes: Iterable[str]) -> int:
 
 
 CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None],
-                       tuple[float, float] | str] = {}
-"""(variable, system, code, unit) -> conversion or quarantine reason (bounded)."""
+                       tuple[float, float, int] | str] = {}
+"""(variable, system, code, unit) -> (scale, offset, source unit code) or quarantine reason
+(bounded)."""
+UNIT_INDEX: dict[str, int] = {u: i for i, u in enumerate(SOURCE_UNITS)}
+"""Accepted unit -> its code in :attr:`~vigil.fhir_adapter.records.ObservationBatch.unit`."""
 
 
 def _conversion(var: int, system: str | None, code: str | None, unit: str | None
-                ) -> tuple[float, float] | str:
+                ) -> tuple[float, float, int] | str:
     key = (var, system, code, unit)
     hit = CONVERSION_CACHE.get(key)
     if hit is None:
         table = UNITS[var]
         candidates = ([code] if code is not None and system in (None, UCUM) else []) + [unit]
-        hit = next((table[c] for c in candidates if c is not None and c in table), None)
-        if hit is None:
+        found = next((c for c in candidates if c is not None and c in table), None)
+        if found is not None:
+            hit = (*table[found], UNIT_INDEX[found])
+        else:
             shown = code if code is not None else unit
             hit = (f"no unit on a {MEASURED[var]} value; expected {', '.join(sorted(table))}"
                    if shown is None else
@@ -166,6 +173,27 @@ def _conversion(var: int, system: str | None, code: str | None, unit: str | None
         if len(CONVERSION_CACHE) < 4096:
             CONVERSION_CACHE[key] = hit
     return hit
+
+
+def source_unit(var: int, *, system: str | None = None, code: str | None = None,
+                unit: str | None = None) -> int:
+    """Return the accepted unit a Quantity is in (its code in ``SOURCE_UNITS``).
+
+    Parameters
+    ----------
+    var : int
+        Index into :data:`~vigil.core.catalog.MEASURED`.
+    system, code, unit : str or None
+        The ``Quantity`` fields.
+
+    Returns
+    -------
+    int
+        The unit's index into ``SOURCE_UNITS`` (the UCUM code when it is accepted, else
+        the unit text), or -1 when the unit is not accepted for the variable.
+    """
+    conv = _conversion(var, system, code, unit)
+    return -1 if isinstance(conv, str) else conv[2]
 
 
 def canonical_value(var: int, value: float, *, comparator: str | None = None,

@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from vigil.core.catalog import MEASURED
+from vigil.core.catalog import MEASURED, variable
 
 __all__ = [
     "NO_TIME",
+    "SOURCE_UNITS",
     "Census",
     "Deletion",
     "IngestCounts",
@@ -47,6 +48,12 @@ __all__ = [
 
 NO_TIME = np.iinfo(np.int64).min
 """Column value of an unknown time (``meta.lastUpdated`` absent)."""
+SOURCE_UNITS: tuple[str, ...] = tuple(sorted(
+    {variable(n).unit for n in MEASURED}
+    | {c.unit for n in MEASURED for c in variable(n).conversions}
+))
+"""Every unit the mapping accepts (canonical or convertible), sorted; the codes of
+:attr:`ObservationBatch.unit`."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -202,6 +209,10 @@ class ObservationBatch:
         Reading order of the resource (see the module docstring).
     deletions : tuple of Deletion
         ``entered-in-error`` resources met in the same read.
+    unit : ndarray of int8 or None
+        The unit each value came in, before conversion: an index into
+        :data:`SOURCE_UNITS` (-1 when not known). None when not recorded (values read
+        back from a store); :meth:`unit_counts` summarizes it.
     """
 
     patient: NDArray[np.object_] = field(default_factory=lambda: _empty(object))
@@ -212,6 +223,7 @@ class ObservationBatch:
     last_updated: NDArray[np.int64] = field(default_factory=lambda: _empty(np.int64))
     seq: NDArray[np.int64] = field(default_factory=lambda: _empty(np.int64))
     deletions: tuple[Deletion, ...] = ()
+    unit: NDArray[np.int8] | None = None
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -231,7 +243,28 @@ class ObservationBatch:
             effective=self.effective[mask], value=self.value[mask],
             resource_id=self.resource_id[mask], last_updated=self.last_updated[mask],
             seq=self.seq[mask], deletions=self.deletions,
+            unit=None if self.unit is None else self.unit[mask],
         )
+
+    def unit_counts(self) -> dict[str, dict[str, int]]:
+        """Per variable, how many values came in each source unit.
+
+        Returns
+        -------
+        dict of str to (dict of str to int)
+            ``{variable: {UCUM unit: count}}``, e.g. ``{"Temp": {"Cel": 1, "[degF]": 2}}``;
+            empty when the batch does not record units.
+        """
+        if self.unit is None or not len(self):
+            return {}
+        known = self.unit >= 0
+        width = len(SOURCE_UNITS)
+        pairs = self.variable[known].astype(np.int64) * width + self.unit[known]
+        out: dict[str, dict[str, int]] = {}
+        for pair, n in zip(*np.unique(pairs, return_counts=True), strict=True):
+            var, unit = divmod(int(pair), width)
+            out.setdefault(MEASURED[var], {})[SOURCE_UNITS[unit]] = int(n)
+        return out
 
     def records(self) -> Iterator[MappedObservation]:
         """Row view: one :class:`MappedObservation` per value, in column order."""
@@ -284,6 +317,9 @@ class ObservationBatch:
             last_updated=np.concatenate([b.last_updated for b in batches]),
             seq=np.concatenate(seqs),
             deletions=tuple(dels),
+            unit=None if all(b.unit is None for b in batches) else np.concatenate([
+                np.full(len(b), -1, np.int8) if b.unit is None else b.unit for b in batches
+            ]),
         )
 
 

@@ -251,7 +251,8 @@ class CycleRunner:
                 t0 = time.perf_counter()
                 counts["monitor_alarms"] = len(self.monitor.observe_cycle(
                     tx, tick=tick, model=models.active, grid=grid, scores=active,
-                    census=len(census), observations=incoming, quarantine=quarantine))
+                    census=len(census), observations=incoming, quarantine=quarantine,
+                    units=incoming.unit_counts()))
                 timings["monitor"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()

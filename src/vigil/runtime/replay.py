@@ -24,7 +24,9 @@ import pandas as pd
 
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink
 from vigil.runtime.models import LiveModels
+from vigil.runtime.monitoring.alarms import load_alarms
 from vigil.runtime.monitoring.monitor import Monitor
+from vigil.runtime.monitoring.performance import FrameLabels
 from vigil.runtime.recorded import ClockedSource
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
@@ -33,6 +35,8 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "ReplayResult",
     "hourly",
+    "monitor_summary",
+    "physionet_labels",
     "replay",
     "replay_ticks",
     "run_replay",
@@ -131,6 +135,44 @@ def run_replay(
     )
     result = replay(runner, replay_ticks(start, end), progress=progress)
     return result, scores_output(store)
+
+
+def physionet_labels(frame: pd.DataFrame, *, delay_hours: float) -> FrameLabels:
+    """Return the monitor's outcomes from a PhysioNet table (``patient_id, ICULOS, SepsisLabel``).
+
+    The patient-hour's ``SepsisLabel`` becomes known ``delay_hours`` after it was scored.
+    """
+    table = frame.loc[:, ["patient_id", "ICULOS", "SepsisLabel"]]
+    return FrameLabels(table.set_axis(["patient_key", "iculos", "label"], axis=1),
+                       delay_hours=delay_hours)
+
+
+def monitor_summary(store: StateStore, monitor: Monitor) -> dict[str, Any]:
+    """Summarize what the monitor found in a replay: alarms by kind, open, labelled hours.
+
+    Returns
+    -------
+    dict
+        ``alarms`` (kind -> count), ``open``, ``alarm_list`` (kind, variable, severity,
+        first_seen as UTC ISO time), ``labelled_hours`` (in the last performance window)
+        and ``errors`` (cycles whose monitoring failed).
+    """
+    alarms = load_alarms(store.conn)
+    by_kind: dict[str, int] = {}
+    for a in alarms:
+        by_kind[str(a.kind)] = by_kind.get(str(a.kind), 0) + 1
+    metrics = monitor.performance.metrics() if monitor.performance is not None else None
+    return {
+        "alarms": dict(sorted(by_kind.items())),
+        "open": sum(a.resolved is None for a in alarms),
+        "alarm_list": [
+            {"kind": str(a.kind), "variable": a.variable, "severity": str(a.severity),
+             "first_seen": datetime.fromtimestamp(a.first_seen, UTC).isoformat(timespec="minutes")}
+            for a in alarms
+        ],
+        "labelled_hours": 0 if metrics is None else metrics.n,
+        "errors": monitor.errors,
+    }
 
 
 def scores_output(store: StateStore) -> pd.DataFrame:

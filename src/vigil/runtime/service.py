@@ -21,11 +21,17 @@ from vigil.core.errors import ConfigError
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
 from vigil.runtime.models import LiveModels, load_live_models
 from vigil.runtime.monitoring import AlarmCollector, Monitor
+from vigil.runtime.monitoring.outcomes import (
+    FHIRConditionOutcomes,
+    FileOutcomes,
+    OutcomeFeed,
+    store_stays,
+)
 from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics, readiness
 from vigil.runtime.settings import VigilSettings, check_serving
 from vigil.runtime.store import StateStore, sqlite_path
 
-__all__ = ["Service", "build_service", "last_fire_time"]
+__all__ = ["Service", "build_service", "last_fire_time", "open_outcomes"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,27 @@ def last_fire_time(trigger: object, now: datetime) -> datetime:
             return last.astimezone(UTC)
         last = nxt
         probe = nxt + timedelta(seconds=1)
+
+
+def open_outcomes(settings: VigilSettings, store: StateStore) -> OutcomeFeed | None:
+    """Open the outcome feed the settings name (``[outcomes]``), or return None.
+
+    Its labels reach the monitor's performance checks as ``vigil replay --labels``
+    does (:class:`~vigil.runtime.monitoring.Monitor` ``labels=``).
+    """
+    o = settings.outcomes
+    if o.source == "none":
+        return None
+    if o.source == "file":
+        assert o.path is not None
+        onsets: FileOutcomes | FHIRConditionOutcomes = FileOutcomes(o.path)
+    else:
+        from vigil.fhir_adapter.http import FHIRHttp
+
+        assert settings.fhir is not None
+        onsets = FHIRConditionOutcomes(FHIRHttp(settings.fhir))
+    return OutcomeFeed(onsets, store_stays(store.conn), delay_hours=o.delay_hours,
+                       lead_hours=o.lead_hours, negatives_on_discharge=o.source == "fhir")
 
 
 class Service:
@@ -81,7 +108,8 @@ class Service:
         self._last_good_end: float | None = good.finished if good is not None else None
         if self._last_good_end is not None:
             self.metrics.last_good.set(self._last_good_end)
-        self.monitor = Monitor()
+        self.outcomes = open_outcomes(settings, self.store)
+        self.monitor = Monitor(labels=self.outcomes)
         self.metrics.registry.register(AlarmCollector(self.monitor.open_alarms))
         self.runner = CycleRunner(
             monitor=self.monitor,
@@ -183,9 +211,9 @@ class Service:
             log.info("stopped")
 
     def close(self) -> None:
-        """Close the store, the source and the write-back target."""
+        """Close the store, the source, the write-back target and the outcome feed."""
         self.store.close()
-        for part in (self.runner.source, self.runner.sink):
+        for part in (self.runner.source, self.runner.sink, self.outcomes):
             close = getattr(part, "close", None)
             if close is not None:
                 close()

@@ -40,6 +40,7 @@ __all__ = [
     "DataSettings",
     "ModelSettings",
     "OpsSettings",
+    "OutcomeSettings",
     "SchedulerSettings",
     "ScoringSettings",
     "StoreSettings",
@@ -132,6 +133,28 @@ class OpsSettings(_Section):
     )
 
 
+class OutcomeSettings(_Section):
+    """Where confirmed sepsis outcomes come from (the monitor's performance checks).
+
+    ``source = "file"``: a CSV or parquet the hospital drops at ``path`` (columns
+    ``patient_id``, ``onset``: ISO 8601 with a zone, empty for no sepsis by discharge),
+    re-read when it changes. ``"fhir"``: ``Condition`` resources coded SNOMED CT
+    91302008 (Sepsis) on the ``[fhir]`` server; a patient who left the ICU with none is
+    a negative. ``"none"``: no performance checks.
+    """
+
+    source: Literal["none", "file", "fhir"] = "none"
+    path: Path | None = Field(default=None, description="The file drop (.csv or .parquet).")
+    delay_hours: float = Field(
+        default=72.0, gt=0,
+        description="A patient-hour's outcome is looked up this long after the hour; outcomes "
+                    "not known by then are skipped.",
+    )
+    lead_hours: float = Field(
+        default=6.0, ge=0, description="Hours before onset that count as positive (PhysioNet: 6)."
+    )
+
+
 class VigilSettings(BaseSettings):
     """All settings of one site's runtime."""
 
@@ -162,6 +185,7 @@ class VigilSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     models: ModelSettings = ModelSettings()
     ops: OpsSettings = OpsSettings()
+    outcomes: OutcomeSettings = OutcomeSettings()
 
 
 def check_serving(settings: VigilSettings) -> None:
@@ -183,6 +207,34 @@ def check_serving(settings: VigilSettings) -> None:
     if d.writeback == "ndjson" and d.writeback_dir is None:
         raise ConfigError("data.writeback = 'ndjson' needs data.writeback_dir",
                           key="data.writeback_dir")
+    _check_outcomes(settings)
+
+
+def _check_outcomes(settings: VigilSettings) -> None:
+    o = settings.outcomes
+    if o.source == "file":
+        if o.path is None or o.path.suffix not in (".csv", ".parquet"):
+            raise ConfigError(
+                f"outcomes.source = 'file' needs outcomes.path, a .csv or .parquet file; got "
+                f"{None if o.path is None else str(o.path)!r}", key="outcomes.path",
+            )
+        if not o.path.parent.is_dir():
+            raise ConfigError(
+                f"outcomes.path: expected an existing directory for the outcome file, "
+                f"{o.path.parent} does not exist; create it or fix the path", key="outcomes.path",
+            )
+    if o.source == "fhir" and settings.fhir is None:
+        raise ConfigError("outcomes.source = 'fhir' needs a [fhir] section with base_url",
+                          key="fhir.base_url")
+    # the patients' ICU admissions are read from the store, which forgets a patient
+    # retention_hours after the patient left the census
+    if o.source != "none" and o.delay_hours + 1 > settings.store.retention_hours:
+        raise ConfigError(
+            f"outcomes.delay_hours ({o.delay_hours:g}) must be at least 1 h shorter than "
+            f"store.retention_hours ({settings.store.retention_hours}): the store forgets a "
+            "patient's admission after that; raise store.retention_hours or lower the delay",
+            key="outcomes.delay_hours",
+        )
 
 
 def _error_key(loc: tuple[Any, ...]) -> str:

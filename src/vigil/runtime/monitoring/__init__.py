@@ -2,7 +2,8 @@
 
 Pure statistics (:mod:`.stats`) and sequential detectors (:mod:`.detectors`)
 beside the stateful parts: the reference (:mod:`.reference`), feed health
-(:mod:`.feed`), performance once outcomes arrive (:mod:`.performance`),
+(:mod:`.feed`), performance once outcomes arrive (:mod:`.performance`) and
+where outcomes come from in the service (:mod:`.outcomes`),
 alarms and their storage (:mod:`.alarms`), the monitor the cycle calls
 (:mod:`.monitor`) and the report (:mod:`.report`, imported on demand: it needs
 matplotlib).
@@ -24,6 +25,7 @@ from vigil.runtime.monitoring.alarms import (
 from vigil.runtime.monitoring.detectors import Adwin, AdwinChange, Cusum
 from vigil.runtime.monitoring.feed import FeedHealth
 from vigil.runtime.monitoring.monitor import Monitor
+from vigil.runtime.monitoring.outcomes import OutcomeFeed
 from vigil.runtime.monitoring.performance import FrameLabels, LabelSource, PerformanceMonitor
 from vigil.runtime.monitoring.reference import Histogram, Reference
 
@@ -42,6 +44,7 @@ __all__ = [
     "Histogram",
     "LabelSource",
     "Monitor",
+    "OutcomeFeed",
     "PerformanceMonitor",
     "Reference",
     "Severity",

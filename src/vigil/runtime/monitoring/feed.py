@@ -18,9 +18,12 @@ rarely or never records (EtCO2 at some hospitals) raises nothing.
 
 **Unit change.** The FHIR adapter converts every known unit to the canonical
 one, so a correctly labelled change (temperature now sent in ``[degF]``) is
-harmless to the model but worth knowing; when the adapter reports the units it
-met per variable, a unit not met during the first ``unit_hours`` and seen in at
-least ``min_count`` values of a cycle raises a warning.
+harmless to the model but worth knowing. The adapter records the source unit of
+every value (:meth:`vigil.fhir_adapter.records.ObservationBatch.unit_counts`); a
+unit not met during the first ``unit_hours`` raises a warning once at least
+``min_count`` values came in it (summed over cycles: a sparse lab sends one or two
+values a cycle), and the warning holds while the unit keeps arriving. A variable
+the site did not send while learning learns its units from its first values.
 
 **Quarantine jump.** A unit change the feed does *not* label (Fahrenheit
 numbers still coded ``Cel``) puts values outside the plausible range, and the
@@ -120,6 +123,7 @@ class FeedHealth:
         self.longest_gap: dict[str, float] = {}
         self.arrivals: dict[str, int] = {}
         self.baseline_units: dict[str, set[str]] = {}
+        self._new_units: dict[tuple[str, str], tuple[int, float, float]] = {}
         self._census: list[int] = []
         self._learn_from = -math.inf
         self._gaps_until = self._units_until = math.inf
@@ -228,28 +232,67 @@ class FeedHealth:
 
     # -- units ------------------------------------------------------------------------------------
 
-    def units(self, units: Mapping[str, Mapping[str, int]] | None, *, now: float) -> list[Finding]:
-        """Units never seen while learning them."""
-        if not units:
-            return []
-        findings = []
-        for name, per_unit in units.items():
+    def units(
+        self, units: Mapping[str, Mapping[str, int]] | None, *, now: float
+    ) -> tuple[list[Finding], list[tuple[str, str, str, float]]]:
+        """Units never seen while learning them.
+
+        Parameters
+        ----------
+        units : mapping of str to (mapping of str to int) or None
+            Per variable, the values of this cycle in each source unit
+            (:meth:`vigil.fhir_adapter.records.ObservationBatch.unit_counts`).
+        now : float
+            The tick, UTC seconds.
+
+        Returns
+        -------
+        findings : list of Finding
+            One per variable with values in a unit not learned, once they add up to
+            ``min_count`` (sparse labs send a value or two per cycle); it is found again
+            every cycle until the new unit has been absent for ``unit_hours``.
+        stats : list of (kind, variable, statistic, value)
+            This cycle's values per variable and unit (``values:<unit>``), and the
+            values in new units so far (``new_unit_values``).
+        """
+        kind = str(AlarmKind.UNIT_CHANGE)
+        stats = [(kind, name, f"values:{u}", float(n))
+                 for name, per_unit in sorted((units or {}).items())
+                 for u, n in sorted(per_unit.items()) if n > 0]
+        learning = now < self._units_until
+        for name, per_unit in (units or {}).items():
             known = self.baseline_units.setdefault(name, set())
-            if now < self._units_until:
-                known.update(u for u, n in per_unit.items() if n > 0)
+            seen = {u for u, n in per_unit.items() if n > 0}
+            if learning or not known:
+                # a variable the site did not send while learning: its first units are its own
+                known.update(seen)
                 continue
-            new = {u: n for u, n in per_unit.items() if u not in known and n >= self.min_count}
-            if new:
-                total = sum(per_unit.values())
-                shown = ", ".join(f"{u!r} ({n} of {total})" for u, n in sorted(new.items()))
-                findings.append(Finding(
-                    AlarmKind.UNIT_CHANGE, name, Severity.WARNING, float(sum(new.values())),
-                    float(self.min_count),
-                    f"{name} now arrives in {shown}, a unit not seen in the baseline "
-                    f"({', '.join(sorted(known)) or 'none'}); values are converted, but confirm "
-                    "the interface change was intended",
-                ))
-        return findings
+            for u in seen - known:
+                count, first, _last = self._new_units.get((name, u), (0, now, now))
+                self._new_units[(name, u)] = (count + per_unit[u], first, now)
+        findings = []
+        recent = now - self.unit_hours * 3600.0
+        for name in sorted({name for name, _ in self._new_units}):
+            new = {u: v for (n, u), v in self._new_units.items() if n == name and v[2] >= recent}
+            total_new = sum(v[0] for v in new.values())
+            if not new:
+                continue
+            stats.append((kind, name, "new_unit_values", float(total_new)))
+            if total_new < self.min_count:
+                continue
+            per_unit = (units or {}).get(name, {})
+            total = sum(per_unit.values())
+            shown = ", ".join(f"{u!r} ({per_unit.get(u, 0)} of {total})" for u in sorted(new))
+            since = (now - min(v[1] for v in new.values())) / 3600.0
+            findings.append(Finding(
+                AlarmKind.UNIT_CHANGE, name, Severity.WARNING, float(total_new),
+                float(self.min_count),
+                f"{name} now arrives in {shown} this cycle, a unit not seen in the baseline "
+                f"({', '.join(sorted(self.baseline_units[name])) or 'none'}); {total_new} such "
+                f"values in the last {since:.1f} h; values are converted, but confirm the "
+                "interface change was intended",
+            ))
+        return findings, stats
 
     # -- quarantine -------------------------------------------------------------------------------
 

@@ -537,7 +537,9 @@ class Monitor:
             self.feed.observe_values(obs.variable_names, np.asarray(obs.effective) / 1e6,
                                      now=now)
         findings, stats = self.feed.quarantine(_quarantine_records(quarantine))
-        findings += self.feed.units(units, now=now)
+        f, s = self.feed.units(units, now=now)
+        findings += f
+        stats += s
         rates = {} if self.baseline is None else {
             n: h.measured_rate for n, h in self.baseline.variables.items()
         }

@@ -31,7 +31,7 @@ CHARTED: dict[AlarmKind, tuple[str, ...]] = {
     AlarmKind.ALERT_RATE: ("flag_rate", "flag_rate_ref"),
     AlarmKind.FEED_DOWN: ("hours_since_value", "expected_interval"),
     AlarmKind.QUARANTINE: ("quarantined",),
-    AlarmKind.UNIT_CHANGE: (),
+    AlarmKind.UNIT_CHANGE: ("new_unit_values",),
     AlarmKind.DISCRIMINATION: ("auroc",),
     AlarmKind.CALIBRATION: ("observed_expected", "slope"),
 }
