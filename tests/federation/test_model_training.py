@@ -119,14 +119,14 @@ def test_optimizer_hook_receives_and_replaces_the_pieces(data):
     x, y = data
     calls = []
 
-    def hook(model, optimizer, loader):
-        calls.append(len(loader))
-        return model, torch.optim.SGD(model.parameters(), lr=0.0), loader
+    def hook(model, optimizer, loader, criterion):
+        calls.append((len(loader), criterion.reduction))
+        return model, torch.optim.SGD(model.parameters(), lr=0.0), loader, criterion
 
     net = fresh(x)
     before = get_weights(net)
     train_local(net, x, y, epochs=1, batch_size=200, lr=1.0, seed=0, optimizer_hook=hook)
-    assert calls == [3]
+    assert calls == [(3, "mean")]
     for k, v in get_weights(net).items():
         np.testing.assert_array_equal(v, before[k])
 

@@ -12,11 +12,13 @@ weight_decay=1e-4, on_epoch=None) -> TrainResult(loss, n_examples, steps)``
     ``torch.random.fork_rng`` seeded with ``seed`` (dropout, DP noise) and the
     loader shuffles with its own ``torch.Generator`` seeded with ``seed``; the
     caller's global RNG state is left untouched.
-``optimizer_hook(model, optimizer, loader) -> (model, optimizer, loader)``
+``optimizer_hook(model, optimizer, loader, criterion) -> (model, optimizer, loader, criterion)``
     Called once after the pieces are built and before the first step: the seam
-    for differential privacy, e.g.
-    ``lambda m, o, dl: engine.make_private(module=m, optimizer=o, data_loader=dl,
-    noise_multiplier=..., max_grad_norm=...)`` with an Opacus ``PrivacyEngine``.
+    for differential privacy, e.g. an Opacus ``PrivacyEngine.make_private(...,
+    criterion=criterion, grad_sample_mode="ghost")`` (see
+    :mod:`vigil.federation.privacy`). The criterion is a :class:`WeightedBCE`;
+    a hook may return a wrapper that is called the same way and whose result
+    has ``item()`` and ``backward()``.
     The loader is a standard ``DataLoader`` over :class:`RowsDataset` (batches
     are fetched with ``__getitems__``, so Opacus' Poisson sampler works on it);
     the loss is a per-batch MEAN, which is Opacus' default ``loss_reduction``.
@@ -27,8 +29,8 @@ weight_decay=1e-4, on_epoch=None) -> TrainResult(loss, n_examples, steps)``
     FedProx's ``(mu / 2) * ||w - w_global||^2`` over the trainable parameters
     (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020,
     eq. 2). Normalization buffers are not parameters, so they are never pulled.
-    Under Opacus the per-sample gradients come from the data term only, so the
-    proximal pull does not reach a DP optimizer's update.
+    Under DP-SGD (a hook that wraps the criterion) the term is not added: the
+    clipped per-row gradients come from the data term only.
 
 The loss of a batch ``B`` with labels ``y``, logits ``z``, weights ``w`` and
 positive-class weight ``p`` is ``(1/|B|) sum_i w_i * BCE(z_i, y_i; p)`` where
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,23 +54,61 @@ from vigil.core.errors import DataError
 from vigil.federation.model import unwrap
 
 __all__ = [
+    "Criterion",
     "EpochCallback",
     "OptimizerHook",
     "RowsDataset",
     "TrainResult",
+    "WeightedBCE",
     "make_loader",
     "make_optimizer",
     "proximal_term",
     "train_local",
 ]
 
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
+"""``(logits, labels, weights) -> loss``: the batch loss (:class:`WeightedBCE` or a DP wrapper)."""
+
 OptimizerHook = Callable[
-    [nn.Module, torch.optim.Optimizer, DataLoader],
-    tuple[nn.Module, torch.optim.Optimizer, DataLoader],
+    [nn.Module, torch.optim.Optimizer, DataLoader, Criterion],
+    tuple[nn.Module, torch.optim.Optimizer, DataLoader, Criterion],
 ]
-"""``(model, optimizer, loader) -> (model, optimizer, loader)``, e.g. Opacus ``make_private``."""
+"""``(model, optimizer, loader, criterion) -> (model, optimizer, loader, criterion)``."""
 EpochCallback = Callable[[int, float], bool | None]
 """``(epoch, mean_loss) -> stop``: called after each epoch (0-based); return True to stop early."""
+
+
+class WeightedBCE(nn.Module):
+    """Row-weighted binary cross-entropy of logits, the loss every model here trains on.
+
+    ``reduction`` is ``"mean"`` (the batch mean, what the loop back-propagates)
+    or ``"none"`` (per row, what Opacus' ghost clipping sets while it computes
+    per-row gradient norms).
+
+    Parameters
+    ----------
+    pos_weight : float or None
+        Weight of the positive class (``torch`` ``pos_weight``); None means 1.
+    """
+
+    def __init__(self, pos_weight: float | None = None) -> None:
+        super().__init__()
+        self.reduction = "mean"
+        self.pos_weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Return the loss: shape () for ``"mean"``, (b,) for ``"none"``.
+
+        Parameters
+        ----------
+        logits, y, w : Tensor of shape (b,)
+            Logits, 0/1 labels, row weights.
+        """
+        per_row = F.binary_cross_entropy_with_logits(
+            logits, y, weight=w, pos_weight=self.pos_weight, reduction="none")
+        if self.reduction == "none":
+            return per_row
+        return per_row.sum() / max(int(per_row.shape[0]), 1)
 
 
 @dataclass(frozen=True)
@@ -286,9 +327,10 @@ def train_local(
                       for k, v in source.items()}
         loader = make_loader(X, y, batch_size=batch_size, seed=seed, sample_weight=sample_weight)
         optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
+        criterion: Criterion = WeightedBCE(pos_weight)
         if optimizer_hook is not None:
-            model, optimizer, loader = optimizer_hook(model, optimizer, loader)
-        pw = None if pos_weight is None else torch.tensor(float(pos_weight))
+            model, optimizer, loader, criterion = optimizer_hook(
+                model, optimizer, loader, criterion)
         model.train()
         steps = 0
         epoch_loss = float("nan")
@@ -296,14 +338,11 @@ def train_local(
             total, rows = 0.0, 0
             for xb, yb, wb in loader:
                 optimizer.zero_grad(set_to_none=True)
-                per_row = F.binary_cross_entropy_with_logits(
-                    model(xb), yb, weight=wb, pos_weight=pw, reduction="none"
-                )
+                loss = criterion(model(xb), yb, wb)
                 n = int(xb.shape[0])
-                loss = per_row.sum() / max(n, 1)
-                total += float(per_row.detach().sum())
+                total += float(loss.item()) * n
                 rows += n
-                if anchor:
+                if anchor and isinstance(loss, torch.Tensor):  # not under DP: see the module doc
                     loss = loss + proximal_term(model, anchor, proximal_mu)
                 loss.backward()
                 optimizer.step()
