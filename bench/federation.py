@@ -19,7 +19,7 @@ would carry; on Flower they are the serialized Flower objects counted by the
 ServerApp (:class:`~vigil.federation.flower.transport.SiteTraffic`), before HTTP
 and TLS framing. Then the size of one update against the raw data it stands in
 for: the site's parquet file, its hourly grid (rows x 39 float32) and its
-feature rows (rows x 184 float32). The two runs must give the same weights
+feature rows (rows x n_features float32). The two runs must give the same weights
 (``max_abs_diff``).
 
 Usage: ``.venv/bin/python bench/federation.py [--data sample] [--sites random:3] [--rounds 2]
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from vigil.data import load_physionet, partition
-from vigil.features import GRID_COLUMNS
+from vigil.features import FEATURE_SCHEMA, GRID_COLUMNS
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.flower.certs import make_test_pki
 from vigil.federation.flower.launch import (
@@ -128,7 +128,7 @@ def main() -> None:
             raw[name] = {"patients": int(part.grid.n_patients), "rows": int(part.grid.n_rows),
                          "parquet_bytes": (root / f"{name}.parquet").stat().st_size,
                          "grid_bytes": int(part.grid.n_rows) * len(GRID_COLUMNS) * 4,
-                         "feature_bytes": int(part.grid.n_rows) * 184 * 4}
+                         "feature_bytes": int(part.grid.n_rows) * len(FEATURE_SCHEMA) * 4}
         settings = RunSettings(
             plan=Plan(rounds=args.rounds, seed=0, time_budget=args.timeout, keep_best=False),
             strategy=make_strategy("fedavg"), sites=len(names), model=ModelSpec(), wait=300.0,

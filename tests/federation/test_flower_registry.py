@@ -21,7 +21,7 @@ from vigil.federation.registry import Registry, fetch_release, next_version, rea
 
 
 def _onnx(w: np.ndarray, b: float) -> bytes:
-    """A logistic model ``sigmoid(x @ w + b)``: features (n, 184) -> probability (n, 1)."""
+    """A logistic model ``sigmoid(x @ w + b)``: features (n, n_features) -> probability (n, 1)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(

@@ -64,7 +64,7 @@ def test_package_reads_back_and_scores_like_torch(trained, rows, tmp_path):
     m = again.manifest
     assert (m.name, m.version, m.threshold, pkg.signed) == ("sepsis-test", "1.2.3", 0.4, False)
     assert m.feature_schema == json.loads(json.dumps(FEATURE_SCHEMA.to_dict()))
-    assert m.model_extra["architecture"] == {"type": "SepsisNet", "n_features": 184,
+    assert m.model_extra["architecture"] == {"type": "SepsisNet", "n_features": len(FEATURE_SCHEMA),
                                              "hidden": [32, 16], "dropout": 0.2}
     assert m.model_extra["export"]["parity_max_abs_diff"] <= 1e-5
     scored = Scorer(again).predict_proba(x[:5000])
@@ -91,6 +91,7 @@ def test_parity_failure_writes_nothing(trained, tmp_path):
 
 
 def test_model_of_another_width_is_refused(tmp_path):
-    with pytest.raises(ModelArtifactError, match="expected a model on the 184 features.*got 7"):
+    expected = f"expected a model on the {len(FEATURE_SCHEMA)} features.*got 7"
+    with pytest.raises(ModelArtifactError, match=expected):
         export_package(SepsisNet(7), tmp_path / "w", name="n", version="1", threshold=0.5,
                        training={}, validation={})

@@ -165,6 +165,8 @@ def grid_from_frame(frame: pd.DataFrame, *, source: str = "frame") -> HourlyGrid
             source=source,
         )
     values = frame.loc[:, list(GRID_COLUMNS)].to_numpy(dtype=np.float32, na_value=np.nan)
+    if not values.flags.writeable:  # pandas copy-on-write may hand out a read-only array
+        values = values.copy()
     with np.errstate(invalid="ignore"):
         implausible = (values < _LOW) | (values > _HIGH)
     values[implausible] = np.nan

@@ -269,7 +269,7 @@ def fit_torch(
     train, valid : PhysioNetTable
     setup : TorchSetup, optional
     features : (ndarray, ndarray), optional
-        Precomputed features of ``train`` and ``valid``, shapes (n_rows, 184).
+        Precomputed features of ``train`` and ``valid``, shapes (n_rows, n_features).
     progress : callable, optional
         Receives one line per epoch.
 
@@ -284,6 +284,7 @@ def fit_torch(
 
     x_train, x_valid = features or (build_features(train.grid), build_features(valid.grid))
     y, weight = training_targets(train.labels, train.grid.starts, target=setup.target)
+    torch.manual_seed(setup.seed)  # the initial weights too, not only shuffling and dropout
     model = SepsisNet(x_train.shape[1], hidden=setup.hidden, dropout=setup.dropout)
     fit_norm(model, x_train)
     history: list[dict[str, float]] = []

@@ -92,7 +92,7 @@ class SepsisNet(nn.Module):
     Parameters
     ----------
     n_features : int
-        Width of the feature rows (184 for :data:`vigil.features.FEATURE_SCHEMA`).
+        Width of the feature rows (``len(vigil.features.FEATURE_SCHEMA)``).
     hidden : sequence of int, optional
         Widths of the hidden layers.
     dropout : float, optional
