@@ -14,10 +14,11 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
+# constraints.txt pins every transitive dependency (the same versions as the tested venv).
 RUN python -m venv /opt/vigil \
-    && /opt/vigil/bin/pip install ".[runtime]" \
+    && /opt/vigil/bin/pip install -c constraints.txt ".[runtime]" \
     && /opt/vigil/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 
 FROM python:3.11-slim-bookworm

@@ -14,7 +14,7 @@ setup: $(STAMP) $(FHIR_STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; vigil needs Python 3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 # The FHIR server the integration tests start (sekmet-fhir), in its own venv with exact pins.
@@ -24,7 +24,8 @@ $(FHIR_STAMP): requirements-fhir-server.txt
 	$(FHIR_VENV)/bin/python -m pip check
 	@touch $(FHIR_STAMP)
 
-demo: setup
+# The demo needs only the main venv (no FHIR server): NDJSON + SQLite on the bundled sample.
+demo: $(STAMP)
 	$(BIN)/vigil demo
 
 test: setup

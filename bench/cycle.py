@@ -11,13 +11,15 @@ minutes) before the tick. Two sources serve it:
   loopback, loaded with transaction Bundles (write-back ``PUT RiskAssessment``).
 
 Each runs ``vigil serve``'s service (:func:`vigil.runtime.service.build_service`
-from a ``site.toml``) in a child process, for two cycles: **cold** (first tick:
-the whole 72 h history is fetched) and **warm** (15 minutes later: the
-incremental fetch, nothing new). Printed per cycle: total, FHIR I/O (REST: HTTP
+from a ``site.toml``) in a child process, for three cycles: **cold** (first tick:
+the whole 72 h history is fetched), **warm** (15 minutes later: the incremental
+fetch; every patient is still at the same ICU hour, so the features are reused)
+and **hour** (an hour after the first: every patient's scored hour has moved,
+so every patient's features are computed again). Printed per cycle: total, FHIR I/O (REST: HTTP
 requests and JSON decoding, including the write-back PUTs; NDJSON: reading and
 indexing the files), parsing (Observation mapping and census), store, features
 (grid and feature builder), inference (onnxruntime, calibration, alert policy),
-write-back building, the share of everything that is not FHIR I/O (target
+the drift monitor, write-back building, the share of everything that is not FHIR I/O (target
 <= 25%), and the child's peak RSS (target <= 500 MB).
 
 Usage: ``.venv/bin/python bench/cycle.py [--patients 1000] [--hours 72]
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,15 +154,29 @@ def child(config: Path, tick: datetime) -> dict[str, Any]:
         setattr(module, name, timed(getattr(module, name)))
     service = build_service(load_settings(config, environ=False))
     out = []
-    for label, now in (("cold", tick), ("warm", tick + timedelta(minutes=15))):
+    for label, now in (("cold", tick), ("warm", tick + timedelta(minutes=15)),
+                       ("hour", tick + timedelta(hours=1))):
         spent["parse"] = 0.0
         result = service.run_cycle(now=now)
         out.append({"cycle": label, "status": result.status, "reason": result.reason,
                     "counts": result.counts, "timings": result.timings,
                     "parse": spent["parse"]})
     service.close()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"cycles": out, "peak_rss_mb": rss_mb}
+    return {"cycles": out, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started, in MB.
+
+    ``VmHWM`` of ``/proc/self/status`` (reset by ``exec``); ``ru_maxrss`` is not, on
+    Linux it keeps the parent's size at ``fork``, which here holds the whole data set.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def split(c: dict[str, Any]) -> dict[str, float]:
@@ -174,6 +191,7 @@ def split(c: dict[str, Any]) -> dict[str, float]:
         "store": t.get("store", 0.0),
         "features": t.get("features", 0.0),
         "inference": t.get("inference", 0.0),
+        "monitor": t.get("monitor", 0.0),
         "writeback_build": t.get("build_writeback", 0.0),
     }
     parts["not_io_share"] = 1.0 - io / t["total"] if t["total"] else float("nan")
@@ -198,8 +216,6 @@ def _site(path: Path, work: Path, source: str, base_url: str | None, *,
 
 def run_source(source: str, work: Path, tick: datetime, package: Path, *,
                per_request: int) -> dict[str, Any]:
-    import shutil
-
     shutil.rmtree(work / source, ignore_errors=True)
     (work / source).mkdir(parents=True)
     server = None
@@ -267,7 +283,6 @@ def main() -> None:
         frame, distinct = _stays(args.patients, args.hours)
         t0 = time.perf_counter()
         n_obs = write_fhir(frame, work / "fhir", tick=tick, hours=args.hours, bundles=True)
-        make_package(work / "pkg")
         report = {
             "patients": args.patients, "distinct_stays": distinct, "hours": args.hours,
             "observations": n_obs, "write_seconds": round(time.perf_counter() - t0, 1),
@@ -275,6 +290,9 @@ def main() -> None:
             "tick": tick.isoformat(),
         }
         made.write_text(json.dumps(report))
+    # A fresh package every run: it must match this vigil's feature schema.
+    shutil.rmtree(work / "pkg", ignore_errors=True)
+    make_package(work / "pkg")
     report["sources"] = {}
     for source in args.sources.split(","):
         result = run_source(source, work, tick, work / "pkg",
@@ -287,14 +305,15 @@ def main() -> None:
     print(f"{report['patients']} patients ({report['distinct_stays']} distinct stays) x "
           f"{report['hours']} h, {report['observations']:,} observations ({report['data']})")
     head = ("source", "cycle", "total s", "FHIR I/O", "parsing", "store", "features",
-            "inference", "wb build", "not I/O", "peak RSS MB")
+            "computed", "inference", "monitor", "wb build", "not I/O", "peak RSS MB")
     print(" | ".join(head))
     for source, result in report["sources"].items():
         for c, s in zip(result["cycles"], result["split"], strict=True):
             print(" | ".join([
                 source, c["cycle"], f"{s['total']:.2f}", f"{s['fhir_io']:.2f}",
                 f"{s['parsing']:.2f}", f"{s['store']:.2f}", f"{s['features']:.2f}",
-                f"{s['inference']:.3f}", f"{s['writeback_build']:.2f}",
+                str(c["counts"].get("features_computed", "")), f"{s['inference']:.3f}",
+                f"{s['monitor']:.2f}", f"{s['writeback_build']:.2f}",
                 f"{s['not_io_share']:.0%}", f"{result['peak_rss_mb']:.0f}",
             ]) + ("" if c["status"] == "ok" else f"  [{c['status']}: {c['reason']}]"))
         if "load_seconds" in result:

@@ -23,7 +23,7 @@ from vigil.features import FEATURE_SCHEMA
 
 
 def tiny_onnx(*, seed: int = 0, hidden: int = 8) -> bytes:
-    """An MLP ``features (n, 184) -> probability (n,)`` built with onnx.helper."""
+    """An MLP ``features (n, n_features) -> probability (n,)`` built with onnx.helper."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -8,6 +8,7 @@ from vigil.core.catalog import MEASURED
 from vigil.core.errors import ConfigError
 from vigil.fhir_adapter.records import Deletion, ObservationBatch, Quarantine, Stay, to_micros
 from vigil.runtime.contracts import ScoreBatch
+from vigil.runtime.schema import MIGRATIONS, TABLES, VERSION_TABLE
 from vigil.runtime.store import SCHEMA_VERSION, StateStore, sqlite_path
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -56,6 +57,35 @@ def test_newer_schema_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=f"schema version {SCHEMA_VERSION + 1}") as info:
         StateStore.open(url)
     assert info.value.key == "store.url"
+
+
+def test_an_older_schema_is_migrated_on_open_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)  # a database written by a vigil with migration 1 only
+    conn.executescript(VERSION_TABLE + ";" + MIGRATIONS[0] + ";"
+                       "INSERT INTO schema_migrations VALUES (1, 0);"
+                       "INSERT INTO watermarks VALUES ('src', '2026-01-01T00:00:00+00:00', 0);")
+    conn.close()
+    with StateStore.open(f"sqlite:///{path}") as s:
+        assert s.schema_version == SCHEMA_VERSION > 1
+        versions = [v for (v,) in s.conn.execute("SELECT version FROM schema_migrations")]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+        names = {n for (n,) in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert TABLES <= names and {"monitor_alarms", "monitor_stats"} <= TABLES
+        assert s.watermark("src") == "2026-01-01T00:00:00+00:00"
+
+
+def test_a_database_that_is_not_a_store_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE patients (x);")
+    conn.close()
+    with pytest.raises(ConfigError, match="expected a vigil state store .* 1 other table") as info:
+        StateStore.open(f"sqlite:///{path}")
+    assert info.value.key == "store.url"
+    conn = sqlite3.connect(path)  # nothing was added to it
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 1
+    conn.close()
 
 
 def test_urls():
@@ -132,6 +162,8 @@ def test_outbox_cycles_and_quarantine(store):
         store.enqueue(tx, cid, [("ra-1", 1000.0, '{"v": 2}')])
     assert store.pending() == [("ra-1", '{"v": 2}'), ("ra-2", "{}")]
     assert store.count("quarantine") == 1
+    with pytest.raises(ValueError, match="unknown table 'nope'"):
+        store.count("nope")
     store.start_cycle(1900.0)
     assert store.mark_interrupted() == 2
     assert [c.status for c in store.cycles()] == ["interrupted", "interrupted"]

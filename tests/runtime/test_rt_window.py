@@ -63,3 +63,28 @@ def test_the_window_in_memory_equals_the_store(tmp_path, source):
     rows = lambda v: sorted(zip(v.resource_id, v.variable.tolist(), v.value.tolist(),  # noqa: E731
                                 strict=True))
     assert rows(window.values) == rows(again.values) and len(window.values) > 0
+
+
+def test_every_component_of_a_stored_panel_reaches_the_grid(tmp_path):
+    """A blood-pressure panel (one Observation, three values) read back from the store."""
+    from datetime import UTC, datetime, timedelta
+
+    from vigil.fhir_adapter.hourly import grid_from_observations
+    from vigil.fhir_adapter.records import Stay, to_micros
+
+    admitted = datetime(2026, 1, 1, tzinfo=UTC)
+    at = to_micros(admitted + timedelta(minutes=30))
+    cols = [MEASURED.index(c) for c in ("SBP", "DBP", "MAP")] + [MEASURED.index("HR")]
+    batch = ObservationBatch(
+        patient=np.array(["p1"] * 4, dtype=object), variable=np.array(cols, dtype=np.int8),
+        effective=np.full(4, at, dtype=np.int64), value=np.array([120.0, 80.0, 93.0, 70.0]),
+        resource_id=np.array(["bp", "bp", "bp", "hr"], dtype=object),
+        last_updated=np.full(4, at, dtype=np.int64), seq=np.array([0, 0, 0, 1], dtype=np.int64),
+    )
+    with StateStore.open(f"sqlite:///{tmp_path / 's.db'}") as store:
+        with store.transaction() as tx:
+            store.put_observations(tx, batch)
+        window = ObservationWindow.read(store, ["p1"], since=0)
+    stay = Stay("p1", "e1", admitted, None, None, None, None)
+    grid = grid_from_observations([stay], window.values, until=admitted + timedelta(hours=1))
+    np.testing.assert_array_equal(grid.values[0, cols], [120.0, 80.0, 93.0, 70.0])

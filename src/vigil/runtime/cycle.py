@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.core.errors import FHIRError, VigilError
-from vigil.features.builder import LOOKBACK_HOURS, build_latest_features
+from vigil.features.builder import LOOKBACK_HOURS
 from vigil.features.grid import HourlyGrid
 from vigil.fhir_adapter.records import ObservationBatch, to_micros
 from vigil.runtime.alert_step import alert_step
@@ -44,6 +44,7 @@ from vigil.runtime.contracts import (
     adapter_grid,
     complete_hours,
 )
+from vigil.runtime.feature_cache import LatestFeatures
 from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
@@ -128,6 +129,7 @@ class CycleRunner:
         self.grid_builder = grid_builder
         self.keep_window = keep_window
         self._window: ObservationWindow | None = None
+        self._features = LatestFeatures()  # recomputes only patients whose grid changed
         self.monitor = monitor
 
     def run(self, tick: datetime) -> CycleResult:
@@ -228,10 +230,11 @@ class CycleRunner:
             ready = [(s, h) for s, h in zip(census.stays, done, strict=True) if h >= 1]
             grid = recent_grid([s for s, _ in ready], [h for _, h in ready],
                                window.until(to_micros(tick)), builder=self.grid_builder)
-            features = build_latest_features(grid)
+            features = self._features(grid)
             hours = grid.hours[grid.starts[1:] - 1] if grid.n_patients else np.zeros(0, np.int32)
             timings["features"] = time.perf_counter() - t0
             counts["first_hour"] = len(census) - len(ready)
+            counts["features_computed"] = self._features.computed
 
             t0 = time.perf_counter()
             encounters = {stay.patient: stay.encounter for stay in census.stays}

@@ -14,12 +14,29 @@ released; a change is a new one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vigil.core.errors import ConfigError
 from vigil.runtime.monitoring.alarms import MONITOR_MIGRATION
 
-__all__ = ["COMMITTED", "MIGRATIONS", "SCHEMA_VERSION", "CycleRow", "ModelRow", "sqlite_path"]
+__all__ = [
+    "COMMITTED",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "TEMP_TABLES",
+    "VERSION_TABLE",
+    "CycleRow",
+    "ModelRow",
+    "sqlite_path",
+]
+
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
+)
+"""The table recording which migrations were applied (one row per version)."""
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
@@ -123,6 +140,17 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 """Schema version this vigil writes; older databases are migrated on open."""
+TABLES = frozenset(re.findall(r"CREATE TABLE (\w+)", "\n".join(MIGRATIONS)))
+"""Every table of the current schema."""
+TEMP_TABLES = (
+    # the observations of one batch, before they replace the stored ones
+    "CREATE TEMP TABLE IF NOT EXISTS temp_incoming (resource_id TEXT, variable INTEGER, "
+    "patient_key TEXT, effective INTEGER, value REAL, last_updated INTEGER, "
+    "PRIMARY KEY (resource_id, variable))",
+    # the patients of one window read
+    "CREATE TEMP TABLE IF NOT EXISTS wanted (code INTEGER PRIMARY KEY, patient_key TEXT)",
+)
+"""Scratch tables of one connection (in memory; not part of the versioned schema)."""
 COMMITTED = ("scored", "ok", "writeback_failed", "writeback_interrupted")
 """Cycle statuses whose scores are in the store (the tick is never scored again)."""
 

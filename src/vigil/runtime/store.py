@@ -28,6 +28,9 @@ from vigil.runtime.schema import (
     COMMITTED,
     MIGRATIONS,
     SCHEMA_VERSION,
+    TABLES,
+    TEMP_TABLES,
+    VERSION_TABLE,
     CycleRow,
     ModelRow,
     sqlite_path,
@@ -37,8 +40,10 @@ if TYPE_CHECKING:
     from vigil.runtime.contracts import ScoreBatch
 
 _CHUNK = 50_000
+_CACHE_KIB = 128 * 1024
 
 __all__ = ["COMMITTED", "SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
+
 
 class StateStore:
     """The state store on one SQLite connection (one thread).
@@ -68,18 +73,23 @@ class StateStore:
             target, uri=read_only, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         conn.execute("PRAGMA busy_timeout = 30000")
+        # A cache that holds the observation indexes of a large ICU (the default 2 MB makes
+        # every insert of a cycle a page miss), and scratch tables in memory.
+        conn.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")
+        conn.execute("PRAGMA temp_store = MEMORY")
         if not read_only:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
         store = cls(conn)
         if not read_only:
-            store._migrate()
-            conn.execute(
-                "CREATE TEMP TABLE temp_incoming (resource_id TEXT, variable INTEGER, "
-                "patient_key TEXT, effective INTEGER, value REAL, last_updated INTEGER, "
-                "PRIMARY KEY (resource_id, variable))"
-            )
+            try:
+                store._migrate()
+            except BaseException:
+                conn.close()
+                raise
+        for statement in TEMP_TABLES:  # a read-only connection may write its own temp tables
+            conn.execute(statement)
         return store
 
     def close(self) -> None:
@@ -113,11 +123,20 @@ class StateStore:
 
     def _migrate(self) -> None:
         with self.transaction() as tx:
-            tx.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
-            )
+            tx.execute(VERSION_TABLE)
             current = self.schema_version
+            if current == 0:
+                other = tx.execute(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT IN ('schema_migrations', 'sqlite_sequence')"
+                ).fetchone()[0]
+                if other:
+                    raise ConfigError(
+                        f"expected a vigil state store (or an empty database), got a database "
+                        f"with {other} other table(s) and no schema version; point store.url "
+                        "at a new file",
+                        key="store.url",
+                    )
             if current > SCHEMA_VERSION:
                 raise ConfigError(
                     f"the state store has schema version {current} but this vigil knows up to "
@@ -252,9 +271,6 @@ class StateStore:
     ) -> ObservationBatch:
         """Read stored values of patients with ``since <= effective <= until`` (microseconds)."""
         keys = list(patient_keys)
-        self.conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS wanted (code INTEGER PRIMARY KEY, patient_key TEXT)"
-        )
         self.conn.execute("DELETE FROM wanted")
         self.conn.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(keys))
         cursor = self.conn.execute(
@@ -276,7 +292,9 @@ class StateStore:
         code, variable, effective, value, rid, lu = (
             np.concatenate(c) for c in zip(*parts, strict=True)
         )
-        n = len(code)
+        # One sequence number per resource, as the adapter numbers what it reads: the values
+        # of one Observation (a panel's components) are one version, kept or dropped together.
+        seq = pd.factorize(pd.Series(rid, dtype=object, copy=False), sort=False)[0]
         return ObservationBatch(
             patient=np.asarray(keys, dtype=object)[code],
             variable=variable,
@@ -284,13 +302,13 @@ class StateStore:
             value=value,
             resource_id=rid,
             last_updated=lu,
-            seq=np.arange(n, dtype=np.int64),
+            seq=seq.astype(np.int64),
         )
 
     def count(self, table: str) -> int:
         """Count the rows of a table."""
-        if table not in _TABLES:
-            raise ValueError(f"unknown table {table!r}; expected one of {sorted(_TABLES)}")
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLES)}")
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     @staticmethod
@@ -512,10 +530,4 @@ class StateStore:
             tx.execute(
                 "UPDATE models SET role = ? WHERE name = ? AND version = ?", (role, name, version)
             )
-
-
-_TABLES = frozenset(
-    {"patients", "observations", "cycles", "scores", "alerts", "alert_state", "watermarks",
-     "quarantine", "outbox", "models"}
-)
 

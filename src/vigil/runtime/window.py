@@ -21,10 +21,13 @@ as a three-day one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
 
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
@@ -83,15 +86,13 @@ class ObservationWindow:
         """
         wanted = set(patients)
         old = self.values
-        rid = old.resource_id
-        stay = (old.effective >= since) & np.fromiter(
-            (p in wanted and r not in replaced for p, r in zip(old.patient, rid, strict=True)),
-            dtype=bool, count=len(old),
-        )
+        stay = (old.effective >= since) & _member(old.patient, wanted)
+        if replaced:
+            stay &= ~_member(old.resource_id, replaced)
         new_patients = [p for p in patients if p not in self.patients]
-        fresh = kept.take(np.fromiter(
-            (p in self.patients and p in wanted for p in kept.patient), dtype=bool, count=len(kept)
-        ) & (kept.effective >= since))
+        fresh = kept.take(
+            _member(kept.patient, wanted & self.patients) & (kept.effective >= since)
+        )
         parts = [old.take(stay), fresh]
         if new_patients:
             parts.append(store.observations(new_patients, since=since, until=_END_OF_TIME))
@@ -101,6 +102,14 @@ class ObservationWindow:
     def until(self, until: int) -> ObservationBatch:
         """Return the values with ``effective <= until``."""
         return self.values.take(self.values.effective <= until)
+
+
+def _member(values: np.ndarray, members: AbstractSet[str]) -> NDArray[np.bool_]:
+    """Whether each value (object array of str) is one of ``members`` (hashed, vectorized)."""
+    if not len(values) or not members:
+        return np.zeros(len(values), dtype=bool)
+    found = pd.Series(values, dtype=object, copy=False).isin(list(members))
+    return np.asarray(found.to_numpy(), dtype=bool)
 
 
 def recent_grid(
