@@ -24,9 +24,12 @@ honouring ``Retry-After`` -> manifest -> download) and writes such a directory.
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,12 +37,13 @@ from typing import Any
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from vigil.core.errors import DataError, FHIRError, FHIRTransportError
 from vigil.fhir_adapter.census import build_census
 from vigil.fhir_adapter.fast import effective_time, parse_ndjson
 from vigil.fhir_adapter.http import FHIRHttp
-from vigil.fhir_adapter.mapping import MappingOptions, parse_time
+from vigil.fhir_adapter.mapping import VALID_INSTANTS, MappingOptions, parse_time
 from vigil.fhir_adapter.protocols import Capabilities
 from vigil.fhir_adapter.records import NO_TIME, Census, IngestResult, Stay, from_micros, to_micros
 from vigil.fhir_adapter.rest import search_instant
@@ -85,17 +89,113 @@ def _key(line: bytes) -> int:
     try:
         d = orjson.loads(line)
         stamp = (d.get("meta") or {}).get("lastUpdated")
-        key = parse_time(stamp, "meta.lastUpdated") if isinstance(stamp, str) else effective_time(d)
+        if isinstance(stamp, str):
+            key = VALID_INSTANTS.get(stamp)
+            if key is None:
+                key = parse_time(stamp, "meta.lastUpdated")
+        else:
+            key = effective_time(d)
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         return NO_TIME
     return key if isinstance(key, int) else NO_TIME
 
 
+_BLOCK = 1 << 24
+"""Bytes of a file scanned for line breaks at a time."""
+_RELEASE_EVERY = 4096
+"""Lines read from a mapped file between two releases of its pages."""
+
+
+def _line_bounds(data: bytes | mmap.mmap) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Return the start and end byte offsets of the lines of ``data``, each of shape (n,)."""
+    breaks = [np.zeros(0, np.int64)]
+    for off in range(0, len(data), _BLOCK):
+        block = np.frombuffer(data, dtype=np.uint8, count=min(_BLOCK, len(data) - off),
+                              offset=off)
+        breaks.append(np.flatnonzero(block == 0x0A).astype(np.int64) + off)
+        del block
+        _release(data)
+    at = np.concatenate(breaks)
+    return np.concatenate([[0], at + 1]), np.concatenate([at, [len(data)]])
+
+
+def _release(data: bytes | mmap.mmap) -> None:
+    """Drop the pages of a mapped file from this process (the OS cache keeps them)."""
+    if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        data.madvise(mmap.MADV_DONTNEED)
+
+
+def _slices(data: bytes | mmap.mmap, starts: Iterable[int], ends: Iterable[int]
+            ) -> Iterator[bytes]:
+    """Yield ``data[s:e]`` for each bound, keeping few pages of a mapped file resident."""
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        if i % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+            _release(data)
+        yield data[s:e]
+
+
 @dataclass(frozen=True, eq=False)
 class _Index:
+    """Where each Observation line is, sorted by its time key; the lines stay in the files.
+
+    ``keys``, ``file``, ``start``, ``end`` have shape (n_lines,): time key, index
+    into ``paths``, and the line's byte offsets in that file.
+    """
+
     stamp: tuple[tuple[str, int, int], ...]
-    keys: np.ndarray
-    lines: list[bytes]
+    paths: tuple[Path, ...]
+    keys: NDArray[np.int64]
+    file: NDArray[np.int32]
+    start: NDArray[np.int64]
+    end: NDArray[np.int64]
+
+    @classmethod
+    def build(cls, paths: Sequence[Path], stamp: tuple[tuple[str, int, int], ...]) -> _Index:
+        keys, file, start, end = [], [], [], []
+        for i, path in enumerate(paths):
+            with _mapped(path) as data:
+                lo, hi = _line_bounds(data)
+                key, used = [], []
+                for j, line in enumerate(_slices(data, lo.tolist(), hi.tolist())):
+                    if line.strip():
+                        used.append(j)
+                        key.append(_key(line))
+            keys.append(np.array(key, dtype=np.int64))
+            file.append(np.full(len(used), i, dtype=np.int32))
+            start.append(lo[used])
+            end.append(hi[used])
+        order = np.argsort(np.concatenate([np.zeros(0, np.int64), *keys]), kind="stable")
+
+        def cat(parts: list[NDArray[Any]], dtype: type) -> NDArray[Any]:
+            return np.concatenate([np.zeros(0, dtype), *parts]).astype(dtype)[order]
+
+        return cls(stamp=stamp, paths=tuple(paths), keys=cat(keys, np.int64),
+                   file=cat(file, np.int32), start=cat(start, np.int64), end=cat(end, np.int64))
+
+    def lines(self, lo: int, hi: int) -> Iterator[bytes]:
+        """Yield the lines at sorted positions ``lo:hi``, read from the files."""
+        used = np.unique(self.file[lo:hi])
+        with ExitStack() as stack:
+            maps = {int(i): stack.enter_context(_mapped(self.paths[int(i)])) for i in used}
+            n = 0
+            for f, s, e in zip(self.file[lo:hi].tolist(), self.start[lo:hi].tolist(),
+                               self.end[lo:hi].tolist(), strict=True):
+                if n % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+                    for data in maps.values():
+                        _release(data)
+                n += 1
+                yield maps[f][s:e]
+
+
+@contextmanager
+def _mapped(path: Path) -> Iterator[bytes | mmap.mmap]:
+    """Map a file read-only (its pages belong to the OS cache and go on exit)."""
+    with path.open("rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
 
 
 class NDJSONSource:
@@ -171,10 +271,8 @@ class NDJSONSource:
         paths = ndjson_files(self.directory)["Observation"]
         stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
         if self._index is None or self._index.stamp != stamp:
-            lines = _lines(paths)
-            keys = np.array([_key(line) for line in lines], dtype=np.int64)
-            order = np.argsort(keys, kind="stable")
-            self._index = _Index(stamp=stamp, keys=keys[order], lines=[lines[i] for i in order])
+            self._index = None
+            self._index = _Index.build(paths, stamp)
         return self._index
 
     def observations(self, since: datetime | None, until: datetime | None = None, *,
@@ -184,7 +282,7 @@ class NDJSONSource:
         lo = 0 if since is None else int(np.searchsorted(index.keys, to_micros(since), "right"))
         hi = (len(index.keys) if until is None
               else int(np.searchsorted(index.keys, to_micros(until), "right")))
-        result = parse_ndjson(index.lines[lo:hi], options=self._options)
+        result = parse_ndjson(index.lines(lo, hi), options=self._options)
         if patients is not None:
             wanted = set(patients)
             batch = result.observations

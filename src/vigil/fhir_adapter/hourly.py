@@ -25,13 +25,14 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from vigil.core.catalog import MEASURED
 from vigil.core.errors import DataError
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.fhir_adapter.records import Census, ObservationBatch, Stay, to_micros
 
-__all__ = ["HOUR_US", "grid_from_observations", "hours_until"]
+__all__ = ["HOUR_US", "grid_from_observations", "hours_until", "latest_versions"]
 
 HOUR_US = 3_600_000_000
 """One hour in microseconds."""
@@ -45,15 +46,30 @@ def hours_until(icu_admission: datetime, until: datetime) -> int:
     return max(1, -((-d) // HOUR_US))
 
 
-def _latest_version(batch: ObservationBatch) -> np.ndarray:
+def latest_versions(resource_id: NDArray[np.object_], seq: NDArray[np.int64]
+                    ) -> NDArray[np.bool_]:
+    """Mask of the values read with the highest ``seq`` of their resource id, shape (n,).
+
+    Hashes the ids once (``pandas.factorize``) and takes a per-id maximum; no sort.
+    """
+    if len(seq) == 0:
+        return np.zeros(0, dtype=bool)
+    codes, unique = pd.factorize(resource_id)
+    top = np.full(len(unique), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(top, codes, seq)
+    return np.asarray(seq == top[codes])
+
+
+def _latest_version(batch: ObservationBatch) -> NDArray[np.bool_]:
     """Mask of the values that belong to the latest version of their resource."""
     if len(batch) == 0:
         return np.zeros(0, dtype=bool)
+    if not batch.deletions:
+        return latest_versions(batch.resource_id, batch.seq)
     rid = np.concatenate([batch.resource_id,
                           np.array([d.resource_id for d in batch.deletions], dtype=object)])
     seq = np.concatenate([batch.seq, np.array([d.seq for d in batch.deletions], dtype=np.int64)])
-    latest = pd.Series(seq).groupby(pd.Series(rid)).transform("max").to_numpy()
-    return (seq == latest)[: len(batch)]
+    return latest_versions(rid, seq)[: len(batch)]
 
 
 def grid_from_observations(stays: Census | Sequence[Stay], observations: ObservationBatch, *,
@@ -101,20 +117,20 @@ def grid_from_observations(stays: Census | Sequence[Stay], observations: Observa
         static = np.array([s.static_values() for s in stays], dtype=np.float32)
         values[:, _STATIC_AT:] = np.repeat(static, n_hours, axis=0)
 
-    b = observations.take(_latest_version(observations))
-    p = pd.Index(ids).get_indexer(b.patient) if len(b) else np.zeros(0, dtype=np.int64)
-    known = p >= 0
-    p, b = p[known], b.take(known)
-    delta = b.effective - admit[p]
-    h = -((-delta) // HOUR_US)
+    # Index arrays into the batch instead of filtered copies of it (a cold window is large).
+    o = observations
+    p = pd.Index(ids).get_indexer(o.patient) if len(o) else np.zeros(0, dtype=np.int64)
+    at = np.flatnonzero(_latest_version(o) & (p >= 0))
+    p = p[at]
+    h = -((admit[p] - o.effective[at]) // HOUR_US)
     inside = (h >= 1) & (h <= n_hours[p])
-    p, h, b = p[inside], h[inside], b.take(inside)
+    p, h, at = p[inside], h[inside], at[inside]
     row = starts[p] + h - 1
-    col = b.variable.astype(np.int64)
-    order = np.lexsort((b.seq, b.last_updated, b.effective, col, row))
+    col = o.variable[at].astype(np.int64)
+    order = np.lexsort((o.seq[at], o.last_updated[at], o.effective[at], col, row))
     cell = (row * _N_MEASURED + col)[order]
     last = np.ones(cell.shape, dtype=bool)
     last[:-1] = cell[1:] != cell[:-1]
     pick = order[last]
-    values[row[pick], col[pick]] = b.value[pick].astype(np.float32)
+    values[row[pick], col[pick]] = o.value[at[pick]].astype(np.float32)
     return HourlyGrid(patient_ids=ids, starts=starts, hours=hours, values=values)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -169,15 +170,18 @@ class RESTSource:
                             unit_by_location=self.settings.unit_by_location)
 
     def _fetch(self, params: Params) -> tuple[IngestResult, int]:
-        bundles = list(self.http.search("Observation", params))
+        """Map a search page by page (a page is dropped once mapped); returns the newest stamp."""
         newest = NO_TIME
-        for res in _resources(bundles):
-            stamp = (res.get("meta") or {}).get("lastUpdated") if isinstance(res, dict) else None
-            if isinstance(stamp, str):
-                parsed = parse_time(stamp, "meta.lastUpdated")
-                if isinstance(parsed, int) and parsed > newest:
-                    newest = parsed
-        return parse_fast(bundles, options=self._options), newest
+        parts: list[IngestResult] = []
+        for bundle in self.http.search("Observation", params):
+            for res in _resources((bundle,)):
+                stamp = (res.get("meta") or {}).get("lastUpdated")
+                if isinstance(stamp, str):
+                    parsed = parse_time(stamp, "meta.lastUpdated")
+                    if isinstance(parsed, int) and parsed > newest:
+                        newest = parsed
+            parts.append(parse_fast((bundle,), options=self._options))
+        return _joined(parts), newest
 
     def observations(self, since: datetime | None, until: datetime | None = None, *,
                      patients: Sequence[str] | None = None) -> IngestResult:
@@ -211,14 +215,17 @@ class RESTSource:
                        for c in _chunks(list(patients), self.settings.patients_per_request)]
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             parts = list(pool.map(self._fetch, queries))
-        results = [p[0] for p in parts]
         newest = max([p[1] for p in parts], default=NO_TIME)
         watermark = from_micros(newest) if newest != NO_TIME else since
         if since is not None and watermark is not None and to_micros(watermark) < to_micros(since):
             watermark = since
-        return IngestResult(
-            observations=ObservationBatch.concat([r.observations for r in results]),
-            quarantine=tuple(q for r in results for q in r.quarantine),
-            counts=sum((r.counts for r in results), IngestCounts()),
-            watermark=watermark,
-        )
+        return replace(_joined([p[0] for p in parts]), watermark=watermark)
+
+
+def _joined(results: Sequence[IngestResult]) -> IngestResult:
+    """Join results read one after another (reading order, hence versions, kept)."""
+    return IngestResult(
+        observations=ObservationBatch.concat([r.observations for r in results]),
+        quarantine=tuple(q for r in results for q in r.quarantine),
+        counts=sum((r.counts for r in results), IngestCounts()),
+    )

@@ -210,18 +210,22 @@ class CycleRunner:
 
         with self.store.transaction() as tx:
             t0 = time.perf_counter()
+            # the look-back of the grid, and nothing the store prunes below
+            since_us = to_micros(tick - timedelta(hours=min(LOOKBACK_HOURS + 2,
+                                                            self.retention_hours)))
+            base = self._window
+            if base is None or base.since > since_us:
+                # Read what the store held before this cycle's values; they are added from
+                # memory below (reading back a whole first fetch would cost as much as storing it).
+                base = ObservationWindow.read(self.store, census.patients, since=since_us)
             self.store.put_census(tx, census.stays, tick=_ts(tick))
             kept, replaced = self.store.put_observations(tx, incoming)
             self.store.put_quarantine(tx, cycle_id, quarantine)
             if fetched.watermark is not None:
                 self.store.set_watermark(tx, self.source.name, fetched.watermark.isoformat())
             counts["pruned"] = self.store.prune(tx, before=_ts(tick) - self.retention_hours * 3600)
-            since_us = to_micros(tick - timedelta(hours=LOOKBACK_HOURS + 2))
-            if self._window is None or self._window.since > since_us:
-                window = ObservationWindow.read(self.store, census.patients, since=since_us)
-            else:
-                window = self._window.advance(self.store, census.patients, since=since_us,
-                                              kept=kept, replaced=replaced)
+            window = base.advance(self.store, census.patients, since=since_us, kept=kept,
+                                  replaced=replaced)
             timings["store"] = time.perf_counter() - t0
             self.checkpoint("stored")
 

@@ -143,10 +143,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset(re.findall(r"CREATE TABLE (\w+)", "\n".join(MIGRATIONS)))
 """Every table of the current schema."""
 TEMP_TABLES = (
-    # the observations of one batch, before they replace the stored ones
-    "CREATE TEMP TABLE IF NOT EXISTS temp_incoming (resource_id TEXT, variable INTEGER, "
-    "patient_key TEXT, effective INTEGER, value REAL, last_updated INTEGER, "
-    "PRIMARY KEY (resource_id, variable))",
     # the patients of one window read
     "CREATE TEMP TABLE IF NOT EXISTS wanted (code INTEGER PRIMARY KEY, patient_key TEXT)",
 )

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from vigil.core.errors import ConfigError
+from vigil.fhir_adapter.hourly import latest_versions
 from vigil.fhir_adapter.records import ObservationBatch, Quarantine, Stay, from_micros, to_micros
 from vigil.runtime.schema import (
     COMMITTED,
@@ -225,45 +226,30 @@ class StateStore:
         replaced : frozenset of str
             Resource ids whose earlier values are gone (replaced or deleted).
         """
-        rid = batch.resource_id.astype(str)
-        seq = batch.seq
-        keep = np.ones(len(rid), dtype=bool)
-        last_seq: dict[str, int] = {}
-        if len(rid):
-            unique, inverse = np.unique(rid, return_inverse=True)
-            top = np.full(unique.size, np.iinfo(np.int64).min, dtype=np.int64)
-            np.maximum.at(top, inverse, seq)
-            keep = seq == top[inverse]
-            if batch.deletions:
-                last_seq = dict(zip(unique.tolist(), top.tolist(), strict=True))
-        deleted = {
-            d.resource_id for d in batch.deletions if d.seq > last_seq.get(d.resource_id, -1)
-        }
-        if deleted:
-            keep &= ~np.isin(rid, list(deleted))
-        kept = replace(batch.take(keep), deletions=())
-        replaced = frozenset(kept.resource_id.astype(str).tolist()) | deleted
-        tx.execute("DELETE FROM temp_incoming")
+        dels = batch.deletions
+        rid = np.concatenate([batch.resource_id,
+                              np.array([d.resource_id for d in dels], dtype=object)])
+        seq = np.concatenate([batch.seq, np.array([d.seq for d in dels], dtype=np.int64)])
+        latest = latest_versions(rid, seq)  # a deletion read last wins over every value
+        kept = replace(batch.take(latest[: len(batch)]), deletions=())
+        deleted = {d.resource_id for d, last in zip(dels, latest[len(batch):], strict=True)
+                   if last}
+        replaced = frozenset(kept.resource_id.tolist()) | deleted
+        # A new version replaces every value of its resource (a panel may lose a component):
+        # its stored values go, then the values it has are inserted. Nothing to remove from
+        # an empty table (the first cycle of a new store).
+        if tx.execute("SELECT 1 FROM observations LIMIT 1").fetchone() is not None:
+            tx.executemany("DELETE FROM observations WHERE resource_id = ?",
+                           ((r,) for r in sorted(replaced)))
         for lo in range(0, len(kept), _CHUNK):  # slices bound the Python objects alive at once
-            part = kept.take(np.arange(lo, min(lo + _CHUNK, len(kept))))
+            hi = min(lo + _CHUNK, len(kept))
             tx.executemany(
-                "INSERT OR REPLACE INTO temp_incoming VALUES (?, ?, ?, ?, ?, ?)",
-                zip(part.resource_id.astype(str).tolist(), part.variable.tolist(),
-                    part.patient.astype(str).tolist(), part.effective.tolist(),
-                    part.value.tolist(), part.last_updated.tolist(), strict=True),
+                "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?, ?)",
+                zip(kept.resource_id[lo:hi].tolist(), kept.variable[lo:hi].tolist(),
+                    kept.patient[lo:hi].tolist(), kept.effective[lo:hi].tolist(),
+                    kept.value[lo:hi].tolist(), kept.last_updated[lo:hi].tolist(),
+                    strict=True),
             )
-        # A new version replaces every value of its resource: drop the values it no longer
-        # has (a panel without a component), then upsert the ones it has.
-        tx.execute(
-            "DELETE FROM observations WHERE rowid IN (SELECT o.rowid FROM temp_incoming i "
-            "JOIN observations o ON o.resource_id = i.resource_id WHERE NOT EXISTS "
-            "(SELECT 1 FROM temp_incoming j WHERE j.resource_id = o.resource_id "
-            "AND j.variable = o.variable))"
-        )
-        tx.execute("INSERT OR REPLACE INTO observations SELECT * FROM temp_incoming")
-        tx.executemany("DELETE FROM observations WHERE resource_id = ?",
-                       ((r,) for r in sorted(deleted)))
-        tx.execute("DELETE FROM temp_incoming")
         return kept, replaced
 
     def observations(
