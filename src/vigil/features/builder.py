@@ -50,6 +50,7 @@ LOOKBACK_HOURS = 72
 TREND_HOURS = 6
 COUNT_HOURS = 24
 SCHEMA_VERSION = "1"
+_LATEST_BLOCK = 256
 
 _N_MEASURED = len(MEASURED)
 _MAX_AGE = np.array([variable(c).max_age_h for c in MEASURED], dtype=np.int32)
@@ -240,16 +241,19 @@ def build_latest_features(grid: HourlyGrid) -> NDArray[np.float32]:
     -------
     ndarray of shape (grid.n_patients, len(FEATURE_SCHEMA))
     """
-    if grid.n_patients == 0:
-        return np.zeros((0, len(FEATURE_SCHEMA)), dtype=np.float32)
+    out = np.zeros((grid.n_patients, len(FEATURE_SCHEMA)), dtype=np.float32)
     ends = grid.starts[1:]
     begins = np.maximum(grid.starts[:-1], ends - (LOOKBACK_HOURS + 1))
-    lengths = ends - begins
-    idx = np.concatenate([np.arange(b, e) for b, e in zip(begins, ends, strict=True)])
-    window = HourlyGrid(
-        patient_ids=grid.patient_ids,
-        starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        hours=grid.hours[idx],
-        values=grid.values[idx],
-    )
-    return build_features(window)[window.starts[1:] - 1]
+    # Blocks of patients bound the feature builder's intermediates (about 1 MB per patient
+    # at the full look-back) whatever the census size; each patient's row is independent.
+    for first in range(0, grid.n_patients, _LATEST_BLOCK):
+        b, e = begins[first : first + _LATEST_BLOCK], ends[first : first + _LATEST_BLOCK]
+        idx = np.concatenate([np.arange(lo, hi) for lo, hi in zip(b, e, strict=True)])
+        window = HourlyGrid(
+            patient_ids=grid.patient_ids[first : first + _LATEST_BLOCK],
+            starts=np.concatenate([[0], np.cumsum(e - b)]).astype(np.int64),
+            hours=grid.hours[idx],
+            values=grid.values[idx],
+        )
+        out[first : first + b.size] = build_features(window)[window.starts[1:] - 1]
+    return out

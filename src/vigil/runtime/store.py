@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from vigil.runtime.contracts import ScoreBatch
 
 _CHUNK = 50_000
-_CACHE_KIB = 128 * 1024
+_CACHE_KIB = 32 * 1024
 
 __all__ = ["COMMITTED", "SCHEMA_VERSION", "CycleRow", "ModelRow", "StateStore", "sqlite_path"]
 
