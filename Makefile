@@ -11,10 +11,21 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) $(FHIR_STAMP)
 
+# uv (pinned in constraints.txt: flwr needs it anyway) installs the pinned closure with the
+# same versions as pip in seconds instead of minutes (parallel, no per-file Python work).
+# It does not read pip's configuration, so the wheel directories and extra indexes pip is
+# configured with on this machine are handed to it; pip itself is the fallback.
+PIP_FIND := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+PIP_EXTRA := $(or $(PIP_EXTRA_INDEX_URL),$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null))
+UV_SOURCES := $(foreach f,$(PIP_FIND),--find-links $(f)) $(foreach i,$(PIP_EXTRA),--extra-index-url $(i))
+
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; vigil needs Python 3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --index-strategy unsafe-best-match \
+		$(UV_SOURCES) -c constraints.txt -e ".[dev]" \
+		|| $(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 # The FHIR server the integration tests start (sekmet-fhir), in its own venv with exact pins.

@@ -127,7 +127,7 @@ class ClockedSource:
 
 
 def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool = False,
-            quarantine: Sequence[Quarantine] = ()) -> ClockedSource:
+            quarantine: Sequence[Quarantine] = (), stack_days: int = 1) -> ClockedSource:
     """Build a clocked source from a census and every observation.
 
     Parameters
@@ -141,6 +141,10 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
         of the earliest one (``vigil fhir synth`` spreads admissions over a year,
         so few patients would share a replayed day). Times within a stay, and
         ages, do not change, so neither does the grid.
+    stack_days : int, optional
+        With ``stack_admissions``, the admissions fall on this many consecutive
+        days instead of one: a stay admitted ``d`` days after the earliest one
+        moves to day ``d mod stack_days``.
     quarantine : sequence of Quarantine, optional
         Rejected resources to serve at their time (not when stacking: a rejected
         resource names no patient, so it cannot be moved with its stay).
@@ -154,7 +158,8 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
     if stack_admissions and stays:
         anchor = min(s.icu_admission for s in stays).astimezone(UTC).replace(
             hour=0, minute=0, second=0, microsecond=0)
-        shift = np.array([(s.icu_admission - anchor).days for s in stays], dtype=np.int64)
+        days = np.array([(s.icu_admission - anchor).days for s in stays], dtype=np.int64)
+        shift = days - days % max(1, stack_days)
         stays = [_shift_stay(s, int(k)) for s, k in zip(stays, shift, strict=True)]
     where = (pd.Index([s.patient for s in stays]).get_indexer(batch.patient.astype(str))
              if len(batch) else np.zeros(0, dtype=np.int64))
@@ -183,7 +188,9 @@ def _shift_stay(stay: Stay, days: int) -> Stay:
     )
 
 
-def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
+def load_ndjson(
+    path: str | Path, *, stack_admissions: bool = False, stack_days: int = 1
+) -> tuple[ClockedSource, int]:
     """Read recorded data from a Bulk Data directory (``vigil fhir synth`` output).
 
     Returns
@@ -222,7 +229,7 @@ def load_ndjson(path: str | Path, *, stack_admissions: bool = False) -> tuple[Cl
     batch = ObservationBatch.concat([r.observations for r in results])
     rejected = tuple(q for r in results for q in r.quarantine)
     quarantined = len(census.quarantine) + len(rejected)
-    return clocked(census, batch, stack_admissions=stack_admissions,
+    return clocked(census, batch, stack_admissions=stack_admissions, stack_days=stack_days,
                    quarantine=rejected), quarantined
 
 

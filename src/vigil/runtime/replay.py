@@ -117,15 +117,17 @@ def run_replay(
     hours: float | None = None,
     progress: Callable[[int, CycleResult | None], None] | None = None,
     monitor: Monitor | None = None,
+    start: datetime | None = None,
 ) -> tuple[ReplayResult, pd.DataFrame]:
-    """Replay recorded data from its first ICU admission, for ``hours`` or to its end.
+    """Replay recorded data from its first ICU admission, or ``start``, for ``hours`` or to its end.
 
     Returns
     -------
     ReplayResult, DataFrame
         What ran, and the active model's scores (:data:`OUTPUT_COLUMNS`).
     """
-    start, end = source.span
+    first, end = source.span
+    start = first if start is None else max(first, start)
     if hours is not None:
         end = min(end, start + timedelta(hours=hours))
     runner = CycleRunner(
