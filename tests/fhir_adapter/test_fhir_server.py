@@ -7,6 +7,7 @@ Faults (429, 500, timeouts, malformed bodies, endless paging) are injected by an
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,7 +193,9 @@ def test_writeback_twice_leaves_one_resource(fhir_server: str, loaded) -> None:
 
 def test_bulk_export_reads_like_rest(fhir_server: str, loaded, tmp_path: Path) -> None:
     with FHIRHttp(settings(fhir_server)) as http:
-        manifest = bulk_export(http, tmp_path, sleep=lambda s: None)
+        # a short real pause per poll: 600 polls give the server about a minute to export,
+        # however fast it answers the status requests
+        manifest = bulk_export(http, tmp_path, sleep=lambda s: time.sleep(min(s, 0.1)))
     with RESTSource(settings(fhir_server)) as rest:
         census_rest = rest.census()
     assert {o["type"] for o in manifest["output"]} >= {"Patient", "Encounter", "Observation"}
