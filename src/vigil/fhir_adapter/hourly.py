@@ -32,7 +32,13 @@ from vigil.core.errors import DataError
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.fhir_adapter.records import Census, ObservationBatch, Stay, to_micros
 
-__all__ = ["HOUR_US", "grid_from_observations", "hours_until", "latest_versions"]
+__all__ = [
+    "HOUR_US",
+    "grid_from_observations",
+    "hours_until",
+    "latest_in_batch",
+    "latest_versions",
+]
 
 HOUR_US = 3_600_000_000
 """One hour in microseconds."""
@@ -60,16 +66,24 @@ def latest_versions(resource_id: NDArray[np.object_], seq: NDArray[np.int64]
     return np.asarray(seq == top[codes])
 
 
-def _latest_version(batch: ObservationBatch) -> NDArray[np.bool_]:
-    """Mask of the values that belong to the latest version of their resource."""
-    if len(batch) == 0:
-        return np.zeros(0, dtype=bool)
+def latest_in_batch(batch: ObservationBatch) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Masks of a batch's values and deletions that are the latest version of their resource.
+
+    A deletion read after every value of its resource wins over them; a value read after
+    a deletion brings the resource back.
+
+    Returns
+    -------
+    values : ndarray of bool, shape (len(batch),)
+    deletions : ndarray of bool, shape (len(batch.deletions),)
+    """
     if not batch.deletions:
-        return latest_versions(batch.resource_id, batch.seq)
+        return latest_versions(batch.resource_id, batch.seq), np.zeros(0, dtype=bool)
     rid = np.concatenate([batch.resource_id,
                           np.array([d.resource_id for d in batch.deletions], dtype=object)])
     seq = np.concatenate([batch.seq, np.array([d.seq for d in batch.deletions], dtype=np.int64)])
-    return latest_versions(rid, seq)[: len(batch)]
+    latest = latest_versions(rid, seq)
+    return latest[: len(batch)], latest[len(batch):]
 
 
 def grid_from_observations(stays: Census | Sequence[Stay], observations: ObservationBatch, *,
@@ -120,7 +134,7 @@ def grid_from_observations(stays: Census | Sequence[Stay], observations: Observa
     # Index arrays into the batch instead of filtered copies of it (a cold window is large).
     o = observations
     p = pd.Index(ids).get_indexer(o.patient) if len(o) else np.zeros(0, dtype=np.int64)
-    at = np.flatnonzero(_latest_version(o) & (p >= 0))
+    at = np.flatnonzero(latest_in_batch(o)[0] & (p >= 0))
     p = p[at]
     h = -((admit[p] - o.effective[at]) // HOUR_US)
     inside = (h >= 1) & (h <= n_hours[p])

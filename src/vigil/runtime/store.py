@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from vigil.core.errors import ConfigError
-from vigil.fhir_adapter.hourly import latest_versions
+from vigil.fhir_adapter.hourly import latest_in_batch
 from vigil.fhir_adapter.records import ObservationBatch, Quarantine, Stay, from_micros, to_micros
 from vigil.runtime.schema import (
     COMMITTED,
@@ -226,13 +226,9 @@ class StateStore:
         replaced : frozenset of str
             Resource ids whose earlier values are gone (replaced or deleted).
         """
-        dels = batch.deletions
-        rid = np.concatenate([batch.resource_id,
-                              np.array([d.resource_id for d in dels], dtype=object)])
-        seq = np.concatenate([batch.seq, np.array([d.seq for d in dels], dtype=np.int64)])
-        latest = latest_versions(rid, seq)  # a deletion read last wins over every value
-        kept = replace(batch.take(latest[: len(batch)]), deletions=())
-        deleted = {d.resource_id for d, last in zip(dels, latest[len(batch):], strict=True)
+        values, deletions = latest_in_batch(batch)
+        kept = replace(batch.take(values), deletions=())
+        deleted = {d.resource_id for d, last in zip(batch.deletions, deletions, strict=True)
                    if last}
         replaced = frozenset(kept.resource_id.tolist()) | deleted
         # A new version replaces every value of its resource (a panel may lose a component):
