@@ -125,13 +125,14 @@ def _release(data: bytes | mmap.mmap) -> None:
         data.madvise(mmap.MADV_DONTNEED)
 
 
-def _slices(data: bytes | mmap.mmap, starts: Iterable[int], ends: Iterable[int]
-            ) -> Iterator[bytes]:
-    """Yield ``data[s:e]`` for each bound, keeping few pages of a mapped file resident."""
-    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+def _slices(maps: Sequence[bytes | mmap.mmap], files: Iterable[int], starts: Iterable[int],
+            ends: Iterable[int]) -> Iterator[bytes]:
+    """Yield ``maps[f][s:e]`` for each line, keeping few pages of the mapped files resident."""
+    for i, (f, s, e) in enumerate(zip(files, starts, ends, strict=True)):
         if i % _RELEASE_EVERY == _RELEASE_EVERY - 1:
-            _release(data)
-        yield data[s:e]
+            for data in maps:
+                _release(data)
+        yield maps[f][s:e]
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,7 +157,8 @@ class _Index:
             with _mapped(path) as data:
                 lo, hi = _line_bounds(data)
                 key, used = [], []
-                for j, line in enumerate(_slices(data, lo.tolist(), hi.tolist())):
+                for j, line in enumerate(_slices((data,), [0] * len(lo), lo.tolist(),
+                                                 hi.tolist())):
                     if line.strip():
                         used.append(j)
                         key.append(_key(line))
@@ -174,17 +176,12 @@ class _Index:
 
     def lines(self, lo: int, hi: int) -> Iterator[bytes]:
         """Yield the lines at sorted positions ``lo:hi``, read from the files."""
-        used = np.unique(self.file[lo:hi])
+        used = set(np.unique(self.file[lo:hi]).tolist())
         with ExitStack() as stack:
-            maps = {int(i): stack.enter_context(_mapped(self.paths[int(i)])) for i in used}
-            n = 0
-            for f, s, e in zip(self.file[lo:hi].tolist(), self.start[lo:hi].tolist(),
-                               self.end[lo:hi].tolist(), strict=True):
-                if n % _RELEASE_EVERY == _RELEASE_EVERY - 1:
-                    for data in maps.values():
-                        _release(data)
-                n += 1
-                yield maps[f][s:e]
+            maps = [stack.enter_context(_mapped(p)) if i in used else b""
+                    for i, p in enumerate(self.paths)]
+            yield from _slices(maps, self.file[lo:hi].tolist(), self.start[lo:hi].tolist(),
+                               self.end[lo:hi].tolist())
 
 
 @contextmanager
