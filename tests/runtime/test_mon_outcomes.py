@@ -150,6 +150,23 @@ def test_fhir_sepsis_conditions_give_onsets_and_discharged_patients_without_one_
     assert np.isnan(got[2])
 
 
+
+def test_a_later_version_of_a_sepsis_condition_replaces_the_earlier_one():
+    server = FakeConditionServer([condition("c1", "a", "2024-03-01T10:00:00Z"),
+                                  condition("c2", "b", "2024-03-01T04:00:00Z")])
+    onsets = FHIRConditionOutcomes(server)
+    t10 = pd.Timestamp("2024-03-01T10:00:00Z").timestamp()
+    assert onsets() == {"a": t10, "b": t10 - 6 * H}
+    server.conditions = [  # review: a's diagnosis refuted, b's onset corrected to later
+        condition("c1", "a", "2024-03-01T10:00:00Z", updated="2024-03-04T00:30:00+01:00",
+                  status="refuted"),
+        condition("c2", "b", "2024-03-01T07:00:00Z", updated="2024-03-04T00:00:00Z"),
+    ]
+    assert onsets() == {"b": t10 - 3 * H}
+    onsets()
+    # the newest stamp is the latest time (00:00Z), not the largest text (00:30+01:00 = 23:30Z)
+    assert ("_lastUpdated", "ge2024-03-04T00:00:00Z") in server.queries[-1][1]
+
 def test_serve_feeds_the_file_drop_outcomes_to_the_performance_checks(sample, tmp_path):
     """A real Service (NDJSON source, installed model) with ``[outcomes] source = "file"``."""
     test = np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))

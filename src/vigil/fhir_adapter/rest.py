@@ -48,7 +48,7 @@ from vigil.fhir_adapter.records import (
 )
 from vigil.fhir_adapter.settings import FHIRSettings
 
-__all__ = ["RESTSource", "search_instant"]
+__all__ = ["RESTSource", "bundle_resources", "search_instant"]
 
 _NEEDED = ("Patient", "Encounter", "Location", "Observation")
 
@@ -60,7 +60,8 @@ def search_instant(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _resources(bundles: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+def bundle_resources(bundles: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """Yield the resources of search-set Bundles (entries without a resource object skipped)."""
     for bundle in bundles:
         for entry in bundle.get("entry") or ():
             res = entry.get("resource") if isinstance(entry, dict) else None
@@ -145,7 +146,7 @@ class RESTSource:
     def _icu_locations(self) -> tuple[list[str], list[dict[str, Any]]]:
         if self.settings.icu_locations:
             return list(self.settings.icu_locations), []
-        found = list(_resources(self.http.search(
+        found = list(bundle_resources(self.http.search(
             "Location", [("type", ",".join(sorted(ICU_TYPE_CODES)))])))
         return [str(r["id"]) for r in found if r.get("resourceType") == "Location"], found
 
@@ -156,7 +157,7 @@ class RESTSource:
             return Census(stays=())
         resources: list[dict[str, Any]] = list(locations)
         for chunk in _chunks(ids, 50):
-            resources.extend(_resources(self.http.search("Encounter", [
+            resources.extend(bundle_resources(self.http.search("Encounter", [
                 ("status", "in-progress"),
                 ("location", ",".join(f"Location/{i}" for i in chunk)),
                 ("_include", "Encounter:subject"),
@@ -174,7 +175,7 @@ class RESTSource:
         newest = NO_TIME
         parts: list[IngestResult] = []
         for bundle in self.http.search("Observation", params):
-            for res in _resources((bundle,)):
+            for res in bundle_resources((bundle,)):
                 stamp = (res.get("meta") or {}).get("lastUpdated")
                 if isinstance(stamp, str):
                     parsed = parse_time(stamp, "meta.lastUpdated")

@@ -24,7 +24,9 @@ Sources:
 * **FHIR** (:class:`FHIRConditionOutcomes`): ``Condition?code=http://snomed.info/sct|91302008``
   (Sepsis), read incrementally by ``_lastUpdated``; the onset is
   ``onsetDateTime`` (else ``onsetPeriod.start``, else ``recordedDate``); refuted
-  and entered-in-error Conditions are dropped. A patient who left the ICU census
+  and entered-in-error Conditions are dropped, and a later version of a Condition
+  replaces the earlier one (a diagnosis refuted after review no longer counts).
+  A patient who left the ICU census
   with no such Condition is a negative.
 """
 
@@ -200,7 +202,8 @@ class FHIRConditionOutcomes:
     def __init__(self, http: Any) -> None:
         self.http = http
         self._onsets: dict[str, float] = {}
-        self._since: str | None = None
+        self._by_condition: dict[str, tuple[str, float]] = {}
+        self._since: tuple[int, str] | None = None
 
     def __call__(self) -> dict[str, float]:
         """Read the Conditions written since the last call; return every onset known.
@@ -208,31 +211,39 @@ class FHIRConditionOutcomes:
         A failed read is logged and the onsets known so far are returned (the next call
         reads from the same point again).
         """
+        from vigil.fhir_adapter.mapping import parse_time
+        from vigil.fhir_adapter.rest import bundle_resources
+
         system, code = SEPSIS_SNOMED
         params = [("code", f"{system}|{code}")]
         if self._since is not None:
-            params.append(("_lastUpdated", f"ge{self._since}"))
+            params.append(("_lastUpdated", f"ge{self._since[1]}"))
         try:
             bundles = list(self.http.search("Condition", params))
         except FHIRError as exc:
             log.warning("sepsis Conditions not read (%s); outcomes so far are used", exc)
             return self._onsets
         newest = self._since
-        for bundle in bundles:
-            for entry in bundle.get("entry") or ():
-                c = entry.get("resource") or {}
-                if c.get("resourceType") != "Condition":
-                    continue
-                stamp = (c.get("meta") or {}).get("lastUpdated")
-                if isinstance(stamp, str) and (newest is None or stamp > newest):
-                    newest = stamp
-                self._add(c)
+        for c in bundle_resources(bundles):
+            if c.get("resourceType") != "Condition":
+                continue
+            stamp = (c.get("meta") or {}).get("lastUpdated")
+            t = parse_time(stamp, "meta.lastUpdated") if isinstance(stamp, str) else None
+            if isinstance(t, int) and (newest is None or t > newest[0]):
+                newest = (t, stamp)
+            self._update(c)
         self._since = newest
+        self._onsets = {}
+        for patient, onset in self._by_condition.values():
+            self._onsets[patient] = min(self._onsets.get(patient, onset), onset)
         return self._onsets
 
-    def _add(self, c: dict[str, Any]) -> None:
+    def _update(self, c: dict[str, Any]) -> None:
+        """Keep this version of a Condition: its onset, or none if refuted or unusable."""
         from vigil.fhir_adapter.mapping import parse_time, reference_id
 
+        key = str(c.get("id") or id(c))
+        self._by_condition.pop(key, None)  # a later version replaces the earlier one
         status = {x.get("code") for x in ((c.get("verificationStatus") or {}).get("coding") or ())}
         patient = reference_id((c.get("subject") or {}).get("reference"), "Patient")
         when = (c.get("onsetDateTime") or (c.get("onsetPeriod") or {}).get("start")
@@ -241,8 +252,7 @@ class FHIRConditionOutcomes:
             return
         t = parse_time(when, "onsetDateTime")
         if isinstance(t, int):
-            onset = t / 1e6
-            self._onsets[patient] = min(self._onsets.get(patient, onset), onset)
+            self._by_condition[key] = (patient, t / 1e6)
 
     def close(self) -> None:
         """Release the client's connections."""
