@@ -140,6 +140,19 @@ class Site:
     def __repr__(self) -> str:
         return f"Site({self.name!r}, train={self.train!r}, valid={self.valid!r})"
 
+    @property
+    def accountant(self) -> SiteAccountant | None:
+        """The site's privacy accountant: None until the first DP-SGD round has run."""
+        return self._accountant
+
+    def resume_accountant(self, accountant: SiteAccountant) -> None:
+        """Go on spending from an accountant saved after an earlier round.
+
+        For a site rebuilt for every round (the Flower ClientApp), so that ε
+        accumulates over the run instead of restarting at 0.
+        """
+        self._accountant = accountant
+
     def statistics(self) -> SiteStatistics:
         """Aggregate statistics of the training rows (sent once, before round 1)."""
         from vigil.federation.model import feature_sums

@@ -59,7 +59,7 @@ def _site(context: Context) -> Site:
     saved = context.state.config_records.get(_STATE)
     if saved is not None and "accountant" in saved:
         # the accountant is written by this ClientApp only, into this run's state
-        site._accountant = pickle.loads(saved["accountant"])  # noqa: S301
+        site.resume_accountant(pickle.loads(saved["accountant"]))  # noqa: S301
     return site
 
 
@@ -75,8 +75,8 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(context)
     update = site.fit(weights_from_record(msg.content.array_records[ARRAYS]),
                       config_from_record(msg.content.config_records[CONFIG]))
-    if site._accountant is not None:
-        context.state[_STATE] = ConfigRecord({"accountant": pickle.dumps(site._accountant)})
+    if site.accountant is not None:
+        context.state[_STATE] = ConfigRecord({"accountant": pickle.dumps(site.accountant)})
     return Message(update_to_content(update), reply_to=msg)
 
 
