@@ -15,15 +15,22 @@ from a ``site.toml``) in a child process, for three cycles: **cold** (first tick
 the whole 72 h history is fetched), **warm** (15 minutes later: the incremental
 fetch; every patient is still at the same ICU hour, so the features are reused)
 and **hour** (an hour after the first: every patient's scored hour has moved,
-so every patient's features are computed again). Printed per cycle: total, FHIR I/O (REST: HTTP
-requests and JSON decoding, including the write-back PUTs; NDJSON: reading and
-indexing the files), parsing (Observation mapping and census), store, features
-(grid and feature builder), inference (onnxruntime, calibration, alert policy),
-the drift monitor, write-back building, the share of everything that is not FHIR I/O (target
-<= 25%), and the child's peak RSS (target <= 500 MB).
+so every patient's features are computed again). Printed per cycle: total, FHIR I/O (REST:
+HTTP requests and JSON decoding, including the write-back PUTs; NDJSON: reading and indexing
+the files), parsing (Observation mapping and census; CPU time of the parsing threads), store,
+features (grid and feature builder), inference (onnxruntime, calibration, alert policy), the
+drift monitor, write-back building, the share of everything that is not FHIR I/O (target
+<= 25%), and the child's peak RSS (target <= 500 MB), with its resident memory at the cycle's
+steps in ``--json``.
+
+REST searches use the request shape that scales on the test server (``--patients-per-request``
+10, no ``category``, ``since_prefix = "sa"``: docs/runtime.md, "Benchmark"). Before the run,
+the values charted in the last hour are written again, so that the server's newest writes are
+recent as on a live EHR (:func:`rewrite_recent`).
 
 Usage: ``.venv/bin/python bench/cycle.py [--patients 1000] [--hours 72]
-[--sources ndjson,rest] [--json]``
+[--sources ndjson,rest] [--workdir DIR] [--patients-per-request 10] [--categories ""]
+[--json]``
 """
 
 from __future__ import annotations
@@ -141,28 +148,48 @@ def child(config: Path, tick: datetime) -> dict[str, Any]:
     spent = {"parse": 0.0}
 
     def timed(fn: Any) -> Any:
+        # CPU time of the calling thread: the REST source parses in several threads at once,
+        # and their wall times would add up the waits for the GIL too
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent["parse"] += time.perf_counter() - t0
+                spent["parse"] += time.thread_time() - t0
         return wrapper
 
     for module, name in ((rest, "parse_fast"), (rest, "build_census"), (bulk, "parse_ndjson"),
                          (bulk, "build_census")):
         setattr(module, name, timed(getattr(module, name)))
+    rss = {"start": current_rss_mb()}
     service = build_service(load_settings(config, environ=False))
+    rss["service"] = current_rss_mb()
+    step_rss: dict[str, float] = {}
+    service.runner.checkpoint = lambda name: step_rss.__setitem__(name, current_rss_mb())
     out = []
     for label, now in (("cold", tick), ("warm", tick + timedelta(minutes=15)),
                        ("hour", tick + timedelta(hours=1))):
         spent["parse"] = 0.0
+        step_rss.clear()
         result = service.run_cycle(now=now)
         out.append({"cycle": label, "status": result.status, "reason": result.reason,
                     "counts": result.counts, "timings": result.timings,
-                    "parse": spent["parse"]})
+                    "parse": spent["parse"], "rss_mb": {**step_rss, "end": current_rss_mb(),
+                                                        "peak": peak_rss_mb()}})
     service.close()
-    return {"cycles": out, "peak_rss_mb": peak_rss_mb()}
+    return {"cycles": out, "rss_mb": rss, "peak_rss_mb": peak_rss_mb()}
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MB (``VmRSS``; 0 where /proc is missing)."""
+    return _status_mb("VmRSS:") if Path("/proc/self/status").is_file() else 0.0
 
 
 def peak_rss_mb() -> float:
@@ -171,11 +198,8 @@ def peak_rss_mb() -> float:
     ``VmHWM`` of ``/proc/self/status`` (reset by ``exec``); ``ru_maxrss`` is not, on
     Linux it keeps the parent's size at ``fork``, which here holds the whole data set.
     """
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+    if Path("/proc/self/status").is_file():
+        return _status_mb("VmHWM:")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -201,13 +225,43 @@ def split(c: dict[str, Any]) -> dict[str, float]:
 # -- the parent ----------------------------------------------------------------------------------
 
 
+def rewrite_recent(base_url: str, fhir_dir: Path, *, since: datetime) -> int:
+    """PUT again the Observations charted after ``since``; returns how many.
+
+    The server stamps ``meta.lastUpdated`` itself, so after a bulk load every value looks
+    written within the load's few minutes, and the incremental fetch's 15-minute overlap
+    would ask for most of them again. A live EHR's newest writes are the last values
+    charted: writing those again (new versions, same content) makes the server look so.
+    """
+    import urllib.request
+
+    entries = []
+    with (fhir_dir / "Observation.ndjson").open("rb") as lines:
+        for line in lines:
+            o = orjson.loads(line)
+            if datetime.fromisoformat(o["effectiveDateTime"].replace("Z", "+00:00")) > since:
+                entries.append({"resource": o, "request": {
+                    "method": "PUT", "url": f"Observation/{o['id']}"}})
+    for lo in range(0, len(entries), 500):
+        body = orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+                             "entry": entries[lo:lo + 500]})
+        req = urllib.request.Request(base_url, data=body, method="POST",
+                                     headers={"Content-Type": "application/fhir+json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            if r.status != 200:
+                raise RuntimeError(f"expected HTTP 200 from the transaction, got {r.status}")
+    return len(entries)
+
+
 def _site(path: Path, work: Path, source: str, base_url: str | None, *,
-          per_request: int) -> Path:
+          per_request: int, categories: str) -> Path:
     data = (f'source = "ndjson"\nndjson_dir = "{work / "fhir"}"\nwriteback = "ndjson"\n'
             f'writeback_dir = "{work / source / "out"}"\n') if source == "ndjson" else (
         'source = "fhir"\nwriteback = "fhir"\n')
+    cats = ", ".join(f'"{c}"' for c in categories.split(",") if c)
     fhir = (f'[fhir]\nbase_url = "{base_url}"\npage_size = 1000\ntimeout_s = 600\n'
-            f'patients_per_request = {per_request}\n') if base_url else ""
+            f'patients_per_request = {per_request}\ncategories = [{cats}]\n'
+            'since_prefix = "sa"\n') if base_url else ""
     path.write_text(f'site_id = "bench"\n[data]\n{data}{fhir}'
                     f'[store]\nurl = "sqlite:///{work / source / "state.db"}"\n'
                     f'[models]\ndir = "{work / source / "models"}"\n[ops]\nenabled = false\n')
@@ -215,7 +269,7 @@ def _site(path: Path, work: Path, source: str, base_url: str | None, *,
 
 
 def run_source(source: str, work: Path, tick: datetime, package: Path, *,
-               per_request: int) -> dict[str, Any]:
+               per_request: int, categories: str) -> dict[str, Any]:
     shutil.rmtree(work / source, ignore_errors=True)
     (work / source).mkdir(parents=True)
     server = None
@@ -233,9 +287,11 @@ def run_source(source: str, work: Path, tick: datetime, package: Path, *,
             server.load(work / "fhir" / "bundles")
             extra["load_seconds"] = round(time.perf_counter() - t0, 1)
             loaded.write_text(tick.isoformat())
+        extra["rewritten"] = rewrite_recent(base_url, work / "fhir",
+                                            since=tick - timedelta(hours=1))
     try:
         config = _site(work / source / "site.toml", work, source, base_url,
-                       per_request=per_request)
+                       per_request=per_request, categories=categories)
         vigil = Path(sys.executable).with_name("vigil")
         subprocess.run([vigil, "model", "install", package, "--config", config], check=True,
                        capture_output=True)
@@ -259,8 +315,11 @@ def main() -> None:
     parser.add_argument("--sources", default="ndjson,rest")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="Reuse the data (and the loaded server) of an earlier run here.")
-    parser.add_argument("--patients-per-request", type=int, default=50,
+    parser.add_argument("--patients-per-request", type=int, default=10,
                         help="Patients per Observation search (OR-list).")
+    parser.add_argument("--categories", default="",
+                        help="Observation?category= of the REST searches (comma-separated; "
+                             "default none: on this server it costs seconds per request).")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tick", default=None, help=argparse.SUPPRESS)
@@ -296,7 +355,7 @@ def main() -> None:
     report["sources"] = {}
     for source in args.sources.split(","):
         result = run_source(source, work, tick, work / "pkg",
-                            per_request=args.patients_per_request)
+                            per_request=args.patients_per_request, categories=args.categories)
         result["split"] = [split(c) for c in result["cycles"]]
         report["sources"][source] = result
     if args.json:
@@ -318,6 +377,9 @@ def main() -> None:
             ]) + ("" if c["status"] == "ok" else f"  [{c['status']}: {c['reason']}]"))
         if "load_seconds" in result:
             print(f"  ({source}: loading the server took {result['load_seconds']} s)")
+        if "rewritten" in result:
+            print(f"  ({source}: the {result['rewritten']:,} values of the last hour were "
+                  "written again before the run, as a live EHR's newest writes)")
 
 
 if __name__ == "__main__":

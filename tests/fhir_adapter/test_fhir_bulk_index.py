@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 import vigil.fhir_adapter.bulk as bulk
+import vigil.fhir_adapter.fast as fast
 from vigil.fhir_adapter.bulk import NDJSONSource
 from vigil.fhir_adapter.fast import parse_ndjson
 from vigil.fhir_adapter.hourly import latest_versions
@@ -56,3 +57,57 @@ def test_fhir_latest_versions_keeps_highest_seq_per_id() -> None:
     seq = np.array([1, 2, 3, 4, 2, 0], dtype=np.int64)
     assert latest_versions(rid, seq).tolist() == [False, True, True, True, True, False]
     assert latest_versions(np.zeros(0, object), np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_fhir_ndjson_columns_in_chunks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Inline rows (the fast path) interleaved with general-path rows (a preliminary value is
+    # skipped, a component panel and a first-seen subject take the general path): columns
+    # made every 2 inline values must equal one block, in reading order, counters included.
+    panel = orjson.loads(_obs("bp", 2, 0.0))
+    del panel["valueQuantity"]
+    panel["code"] = {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}
+    panel["component"] = [
+        {"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+         "valueQuantity": {"value": v, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        for code, v in (("8480-6", 120.0), ("8462-4", 80.0))]
+    other = orjson.loads(_obs("q", 7, 75.0))
+    other["subject"] = {"reference": "Patient/p2"}
+    lines = [_obs("a", 1, 80.0), _obs("b", 2, 81.0), orjson.dumps(panel), _obs("c", 3, 82.0),
+             _obs("d", 4, 83.0, status="preliminary"), _obs("e", 5, 84.0),
+             orjson.dumps(other), _obs("f", 6, 85.0), _obs("g", 7, 86.0)]
+    whole = parse_ndjson(lines)
+    monkeypatch.setattr(fast, "_FLUSH", 2 * 8)
+    chunked = parse_ndjson(lines)
+    assert chunked.observations.resource_id.tolist() == ["a", "b", "bp", "bp", "c", "e", "q",
+                                                        "f", "g"]
+    for name in ("patient", "variable", "effective", "value", "resource_id", "last_updated",
+                 "seq", "unit"):
+        x, y = getattr(chunked.observations, name), getattr(whole.observations, name)
+        assert x.dtype == y.dtype and x.tolist() == y.tolist(), name
+    assert chunked.counts == whole.counts and chunked.counts.values == 9
+    assert chunked.counts.skipped_status == 1
+
+
+def test_fhir_searchset_with_server_stamps_maps_inline_without_caching_them() -> None:
+    # A server stamps every resource apart (meta.lastUpdated to the millisecond): the fast
+    # parser maps them inline, caches none of them, and equals the strict parser.
+    from vigil.fhir_adapter import parse_fast, parse_strict
+    from vigil.fhir_adapter.mapping import VALID_INSTANTS
+
+    entries = []
+    for i in range(50):
+        o = orjson.loads(_obs(f"s{i}", 3, 60.0 + i))
+        o["meta"] = {"lastUpdated": f"2024-01-02T00:00:{i // 10:02d}.{i:03d}Z"}
+        entries.append({"fullUrl": f"http://x/fhir/Observation/s{i}", "resource": o})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    before = len(VALID_INSTANTS)
+    got = parse_fast([bundle])
+    assert len(VALID_INSTANTS) - before <= 2  # the effective time, the first stamp
+    want = parse_strict([bundle])
+    for name in ("patient", "variable", "effective", "value", "resource_id", "last_updated"):
+        assert getattr(got.observations, name).tolist() == getattr(want.observations,
+                                                                   name).tolist(), name
+    assert got.observations.last_updated[-1] == got.observations.last_updated[0] + 4_049_000
+    # one str per patient, shared by its values (not one per value)
+    assert len({id(p) for p in got.observations.patient}) == 1
+    assert got.counts == want.counts and got.counts.values == 50

@@ -264,6 +264,25 @@ def test_observation_queries_chunks_concurrency_and_watermark() -> None:
     assert got.watermark == datetime(2026, 1, 1, 10, 4, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("prefix", ["gt", "sa"])
+def test_incremental_lower_bound_uses_the_configured_prefix(prefix: str) -> None:
+    seen: list[dict[str, list[str]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(parse_qs(request.url.query.decode()))
+        return bundle([])
+
+    cfg = FHIRSettings(base_url=BASE, since_prefix=prefix, categories=())
+    since = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+    with RESTSource(cfg, client=httpx.Client(transport=httpx.MockTransport(handler))) as source:
+        got = source.observations(since, patients=["p1"])
+    assert seen == [{"_lastUpdated": [f"{prefix}2026-01-01T08:45:00.000Z"], "patient": ["p1"],
+                     "_count": ["500"]}]
+    assert got.watermark == since and len(got.observations) == 0
+    with pytest.raises(ValidationError, match="since_prefix"):
+        FHIRSettings(base_url=BASE, since_prefix="ge")
+
+
 def test_paging_follows_next_links_and_warns_on_outcomes(caplog: pytest.LogCaptureFixture) -> None:
     pages = {
         "/fhir/Observation": bundle([observation(rid="a")], f"{BASE}/Observation?page=2"),

@@ -2,6 +2,7 @@
 
 import numpy as np
 import orjson
+import pytest
 from fhir_support import observation, parse_all
 
 from vigil.fhir_adapter import parse_ndjson
@@ -70,3 +71,12 @@ def test_take_and_concat_keep_the_units_and_a_batch_without_them_counts_nothing(
     both = ObservationBatch.concat([batch, stored])
     assert both.unit.tolist()[2:] == [-1, -1]
     assert both.unit_counts() == {"Temp": {"Cel": 1, "[degF]": 1}}
+
+
+def test_concat_with_masks_needs_one_mask_per_batch():
+    batch = parse_all([observation(TEMP, 37.0, "Cel", rid="t1")]).observations
+    joined = ObservationBatch.concat([batch, batch], masks=[np.array([True]), np.array([False])])
+    assert joined.resource_id.tolist() == ["t1"]
+    assert joined.unit.tolist() == [SOURCE_UNITS.index("Cel")]
+    with pytest.raises(ValueError, match=r"one mask per batch \(2\), got 1"):
+        ObservationBatch.concat([batch, batch], masks=[np.array([True])])

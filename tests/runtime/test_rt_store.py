@@ -117,6 +117,23 @@ def test_versions_replace_and_deletions_remove(store):
     assert stored(store) == [("bp1", SBP, "p1", 125.0), ("hr2", HR, "p2", 99.0)]
 
 
+def test_put_observations_reports_what_it_replaced(store):
+    first = batch([("a", HR, "p1", 1, 60, 0), ("b", HR, "p1", 2, 61, 1)],
+                  deletions=[Deletion("z", "p1", 2)])
+    with store.transaction() as tx:
+        kept, replaced = store.put_observations(tx, first)
+    # every value is the latest of its id: the arrays are shared, not copied; on an empty
+    # table nothing stored earlier is gone but what a deletion names
+    assert kept.value is first.value and kept.deletions == ()
+    assert replaced == frozenset({"z"})
+    with store.transaction() as tx:
+        kept, replaced = store.put_observations(tx, batch(
+            [("b", HR, "p1", 2, 62, 0), ("b", HR, "p1", 2, 63, 1), ("c", HR, "p2", 1, 70, 2)]))
+    assert kept.value.tolist() == [63.0, 70.0]
+    assert replaced == frozenset({"b", "c"})
+    assert stored(store) == [("a", HR, "p1", 60.0), ("b", HR, "p1", 63.0), ("c", HR, "p2", 70.0)]
+
+
 def test_window_read_and_prune(store):
     with store.transaction() as tx:
         store.put_observations(tx, batch([

@@ -65,6 +65,18 @@ def test_the_window_in_memory_equals_the_store(tmp_path, source):
     assert rows(window.values) == rows(again.values) and len(window.values) > 0
 
 
+def test_the_grid_built_in_blocks_of_stays_equals_one_block(tmp_path, source, monkeypatch):
+    import vigil.runtime.window as window
+
+    src, _ = source
+    whole = run(tmp_path / "whole", src, keep_window=True)
+    monkeypatch.setattr(window, "GRID_BLOCK", 2)
+    blocks = run(tmp_path / "blocks", src, keep_window=True)
+    a, b = scores_output(whole.store), scores_output(blocks.store)
+    assert len(a) > 100 and a["patient_id"].nunique() >= 5  # census of up to 3 blocks
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+
+
 def test_every_component_of_a_stored_panel_reaches_the_grid(tmp_path):
     """A blood-pressure panel (one Observation, three values) read back from the store."""
     from datetime import UTC, datetime, timedelta
@@ -88,3 +100,36 @@ def test_every_component_of_a_stored_panel_reaches_the_grid(tmp_path):
     stay = Stay("p1", "e1", admitted, None, None, None, None)
     grid = grid_from_observations([stay], window.values, until=admitted + timedelta(hours=1))
     np.testing.assert_array_equal(grid.values[0, cols], [120.0, 80.0, 93.0, 70.0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_join_equals_take_then_concat(seed):
+    from vigil.runtime.window import _joined
+
+    rng = np.random.default_rng(seed)
+
+    def part(n, *, units, deletions=()):
+        return ObservationBatch(
+            patient=np.array([f"p{i % 3}" for i in range(n)], dtype=object),
+            variable=rng.integers(0, 5, n).astype(np.int8),
+            effective=rng.integers(0, 10**9, n).astype(np.int64),
+            value=rng.normal(size=n),
+            resource_id=np.array([f"r{seed}-{n}-{i}" for i in range(n)], dtype=object),
+            last_updated=rng.integers(0, 10**9, n).astype(np.int64),
+            seq=np.sort(rng.integers(0, 50, n)).astype(np.int64),
+            deletions=tuple(deletions),
+            unit=rng.integers(-1, 3, n).astype(np.int8) if units else None,
+        )
+
+    parts = [(part(30, units=True), rng.random(30) < 0.6),
+             (part(0, units=False, deletions=[Deletion("gone", "p1", 3)]), np.zeros(0, bool)),
+             (part(12, units=False), np.ones(12, bool)),
+             (part(7, units=True), np.zeros(7, bool))]
+    got = _joined(parts)
+    want = ObservationBatch.concat([b.take(m) for b, m in parts])
+    for name in ("patient", "variable", "effective", "value", "resource_id", "last_updated",
+                 "seq", "unit"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+    assert got.deletions == want.deletions and len(got) == int(parts[0][1].sum()) + 12
+    whole = part(5, units=True)
+    assert _joined([(whole, np.ones(5, bool)), (part(3, units=True), np.zeros(3, bool))]) is whole

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import rankdata
 
 from vigil.features.utility import normalized_utility
 
@@ -55,6 +54,8 @@ def auroc(labels: NDArray[np.integer], scores: NDArray[np.floating]) -> float:
     y = np.asarray(labels) > 0
     if _single_class(y, "AUROC"):
         return float("nan")
+    from scipy.stats import rankdata  # here: importing scipy.stats costs the runtime ~50 MB
+
     ranks = rankdata(np.asarray(scores, dtype=np.float64))
     n_pos = int(y.sum())
     n_neg = y.size - n_pos

@@ -48,6 +48,7 @@ __all__ = [
     "AMBIGUOUS",
     "CODE_INDEX",
     "CONVERSION_CACHE",
+    "INSTANT",
     "LOINC",
     "NO_VALUE",
     "RANGES",
@@ -228,10 +229,11 @@ def canonical_value(var: int, value: float, *, comparator: str | None = None,
     return out
 
 
-_INSTANT = re.compile(
+INSTANT = re.compile(
     r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:"
     r"([0-5][0-9]|60)(\.[0-9]{1,9})?(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 )
+"""A FHIR ``instant`` (seconds and a zone required)."""
 _DATE_ONLY = re.compile(r"[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?")
 TIME_CACHES: dict[str, dict[str, int | str]] = {}
 """Per element name, the parsed value of each time string seen (bounded)."""
@@ -258,7 +260,7 @@ def parse_time(text: str, element: str) -> int | str:
     hit = cache.get(text)
     if hit is not None:
         return hit
-    if _INSTANT.fullmatch(text):
+    if INSTANT.fullmatch(text):
         try:
             hit = to_micros(datetime.fromisoformat(text))
         except ValueError:

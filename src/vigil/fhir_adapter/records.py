@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -297,28 +298,42 @@ class ObservationBatch:
         return frame
 
     @staticmethod
-    def concat(batches: Sequence[ObservationBatch]) -> ObservationBatch:
-        """Join batches read one after another; ``seq`` is shifted so reading order is kept."""
+    def concat(batches: Sequence[ObservationBatch],
+               masks: Sequence[NDArray[np.bool_]] | None = None) -> ObservationBatch:
+        """Join batches read one after another; ``seq`` is shifted so reading order is kept.
+
+        ``masks`` (one boolean mask per batch) selects values while joining: the result
+        equals ``concat([b.take(m) for b, m in zip(batches, masks)])`` with each column
+        copied once instead of twice (deletions are kept whole, as ``take`` keeps them).
+        """
         if not batches:
             return ObservationBatch()
+        if masks is not None and len(masks) != len(batches):
+            raise ValueError(f"expected one mask per batch ({len(batches)}), got {len(masks)}")
+        picks: Sequence[NDArray[np.bool_] | slice] = (
+            [slice(None)] * len(batches) if masks is None else masks)
         shift, seqs, dels = 0, [], []
-        for b in batches:
-            seqs.append(b.seq + shift)
+        for b, m in zip(batches, picks, strict=True):
+            seq = b.seq[m]
+            seqs.append(seq + shift)
             dels.extend(Deletion(d.resource_id, d.patient, d.seq + shift, d.last_updated)
                         for d in b.deletions)
-            top = max([int(b.seq.max()) if len(b) else -1] + [d.seq for d in b.deletions])
+            top = max([int(seq.max()) if len(seq) else -1] + [d.seq for d in b.deletions])
             shift += top + 1
+
+        def joined(column: str) -> NDArray[Any]:
+            return np.concatenate([getattr(b, column)[m] for b, m in zip(batches, picks,
+                                                                         strict=True)])
+
         return ObservationBatch(
-            patient=np.concatenate([b.patient for b in batches]),
-            variable=np.concatenate([b.variable for b in batches]),
-            effective=np.concatenate([b.effective for b in batches]),
-            value=np.concatenate([b.value for b in batches]),
-            resource_id=np.concatenate([b.resource_id for b in batches]),
-            last_updated=np.concatenate([b.last_updated for b in batches]),
+            patient=joined("patient"), variable=joined("variable"),
+            effective=joined("effective"), value=joined("value"),
+            resource_id=joined("resource_id"), last_updated=joined("last_updated"),
             seq=np.concatenate(seqs),
             deletions=tuple(dels),
             unit=None if all(b.unit is None for b in batches) else np.concatenate([
-                np.full(len(b), -1, np.int8) if b.unit is None else b.unit for b in batches
+                np.full(len(s), -1, np.int8) if b.unit is None else b.unit[m]
+                for b, m, s in zip(batches, picks, seqs, strict=True)
             ]),
         )
 

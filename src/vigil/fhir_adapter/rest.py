@@ -9,7 +9,8 @@ Standard FHIR R4 REST only (any server: HAPI, an EHR's API, sekmet in tests):
   ``Encounter?status=in-progress&location=Location/a,...&_include=Encounter:subject
   &_include=Encounter:location`` (see :mod:`vigil.fhir_adapter.census`).
 - Observations: ``Observation?category=...&_lastUpdated=gt{since - overlap}
-  &_lastUpdated=le{until}[&patient=a,b,c]``; ``_lastUpdated`` and not ``date``,
+  &_lastUpdated=le{until}[&patient=a,b,c]`` (``sa`` instead of ``gt`` with
+  ``since_prefix``); ``_lastUpdated`` and not ``date``,
   so late-charted values with an older effective time are fetched when they are
   written. Patients are asked for in OR-lists of ``patients_per_request``, at most
   ``concurrency`` requests at a time. The client does not ask for ``_sort``: the
@@ -33,9 +34,9 @@ import httpx
 from vigil.core.errors import FHIRError
 from vigil.fhir_adapter.auth import Credentials
 from vigil.fhir_adapter.census import ICU_TYPE_CODES, build_census
-from vigil.fhir_adapter.fast import parse_fast
+from vigil.fhir_adapter.fast import parse_fast, parse_stamp
 from vigil.fhir_adapter.http import FHIRHttp, Params
-from vigil.fhir_adapter.mapping import MappingOptions, parse_time
+from vigil.fhir_adapter.mapping import MappingOptions
 from vigil.fhir_adapter.protocols import Capabilities
 from vigil.fhir_adapter.records import (
     NO_TIME,
@@ -170,7 +171,7 @@ class RESTSource:
                             by_type.get("Location", []), icu_locations=ids,
                             unit_by_location=self.settings.unit_by_location)
 
-    def _fetch(self, params: Params) -> tuple[IngestResult, int]:
+    def _fetch(self, params: Params) -> tuple[list[IngestResult], int]:
         """Map a search page by page (a page is dropped once mapped); returns the newest stamp."""
         newest = NO_TIME
         parts: list[IngestResult] = []
@@ -178,11 +179,11 @@ class RESTSource:
             for res in bundle_resources((bundle,)):
                 stamp = (res.get("meta") or {}).get("lastUpdated")
                 if isinstance(stamp, str):
-                    parsed = parse_time(stamp, "meta.lastUpdated")
+                    parsed = parse_stamp(stamp)
                     if isinstance(parsed, int) and parsed > newest:
                         newest = parsed
             parts.append(parse_fast((bundle,), options=self._options))
-        return _joined(parts), newest
+        return parts, newest
 
     def observations(self, since: datetime | None, until: datetime | None = None, *,
                      patients: Sequence[str] | None = None) -> IngestResult:
@@ -206,7 +207,8 @@ class RESTSource:
         if self.settings.categories:
             base.append(("category", ",".join(self.settings.categories)))
         if since is not None:
-            base.append(("_lastUpdated", f"gt{search_instant(since - self.settings.overlap)}"))
+            base.append(("_lastUpdated", self.settings.since_prefix
+                         + search_instant(since - self.settings.overlap)))
         if until is not None:
             base.append(("_lastUpdated", f"le{search_instant(until)}"))
         if patients is None:
@@ -220,7 +222,9 @@ class RESTSource:
         watermark = from_micros(newest) if newest != NO_TIME else since
         if since is not None and watermark is not None and to_micros(watermark) < to_micros(since):
             watermark = since
-        return replace(_joined([p[0] for p in parts]), watermark=watermark)
+        # one join of every page, in reading order (a join per search would copy twice)
+        return replace(_joined([page for pages, _ in parts for page in pages]),
+                       watermark=watermark)
 
 
 def _joined(results: Sequence[IngestResult]) -> IngestResult:

@@ -124,6 +124,10 @@ class FHIRSettings(BaseModel):
     overlap : timedelta
         Incremental fetches ask for ``_lastUpdated > since - overlap`` so values
         committed late or out of order are not missed.
+    since_prefix : {"gt", "sa"}
+        Search prefix of that lower bound: ``gt`` (every server), or ``sa`` ("starts
+        after": the same values for instants) for a server that answers it from its date
+        index and ``gt`` with a scan; the FHIR test server does (docs/runtime.md, "Benchmark").
     categories : tuple of str
         ``Observation?category=`` filter; empty for none.
     icu_locations : tuple of str
@@ -152,6 +156,7 @@ class FHIRSettings(BaseModel):
     concurrency: int = Field(default=4, ge=1)
     patients_per_request: int = Field(default=50, ge=1)
     overlap: timedelta = timedelta(minutes=15)
+    since_prefix: Literal["gt", "sa"] = "gt"
     categories: tuple[str, ...] = ("vital-signs", "laboratory")
     icu_locations: tuple[str, ...] = ()
     unit_by_location: dict[str, Literal["MICU", "SICU"]] = Field(default_factory=dict)

@@ -200,7 +200,8 @@ class CycleRunner:
                 results.append(
                     self.source.observations(back, tick, patients=[s.patient for s in new])
                 )
-        incoming = ObservationBatch.concat([r.observations for r in results])
+        incoming = (fetched.observations if len(results) == 1
+                    else ObservationBatch.concat([r.observations for r in results]))
         timings["fetch"] = time.perf_counter() - t0
         counts["observations"] = len(incoming)
         counts["backfilled_patients"] = len(new) if len(results) > 1 else 0

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from vigil.core.errors import ConfigError
+from vigil.runtime import heap
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
 from vigil.runtime.models import LiveModels, load_live_models
 from vigil.runtime.monitoring import AlarmCollector, Monitor
@@ -147,6 +148,7 @@ class Service:
         tick = last_fire_time(self.trigger, now)
         with self._lock:
             result = self.runner.run(tick)
+            heap.release()  # the next cycle starts from what the service holds, not this peak
         if result.ok:
             good = self.store.last_good_cycle()
             self._last_good_end = good.finished if good is not None else None
@@ -224,4 +226,5 @@ def build_service(settings: VigilSettings) -> Service:
     from vigil.runtime.sources import open_sink, open_source
 
     check_serving(settings)
+    heap.limit_arenas()  # before any thread: the REST source fetches in several
     return Service(settings, source=open_source(settings), sink=open_sink(settings))

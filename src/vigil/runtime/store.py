@@ -224,17 +224,20 @@ class StateStore:
         kept : ObservationBatch
             The values stored (no deletions).
         replaced : frozenset of str
-            Resource ids whose earlier values are gone (replaced or deleted).
+            Resource ids whose earlier stored values are gone (replaced or deleted); empty
+            but for deletions when nothing was stored before.
         """
         values, deletions = latest_in_batch(batch)
-        kept = replace(batch.take(values), deletions=())
-        deleted = {d.resource_id for d, last in zip(batch.deletions, deletions, strict=True)
-                   if last}
-        replaced = frozenset(kept.resource_id.tolist()) | deleted
+        # Every value is its resource's latest version in the common case: share the arrays.
+        kept = replace(batch if values.all() else batch.take(values), deletions=())
+        deleted = frozenset(d.resource_id for d, last in zip(batch.deletions, deletions,
+                                                             strict=True) if last)
         # A new version replaces every value of its resource (a panel may lose a component):
-        # its stored values go, then the values it has are inserted. Nothing to remove from
-        # an empty table (the first cycle of a new store).
+        # its stored values go, then the values it has are inserted. An empty table (the first
+        # cycle of a new store) has nothing to remove, and nothing stored earlier is gone.
+        replaced = deleted
         if tx.execute("SELECT 1 FROM observations LIMIT 1").fetchone() is not None:
+            replaced = frozenset(kept.resource_id.tolist()) | deleted
             tx.executemany("DELETE FROM observations WHERE resource_id = ?",
                            ((r,) for r in sorted(replaced)))
         for lo in range(0, len(kept), _CHUNK):  # slices bound the Python objects alive at once

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats as sps
+from scipy import special
 
 from vigil.core.catalog import MEASURED
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
@@ -328,7 +328,8 @@ class FeedHealth:
             n = counts.get(name, 0)
             mean = max(self._q_total.get(name, 0.0) / cycles, self.quarantine_floor)
             stats.append((str(AlarmKind.QUARANTINE), name, "quarantined", float(n)))
-            p = float(sps.poisson.sf(n - 1, mean)) if n > 0 else 1.0
+            # P(X >= n) for X ~ Poisson(mean): scipy.stats.poisson.sf(n - 1, mean)
+            p = float(special.pdtrc(n - 1, mean)) if n > 0 else 1.0
             if n >= self.min_count and p < self.alpha:
                 what = f"{name} values" if name else "resources naming no variable"
                 findings.append(Finding(
