@@ -101,3 +101,31 @@ def test_report_has_plots_and_a_readable_page(tmp_path):
         assert needle in text
     achieved = result.operating["after"].metrics["alerts_per_patient_day"].value
     assert f"alerts per patient day {achieved:.3f}" in text
+
+
+def test_a_sensitivity_target_overshot_by_tied_probabilities_is_flagged(tmp_path):
+    # raw scores on 3 levels; the fit patients' septic hours are 22 / 50 / 27 % at them, so
+    # the two upper levels hold 0.78 of them and the only threshold reaching 0.8 takes all (1.0)
+    hours = site_history(3, 800)
+    z = np.digitize(hours.probability, np.quantile(hours.probability, [0.5, 0.9]))
+    tied = ScoredHours(hours.patient_ids, hours.hospital, hours.starts, hours.labels,
+                       np.array([0.05, 0.5, 0.9])[z])
+    result = calibrate_site(tied, method="isotonic", policy=parse_policy("sensitivity=0.8"),
+                            model_threshold=0.5, n_boot=20)
+    fit_pos = result.calibrator.transform(result.fit.probability)[result.fit.labels > 0]
+    assert result.fit_achieved == pytest.approx(float(np.mean(fit_pos >= result.threshold)))
+    assert result.fit_achieved == 1.0
+    assert result.overshoot == pytest.approx(0.2)
+    record = result.to_record(site="B", model=ModelRef(name="m", version="1", onnx_sha256="ab"))
+    assert record.achieved["on_fit"] == result.fit_achieved
+    page = write_report(result, tmp_path / "r", site="B",
+                        model=ModelRef(name="m", version="1", onnx_sha256="ab"))
+    assert "**Warning:** sensitivity 0.8 was asked for" in page.read_text()
+
+    smooth = calibrate_site(site_history(3, 800), method="logistic",
+                            policy=parse_policy("sensitivity=0.8"), model_threshold=0.5, n_boot=20)
+    assert smooth.fit_achieved == pytest.approx(0.8, abs=0.005)
+    assert smooth.overshoot < 0.005
+    utility = calibrate_site(tied, method="isotonic", policy=parse_policy("utility"),
+                             model_threshold=0.5, n_boot=20)
+    assert utility.overshoot == 0.0

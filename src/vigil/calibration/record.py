@@ -67,7 +67,8 @@ class CalibrationRecord(BaseModel):
     alert_policy : dict
         ``suppression_hours`` and ``hysteresis`` the threshold was chosen with.
     achieved : dict
-        What the threshold achieved on the later (report) patients, with intervals.
+        What the threshold achieved on the later (report) patients, with intervals, and
+        (``on_fit``) on the earlier patients it was chosen on.
     metrics : dict
         ``before`` / ``after`` calibration and operating metrics on the report patients.
     data_window : dict

@@ -15,7 +15,7 @@ import numpy as np
 
 from vigil.calibration.metrics import reliability_curve
 from vigil.calibration.record import ModelRef
-from vigil.calibration.site import SiteCalibration
+from vigil.calibration.site import TIE_TOLERANCE, SiteCalibration, tie_warning
 
 __all__ = ["RELIABILITY_PNG", "REPORT_MD", "SCORES_PNG", "write_report"]
 
@@ -120,8 +120,11 @@ def _markdown(result: SiteCalibration, *, site: str, model: ModelRef) -> str:
         f"**Result:** {pol.metric.replace('_', ' ')} {_fmt('{:.3f}', after.value)} "
         f"({level}% interval {_fmt('{:.3f}', after.low)}-{_fmt('{:.3f}', after.high)}, "
         f"bootstrap over patients) against a target of {target}, at a threshold of "
-        f"{result.threshold:.4g} on the recalibrated risk.",
+        f"{result.threshold:.4g} on the recalibrated risk (on the earlier patients it was "
+        f"chosen on: {result.fit_achieved:.3f}).",
         "",
+        *([f"**Warning:** {tie_warning(result)}.", ""]
+          if result.overshoot > TIE_TOLERANCE else []),
         "## Calibration: does a predicted risk of 5 % mean 5 %?",
         "",
         "| | before (raw model) | after recalibration |",

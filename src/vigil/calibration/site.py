@@ -22,12 +22,17 @@ from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
 from vigil.calibration.methods import Method, make_calibrator
 from vigil.calibration.metrics import CalibrationMetrics, calibration_metrics
 from vigil.calibration.operating import OperatingPoint, operating_point
-from vigil.calibration.policies import ThresholdPolicy, choose_threshold
+from vigil.calibration.policies import PolicyKey, ThresholdPolicy, choose_threshold
 from vigil.calibration.record import CalibrationRecord, ModelRef
 from vigil.core.errors import ConfigError, DataError
 from vigil.data.loader import PhysioNetTable
 
-__all__ = ["ScoredHours", "SiteCalibration", "calibrate_site", "time_ordered_split"]
+__all__ = ["TIE_TOLERANCE", "ScoredHours", "SiteCalibration", "calibrate_site", "tie_warning",
+           "time_ordered_split"]
+
+TIE_TOLERANCE = 0.02
+"""Overshoot of a sensitivity target on the fit patients that the report and CLI flag."""
+_SHARE_POLICIES = frozenset({PolicyKey.SENSITIVITY, PolicyKey.PATIENT_SENSITIVITY})
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,6 +201,10 @@ class SiteCalibration:
     policy : ThresholdPolicy
     threshold : float
         Chosen on the fit patients' calibrated probabilities.
+    fit_achieved : float
+        The policy's metric at that threshold on the fit patients: the target itself but for
+        ties among the calibrated probabilities (a step of an isotonic map, tied raw
+        scores), which can put the nearest reachable value well past the target.
     model_threshold : float
         The package's own threshold (the "before" operating point).
     fit, report : ScoredHours
@@ -214,6 +223,7 @@ class SiteCalibration:
     calibrator: Calibrator
     policy: ThresholdPolicy
     threshold: float
+    fit_achieved: float
     model_threshold: float
     fit: ScoredHours
     report: ScoredHours
@@ -226,6 +236,18 @@ class SiteCalibration:
     def __repr__(self) -> str:
         return (f"SiteCalibration(method={self.calibrator.method!r}, policy='{self.policy}', "
                 f"threshold={self.threshold:.4g})")
+
+    @property
+    def overshoot(self) -> float:
+        """How far past a sensitivity target the fit patients' ties forced the threshold.
+
+        ``fit_achieved - target`` for ``sensitivity`` and ``patient-sensitivity`` (0 for
+        other policies, whose thresholds are not bounded below by a share of cases).
+        Above :data:`TIE_TOLERANCE` the target could not be approached on the fit data.
+        """
+        if self.policy.key not in _SHARE_POLICIES or self.policy.target is None:
+            return 0.0
+        return max(0.0, self.fit_achieved - self.policy.target)
 
     def metrics(self) -> dict[str, Any]:
         """``before`` / ``after``: calibration metrics and operating point, as plain dicts."""
@@ -247,10 +269,22 @@ class SiteCalibration:
             threshold=self.threshold,
             alert_policy=self.alert_policy,
             achieved={"metric": self.policy.metric, "target": self.policy.target,
-                      **achieved.to_dict(), "level": self.operating["after"].level},
+                      **achieved.to_dict(), "level": self.operating["after"].level,
+                      "on_fit": self.fit_achieved},
             metrics=self.metrics(),
             data_window=self.data_window,
         )
+
+
+def tie_warning(result: SiteCalibration) -> str:
+    """Say why a sensitivity target was overshot on the fit patients (see ``overshoot``)."""
+    target = result.policy.target
+    return (
+        f"{result.policy.metric.replace('_', ' ')} {target:g} was asked for, but on the fit "
+        f"patients the nearest threshold reaching it gives {result.fit_achieved:.3f}: the "
+        f"{result.calibrator.method} map gives many of them the same probability (a step), so "
+        "no threshold lies closer; a continuous method (logistic, beta) avoids that"
+    )
 
 
 def calibrate_site(
@@ -306,6 +340,8 @@ def calibrate_site(
                                  hysteresis=hysteresis)
     calibrated = calibrator.transform(report.probability)
     alerting = {"suppression_hours": suppression_hours, "hysteresis": hysteresis}
+    on_fit = operating_point(fit.labels, calibrator.transform(fit.probability), fit.starts,
+                             threshold=threshold, n_boot=0, **alerting)
     ops = {
         when: operating_point(report.labels, prob, report.starts, threshold=cut, n_boot=n_boot,
                               seed=seed, **alerting)
@@ -316,6 +352,7 @@ def calibrate_site(
         calibrator=calibrator,
         policy=policy,
         threshold=threshold,
+        fit_achieved=on_fit.metrics[policy.metric].value,
         model_threshold=float(model_threshold),
         fit=fit,
         report=report,

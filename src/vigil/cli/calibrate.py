@@ -93,6 +93,7 @@ def calibrate(
 
     from vigil.calibration import ModelRef, ScoredHours, calibrate_site, parse_method, parse_policy
     from vigil.calibration.record import write_record
+    from vigil.calibration.site import TIE_TOLERANCE, tie_warning
     from vigil.core.errors import DataError
     from vigil.core.package import read_package
     from vigil.data import load_physionet
@@ -132,6 +133,8 @@ def calibrate(
         from vigil.calibration.report import write_report
 
         page = write_report(result, report, site=site_id, model=ref)
+    if result.overshoot > TIE_TOLERANCE:
+        err_console.print(f"[yellow]warning:[/] {tie_warning(result)}")
     summary = {
         "record": str(out),
         "report": None if page is None else str(page),
