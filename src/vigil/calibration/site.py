@@ -282,8 +282,8 @@ def tie_warning(result: SiteCalibration) -> str:
     return (
         f"{result.policy.metric.replace('_', ' ')} {target:g} was asked for, but on the fit "
         f"patients the nearest threshold reaching it gives {result.fit_achieved:.3f}: the "
-        f"{result.calibrator.method} map gives many of their hours the same probability (a step), so "
-        "no threshold lies closer; a continuous method (logistic, beta) avoids that"
+        f"{result.calibrator.method} map gives many of their hours the same probability (a "
+        "step), so no threshold lies closer; a continuous method (logistic, beta) avoids that"
     )
 
 
