@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
-from vigil.federation.centralized import DEFAULT_NAME, DEFAULT_VERSION, TorchSetup
+from vigil.federation.centralized import TorchSetup
+from vigil.federation.reference_run import DEFAULT_NAME, DEFAULT_VERSION
 
 __all__ = ["reference", "register", "train"]
 
@@ -61,7 +62,7 @@ def train(
     """
     from vigil.cli.evaluate import show
     from vigil.data import load_physionet
-    from vigil.federation.centralized import train_package
+    from vigil.federation.reference_run import train_package
 
     table = load_physionet(data)
     package, fitted = train_package(
@@ -100,7 +101,8 @@ def reference(
     """
     from vigil.data import load_physionet
     from vigil.features.baselines import Rule
-    from vigil.federation.centralized import HGBSetup, reference
+    from vigil.federation.centralized import HGBSetup
+    from vigil.federation.reference_run import reference
     from vigil.runtime.offline import evaluate_rows, rule_scores, rule_threshold
 
     table = load_physionet(data)
