@@ -335,13 +335,13 @@ def calibrate_site(
         )
     fit, report = hours.select(fit_idx), hours.select(report_idx)
     calibrator = make_calibrator(method, min_events=min_events).fit(fit.probability, fit.labels)
-    threshold = choose_threshold(policy, fit.labels, calibrator.transform(fit.probability),
-                                 fit.starts, suppression_hours=suppression_hours,
-                                 hysteresis=hysteresis)
+    fit_calibrated = calibrator.transform(fit.probability)
+    threshold = choose_threshold(policy, fit.labels, fit_calibrated, fit.starts,
+                                 suppression_hours=suppression_hours, hysteresis=hysteresis)
     calibrated = calibrator.transform(report.probability)
     alerting = {"suppression_hours": suppression_hours, "hysteresis": hysteresis}
-    on_fit = operating_point(fit.labels, calibrator.transform(fit.probability), fit.starts,
-                             threshold=threshold, n_boot=0, **alerting)
+    on_fit = operating_point(fit.labels, fit_calibrated, fit.starts, threshold=threshold,
+                             n_boot=0, **alerting)
     ops = {
         when: operating_point(report.labels, prob, report.starts, threshold=cut, n_boot=n_boot,
                               seed=seed, **alerting)
