@@ -41,9 +41,9 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import DataError, FHIRError, FHIRTransportError
 from vigil.fhir_adapter.census import build_census
-from vigil.fhir_adapter.fast import effective_time, parse_ndjson
+from vigil.fhir_adapter.fast import effective_time, parse_ndjson, parse_stamp
 from vigil.fhir_adapter.http import FHIRHttp
-from vigil.fhir_adapter.mapping import VALID_INSTANTS, MappingOptions, parse_time
+from vigil.fhir_adapter.mapping import MappingOptions
 from vigil.fhir_adapter.protocols import Capabilities
 from vigil.fhir_adapter.records import NO_TIME, Census, IngestResult, Stay, from_micros, to_micros
 from vigil.fhir_adapter.rest import search_instant
@@ -89,12 +89,7 @@ def _key(line: bytes) -> int:
     try:
         d = orjson.loads(line)
         stamp = (d.get("meta") or {}).get("lastUpdated")
-        if isinstance(stamp, str):
-            key = VALID_INSTANTS.get(stamp)
-            if key is None:
-                key = parse_time(stamp, "meta.lastUpdated")
-        else:
-            key = effective_time(d)
+        key = parse_stamp(stamp) if isinstance(stamp, str) else effective_time(d)
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         return NO_TIME
     return key if isinstance(key, int) else NO_TIME

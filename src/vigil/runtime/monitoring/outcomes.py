@@ -211,7 +211,7 @@ class FHIRConditionOutcomes:
         A failed read is logged and the onsets known so far are returned (the next call
         reads from the same point again).
         """
-        from vigil.fhir_adapter.mapping import parse_time
+        from vigil.fhir_adapter.fast import parse_stamp
         from vigil.fhir_adapter.rest import bundle_resources
 
         system, code = SEPSIS_SNOMED
@@ -228,7 +228,7 @@ class FHIRConditionOutcomes:
             if c.get("resourceType") != "Condition":
                 continue
             stamp = (c.get("meta") or {}).get("lastUpdated")
-            t = parse_time(stamp, "meta.lastUpdated") if isinstance(stamp, str) else None
+            t = parse_stamp(stamp) if isinstance(stamp, str) else None
             if isinstance(t, int) and (newest is None or t > newest[0]):
                 newest = (t, stamp)
             self._update(c)
