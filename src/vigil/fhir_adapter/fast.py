@@ -224,11 +224,8 @@ def feed(acc: Accumulator, d: Any, read: Reader, fallback_id: str | None = None,
     if rtype == "Observation":
         read(acc, d, fallback_id, resolve)
     elif rtype == "Bundle":
-        refs = bundle_references(d)
-        for entry in d.get("entry") or ():
-            if isinstance(entry, dict) and "resource" in entry:
-                url = entry.get("fullUrl")
-                feed(acc, entry["resource"], read, url if isinstance(url, str) else None, refs)
+        for resource, url, refs in _entries((d,)):
+            feed(acc, resource, read, url, refs)
 
 
 def ndjson_lines(source: bytes | str | Path | Iterable[bytes | str]) -> Iterable[bytes | str]:
@@ -290,7 +287,7 @@ def _decoded(lines: Iterable[bytes | str]) -> Iterator[_Doc]:
 
 
 def _entries(resources: Iterable[Any]) -> Iterator[_Doc]:
-    """Yield the resources, a Bundle replaced by its entries (as :func:`feed` expands it)."""
+    """Yield the resources, a Bundle replaced by its entries (one level; :func:`feed` recurses)."""
     for d in resources:
         if type(d) is dict and d.get("resourceType") == "Bundle":
             refs = bundle_references(d)
