@@ -183,7 +183,6 @@ def recent_grid(
     )
 
 
-
 def _in_blocks(builder: Callable[..., HourlyGrid], stays: Sequence[Stay],
                values: ObservationBatch, until: Sequence[datetime]) -> HourlyGrid:
     """``builder(stays, values, until=until)``, called on blocks of ``GRID_BLOCK`` stays.
