@@ -65,6 +65,26 @@ def test_missing_predictions_are_an_error(tmp_path):
     assert "10 of" in result.output and "rows have none" in result.output
 
 
+def test_versus_reports_paired_differences(tmp_path):
+    sirs = tmp_path / "sirs.parquet"
+    alone = run_json("evaluate", "--baseline", "sirs", "--split", "test", "--out-predictions",
+                     str(sirs))
+    news2 = run_json("evaluate", "--baseline", "news2", "--split", "test")
+    out = run_json("evaluate", "--baseline", "news2", "--split", "test", "--versus", str(sirs),
+                   "--bootstrap", "50")
+    versus = out["versus"]
+    assert versus["predictions"] == "sirs.parquet" and versus["n_boot"] == 50
+    for scope, a, b in [("all", news2, alone),
+                        *((h, news2["by_hospital"][h], alone["by_hospital"][h]) for h in "AB")]:
+        diff = versus["all"] if scope == "all" else versus["by_hospital"][scope]
+        for metric in ("auroc", "utility"):
+            assert diff[metric]["value"] == pytest.approx(a[metric] - b[metric], abs=1e-9)
+            assert diff[metric]["low"] <= diff[metric]["value"] <= diff[metric]["high"]
+    table = runner.invoke(app, ["evaluate", "--baseline", "sirs", "--split", "test", "--versus",
+                                str(sirs), "--bootstrap", "20"])
+    assert table.exit_code == 0 and "+0.0000 [+0.0000, +0.0000]" in table.stdout
+
+
 def test_exactly_one_source_required():
     result = runner.invoke(app, ["evaluate", "--baseline", "sirs", "--predictions", "x.parquet"])
     assert (

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS, alert_events
-from vigil.features.utility import row_utilities
+from vigil.features.paired import Estimate, patient_utility_terms, percentile_interval
 
 __all__ = [
     "ONSET_DELAY_HOURS",
@@ -149,10 +149,7 @@ def patient_counts(
     out[:, _C["alerts"]] = _per_patient(events.astype(np.float64), row_patient, n_pat)
     out[:, _C["alerted"]] = out[:, _C["alerts"]] > 0
     out[:, _C["rows"]] = lengths
-    u_pos, u_neg = row_utilities(y.astype(np.int8), starts)
-    gain, best = np.where(pred, u_pos, u_neg) - u_neg, np.maximum(u_pos, u_neg) - u_neg
-    out[:, _C["utility_gain"]] = _per_patient(gain, row_patient, n_pat)
-    out[:, _C["utility_best"]] = _per_patient(best, row_patient, n_pat)
+    out[:, [_C["utility_gain"], _C["utility_best"]]] = patient_utility_terms(y, pred, starts)
     return out
 
 
@@ -165,19 +162,6 @@ def _ratios(sums: NDArray[np.float64]) -> NDArray[np.float64]:
         with np.errstate(invalid="ignore", divide="ignore"):
             out.append(np.where(b > 0, scale * a / np.where(b > 0, b, 1.0), np.nan))
     return np.stack(out, axis=-1)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A metric's value with a bootstrap percentile interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float]:
-        """Plain dict, for JSON."""
-        return {"value": self.value, "low": self.low, "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -259,13 +243,7 @@ def operating_point(
         reps = np.empty((n_boot, counts.shape[1]))
         for b in range(n_boot):
             reps[b] = np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat) @ counts
-        ratios = _ratios(reps)
-        alpha = (1.0 - level) / 2.0
-        ok = np.isfinite(ratios).any(axis=0)
-        low, high = np.full(point.shape, np.nan), np.full(point.shape, np.nan)
-        if ok.any():
-            low[ok] = np.nanquantile(ratios[:, ok], alpha, axis=0)
-            high[ok] = np.nanquantile(ratios[:, ok], 1.0 - alpha, axis=0)
+        low, high = percentile_interval(_ratios(reps), level)
     return OperatingPoint(
         threshold=float(threshold),
         n_patients=int(n_pat),

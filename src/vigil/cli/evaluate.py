@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
+from numpy.typing import NDArray
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
 from vigil.core.errors import ConfigError
+from vigil.data.loader import PhysioNetTable
 from vigil.data.splits import Split
 from vigil.features.baselines import Rule
+from vigil.features.paired import PAIRED_METRICS
 
 METRICS = ("auroc", "auprc", "utility", "sensitivity", "specificity", "ppv")
 
@@ -58,6 +62,17 @@ def evaluate(
     out_predictions: Annotated[
         Path | None, typer.Option(help="Write hourly predictions to this parquet file.")
     ] = None,
+    versus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Predictions parquet of another model on the same patients (the "
+            "--predictions format): also report this model minus that one, with paired "
+            "patient-bootstrap intervals."
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Patient resamples of the --versus intervals.")
+    ] = 1000,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score every hour causally and report metrics, overall and per hospital."""
@@ -107,7 +122,49 @@ def evaluate(
     result = offline.evaluate_rows(table, probability, threshold=cut, prediction=prediction)
     if out_predictions is not None:
         offline.predictions_frame(table, probability, threshold=cut).to_parquet(out_predictions)
+    if versus is not None:
+        result["versus"] = _versus(table, probability, cut, prediction, versus, bootstrap)
     if json_out:
         print_json(result)
     else:
         show(result, title)
+        if versus is not None:
+            show_versus(result["versus"], f"{title} minus {versus.name}")
+
+
+def _versus(
+    table: PhysioNetTable,
+    probability: NDArray[np.floating],
+    cut: float,
+    prediction: NDArray[np.integer] | None,
+    other: Path,
+    n_boot: int,
+) -> dict[str, Any]:
+    """Compare with the other model's predictions: differences, paired bootstrap intervals."""
+    import pandas as pd
+
+    from vigil.features.paired import paired_difference_by_hospital
+    from vigil.runtime import offline
+
+    other_probability, other_prediction = offline.scores_from_predictions(
+        table, pd.read_parquet(other)
+    )
+    alerts = (probability >= cut).astype(np.int8) if prediction is None else prediction
+    with err_console.status(f"bootstrapping {n_boot} patient resamples"):
+        out = paired_difference_by_hospital(
+            table.labels, table.grid.starts, table.hospital, (probability, alerts),
+            (other_probability, other_prediction), n_boot=n_boot,
+        )
+    return {"predictions": other.name, **out}
+
+
+def show_versus(versus: dict[str, Any], title: str) -> None:
+    """Print the paired differences: value and interval, overall and per hospital."""
+    out = Table(title=f"{title} ({versus['level']:.0%} interval, {versus['n_boot']} resamples)")
+    out.add_column("hospital")
+    for metric in PAIRED_METRICS:
+        out.add_column(f"{metric} difference", justify="right")
+    for name, diff in [("all", versus["all"]), *sorted(versus["by_hospital"].items())]:
+        out.add_row(name, *(f"{diff[m]['value']:+.4f} [{diff[m]['low']:+.4f}, "
+                            f"{diff[m]['high']:+.4f}]" for m in PAIRED_METRICS))
+    print_table(out)

@@ -9,6 +9,7 @@ definition as scikit-learn's ``average_precision_score``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +18,14 @@ from numpy.typing import NDArray
 
 from vigil.features.utility import normalized_utility
 
-__all__ = ["Evaluation", "auprc", "auroc", "evaluate", "evaluate_by_hospital"]
+__all__ = [
+    "Evaluation",
+    "auprc",
+    "auroc",
+    "evaluate",
+    "evaluate_by_hospital",
+    "hospital_subsets",
+]
 
 
 def _single_class(y: NDArray[np.bool_], name: str) -> bool:
@@ -194,15 +202,38 @@ def evaluate_by_hospital(
         hospital to a dict of the same fields.
     """
     out = evaluate(labels, probability, prediction, starts, threshold=threshold).to_dict()
-    by: dict[str, Any] = {}
-    patient_hospital = hospital[starts[:-1]]
+    out["by_hospital"] = {
+        h: evaluate(
+            labels[rows], probability[rows], prediction[rows], sub_starts, threshold=threshold
+        ).to_dict()
+        for h, rows, sub_starts in hospital_subsets(starts, hospital)
+    }
+    return out
+
+
+def hospital_subsets(
+    starts: NDArray[np.integer], hospital: NDArray[np.str_]
+) -> Iterator[tuple[str, NDArray[np.bool_], NDArray[np.int64]]]:
+    """Each hospital's rows and patient offsets, hospitals in sorted order.
+
+    Parameters
+    ----------
+    starts : ndarray of shape (n_patients + 1,)
+    hospital : ndarray of shape (n_rows,)
+        Constant within a patient.
+
+    Yields
+    ------
+    hospital : str
+    rows : ndarray of shape (n_rows,)
+        True on the hospital's rows.
+    starts : ndarray of shape (n_hospital_patients + 1,)
+        Offsets of its patients within those rows.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    patient_hospital = np.asarray(hospital)[starts[:-1]]
     lengths = np.diff(starts)
     for h in sorted(set(patient_hospital.tolist())):
         keep = patient_hospital == h
-        rows = np.repeat(keep, lengths)
-        sub_starts = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
-        by[h] = evaluate(
-            labels[rows], probability[rows], prediction[rows], sub_starts, threshold=threshold
-        ).to_dict()
-    out["by_hospital"] = by
-    return out
+        yield (str(h), np.repeat(keep, lengths),
+               np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64))
