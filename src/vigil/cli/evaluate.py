@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -12,10 +12,12 @@ from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
 from vigil.core.errors import ConfigError
-from vigil.data.loader import PhysioNetTable
 from vigil.data.splits import Split
 from vigil.features.baselines import Rule
 from vigil.features.paired import PAIRED_METRICS
+
+if TYPE_CHECKING:
+    from vigil.data.loader import PhysioNetTable
 
 METRICS = ("auroc", "auprc", "utility", "sensitivity", "specificity", "ppv")
 

@@ -195,6 +195,9 @@ def compare_cmd(
                                               "(repeatable).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Patient resamples of the paired intervals.")
+    ] = 1000,
     markdown: Annotated[Path | None, typer.Option(help="Write the tables here.")] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -206,7 +209,7 @@ def compare_cmd(
     plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = compare(load_physionet(data), scheme=sites, plan=plan, mu=mu,
                      model=_spec(hidden, dropout), threads=threads,
-                     dp_epsilons=tuple(dp_epsilon or ()),
+                     dp_epsilons=tuple(dp_epsilon or ()), n_boot=bootstrap,
                      progress=lambda line: err_console.print(line, highlight=False))
     text = comparison_markdown(result)
     if markdown is not None:

@@ -34,6 +34,7 @@ import numpy as np
 from vigil.data import PhysioNetTable, partition, patient_split
 from vigil.features import build_features
 from vigil.features.metrics import evaluate_by_hospital
+from vigil.features.paired import PAIRED_METRICS, paired_difference, paired_difference_by_hospital
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.privacy import DPSettings
@@ -43,6 +44,9 @@ from vigil.federation.strategies import Strategy, Weights, make_strategy
 __all__ = ["compare", "comparison_markdown"]
 
 Progress = Callable[[str], None]
+Scored = tuple[np.ndarray, np.ndarray]
+"""A model's test probabilities and 0/1 alerts."""
+FEDERATED = ("fedavg", "fedprox", "fedbn")
 
 
 def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray) -> np.ndarray:
@@ -72,6 +76,7 @@ def compare(
     dp_epsilons: tuple[float, ...] = (),
     progress: Progress | None = None,
     threads: int = 1,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Train every method and score it on every site's test patients.
 
@@ -92,13 +97,19 @@ def compare(
         Receives one line per finished model.
     threads : int, optional
         torch intra-op threads.
+    n_boot : int, optional
+        Patient resamples of the paired intervals.
 
     Returns
     -------
     dict
         ``sites`` (train rows, test patients), ``methods``: name -> ``threshold``,
         ``valid_utility``, ``seconds``, ``test`` (per site, per hospital, all:
-        AUROC, AUPRC, utility, patients) and, under DP, ``epsilon`` per site.
+        AUROC, AUPRC, utility, patients) and, under DP, ``epsilon`` per site;
+        ``paired``: for FedAvg, FedProx and FedBN, the AUROC and utility
+        differences from the centralized model (all test patients and per
+        hospital) and from each site's local-only model (that site's test
+        patients), with paired patient-bootstrap intervals.
     """
     import torch
 
@@ -119,11 +130,13 @@ def compare(
     ]))
     say(f"{len(sites)} sites built; {test_all.grid.n_patients:,} test patients")
 
-    def score(weights_for: Callable[[str], Weights], threshold_for: Callable[[str], float]) -> dict[
-        str, Any
-    ]:
+    scored: dict[str, dict[str, Scored]] = {}
+
+    def score(label: str, weights_for: Callable[[str], Weights],
+              threshold_for: Callable[[str], float]) -> dict[str, Any]:
         probs = {n: _predict(spec, weights_for(n), x_test[n]) for n in order}
         alerts = {n: (probs[n] >= threshold_for(n)).astype(np.int8) for n in order}
+        scored[label] = {n: (probs[n], alerts[n]) for n in order}
         out = _metrics(test_all, np.concatenate([probs[n] for n in order]),
                        np.concatenate([alerts[n] for n in order]))
         for n in order:
@@ -143,13 +156,14 @@ def compare(
             "threshold": result.pooled.threshold, "valid_utility": result.pooled.utility,
             "valid_auroc": result.pooled.auroc, "best_round": result.best_round,
             "seconds": time.perf_counter() - t0,
-            "test": score(weights_for, lambda n: result.pooled.threshold),
+            "test": score(label, weights_for, lambda n: result.pooled.threshold),
         }
         if len(members) > 1:
             own = {e.site: pool_evaluations([e]).threshold for e in result.evaluations}
             methods[f"{label} + site thresholds"] = {
                 **methods[label], "threshold": own,
-                "test": score(weights_for, lambda n: own.get(n, result.pooled.threshold)),
+                "test": score(f"{label} + site thresholds", weights_for,
+                              lambda n: own.get(n, result.pooled.threshold)),
             }
         if result.privacy:
             methods[label]["epsilon"] = {k: v.epsilon for k, v in result.privacy.items()}
@@ -170,13 +184,40 @@ def compare(
     for eps in dp_epsilons:
         private = [replace(s, dp=DPSettings(eps)) for s in sites]
         federated(f"fedavg dp eps={eps:g}", make_strategy("fedavg"), private)
+    say(f"paired bootstrap of the federated models ({n_boot} patient resamples)")
+    paired = {label: _paired(scored, label, order, tests, test_all, n_boot=n_boot)
+              for label in FEDERATED if label in scored}
     return {
         "scheme": scheme, "plan": {k: v for k, v in asdict(plan).items() if k != "rule"},
         "model": {"hidden": list(spec.hidden), "dropout": spec.dropout},
         "sites": {s.name: {"train_rows": s.train.n_rows,
                            "test_patients": tests[s.name].grid.n_patients} for s in sites},
         "methods": methods,
+        "paired": paired,
     }
+
+
+def _paired(scored: dict[str, dict[str, Scored]], label: str, order: list[str],
+            tests: dict[str, PhysioNetTable], test_all: PhysioNetTable, *,
+            n_boot: int) -> dict[str, Any]:
+    """Subtract the centralized and the local-only models' test metrics, with intervals.
+
+    The centralized model on all test patients and per hospital; each site's
+    local-only model on that site's test patients.
+    """
+    def joined(name: str) -> Scored:
+        return (np.concatenate([scored[name][n][0] for n in order]),
+                np.concatenate([scored[name][n][1] for n in order]))
+
+    out: dict[str, Any] = {"centralized": paired_difference_by_hospital(
+        test_all.labels, test_all.grid.starts, test_all.hospital, joined(label),
+        joined("centralized"), n_boot=n_boot)}
+    out["local"] = {}
+    for n in order:
+        diff = paired_difference(tests[n].labels, tests[n].grid.starts, scored[label][n],
+                                 scored[f"local {n}"][n], n_boot=n_boot)
+        out["local"][n] = {k: v.to_dict() for k, v in diff.items()}
+    return out
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
@@ -194,6 +235,8 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             cells = [f"{m['test'][g][metric]:.3f}" for g in groups]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    for metric in PAIRED_METRICS:
+        lines += _paired_markdown(result, metric)
     private = {k: m for k, m in methods.items() if "epsilon" in m}
     if private:
         lines += ["| model | epsilon per site (delta = 1/n) |", "|---|---|"]
@@ -202,3 +245,30 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {eps} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _paired_markdown(result: dict[str, Any], metric: str) -> list[str]:
+    paired = result.get("paired") or {}
+    if not paired:
+        return []
+    first = next(iter(paired.values()))
+    hospitals = sorted(first["centralized"]["by_hospital"])
+    sites = list(first["local"])
+    name = "AUROC" if metric == "auroc" else "normalized utility"
+    lines = [f"Test {name}, federated minus centralized and minus each site's own model, "
+             f"[{first['centralized']['level']:.0%} paired patient-bootstrap interval]", "",
+             "| model | " + " | ".join(["vs centralized, all",
+                                        *(f"vs centralized, hospital {h}" for h in hospitals),
+                                        *(f"vs local at {n}" for n in sites)]) + " |",
+             "|---" * (2 + len(hospitals) + len(sites)) + "|"]
+
+    def cell(d: dict[str, dict[str, float]]) -> str:
+        e = d[metric]
+        return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+
+    for label, p in paired.items():
+        cells = [cell(p["centralized"]["all"]),
+                 *(cell(p["centralized"]["by_hospital"][h]) for h in hospitals),
+                 *(cell(p["local"][n]) for n in sites)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
