@@ -65,7 +65,7 @@ def test_missing_predictions_are_an_error(tmp_path):
     assert "10 of" in result.output and "rows have none" in result.output
 
 
-def test_versus_reports_paired_differences(tmp_path):
+def test_versus_reports_metric_intervalss(tmp_path):
     sirs = tmp_path / "sirs.parquet"
     alone = run_json("evaluate", "--baseline", "sirs", "--split", "test", "--out-predictions",
                      str(sirs))
@@ -80,9 +80,22 @@ def test_versus_reports_paired_differences(tmp_path):
         for metric in ("auroc", "utility"):
             assert diff[metric]["value"] == pytest.approx(a[metric] - b[metric], abs=1e-9)
             assert diff[metric]["low"] <= diff[metric]["value"] <= diff[metric]["high"]
+    assert out["intervals"]["all"]["auroc"]["value"] == pytest.approx(news2["auroc"])
     table = runner.invoke(app, ["evaluate", "--baseline", "sirs", "--split", "test", "--versus",
                                 str(sirs), "--bootstrap", "20"])
     assert table.exit_code == 0 and "+0.0000 [+0.0000, +0.0000]" in table.stdout
+
+
+def test_intervals_bracket_each_metric():
+    plain = run_json("evaluate", "--baseline", "news2", "--split", "test")
+    out = run_json("evaluate", "--baseline", "news2", "--split", "test", "--intervals",
+                   "--bootstrap", "50")
+    assert "versus" not in out and out["intervals"]["n_boot"] == 50
+    for scope, metrics in [("all", plain), *((h, plain["by_hospital"][h]) for h in "AB")]:
+        est = out["intervals"]["all"] if scope == "all" else out["intervals"]["by_hospital"][scope]
+        for metric in ("auroc", "utility"):
+            assert est[metric]["value"] == pytest.approx(metrics[metric], abs=1e-9)
+            assert est[metric]["low"] < est[metric]["value"] < est[metric]["high"]
 
 
 def test_exactly_one_source_required():

@@ -22,7 +22,7 @@ def test_every_method_is_scored_on_every_site(result):
         assert sites | {"all", "hospital A", "hospital B"} <= set(m["test"])
 
 
-def test_paired_differences_are_the_differences_of_the_tables(result):
+def test_metric_intervalss_are_the_differences_of_the_tables(result):
     methods = result["methods"]
     for label in FEDERATED:
         paired = result["paired"][label]

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS, alert_events
-from vigil.features.paired import Estimate, patient_utility_terms, percentile_interval
+from vigil.features.bootstrap import Estimate, patient_utility_terms, percentile_interval
 
 __all__ = [
     "ONSET_DELAY_HOURS",

@@ -14,7 +14,7 @@ from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print
 from vigil.core.errors import ConfigError
 from vigil.data.splits import Split
 from vigil.features.baselines import Rule
-from vigil.features.paired import PAIRED_METRICS
+from vigil.features.bootstrap import INTERVAL_METRICS, Scored
 
 if TYPE_CHECKING:
     from vigil.data.loader import PhysioNetTable
@@ -72,8 +72,16 @@ def evaluate(
             "patient-bootstrap intervals."
         ),
     ] = None,
+    intervals: Annotated[
+        bool,
+        typer.Option(
+            "--intervals",
+            help="Add 95% patient-bootstrap intervals of AUROC and utility, overall and per "
+            "hospital.",
+        ),
+    ] = False,
     bootstrap: Annotated[
-        int, typer.Option(min=0, help="Patient resamples of the --versus intervals.")
+        int, typer.Option(min=0, help="Patient resamples of --intervals and --versus.")
     ] = 1000,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -124,49 +132,55 @@ def evaluate(
     result = offline.evaluate_rows(table, probability, threshold=cut, prediction=prediction)
     if out_predictions is not None:
         offline.predictions_frame(table, probability, threshold=cut).to_parquet(out_predictions)
-    if versus is not None:
-        result["versus"] = _versus(table, probability, cut, prediction, versus, bootstrap)
+    if intervals or versus is not None:
+        _add_intervals(result, table, (probability, _alerts(probability, cut, prediction)),
+                       versus, bootstrap)
     if json_out:
         print_json(result)
     else:
         show(result, title)
+        if intervals:
+            show_intervals(result["intervals"], f"{title}: AUROC and utility", signed=False)
         if versus is not None:
-            show_versus(result["versus"], f"{title} minus {versus.name}")
+            show_intervals(result["versus"], f"{title} minus {versus.name}", signed=True)
 
 
-def _versus(
-    table: PhysioNetTable,
-    probability: NDArray[np.floating],
-    cut: float,
-    prediction: NDArray[np.integer] | None,
-    other: Path,
+def _alerts(
+    probability: NDArray[np.floating], cut: float, prediction: NDArray[np.integer] | None
+) -> NDArray[np.integer]:
+    return (probability >= cut).astype(np.int8) if prediction is None else prediction
+
+
+def _add_intervals(
+    result: dict[str, Any], table: PhysioNetTable, scored: Scored, versus: Path | None,
     n_boot: int,
-) -> dict[str, Any]:
-    """Compare with the other model's predictions: differences, paired bootstrap intervals."""
+) -> None:
+    """Add ``intervals`` (the model's own) and, with a comparator, ``versus`` to a result."""
     import pandas as pd
 
-    from vigil.features.paired import paired_difference_by_hospital
+    from vigil.features.bootstrap import metric_intervals_by_hospital
     from vigil.runtime import offline
 
-    other_probability, other_prediction = offline.scores_from_predictions(
-        table, pd.read_parquet(other)
-    )
-    alerts = (probability >= cut).astype(np.int8) if prediction is None else prediction
+    def run(*other: Scored) -> dict[str, Any]:
+        return metric_intervals_by_hospital(table.labels, table.grid.starts, table.hospital,
+                                            scored, *other, n_boot=n_boot)
+
     with err_console.status(f"bootstrapping {n_boot} patient resamples"):
-        out = paired_difference_by_hospital(
-            table.labels, table.grid.starts, table.hospital, (probability, alerts),
-            (other_probability, other_prediction), n_boot=n_boot,
-        )
-    return {"predictions": other.name, **out}
+        result["intervals"] = run()
+        if versus is not None:
+            other = offline.scores_from_predictions(table, pd.read_parquet(versus))
+            result["versus"] = {"predictions": versus.name, **run(other)}
 
 
-def show_versus(versus: dict[str, Any], title: str) -> None:
-    """Print the paired differences: value and interval, overall and per hospital."""
-    out = Table(title=f"{title} ({versus['level']:.0%} interval, {versus['n_boot']} resamples)")
+def show_intervals(intervals: dict[str, Any], title: str, *, signed: bool) -> None:
+    """Print metrics (or differences) with their intervals, overall and per hospital."""
+    out = Table(title=f"{title} ({intervals['level']:.0%} interval, "
+                      f"{intervals['n_boot']} patient resamples)")
     out.add_column("hospital")
-    for metric in PAIRED_METRICS:
-        out.add_column(f"{metric} difference", justify="right")
-    for name, diff in [("all", versus["all"]), *sorted(versus["by_hospital"].items())]:
-        out.add_row(name, *(f"{diff[m]['value']:+.4f} [{diff[m]['low']:+.4f}, "
-                            f"{diff[m]['high']:+.4f}]" for m in PAIRED_METRICS))
+    for metric in INTERVAL_METRICS:
+        out.add_column(f"{metric} difference" if signed else metric, justify="right")
+    form = "+.4f" if signed else ".4f"
+    for name, est in [("all", intervals["all"]), *sorted(intervals["by_hospital"].items())]:
+        out.add_row(name, *(f"{est[m]['value']:{form}} [{est[m]['low']:{form}}, "
+                            f"{est[m]['high']:{form}}]" for m in INTERVAL_METRICS))
     print_table(out)

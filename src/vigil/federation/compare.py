@@ -33,8 +33,13 @@ import numpy as np
 
 from vigil.data import PhysioNetTable, partition, patient_split
 from vigil.features import build_features
+from vigil.features.bootstrap import (
+    INTERVAL_METRICS,
+    Scored,
+    metric_intervals,
+    metric_intervals_by_hospital,
+)
 from vigil.features.metrics import evaluate_by_hospital
-from vigil.features.paired import PAIRED_METRICS, paired_difference, paired_difference_by_hospital
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.privacy import DPSettings
@@ -44,8 +49,6 @@ from vigil.federation.strategies import Strategy, Weights, make_strategy
 __all__ = ["compare", "comparison_markdown"]
 
 Progress = Callable[[str], None]
-Scored = tuple[np.ndarray, np.ndarray]
-"""A model's test probabilities and 0/1 alerts."""
 FEDERATED = ("fedavg", "fedprox", "fedbn")
 
 
@@ -209,12 +212,12 @@ def _paired(scored: dict[str, dict[str, Scored]], label: str, order: list[str],
         return (np.concatenate([scored[name][n][0] for n in order]),
                 np.concatenate([scored[name][n][1] for n in order]))
 
-    out: dict[str, Any] = {"centralized": paired_difference_by_hospital(
+    out: dict[str, Any] = {"centralized": metric_intervals_by_hospital(
         test_all.labels, test_all.grid.starts, test_all.hospital, joined(label),
         joined("centralized"), n_boot=n_boot)}
     out["local"] = {}
     for n in order:
-        diff = paired_difference(tests[n].labels, tests[n].grid.starts, scored[label][n],
+        diff = metric_intervals(tests[n].labels, tests[n].grid.starts, scored[label][n],
                                  scored[f"local {n}"][n], n_boot=n_boot)
         out["local"][n] = {k: v.to_dict() for k, v in diff.items()}
     return out
@@ -235,7 +238,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             cells = [f"{m['test'][g][metric]:.3f}" for g in groups]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    for metric in PAIRED_METRICS:
+    for metric in INTERVAL_METRICS:
         lines += _paired_markdown(result, metric)
     private = {k: m for k, m in methods.items() if "epsilon" in m}
     if private:

@@ -3,13 +3,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vigil.core.errors import DataError
-from vigil.features.metrics import auroc
-from vigil.features.paired import (
-    paired_difference,
-    paired_difference_by_hospital,
+from vigil.features.bootstrap import (
+    metric_intervals,
+    metric_intervals_by_hospital,
     patient_utility_terms,
     weighted_auroc,
 )
+from vigil.features.metrics import auroc
 from vigil.features.utility import normalized_utility
 from vigil.runtime import offline
 
@@ -48,7 +48,7 @@ def test_patient_utility_terms_sum_to_the_normalized_utility():
 def test_the_point_difference_is_the_difference_of_the_metrics():
     labels, starts, a, b = _patients(4)
     alerts_a, alerts_b = (a >= 0.8).astype(np.int8), (b >= 0.7).astype(np.int8)
-    out = paired_difference(labels, starts, (a, alerts_a), (b, alerts_b), n_boot=0)
+    out = metric_intervals(labels, starts, (a, alerts_a), (b, alerts_b), n_boot=0)
     assert out["auroc"].value == pytest.approx(auroc(labels, a) - auroc(labels, b), abs=1e-12)
     u_a = normalized_utility(labels, alerts_a, starts).normalized
     u_b = normalized_utility(labels, alerts_b, starts).normalized
@@ -60,7 +60,7 @@ def test_a_resample_equals_the_metrics_of_the_patients_repeated():
     """One bootstrap replicate, recomputed by duplicating the drawn patients' rows."""
     labels, starts, a, b = _patients(5, n_pat=120)
     alerts_a, alerts_b = (a >= 0.8).astype(np.int8), (b >= 0.7).astype(np.int8)
-    out = paired_difference(labels, starts, (a, alerts_a), (b, alerts_b), n_boot=1, seed=11)
+    out = metric_intervals(labels, starts, (a, alerts_a), (b, alerts_b), n_boot=1, seed=11)
     n_pat = starts.size - 1
     drawn = np.random.default_rng(11).integers(0, n_pat, n_pat)
     rows = np.concatenate([np.arange(starts[p], starts[p + 1]) for p in drawn])
@@ -74,10 +74,31 @@ def test_a_resample_equals_the_metrics_of_the_patients_repeated():
     assert out["utility"].high == pytest.approx(expected_utility, abs=1e-12)
 
 
+def test_one_model_alone_gets_intervals_of_its_own_metrics():
+    labels, starts, a, _ = _patients(9, n_pat=150)
+    alerts = (a >= 0.8).astype(np.int8)
+    out = metric_intervals(labels, starts, (a, alerts), n_boot=1, seed=5)
+    assert out["auroc"].value == pytest.approx(auroc(labels, a), abs=1e-12)
+    assert out["utility"].value == pytest.approx(
+        normalized_utility(labels, alerts, starts).normalized, abs=1e-12)
+    n_pat = starts.size - 1
+    drawn = np.random.default_rng(5).integers(0, n_pat, n_pat)
+    rows = np.concatenate([np.arange(starts[p], starts[p + 1]) for p in drawn])
+    new_starts = np.concatenate([[0], np.cumsum(np.diff(starts)[drawn])])
+    assert out["auroc"].low == pytest.approx(auroc(labels[rows], a[rows]), abs=1e-12)
+    assert out["utility"].high == pytest.approx(
+        normalized_utility(labels[rows], alerts[rows], new_starts).normalized, abs=1e-12)
+    wide = metric_intervals(labels, starts, (a, alerts), n_boot=300)
+    paired = metric_intervals(labels, starts, (a, alerts), (a + 0.01, alerts), n_boot=300)
+    # the same model shifted: the paired interval of the difference collapses, its own does not
+    assert wide["auroc"].high - wide["auroc"].low > 0.01
+    assert paired["auroc"].high - paired["auroc"].low == pytest.approx(0.0, abs=1e-12)
+
+
 def test_identical_models_differ_by_exactly_zero():
     labels, starts, a, _ = _patients(6)
     alerts = (a >= 0.8).astype(np.int8)
-    out = paired_difference(labels, starts, (a, alerts), (a, alerts), n_boot=200)
+    out = metric_intervals(labels, starts, (a, alerts), (a, alerts), n_boot=200)
     for est in out.values():
         assert (est.value, est.low, est.high) == (0.0, 0.0, 0.0)
 
@@ -85,8 +106,8 @@ def test_identical_models_differ_by_exactly_zero():
 def test_swapping_the_models_negates_the_difference_and_its_interval():
     labels, starts, a, b = _patients(7)
     first, second = (a, (a >= 0.8).astype(np.int8)), (b, (b >= 0.7).astype(np.int8))
-    ab = paired_difference(labels, starts, first, second, n_boot=300, seed=2)
-    ba = paired_difference(labels, starts, second, first, n_boot=300, seed=2)
+    ab = metric_intervals(labels, starts, first, second, n_boot=300, seed=2)
+    ba = metric_intervals(labels, starts, second, first, n_boot=300, seed=2)
     for k in ab:
         assert ab[k].value == pytest.approx(-ba[k].value, abs=1e-12)
         assert ab[k].low == pytest.approx(-ba[k].high, abs=1e-12)
@@ -101,12 +122,12 @@ def test_rule_baselines_compared_by_hospital_on_real_patients(sample):
     sirs = offline.rule_scores("sirs", table).astype(float)
     first = (news2, (news2 >= offline.rule_threshold("news2")).astype(np.int8))
     second = (sirs, (sirs >= offline.rule_threshold("sirs")).astype(np.int8))
-    out = paired_difference_by_hospital(table.labels, table.grid.starts, table.hospital, first,
+    out = metric_intervals_by_hospital(table.labels, table.grid.starts, table.hospital, first,
                                         second, n_boot=100)
     assert set(out["by_hospital"]) == {"A", "B"} and out["n_boot"] == 100
     rows = table.hospital == "A"
     lengths = np.diff(table.grid.starts)[table.hospital[table.grid.starts[:-1]] == "A"]
-    only_a = paired_difference(table.labels[rows], np.concatenate([[0], np.cumsum(lengths)]),
+    only_a = metric_intervals(table.labels[rows], np.concatenate([[0], np.cumsum(lengths)]),
                                (first[0][rows], first[1][rows]),
                                (second[0][rows], second[1][rows]), n_boot=100)
     assert out["by_hospital"]["A"] == {k: v.to_dict() for k, v in only_a.items()}
@@ -116,7 +137,8 @@ def test_rule_baselines_compared_by_hospital_on_real_patients(sample):
 
 def test_arrays_of_the_wrong_length_are_refused():
     labels, starts, a, b = _patients(8)
-    with pytest.raises(DataError, match=rf"expected p_second of shape \({labels.size},\), got"):
-        paired_difference(labels, starts, (a, a > 0.5), (b[:-1], b[:-1] > 0.5))
+    expected = rf"expected probability_versus of shape \({labels.size},\), got"
+    with pytest.raises(DataError, match=expected):
+        metric_intervals(labels, starts, (a, a > 0.5), (b[:-1], b[:-1] > 0.5))
     with pytest.raises(DataError, match="expected patient offsets from 0"):
-        paired_difference(labels, starts[:-1], (a, a > 0.5), (b, b > 0.5))
+        metric_intervals(labels, starts[:-1], (a, a > 0.5), (b, b > 0.5))

@@ -1,13 +1,14 @@
-"""Paired patient bootstrap: how far apart two models are on the same patients.
+"""Patient bootstrap intervals of AUROC and utility, for one model or two compared.
 
-Two models scored on the same hourly rows are compared by resampling patients
-with replacement and recomputing both models' metrics on each resample. A
-patient's rows stay together because they are correlated, and both models see
-the same resample, so the interval of the difference ``a - b`` is much
-narrower than either model's own interval (the paired design; Efron &
+Patients are resampled with replacement and the metrics recomputed on every
+resample; a patient's rows stay together because they are correlated (Efron &
 Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13 for percentile
-intervals). It answers whether one test set can tell the two models apart, for
-example a retrained model against the active one, or federated against
+intervals). For one model this gives the interval of its own AUROC and
+utility: how far a test set of this size pins them down. For two models
+scored on the same rows, both see the same resamples, so the interval is that
+of the *difference* ``a - b``, much narrower than either model's own (the
+paired design). It answers whether one test set can tell two models apart,
+for example a retrained model against the active one, or federated against
 centralized training.
 
 AUROC on a resample weights each row by its patient's multiplicity; ties count
@@ -29,16 +30,19 @@ from vigil.features.metrics import hospital_subsets
 from vigil.features.utility import row_utilities
 
 __all__ = [
-    "PAIRED_METRICS",
+    "INTERVAL_METRICS",
     "Estimate",
-    "paired_difference",
-    "paired_difference_by_hospital",
+    "Scored",
+    "metric_intervals",
+    "metric_intervals_by_hospital",
     "patient_utility_terms",
     "percentile_interval",
     "weighted_auroc",
 ]
 
-PAIRED_METRICS = ("auroc", "utility")
+INTERVAL_METRICS = ("auroc", "utility")
+Scored = tuple[NDArray[np.floating], NDArray[np.integer]]
+"""A model's hourly probabilities and 0/1 alerts, each of shape (n_rows,)."""
 
 
 @dataclass(frozen=True)
@@ -161,25 +165,27 @@ def _check(n_rows: int, starts: NDArray[np.int64], **arrays: NDArray[Any]) -> No
             raise DataError(f"expected {name} of shape ({n_rows},), got {np.shape(a)}")
 
 
-def paired_difference(
+def metric_intervals(
     labels: NDArray[np.integer],
     starts: NDArray[np.integer],
-    first: tuple[NDArray[np.floating], NDArray[np.integer]],
-    second: tuple[NDArray[np.floating], NDArray[np.integer]],
+    model: Scored,
+    versus: Scored | None = None,
     *,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Estimate]:
-    """AUROC and normalized utility of ``first`` minus ``second``, with a paired interval.
+    """AUROC and normalized utility of a model, or its difference from another, with intervals.
 
     Parameters
     ----------
     labels : ndarray of shape (n_rows,)
         ``SepsisLabel``, rows grouped by patient in time order.
     starts : ndarray of shape (n_patients + 1,)
-    first, second : tuple of (probability, prediction)
-        Each model's scores and 0/1 alerts, ndarrays of shape (n_rows,).
+    model : tuple of (probability, prediction)
+        The model's scores and 0/1 alerts, ndarrays of shape (n_rows,).
+    versus : tuple of (probability, prediction), optional
+        Another model on the same rows: report ``model - versus`` instead.
     n_boot : int, optional
         Patient resamples (0: no interval, bounds NaN).
     level : float, optional
@@ -188,8 +194,8 @@ def paired_difference(
     Returns
     -------
     dict of str to Estimate
-        ``auroc`` and ``utility``: the difference on the given patients and
-        its percentile interval.
+        ``auroc`` and ``utility`` (or their differences) on the given patients
+        and their percentile intervals.
 
     Raises
     ------
@@ -198,56 +204,59 @@ def paired_difference(
     """
     y = np.asarray(labels) > 0
     starts = np.asarray(starts, dtype=np.int64)
-    _check(y.size, starts, p_first=first[0], alerts_first=first[1], p_second=second[0],
-           alerts_second=second[1])
+    scored = [model] if versus is None else [model, versus]
+    _check(y.size, starts, **{f"{kind}_{which}": a
+                              for which, pair in zip(("model", "versus"), scored, strict=False)
+                              for kind, a in zip(("probability", "alerts"), pair, strict=True)})
     lengths = np.diff(starts)
     n_pat = lengths.size
     row_patient = np.repeat(np.arange(n_pat), lengths)
-    models = []
-    for probability, prediction in (first, second):
+    prepared = []
+    for probability, prediction in scored:
         group, n_groups = _score_groups(probability)
-        models.append((group, n_groups, patient_utility_terms(y, prediction, starts)))
+        prepared.append((group, n_groups, patient_utility_terms(y, prediction, starts)))
 
-    def difference(patient_weight: NDArray[np.float64]) -> NDArray[np.float64]:
+    def metrics(patient_weight: NDArray[np.float64]) -> NDArray[np.float64]:
         w = patient_weight[row_patient]
         out = []
-        for group, n_groups, terms in models:
+        for group, n_groups, terms in prepared:
             gain, best = patient_weight @ terms
             out.append((_auroc_of_groups(group, n_groups, y, w),
                         gain / best if best > 0 else np.nan))
-        return np.asarray(out[0]) - np.asarray(out[1])
+        return np.asarray(out[0]) - (np.asarray(out[1]) if len(out) > 1 else 0.0)
 
-    point = difference(np.ones(n_pat))
+    point = metrics(np.ones(n_pat))
     low = high = np.full(point.shape, np.nan)
     if n_boot > 0 and n_pat > 0:
         rng = np.random.default_rng(seed)
         reps = np.empty((n_boot, point.size))
         for b in range(n_boot):
-            reps[b] = difference(np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)
-                                 .astype(np.float64))
+            reps[b] = metrics(np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)
+                              .astype(np.float64))
         low, high = percentile_interval(reps, level)
     return {name: Estimate(float(point[i]), float(low[i]), float(high[i]))
-            for i, name in enumerate(PAIRED_METRICS)}
+            for i, name in enumerate(INTERVAL_METRICS)}
 
 
-def paired_difference_by_hospital(
+def metric_intervals_by_hospital(
     labels: NDArray[np.integer],
     starts: NDArray[np.integer],
     hospital: NDArray[np.str_],
-    first: tuple[NDArray[np.floating], NDArray[np.integer]],
-    second: tuple[NDArray[np.floating], NDArray[np.integer]],
+    model: Scored,
+    versus: Scored | None = None,
     *,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """:func:`paired_difference` over all patients and within each hospital.
+    """:func:`metric_intervals` over all patients and within each hospital.
 
     Parameters
     ----------
     labels, hospital : ndarray of shape (n_rows,)
     starts : ndarray of shape (n_patients + 1,)
-    first, second : tuple of (probability, prediction)
+    model : tuple of (probability, prediction)
+    versus : tuple of (probability, prediction), optional
     n_boot : int, optional
     level : float, optional
     seed : int, optional
@@ -259,12 +268,12 @@ def paired_difference_by_hospital(
         -> ``{"value", "low", "high"}``).
     """
     options = {"n_boot": n_boot, "level": level, "seed": seed}
+    scored = [model] if versus is None else [model, versus]
 
     def run(rows: NDArray[np.bool_] | slice, sub_starts: NDArray[np.int64]) -> dict[str, Any]:
-        pair = [(np.asarray(p)[rows], np.asarray(a)[rows]) for p, a in (first, second)]
-        diff = paired_difference(np.asarray(labels)[rows], sub_starts, pair[0], pair[1],
-                                 **options)
-        return {k: v.to_dict() for k, v in diff.items()}
+        subset = [(np.asarray(p)[rows], np.asarray(a)[rows]) for p, a in scored]
+        out = metric_intervals(np.asarray(labels)[rows], sub_starts, *subset, **options)
+        return {k: v.to_dict() for k, v in out.items()}
 
     out: dict[str, Any] = {"n_boot": n_boot, "level": level,
                            "all": run(slice(None), np.asarray(starts, dtype=np.int64))}
