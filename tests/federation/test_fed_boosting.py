@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+
+from vigil.core.errors import ConfigError, DataError
+from vigil.federation.boosting import (
+    BoostingPlan,
+    BoostingSite,
+    best_splits,
+    bin_edges,
+    bin_rows,
+    boost,
+    predict_raw,
+    site_quantiles,
+)
+
+
+def _data(seed: int, n: int = 3000, n_features: int = 5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, n_features)).astype(np.float32)
+    x[:, 1] = np.round(x[:, 1])  # a feature with ties and few distinct values
+    logit = 1.5 * x[:, 0] - x[:, 1] * (x[:, 2] > 0) - 2.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    return x, y, rng.uniform(0.5, 2.0, n)
+
+
+def _sites(x, y, w, cuts, edges):
+    return [BoostingSite(f"s{i}", bin_rows(x[a:b], edges), y[a:b], w[a:b])
+            for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))]
+
+
+def test_trees_from_summed_site_histograms_are_the_pooled_trees():
+    x, y, w = _data(0)
+    plan = BoostingPlan(n_trees=5, max_depth=3, n_bins=16)
+    edges = bin_edges([site_quantiles(x, plan.n_bins)], [len(x)])
+    base_1, pooled = boost(_sites(x, y, w, [0, len(x)], edges), edges, plan)
+    base_3, federated = boost(_sites(x, y, w, [0, 700, 2100, len(x)], edges), edges, plan)
+    assert base_1 == pytest.approx(base_3, abs=1e-12)
+    for a, b in zip(pooled, federated, strict=True):
+        assert np.array_equal(a.feature, b.feature) and np.array_equal(a.bin, b.bin)
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-9, atol=1e-12)
+
+
+def test_thresholds_on_raw_values_route_rows_as_the_bins_do():
+    x, y, w = _data(1)
+    plan = BoostingPlan(n_trees=4, max_depth=4, n_bins=32)
+    edges = bin_edges([site_quantiles(x[:1500], 32), site_quantiles(x[1500:], 32)],
+                      [1500, 1500])
+    sites = _sites(x, y, w, [0, 1500, len(x)], edges)
+    base, trees = boost(sites, edges, plan)
+    running = np.concatenate([s.score for s in sites])
+    np.testing.assert_allclose(predict_raw(x, base, trees), running, rtol=0, atol=1e-12)
+
+
+def test_the_split_gain_by_hand():
+    # one node, one feature, three bins: gradient and hessian sums per bin
+    hist = np.array([[[[-4.0, 2.0], [1.0, 2.0], [3.0, 2.0]]]])
+    gain, feature, bin_ = best_splits(hist, l2=1.0, min_child_weight=0.5)
+    # cut after bin 0: G_L=-4,H_L=2 | G_R=4,H_R=4: 16/3 + 16/5 - 0/7
+    # cut after bin 1: G_L=-3,H_L=4 | G_R=3,H_R=2: 9/5 + 9/3 - 0
+    assert (feature[0], bin_[0]) == (0, 0)
+    assert gain[0] == pytest.approx(16 / 3 + 16 / 5)
+    # a child lighter than min_child_weight is not allowed
+    _, feature, _ = best_splits(hist, l2=1.0, min_child_weight=4.5)
+    assert feature[0] == -1
+
+
+def test_the_chosen_split_beats_every_threshold_by_brute_force():
+    x, y, w = _data(2, n=800, n_features=3)
+    plan = BoostingPlan(n_trees=1, max_depth=1, n_bins=8, l2=1.0, min_child_weight=0.1)
+    edges = bin_edges([site_quantiles(x, 8)], [len(x)])
+    base, (tree,) = boost(_sites(x, y, w, [0, len(x)], edges), edges, plan)
+    p = 1 / (1 + np.exp(-base))
+    g, h = w * (p - y), w * p * (1 - p)
+
+    def gain(mask):
+        gl, hl, gr, hr = g[mask].sum(), h[mask].sum(), g[~mask].sum(), h[~mask].sum()
+        return gl**2 / (hl + 1) + gr**2 / (hr + 1) - g.sum() ** 2 / (h.sum() + 1)
+
+    best = max(gain(x[:, f] <= t) for f in range(3) for t in edges[f][:-1])
+    chosen = x[:, tree.feature[0]] <= tree.threshold[0]
+    assert gain(chosen) == pytest.approx(best)
+    # the leaves are -lr * G / (H + l2) of the rows that reach them
+    assert tree.value[tree.left[0]] == pytest.approx(-0.1 * g[chosen].sum() / (h[chosen].sum() + 1))
+
+
+def test_training_loss_falls_with_every_tree():
+    x, y, w = _data(3)
+    edges = bin_edges([site_quantiles(x, 32)], [len(x)])
+    losses = []
+    for n in (1, 5, 20):
+        base, trees = boost(_sites(x, y, w, [0, len(x)], edges), edges,
+                            BoostingPlan(n_trees=n, max_depth=3, n_bins=32))
+        p = 1 / (1 + np.exp(-predict_raw(x, base, trees)))
+        losses.append(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum())
+    assert losses[0] > losses[1] > losses[2]
+
+
+def test_a_site_sends_sums_whose_size_does_not_depend_on_its_rows():
+    x, y, w = _data(4)
+    edges = bin_edges([site_quantiles(x, 16)], [len(x)])
+    small, large = _sites(x, y, w, [0, 100, len(x)], edges)
+    for s in (small, large):
+        s.start(0.0)
+        s.begin_tree()
+        assert s.histograms(np.array([0]), 16).shape == (1, x.shape[1], 16, 2)
+    assert site_quantiles(x[:100], 16).shape == site_quantiles(x, 16).shape == (5, 15)
+
+
+def test_bad_settings_and_shapes_are_refused():
+    with pytest.raises(ConfigError, match="expected 2 <= n_bins <= 256, got 300"):
+        BoostingPlan(n_trees=1, n_bins=300)
+    with pytest.raises(ConfigError, match="expected n_trees and max_depth >= 1"):
+        BoostingPlan(n_trees=0)
+    x, y, w = _data(5)
+    edges = bin_edges([site_quantiles(x, 16)], [len(x)])
+    with pytest.raises(DataError, match=r"expected rows of 5 features, got shape \(10, 4\)"):
+        bin_rows(x[:10, :4], edges)
+    with pytest.raises(DataError, match=r"expected y and weight of shape \(10,\)"):
+        BoostingSite("s", bin_rows(x[:10], edges), y[:9], w[:10])
