@@ -117,3 +117,24 @@ def test_bad_settings_and_shapes_are_refused():
         bin_rows(x[:10, :4], edges)
     with pytest.raises(DataError, match=r"expected y and weight of shape \(10,\)"):
         BoostingSite("s", bin_rows(x[:10], edges), y[:9], w[:10])
+
+
+def test_trees_in_onnx_score_as_the_thresholds_do():
+    import onnxruntime as ort
+
+    from vigil.federation.export import INPUT_NAME, TREES_OUTPUT_NAME, trees_to_onnx
+
+    x, y, w = _data(6, n=4000)
+    edges = bin_edges([site_quantiles(x, 32)], [len(x)])
+    base, trees = boost(_sites(x, y, w, [0, len(x)], edges), edges,
+                        BoostingPlan(n_trees=10, max_depth=4, n_bins=32))
+    # rows exactly at every split threshold, and just above, must route as the trees do
+    at = np.repeat(x[:1], 2 * len(trees), axis=0)
+    for i, tree in enumerate(trees):
+        f, t = tree.feature[0], tree.threshold[0]
+        at[2 * i, f], at[2 * i + 1, f] = t, np.nextafter(t, np.float32(np.inf))
+    rows = np.concatenate([x, at]).astype(np.float32)
+    session = ort.InferenceSession(trees_to_onnx(base, trees, x.shape[1]),
+                                   providers=["CPUExecutionProvider"])
+    (onnx_raw,) = session.run([TREES_OUTPUT_NAME], {INPUT_NAME: rows})
+    np.testing.assert_allclose(onnx_raw.reshape(-1), predict_raw(rows, base, trees), atol=1e-5)

@@ -9,6 +9,10 @@ API (stable; federation builds on it)
 ``to_onnx(model) -> bytes``
     Input ``features`` float32 (N, n_features), output ``probability`` float32
     (N, 1) (sigmoid included), dynamic batch dimension ``N``, opset :data:`OPSET`.
+``trees_to_onnx(base, trees, n_features) -> bytes``
+    Boosted trees (:mod:`vigil.federation.boosting`) as one ``ai.onnx.ml``
+    ``TreeEnsembleRegressor``: ``features`` -> ``raw_score`` (N, 1), the raw
+    score before any sigmoid. Not yet part of a package.
 ``parity(model, onnx_bytes, X) -> float``
     Max absolute difference between onnxruntime's and torch's probabilities on ``X``.
 ``export_package(model, out_dir, *, name, version, threshold, training, validation,
@@ -25,6 +29,7 @@ check_rows=None, tolerance=PARITY_TOLERANCE) -> ModelPackage``
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +40,30 @@ from torch import nn
 from vigil.core.errors import ModelArtifactError
 from vigil.core.package import ModelPackage, write_package
 from vigil.features import FEATURE_SCHEMA
+from vigil.federation.boosting import Tree
 from vigil.federation.model import SepsisNet, predict_proba, unwrap
 
 __all__ = [
     "INPUT_NAME",
+    "ML_OPSET",
     "OPSET",
     "OUTPUT_NAME",
     "PARITY_ROWS",
     "PARITY_TOLERANCE",
+    "TREES_OUTPUT_NAME",
     "export_package",
     "model_card",
     "parity",
     "to_onnx",
+    "trees_to_onnx",
 ]
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probability"
 OPSET = 17
+ML_OPSET = 3
+"""Opset of the ``ai.onnx.ml`` domain (tree ensembles)."""
+TREES_OUTPUT_NAME = "raw_score"
 PARITY_TOLERANCE = 1e-5
 """Largest accepted max-abs difference between onnxruntime and torch probabilities."""
 PARITY_ROWS = 1000
@@ -115,6 +127,63 @@ def to_onnx(model: nn.Module) -> bytes:
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vigil"
     )
     proto.ir_version = 8  # readable by every onnxruntime >= 1.10
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def trees_to_onnx(base: float, trees: Sequence[Tree], n_features: int) -> bytes:
+    """Serialize boosted trees (:mod:`vigil.federation.boosting`) to ONNX.
+
+    One ``ai.onnx.ml`` ``TreeEnsembleRegressor`` (opset :data:`ML_OPSET`), its
+    ``BRANCH_LEQ`` nodes sending ``x <= threshold`` to the left child, as the
+    trees were grown; leaf values are stored as float32.
+
+    Parameters
+    ----------
+    base : float
+        Initial raw score.
+    trees : sequence of Tree
+    n_features : int
+
+    Returns
+    -------
+    bytes
+        A checked ONNX model: ``features`` (N, n_features) -> ``raw_score`` (N, 1).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    attrs: dict[str, list[Any]] = {k: [] for k in (
+        "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
+        "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
+        "target_treeids", "target_nodeids", "target_ids", "target_weights")}
+    for t, tree in enumerate(trees):
+        for n in range(tree.feature.size):
+            leaf = tree.feature[n] < 0
+            attrs["nodes_treeids"].append(t)
+            attrs["nodes_nodeids"].append(n)
+            attrs["nodes_featureids"].append(0 if leaf else int(tree.feature[n]))
+            attrs["nodes_modes"].append("LEAF" if leaf else "BRANCH_LEQ")
+            attrs["nodes_values"].append(0.0 if leaf else float(tree.threshold[n]))
+            attrs["nodes_truenodeids"].append(0 if leaf else int(tree.left[n]))
+            attrs["nodes_falsenodeids"].append(0 if leaf else int(tree.right[n]))
+            attrs["nodes_missing_value_tracks_true"].append(0)
+            if leaf:
+                attrs["target_treeids"].append(t)
+                attrs["target_nodeids"].append(n)
+                attrs["target_ids"].append(0)
+                attrs["target_weights"].append(float(tree.value[n]))
+    node = helper.make_node("TreeEnsembleRegressor", [INPUT_NAME], [TREES_OUTPUT_NAME],
+                            domain="ai.onnx.ml", n_targets=1, aggregate_function="SUM",
+                            post_transform="NONE", base_values=[float(base)], **attrs)
+    graph = helper.make_graph(
+        [node], "sepsis_trees",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", n_features])],
+        [helper.make_tensor_value_info(TREES_OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
+    )
+    proto = helper.make_model(graph, producer_name="vigil", opset_imports=[
+        helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    proto.ir_version = 8
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
 
