@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
-from numpy.typing import NDArray
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
@@ -133,7 +131,7 @@ def evaluate(
     if out_predictions is not None:
         offline.predictions_frame(table, probability, threshold=cut).to_parquet(out_predictions)
     if intervals or versus is not None:
-        _add_intervals(result, table, (probability, _alerts(probability, cut, prediction)),
+        _add_intervals(result, table, (probability, offline.alerts(probability, cut, prediction)),
                        versus, bootstrap)
     if json_out:
         print_json(result)
@@ -143,12 +141,6 @@ def evaluate(
             show_intervals(result["intervals"], f"{title}: AUROC and utility", signed=False)
         if versus is not None:
             show_intervals(result["versus"], f"{title} minus {versus.name}", signed=True)
-
-
-def _alerts(
-    probability: NDArray[np.floating], cut: float, prediction: NDArray[np.integer] | None
-) -> NDArray[np.integer]:
-    return (probability >= cut).astype(np.int8) if prediction is None else prediction
 
 
 def _add_intervals(

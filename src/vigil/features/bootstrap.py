@@ -205,9 +205,10 @@ def metric_intervals(
     y = np.asarray(labels) > 0
     starts = np.asarray(starts, dtype=np.int64)
     scored = [model] if versus is None else [model, versus]
-    _check(y.size, starts, **{f"{kind}_{which}": a
-                              for which, pair in zip(("model", "versus"), scored, strict=False)
-                              for kind, a in zip(("probability", "alerts"), pair, strict=True)})
+    arrays = {"probability_model": model[0], "alerts_model": model[1]}
+    if versus is not None:
+        arrays |= {"probability_versus": versus[0], "alerts_versus": versus[1]}
+    _check(y.size, starts, **arrays)
     lengths = np.diff(starts)
     n_pat = lengths.size
     row_patient = np.repeat(np.arange(n_pat), lengths)

@@ -134,14 +134,17 @@ def compare(
     say(f"{len(sites)} sites built; {test_all.grid.n_patients:,} test patients")
 
     scored: dict[str, dict[str, Scored]] = {}
+    scored_all: dict[str, Scored] = {}
 
     def score(label: str, weights_for: Callable[[str], Weights],
               threshold_for: Callable[[str], float]) -> dict[str, Any]:
         probs = {n: _predict(spec, weights_for(n), x_test[n]) for n in order}
         alerts = {n: (probs[n] >= threshold_for(n)).astype(np.int8) for n in order}
+        joined = (np.concatenate([probs[n] for n in order]),
+                  np.concatenate([alerts[n] for n in order]))
         scored[label] = {n: (probs[n], alerts[n]) for n in order}
-        out = _metrics(test_all, np.concatenate([probs[n] for n in order]),
-                       np.concatenate([alerts[n] for n in order]))
+        scored_all[label] = joined
+        out = _metrics(test_all, *joined)
         for n in order:
             out[n] = _metrics(tests[n], probs[n], alerts[n])["all"]
         return out
@@ -188,7 +191,7 @@ def compare(
         private = [replace(s, dp=DPSettings(eps)) for s in sites]
         federated(f"fedavg dp eps={eps:g}", make_strategy("fedavg"), private)
     say(f"paired bootstrap of the federated models ({n_boot} patient resamples)")
-    paired = {label: _paired(scored, label, order, tests, test_all, n_boot=n_boot)
+    paired = {label: _paired(scored, scored_all, label, tests, test_all, n_boot=n_boot)
               for label in FEDERATED if label in scored}
     return {
         "scheme": scheme, "plan": {k: v for k, v in asdict(plan).items() if k != "rule"},
@@ -200,7 +203,7 @@ def compare(
     }
 
 
-def _paired(scored: dict[str, dict[str, Scored]], label: str, order: list[str],
+def _paired(scored: dict[str, dict[str, Scored]], scored_all: dict[str, Scored], label: str,
             tests: dict[str, PhysioNetTable], test_all: PhysioNetTable, *,
             n_boot: int) -> dict[str, Any]:
     """Subtract the centralized and the local-only models' test metrics, with intervals.
@@ -208,15 +211,11 @@ def _paired(scored: dict[str, dict[str, Scored]], label: str, order: list[str],
     The centralized model on all test patients and per hospital; each site's
     local-only model on that site's test patients.
     """
-    def joined(name: str) -> Scored:
-        return (np.concatenate([scored[name][n][0] for n in order]),
-                np.concatenate([scored[name][n][1] for n in order]))
-
     out: dict[str, Any] = {"centralized": metric_intervals_by_hospital(
-        test_all.labels, test_all.grid.starts, test_all.hospital, joined(label),
-        joined("centralized"), n_boot=n_boot)}
+        test_all.labels, test_all.grid.starts, test_all.hospital, scored_all[label],
+        scored_all["centralized"], n_boot=n_boot)}
     out["local"] = {}
-    for n in order:
+    for n in scored[label]:
         diff = metric_intervals(tests[n].labels, tests[n].grid.starts, scored[label][n],
                                  scored[f"local {n}"][n], n_boot=n_boot)
         out["local"][n] = {k: v.to_dict() for k, v in diff.items()}

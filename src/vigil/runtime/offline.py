@@ -23,6 +23,7 @@ from vigil.runtime.scoring import Scorer
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "alerts",
     "evaluate_rows",
     "predictions_frame",
     "rule_scores",
@@ -55,6 +56,27 @@ def rule_scores(rule: Rule | str, table: PhysioNetTable) -> NDArray[np.float32]:
     )
 
 
+def alerts(
+    probability: NDArray[np.floating],
+    threshold: float,
+    prediction: NDArray[np.integer] | None = None,
+) -> NDArray[np.integer]:
+    """Return the 0/1 alerts: ``prediction`` if given, else ``probability >= threshold``.
+
+    Parameters
+    ----------
+    probability : ndarray of shape (n_rows,)
+    threshold : float
+    prediction : ndarray of shape (n_rows,), optional
+        Alerts made elsewhere, which win over the threshold.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,)
+    """
+    return (probability >= threshold).astype(np.int8) if prediction is None else prediction
+
+
 def evaluate_rows(
     table: PhysioNetTable,
     probability: NDArray[np.floating],
@@ -77,12 +99,10 @@ def evaluate_rows(
     dict
         See :func:`vigil.features.metrics.evaluate_by_hospital`.
     """
-    if prediction is None:
-        prediction = (probability >= threshold).astype(np.int8)
     return evaluate_by_hospital(
         table.labels,
         probability,
-        prediction,
+        alerts(probability, threshold, prediction),
         table.grid.starts,
         table.hospital,
         threshold=threshold,
@@ -103,7 +123,7 @@ def predictions_frame(
             "patient_id": table.frame["patient_id"].to_numpy(),
             "ICULOS": table.grid.hours.astype(np.int16),
             "probability": np.asarray(probability, dtype=np.float64),
-            "prediction": (np.asarray(probability) >= threshold).astype(np.int8),
+            "prediction": alerts(np.asarray(probability), threshold),
         }
     )
 
