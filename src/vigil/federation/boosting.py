@@ -22,33 +22,64 @@ A row goes left when ``x <= threshold``, with ``threshold`` the upper edge of
 the split's last left bin, which is the rule of ONNX's ``TreeEnsembleRegressor``
 (``BRANCH_LEQ``), so the trees export as they are.
 
-Status: the numerical core with an in-process driver, for measurement; not yet
-a strategy of ``vigil federate`` (docs/federation.md, "Next lever").
+Screening. A site's histograms are checked before they are summed (rules in
+this order; the first that fails names the exclusion):
+
+1. ``schema``: shape ``(n_nodes, n_features, n_bins, 2)`` of floating point;
+2. ``non-finite``: no NaN or infinity;
+3. ``hessian``: no negative hessian sum (``h >= 0`` for every row);
+4. ``inconsistent``: every feature's bins of a node add up to the same
+   gradient and hessian totals (each row is in one bin of every feature), and
+   the totals of a split node's two children add up to the node's totals the
+   site sent one level up;
+5. ``bounds``: at the root, with ``W`` and ``P`` the weighted rows and
+   positives the site declared, ``-P <= G <= W - P`` and ``H <= W / 4``
+   (``|g| <= w``, ``p (1 - p) <= 1/4``); a scaled histogram breaks them.
+
+A site that fails a rule, or raises, is left out of the rest of the boosting,
+with a record (:class:`Exclusion`); boosting stops with an
+:class:`~vigil.core.errors.AggregationError` when fewer than ``min_sites``
+remain. The rules catch corrupted and scaled histograms, not a site that lies
+consistently; that needs secure aggregation or robust split finding, which
+this module does not do.
+
+Used by ``vigil federate --boost-trees`` (:mod:`vigil.federation.hybrid`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.core.errors import ConfigError, DataError
+from vigil.core.errors import AggregationError, ConfigError, DataError
 
 __all__ = [
+    "Boosted",
     "BoostingPlan",
     "BoostingSite",
+    "Exclusion",
+    "ExclusionReason",
     "Tree",
     "best_splits",
     "bin_edges",
     "bin_rows",
     "boost",
+    "check_histograms",
     "predict_raw",
     "site_quantiles",
 ]
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _LEAF = -1
+_RTOL, _ATOL = 1e-7, 1e-6
+_TIE_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -183,7 +214,9 @@ def best_splits(
     Returns
     -------
     gain, feature, bin : ndarray of shape (n_nodes,)
-        ``gain <= 0`` (and feature/bin -1) where no split is allowed.
+        ``gain <= 0`` (and feature/bin -1) where no split is allowed. Of cuts
+        whose gains agree to a relative 1e-9, the first (lowest feature, then
+        lowest bin) wins.
     """
     cum = np.cumsum(histograms, axis=2)[:, :, :-1, :]
     total = histograms.sum(axis=2)[:, :, None, :]
@@ -194,7 +227,11 @@ def best_splits(
     gain = np.where((h_l >= min_child_weight) & (h_r >= min_child_weight), gain, -np.inf)
     n_nodes, n_features, n_cuts = gain.shape
     flat = gain.reshape(n_nodes, -1)
-    best = np.argmax(flat, axis=1)
+    # the first cut within a relative 1e-9 of the best: cuts through empty bins, and
+    # features splitting the rows alike, tie exactly in exact arithmetic; rounding
+    # (summation order, the subtraction trick) must not decide between them
+    top = flat.max(axis=1)
+    best = np.argmax(flat >= (top - (_TIE_RTOL * np.abs(top) + 1e-12))[:, None], axis=1)
     best_gain = flat[np.arange(n_nodes), best]
     ok = best_gain > 1e-12
     feature = np.where(ok, best // n_cuts, -1)
@@ -224,6 +261,8 @@ class BoostingSite:
     _g: NDArray[np.float64] = field(init=False, repr=False)
     _h: NDArray[np.float64] = field(init=False, repr=False)
     _columns: NDArray[np.uint8] = field(init=False, repr=False)
+    _kept: dict[int, NDArray[np.float64]] = field(init=False, repr=False)
+    _family: dict[int, tuple[int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = self.binned.shape[0]
@@ -248,14 +287,9 @@ class BoostingSite:
         self._g = self.weight * (p - self.y)
         self._h = self.weight * p * (1.0 - p)
         self._node = np.zeros(self.binned.shape[0], dtype=np.int64)
+        self._kept, self._family = {}, {}
 
-    def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
-        """Per-bin gradient and hessian sums of the rows in ``nodes``.
-
-        Returns
-        -------
-        ndarray of shape (len(nodes), n_features, n_bins, 2)
-        """
+    def _direct(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
         slot = np.full(max(int(self._node.max(initial=0)), int(nodes.max())) + 1, -1,
                        dtype=np.int64)
         slot[nodes] = np.arange(nodes.size)
@@ -272,20 +306,195 @@ class BoostingSite:
             out[f, 1] = np.bincount(idx, weights=h, minlength=size)
         return out.reshape(n_features, 2, len(nodes), n_bins).transpose(2, 0, 3, 1)
 
+    def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
+        """Per-bin gradient and hessian sums of the rows in ``nodes``.
+
+        Of two children of a node split one level up, only the one with fewer
+        rows is summed; the other is the parent's histograms minus it (the
+        subtraction trick of LightGBM, Ke et al. 2017), with hessian sums
+        clipped at 0 against rounding.
+
+        Returns
+        -------
+        ndarray of shape (len(nodes), n_features, n_bins, 2)
+        """
+        nodes = np.asarray(nodes, dtype=np.int64)
+        requested = set(nodes.tolist())
+        counts = np.bincount(self._node, minlength=int(nodes.max()) + 1)
+        direct: list[int] = []
+        derived: list[tuple[int, int, int]] = []
+        for node in nodes.tolist():
+            sibling, parent = self._family.get(node, (-1, -1))
+            if sibling in requested and parent in self._kept and (
+                    (counts[node], node) > (counts[sibling], sibling)):
+                derived.append((node, sibling, parent))
+            else:
+                direct.append(node)
+        hist: dict[int, NDArray[np.float64]] = {}
+        if direct:
+            hist.update(zip(direct, self._direct(np.array(direct), n_bins), strict=True))
+        for node, sibling, parent in derived:
+            h = self._kept[parent] - hist[sibling]
+            np.maximum(h[..., 1], 0.0, out=h[..., 1])
+            hist[node] = h
+        self._kept = hist
+        return np.stack([hist[n] for n in nodes.tolist()])
+
     def route(self, tree: Tree, nodes: NDArray[np.int64]) -> None:
         """Move the rows of the split ``nodes`` to their children."""
         for node in nodes:
             at = self._node == node
             left = self.binned[at, tree.feature[node]] <= tree.bin[node]
             self._node[at] = np.where(left, tree.left[node], tree.right[node])
+            left_id, right_id = int(tree.left[node]), int(tree.right[node])
+            self._family[left_id] = (right_id, int(node))
+            self._family[right_id] = (left_id, int(node))
 
     def end_tree(self, tree: Tree) -> None:
         """Add the finished tree's leaf values to the scores."""
         self.score += tree.value[self._node]
 
 
-def _grow(sites: Sequence[BoostingSite], edges: Sequence[NDArray[np.float32]],
-          plan: BoostingPlan) -> Tree:
+class ExclusionReason(StrEnum):
+    """Why a site was left out of the boosting (the screening rules, and failures)."""
+
+    ERROR = "error"
+    SCHEMA = "schema"
+    NON_FINITE = "non-finite"
+    HESSIAN = "hessian"
+    INCONSISTENT = "inconsistent"
+    BOUNDS = "bounds"
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A site left out of the boosting from tree ``tree`` (0-based) on.
+
+    Attributes
+    ----------
+    site : str
+    tree, depth : int
+        Where it happened (``tree = -1`` before the first tree).
+    reason : ExclusionReason
+    detail : str
+        The numbers or the error type; nothing about patients.
+    """
+
+    site: str
+    tree: int
+    depth: int
+    reason: ExclusionReason
+    detail: str
+
+
+@dataclass(frozen=True, eq=False)
+class Boosted:
+    """Grown trees and what happened on the way.
+
+    Attributes
+    ----------
+    base : float
+        Initial raw score: log-odds of the pooled weighted positive rate.
+    trees : tuple of Tree
+    exclusions : tuple of Exclusion
+    sites : tuple of str
+        The sites that took part to the end.
+    """
+
+    base: float
+    trees: tuple[Tree, ...]
+    exclusions: tuple[Exclusion, ...]
+    sites: tuple[str, ...]
+
+
+def check_histograms(
+    hist: object,
+    shape: tuple[int, int, int, int],
+    *,
+    parents: NDArray[np.float64] | None = None,
+    label_sums: tuple[float, float] | None = None,
+) -> tuple[ExclusionReason, str] | None:
+    """Screen one site's histograms of one tree level (rules in the module docstring).
+
+    Parameters
+    ----------
+    hist : object
+        What the site sent, expected an ndarray of ``shape``.
+    shape : tuple of int
+        ``(n_nodes, n_features, n_bins, 2)``.
+    parents : ndarray of shape (n_nodes // 2, 2), optional
+        The site's gradient and hessian totals of the nodes split one level up
+        (their children are ``hist``'s nodes, in pairs); None at the root.
+    label_sums : tuple of float, optional
+        The site's weighted positives ``P`` and rows ``W``; checked at the root.
+
+    Returns
+    -------
+    (ExclusionReason, str) or None
+        The first failed rule and its numbers, or None if the histograms pass.
+    """
+    if not isinstance(hist, np.ndarray) or hist.shape != shape or hist.dtype.kind != "f":
+        got = (f"{type(hist).__name__} {getattr(hist, 'shape', '')} "
+               f"{getattr(hist, 'dtype', '')}").strip()
+        return ExclusionReason.SCHEMA, f"expected float histograms of shape {shape}, got {got}"
+    if not np.isfinite(hist).all():
+        return ExclusionReason.NON_FINITE, f"{int((~np.isfinite(hist)).sum())} non-finite sums"
+    if (hist[..., 1] < 0).any():
+        return ExclusionReason.HESSIAN, f"hessian sum {float(hist[..., 1].min()):.3g} < 0"
+    per_feature = hist.sum(axis=2)  # (n_nodes, n_features, 2)
+    totals = per_feature[:, 0]
+    if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=_ATOL):
+        gap = float(np.abs(per_feature - totals[:, None]).max())
+        return ExclusionReason.INCONSISTENT, f"features disagree on a node's totals by {gap:.3g}"
+    if parents is not None:
+        pairs = totals.reshape(-1, 2, 2).sum(axis=1)
+        if not np.allclose(pairs, parents, rtol=_RTOL, atol=_ATOL):
+            gap = float(np.abs(pairs - parents).max())
+            return ExclusionReason.INCONSISTENT, f"children differ from their parent by {gap:.3g}"
+    if label_sums is not None:
+        positives, rows = label_sums
+        g, h = totals[0]
+        tol = _ATOL + _RTOL * rows
+        if not (-positives - tol <= g <= rows - positives + tol and h <= rows / 4 + tol):
+            return ExclusionReason.BOUNDS, (f"root sums G={g:.4g}, H={h:.4g} outside "
+                                            f"[-{positives:.4g}, {rows - positives:.4g}] and "
+                                            f"[0, {rows / 4:.4g}]")
+    return None
+
+
+class _Federation:
+    """The coordinator's view of the boosting sites: calls, screening, exclusions."""
+
+    def __init__(self, sites: Sequence[BoostingSite], min_sites: int) -> None:
+        self.active = list(sites)
+        self.min_sites = min_sites
+        self.exclusions: list[Exclusion] = []
+        self.tree, self.depth = -1, 0
+
+    def exclude(self, site: BoostingSite, reason: ExclusionReason, detail: str) -> None:
+        log.warning("boosting tree %d: site %s left out (%s: %s)", self.tree, site.name,
+                    reason.value, detail)
+        self.exclusions.append(Exclusion(site.name, self.tree, self.depth, reason, detail))
+        self.active = [s for s in self.active if s is not site]
+        if len(self.active) < self.min_sites:
+            raise AggregationError(
+                f"boosting needs at least {self.min_sites} sites, {len(self.active)} remain "
+                f"after site {site.name} was left out ({reason.value}: {detail})"
+            )
+
+    def call(self, method: Callable[[BoostingSite], T]) -> dict[str, T]:
+        """Call ``method`` on every active site; a site that raises is left out."""
+        out: dict[str, T] = {}
+        for site in list(self.active):
+            try:
+                out[site.name] = method(site)
+            except Exception as exc:  # a failing site must not stop the others
+                self.exclude(site, ExclusionReason.ERROR, type(exc).__name__)
+        return out
+
+
+def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: BoostingPlan,
+          label_sums: dict[str, tuple[float, float]]) -> Tree:
     capacity = 2 ** (plan.max_depth + 1) - 1
     feature = np.full(capacity, _LEAF, dtype=np.int64)
     bin_ = np.full(capacity, _LEAF, dtype=np.int64)
@@ -294,11 +503,19 @@ def _grow(sites: Sequence[BoostingSite], edges: Sequence[NDArray[np.float32]],
     right = np.full(capacity, _LEAF, dtype=np.int64)
     value = np.zeros(capacity)
     tree = Tree(feature, bin_, threshold, left, right, value)
-    for s in sites:
-        s.begin_tree()
+    fed.call(lambda s: s.begin_tree())
     active, used = np.array([0]), 1
+    parents: dict[str, NDArray[np.float64]] = {}
     for depth in range(plan.max_depth + 1):
-        hist = np.sum([s.histograms(active, plan.n_bins) for s in sites], axis=0)
+        fed.depth = depth
+        shape = (active.size, len(edges), plan.n_bins, 2)
+        sent = fed.call(lambda s, nodes=active: s.histograms(nodes, plan.n_bins))
+        for site in list(fed.active):
+            problem = check_histograms(sent[site.name], shape, parents=parents.get(site.name),
+                                       label_sums=label_sums[site.name] if depth == 0 else None)
+            if problem is not None:
+                fed.exclude(site, *problem)
+        hist = np.sum([sent[s.name] for s in fed.active], axis=0)
         totals = hist[:, 0].sum(axis=1)  # (n_active, 2), the same from any feature
         if depth < plan.max_depth:
             _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight)
@@ -316,20 +533,24 @@ def _grow(sites: Sequence[BoostingSite], edges: Sequence[NDArray[np.float32]],
             used += 2
         if splitting.size == 0:
             break
-        for s in sites:
-            s.route(tree, splitting)
+        parents = {s.name: sent[s.name][split, 0].sum(axis=1) for s in fed.active}
+        fed.call(lambda s, nodes=splitting: s.route(tree, nodes))
         active = np.concatenate([[left[n], right[n]] for n in splitting])
-    for s in sites:
-        s.end_tree(tree)
+    fed.call(lambda s: s.end_tree(tree))
     keep = slice(0, used)
     return Tree(feature[keep], bin_[keep], threshold[keep], left[keep], right[keep],
                 value[keep])
 
 
 def boost(
-    sites: Sequence[BoostingSite], edges: Sequence[NDArray[np.float32]], plan: BoostingPlan
-) -> tuple[float, list[Tree]]:
-    """Grow ``plan.n_trees`` trees across the sites.
+    sites: Sequence[BoostingSite],
+    edges: Sequence[NDArray[np.float32]],
+    plan: BoostingPlan,
+    *,
+    min_sites: int = 1,
+    on_tree: Callable[[int], None] | None = None,
+) -> Boosted:
+    """Grow ``plan.n_trees`` trees across the sites, screening what each sends.
 
     Parameters
     ----------
@@ -337,19 +558,43 @@ def boost(
         Binned with the same ``edges``.
     edges : list of ndarray
     plan : BoostingPlan
+    min_sites : int, optional
+        Sites that must remain; fewer stops the boosting.
+    on_tree : callable, optional
+        Called with the number of finished trees (progress display).
 
     Returns
     -------
-    base : float
-        The initial raw score: log-odds of the pooled weighted positive rate.
-    trees : list of Tree
+    Boosted
+
+    Raises
+    ------
+    AggregationError
+        If fewer than ``min_sites`` sites remain.
     """
-    sums = np.array([s.label_sums() for s in sites]).sum(axis=0)
+    if len({s.name for s in sites}) != len(sites):
+        raise ConfigError("expected distinct site names", key="sites")
+    fed = _Federation(sites, min_sites)
+    if len(fed.active) < min_sites:
+        raise AggregationError(f"boosting needs at least {min_sites} sites, got {len(sites)}")
+    declared = fed.call(lambda s: s.label_sums())
+    for site in list(fed.active):
+        positives, rows = declared[site.name]
+        if not (np.isfinite([positives, rows]).all() and 0 <= positives <= rows and rows > 0):
+            fed.exclude(site, ExclusionReason.BOUNDS,
+                        f"expected 0 <= positives <= rows, rows > 0; got {positives:.4g} "
+                        f"and {rows:.4g}")
+    sums = np.array([declared[s.name] for s in fed.active]).sum(axis=0)
     rate = float(np.clip(sums[0] / sums[1], 1e-6, 1 - 1e-6))
     base = float(np.log(rate / (1.0 - rate)))
-    for s in sites:
-        s.start(base)
-    return base, [_grow(sites, edges, plan) for _ in range(plan.n_trees)]
+    fed.call(lambda s: s.start(base))
+    trees = []
+    for t in range(plan.n_trees):
+        fed.tree = t
+        trees.append(_grow(fed, edges, plan, declared))
+        if on_tree is not None:
+            on_tree(t + 1)
+    return Boosted(base, tuple(trees), tuple(fed.exclusions), tuple(s.name for s in fed.active))
 
 
 def predict_raw(x: NDArray[np.floating], base: float, trees: Sequence[Tree]) -> NDArray[
