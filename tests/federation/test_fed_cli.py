@@ -73,3 +73,32 @@ def test_option_errors_exit_2_with_a_message(tmp_path):
     exists = runner.invoke(app, ["package", "keygen", "--private-key", str(tmp_path),
                                  "--public-key", str(tmp_path / "p")])
     assert exists.exit_code == 2 and "refusing to overwrite" in exists.stderr
+    fedbn = runner.invoke(app, ["federate", "--strategy", "fedbn", "--boost-trees", "3",
+                                "--out", str(tmp_path / "x")])
+    assert fedbn.exit_code == 2 and "FedBN keeps a network per site" in fedbn.stderr
+    dp = runner.invoke(app, ["federate", "--dp-epsilon", "8", "--boost-trees", "3",
+                             "--out", str(tmp_path / "x")])
+    assert dp.exit_code == 2 and "not differentially private" in dp.stderr
+
+
+def test_federate_with_trees_ships_the_fused_model(tmp_path):
+    out = tmp_path / "hyb"
+    result = runner.invoke(app, [
+        "federate", "--data", "sample", "--strategy", "fedavg", "--rounds", "1", "--hidden", "8",
+        "--dropout", "0", "--lr", "1e-3", "--boost-trees", "3", "--boost-depth", "2",
+        "--out", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    boosting = summary["boosting"]
+    assert boosting["n_trees"] == 3 and boosting["plan"]["max_depth"] == 2
+    assert boosting["exclusions"] == [] and len(boosting["sites"]) == 4
+    assert summary["validation"] != summary["network_validation"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["threshold"] == summary["validation"]["threshold"]
+    assert manifest["architecture"]["type"] == "SepsisNet+trees"
+    assert manifest["export"]["parity_max_abs_diff"] <= 1e-5
+    shown = runner.invoke(app, ["federate", "--data", "sample", "--rounds", "1", "--hidden", "8",
+                                "--boost-trees", "1", "--boost-depth", "1",
+                                "--out", str(tmp_path / "h2")])
+    assert shown.exit_code == 0 and "with 1 trees" in shown.stderr

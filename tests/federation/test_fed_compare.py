@@ -1,5 +1,6 @@
 import pytest
 
+from vigil.federation.boosting import BoostingPlan
 from vigil.federation.compare import FEDERATED, compare, comparison_markdown
 from vigil.federation.driver import Plan
 
@@ -9,7 +10,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def result(sample):
     return compare(sample, scheme="hospital-unit", plan=Plan(rounds=1, batch_size=2048),
-                   n_boot=50)
+                   n_boot=50, trees=BoostingPlan(n_trees=3, max_depth=3, n_bins=32))
 
 
 def test_every_method_is_scored_on_every_site(result):
@@ -17,29 +18,37 @@ def test_every_method_is_scored_on_every_site(result):
     assert sites == {"A-MICU", "A-SICU", "B-MICU", "B-SICU"}
     expected = {*FEDERATED, *(f"{m} + site thresholds" for m in FEDERATED), "centralized",
                 *(f"local {s}" for s in sites)}
+    expected |= {f"{m} + trees" for m in expected - {"fedbn"} if "site thresholds" not in m}
     assert set(result["methods"]) == expected
+    methods = result["methods"]
+    # fedavg and fedprox share the trees of the four sites; each fuses them with its network
+    assert methods["fedavg + trees"]["seconds"] == methods["fedprox + trees"]["seconds"]
+    for name in ("fedavg", "centralized", "local A-MICU"):
+        assert methods[f"{name} + trees"]["test"]["all"] != methods[name]["test"]["all"]
     for m in result["methods"].values():
         assert sites | {"all", "hospital A", "hospital B"} <= set(m["test"])
 
 
 def test_metric_intervalss_are_the_differences_of_the_tables(result):
     methods = result["methods"]
-    for label in FEDERATED:
-        paired = result["paired"][label]
+    assert set(result["paired"]) == {*FEDERATED, "fedavg + trees", "fedprox + trees"}
+    for label, suffix in [*((f, "") for f in FEDERATED), ("fedavg", " + trees"),
+                          ("fedprox", " + trees")]:
+        paired = result["paired"][label + suffix]
         for metric in ("auroc", "utility"):
             whole = paired["centralized"]["all"][metric]
             assert whole["value"] == pytest.approx(
-                methods[label]["test"]["all"][metric]
-                - methods["centralized"]["test"]["all"][metric], abs=1e-9)
+                methods[label + suffix]["test"]["all"][metric]
+                - methods["centralized" + suffix]["test"]["all"][metric], abs=1e-9)
             assert whole["low"] <= whole["value"] <= whole["high"]
             at_a = paired["centralized"]["by_hospital"]["A"][metric]["value"]
             assert at_a == pytest.approx(
-                methods[label]["test"]["hospital A"][metric]
-                - methods["centralized"]["test"]["hospital A"][metric], abs=1e-9)
+                methods[label + suffix]["test"]["hospital A"][metric]
+                - methods["centralized" + suffix]["test"]["hospital A"][metric], abs=1e-9)
             for site, diff in paired["local"].items():
                 assert diff[metric]["value"] == pytest.approx(
-                    methods[label]["test"][site][metric]
-                    - methods[f"local {site}"]["test"][site][metric], abs=1e-9)
+                    methods[label + suffix]["test"][site][metric]
+                    - methods[f"local {site}{suffix}"]["test"][site][metric], abs=1e-9)
 
 
 def test_markdown_has_the_paired_tables(result):
@@ -48,3 +57,5 @@ def test_markdown_has_the_paired_tables(result):
     row = next(line for line in text.splitlines()
                if line.startswith("| fedprox | ") and "[" in line)
     assert row.count("[") == 1 + 2 + 4
+    assert any(line.startswith("| fedprox + trees | ") and "[" in line
+               for line in text.splitlines())

@@ -14,6 +14,7 @@ from vigil.core.errors import ConfigError
 from vigil.core.package import read_package
 from vigil.core.signing import generate_keypair
 from vigil.data import PhysioNetTable
+from vigil.federation.boosting import BoostingPlan
 from vigil.federation.registry import Registry
 from vigil.federation.retraining import (
     DEFAULT_CRON,
@@ -48,7 +49,11 @@ def test_the_schedule_is_configurable(tmp_path: Path) -> None:
     assert (first.weekday(), first.hour, first.minute, str(first.tzinfo)) == (
         6, 3, 30, "Europe/Berlin")
     assert config.plan.rounds == 3 and config.strategy.proximal_mu == 0.1
-    assert config.model.hidden == (32,)
+    assert config.model.hidden == (32,) and config.trees is None
+    with_trees = load_retrain_config(_write(tmp_path / "t.toml", (
+        'registry = "reg"\n[trees]\nn_trees = 30\nmax_depth = 4\n')))
+    assert with_trees.trees is not None
+    assert (with_trees.trees.n_trees, with_trees.trees.max_depth) == (30, 4)
     job = schedule(config, blocking=False).get_job("retrain")
     assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 86400)
 
@@ -61,6 +66,9 @@ def test_the_schedule_is_configurable(tmp_path: Path) -> None:
     ('registry = "r"\n[plan]\nrounds = 2\nspeed = 3\n', "plan", "speed"),
     ('registry = "r"\nengine = "flower"\n[strategy]\nname = "fedbn"\n'
      '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n', "strategy", "FedBN"),
+    ('registry = "r"\nengine = "flower"\n[trees]\nn_trees = 5\n'
+     '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n', "trees", "needs engine = \"in-process\""),
+    ('registry = "r"\n[trees]\nn_trees = 0\n', "n_trees", "expected n_trees and max_depth >= 1"),
 ])
 def test_bad_settings_name_their_key(tmp_path: Path, text: str, key: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:
@@ -105,3 +113,9 @@ def test_the_scheduled_job_releases_signed_versions(sample: PhysioNetTable, tmp_
     assert second.metrics["auroc"] == package.manifest.validation["auroc"]
     assert second.diff["metrics"]["auroc"]["change"] == pytest.approx(
         second.metrics["auroc"] - first.metrics["auroc"])
+    # a release with trees: the package holds them and says so
+    third = retrain_once(dataclasses.replace(config, trees=BoostingPlan(n_trees=2, max_depth=2)))
+    package = read_package(config.registry / third.version, public_key=tmp_path / "release.pub")
+    assert third.version == "1.2.0"
+    assert package.manifest.model_dump()["architecture"]["type"] == "SepsisNet+trees"
+    assert package.manifest.training["boosting"]["n_trees"] == 2

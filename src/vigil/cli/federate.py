@@ -22,6 +22,8 @@ HiddenOption = Annotated[
 ]
 DropoutOption = Annotated[float, typer.Option(help="Dropout after each hidden layer.")]
 ThreadsOption = Annotated[int, typer.Option(min=1, help="torch threads (1: reproducible).")]
+BoostDepthOption = Annotated[int, typer.Option(min=1, help="Depth of each boosted tree.")]
+BoostLrOption = Annotated[float, typer.Option(help="Learning rate of the boosted trees.")]
 
 
 def _spec(hidden: str, dropout: float) -> Any:
@@ -32,6 +34,13 @@ def _spec(hidden: str, dropout: float) -> Any:
     except ValueError:
         raise ConfigError(f"expected --hidden like 256,128; got {hidden!r}", key="hidden") from None
     return ModelSpec(hidden=widths, dropout=dropout)
+
+
+def _boosting(n_trees: int, depth: int, lr: float) -> Any:
+    from vigil.federation.boosting import BoostingPlan
+
+    return None if n_trees == 0 else BoostingPlan(n_trees=n_trees, max_depth=depth,
+                                                  learning_rate=lr)
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -71,6 +80,12 @@ def federate(
         float | None, typer.Option(help="Seconds a site may take per round before it is dropped.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the model, the training and partitions.")] = 0,
+    boost_trees: Annotated[
+        int, typer.Option(min=0, help="After the rounds, grow this many boosted trees across "
+                                      "the sites and ship them fused with the network (0: none).")
+    ] = 0,
+    boost_depth: BoostDepthOption = 6,
+    boost_lr: BoostLrOption = 0.1,
     out: Annotated[Path | None, typer.Option(help="Model package directory to write.")] = None,
     export_site: Annotated[
         str | None, typer.Option(help="FedBN: write only this site's package (with its "
@@ -106,6 +121,7 @@ def federate(
                                                     max_grad_norm=dp_clip)
     plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
                 seed=seed, min_sites=min_sites, time_budget=time_budget)
+    trees = _boosting(boost_trees, boost_depth, boost_lr)
     table = load_physionet(data)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
@@ -117,9 +133,17 @@ def federate(
             bar.update(task, advance=1, status=f"validation AUROC {_fmt(record.valid_auroc)}, "
                                                f"utility {_fmt(record.valid_utility)}")
 
+        tree_task = None if trees is None else bar.add_task(
+            "trees across the sites", total=trees.n_trees, status="after the rounds")
+
+        def on_tree(n: int) -> None:
+            assert tree_task is not None
+            bar.update(tree_task, completed=n, status="")
+
         finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
                                  model=_spec(hidden, dropout), threads=threads,
-                       data=resolve_data_path(data).name, on_round=on_round)
+                                 data=resolve_data_path(data).name, on_round=on_round,
+                                 trees=trees, on_tree=on_tree)
     key = None if private_key is None else private_key.read_bytes()
     packages = export_run(finished, out, name=name, version=version, private_key_pem=key,
                           export_site=export_site)
@@ -133,10 +157,16 @@ def federate(
             f"DP-SGD {site_name}: epsilon {p['epsilon']:.3f} at delta {p['delta']:.2e} "
             f"(noise multiplier {p['noise_multiplier']:.3f}, {p['steps']} steps)", highlight=False
         )
-    v = summary["validation"]
+    v, n = summary["validation"], summary["network_validation"]
     err_console.print(f"kept round {summary['best_round']}: pooled validation AUROC "
-                      f"{v['auroc']:.4f}, utility {v['utility']:.4f} at threshold "
-                      f"{v['threshold']:.4f}", highlight=False)
+                      f"{n['auroc']:.4f}, utility {n['utility']:.4f} at threshold "
+                      f"{n['threshold']:.4f}", highlight=False)
+    if summary["boosting"] is not None:
+        b = summary["boosting"]
+        err_console.print(f"with {b['n_trees']} trees ({b['seconds']:.0f} s, "
+                          f"{len(b['exclusions'])} sites left out): pooled validation AUROC "
+                          f"{v['auroc']:.4f}, utility {v['utility']:.4f} at threshold "
+                          f"{v['threshold']:.4f}", highlight=False)
     for path in summary["packages"]:
         err_console.print(f"wrote {path}", highlight=False)
 
@@ -198,6 +228,12 @@ def compare_cmd(
     bootstrap: Annotated[
         int, typer.Option(min=0, help="Patient resamples of the paired intervals.")
     ] = 1000,
+    boost_trees: Annotated[
+        int, typer.Option(min=0, help="Also each model (but FedBN, DP) with this many boosted "
+                                      "trees grown across its sites (0: none).")
+    ] = 0,
+    boost_depth: BoostDepthOption = 6,
+    boost_lr: BoostLrOption = 0.1,
     markdown: Annotated[Path | None, typer.Option(help="Write the tables here.")] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -210,6 +246,7 @@ def compare_cmd(
     result = compare(load_physionet(data), scheme=sites, plan=plan, mu=mu,
                      model=_spec(hidden, dropout), threads=threads,
                      dp_epsilons=tuple(dp_epsilon or ()), n_boot=bootstrap,
+                     trees=_boosting(boost_trees, boost_depth, boost_lr),
                      progress=lambda line: err_console.print(line, highlight=False))
     text = comparison_markdown(result)
     if markdown is not None:

@@ -9,6 +9,8 @@ Modules (import them directly; this package imports nothing, so that
 - :mod:`.site`: a hospital's ``fit`` and ``evaluate``;
 - :mod:`.driver`: the in-process round loop (dropouts, ``min_sites``, history);
 - :mod:`.privacy`: DP-SGD per site with Opacus and an RDP accountant;
+- :mod:`.boosting`, :mod:`.hybrid`: boosted trees grown from summed site
+  histograms after the rounds, and their fusion with the network;
 - :mod:`.evaluation`, :mod:`.profile`: pooled validation metrics and the drift
   reference profile, from site histograms;
 - :mod:`.history`: the round history saved in the package;

@@ -9,7 +9,12 @@ site partition, with the same network, training loop and budget:
 - **centralized**: the same loop on the pooled training patients of all sites,
   as one site (``rounds`` epochs), the upper reference;
 - **local-only**: each site alone, the same loop on its own patients;
-- optionally FedAvg with DP-SGD at each requested epsilon.
+- optionally FedAvg with DP-SGD at each requested epsilon;
+- optionally (``trees``) each model but FedBN and DP with boosted trees grown
+  across the same sites and fused with it ("+ trees",
+  :mod:`vigil.federation.hybrid`): the federated models share the trees of
+  the four sites, the centralized model gets trees grown on the pooled
+  patients, each local-only model trees grown on its site alone.
 
 Every model keeps its best round (epoch) by validation utility and its
 threshold from validation patients: the pooled validation patients of the
@@ -40,8 +45,10 @@ from vigil.features.bootstrap import (
     metric_intervals_by_hospital,
 )
 from vigil.features.metrics import evaluate_by_hospital
+from vigil.federation.boosting import Boosted, BoostingPlan
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
+from vigil.federation.hybrid import HybridTrees, fuse_trees, grow_trees
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights, make_strategy
@@ -52,12 +59,14 @@ Progress = Callable[[str], None]
 FEDERATED = ("fedavg", "fedprox", "fedbn")
 
 
-def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray) -> np.ndarray:
+def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray,
+             part: HybridTrees | None = None) -> np.ndarray:
+    from vigil.federation.hybrid import hybrid_proba
     from vigil.federation.model import SepsisNet, predict_proba, set_weights
 
     net = SepsisNet(x.shape[1], hidden=spec.hidden, dropout=spec.dropout)
     set_weights(net, weights)
-    return predict_proba(net, x)
+    return predict_proba(net, x) if part is None else hybrid_proba(net, part, x)
 
 
 def _metrics(table: PhysioNetTable, probability: np.ndarray, alerts: np.ndarray) -> dict[str, Any]:
@@ -80,6 +89,7 @@ def compare(
     progress: Progress | None = None,
     threads: int = 1,
     n_boot: int = 1000,
+    trees: BoostingPlan | None = None,
 ) -> dict[str, Any]:
     """Train every method and score it on every site's test patients.
 
@@ -102,6 +112,8 @@ def compare(
         torch intra-op threads.
     n_boot : int, optional
         Patient resamples of the paired intervals.
+    trees : BoostingPlan or None, optional
+        Also score each model but FedBN and DP-SGD fused with boosted trees.
 
     Returns
     -------
@@ -112,7 +124,9 @@ def compare(
         ``paired``: for FedAvg, FedProx and FedBN, the AUROC and utility
         differences from the centralized model (all test patients and per
         hospital) and from each site's local-only model (that site's test
-        patients), with paired patient-bootstrap intervals.
+        patients), with paired patient-bootstrap intervals; with trees also
+        FedAvg and FedProx + trees minus centralized + trees and minus each
+        local-only + trees.
     """
     import torch
 
@@ -137,8 +151,9 @@ def compare(
     scored_all: dict[str, Scored] = {}
 
     def score(label: str, weights_for: Callable[[str], Weights],
-              threshold_for: Callable[[str], float]) -> dict[str, Any]:
-        probs = {n: _predict(spec, weights_for(n), x_test[n]) for n in order}
+              threshold_for: Callable[[str], float],
+              part: HybridTrees | None = None) -> dict[str, Any]:
+        probs = {n: _predict(spec, weights_for(n), x_test[n], part) for n in order}
         alerts = {n: (probs[n] >= threshold_for(n)).astype(np.int8) for n in order}
         joined = (np.concatenate([probs[n] for n in order]),
                   np.concatenate([alerts[n] for n in order]))
@@ -150,6 +165,27 @@ def compare(
         return out
 
     methods: dict[str, Any] = {}
+    grown: dict[tuple[str, ...], tuple[Boosted, float]] = {}
+
+    def with_trees(label: str, members: list[Site], weights: Weights, min_sites: int) -> None:
+        assert trees is not None
+        key = tuple(sorted(s.name for s in members))
+        if key not in grown:
+            grown[key] = grow_trees(members, trees, min_sites=min_sites,
+                                    counts={s.name: s.train.n_rows for s in members})
+        boosted, seconds = grown[key]
+        hybrid = fuse_trees(members, weights, boosted, trees, min_sites=min_sites,
+                            seconds=seconds)
+        name = f"{label} + trees"
+        methods[name] = {
+            "threshold": hybrid.pooled.threshold, "valid_utility": hybrid.pooled.utility,
+            "valid_auroc": hybrid.pooled.auroc, "seconds": seconds,
+            "test": score(name, lambda n: weights, lambda n: hybrid.pooled.threshold,
+                          hybrid.part),
+        }
+        t = methods[name]["test"]["all"]
+        say(f"{name}: test AUROC {t['auroc']:.4f}, utility {t['utility']:.4f} "
+            f"({seconds:.0f} s of boosting)")
 
     def federated(label: str, strategy: Strategy, members: list[Site], local_norm: bool = False,
                   run_plan: Plan = plan) -> None:
@@ -177,6 +213,8 @@ def compare(
         t = methods[label]["test"]["all"]
         say(f"{label}: test AUROC {t['auroc']:.4f}, utility {t['utility']:.4f} "
             f"({methods[label]['seconds']:.0f} s)")
+        if trees is not None and not local_norm and not result.privacy:
+            with_trees(label, members, result.weights, run_plan.min_sites)
 
     federated("fedavg", make_strategy("fedavg"), sites)
     federated("fedprox", make_strategy("fedprox", mu=mu), sites)
@@ -193,8 +231,12 @@ def compare(
     say(f"paired bootstrap of the federated models ({n_boot} patient resamples)")
     paired = {label: _paired(scored, scored_all, label, tests, test_all, n_boot=n_boot)
               for label in FEDERATED if label in scored}
+    paired |= {f"{label} + trees": _paired(scored, scored_all, label, tests, test_all,
+                                           n_boot=n_boot, suffix=" + trees")
+               for label in FEDERATED if f"{label} + trees" in scored}
     return {
         "scheme": scheme, "plan": {k: v for k, v in asdict(plan).items() if k != "rule"},
+        "trees": None if trees is None else asdict(trees),
         "model": {"hidden": list(spec.hidden), "dropout": spec.dropout},
         "sites": {s.name: {"train_rows": s.train.n_rows,
                            "test_patients": tests[s.name].grid.n_patients} for s in sites},
@@ -205,19 +247,21 @@ def compare(
 
 def _paired(scored: dict[str, dict[str, Scored]], scored_all: dict[str, Scored], label: str,
             tests: dict[str, PhysioNetTable], test_all: PhysioNetTable, *,
-            n_boot: int) -> dict[str, Any]:
+            n_boot: int, suffix: str = "") -> dict[str, Any]:
     """Subtract the centralized and the local-only models' test metrics, with intervals.
 
     The centralized model on all test patients and per hospital; each site's
-    local-only model on that site's test patients.
+    local-only model on that site's test patients. ``suffix`` (" + trees")
+    picks that variant of the model and of both references.
     """
+    mine = label + suffix
     out: dict[str, Any] = {"centralized": metric_intervals_by_hospital(
-        test_all.labels, test_all.grid.starts, test_all.hospital, scored_all[label],
-        scored_all["centralized"], n_boot=n_boot)}
+        test_all.labels, test_all.grid.starts, test_all.hospital, scored_all[mine],
+        scored_all["centralized" + suffix], n_boot=n_boot)}
     out["local"] = {}
-    for n in scored[label]:
-        diff = metric_intervals(tests[n].labels, tests[n].grid.starts, scored[label][n],
-                                 scored[f"local {n}"][n], n_boot=n_boot)
+    for n in scored[mine]:
+        diff = metric_intervals(tests[n].labels, tests[n].grid.starts, scored[mine][n],
+                                 scored[f"local {n}{suffix}"][n], n_boot=n_boot)
         out["local"][n] = {k: v.to_dict() for k, v in diff.items()}
     return out
 

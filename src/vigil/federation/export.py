@@ -1,7 +1,8 @@
 """ONNX export of a :class:`~vigil.federation.model.SepsisNet`, parity check, model package.
 
 The ONNX graph is built from the weights with ``onnx.helper`` (no tracing, no
-``onnxscript``): ``Sub(mean) -> Div(std) -> Asinh -> [Gemm -> Relu]* -> Gemm -> Sigmoid``.
+``onnxscript``): ``Sub(mean) -> Div(std) -> Asinh -> [Gemm -> Relu]* -> Gemm -> Sigmoid``;
+with trees, the sigmoid takes the fused score of :mod:`vigil.federation.hybrid`.
 Dropout is the identity at inference and is left out.
 
 API (stable; federation builds on it)
@@ -12,12 +13,17 @@ API (stable; federation builds on it)
 ``trees_to_onnx(base, trees, n_features) -> bytes``
     Boosted trees (:mod:`vigil.federation.boosting`) as one ``ai.onnx.ml``
     ``TreeEnsembleRegressor``: ``features`` -> ``raw_score`` (N, 1), the raw
-    score before any sigmoid. Not yet part of a package.
-``parity(model, onnx_bytes, X) -> float``
-    Max absolute difference between onnxruntime's and torch's probabilities on ``X``.
+    score before any sigmoid.
+``hybrid_to_onnx(model, part) -> bytes``
+    The network and the trees of :class:`~vigil.federation.hybrid.HybridTrees`
+    in one graph, fused as :mod:`vigil.federation.hybrid` says: ``features`` ->
+    ``probability`` (N, 1), like :func:`to_onnx`.
+``parity(model, onnx_bytes, X, part=None) -> float``
+    Max absolute difference between onnxruntime's and torch's probabilities on
+    ``X`` (with ``part``, torch's logit fused with the numpy trees).
 ``export_package(model, out_dir, *, name, version, threshold, training, validation,
 reference_profile=None, private_key_pem=None, extra_files=None, model_card_extra="",
-check_rows=None, tolerance=PARITY_TOLERANCE) -> ModelPackage``
+check_rows=None, tolerance=PARITY_TOLERANCE, trees=None) -> ModelPackage``
     Exports, checks parity on ``check_rows`` (default: 1,000 rows drawn from the
     model's own standardization statistics) and refuses (``ModelArtifactError``)
     if it exceeds ``tolerance``; then writes the package with
@@ -41,6 +47,7 @@ from vigil.core.errors import ModelArtifactError
 from vigil.core.package import ModelPackage, write_package
 from vigil.features import FEATURE_SCHEMA
 from vigil.federation.boosting import Tree
+from vigil.federation.hybrid import HybridTrees, hybrid_proba
 from vigil.federation.model import SepsisNet, predict_proba, unwrap
 
 __all__ = [
@@ -52,6 +59,7 @@ __all__ = [
     "PARITY_TOLERANCE",
     "TREES_OUTPUT_NAME",
     "export_package",
+    "hybrid_to_onnx",
     "model_card",
     "parity",
     "to_onnx",
@@ -76,23 +84,10 @@ def _net(model: nn.Module) -> SepsisNet:
     return net
 
 
-def to_onnx(model: nn.Module) -> bytes:
-    """Serialize the model (with its standardization and sigmoid) to ONNX.
+def _network_nodes(net: SepsisNet) -> tuple[list[Any], list[Any]]:
+    """Nodes and initializers from ``features`` to the network's ``logit`` (N, 1)."""
+    from onnx import helper, numpy_helper
 
-    Parameters
-    ----------
-    model : nn.Module
-        A :class:`SepsisNet`, possibly inside an Opacus wrapper.
-
-    Returns
-    -------
-    bytes
-        A checked ONNX model: ``features`` (N, n_features) -> ``probability`` (N, 1).
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    net = _net(model)
     inits = [
         numpy_helper.from_array(net.norm.mean.detach().numpy().astype(np.float32), "norm_mean"),
         numpy_helper.from_array(net.norm.std.detach().numpy().astype(np.float32), "norm_std"),
@@ -115,43 +110,12 @@ def to_onnx(model: nn.Module) -> bytes:
         if i < len(linears) - 1:
             nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
             current = f"h{i + 1}"
-    nodes.append(helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME]))
-    graph = helper.make_graph(
-        nodes,
-        "sepsis_net",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", net.n_features])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
-        initializer=inits,
-    )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vigil"
-    )
-    proto.ir_version = 8  # readable by every onnxruntime >= 1.10
-    onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+    return nodes, inits
 
 
-def trees_to_onnx(base: float, trees: Sequence[Tree], n_features: int) -> bytes:
-    """Serialize boosted trees (:mod:`vigil.federation.boosting`) to ONNX.
-
-    One ``ai.onnx.ml`` ``TreeEnsembleRegressor`` (opset :data:`ML_OPSET`), its
-    ``BRANCH_LEQ`` nodes sending ``x <= threshold`` to the left child, as the
-    trees were grown; leaf values are stored as float32.
-
-    Parameters
-    ----------
-    base : float
-        Initial raw score.
-    trees : sequence of Tree
-    n_features : int
-
-    Returns
-    -------
-    bytes
-        A checked ONNX model: ``features`` (N, n_features) -> ``raw_score`` (N, 1).
-    """
-    import onnx
-    from onnx import TensorProto, helper
+def _trees_node(base: float, trees: Sequence[Tree], output: str) -> Any:
+    """One ``TreeEnsembleRegressor`` node from ``features`` to ``output`` (N, 1)."""
+    from onnx import helper
 
     attrs: dict[str, list[Any]] = {k: [] for k in (
         "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
@@ -173,30 +137,129 @@ def trees_to_onnx(base: float, trees: Sequence[Tree], n_features: int) -> bytes:
                 attrs["target_nodeids"].append(n)
                 attrs["target_ids"].append(0)
                 attrs["target_weights"].append(float(tree.value[n]))
-    node = helper.make_node("TreeEnsembleRegressor", [INPUT_NAME], [TREES_OUTPUT_NAME],
+    return helper.make_node("TreeEnsembleRegressor", [INPUT_NAME], [output],
                             domain="ai.onnx.ml", n_targets=1, aggregate_function="SUM",
                             post_transform="NONE", base_values=[float(base)], **attrs)
+
+
+def _serialize(nodes: list[Any], inits: list[Any], name: str, n_features: int, output: str,
+               *, ml: bool) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
-        [node], "sepsis_trees",
+        nodes, name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", n_features])],
-        [helper.make_tensor_value_info(TREES_OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 1])],
+        initializer=inits,
     )
-    proto = helper.make_model(graph, producer_name="vigil", opset_imports=[
-        helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
-    proto.ir_version = 8
+    opsets = [helper.make_opsetid("", OPSET)]
+    if ml:
+        opsets.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="vigil")
+    proto.ir_version = 8  # readable by every onnxruntime >= 1.10
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
 
 
-def parity(model: nn.Module, onnx_bytes: bytes, X: NDArray[np.floating]) -> float:
-    """Max absolute difference of probabilities, onnxruntime vs torch.
+def to_onnx(model: nn.Module) -> bytes:
+    """Serialize the model (with its standardization and sigmoid) to ONNX.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A :class:`SepsisNet`, possibly inside an Opacus wrapper.
+
+    Returns
+    -------
+    bytes
+        A checked ONNX model: ``features`` (N, n_features) -> ``probability`` (N, 1).
+    """
+    from onnx import helper
+
+    net = _net(model)
+    nodes, inits = _network_nodes(net)
+    nodes.append(helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME]))
+    return _serialize(nodes, inits, "sepsis_net", net.n_features, OUTPUT_NAME, ml=False)
+
+
+def trees_to_onnx(base: float, trees: Sequence[Tree], n_features: int) -> bytes:
+    """Serialize boosted trees (:mod:`vigil.federation.boosting`) to ONNX.
+
+    One ``ai.onnx.ml`` ``TreeEnsembleRegressor`` (opset :data:`ML_OPSET`), its
+    ``BRANCH_LEQ`` nodes sending ``x <= threshold`` to the left child, as the
+    trees were grown; leaf values are stored as float32.
+
+    Parameters
+    ----------
+    base : float
+        Initial raw score.
+    trees : sequence of Tree
+    n_features : int
+
+    Returns
+    -------
+    bytes
+        A checked ONNX model: ``features`` (N, n_features) -> ``raw_score`` (N, 1).
+    """
+    return _serialize([_trees_node(base, trees, TREES_OUTPUT_NAME)], [], "sepsis_trees",
+                      n_features, TREES_OUTPUT_NAME, ml=True)
+
+
+def hybrid_to_onnx(model: nn.Module, part: HybridTrees) -> bytes:
+    """Serialize the network and trees with their fusion (:mod:`vigil.federation.hybrid`).
+
+    The graph computes the network's ``logit`` and the trees' ``raw_score``
+    side by side from ``features``, standardizes each, adds them, applies the
+    Platt scaling and the sigmoid.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A :class:`SepsisNet`.
+    part : HybridTrees
+
+    Returns
+    -------
+    bytes
+        A checked ONNX model: ``features`` (N, n_features) -> ``probability`` (N, 1).
+    """
+    from onnx import helper, numpy_helper
+
+    net = _net(model)
+    nodes, inits = _network_nodes(net)
+    nodes.append(_trees_node(part.base, part.trees, TREES_OUTPUT_NAME))
+    st = part.standardization
+    for name, value in (("net_mean", st.net_mean), ("net_std", st.net_std),
+                        ("tree_mean", st.tree_mean), ("tree_std", st.tree_std),
+                        ("platt_a", part.intercept), ("platt_b", part.slope)):
+        inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+    nodes += [
+        helper.make_node("Sub", ["logit", "net_mean"], ["net_centered"]),
+        helper.make_node("Div", ["net_centered", "net_std"], ["net_z"]),
+        helper.make_node("Sub", [TREES_OUTPUT_NAME, "tree_mean"], ["tree_centered"]),
+        helper.make_node("Div", ["tree_centered", "tree_std"], ["tree_z"]),
+        helper.make_node("Add", ["net_z", "tree_z"], ["fused"]),
+        helper.make_node("Mul", ["fused", "platt_b"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "platt_a"], ["calibrated"]),
+        helper.make_node("Sigmoid", ["calibrated"], [OUTPUT_NAME]),
+    ]
+    return _serialize(nodes, inits, "sepsis_net_and_trees", net.n_features, OUTPUT_NAME, ml=True)
+
+
+def parity(
+    model: nn.Module, onnx_bytes: bytes, X: NDArray[np.floating], part: HybridTrees | None = None
+) -> float:
+    """Max absolute difference of probabilities, onnxruntime vs torch (and numpy trees).
 
     Parameters
     ----------
     model : nn.Module
     onnx_bytes : bytes
-        From :func:`to_onnx`.
+        From :func:`to_onnx`, or :func:`hybrid_to_onnx` with ``part``.
     X : ndarray of shape (n, n_features)
+    part : HybridTrees or None, optional
+        The trees fused with the network, if any.
 
     Returns
     -------
@@ -212,8 +275,8 @@ def parity(model: nn.Module, onnx_bytes: bytes, X: NDArray[np.floating]) -> floa
     )
     x = np.ascontiguousarray(X, dtype=np.float32)
     (onnx_p,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
-    torch_p = predict_proba(model, x)
-    return float(np.max(np.abs(np.asarray(onnx_p, dtype=np.float64).reshape(-1) - torch_p)))
+    reference = predict_proba(model, x) if part is None else hybrid_proba(model, part, x)
+    return float(np.max(np.abs(np.asarray(onnx_p, dtype=np.float64).reshape(-1) - reference)))
 
 
 def _synthetic_rows(net: SepsisNet, n: int) -> NDArray[np.float32]:
@@ -243,6 +306,22 @@ def _metrics_section(validation: dict[str, Any]) -> str:
         "\n".join(lines) + "\n"
 
 
+def _trees_paragraph(trees: dict[str, Any] | None) -> str:
+    if trees is None:
+        return ""
+    plan = trees["plan"]
+    return f"""
+Next to the network, {trees["n_trees"]} gradient-boosted trees (depth at most
+{plan["max_depth"]}, learning rate {plan["learning_rate"]}, {trees["n_leaves"]} leaves in all)
+were grown across the sites from summed gradient histograms, fitted to
+`SepsisLabel`. The network's logit and the trees' raw score are each
+standardized over the sites' validation rows and added; Platt scaling of that
+sum, fitted on the same rows (a = {trees["platt"]["a"]:.3f}, b = {trees["platt"]["b"]:.3f}),
+gives the output probability. The trees are one `ai.onnx.ml`
+`TreeEnsembleRegressor` (opset {ML_OPSET}) in the same graph.
+"""
+
+
 def model_card(
     *, name: str, version: str, threshold: float, architecture: dict[str, Any],
     training: dict[str, Any], validation: dict[str, Any], extra: str = "",
@@ -268,7 +347,7 @@ last values carried forward, missingness indicators, hours since measurement,
 ICU hour. Features are standardized inside the model and squashed with
 `asinh` (linear near the mean, logarithmic in the tails); the output is a
 probability, exported to ONNX (opset {OPSET}).
-
+{_trees_paragraph(architecture.get("trees"))}
 ## Training data
 
 PhysioNet/CinC Challenge 2019 data (Reyna et al., Crit Care Med 48(2):210-217,
@@ -319,6 +398,7 @@ def export_package(
     model_card_extra: str = "",
     check_rows: NDArray[np.floating] | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    trees: HybridTrees | None = None,
 ) -> ModelPackage:
     """Export the model to ONNX, check parity, and write a model package.
 
@@ -344,6 +424,9 @@ def export_package(
         Rows for the parity check; by default :data:`PARITY_ROWS` rows drawn
         from the model's standardization statistics.
     tolerance : float, optional
+    trees : HybridTrees or None, optional
+        Trees to fuse with the network (:func:`hybrid_to_onnx`); parity is then
+        checked against the fused score.
 
     Returns
     -------
@@ -361,16 +444,18 @@ def export_package(
             f"expected a model on the {len(FEATURE_SCHEMA)} features of the schema, got "
             f"{net.n_features}; train it on vigil.features.build_features output"
         )
-    onnx_bytes = to_onnx(net)
+    onnx_bytes = to_onnx(net) if trees is None else hybrid_to_onnx(net, trees)
     rows = _synthetic_rows(net, PARITY_ROWS) if check_rows is None else check_rows
-    diff = parity(net, onnx_bytes, rows)
+    diff = parity(net, onnx_bytes, rows, trees)
     if not diff <= tolerance:
         raise ModelArtifactError(
             f"ONNX parity failed: max |onnxruntime - torch| = {diff:.3g} on {len(rows)} rows, "
             f"expected <= {tolerance:g}; the package was not written",
             path=str(out_dir),
         )
-    architecture = {"type": "SepsisNet", **net.config()}
+    architecture: dict[str, Any] = {"type": "SepsisNet", **net.config()}
+    if trees is not None:
+        architecture = {**architecture, "type": "SepsisNet+trees", "trees": trees.describe()}
     manifest = {
         "name": name,
         "version": version,
@@ -383,7 +468,8 @@ def export_package(
         "validation": validation,
         "reference_profile": reference_profile or {},
         "architecture": architecture,
-        "export": {"opset": OPSET, "parity_max_abs_diff": diff, "parity_rows": int(len(rows))},
+        "export": {"opset": OPSET, **({} if trees is None else {"ml_opset": ML_OPSET}),
+                   "parity_max_abs_diff": diff, "parity_rows": int(len(rows))},
     }
     card = model_card(
         name=name, version=version, threshold=float(threshold), architecture=architecture,

@@ -11,6 +11,12 @@ aggregate statistics, never a row:
 - :class:`SiteEvaluation` after each aggregation: validation counts, loss,
   AUROC, and score and utility histograms on the fixed score bins.
 
+When trees are grown after the rounds (:mod:`vigil.federation.hybrid`) a site
+also sends, once, per-feature quantiles of its training rows (bin edges) and
+its weighted label counts; per tree level, gradient and hessian sums per
+node, feature and bin (:mod:`vigil.federation.boosting`); and once
+:class:`LogitSums`, the sums that standardize the two models' scores.
+
 :meth:`payload` of each is the complete wire content (arrays and scalars); a
 test walks it to hold that nothing row-shaped ever leaves a site.
 """
@@ -24,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["FitConfig", "PrivacySpent", "SiteEvaluation", "SiteStatistics", "Update"]
+__all__ = ["FitConfig", "LogitSums", "PrivacySpent", "SiteEvaluation", "SiteStatistics", "Update"]
 
 Scalar = int | float
 Payload = dict[str, "NDArray[Any] | Scalar | None"]
@@ -217,3 +223,29 @@ class SiteEvaluation:
             "utility_best": self.utility_best,
             "utility_inaction": self.utility_inaction,
         }
+
+
+@dataclass(frozen=True)
+class LogitSums:
+    """A site's sums of two models' scores over its validation rows.
+
+    Attributes
+    ----------
+    site : str
+    n_rows : int
+    net_sum, net_sq : float
+        Sum and sum of squares of the network's logits.
+    tree_sum, tree_sq : float
+        Sum and sum of squares of the trees' raw scores.
+    """
+
+    site: str
+    n_rows: int
+    net_sum: float
+    net_sq: float
+    tree_sum: float
+    tree_sq: float
+
+    def payload(self) -> Payload:
+        """Return the complete wire content."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "site"}

@@ -33,7 +33,7 @@ API (stable; federation builds on it)
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ __all__ = [
     "get_weights",
     "is_norm_key",
     "norm_stats_from_sums",
+    "predict_logit",
     "predict_proba",
     "set_norm",
     "set_weights",
@@ -281,6 +282,23 @@ def fit_norm(model: nn.Module, X: NDArray[np.floating]) -> None:
     set_norm(model, *norm_stats_from_sums(*feature_sums(X)))
 
 
+def _forward(model: nn.Module, X: NDArray[np.floating], batch_size: int,
+             out_fn: Callable[[torch.Tensor], torch.Tensor]) -> NDArray[np.float64]:
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    x = np.ascontiguousarray(X, dtype=np.float32)
+    out = np.empty(x.shape[0], dtype=np.float64)
+    try:
+        with torch.no_grad():
+            for lo in range(0, x.shape[0], batch_size):
+                logits = net(torch.from_numpy(x[lo : lo + batch_size]))
+                out[lo : lo + batch_size] = out_fn(logits).double().numpy()
+    finally:
+        net.train(was_training)
+    return out
+
+
 def predict_proba(
     model: nn.Module, X: NDArray[np.floating], *, batch_size: int = 65536
 ) -> NDArray[np.float64]:
@@ -292,16 +310,16 @@ def predict_proba(
     -------
     ndarray of shape (N,)
     """
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    x = np.ascontiguousarray(X, dtype=np.float32)
-    out = np.empty(x.shape[0], dtype=np.float64)
-    try:
-        with torch.no_grad():
-            for lo in range(0, x.shape[0], batch_size):
-                logits = net(torch.from_numpy(x[lo : lo + batch_size]))
-                out[lo : lo + batch_size] = torch.sigmoid(logits).double().numpy()
-    finally:
-        net.train(was_training)
-    return out
+    return _forward(model, X, batch_size, torch.sigmoid)
+
+
+def predict_logit(
+    model: nn.Module, X: NDArray[np.floating], *, batch_size: int = 65536
+) -> NDArray[np.float64]:
+    """Logits (float32 network output, before the sigmoid) for rows ``X`` of shape (N, n_features).
+
+    Returns
+    -------
+    ndarray of shape (N,)
+    """
+    return _forward(model, X, batch_size, lambda z: z)

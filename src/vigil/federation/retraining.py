@@ -35,6 +35,8 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     hidden = [128, 64]
     [dp]                          # DPSettings(...), optional
     target_epsilon = 8.0
+    [trees]                       # BoostingPlan(...), optional; in-process only, no [dp]
+    n_trees = 25
     [flower]                      # engine = "flower"
     work = "/srv/vigil/coordinator"
     certs = "/srv/vigil/pki"
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigil.core.errors import ConfigError, VigilError
+from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.privacy import DPSettings
 from vigil.federation.registry import Registry, Release
@@ -144,6 +147,10 @@ class RetrainConfig:
     cron : str, optional
         Five-field crontab expression.
     timezone : str, optional
+    trees : BoostingPlan or None, optional
+        Grow boosted trees across the sites after the rounds and ship them
+        fused with the network (:mod:`vigil.federation.hybrid`); in-process
+        engine only.
     """
 
     registry: Path
@@ -158,8 +165,12 @@ class RetrainConfig:
     private_key: Path | None = None
     cron: str = DEFAULT_CRON
     timezone: str = "UTC"
+    trees: BoostingPlan | None = None
 
     def __post_init__(self) -> None:
+        if self.trees is not None and self.engine is Engine.FLOWER:
+            raise ConfigError("[trees] needs engine = \"in-process\": the Flower messages for "
+                              "the trees' histograms do not exist yet", key="trees")
         if self.engine is Engine.FLOWER and self.flower is None:
             raise ConfigError("engine = \"flower\" needs a [flower] section (work, certs, sites)",
                               key="flower")
@@ -196,7 +207,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"expected a readable TOML file: {exc}", key="config") from None
     known = {"cron", "timezone", "registry", "name", "private_key", "engine", "strategy", "plan",
-             "model", "dp", "flower", "in_process"}
+             "model", "dp", "flower", "in_process", "trees"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown settings {unknown}; expected some of {sorted(known)}",
@@ -232,6 +243,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         name=str(raw.get("name", "sepsis-federated")),
         private_key=here(raw["private_key"]) if "private_key" in raw else None,
         cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
+        trees=_section(BoostingPlan, raw["trees"], "trees") if "trees" in raw else None,
     )
 
 
@@ -262,7 +274,7 @@ def _train(config: RetrainConfig, version: str) -> Any:
     data = config.in_process.data
     return federate(load_physionet(data), scheme=config.in_process.sites,
                     strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
-                    data=resolve_data_path(data).name)
+                    data=resolve_data_path(data).name, trees=config.trees)
 
 
 def retrain_once(config: RetrainConfig) -> Release:

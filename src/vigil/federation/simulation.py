@@ -7,6 +7,11 @@ valid patients; test patients are never given to a site), run
 with the manifest sections a federated model owes: strategy, rounds, sites
 with sample counts, DP epsilon/delta per site, pooled validation metrics and
 the drift reference profile, plus ``history.json``.
+
+With ``trees`` (``--boost-trees``), trees are grown across the same sites after
+the rounds and fused with the kept network (:mod:`vigil.federation.hybrid`);
+the package then holds both, and its threshold, validation metrics and score
+profile are the fused model's.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import numpy as np
 from vigil.core.errors import ConfigError
 from vigil.core.package import ModelPackage
 from vigil.data import PhysioNetTable, partition
+from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import FederationResult, Plan, pooled_statistics, run_federation
-from vigil.federation.evaluation import SCORE_EDGES, site_utility
+from vigil.federation.evaluation import SCORE_EDGES, PooledMetrics, site_utility
 from vigil.federation.history import HISTORY_FILE, RoundRecord, Status
+from vigil.federation.hybrid import HybridResult, grow_hybrid
 from vigil.federation.integrity import PUBLIC_KEY_FILE
+from vigil.federation.messages import SiteEvaluation
 from vigil.federation.privacy import DPSettings
 from vigil.federation.profile import reference_profile
 from vigil.federation.site import ModelSpec, Site
@@ -83,6 +91,8 @@ class FederatedRun:
         Kept so a FedBN package can carry one site's own normalization.
     method : str, optional
         How the sites were reached, for the manifest (the Flower path sets its own).
+    hybrid : HybridResult or None, optional
+        The trees grown after the rounds, if any.
     """
 
     result: FederationResult
@@ -94,6 +104,17 @@ class FederatedRun:
     data: str
     sites: list[Site]
     method: str = "federated (in-process simulation)"
+    hybrid: HybridResult | None = None
+
+    @property
+    def evaluations(self) -> list[SiteEvaluation]:
+        """The sites' validation summaries of what is shipped (the fused score with trees)."""
+        return self.result.evaluations if self.hybrid is None else self.hybrid.evaluations
+
+    @property
+    def pooled(self) -> PooledMetrics:
+        """Pooled validation metrics and threshold of what is shipped."""
+        return self.result.pooled if self.hybrid is None else self.hybrid.pooled
 
     def site_weights(self, name: str | None) -> Weights:
         """Return the complete weights a site runs (the global ones unless FedBN)."""
@@ -119,6 +140,8 @@ def federate(
     data: str = "",
     on_round: Callable[[RoundRecord], None] | None = None,
     threads: int = 1,
+    trees: BoostingPlan | None = None,
+    on_tree: Callable[[int], None] | None = None,
 ) -> FederatedRun:
     """Partition, train across the sites, and return the run.
 
@@ -139,13 +162,31 @@ def federate(
         Progress callback.
     threads : int, optional
         torch intra-op threads (1 keeps runs bitwise reproducible and shares the machine).
+    trees : BoostingPlan or None, optional
+        Grow these trees across the sites after the rounds and fuse them with
+        the network. Not with FedBN (no single network to fuse with) nor
+        DP-SGD (the histograms are not private).
+    on_tree : callable, optional
+        Progress callback of the trees.
 
     Returns
     -------
     FederatedRun
+
+    Raises
+    ------
+    ConfigError
+        If ``trees`` is combined with FedBN or DP-SGD, or the scheme gives too few sites.
     """
     import torch
 
+    if trees is not None and strategy.keeps_norm_local:
+        raise ConfigError("--boost-trees needs one global network to fuse with; FedBN keeps a "
+                          "network per site. Use --strategy fedavg or fedprox", key="boost_trees")
+    if trees is not None and dp is not None:
+        raise ConfigError("--boost-trees with --dp-epsilon: the gradient histograms are not "
+                          "differentially private, so the package could not state its epsilon. "
+                          "Drop one of them", key="boost_trees")
     torch.set_num_threads(threads)
     spec = model or ModelSpec()
     sites = build_sites(table, scheme, seed=plan.seed, model=spec,
@@ -156,15 +197,20 @@ def federate(
             key="sites",
         )
     result = run_federation(sites, strategy, plan, model=spec, on_round=on_round)
+    hybrid = None
+    if trees is not None:
+        hybrid = grow_hybrid(sites, result.weights, trees,
+                             counts={n: s.count for n, s in result.statistics.items()},
+                             min_sites=plan.min_sites, on_tree=on_tree)
     return FederatedRun(result=result, strategy=strategy, plan=plan, model=spec, dp=dp,
-                        scheme=scheme, data=data, sites=sites)
+                        scheme=scheme, data=data, sites=sites, hybrid=hybrid)
 
 
 def training_section(run: FederatedRun) -> dict[str, Any]:
     """Build the manifest's ``training`` section: strategy, rounds, sites, DP."""
     r = run.result
     history = r.history
-    evaluations = {e.site: e for e in r.evaluations}
+    evaluations = {e.site: e for e in run.evaluations}
     sites = {
         name: {"train_rows": s.count, "train_positive_rows": s.positives,
                "valid_rows": evaluations[name].n_rows if name in evaluations else None}
@@ -195,28 +241,37 @@ def training_section(run: FederatedRun) -> dict[str, Any]:
         "rejections": len(history.events(Status.REJECTED)),
         "dropouts": len(history.events(Status.DROPPED)),
         "differential_privacy": dp,
+        "boosting": None if run.hybrid is None else run.hybrid.describe(),
         "threshold_rule": THRESHOLD_RULE,
     }
 
 
 def validation_section(run: FederatedRun) -> dict[str, Any]:
-    """Build the manifest's ``validation`` section: pooled and per-site validation metrics."""
-    pooled = run.result.pooled
-    return {
-        "split": "validation patients of every site (pooled from site histograms)",
-        **pooled.to_dict(),
-        "by_site": {
-            e.site: {"n_rows": e.n_rows, "auroc": e.auroc, "loss": e.loss,
-                     "utility": site_utility(e, pooled.threshold)}
-            for e in run.result.evaluations
-        },
-    }
+    """Build the manifest's ``validation`` section: pooled and per-site validation metrics.
+
+    With trees these are the fused model's, and ``network`` holds the network's alone.
+    """
+    def section(pooled: PooledMetrics, evaluations: list[SiteEvaluation]) -> dict[str, Any]:
+        return {
+            **pooled.to_dict(),
+            "by_site": {
+                e.site: {"n_rows": e.n_rows, "auroc": e.auroc, "loss": e.loss,
+                         "utility": site_utility(e, pooled.threshold)}
+                for e in evaluations
+            },
+        }
+
+    out = {"split": "validation patients of every site (pooled from site histograms)",
+           **section(run.pooled, run.evaluations)}
+    if run.hybrid is not None:
+        out["network"] = section(run.result.pooled, run.result.evaluations)
+    return out
 
 
 def _profile(run: FederatedRun) -> dict[str, Any]:
     stats = list(run.result.statistics.values())
     count = pooled_statistics(stats)[0]
-    scores = np.sum([e.positive_hist + e.negative_hist for e in run.result.evaluations], axis=0)
+    scores = np.sum([e.positive_hist + e.negative_hist for e in run.evaluations], axis=0)
     return reference_profile(
         np.sum([s.histograms for s in stats], axis=0), np.sum([s.missing for s in stats], axis=0),
         count, score_edges=SCORE_EDGES, score_counts=scores,
@@ -224,7 +279,7 @@ def _profile(run: FederatedRun) -> dict[str, Any]:
 
 
 def _card(run: FederatedRun, site: str | None) -> str:
-    valid = {e.site: e for e in run.result.evaluations}
+    valid = {e.site: e for e in run.evaluations}
     lines = [
         "", "## Federated training", "",
         f"Strategy **{run.strategy.name.value}**"
@@ -237,6 +292,13 @@ def _card(run: FederatedRun, site: str | None) -> str:
     ]
     if site is not None:
         lines += ["", f"This package carries the normalization of site **{site}** (FedBN)."]
+    if run.hybrid is not None:
+        net, fused = run.result.pooled, run.hybrid.pooled
+        lines += ["", f"Trees grown across the sites {', '.join(run.hybrid.boosted.sites)} after "
+                  f"the rounds; pooled validation AUROC {net.auroc:.3f} -> {fused.auroc:.3f}, "
+                  f"utility {net.utility:.3f} -> {fused.utility:.3f} (network alone -> network "
+                  f"and trees). Sites left out of the trees: "
+                  f"{len(run.hybrid.boosted.exclusions)}."]
     lines += ["", "| site | train rows | validation AUROC | DP epsilon |", "|---|---|---|---|"]
     for name, s in run.result.statistics.items():
         eps = run.result.privacy.get(name)
@@ -306,10 +368,11 @@ def export_run(
         set_weights(net, weights)
         packages.append(export_package(
             net, path, name=name if site is None else f"{name}-{site}", version=version,
-            threshold=run.result.pooled.threshold,
+            threshold=run.pooled.threshold,
             training={**training, "export_site": site}, validation=validation,
             reference_profile=profile, private_key_pem=private_key_pem, extra_files=extra,
             model_card_extra=_card(run, site),
+            trees=None if run.hybrid is None else run.hybrid.part,
         ))
     return packages
 
@@ -321,10 +384,12 @@ def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, An
         "packages": [str(p.path) for p in packages],
         "signed": all(p.signed for p in packages),
         "best_round": run.result.best_round,
-        "validation": run.result.pooled.to_dict(),
+        "validation": run.pooled.to_dict(),
+        "network_validation": run.result.pooled.to_dict(),
         "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
         "rejections": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
                        for r, s in history.events(Status.REJECTED)],
         "dropouts": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
                      for r, s in history.events(Status.DROPPED)],
+        "boosting": None if run.hybrid is None else run.hybrid.describe(),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +19,16 @@ from numpy.typing import NDArray
 
 from vigil.data import PhysioNetTable, patient_split
 from vigil.features import build_features
+from vigil.federation.boosting import BoostingSite, Tree, bin_rows, predict_raw, site_quantiles
 from vigil.federation.evaluation import evaluate_scores
-from vigil.federation.messages import FitConfig, SiteEvaluation, SiteStatistics, Update
+from vigil.federation.hybrid import HybridTrees, sigmoid
+from vigil.federation.messages import (
+    FitConfig,
+    LogitSums,
+    SiteEvaluation,
+    SiteStatistics,
+    Update,
+)
 from vigil.federation.privacy import DPSettings, SiteAccountant, quiet_hooks
 from vigil.federation.profile import variable_histograms
 from vigil.federation.strategies import Weights
@@ -229,6 +238,38 @@ class Site:
         privacy = None if self._accountant is None else self._accountant.spent()
         return Update(site=self.name, weights=trained, num_examples=result.n_examples,
                       loss=float(result.loss), privacy=privacy)
+
+    def quantiles(self, n_bins: int) -> NDArray[np.float32]:
+        """Per-feature quantiles of the training rows, shape (n_features, n_bins - 1)."""
+        return site_quantiles(self.train.X, n_bins)
+
+    def boosting(self, edges: Sequence[NDArray[np.float32]]) -> BoostingSite:
+        """Return the site's side of the boosting: training rows binned, target ``SepsisLabel``."""
+        y = (self.train.y > 0).astype(np.float64)
+        return BoostingSite(self.name, bin_rows(self.train.X, edges), y, np.ones_like(y))
+
+    def _scores(self, weights: Weights, base: float, trees: Sequence[Tree]) -> tuple[
+        NDArray[np.float64], NDArray[np.float64]
+    ]:
+        from vigil.federation.model import predict_logit
+
+        return (predict_logit(self._network(weights), self.valid.X),
+                predict_raw(self.valid.X, base, trees))
+
+    def logit_sums(self, weights: Weights, base: float, trees: Sequence[Tree]) -> LogitSums:
+        """Sum the network's logits and the trees' raw scores, and squares, on validation rows."""
+        net, raw = self._scores(weights, base, trees)
+        return LogitSums(site=self.name, n_rows=self.valid.n_rows, net_sum=float(net.sum()),
+                         net_sq=float(net @ net), tree_sum=float(raw.sum()),
+                         tree_sq=float(raw @ raw))
+
+    def evaluate_hybrid(self, weights: Weights, part: HybridTrees) -> SiteEvaluation:
+        """Score the validation rows with the network and trees fused, and summarize them."""
+        from vigil.federation.model import predict_logit
+
+        net = predict_logit(self._network(weights), self.valid.X)
+        probability = sigmoid(part.logit(net, self.valid.X))
+        return evaluate_scores(self.name, self.valid.y, probability, self.valid.starts)
 
     def evaluate(self, global_weights: Weights) -> SiteEvaluation:
         """Score the site's validation rows with the model and summarize them."""

@@ -36,9 +36,14 @@ PREDICTION_COLUMNS = ("patient_id", "ICULOS", "probability", "prediction")
 
 
 def score_table(
-    package: ModelPackage, table: PhysioNetTable, *, threads: int = 2
+    package: ModelPackage, table: PhysioNetTable, *, threads: int = 1
 ) -> NDArray[np.float64]:
-    """Model probability of every hourly row, shape (n_rows,)."""
+    """Model probability of every hourly row, shape (n_rows,).
+
+    One onnxruntime thread by default, as the runtime scores: a package with
+    trees sums them in an order that depends on the thread count, which moves
+    probabilities by a few float32 units in the last place (about 2e-7).
+    """
     return Scorer(package, threads=threads).predict_proba(build_features(table.grid))
 
 
