@@ -19,6 +19,7 @@ def test_every_method_is_scored_on_every_site(result):
     expected = {*FEDERATED, *(f"{m} + site thresholds" for m in FEDERATED), "centralized",
                 *(f"local {s}" for s in sites)}
     expected |= {f"{m} + trees" for m in expected - {"fedbn"} if "site thresholds" not in m}
+    expected |= {"fedavg + trees + site thresholds", "fedprox + trees + site thresholds"}
     assert set(result["methods"]) == expected
     methods = result["methods"]
     # fedavg and fedprox share the trees of the four sites; each fuses them with its network

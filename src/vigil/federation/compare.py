@@ -48,7 +48,7 @@ from vigil.features.metrics import evaluate_by_hospital
 from vigil.federation.boosting import Boosted, BoostingPlan
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
-from vigil.federation.hybrid import HybridTrees, fuse_trees, grow_trees
+from vigil.federation.hybrid import HybridTrees, fuse_trees, grow_trees, hybrid_proba
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights, make_strategy
@@ -61,7 +61,6 @@ FEDERATED = ("fedavg", "fedprox", "fedbn")
 
 def _predict(spec: ModelSpec, weights: Weights, x: np.ndarray,
              part: HybridTrees | None = None) -> np.ndarray:
-    from vigil.federation.hybrid import hybrid_proba
     from vigil.federation.model import SepsisNet, predict_proba, set_weights
 
     net = SepsisNet(x.shape[1], hidden=spec.hidden, dropout=spec.dropout)
@@ -183,6 +182,13 @@ def compare(
             "test": score(name, lambda n: weights, lambda n: hybrid.pooled.threshold,
                           hybrid.part),
         }
+        if len(members) > 1:
+            own = {e.site: pool_evaluations([e]).threshold for e in hybrid.evaluations}
+            methods[f"{name} + site thresholds"] = {
+                **methods[name], "threshold": own,
+                "test": score(f"{name} + site thresholds", lambda n: weights,
+                              lambda n: own.get(n, hybrid.pooled.threshold), hybrid.part),
+            }
         t = methods[name]["test"]["all"]
         say(f"{name}: test AUROC {t['auroc']:.4f}, utility {t['utility']:.4f} "
             f"({seconds:.0f} s of boosting)")

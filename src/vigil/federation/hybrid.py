@@ -38,8 +38,8 @@ The coordinator's steps (:func:`grow_hybrid`: :func:`grow_trees`, then :func:`fu
 A site that fails step 1 is left out of the trees; one that fails a later
 step is left out of that step's sums (each logged).
 
-Measured on the shared data (docs/federation.md): the trees add about 0.016
-AUROC and 0.03 utility to the federated network on test patients.
+Measured on the shared data (docs/federation.md): the trees add 0.017 AUROC and
+0.035 utility to the federated network on test patients (100 trees, depth 6).
 """
 
 from __future__ import annotations
