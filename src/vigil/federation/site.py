@@ -248,17 +248,12 @@ class Site:
         y = (self.train.y > 0).astype(np.float64)
         return BoostingSite(self.name, bin_rows(self.train.X, edges), y, np.ones_like(y))
 
-    def _scores(self, weights: Weights, base: float, trees: Sequence[Tree]) -> tuple[
-        NDArray[np.float64], NDArray[np.float64]
-    ]:
-        from vigil.federation.model import predict_logit
-
-        return (predict_logit(self._network(weights), self.valid.X),
-                predict_raw(self.valid.X, base, trees))
-
     def logit_sums(self, weights: Weights, base: float, trees: Sequence[Tree]) -> LogitSums:
         """Sum the network's logits and the trees' raw scores, and squares, on validation rows."""
-        net, raw = self._scores(weights, base, trees)
+        from vigil.federation.model import predict_logit
+
+        net = predict_logit(self._network(weights), self.valid.X)
+        raw = predict_raw(self.valid.X, base, trees)
         return LogitSums(site=self.name, n_rows=self.valid.n_rows, net_sum=float(net.sum()),
                          net_sq=float(net @ net), tree_sum=float(raw.sum()),
                          tree_sq=float(raw @ raw))
