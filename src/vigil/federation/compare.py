@@ -49,6 +49,7 @@ from vigil.federation.boosting import Boosted, BoostingPlan
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.hybrid import HybridTrees, fuse_trees, grow_trees, hybrid_proba
+from vigil.federation.messages import SiteEvaluation
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights, make_strategy
@@ -166,6 +167,17 @@ def compare(
     methods: dict[str, Any] = {}
     grown: dict[tuple[str, ...], tuple[Boosted, float]] = {}
 
+    def with_site_thresholds(label: str, evaluations: list[SiteEvaluation], pooled: float,
+                             weights_for: Callable[[str], Weights],
+                             part: HybridTrees | None = None) -> None:
+        """Score ``label`` again, each site at the threshold of its own validation patients."""
+        own = {e.site: pool_evaluations([e]).threshold for e in evaluations}
+        methods[f"{label} + site thresholds"] = {
+            **methods[label], "threshold": own,
+            "test": score(f"{label} + site thresholds", weights_for,
+                          lambda n: own.get(n, pooled), part),
+        }
+
     def with_trees(label: str, members: list[Site], weights: Weights, min_sites: int) -> None:
         assert trees is not None
         key = tuple(sorted(s.name for s in members))
@@ -183,12 +195,8 @@ def compare(
                           hybrid.part),
         }
         if len(members) > 1:
-            own = {e.site: pool_evaluations([e]).threshold for e in hybrid.evaluations}
-            methods[f"{name} + site thresholds"] = {
-                **methods[name], "threshold": own,
-                "test": score(f"{name} + site thresholds", lambda n: weights,
-                              lambda n: own.get(n, hybrid.pooled.threshold), hybrid.part),
-            }
+            with_site_thresholds(name, hybrid.evaluations, hybrid.pooled.threshold,
+                                 lambda n: weights, hybrid.part)
         t = methods[name]["test"]["all"]
         say(f"{name}: test AUROC {t['auroc']:.4f}, utility {t['utility']:.4f} "
             f"({seconds:.0f} s of boosting)")
@@ -207,12 +215,7 @@ def compare(
             "test": score(label, weights_for, lambda n: result.pooled.threshold),
         }
         if len(members) > 1:
-            own = {e.site: pool_evaluations([e]).threshold for e in result.evaluations}
-            methods[f"{label} + site thresholds"] = {
-                **methods[label], "threshold": own,
-                "test": score(f"{label} + site thresholds", weights_for,
-                              lambda n: own.get(n, result.pooled.threshold)),
-            }
+            with_site_thresholds(label, result.evaluations, result.pooled.threshold, weights_for)
         if result.privacy:
             methods[label]["epsilon"] = {k: v.epsilon for k, v in result.privacy.items()}
             methods[label]["delta"] = {k: v.delta for k, v in result.privacy.items()}
