@@ -81,8 +81,12 @@ def test_unit_conversions(name, unit, value, expected):
     assert math.isclose(conv.apply(value), expected, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def test_unknown_unit_has_no_conversion():
-    assert variable("Creatinine").conversion_for("mg/L") is None
+def test_unknown_or_incommensurable_unit_has_no_conversion():
+    assert variable("Creatinine").conversion_for("furlong") is None  # not UCUM
+    assert variable("Creatinine").conversion_for("/min") is None  # another dimension
+    assert variable("Creatinine").conversion_for("mg/DL") is None  # mixed case: c/s, no "DL"
+    # a unit of the canonical dimension converts: 10 mg/L is 1 mg/dL
+    assert variable("Creatinine").conversion_for("mg/L").apply(10.0) == 1.0
 
 
 def test_ranges_are_consistent():

@@ -35,12 +35,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
+
+from vigil.core.ucum import UnitSyntaxError, affine, parse
 
 __all__ = [
     "CATALOG",
+    "COMPONENT_PANELS",
     "DEMOGRAPHICS",
     "LABS",
     "MEASURED",
+    "NOT_MERGED",
     "VITALS",
     "Conversion",
     "Kind",
@@ -66,7 +71,8 @@ class Conversion:
     Parameters
     ----------
     unit : str
-        The UCUM code (or common spelling) of the feed's unit.
+        The UCUM code of the feed's unit; a non-UCUM spelling (``bpm``, ``degF``) is
+        matched by name only.
     scale, offset : float
         The affine map to the canonical unit.
     """
@@ -122,13 +128,33 @@ class Variable:
     conversions: tuple[Conversion, ...] = ()
 
     def conversion_for(self, unit: str) -> Conversion | None:
-        """Return the conversion from ``unit`` to the canonical unit, or None if unknown."""
-        if unit == self.unit:
-            return Conversion(unit=unit, scale=1.0)
-        for conv in self.conversions:
-            if conv.unit == unit:
-                return conv
-        return None
+        """Return the conversion from the UCUM code ``unit`` to the canonical unit, or None.
+
+        The code is parsed (:mod:`vigil.core.ucum`): any spelling of a catalog unit
+        (``MG/DL``, ``{beats}/min``, ``10^3/uL``) gets that unit's factor, and a unit of the
+        same dimension (``ng/L`` next to ``ng/mL``, ``mg/L`` next to ``mg/dL``) gets the
+        factor derived from both parses. See :meth:`convert`.
+        """
+        hit = self.convert(unit)
+        return None if hit is None else Conversion(unit=unit, scale=hit[1], offset=hit[2])
+
+    def convert(self, unit: str) -> tuple[str, float, float] | None:
+        """Find how a unit reaches the canonical unit, and through which catalog unit.
+
+        Parameters
+        ----------
+        unit : str
+            A UCUM code, or one of the catalog's non-UCUM spellings (``bpm``, ``degF``),
+            which are matched by name.
+
+        Returns
+        -------
+        tuple of (str, float, float) or None
+            ``(catalog unit, scale, offset)``: the canonical unit or the conversion whose
+            unit is the same unit as ``unit`` or, failing that, has its dimension; None
+            when ``unit`` is not UCUM or has no catalog unit of its dimension.
+        """
+        return _convert(self.name, unit)
 
     def is_plausible(self, value: float) -> bool:
         """Whether a canonical-unit value lies in the plausible range."""
@@ -145,7 +171,9 @@ CATALOG: tuple[Variable, ...] = (
         _V,
         "heart rate",
         "/min",
-        ("8867-4",),
+        # 8867-4 Heart rate (US Core heart rate profile, research 4.6); 8889-8 Heart rate
+        # by Pulse oximetry (LOINC; OMOP concept 3001376)
+        ("8867-4", "8889-8"),
         20,
         300,
         80,
@@ -168,7 +196,10 @@ CATALOG: tuple[Variable, ...] = (
         _V,
         "body temperature",
         "Cel",
-        ("8310-5", "8331-1", "8332-9"),
+        # 8310-5 Body temperature (US Core); by site: 8331-1 Oral, 8332-9 Rectal,
+        # 8328-7 Axillary, 8333-7 Tympanic membrane temperature (LOINC; the MII ICU
+        # module uses 8328-7 and 8333-7 with 8310-5 in its body-temperature profiles).
+        ("8310-5", "8331-1", "8332-9", "8328-7", "8333-7"),
         25,
         45,
         37,
@@ -417,12 +448,16 @@ CATALOG: tuple[Variable, ...] = (
         _L,
         "troponin I",
         "ng/mL",
-        ("10839-9",),
+        # 10839-9 Troponin I.cardiac in Serum or Plasma; 42757-5 in Blood; 49563-0 by
+        # detection limit <= 0.01 ng/mL; 89579-7 by high sensitivity method, reported in
+        # ng/L (LOINC; research 4.7 #28; GECCO and ISiK troponin value sets). Troponin T
+        # is another protein and is not merged (see NOT_MERGED).
+        ("10839-9", "42757-5", "49563-0", "89579-7"),
         0,
         1000,
         0.02,
         72,
-        (Conversion("ug/L", 1.0),),
+        (Conversion("ug/L", 1.0), Conversion("ng/L", 0.001)),
     ),
     Variable(
         "Hct",
@@ -521,6 +556,85 @@ LABS: tuple[str, ...] = tuple(v.name for v in CATALOG if v.kind is Kind.LAB)
 MEASURED: tuple[str, ...] = VITALS + LABS
 """The 34 time-varying variables (vitals and labs), in catalog order."""
 DEMOGRAPHICS: tuple[str, ...] = tuple(v.name for v in CATALOG if v.kind is Kind.DEMOGRAPHIC)
+
+_BP_PANELS = frozenset({
+    "85354-9",  # Blood pressure panel with all children optional (US Core, research 4.6)
+    "55284-4",  # Blood pressure systolic and diastolic (IHE and Argonaut examples)
+})
+COMPONENT_PANELS: dict[str, frozenset[str]] = {
+    "8480-6": _BP_PANELS,  # Systolic blood pressure
+    "8462-4": _BP_PANELS,  # Diastolic blood pressure
+    "8478-0": frozenset({"85354-9"}),  # Mean blood pressure, a child of 85354-9 only
+    # Inhaled oxygen concentration, a component of US Core pulse oximetry (research 4.6;
+    # its sibling 3151-8 inhaled oxygen flow rate is not a catalog variable).
+    "3150-0": frozenset({"59408-5"}),
+}
+"""Component LOINC code -> the panel codes (``Observation.code``) in whose context it is read.
+
+A component is read as its catalog variable only inside one of these panels, and only
+when its own codes name nothing more specific (a second LOINC code that is not a code of
+that variable, e.g. pulmonary artery systolic 8440-0 next to 8480-6 in the MII ICU
+pulmonary artery profile). Components of any other panel are not read. Codes left out on
+purpose: 35094-2 (older "Blood pressure panel") was not verified here.
+"""
+
+NOT_MERGED: dict[str, str] = {
+    # pressures that are not systemic arterial (MII ICU module, pulmonary artery profile)
+    "76284-9": "pulmonary artery blood pressure panel, not systemic",
+    "8440-0": "pulmonary artery systolic pressure, not systemic SBP",
+    "8385-7": "pulmonary artery diastolic pressure, not systemic DBP",
+    "8414-5": "pulmonary artery mean pressure, not systemic MAP",
+    "75994-4": "pulmonary artery wedge pressure, not systemic",
+    # research 4.7 rows 8 and 18
+    "19889-5": "end-tidal CO2 as a volume fraction (%), not the partial pressure 19891-1",
+    "1994-3": "ionized calcium; Calcium is total calcium",
+    "1995-0": "ionized calcium; Calcium is total calcium",
+    # DICOM CID 3524 blood gas codes: venous gases are not arterial ones
+    "2021-4": "venous CO2 partial pressure; PaCO2 is arterial",
+    # troponin T is another protein with other cut-offs (GECCO troponin value set)
+    "6598-7": "troponin T; TroponinI is troponin I",
+    "67151-1": "high-sensitivity troponin T; TroponinI is troponin I",
+    "48425-3": "troponin T in blood; TroponinI is troponin I",
+    # urea itself, not urea nitrogen (GECCO laboratory value set): in mg/dL it is 2.14 times
+    # the BUN number in the same unit, so only BUN codes are read (a BUN code sent in mmol/L
+    # is urea in mmol/L and converts with 2.801)
+    "20977-5": "urea mass concentration, not urea nitrogen (BUN)",
+    "72903-8": "urea substance concentration in blood; read BUN codes in mmol/L instead",
+}
+"""LOINC codes that look like a catalog variable but must not be merged into it, and why.
+
+A CodeableConcept that carries one of them next to a catalog code is not read as the
+catalog variable: the more specific code wins and the value is not used.
+SaO2 (2708-6, arterial blood gas) and SpO2 (59408-5, pulse oximetry) stay two
+variables; US Core pulse oximetry carries both codes and reads as O2Sat.
+"""
+
+
+@lru_cache(maxsize=4096)
+def _convert(name: str, unit: str) -> tuple[str, float, float] | None:
+    v = _BY_NAME[name]
+    entries = ((v.unit, 1.0, 0.0), *((c.unit, c.scale, c.offset) for c in v.conversions))
+    for text, scale, offset in entries:
+        if text == unit:
+            return text, scale, offset
+    try:
+        source = parse(unit)
+    except UnitSyntaxError:
+        return None
+    parsed = []
+    for text, scale, offset in entries:
+        try:
+            parsed.append((text, parse(text), scale, offset))
+        except UnitSyntaxError:  # a non-UCUM spelling of the catalog, matched by name above
+            continue
+    for text, target, scale, offset in parsed:
+        if source.same_as(target):
+            return text, scale, offset
+    for text, target, scale, offset in parsed:
+        hit = affine(source, target)
+        if hit is not None:
+            return text, hit[0] * scale, hit[1] * scale + offset
+    return None
 
 
 def variable(name: str) -> Variable:

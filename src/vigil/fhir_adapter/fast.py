@@ -32,6 +32,7 @@ from vigil.fhir_adapter.mapping import (
     CODE_INDEX,
     INSTANT,
     LOINC,
+    LOINC_SYSTEMS,
     NO_VALUE,
     RANGES,
     TIME_CACHES,
@@ -42,6 +43,7 @@ from vigil.fhir_adapter.mapping import (
     VALID_INSTANTS,
     MappingOptions,
     Payload,
+    component_variable,
     not_quantity,
     parse_time,
     patient_key,
@@ -101,11 +103,15 @@ def _var_of(concept: dict[str, Any]) -> int:
         return UNKNOWN
     if len(codings) == 1:
         c = codings[0]
-        if c.get("system") != LOINC:
+        if c.get("system") not in LOINC_SYSTEMS:
             return UNKNOWN
         hit = _CODE_GET(c.get("code"))
         return UNKNOWN if hit is None else hit[0]
-    return variable_of([c.get("code") for c in codings if c.get("system") == LOINC])
+    return variable_of(_loinc_codes(concept))
+
+
+def _loinc_codes(concept: dict[str, Any]) -> list[str | None]:
+    return [c.get("code") for c in concept.get("coding") or () if c.get("system") in LOINC_SYSTEMS]
 
 
 def _payload(holder: dict[str, Any]) -> Payload:
@@ -166,8 +172,9 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
             items.append((var, _payload(d) if var != AMBIGUOUS else NO_VALUE))
         components = d.get("component")
         if components:
+            panel = () if code is None else _loinc_codes(code)
             for comp in components:
-                cvar = _var_of(comp["code"])
+                cvar = component_variable(_loinc_codes(comp["code"]), panel)
                 if cvar != UNKNOWN:
                     items.append((cvar, _payload(comp) if cvar != AMBIGUOUS else NO_VALUE))
         if not items:

@@ -6,14 +6,21 @@ The fast parser (:mod:`vigil.fhir_adapter.fast`) and the strict parser
 handed to :meth:`vigil.fhir_adapter.accumulator.Accumulator.emit`, which applies
 these rules in this order:
 
-1. **Code.** Only LOINC codings (``http://loinc.org``) of the catalog count
-   (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value
-   (from ``value[x]``) and every ``component`` whose code is in the catalog gives
-   one more (a blood-pressure panel 85354-9 gives SBP and DBP). When codings name
+1. **Code.** Only LOINC codings (``http://loinc.org`` or its OID
+   ``urn:oid:2.16.840.1.113883.6.1``) of the catalog count
+   (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value (from
+   ``value[x]``). A ``component`` gives one more only in the context of its panel: its
+   code must be read inside a panel the Observation's own code names
+   (:data:`~vigil.core.catalog.COMPONENT_PANELS`: systolic 8480-6 inside the
+   blood-pressure panels 85354-9 and 55284-4, FiO2 3150-0 inside US Core pulse oximetry
+   59408-5) and must carry no other LOINC code (a pulmonary artery systolic 8440-0 next
+   to 8480-6 is not a systemic SBP); other components are not read. A code of
+   :data:`~vigil.core.catalog.NOT_MERGED` (ionized calcium, troponin T, venous pCO2...)
+   next to a catalog code makes the concept unknown. When codings name
    several variables, a code listed by one variable only beats a code shared by
    several (US Core pulse oximetry carries 59408-5 and 2708-6: it is O2Sat, while
    2708-6 alone is SaO2); a tie is quarantined. An Observation with no catalog
-   code is **ignored and counted** (``ignored_unknown_code``).
+   value read is **ignored and counted** (``ignored_unknown_code``).
 2. **Status.** ``final``, ``amended`` and ``corrected`` are used, ``preliminary``
    only with ``accept_preliminary``. ``entered-in-error`` emits a
    :class:`~vigil.fhir_adapter.records.Deletion` of every value read before from
@@ -26,10 +33,12 @@ these rules in this order:
    a zone (FHIR requires a zone with a time); it is converted to UTC. A
    day-precision or zone-less time is quarantined, never guessed.
 5. **Value.** ``dataAbsentReason`` instead of a value is counted (``absent``).
-   Otherwise it must be a ``valueQuantity`` without comparator; its unit (the
-   UCUM ``code``, else the ``unit`` text) must be the canonical unit or one of the
-   catalog's conversions, and the converted value must lie in the plausible
-   range. Anything else is quarantined with its reason.
+   Otherwise it must be a ``valueQuantity`` without comparator. Its unit (the UCUM
+   ``code`` when the system is UCUM, by URI or OID, or absent; else, or when the code does
+   not convert, the ``unit`` text) is parsed as UCUM (:mod:`vigil.core.ucum`) and must be
+   the canonical unit, one of the catalog's conversions, or a unit of their dimension
+   (:meth:`vigil.core.catalog.Variable.convert`), and the converted value must lie in
+   the plausible range. Anything else is quarantined with its reason.
 
 Reasons never contain a patient identifier.
 """
@@ -37,11 +46,11 @@ Reasons never contain a patient identifier.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from vigil.core.catalog import MEASURED, variable
+from vigil.core.catalog import COMPONENT_PANELS, MEASURED, NOT_MERGED, variable
 from vigil.fhir_adapter.records import SOURCE_UNITS, to_micros
 
 __all__ = [
@@ -50,10 +59,12 @@ __all__ = [
     "CONVERSION_CACHE",
     "INSTANT",
     "LOINC",
+    "LOINC_SYSTEMS",
     "NO_VALUE",
     "RANGES",
     "TIME_CACHES",
     "UCUM",
+    "UCUM_SYSTEMS",
     "UNITS",
     "UNIT_INDEX",
     "UNKNOWN",
@@ -61,6 +72,7 @@ __all__ = [
     "MappingOptions",
     "Payload",
     "canonical_value",
+    "component_variable",
     "not_quantity",
     "parse_time",
     "patient_key",
@@ -72,6 +84,10 @@ __all__ = [
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+LOINC_SYSTEMS = frozenset({LOINC, "urn:oid:2.16.840.1.113883.6.1"})
+"""The ways FHIR lets a Coding name LOINC: its URI and its OID."""
+UCUM_SYSTEMS = frozenset({UCUM, "urn:oid:2.16.840.1.113883.6.8"})
+"""The ways FHIR lets a Quantity name UCUM: its URI and its OID."""
 UNKNOWN = -1
 """Return value of :func:`variable_of`: no catalog code."""
 AMBIGUOUS = -2
@@ -121,7 +137,7 @@ RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
 """Per variable (MEASURED order): the plausible range (low, high), canonical unit."""
 
 
-def variable_of(codes: Iterable[str]) -> int:
+def variable_of(codes: Iterable[str | None]) -> int:
     """Find the catalog variable named by a list of LOINC codes.
 
     Parameters
@@ -132,12 +148,15 @@ def variable_of(codes: Iterable[str]) -> int:
     Returns
     -------
     int
-        Index into :data:`~vigil.core.catalog.MEASURED`, :data:`UNKNOWN` or :data:`AMBIGUOUS`.
+        Index into :data:`~vigil.core.catalog.MEASURED`, :data:`UNKNOWN` (no catalog code,
+        or a code of :data:`~vigil.core.catalog.NOT_MERGED`) or :data:`AMBIGUOUS`.
     """
     best, best_rank, tie = UNKNOWN, 2, False
     for code in codes:
-        hit = CODE_INDEX.get(code)
+        hit = CODE_INDEX.get(code)  # type: ignore[arg-type]
         if hit is None:
+            if code in NOT_MERGED:
+                return UNKNOWN
             continue
         var, rank = hit
         if rank < best_rank:
@@ -145,6 +164,34 @@ def variable_of(codes: Iterable[str]) -> int:
         elif rank == best_rank and var != best:
             tie = True
     return AMBIGUOUS if tie else best
+
+
+def component_variable(codes: Sequence[str | None], panel: Collection[str | None]) -> int:
+    """Find the catalog variable of one ``Observation.component``, read in its panel's context.
+
+    Parameters
+    ----------
+    codes : sequence of str
+        The LOINC codes of the component's code.
+    panel : collection of str
+        The LOINC codes of the Observation's own code (the panel).
+
+    Returns
+    -------
+    int
+        As :func:`variable_of`, and :data:`UNKNOWN` when the component's codes carry a
+        LOINC code that is not one of the catalog's (a more specific one, such as a
+        pulmonary artery pressure next to 8480-6), or when no panel code is one in whose
+        context the component code is read (:data:`~vigil.core.catalog.COMPONENT_PANELS`).
+    """
+    var = variable_of(codes)
+    if var == UNKNOWN or any(c not in CODE_INDEX for c in codes):
+        return UNKNOWN
+    for code in codes:
+        context = COMPONENT_PANELS.get(code)  # type: ignore[arg-type]
+        if context is not None and not context.isdisjoint(panel):
+            return var
+    return UNKNOWN
 
 
 CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None],
@@ -160,17 +207,21 @@ def _conversion(var: int, system: str | None, code: str | None, unit: str | None
     key = (var, system, code, unit)
     hit = CONVERSION_CACHE.get(key)
     if hit is None:
-        table = UNITS[var]
-        candidates = ([code] if code is not None and system in (None, UCUM) else []) + [unit]
-        found = next((c for c in candidates if c is not None and c in table), None)
+        v = variable(MEASURED[var])
+        candidates = ([code] if code is not None and (system is None or system in UCUM_SYSTEMS)
+                      else []) + [unit]
+        found = next((c for c in map(v.convert, filter(None, candidates)) if c is not None),
+                     None)
         if found is not None:
-            hit = (*table[found], UNIT_INDEX[found])
+            hit = (found[1], found[2], UNIT_INDEX[found[0]])
         else:
             shown = code if code is not None else unit
+            table = UNITS[var]
             hit = (f"no unit on a {MEASURED[var]} value; expected {', '.join(sorted(table))}"
                    if shown is None else
                    f"unit {shown!r} is not known for {MEASURED[var]}; expected one of "
-                   f"{', '.join(sorted(table))}")
+                   f"{', '.join(sorted(table))} or another UCUM spelling or unit of their "
+                   "dimension")
         if len(CONVERSION_CACHE) < 4096:
             CONVERSION_CACHE[key] = hit
     return hit

@@ -27,11 +27,12 @@ from pydantic import ValidationError
 from vigil.fhir_adapter.accumulator import Accumulator
 from vigil.fhir_adapter.fast import feed, ndjson_lines
 from vigil.fhir_adapter.mapping import (
-    LOINC,
+    LOINC_SYSTEMS,
     NO_VALUE,
     UNKNOWN,
     MappingOptions,
     Payload,
+    component_variable,
     not_quantity,
     parse_time,
     patient_key,
@@ -47,10 +48,14 @@ _OTHER_VALUES = ("valueCodeableConcept", "valueString", "valueBoolean", "valueIn
                  "valuePeriod")
 
 
-def _var_of(concept: Any) -> int:
+def _loinc_codes(concept: Any) -> list[str]:
     if concept is None or not concept.coding:
-        return UNKNOWN
-    return variable_of([c.code for c in concept.coding if c.system == LOINC and c.code])
+        return []
+    return [c.code for c in concept.coding if c.system in LOINC_SYSTEMS and c.code]
+
+
+def _var_of(concept: Any) -> int:
+    return variable_of(_loinc_codes(concept))
 
 
 def _payload(holder: Any) -> Payload:
@@ -115,8 +120,9 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     var = _var_of(obs.code)
     if var != UNKNOWN:
         items.append((var, _payload(obs) if var >= 0 else NO_VALUE))
+    panel = _loinc_codes(obs.code)
     for comp in obs.component or ():
-        cvar = _var_of(comp.code)
+        cvar = component_variable(_loinc_codes(comp.code), panel)
         if cvar != UNKNOWN:
             items.append((cvar, _payload(comp) if cvar >= 0 else NO_VALUE))
     if not items:
