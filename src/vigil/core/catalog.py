@@ -578,6 +578,7 @@ pulmonary artery profile). Components of any other panel are not read. Codes lef
 purpose: 35094-2 (older "Blood pressure panel") was not verified here.
 """
 
+_SCT, _MDC = "http://snomed.info/sct", "urn:iso:std:iso:11073:10101"
 NOT_MERGED: dict[str, str] = {
     # pressures that are not systemic arterial (MII ICU module, pulmonary artery profile)
     "76284-9": "pulmonary artery blood pressure panel, not systemic",
@@ -585,6 +586,18 @@ NOT_MERGED: dict[str, str] = {
     "8385-7": "pulmonary artery diastolic pressure, not systemic DBP",
     "8414-5": "pulmonary artery mean pressure, not systemic MAP",
     "75994-4": "pulmonary artery wedge pressure, not systemic",
+    # the same profiles' SNOMED CT and ISO/IEEE 11073 codes, which may come without the
+    # detailed LOINC code (its slice is 0..1)
+    f"{_SCT}|250767002": "pulmonary artery pressure, not systemic",
+    f"{_SCT}|250768007": "pulmonary artery systolic pressure, not systemic SBP",
+    f"{_SCT}|250769004": "pulmonary artery diastolic pressure, not systemic DBP",
+    f"{_SCT}|250770003": "pulmonary artery mean pressure, not systemic MAP",
+    f"{_SCT}|118433006": "pulmonary artery wedge pressure, not systemic",
+    f"{_MDC}|150044": "MDC_PRESS_BLD_ART_PULM, pulmonary artery pressure",
+    f"{_MDC}|150045": "pulmonary artery systolic pressure (MII ICU profile)",
+    f"{_MDC}|150046": "pulmonary artery diastolic pressure (MII ICU profile)",
+    f"{_MDC}|150047": "pulmonary artery mean pressure (MII ICU profile)",
+    f"{_MDC}|150052": "pulmonary artery wedge pressure (MII ICU profile)",
     # research 4.7 rows 8 and 18
     "19889-5": "end-tidal CO2 as a volume fraction (%), not the partial pressure 19891-1",
     "1994-3": "ionized calcium; Calcium is total calcium",
@@ -601,10 +614,13 @@ NOT_MERGED: dict[str, str] = {
     "20977-5": "urea mass concentration, not urea nitrogen (BUN)",
     "72903-8": "urea substance concentration in blood; read BUN codes in mmol/L instead",
 }
-"""LOINC codes that look like a catalog variable but must not be merged into it, and why.
+"""Codes that look like a catalog variable but must not be merged into it, and why.
 
-A CodeableConcept that carries one of them next to a catalog code is not read as the
-catalog variable: the more specific code wins and the value is not used.
+A LOINC code is written as is; a code of another system as ``{system}|{code}``. A
+CodeableConcept that carries one of them next to a catalog code is not read as the
+catalog variable: the more specific code wins and the value is not used (the MII ICU
+pulmonary artery profile codes its systolic component 8480-6 *and* 8440-0, SNOMED CT
+250768007 and MDC 150045).
 SaO2 (2708-6, arterial blood gas) and SpO2 (59408-5, pulse oximetry) stay two
 variables; US Core pulse oximetry carries both codes and reads as O2Sat.
 """

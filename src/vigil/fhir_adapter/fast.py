@@ -44,6 +44,7 @@ from vigil.fhir_adapter.mapping import (
     MappingOptions,
     Payload,
     component_variable,
+    concept_codes,
     not_quantity,
     parse_time,
     patient_key,
@@ -107,11 +108,11 @@ def _var_of(concept: dict[str, Any]) -> int:
             return UNKNOWN
         hit = _CODE_GET(c.get("code"))
         return UNKNOWN if hit is None else hit[0]
-    return variable_of(_loinc_codes(concept))
+    return variable_of(_codes(concept))
 
 
-def _loinc_codes(concept: dict[str, Any]) -> list[str | None]:
-    return [c.get("code") for c in concept.get("coding") or () if c.get("system") in LOINC_SYSTEMS]
+def _codes(concept: dict[str, Any]) -> list[str]:
+    return concept_codes((c.get("system"), c.get("code")) for c in concept.get("coding") or ())
 
 
 def _payload(holder: dict[str, Any]) -> Payload:
@@ -172,9 +173,9 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
             items.append((var, _payload(d) if var != AMBIGUOUS else NO_VALUE))
         components = d.get("component")
         if components:
-            panel = () if code is None else _loinc_codes(code)
+            panel = () if code is None else _codes(code)
             for comp in components:
-                cvar = component_variable(_loinc_codes(comp["code"]), panel)
+                cvar = component_variable(_codes(comp["code"]), panel)
                 if cvar != UNKNOWN:
                     items.append((cvar, _payload(comp) if cvar != AMBIGUOUS else NO_VALUE))
         if not items:

@@ -73,6 +73,7 @@ __all__ = [
     "Payload",
     "canonical_value",
     "component_variable",
+    "concept_codes",
     "not_quantity",
     "parse_time",
     "patient_key",
@@ -137,13 +138,37 @@ RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
 """Per variable (MEASURED order): the plausible range (low, high), canonical unit."""
 
 
+def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
+    """Return the codes of a CodeableConcept that the mapping looks at.
+
+    Parameters
+    ----------
+    codings : iterable of (system, code)
+
+    Returns
+    -------
+    list of str
+        Every LOINC code (any form of the LOINC system), and any other coding listed in
+        :data:`~vigil.core.catalog.NOT_MERGED` as ``{system}|{code}``.
+    """
+    out: list[str] = []
+    for system, code in codings:
+        if not isinstance(code, str):
+            continue
+        if system in LOINC_SYSTEMS:
+            out.append(code)
+        elif isinstance(system, str) and f"{system}|{code}" in NOT_MERGED:
+            out.append(f"{system}|{code}")
+    return out
+
+
 def variable_of(codes: Iterable[str | None]) -> int:
     """Find the catalog variable named by a list of LOINC codes.
 
     Parameters
     ----------
     codes : iterable of str
-        The LOINC codes of one CodeableConcept (other systems already removed).
+        The codes of one CodeableConcept (:func:`concept_codes`).
 
     Returns
     -------
@@ -172,16 +197,16 @@ def component_variable(codes: Sequence[str | None], panel: Collection[str | None
     Parameters
     ----------
     codes : sequence of str
-        The LOINC codes of the component's code.
+        The codes of the component's code (:func:`concept_codes`).
     panel : collection of str
-        The LOINC codes of the Observation's own code (the panel).
+        The codes of the Observation's own code (the panel).
 
     Returns
     -------
     int
         As :func:`variable_of`, and :data:`UNKNOWN` when the component's codes carry a
-        LOINC code that is not one of the catalog's (a more specific one, such as a
-        pulmonary artery pressure next to 8480-6), or when no panel code is one in whose
+        code that is not one of the catalog's (a more specific one, such as a pulmonary
+        artery pressure next to 8480-6), or when no panel code is one in whose
         context the component code is read (:data:`~vigil.core.catalog.COMPONENT_PANELS`).
     """
     var = variable_of(codes)

@@ -27,12 +27,12 @@ from pydantic import ValidationError
 from vigil.fhir_adapter.accumulator import Accumulator
 from vigil.fhir_adapter.fast import feed, ndjson_lines
 from vigil.fhir_adapter.mapping import (
-    LOINC_SYSTEMS,
     NO_VALUE,
     UNKNOWN,
     MappingOptions,
     Payload,
     component_variable,
+    concept_codes,
     not_quantity,
     parse_time,
     patient_key,
@@ -48,14 +48,14 @@ _OTHER_VALUES = ("valueCodeableConcept", "valueString", "valueBoolean", "valueIn
                  "valuePeriod")
 
 
-def _loinc_codes(concept: Any) -> list[str]:
+def _codes(concept: Any) -> list[str]:
     if concept is None or not concept.coding:
         return []
-    return [c.code for c in concept.coding if c.system in LOINC_SYSTEMS and c.code]
+    return concept_codes((c.system, c.code) for c in concept.coding)
 
 
 def _var_of(concept: Any) -> int:
-    return variable_of(_loinc_codes(concept))
+    return variable_of(_codes(concept))
 
 
 def _payload(holder: Any) -> Payload:
@@ -120,9 +120,9 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     var = _var_of(obs.code)
     if var != UNKNOWN:
         items.append((var, _payload(obs) if var >= 0 else NO_VALUE))
-    panel = _loinc_codes(obs.code)
+    panel = _codes(obs.code)
     for comp in obs.component or ():
-        cvar = component_variable(_loinc_codes(comp.code), panel)
+        cvar = component_variable(_codes(comp.code), panel)
         if cvar != UNKNOWN:
             items.append((cvar, _payload(comp) if cvar >= 0 else NO_VALUE))
     if not items:
