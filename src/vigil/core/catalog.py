@@ -150,9 +150,11 @@ class Variable:
         Returns
         -------
         tuple of (str, float, float) or None
-            ``(catalog unit, scale, offset)``: the canonical unit or the conversion whose
-            unit is the same unit as ``unit`` or, failing that, has its dimension; None
-            when ``unit`` is not UCUM or has no catalog unit of its dimension.
+            ``(catalog unit, scale, offset)``: the first of the canonical unit and the
+            conversions that is the same unit as ``unit`` (``{beats}/min`` is ``/min``)
+            or, failing that, has its dimension (the scale then comes from both parses);
+            None when ``unit`` is not UCUM (nor a catalog alias) or has no catalog unit
+            of its dimension.
         """
         return _convert(self.name, unit)
 
@@ -564,7 +566,7 @@ _BP_PANELS = frozenset({
 COMPONENT_PANELS: dict[str, frozenset[str]] = {
     "8480-6": _BP_PANELS,  # Systolic blood pressure
     "8462-4": _BP_PANELS,  # Diastolic blood pressure
-    "8478-0": frozenset({"85354-9"}),  # Mean blood pressure, a child of 85354-9 only
+    "8478-0": _BP_PANELS,  # Mean blood pressure
     # Inhaled oxygen concentration, a component of US Core pulse oximetry (research 4.6;
     # its sibling 3151-8 inhaled oxygen flow rate is not a catalog variable).
     "3150-0": frozenset({"59408-5"}),
@@ -630,20 +632,17 @@ variables; US Core pulse oximetry carries both codes and reads as O2Sat.
 def _convert(name: str, unit: str) -> tuple[str, float, float] | None:
     v = _BY_NAME[name]
     entries = ((v.unit, 1.0, 0.0), *((c.unit, c.scale, c.offset) for c in v.conversions))
-    for text, scale, offset in entries:
-        if text == unit:
-            return text, scale, offset
-    try:
-        source = parse(unit)
-    except UnitSyntaxError:
-        return None
-    parsed = []
+    parsed, aliases = [], {}
     for text, scale, offset in entries:
         try:
             parsed.append((text, parse(text), scale, offset))
-        except UnitSyntaxError:  # a non-UCUM spelling of the catalog, matched by name above
-            continue
-    for text, target, scale, offset in parsed:
+        except UnitSyntaxError:  # a non-UCUM spelling of the catalog, matched by name only
+            aliases[text] = (text, scale, offset)
+    try:
+        source = parse(unit)
+    except UnitSyntaxError:
+        return aliases.get(unit)
+    for text, target, scale, offset in parsed:  # the canonical unit first
         if source.same_as(target):
             return text, scale, offset
     for text, target, scale, offset in parsed:
