@@ -2,7 +2,18 @@ import math
 
 import pytest
 
-from vigil.core.catalog import CATALOG, DEMOGRAPHICS, LABS, MEASURED, VITALS, Kind, variable
+from vigil.core.catalog import (
+    CATALOG,
+    COMPONENT_PANELS,
+    DEMOGRAPHICS,
+    LABS,
+    MEASURED,
+    NOT_MERGED,
+    VITALS,
+    Kind,
+    variable,
+)
+from vigil.core.ucum import UnitSyntaxError, affine, parse
 
 PHYSIONET_COLUMNS = (
     "HR O2Sat Temp SBP MAP DBP Resp EtCO2 BaseExcess HCO3 FiO2 pH PaCO2 SaO2 AST BUN "
@@ -103,3 +114,71 @@ def test_ranges_are_consistent():
 def test_unknown_variable_error_lists_names():
     with pytest.raises(KeyError, match="unknown clinical variable 'Ferritin'.*Lactate"):
         variable("Ferritin")
+
+
+NON_UCUM_ALIASES = {"bpm", "degF"}
+
+
+def test_every_catalog_unit_is_ucum_but_the_two_named_aliases():
+    units = {v.unit for v in CATALOG} | {c.unit for v in CATALOG for c in v.conversions}
+    refused = set()
+    for unit in units:
+        try:
+            parse(unit)
+        except UnitSyntaxError:
+            refused.add(unit)
+    assert refused == NON_UCUM_ALIASES
+
+
+def test_each_catalog_factor_of_a_commensurable_unit_is_the_one_derived_from_the_parse():
+    checked = 0
+    for v in CATALOG:
+        for c in v.conversions:
+            if c.unit in NON_UCUM_ALIASES:
+                continue
+            derived = affine(parse(c.unit), parse(v.unit))
+            if derived is None:  # molar mass or valence: stated by the catalog only
+                continue
+            # the catalog rounds 1 kPa = 7.50062 mm[Hg] to 7.5006
+            assert math.isclose(c.scale, derived[0], rel_tol=1e-4), (v.name, c.unit)
+            assert math.isclose(c.offset, derived[1], rel_tol=1e-12, abs_tol=1e-12)
+            checked += 1
+    assert checked == 15
+
+
+@pytest.mark.parametrize(
+    ("name", "unit", "value", "expected"),
+    [
+        ("Temp", "[DEGF]", 98.6, 37.0),  # the c/i form of [degF]
+        ("Temp", "K", 310.15, 37.0),
+        ("BUN", "mmol/L", 5.0, 14.0),  # urea 5 mmol/L x 28.014 mg N / mmol, 0.1 mg/dL
+        ("TroponinI", "ng/L", 14.0, 0.014),  # hs-troponin
+        ("TroponinI", "pg/mL", 14.0, 0.014),
+        ("HR", "{beats}/min", 72.0, 72.0),
+        ("HR", "1/min", 72.0, 72.0),
+        ("WBC", "10^3/uL", 7.5, 7.5),
+        ("Hct", "1", 0.42, 42.0),
+    ],
+)
+def test_unit_spellings_and_units_of_the_same_dimension_convert(name, unit, value, expected):
+    conv = variable(name).conversion_for(unit)
+    assert conv is not None
+    assert round(conv.apply(value), 6) == pytest.approx(expected, rel=1e-3, abs=1e-9)
+
+
+def test_component_panels_and_not_merged_codes_are_consistent_with_the_catalog():
+    codes = {code for v in CATALOG for code in v.loinc}
+    assert set(COMPONENT_PANELS) <= codes
+    assert set(NOT_MERGED).isdisjoint(codes)
+    # the blood pressure panels are panels, not variables; pulse oximetry is both
+    assert {p for ps in COMPONENT_PANELS.values() for p in ps} & codes == {"59408-5"}
+    assert all(reason and code.strip() == code for code, reason in NOT_MERGED.items())
+
+
+def test_alternative_codes_read_as_their_variable():
+    assert {"8889-8"} <= set(variable("HR").loinc)
+    assert {"8328-7", "8333-7"} <= set(variable("Temp").loinc)
+    assert {"89579-7", "42757-5"} <= set(variable("TroponinI").loinc)
+    # arterial SaO2 and pulse-oximetry SpO2 stay apart; troponin T is not troponin I
+    assert "59408-5" not in variable("SaO2").loinc
+    assert {"6598-7", "67151-1"} <= set(NOT_MERGED)
