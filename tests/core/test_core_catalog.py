@@ -171,7 +171,9 @@ def test_component_panels_and_not_merged_codes_are_consistent_with_the_catalog()
     assert set(COMPONENT_PANELS) <= codes
     assert set(NOT_MERGED).isdisjoint(codes)
     # the blood pressure panels are panels, not variables; pulse oximetry is both
-    assert {p for ps in COMPONENT_PANELS.values() for p in ps} & codes == {"59408-5"}
+    panels = {p for ps in COMPONENT_PANELS.values() for p in ps}
+    assert panels & codes == {"59408-5"}
+    assert {p for p in panels if "|" in p} == {"http://snomed.info/sct|75367002"}
     assert all(reason and code.strip() == code for code, reason in NOT_MERGED.items())
 
 

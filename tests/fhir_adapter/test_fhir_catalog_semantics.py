@@ -101,7 +101,7 @@ def test_pulmonary_artery_pressures_never_become_systemic_blood_pressure(loinc_d
 def test_components_of_an_unknown_panel_or_with_a_more_specific_code_are_not_read():
     vitals = panel("vitals", [coding("8716-3")],  # "Vital signs": not a blood pressure panel
                    [component([coding("8480-6")], 120.0), component([coding("8462-4")], 70.0)])
-    no_loinc = panel("uk", [coding("75367002", SCT)],  # a panel coded in SNOMED CT only
+    no_loinc = panel("other", [coding("271649006", SCT)],  # SNOMED CT systolic, no panel
                      [component([coding("8480-6")], 120.0)])
     fio2_in_bp = panel("bp", [coding("85354-9")],
                        [component([coding("8480-6")], 120.0),
@@ -110,6 +110,13 @@ def test_components_of_an_unknown_panel_or_with_a_more_specific_code_are_not_rea
     res = parse_all([vitals, no_loinc, fio2_in_bp])
     assert named(res) == [("bp", "SBP", 120.0)]
     assert res.counts.ignored_unknown_code == 2 and not res.quarantine
+
+
+def test_a_uk_core_blood_pressure_panel_coded_in_snomed_ct_gives_sbp_and_dbp():
+    uk = panel("uk", [coding("75367002", SCT)],  # UK Core: SNOMED CT Blood pressure
+               [component([coding("72313002", SCT), coding("8480-6")], 120.0),
+                component([coding("1091811000000102", SCT), coding("8462-4")], 70.0)])
+    assert named(parse_all([uk])) == [("uk", "DBP", 70.0), ("uk", "SBP", 120.0)]
 
 
 def test_us_core_pulse_oximetry_gives_spo2_and_fio2_and_ignores_the_flow_rate():

@@ -559,9 +559,11 @@ MEASURED: tuple[str, ...] = VITALS + LABS
 """The 34 time-varying variables (vitals and labs), in catalog order."""
 DEMOGRAPHICS: tuple[str, ...] = tuple(v.name for v in CATALOG if v.kind is Kind.DEMOGRAPHIC)
 
+_SCT, _MDC = "http://snomed.info/sct", "urn:iso:std:iso:11073:10101"
 _BP_PANELS = frozenset({
     "85354-9",  # Blood pressure panel with all children optional (US Core, research 4.6)
     "55284-4",  # Blood pressure systolic and diastolic (IHE and Argonaut examples)
+    f"{_SCT}|75367002",  # Blood pressure (observable entity): UK Core codes its panel so
 })
 COMPONENT_PANELS: dict[str, frozenset[str]] = {
     "8480-6": _BP_PANELS,  # Systolic blood pressure
@@ -573,6 +575,8 @@ COMPONENT_PANELS: dict[str, frozenset[str]] = {
 }
 """Component LOINC code -> the panel codes (``Observation.code``) in whose context it is read.
 
+A panel code of another system than LOINC is written ``{system}|{code}``.
+
 A component is read as its catalog variable only inside one of these panels, and only
 when its own codes name nothing more specific (a second LOINC code that is not a code of
 that variable, e.g. pulmonary artery systolic 8440-0 next to 8480-6 in the MII ICU
@@ -580,7 +584,6 @@ pulmonary artery profile). Components of any other panel are not read. Codes lef
 purpose: 35094-2 (older "Blood pressure panel") was not verified here.
 """
 
-_SCT, _MDC = "http://snomed.info/sct", "urn:iso:std:iso:11073:10101"
 NOT_MERGED: dict[str, str] = {
     # pressures that are not systemic arterial (MII ICU module, pulmonary artery profile)
     "76284-9": "pulmonary artery blood pressure panel, not systemic",

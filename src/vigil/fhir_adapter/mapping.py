@@ -138,6 +138,10 @@ RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
 """Per variable (MEASURED order): the plausible range (low, high), canonical unit."""
 
 
+_OTHER_CODES = frozenset(NOT_MERGED) | frozenset(
+    p for panels in COMPONENT_PANELS.values() for p in panels if "|" in p)
+
+
 def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
     """Return the codes of a CodeableConcept that the mapping looks at.
 
@@ -149,7 +153,8 @@ def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
     -------
     list of str
         Every LOINC code (any form of the LOINC system), and any other coding listed in
-        :data:`~vigil.core.catalog.NOT_MERGED` as ``{system}|{code}``.
+        :data:`~vigil.core.catalog.NOT_MERGED` or as a panel of
+        :data:`~vigil.core.catalog.COMPONENT_PANELS`, as ``{system}|{code}``.
     """
     out: list[str] = []
     for system, code in codings:
@@ -157,7 +162,7 @@ def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
             continue
         if system in LOINC_SYSTEMS:
             out.append(code)
-        elif isinstance(system, str) and f"{system}|{code}" in NOT_MERGED:
+        elif isinstance(system, str) and f"{system}|{code}" in _OTHER_CODES:
             out.append(f"{system}|{code}")
     return out
 
