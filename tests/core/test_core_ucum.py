@@ -15,6 +15,7 @@ from vigil.core.ucum import ATOMS, PREFIXES, UnitSyntaxError, affine, parse
 
 @pytest.mark.parametrize(("a", "b"), [
     ("mg/dL", "MG/DL"),  # c/i form
+    ("mg/dL", "MG/DL{serum}"),  # an annotation does not make the code case-sensitive
     ("Cel", "CEL"),
     ("[degF]", "[DEGF]"),
     ("mm[Hg]", "MM[HG]"),

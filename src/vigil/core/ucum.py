@@ -13,8 +13,8 @@ a table of spellings.
 
 Case. UCUM is case-sensitive in its c/s form and defines a separate
 case-insensitive c/i form written in upper case (§4). A code with at least one
-lower-case letter is read in the c/s form; a code without lower-case letters is
-read in the c/i form. So ``mg/dL`` and ``MG/DL``, ``Cel`` and ``CEL``, ``mm[Hg]`` and
+lower-case letter outside its annotations is read in the c/s form, any other code
+in the c/i form. So ``mg/dL`` and ``MG/DL``, ``Cel`` and ``CEL``, ``mm[Hg]`` and
 ``MM[HG]``, ``mL`` and ``ML`` name the same unit, while ``mm[hg]`` and ``Mg/dL`` are
 read as c/s (no atom ``[hg]``; ``Mg`` is the megagram) and do not become mm[Hg] or mg/dL.
 
@@ -28,7 +28,9 @@ carry a prefix, an exponent or take part in a product. Atoms outside
 
 Pure Python; :func:`parse` is cached per distinct code.
 
->>> affine(parse("[degF]"), parse("Cel"))[0] == 5 / 9
+>>> affine(parse("ng/L"), parse("ng/mL"))
+(0.001, 0.0)
+>>> parse("{beats}/min").same_as(parse("1/min"))
 True
 """
 
@@ -247,7 +249,7 @@ class _Parser:
         atom = _ATOMS_CI.get(text) if self.ci else ATOMS.get(text)
         if atom is not None:
             return atom[1], atom[2], atom[4]
-        prefixes = _PREFIXES_CI if self.ci else {k: v[1] for k, v in PREFIXES.items()}
+        prefixes = _PREFIXES_CI if self.ci else _PREFIXES_CS
         for plen in (2, 1):
             prefix, rest = text[:plen], text[plen:]
             if prefix in prefixes and rest:
@@ -259,11 +261,14 @@ class _Parser:
 
 _ATOMS_CI = {v[0]: v for v in ATOMS.values()}
 _PREFIXES_CI = {v[0]: v[1] for v in PREFIXES.values()}
+_PREFIXES_CS = {k: v[1] for k, v in PREFIXES.items()}
 
 
 @lru_cache(maxsize=4096)
 def parse(code: str) -> Unit:
     """Parse a UCUM code (c/s form, or c/i form when it has no lower-case letter).
+
+    Annotations do not decide the form: ``MG/DL{serum}`` is read in the c/i form.
 
     Parameters
     ----------
@@ -281,9 +286,7 @@ def parse(code: str) -> Unit:
     """
     if not code or code != code.strip():
         raise UnitSyntaxError(f"{code!r} is not a UCUM unit: empty or surrounded by spaces")
-    if code == "1":
-        return Unit(code, 1.0, (0,) * _ND)
-    p = _Parser(code, ci=not any(c.islower() for c in code))
+    p = _Parser(code, ci=not any(c.islower() for c in _ANNOTATION.sub("", code)))
     factor, dims, special = p.term()
     if p.pos != len(code):
         raise p.fail(f"unexpected {code[p.pos:]!r}")
