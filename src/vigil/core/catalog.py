@@ -11,6 +11,14 @@ Sources: the LOINC/UCUM table and conversion factors of
 ``research/clinical-runtime.md`` (sections 4.6--4.8), the Challenge data
 description (Reyna et al., Crit Care Med 48(2):210-217, 2020).
 
+Codes and units as FHIR feeds send them: each variable lists the alternative LOINC
+codes a real EHR uses for it (by site, method or specimen; the source of each is in a
+comment), :data:`NOT_MERGED` the look-alike codes that must stay apart and why, and
+:data:`COMPONENT_PANELS` the panels in whose context a component code is read. Units are
+UCUM codes; :meth:`Variable.convert` parses them (:mod:`vigil.core.ucum`), so every
+spelling of a catalog unit and every unit of its dimension converts, while conversions
+that need a molar mass or a valence are stated per variable.
+
 Data quirks, all checked on the shared development file:
 
 - **FiO2** is documented as "%" by the Challenge but recorded as a fraction
@@ -563,7 +571,7 @@ _SCT, _MDC = "http://snomed.info/sct", "urn:iso:std:iso:11073:10101"
 _BP_PANELS = frozenset({
     "85354-9",  # Blood pressure panel with all children optional (US Core, research 4.6)
     "55284-4",  # Blood pressure systolic and diastolic (IHE and Argonaut examples)
-    f"{_SCT}|75367002",  # Blood pressure (observable entity): UK Core codes its panel so
+    f"{_SCT}|75367002",  # Blood pressure (observable entity), UK Core's panel code
 })
 COMPONENT_PANELS: dict[str, frozenset[str]] = {
     "8480-6": _BP_PANELS,  # Systolic blood pressure
@@ -578,9 +586,9 @@ COMPONENT_PANELS: dict[str, frozenset[str]] = {
 A panel code of another system than LOINC is written ``{system}|{code}``.
 
 A component is read as its catalog variable only inside one of these panels, and only
-when its own codes name nothing more specific (a second LOINC code that is not a code of
-that variable, e.g. pulmonary artery systolic 8440-0 next to 8480-6 in the MII ICU
-pulmonary artery profile). Components of any other panel are not read. Codes left out on
+when its own codes name nothing more specific (a LOINC code the catalog does not read or
+a :data:`NOT_MERGED` code, e.g. pulmonary artery systolic 8440-0 next to 8480-6 in the
+MII ICU pulmonary artery profile). Components of any other panel are not read. Codes left out on
 purpose: 35094-2 (older "Blood pressure panel") was not verified here.
 """
 

@@ -12,9 +12,9 @@ these rules in this order:
    ``value[x]``). A ``component`` gives one more only in the context of its panel: its
    code must be read inside a panel the Observation's own code names
    (:data:`~vigil.core.catalog.COMPONENT_PANELS`: systolic 8480-6 inside the
-   blood-pressure panels 85354-9 and 55284-4, FiO2 3150-0 inside US Core pulse oximetry
-   59408-5) and must carry no other LOINC code (a pulmonary artery systolic 8440-0 next
-   to 8480-6 is not a systemic SBP); other components are not read. A code of
+   blood-pressure panels 85354-9, 55284-4 or SNOMED CT 75367002, FiO2 3150-0 inside US
+   Core pulse oximetry 59408-5) and must carry no other LOINC code (a pulmonary artery
+   systolic 8440-0 next to 8480-6 is not a systemic SBP); other components are not read. A code of
    :data:`~vigil.core.catalog.NOT_MERGED` (ionized calcium, troponin T, venous pCO2...)
    next to a catalog code makes the concept unknown. When codings name
    several variables, a code listed by one variable only beats a code shared by
@@ -167,7 +167,7 @@ def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
     return out
 
 
-def variable_of(codes: Iterable[str | None]) -> int:
+def variable_of(codes: Iterable[str]) -> int:
     """Find the catalog variable named by a list of LOINC codes.
 
     Parameters
@@ -183,7 +183,7 @@ def variable_of(codes: Iterable[str | None]) -> int:
     """
     best, best_rank, tie = UNKNOWN, 2, False
     for code in codes:
-        hit = CODE_INDEX.get(code)  # type: ignore[arg-type]
+        hit = CODE_INDEX.get(code)
         if hit is None:
             if code in NOT_MERGED:
                 return UNKNOWN
@@ -196,7 +196,7 @@ def variable_of(codes: Iterable[str | None]) -> int:
     return AMBIGUOUS if tie else best
 
 
-def component_variable(codes: Sequence[str | None], panel: Collection[str | None]) -> int:
+def component_variable(codes: Sequence[str], panel: Collection[str]) -> int:
     """Find the catalog variable of one ``Observation.component``, read in its panel's context.
 
     Parameters
@@ -218,7 +218,7 @@ def component_variable(codes: Sequence[str | None], panel: Collection[str | None
     if var == UNKNOWN or any(c not in CODE_INDEX for c in codes):
         return UNKNOWN
     for code in codes:
-        context = COMPONENT_PANELS.get(code)  # type: ignore[arg-type]
+        context = COMPONENT_PANELS.get(code)
         if context is not None and not context.isdisjoint(panel):
             return var
     return UNKNOWN

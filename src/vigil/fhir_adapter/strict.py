@@ -54,10 +54,6 @@ def _codes(concept: Any) -> list[str]:
     return concept_codes((c.system, c.code) for c in concept.coding)
 
 
-def _var_of(concept: Any) -> int:
-    return variable_of(_codes(concept))
-
-
 def _payload(holder: Any) -> Payload:
     q = holder.valueQuantity
     if q is not None:
@@ -117,10 +113,10 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     lu = NO_TIME if obs.meta is None or obs.meta.lastUpdated is None else to_micros(
         obs.meta.lastUpdated)
     items: list[tuple[int, Payload]] = []
-    var = _var_of(obs.code)
+    panel = _codes(obs.code)
+    var = variable_of(panel)
     if var != UNKNOWN:
         items.append((var, _payload(obs) if var >= 0 else NO_VALUE))
-    panel = _codes(obs.code)
     for comp in obs.component or ():
         cvar = component_variable(_codes(comp.code), panel)
         if cvar != UNKNOWN:
