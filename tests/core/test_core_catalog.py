@@ -9,6 +9,7 @@ from vigil.core.catalog import (
     LABS,
     MEASURED,
     NOT_MERGED,
+    SUBSTANCE_ONLY,
     VITALS,
     Kind,
     variable,
@@ -164,6 +165,7 @@ def test_component_panels_and_not_merged_codes_are_consistent_with_the_catalog()
     assert panels & codes == {"59408-5"}
     assert {p for p in panels if "|" in p} == {"http://snomed.info/sct|75367002"}
     assert all(reason and code.strip() == code for code, reason in NOT_MERGED.items())
+    assert set(SUBSTANCE_ONLY) <= set(variable("BUN").loinc) - {variable("BUN").loinc[0]}
 
 
 def test_alternative_codes_read_as_their_variable():

@@ -210,6 +210,24 @@ def test_units_that_do_not_convert_are_quarantined_with_the_reason(unit, why):
     assert re.search(why, res.quarantine[0].reason)
 
 
+def test_urea_is_read_as_bun_in_a_substance_unit_only():
+    resources = [observation("22664-7", 5.0, "mmol/L", rid="u1"),  # urea, serum or plasma
+                 observation("72903-8", 5000.0, "umol/L", rid="u2"),  # urea, blood
+                 observation("22664-7", 30.0, "mg/dL", rid="u3"),  # urea mass: not BUN
+                 observation("3094-0", 14.0, "mg/dL", rid="b1")]  # BUN itself
+    res = parse_all(resources)
+    assert [(r, n, round(v, 1)) for r, n, v in named(res)] == [
+        ("b1", "BUN", 14.0), ("u1", "BUN", 14.0), ("u2", "BUN", 14.0)]
+    (q,) = res.quarantine
+    assert q.resource_id == "u3" and q.reason.startswith(
+        "unit 'mg/dL' is not a substance concentration; LOINC 22664-7 is urea")
+    # the NDJSON reader's inline path (a time and subject seen before) applies the same rule
+    lines = b"\n".join(orjson.dumps(r) for r in resources)
+    twice = parse_ndjson(lines + b"\n" + lines.replace(b'"id":"', b'"id":"again-'))
+    assert [q.resource_id for q in twice.quarantine] == ["u3", "again-u3"]
+    assert twice.counts.values == 6
+
+
 def test_a_megagram_spelling_of_a_milligram_unit_is_quarantined_as_implausible():
     res = parse_all([observation("2160-0", 1.2, "Mg/dL")])  # c/s: Mg is the megagram
     assert res.counts.values == 0

@@ -54,6 +54,7 @@ __all__ = [
     "LABS",
     "MEASURED",
     "NOT_MERGED",
+    "SUBSTANCE_ONLY",
     "VITALS",
     "Conversion",
     "Kind",
@@ -314,7 +315,11 @@ CATALOG: tuple[Variable, ...] = (
         _L,
         "blood urea nitrogen",
         "mg/dL",
-        ("3094-0",),
+        # 3094-0 Urea nitrogen [Mass/volume] in Serum or Plasma (research 4.7); urea
+        # [Moles/volume] 22664-7 in Serum or Plasma, 72903-8 in Blood (LOINC; GECCO value
+        # set): 1 mmol urea holds 28.014 mg of nitrogen, so urea mmol/L x 2.801 = BUN
+        # mg/dL. Those two are read in a substance unit only (SUBSTANCE_ONLY).
+        ("3094-0", "22664-7", "72903-8"),
         0.5,
         300,
         15,
@@ -567,6 +572,16 @@ MEASURED: tuple[str, ...] = VITALS + LABS
 """The 34 time-varying variables (vitals and labs), in catalog order."""
 DEMOGRAPHICS: tuple[str, ...] = tuple(v.name for v in CATALOG if v.kind is Kind.DEMOGRAPHIC)
 
+SUBSTANCE_ONLY: dict[str, str] = {
+    "22664-7": "urea [moles/volume]; in a mass unit it is urea, 2.14 times its BUN",
+    "72903-8": "urea [moles/volume]; in a mass unit it is urea, 2.14 times its BUN",
+}
+"""Codes read only in a unit of substance concentration (``mmol/L``, ``mol/m3``...), and why.
+
+Urea and urea nitrogen have the same number of moles but not the same mass: a urea code
+in ``mg/dL`` would pass as BUN ``mg/dL`` 2.14 times too high, so it is quarantined.
+"""
+
 _SCT, _MDC = "http://snomed.info/sct", "urn:iso:std:iso:11073:10101"
 _BP_PANELS = frozenset({
     "85354-9",  # Blood pressure panel with all children optional (US Core, research 4.6)
@@ -622,10 +637,8 @@ NOT_MERGED: dict[str, str] = {
     "67151-1": "high-sensitivity troponin T; TroponinI is troponin I",
     "48425-3": "troponin T in blood; TroponinI is troponin I",
     # urea itself, not urea nitrogen (GECCO laboratory value set): in mg/dL it is 2.14 times
-    # the BUN number in the same unit, so only BUN codes are read (a BUN code sent in mmol/L
-    # is urea in mmol/L and converts with 2.801)
+    # the BUN number in the same unit (urea in mmol/L is read: SUBSTANCE_ONLY)
     "20977-5": "urea mass concentration, not urea nitrogen (BUN)",
-    "72903-8": "urea substance concentration in blood; read BUN codes in mmol/L instead",
 }
 """Codes that look like a catalog variable but must not be merged into it, and why.
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from vigil.core.catalog import SUBSTANCE_ONLY
 from vigil.fhir_adapter.accumulator import USE, Accumulator
 from vigil.fhir_adapter.mapping import (
     AMBIGUOUS,
@@ -49,6 +50,8 @@ from vigil.fhir_adapter.mapping import (
     parse_time,
     patient_key,
     quantity_payload,
+    substance_checked,
+    substance_unit,
     variable_of,
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult, ObservationBatch, to_micros
@@ -67,7 +70,8 @@ __all__ = [
 _CODE_GET = CODE_INDEX.get
 _FAST_CODES: dict[str, tuple[int, dict[str, tuple[float, float, float, float, int]]]] = {
     code: (var, {unit: (scale, offset, *RANGES[var], UNIT_INDEX[unit])
-                 for unit, (scale, offset) in UNITS[var].items()})
+                 for unit, (scale, offset) in UNITS[var].items()
+                 if code not in SUBSTANCE_ONLY or substance_unit(unit)})
     for code, (var, _rank) in CODE_INDEX.items()
 }
 """LOINC code -> (variable, UCUM code -> (scale, offset, low, high, source unit code)), for the
@@ -170,7 +174,8 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
         var = UNKNOWN if code is None else _var_of(code)
         items: list[tuple[int, Payload]] = []
         if var != UNKNOWN:
-            items.append((var, _payload(d) if var != AMBIGUOUS else NO_VALUE))
+            items.append((var, NO_VALUE if var == AMBIGUOUS
+                          else substance_checked(_codes(code), _payload(d))))
         components = d.get("component")
         if components:
             panel = () if code is None else _codes(code)

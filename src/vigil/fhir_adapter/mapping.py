@@ -50,7 +50,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from vigil.core.catalog import COMPONENT_PANELS, MEASURED, NOT_MERGED, variable
+from vigil.core.catalog import COMPONENT_PANELS, MEASURED, NOT_MERGED, SUBSTANCE_ONLY, variable
+from vigil.core.ucum import UnitSyntaxError, parse
 from vigil.fhir_adapter.records import SOURCE_UNITS, to_micros
 
 __all__ = [
@@ -78,6 +79,8 @@ __all__ = [
     "parse_time",
     "patient_key",
     "quantity_payload",
+    "substance_checked",
+    "substance_unit",
     "reference_id",
     "source_unit",
     "variable_of",
@@ -425,3 +428,51 @@ def quantity_payload(value: object, comparator: str | None, system: str | None,
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "valueQuantity.value is not a number"
     return (float(value), comparator, system, code, unit)
+
+
+_MOLAR = parse("mol/L").dims
+
+
+def substance_unit(text: str) -> bool:
+    """Whether a UCUM code is a substance concentration (``mmol/L``, ``mol/m3``...)."""
+    try:
+        return parse(text).dims == _MOLAR
+    except UnitSyntaxError:
+        return False
+
+
+def substance_checked(codes: Iterable[str], payload: Payload) -> Payload:
+    """Refuse a value of a :data:`~vigil.core.catalog.SUBSTANCE_ONLY` code in another unit.
+
+    Parameters
+    ----------
+    codes : iterable of str
+        The codes of the Observation's code (:func:`concept_codes`).
+    payload : Payload
+        What was read for its value.
+
+    Returns
+    -------
+    Payload
+        ``payload``, or the reason to quarantine it when a code is read in a substance unit
+        only and the unit (the UCUM code, else the text; the first that parses) is another.
+    """
+    if not isinstance(payload, tuple):
+        return payload
+    hit = next((c for c in codes if c in SUBSTANCE_ONLY), None)
+    if hit is None:
+        return payload
+    _, _, system, code, unit = payload
+    ucum = code is not None and (system is None or system in UCUM_SYSTEMS)
+    for text in ([code] if ucum else []) + [unit]:
+        if text is None:
+            continue
+        try:
+            parse(text)
+        except UnitSyntaxError:
+            continue
+        if substance_unit(text):
+            return payload
+        return (f"unit {text!r} is not a substance concentration; LOINC {hit} is "
+                f"{SUBSTANCE_ONLY[hit]}")
+    return payload

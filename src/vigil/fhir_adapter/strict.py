@@ -37,6 +37,7 @@ from vigil.fhir_adapter.mapping import (
     parse_time,
     patient_key,
     quantity_payload,
+    substance_checked,
     variable_of,
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult, to_micros
@@ -116,7 +117,7 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     panel = _codes(obs.code)
     var = variable_of(panel)
     if var != UNKNOWN:
-        items.append((var, _payload(obs) if var >= 0 else NO_VALUE))
+        items.append((var, substance_checked(panel, _payload(obs)) if var >= 0 else NO_VALUE))
     for comp in obs.component or ():
         cvar = component_variable(_codes(comp.code), panel)
         if cvar != UNKNOWN:
