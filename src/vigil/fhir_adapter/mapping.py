@@ -38,7 +38,8 @@ these rules in this order:
    not convert, the ``unit`` text) is parsed as UCUM (:mod:`vigil.core.ucum`) and must be
    the canonical unit, one of the catalog's conversions, or a unit of their dimension
    (:meth:`vigil.core.catalog.Variable.convert`), and the converted value must lie in
-   the plausible range. Anything else is quarantined with its reason.
+   the plausible range; a code of :data:`~vigil.core.catalog.SUBSTANCE_ONLY` (urea)
+   must come in a substance unit. Anything else is quarantined with its reason.
 
 Reasons never contain a patient identifier.
 """
