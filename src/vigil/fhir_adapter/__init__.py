@@ -35,9 +35,10 @@ Sources (:class:`Source` protocol)
 
 Mapping rules
     :mod:`vigil.fhir_adapter.mapping` (LOINC -> catalog, UCUM conversion, status,
-    time, plausibility). Two parsers give identical results: :func:`parse_ndjson` /
-    :func:`parse_fast` (orjson, no pydantic) and :func:`parse_ndjson_strict` /
-    :func:`parse_strict` (fhir.resources R4B validation).
+    time, plausibility) and :mod:`vigil.fhir_adapter.codes` (panel context of
+    components, code systems, substance-only codes). Two parsers give identical
+    results: :func:`parse_ndjson` / :func:`parse_fast` (orjson, no pydantic) and
+    :func:`parse_ndjson_strict` / :func:`parse_strict` (fhir.resources R4B validation).
 
 Grid
     :func:`grid_from_observations` (census stays, batch, ``until``) ->

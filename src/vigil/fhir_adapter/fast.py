@@ -28,6 +28,12 @@ import orjson
 
 from vigil.core.catalog import SUBSTANCE_ONLY
 from vigil.fhir_adapter.accumulator import USE, Accumulator
+from vigil.fhir_adapter.codes import (
+    component_variable,
+    concept_codes,
+    substance_checked,
+    substance_unit,
+)
 from vigil.fhir_adapter.mapping import (
     AMBIGUOUS,
     CODE_INDEX,
@@ -44,14 +50,10 @@ from vigil.fhir_adapter.mapping import (
     VALID_INSTANTS,
     MappingOptions,
     Payload,
-    component_variable,
-    concept_codes,
     not_quantity,
     parse_time,
     patient_key,
     quantity_payload,
-    substance_checked,
-    substance_unit,
     variable_of,
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult, ObservationBatch, to_micros

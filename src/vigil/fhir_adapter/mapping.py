@@ -47,12 +47,11 @@ Reasons never contain a patient identifier.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from vigil.core.catalog import COMPONENT_PANELS, MEASURED, NOT_MERGED, SUBSTANCE_ONLY, variable
-from vigil.core.ucum import UnitSyntaxError, parse
+from vigil.core.catalog import MEASURED, NOT_MERGED, variable
 from vigil.fhir_adapter.records import SOURCE_UNITS, to_micros
 
 __all__ = [
@@ -74,14 +73,10 @@ __all__ = [
     "MappingOptions",
     "Payload",
     "canonical_value",
-    "component_variable",
-    "concept_codes",
     "not_quantity",
     "parse_time",
     "patient_key",
     "quantity_payload",
-    "substance_checked",
-    "substance_unit",
     "reference_id",
     "source_unit",
     "variable_of",
@@ -142,42 +137,14 @@ RANGES = tuple((variable(n).low, variable(n).high) for n in MEASURED)
 """Per variable (MEASURED order): the plausible range (low, high), canonical unit."""
 
 
-_OTHER_CODES = frozenset(NOT_MERGED) | frozenset(
-    p for panels in COMPONENT_PANELS.values() for p in panels if "|" in p)
-
-
-def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
-    """Return the codes of a CodeableConcept that the mapping looks at.
-
-    Parameters
-    ----------
-    codings : iterable of (system, code)
-
-    Returns
-    -------
-    list of str
-        Every LOINC code (any form of the LOINC system), and any other coding listed in
-        :data:`~vigil.core.catalog.NOT_MERGED` or as a panel of
-        :data:`~vigil.core.catalog.COMPONENT_PANELS`, as ``{system}|{code}``.
-    """
-    out: list[str] = []
-    for system, code in codings:
-        if not isinstance(code, str):
-            continue
-        if system in LOINC_SYSTEMS:
-            out.append(code)
-        elif isinstance(system, str) and f"{system}|{code}" in _OTHER_CODES:
-            out.append(f"{system}|{code}")
-    return out
-
-
 def variable_of(codes: Iterable[str]) -> int:
     """Find the catalog variable named by a list of LOINC codes.
 
     Parameters
     ----------
     codes : iterable of str
-        The codes of one CodeableConcept (:func:`concept_codes`).
+        The codes of one CodeableConcept
+        (:func:`vigil.fhir_adapter.codes.concept_codes`).
 
     Returns
     -------
@@ -198,34 +165,6 @@ def variable_of(codes: Iterable[str]) -> int:
         elif rank == best_rank and var != best:
             tie = True
     return AMBIGUOUS if tie else best
-
-
-def component_variable(codes: Sequence[str], panel: Collection[str]) -> int:
-    """Find the catalog variable of one ``Observation.component``, read in its panel's context.
-
-    Parameters
-    ----------
-    codes : sequence of str
-        The codes of the component's code (:func:`concept_codes`).
-    panel : collection of str
-        The codes of the Observation's own code (the panel).
-
-    Returns
-    -------
-    int
-        As :func:`variable_of`, and :data:`UNKNOWN` when the component's codes carry a
-        code that is not one of the catalog's (a more specific one, such as a pulmonary
-        artery pressure next to 8480-6), or when no panel code is one in whose
-        context the component code is read (:data:`~vigil.core.catalog.COMPONENT_PANELS`).
-    """
-    var = variable_of(codes)
-    if var == UNKNOWN or any(c not in CODE_INDEX for c in codes):
-        return UNKNOWN
-    for code in codes:
-        context = COMPONENT_PANELS.get(code)
-        if context is not None and not context.isdisjoint(panel):
-            return var
-    return UNKNOWN
 
 
 CONVERSION_CACHE: dict[tuple[int, str | None, str | None, str | None],
@@ -430,50 +369,3 @@ def quantity_payload(value: object, comparator: str | None, system: str | None,
         return "valueQuantity.value is not a number"
     return (float(value), comparator, system, code, unit)
 
-
-_MOLAR = parse("mol/L").dims
-
-
-def substance_unit(text: str) -> bool:
-    """Whether a UCUM code is a substance concentration (``mmol/L``, ``mol/m3``...)."""
-    try:
-        return parse(text).dims == _MOLAR
-    except UnitSyntaxError:
-        return False
-
-
-def substance_checked(codes: Iterable[str], payload: Payload) -> Payload:
-    """Refuse a value of a :data:`~vigil.core.catalog.SUBSTANCE_ONLY` code in another unit.
-
-    Parameters
-    ----------
-    codes : iterable of str
-        The codes of the Observation's code (:func:`concept_codes`).
-    payload : Payload
-        What was read for its value.
-
-    Returns
-    -------
-    Payload
-        ``payload``, or the reason to quarantine it when a code is read in a substance unit
-        only and the unit (the UCUM code, else the text; the first that parses) is another.
-    """
-    if not isinstance(payload, tuple):
-        return payload
-    hit = next((c for c in codes if c in SUBSTANCE_ONLY), None)
-    if hit is None:
-        return payload
-    _, _, system, code, unit = payload
-    ucum = code is not None and (system is None or system in UCUM_SYSTEMS)
-    for text in ([code] if ucum else []) + [unit]:
-        if text is None:
-            continue
-        try:
-            parse(text)
-        except UnitSyntaxError:
-            continue
-        if substance_unit(text):
-            return payload
-        return (f"unit {text!r} is not a substance concentration; LOINC {hit} is "
-                f"{SUBSTANCE_ONLY[hit]}")
-    return payload

@@ -25,19 +25,17 @@ from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
 from vigil.fhir_adapter.accumulator import Accumulator
+from vigil.fhir_adapter.codes import component_variable, concept_codes, substance_checked
 from vigil.fhir_adapter.fast import feed, ndjson_lines
 from vigil.fhir_adapter.mapping import (
     NO_VALUE,
     UNKNOWN,
     MappingOptions,
     Payload,
-    component_variable,
-    concept_codes,
     not_quantity,
     parse_time,
     patient_key,
     quantity_payload,
-    substance_checked,
     variable_of,
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult, to_micros
