@@ -107,9 +107,11 @@ def test_components_of_an_unknown_panel_or_with_a_more_specific_code_are_not_rea
                        [component([coding("8480-6")], 120.0),
                         component([coding("3150-0")], 40.0, "%"),  # FiO2 is no BP child
                         component([coding("8462-4"), coding("8302-2")], 70.0)])  # + body height
-    res = parse_all([vitals, no_loinc, fio2_in_bp])
+    both = panel("both", [coding("85354-9"), coding("76284-9")],  # generic and pulmonary
+                 [component([coding("8480-6")], 25.0)])
+    res = parse_all([vitals, no_loinc, fio2_in_bp, both])
     assert named(res) == [("bp", "SBP", 120.0)]
-    assert res.counts.ignored_unknown_code == 2 and not res.quarantine
+    assert res.counts.ignored_unknown_code == 3 and not res.quarantine
 
 
 def test_a_uk_core_blood_pressure_panel_coded_in_snomed_ct_gives_sbp_and_dbp():

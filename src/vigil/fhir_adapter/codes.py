@@ -69,11 +69,14 @@ def component_variable(codes: Sequence[str], panel: Collection[str]) -> int:
     int
         As :func:`variable_of`, and :data:`UNKNOWN` when the component's codes carry a
         code that is not one of the catalog's (a more specific one, such as a pulmonary
-        artery pressure next to 8480-6), or when no panel code is one in whose
-        context the component code is read (:data:`~vigil.core.catalog.COMPONENT_PANELS`).
+        artery pressure next to 8480-6), when no panel code is one in whose context the
+        component code is read (:data:`~vigil.core.catalog.COMPONENT_PANELS`), or when
+        the panel also carries a :data:`~vigil.core.catalog.NOT_MERGED` code (a generic
+        blood-pressure panel coded as pulmonary artery pressure too).
     """
     var = variable_of(codes)
-    if var == UNKNOWN or any(c not in CODE_INDEX for c in codes):
+    if (var == UNKNOWN or any(c not in CODE_INDEX for c in codes)
+            or any(p in NOT_MERGED for p in panel)):
         return UNKNOWN
     for code in codes:
         context = COMPONENT_PANELS.get(code)
