@@ -22,6 +22,7 @@ JPEG-LS Lossless (pydicom's own RLE encoder, ``pyjpegls``).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +36,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
 from vigil.core.errors import ConfigError
@@ -90,6 +90,8 @@ _SYNTAX_UID: dict[str, UID] = {
     "explicit": ExplicitVRLittleEndian, "rle": RLELossless, "jpeg-ls": JPEGLSLossless,
 }  # fmt: skip
 _ROOT = "vigil-medmnist-v1"
+SIGMOID_SPAN_WIDTHS = 5.0
+"""A SIGMOID scanner's window is ``(high - low) / 5`` wide: its range reaches 1/(1+e^10)."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ class Scanner:
         Modality values displayed black and white (before any inversion).
     voi : {"linear_exact", "sigmoid", "voi_lut"}
         Window LINEAR_EXACT (center (low+high)/2, width high-low), window SIGMOID
-        (same center, width (high-low)/4), or a 16-bit VOI LUT Sequence over
-        ``[low, high]`` (then ``low`` and ``high`` must be integers of the modality range).
+        (same center, width (high-low)/5, so ``[low, high]`` reaches logit ±10), or a
+        16-bit VOI LUT Sequence over ``[low, high]`` (then ``low`` and ``high`` must be
+        integers of the modality range).
     presentation_shape : PresentationShape or None
         Presentation LUT Shape written (None: absent; CR only).
     syntax : {"explicit", "rle", "jpeg-ls"}
@@ -162,8 +165,8 @@ class Scanner:
 
 
 def deterministic_uid(*parts: str) -> UID:
-    """Derive a ``2.25.`` UID from ``parts`` (pydicom's ``generate_uid`` with entropy sources)."""
-    return generate_uid(prefix=None, entropy_srcs=[_ROOT, *parts])
+    """Derive a ``2.25.`` UID (PS3.5 B.2) from the name-based UUID (RFC 9562 v5) of ``parts``."""
+    return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join((_ROOT, *parts))).int}")
 
 
 def encode_stored(
@@ -196,7 +199,7 @@ def encode_stored(
     y = 1.0 - p if scanner.inverts else p
     span = scanner.high - scanner.low
     if scanner.voi == "sigmoid":
-        width = span / 4.0
+        width = span / SIGMOID_SPAN_WIDTHS
         reach = 1.0 / (1.0 + np.exp(-4.0 * (span / 2.0) / width))
         q = np.clip(y, 1.0 - reach, reach)
         m = (scanner.low + scanner.high) / 2.0 + width / 4.0 * (np.log(q) - np.log1p(-q))
@@ -226,7 +229,8 @@ def _voi_attributes(ds: Dataset, scanner: Scanner) -> None:
         ds.VOILUTSequence = DicomSequence([item])
         return
     ds.WindowCenter = f"{center:.6g}"
-    ds.WindowWidth = f"{span if scanner.voi == 'linear_exact' else span / 4.0:.6g}"
+    width = span if scanner.voi == "linear_exact" else span / SIGMOID_SPAN_WIDTHS
+    ds.WindowWidth = f"{width:.6g}"
     ds.VOILUTFunction = "LINEAR_EXACT" if scanner.voi == "linear_exact" else "SIGMOID"
 
 
@@ -305,7 +309,7 @@ def build_instance(
         ds.PixelData = pixels.tobytes()
         ds["PixelData"].VR = "OB" if ds.BitsAllocated == 8 else "OW"
     else:
-        ds.compress(_SYNTAX_UID[scanner.syntax], pixels)
+        ds.compress(_SYNTAX_UID[scanner.syntax], pixels, generate_instance_uid=False)
     return ds
 
 

@@ -8,7 +8,7 @@ Order (PS3.4 N.2.1):
    ``1 - y`` on the VOI output (PS3.3 C.7.6.3.1.2: MONOCHROME1 is inverted
    *after* the VOI transformation; C.11.6.1.2). The inversion is fixed, never
    ``max(image) - image``, so it does not depend on the image;
-4. :func:`resize` - area-weighted (box) resampling to the model's size;
+4. :func:`resize` - area-weighted resampling to the model's size;
 5. :func:`normalize` - ``(x - 0.5) / 0.5``, the MedMNIST convention.
 
 :func:`to_model_input` runs all five on one image; :func:`training_inputs` runs
@@ -165,9 +165,10 @@ def _box_weights(n_in: int, n_out: int) -> NDArray[np.float64]:
 def resize(image: NDArray[np.floating], size: int = MODEL_SIZE) -> NDArray[np.float64]:
     """Resample a 2-D image to ``size × size`` by area (box) weighting.
 
-    Each output pixel is the mean of the input over its footprint, input pixels
-    weighted by their overlap (as Pillow's ``Image.BOX`` filter and OpenCV's
-    ``INTER_AREA`` when shrinking). Separable: rows, then columns. The aspect ratio
+    Each output pixel is the mean of the input over its footprint (a cell of
+    ``rows / size`` by ``columns / size`` input pixels), input pixels weighted by the
+    area they share with it; for an integer factor this is the block mean (the same
+    as Pillow's ``Image.BOX``). Separable: rows, then columns. The aspect ratio
     is not kept (MedMNIST resized its sources the same way). An image already of
     the size is returned unchanged (as float64), bit for bit. Deterministic.
 

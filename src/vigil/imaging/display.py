@@ -127,6 +127,7 @@ class Window:
     function: VOIFunction = VOIFunction.LINEAR
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "function", VOIFunction(self.function))
         smallest = 1.0 if self.function is VOIFunction.LINEAR else 0.0
         if not np.isfinite(self.center) or not np.isfinite(self.width):
             raise DataError(
@@ -184,6 +185,10 @@ class DisplayParameters:
     presentation_shape: PresentationShape | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "photometric", Photometric(self.photometric))
+        if self.presentation_shape is not None:
+            shape = PresentationShape(self.presentation_shape)
+            object.__setattr__(self, "presentation_shape", shape)
         if not 1 <= self.bits_stored <= 16:
             raise DataError(f"expected Bits Stored 1 to 16, got {self.bits_stored}")
         if not np.isfinite(self.slope) or self.slope == 0.0 or not np.isfinite(self.intercept):
