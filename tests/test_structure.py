@@ -36,6 +36,8 @@ def test_dunder_all_is_sorted_and_defined(name):
 LOWER_LAYERS = [
     "vigil.core",
     "vigil.features",
+    "vigil.imaging",
+    "vigil.dicom_adapter",
     "vigil.data",
     "vigil.calibration",
     "vigil.fhir_adapter",
@@ -58,6 +60,19 @@ def test_runtime_and_lower_layers_never_import_torch():
     assert out.stdout.strip() == ""
 
 
+CORE_DEPENDENCIES = {
+    "numpy",
+    "pydantic",
+    "pydantic_core",
+    "typing_extensions",
+    "annotated_types",
+    "typing_inspection",
+    "cryptography",
+    "_cffi_backend",
+    "_openssl",
+}
+
+
 def test_core_imports_only_numpy_pydantic_and_stdlib():
     code = (
         "import sys\nbefore = set(sys.modules)\n"
@@ -70,15 +85,30 @@ def test_core_imports_only_numpy_pydantic_and_stdlib():
         - set(sys.stdlib_module_names)
         - {"vigil"}
     )
-    allowed = {
-        "numpy",
-        "pydantic",
-        "pydantic_core",
-        "typing_extensions",
-        "annotated_types",
-        "typing_inspection",
-        "cryptography",
-        "_cffi_backend",
-        "_openssl",
-    }
-    assert third_party <= allowed
+    assert third_party <= CORE_DEPENDENCIES
+
+
+def test_imaging_imports_only_core_and_numpy():
+    """The pixel chain sits at the features layer: no DICOM library, no torch, no higher layer."""
+    code = (
+        "import sys\nbefore = set(sys.modules)\n"
+        "import vigil.imaging, vigil.imaging.chain, vigil.imaging.display, vigil.imaging.parity\n"
+        "new = sorted({k for k in set(sys.modules) - before})\nprint(','.join(new))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.strip().split(","))
+    tops = {m.split(".")[0] for m in loaded if not m.startswith("_sysconfigdata")}
+    assert tops - set(sys.stdlib_module_names) - {"vigil"} <= CORE_DEPENDENCIES
+    vigil_packages = {".".join(m.split(".")[:2]) for m in loaded if m.startswith("vigil.")}
+    assert vigil_packages <= {"vigil.core", "vigil.imaging"}
+
+
+def test_dicom_adapter_stays_below_the_runtime():
+    code = (
+        "import sys\nimport vigil.dicom_adapter, vigil.dicom_adapter.sites\n"
+        "print(','.join(sorted({'.'.join(k.split('.')[:2]) for k in sys.modules "
+        "if k.startswith('vigil.')})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    allowed = {"vigil.core", "vigil.features", "vigil.imaging", "vigil.data", "vigil.dicom_adapter"}
+    assert set(out.stdout.strip().split(",")) <= allowed

@@ -5,7 +5,8 @@ Adapter layer beside :mod:`vigil.fhir_adapter`: imports :mod:`vigil.core`,
 
 - :mod:`~vigil.dicom_adapter.reading`: :func:`read_image` (a dataset → stored values +
   :class:`~vigil.imaging.DisplayParameters`, or a :class:`~vigil.core.errors.DICOMError`
-  whose message is the quarantine reason), :func:`prepare_batch`, :func:`read_file`;
+  whose message is the quarantine reason), :func:`prepare_batch`, :func:`read_file`,
+  :func:`check_files` (``vigil imaging check``);
 - :mod:`~vigil.dicom_adapter.scanners`: :class:`Scanner`, :func:`build_instance` (real CR
   / DX instances), :func:`missing_required` (Type 1 / Type 2 check);
 - :mod:`~vigil.dicom_adapter.sites`: the scanner-site scheme and :func:`write_sites`;
@@ -17,7 +18,9 @@ See ``docs/imaging.md``.
 from vigil.dicom_adapter.reading import (
     ACCEPTED_MODALITIES,
     DicomImage,
+    FileCheck,
     PreparedBatch,
+    check_files,
     prepare_batch,
     read_file,
     read_image,
@@ -27,9 +30,11 @@ from vigil.dicom_adapter.scanners import Scanner, build_instance, missing_requir
 __all__ = [
     "ACCEPTED_MODALITIES",
     "DicomImage",
+    "FileCheck",
     "PreparedBatch",
     "Scanner",
     "build_instance",
+    "check_files",
     "missing_required",
     "prepare_batch",
     "read_file",

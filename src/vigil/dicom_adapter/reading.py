@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from vigil.core.errors import DataError, DICOMError
+from vigil.dicom_adapter.scanners import missing_required
 from vigil.imaging import (
     MODEL_SIZE,
     DisplayParameters,
@@ -37,7 +38,9 @@ from vigil.imaging import (
 __all__ = [
     "ACCEPTED_MODALITIES",
     "DicomImage",
+    "FileCheck",
     "PreparedBatch",
+    "check_files",
     "prepare_batch",
     "read_file",
     "read_image",
@@ -327,3 +330,58 @@ def prepare_batch(
         accepted.append(position)
     stacked = np.stack(inputs) if inputs else np.zeros((0, size, size), dtype=np.float32)
     return PreparedBatch(inputs=stacked, accepted=tuple(accepted), quarantined=tuple(quarantined))
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The verdict on one file.
+
+    Attributes
+    ----------
+    path : str
+        The file, as found.
+    accepted : bool
+        Whether the pixel chain accepts it.
+    reason : str or None
+        The quarantine reason, when rejected.
+    missing : tuple of str
+        Type 1 / Type 2 attributes of the CR or DX IOD that are missing (a warning:
+        the chain may still accept the image); empty for other SOP classes.
+    """
+
+    path: str
+    accepted: bool
+    reason: str | None
+    missing: tuple[str, ...]
+
+
+def check_files(
+    paths: Iterable[str | Path], *, modalities: Sequence[str] = ACCEPTED_MODALITIES
+) -> list[FileCheck]:
+    """Check DICOM files (folders: every ``*.dcm`` below, sorted) against the pixel chain.
+
+    Raises
+    ------
+    DataError
+        If a path does not exist.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(path.rglob("*.dcm")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"expected a DICOM file or a folder, found nothing at {path}")
+    checks = []
+    for file in files:
+        try:
+            ds = read_file(file)
+            read_image(ds, modalities=modalities)
+        except (DICOMError, DataError) as exc:
+            checks.append(FileCheck(str(file), False, str(exc), ()))
+            continue
+        missing = tuple(m for m in missing_required(ds) if m != "SOPClassUID")
+        checks.append(FileCheck(str(file), True, None, missing))
+    return checks
