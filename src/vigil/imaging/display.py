@@ -91,7 +91,7 @@ class LookupTable:
         return f"LookupTable(first_mapped={first}, n={n}, bits={self.bits})"
 
     def lookup(self, values: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Map values through the table, clamping at both ends; inputs are truncated to integers.
+        """Map values through the table, clamping at both ends; inputs are floored to integers.
 
         Parameters
         ----------
