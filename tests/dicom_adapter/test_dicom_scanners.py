@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -141,3 +143,24 @@ def test_write_sites(tmp_path):
     again = write_sites(images, labels, tmp_path / "again", split="test", seed=1)
     first = sorted(p.name for p in (tmp_path / "site-b" / "test").glob("*.dcm"))
     assert first == sorted(p.name for p in again[1].folder.glob("*.dcm"))
+
+
+NONCONFORMANT = {"12bit-mono2-inverse-shape"}  # on purpose: INVERSE is for MONOCHROME1 only
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="needs dicom3tools' dciodvfy")
+@pytest.mark.parametrize("name", list(SCANNERS))
+def test_dciodvfy_finds_no_error_nor_warning(name, tmp_path):
+    path = tmp_path / "x.dcm"
+    ds = build_instance(IMAGES[0], SCANNERS[name], key="v", rng=np.random.default_rng(0))
+    ds.save_as(path, enforce_file_format=True)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    lines = (out.stdout + out.stderr).splitlines()
+    problems = [line for line in lines if line.startswith(("Error", "Warning"))]
+    if name in NONCONFORMANT:
+        assert problems == [
+            "Error - Unrecognized enumerated value <INVERSE> for value 1 of attribute "
+            "<Presentation LUT Shape>"
+        ]
+    else:
+        assert problems == []

@@ -74,13 +74,15 @@ REQUIRED_TYPE1: dict[str, tuple[str, ...]] = {
         "ImageType", "PresentationIntentType", "PixelIntensityRelationship",
         "PixelIntensityRelationshipSign", "RescaleIntercept", "RescaleSlope", "RescaleType",
         "PresentationLUTShape", "LossyImageCompression", "BurnedInAnnotation", "ImageLaterality",
-        "ImagerPixelSpacing",
+        "ImagerPixelSpacing", "PatientOrientation",
     ),
 }  # fmt: skip
 """Type 1 attributes (present, non-empty) of the two IODs, by SOP Class UID (PS3.3 A.2, A.26)."""
 REQUIRED_TYPE2: dict[str, tuple[str, ...]] = {
     CR_STORAGE: _COMMON_TYPE2 + ("BodyPartExamined", "ViewPosition"),
-    DX_STORAGE: _COMMON_TYPE2 + ("DetectorType",),
+    DX_STORAGE: _COMMON_TYPE2 + (
+        "DetectorType", "AcquisitionContextSequence", "AnatomicRegionSequence", "PositionerType",
+    ),
 }
 """Type 2 attributes (present, possibly empty) of the two IODs, by SOP Class UID."""
 
@@ -303,6 +305,13 @@ def build_instance(
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
         ds.ImageLaterality, ds.ImagerPixelSpacing, ds.DetectorType = "U", [0.1, 0.1], "DIRECT"
+        ds.PatientOrientation = ["L", "F"]  # Type 1C in DX Image: AP chest, rows to the left
+        ds.AcquisitionContextSequence, ds.PositionerType = DicomSequence([]), ""
+        chest = Dataset()  # PS3.16 CID 4031: Chest
+        chest.CodeValue, chest.CodingSchemeDesignator = "51185008", "SCT"
+        chest.CodeMeaning = "Chest"
+        ds.AnatomicRegionSequence = DicomSequence([chest])
+        del ds.ViewPosition  # Type 3 in DX Positioning; it would call for a View Code Sequence
     ds.LossyImageCompression, ds.BurnedInAnnotation = "00", "NO"
     pixels = stored.astype(np.uint8 if ds.BitsAllocated == 8 else np.uint16)
     if scanner.syntax == "explicit":
