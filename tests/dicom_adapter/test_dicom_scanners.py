@@ -65,18 +65,19 @@ def test_pydicom_renders_what_the_chain_renders(name):
     # which pydicom does not apply for MONOCHROME1 without a shape) give the chain's display.
     scanner = SCANNERS[name]
     _, ds = round_trip(build_instance(IMAGES[0], scanner, key="ref"))
-    modality = apply_modality_lut(ds.pixel_array, ds)
+    image = read_image(ds)
+    modality = apply_modality_lut(image.stored, ds)
     if "VOILUTSequence" in ds:
         display = apply_voi_lut(modality.astype(np.int64), ds) / 65535.0
     else:
         # pydicom's window output spans the rescaled stored range (reversed for a negative
         # slope); map it back to [0, 1] the way pydicom's apply_windowing defines it.
-        y_min = float(ds.RescaleIntercept)
-        y_max = (2**ds.BitsStored - 1) * float(ds.RescaleSlope) + y_min
+        low = -(2 ** (ds.BitsStored - 1)) if ds.PixelRepresentation else 0
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        y_min, y_max = low * slope + intercept, (low + 2**ds.BitsStored - 1) * slope + intercept
         display = (apply_voi_lut(modality, ds) - y_min) / (y_max - y_min)
     if scanner.inverts:
         display = 1.0 - display
-    image = read_image(ds)
     ours = (to_model_input(image.stored, image.params) + 1.0) / 2.0
     np.testing.assert_allclose(ours, display, atol=1e-6)
     np.testing.assert_allclose(ours, IMAGES[0] / 255.0, atol=2e-3)
@@ -101,6 +102,10 @@ def test_scanner_errors():
             "x", "CR", 8, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 300.0))
     with pytest.raises(ConfigError, match="Presentation LUT Shape for DX"):
         SITES[0].scanner.__class__("x", "DX", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0)
+    with pytest.raises(ConfigError, match="unsigned pixels for DX or JPEG-LS"):
+        SITES[0].scanner.__class__(
+            "x", "CR", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0, syntax="jpeg-ls", signed=True
+        )
     with pytest.raises(ConfigError, match="pass a seeded rng"):
         build_instance(IMAGES[0], SITES[3].scanner, key="n")
 

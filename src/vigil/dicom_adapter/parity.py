@@ -63,6 +63,9 @@ PARITY_VARIANTS: dict[str, Scanner] = {
         "p-12m2-inv", "CR", 12, _M2, 1.0, 0.0, 500.0, 3500.0,
         presentation_shape=PresentationShape.INVERSE,
     ),
+    "12bit-signed-rle": Scanner(
+        "p-12s-rle", "CR", 12, _M2, 1.0, 0.0, -1800.0, 1800.0, syntax="rle", signed=True
+    ),
     "16bit-negative-slope": Scanner("p-16neg", "CR", 16, _M2, -4.0, 65536.0, 0.0, 60000.0),
     "16bit-voi-lut": Scanner(
         "p-16lut", "CR", 16, _M2, -2.0, 70000.0, 1000.0, 5000.0, voi="voi_lut"

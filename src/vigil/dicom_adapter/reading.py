@@ -11,6 +11,7 @@ identifier, and never a file name (which may embed one).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
 
 ACCEPTED_MODALITIES: tuple[str, ...] = ("CR", "DX")
 """Modalities of projection radiographs, the chest X-ray model's input."""
+_SIZE_COINCIDENCE = "The number of bytes of compressed pixel data matches the expected number"
 
 
 @dataclass(frozen=True, eq=False)
@@ -277,7 +279,11 @@ def read_image(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) 
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
-        stored = ds.pixel_array
+        with warnings.catch_warnings():
+            # pydicom's size heuristic: a compressed frame may, by chance, be exactly as
+            # long as the uncompressed one; the declared transfer syntax decides.
+            warnings.filterwarnings("ignore", message=_SIZE_COINCIDENCE, category=UserWarning)
+            stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a quarantine reason
         name = getattr(syntax, "name", None) or "unknown transfer syntax"
         raise DICOMError(

@@ -124,6 +124,8 @@ class Scanner:
         Presentation LUT Shape written (None: absent; CR only).
     syntax : {"explicit", "rle", "jpeg-ls"}
         Transfer syntax: Explicit VR Little Endian, RLE Lossless, JPEG-LS Lossless.
+    signed : bool
+        Pixel Representation 1 (two's complement); CR only, not with JPEG-LS.
     gamma, contrast, noise : float
         Acquisition shift: ``p → clip(contrast · (p ** gamma - 0.5) + 0.5 + N(0, noise²))``.
     """
@@ -139,6 +141,7 @@ class Scanner:
     voi: VOIKind = "linear_exact"
     presentation_shape: PresentationShape | None = None
     syntax: Syntax = "explicit"
+    signed: bool = False
     gamma: float = 1.0
     contrast: float = 1.0
     noise: float = 0.0
@@ -151,6 +154,10 @@ class Scanner:
             )
         if self.modality == "DX" and self.presentation_shape is None:
             raise ConfigError(f"expected a Presentation LUT Shape for DX scanner {self.name!r}")
+        if self.signed and (self.modality == "DX" or self.syntax == "jpeg-ls"):
+            raise ConfigError(
+                f"expected unsigned pixels for DX or JPEG-LS scanner {self.name!r}, got signed"
+            )
 
     @property
     def inverts(self) -> bool:
@@ -173,7 +180,7 @@ def deterministic_uid(*parts: str) -> UID:
 
 def encode_stored(
     display: NDArray[np.floating], scanner: Scanner, *, rng: np.random.Generator | None = None
-) -> NDArray[np.uint16]:
+) -> NDArray[np.int64]:
     """Compute stored values that the scanner's display parameters render as ``display``.
 
     Parameters
@@ -187,8 +194,8 @@ def encode_stored(
 
     Returns
     -------
-    ndarray of uint16, shape of ``display``
-        Stored values within ``[0, 2 ** bits_stored - 1]``.
+    ndarray of int64, shape of ``display``
+        Stored values within the range of ``bits_stored`` (signed or not).
     """
     p = np.clip(np.asarray(display, dtype=np.float64), 0.0, 1.0)
     if scanner.acquisition_shift:
@@ -208,13 +215,14 @@ def encode_stored(
     else:
         m = scanner.low + y * span
     stored = np.rint((m - scanner.intercept) / scanner.slope)
-    top = 2**scanner.bits_stored - 1
-    if stored.min() < 0 or stored.max() > top:
+    bottom = -(2 ** (scanner.bits_stored - 1)) if scanner.signed else 0
+    top = bottom + 2**scanner.bits_stored - 1
+    if stored.min() < bottom or stored.max() > top:
         raise ConfigError(
             f"scanner {scanner.name!r} maps the image outside its {scanner.bits_stored} stored "
             f"bits: [{stored.min()}, {stored.max()}]; change low/high, slope or intercept"
         )
-    return stored.astype(np.uint16)
+    return stored.astype(np.int64)
 
 
 def _voi_attributes(ds: Dataset, scanner: Scanner) -> None:
@@ -293,7 +301,7 @@ def build_instance(
     ds.Rows, ds.Columns = stored.shape
     ds.BitsAllocated = 8 if scanner.bits_stored == 8 else 16
     ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
-        scanner.bits_stored, scanner.bits_stored - 1, 0,
+        scanner.bits_stored, scanner.bits_stored - 1, int(scanner.signed),
     )  # fmt: skip
     # Modality LUT and VOI LUT modules.
     ds.RescaleIntercept, ds.RescaleSlope = f"{scanner.intercept:.6g}", f"{scanner.slope:.6g}"
@@ -313,7 +321,8 @@ def build_instance(
         ds.AnatomicRegionSequence = DicomSequence([chest])
         del ds.ViewPosition  # Type 3 in DX Positioning; it would call for a View Code Sequence
     ds.LossyImageCompression, ds.BurnedInAnnotation = "00", "NO"
-    pixels = stored.astype(np.uint8 if ds.BitsAllocated == 8 else np.uint16)
+    kind = "int" if scanner.signed else "uint"
+    pixels = stored.astype(np.dtype(f"{kind}{ds.BitsAllocated}"))
     if scanner.syntax == "explicit":
         ds.PixelData = pixels.tobytes()
         ds["PixelData"].VR = "OB" if ds.BitsAllocated == 8 else "OW"
