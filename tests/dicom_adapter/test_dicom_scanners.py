@@ -104,8 +104,9 @@ def test_scanner_errors():
         SITES[0].scanner.__class__("x", "DX", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0)
     with pytest.raises(ConfigError, match="unsigned pixels for DX or JPEG-LS"):
         SITES[0].scanner.__class__(
-            "x", "CR", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0, syntax="jpeg-ls", signed=True
-        )
+            "x", "CR", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0,
+            syntax="jpeg-ls", signed=True,
+        )  # fmt: skip
     with pytest.raises(ConfigError, match="pass a seeded rng"):
         build_instance(IMAGES[0], SITES[3].scanner, key="n")
 
