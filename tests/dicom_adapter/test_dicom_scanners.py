@@ -17,7 +17,7 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 
 from vigil.core.errors import ConfigError
 from vigil.data.medmnist import load_medmnist
-from vigil.dicom_adapter import build_instance, missing_required, read_image
+from vigil.dicom_adapter import Scanner, build_instance, missing_required, read_image
 from vigil.dicom_adapter.parity import PARITY_VARIANTS
 from vigil.dicom_adapter.scanners import deterministic_uid, encode_stored
 from vigil.dicom_adapter.sites import SITES, assign_sites, write_sites
@@ -98,12 +98,13 @@ def test_uids_are_deterministic_and_distinct():
 
 def test_scanner_errors():
     with pytest.raises(ConfigError, match="outside its 8 stored bits"):
-        encode_stored(np.ones((2, 2)), SITES[0].scanner.__class__(
-            "x", "CR", 8, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 300.0))
+        encode_stored(
+            np.ones((2, 2)), Scanner("x", "CR", 8, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 300.0)
+        )
     with pytest.raises(ConfigError, match="Presentation LUT Shape for DX"):
-        SITES[0].scanner.__class__("x", "DX", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0)
+        Scanner("x", "DX", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0)
     with pytest.raises(ConfigError, match="unsigned pixels for DX or JPEG-LS"):
-        SITES[0].scanner.__class__(
+        Scanner(
             "x", "CR", 12, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 9.0,
             syntax="jpeg-ls", signed=True,
         )  # fmt: skip
