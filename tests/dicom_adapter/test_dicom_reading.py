@@ -193,3 +193,20 @@ def test_multiple_windows_use_the_first():
     ds.WindowCenter, ds.WindowWidth = ["0", "500"], ["2000", "10"]
     assert read_image(ds).params.window.center == 0.0
     assert read_image(ds).params.window.width == 2000.0
+
+
+def test_modality_lut_and_ow_voi_lut_are_read():
+    ds = good()
+    del ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType, ds.WindowCenter, ds.WindowWidth
+    modality = Dataset()
+    modality.LUTDescriptor, modality.ModalityLUTType = [4096, 0, 16], "US"
+    modality.LUTData = (np.arange(4096) * 2).tolist()  # modality value = 2 * stored
+    ds.ModalityLUTSequence = Sequence([modality])
+    voi = Dataset()
+    voi.LUTDescriptor = [8191, 0, 16]
+    voi.add_new("LUTData", "OW", np.rint(np.arange(8191) / 8190 * 65535).astype("<u2").tobytes())
+    ds.VOILUTSequence = Sequence([voi])
+    image = read_image(ds)
+    assert image.params.modality_lut is not None and image.params.voi_lut.data.size == 8191
+    shown = (to_model_input(image.stored, image.params) + 1.0) / 2.0
+    np.testing.assert_allclose(shown, 1.0 - (2.0 * image.stored) / 8190, atol=1e-4)  # MONOCHROME1

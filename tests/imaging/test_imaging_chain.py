@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -165,3 +167,23 @@ def test_signed_stored_range():
     p = params(signed=True, bits_stored=12)
     assert p.stored_range == (-2048, 2047)
     np.testing.assert_allclose(apply_modality(np.array([[-2048, 2047]]), p), [[-2048.0, 2047.0]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    center=st.floats(-5000, 5000),
+    width=st.floats(1.0, 9000.0),
+    function=st.sampled_from(list(VOIFunction)),
+    photometric=st.sampled_from(list(Photometric)),
+)
+def test_chain_properties(center, width, function, photometric):
+    # Bounded, monotone in the stored value (decreasing for MONOCHROME1), never image-dependent.
+    p = params(bits_stored=16, signed=True, photometric=photometric, slope=0.5, intercept=-100.0,
+               window=Window(center, width, function))  # fmt: skip
+    ramp = np.arange(-32768, 32768, 97).reshape(1, -1)
+    shown = apply_presentation(apply_voi(apply_modality(ramp, p), p), p)[0]
+    assert shown.min() >= 0.0 and shown.max() <= 1.0
+    steps = np.diff(shown)
+    assert (steps <= 1e-12).all() if photometric is M1 else (steps >= -1e-12).all()
+    half = apply_presentation(apply_voi(apply_modality(ramp[:, ::2], p), p), p)[0]
+    np.testing.assert_array_equal(half, shown[::2])

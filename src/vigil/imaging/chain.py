@@ -123,7 +123,7 @@ def apply_voi(values: NDArray[np.floating], params: DisplayParameters) -> NDArra
     assert window is not None  # DisplayParameters guarantees a window or a VOI LUT
     c, w = window.center, window.width
     if window.function is VOIFunction.SIGMOID:
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        return 0.5 * (1.0 + np.tanh(2.0 * (x - c) / w))  # = 1 / (1 + exp(-4 (x - c) / w))
     if window.function is VOIFunction.LINEAR_EXACT:
         y = (x - c) / w + 0.5
         return np.where(x <= c - w / 2, 0.0, np.where(x > c + w / 2, 1.0, y))
