@@ -1,13 +1,9 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from vigil.core.errors import DataError
 from vigil.data import MEDMNIST_SAMPLE_PATH, load_medmnist
 from vigil.data.medmnist import make_medmnist_sample
-
-SHARED_NPZ = Path(__file__).resolve().parents[3] / "shared/data/medmnist/pneumoniamnist.npz"
 
 
 def test_bundled_sample_is_small_and_attributed():
@@ -21,10 +17,8 @@ def test_bundled_sample_is_small_and_attributed():
 
 
 @pytest.mark.shared
-def test_sample_is_reproducible_from_the_shared_file(tmp_path):
-    if not SHARED_NPZ.is_file():
-        pytest.skip(f"needs {SHARED_NPZ}")
-    make_medmnist_sample(SHARED_NPZ, tmp_path / "s.npz")
+def test_sample_is_reproducible_from_the_shared_file(shared_pneumoniamnist, tmp_path):
+    make_medmnist_sample(shared_pneumoniamnist, tmp_path / "s.npz")
     for split in ("train", "test"):
         again, bundled = load_medmnist(tmp_path / "s.npz", split), load_medmnist("sample", split)
         np.testing.assert_array_equal(again.images, bundled.images)

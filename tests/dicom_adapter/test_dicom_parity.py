@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -84,16 +82,12 @@ def test_measure_parity_contract():
         measure_parity(x, x[:2], scorer, threshold=0.5)
 
 
-SHARED_NPZ = Path(__file__).resolve().parents[3] / "shared/data/medmnist/pneumoniamnist.npz"
-
-
 @pytest.mark.slow
 @pytest.mark.shared
-def test_parity_holds_on_the_full_test_split():
+def test_parity_holds_on_the_full_test_split(shared_pneumoniamnist):
     # What bench/imaging_parity.py reports: 624 test images, stand-in fitted on 4,708.
-    if not SHARED_NPZ.is_file():
-        pytest.skip(f"needs {SHARED_NPZ}")
-    train, test = load_medmnist(SHARED_NPZ, "train"), load_medmnist(SHARED_NPZ, "test")
+    npz = shared_pneumoniamnist
+    train, test = load_medmnist(npz, "train"), load_medmnist(npz, "test")
     full = run_parity(test.images, fit_stand_in_scorer(train.images, train.labels), threshold=0.5)
     assert full.holds
     assert max(r.max_abs_probability for r in full.variants.values()) < MAX_PROBABILITY_DIFF
