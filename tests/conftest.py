@@ -10,6 +10,7 @@ from vigil.data import PhysioNetTable, load_physionet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_PARQUET = SHARED / "physionet2019" / "sepsis_hourly.parquet"
+SHARED_PNEUMONIA = SHARED / "medmnist" / "pneumoniamnist.npz"
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,11 @@ def shared_parquet() -> Path:
     if not SHARED_PARQUET.is_file():
         pytest.skip(f"needs the shared data at {SHARED_PARQUET}")
     return SHARED_PARQUET
+
+
+@pytest.fixture(scope="session")
+def shared_pneumoniamnist() -> Path:
+    """The full shared PneumoniaMNIST file."""
+    if not SHARED_PNEUMONIA.is_file():
+        pytest.skip(f"needs the shared data at {SHARED_PNEUMONIA}")
+    return SHARED_PNEUMONIA

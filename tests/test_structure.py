@@ -36,6 +36,8 @@ def test_dunder_all_is_sorted_and_defined(name):
 LOWER_LAYERS = [
     "vigil.core",
     "vigil.features",
+    "vigil.imaging",
+    "vigil.dicom_adapter",
     "vigil.data",
     "vigil.calibration",
     "vigil.fhir_adapter",
@@ -58,27 +60,52 @@ def test_runtime_and_lower_layers_never_import_torch():
     assert out.stdout.strip() == ""
 
 
-def test_core_imports_only_numpy_pydantic_and_stdlib():
+CORE_DEPENDENCIES = {
+    "numpy",
+    "pydantic",
+    "pydantic_core",
+    "typing_extensions",
+    "annotated_types",
+    "typing_inspection",
+    "cryptography",
+    "_cffi_backend",
+    "_openssl",
+}
+
+
+def modules_loaded_by(statement: str) -> set[str]:
+    """Names of the modules a fresh interpreter loads to run ``statement``."""
     code = (
         "import sys\nbefore = set(sys.modules)\n"
-        "import vigil.core, vigil.core.package, vigil.core.signing\n"
-        "new = {k.split('.')[0] for k in set(sys.modules) - before}\nprint(','.join(sorted(new)))\n"
+        f"{statement}\n"
+        "print(','.join(sorted(set(sys.modules) - before)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    third_party = (
-        {m for m in out.stdout.strip().split(",") if m and not m.startswith("_sysconfigdata")}
-        - set(sys.stdlib_module_names)
-        - {"vigil"}
+    return set(out.stdout.strip().split(",")) - {""}
+
+
+def third_party(modules: set[str]) -> set[str]:
+    tops = {m.split(".")[0] for m in modules if not m.startswith("_sysconfigdata")}
+    return tops - set(sys.stdlib_module_names) - {"vigil"}
+
+
+def test_core_imports_only_numpy_pydantic_and_stdlib():
+    loaded = modules_loaded_by("import vigil.core, vigil.core.package, vigil.core.signing")
+    assert third_party(loaded) <= CORE_DEPENDENCIES
+
+
+def test_imaging_imports_only_core_and_numpy():
+    """The pixel chain sits at the features layer: no DICOM library, no torch, no higher layer."""
+    loaded = modules_loaded_by(
+        "import vigil.imaging, vigil.imaging.chain, vigil.imaging.display, vigil.imaging.parity"
     )
-    allowed = {
-        "numpy",
-        "pydantic",
-        "pydantic_core",
-        "typing_extensions",
-        "annotated_types",
-        "typing_inspection",
-        "cryptography",
-        "_cffi_backend",
-        "_openssl",
-    }
-    assert third_party <= allowed
+    assert third_party(loaded) <= CORE_DEPENDENCIES
+    vigil_packages = {".".join(m.split(".")[:2]) for m in loaded if m.startswith("vigil.")}
+    assert vigil_packages <= {"vigil.core", "vigil.imaging"}
+
+
+def test_dicom_adapter_stays_below_the_runtime():
+    loaded = modules_loaded_by("import vigil.dicom_adapter, vigil.dicom_adapter.sites")
+    vigil_packages = {".".join(m.split(".")[:2]) for m in loaded if m.startswith("vigil.")}
+    allowed = {"vigil.core", "vigil.features", "vigil.imaging", "vigil.data", "vigil.dicom_adapter"}
+    assert vigil_packages <= allowed

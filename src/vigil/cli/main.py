@@ -12,6 +12,7 @@ from vigil.cli import (
     evaluate,
     federate,
     fhir,
+    imaging,
     model,
     package,
     replay,
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(fhir.app, name="fhir")
+app.add_typer(imaging.app, name="imaging")
 app.add_typer(model.app, name="model")
 app.command("serve")(serve.serve)
 app.command("replay")(replay.replay)

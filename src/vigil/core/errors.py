@@ -5,6 +5,7 @@
     VigilError
     ├── ConfigError            bad settings, options or arguments
     ├── DataError              input data does not have the expected shape or content
+    ├── DICOMError             a DICOM instance cannot be turned into a model input (quarantined)
     ├── FHIRError
     │   ├── FHIRTransportError the server could not be reached or answered an error
     │   └── FHIRResourceError  a resource is malformed or cannot be mapped
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "AggregationError",
     "ConfigError",
+    "DICOMError",
     "DataError",
     "FHIRError",
     "FHIRResourceError",
@@ -67,6 +69,23 @@ class DataError(VigilError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         super().__init__(message)
         self.source = source
+
+
+class DICOMError(VigilError):
+    """A DICOM instance cannot be turned into a model input; the message is the quarantine reason.
+
+    Parameters
+    ----------
+    message : str
+        What was expected and what came; never a patient identifier nor any
+        value of the instance's Patient or Study identification attributes.
+    attribute : str or None, optional
+        The DICOM keyword at fault (``"PhotometricInterpretation"``, ...).
+    """
+
+    def __init__(self, message: str, *, attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.attribute = attribute
 
 
 class FHIRError(VigilError):

@@ -1,0 +1,42 @@
+"""The DICOM adapter: instances → pixel-chain inputs (with quarantine), simulated scanner sites.
+
+Adapter layer beside :mod:`vigil.fhir_adapter`: imports :mod:`vigil.core`,
+:mod:`vigil.imaging`, :mod:`vigil.data` and pydicom; never torch.
+
+- :mod:`~vigil.dicom_adapter.reading`: :func:`read_image` (a dataset → stored values +
+  :class:`~vigil.imaging.DisplayParameters`, or a :class:`~vigil.core.errors.DICOMError`
+  whose message is the quarantine reason), :func:`prepare_batch`, :func:`read_file`,
+  :func:`check_files` (``vigil imaging check``);
+- :mod:`~vigil.dicom_adapter.scanners`: :class:`Scanner`, :func:`build_instance` (real CR
+  / DX instances), :func:`missing_required` (Type 1 / Type 2 check);
+- :mod:`~vigil.dicom_adapter.sites`: the scanner-site scheme and :func:`write_sites`;
+- :mod:`~vigil.dicom_adapter.parity`: the parity variants, negative controls and stand-in scorer.
+
+See ``docs/imaging.md``.
+"""
+
+from vigil.dicom_adapter.reading import (
+    ACCEPTED_MODALITIES,
+    DicomImage,
+    FileCheck,
+    PreparedBatch,
+    check_files,
+    prepare_batch,
+    read_file,
+    read_image,
+)
+from vigil.dicom_adapter.scanners import Scanner, build_instance, missing_required
+
+__all__ = [
+    "ACCEPTED_MODALITIES",
+    "DicomImage",
+    "FileCheck",
+    "PreparedBatch",
+    "Scanner",
+    "build_instance",
+    "check_files",
+    "missing_required",
+    "prepare_batch",
+    "read_file",
+    "read_image",
+]

@@ -1,0 +1,393 @@
+"""Reading a DICOM instance into stored values and display parameters, or a quarantine reason.
+
+:func:`read_image` validates a pydicom ``Dataset`` against what the pixel chain
+(:mod:`vigil.imaging`) can handle and returns ``(stored values,
+DisplayParameters)``; anything else raises :class:`~vigil.core.errors.DICOMError`
+whose message is the quarantine reason. :func:`prepare_batch` runs it over many
+instances and keeps going past the rejected ones. Reasons name DICOM keywords and
+values of the image's structure only: never a Patient, Study or Accession
+identifier, and never a file name (which may embed one).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from vigil.core.errors import DataError, DICOMError
+from vigil.dicom_adapter.scanners import missing_required
+from vigil.imaging import (
+    MODEL_SIZE,
+    DisplayParameters,
+    LookupTable,
+    Photometric,
+    PresentationShape,
+    VOIFunction,
+    Window,
+    to_model_input,
+)
+
+__all__ = [
+    "ACCEPTED_MODALITIES",
+    "DicomImage",
+    "FileCheck",
+    "PreparedBatch",
+    "check_files",
+    "prepare_batch",
+    "read_file",
+    "read_image",
+]
+
+ACCEPTED_MODALITIES: tuple[str, ...] = ("CR", "DX")
+"""Modalities of projection radiographs, the chest X-ray model's input."""
+_SIZE_COINCIDENCE = "The number of bytes of compressed pixel data matches the expected number"
+
+
+@dataclass(frozen=True, eq=False)
+class DicomImage:
+    """One greyscale frame ready for the pixel chain.
+
+    Attributes
+    ----------
+    stored : ndarray of integers, shape (rows, columns)
+        Stored pixel values (decoded, sign-extended), no transformation applied.
+    params : DisplayParameters
+        The image's Modality, VOI and Presentation parameters.
+    """
+
+    stored: NDArray[np.integer]
+    params: DisplayParameters
+
+    def __repr__(self) -> str:
+        return f"DicomImage(shape={self.stored.shape}, params={self.params!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedBatch:
+    """Model inputs of the accepted instances of a batch, and the reasons for the others.
+
+    Attributes
+    ----------
+    inputs : ndarray of float32, shape (n_accepted, size, size)
+        Model inputs, in the order of ``accepted``.
+    accepted : tuple of int
+        Positions (in the batch) of the accepted instances.
+    quarantined : tuple of (int, str)
+        Position and reason of each rejected instance.
+    """
+
+    inputs: NDArray[np.float32]
+    accepted: tuple[int, ...]
+    quarantined: tuple[tuple[int, str], ...]
+
+    def __repr__(self) -> str:
+        return f"PreparedBatch(accepted={len(self.accepted)}, quarantined={len(self.quarantined)})"
+
+
+def read_file(path: str | Path) -> Dataset:
+    """Read a DICOM Part 10 file.
+
+    Raises
+    ------
+    DICOMError
+        If the file cannot be read as DICOM (the message does not repeat the path).
+    """
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise DICOMError(
+            f"expected a DICOM Part 10 file, could not read it ({type(exc).__name__})"
+        ) from exc
+
+
+def _first(value: Any) -> Any:
+    """First value of a possibly multi-valued element."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+        return value
+    return value[0] if len(value) else None
+
+
+def _number(ds: Dataset, keyword: str, default: float | None = None) -> float | None:
+    """Read a numeric element (first value) as float, ``default`` when absent or empty."""
+    raw = _first(ds.get(keyword)) if keyword in ds else None
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except (TypeError, ValueError) as exc:
+        raise DICOMError(
+            f"expected a number in {keyword}, got a value that is not one", attribute=keyword
+        ) from exc
+
+
+def _lut(item: Dataset, sequence: str, *, signed: bool) -> LookupTable:
+    """Build a LookupTable from an item of a Modality or VOI LUT Sequence."""
+    descriptor = item.get("LUTDescriptor")
+    data = item.get("LUTData")
+    if descriptor is None or data is None or len(descriptor) != 3:
+        raise DICOMError(
+            f"expected LUTDescriptor (3 values) and LUTData in {sequence}, got an incomplete item",
+            attribute=sequence,
+        )
+    n, first, bits = (int(v) for v in descriptor)
+    n = 65536 if n == 0 else n
+    if signed and first >= 32768:
+        first -= 65536
+    if isinstance(data, bytes):
+        entries = np.frombuffer(data, dtype="<u2" if bits > 8 else np.uint8)
+    else:
+        entries = np.asarray([int(v) for v in (data if hasattr(data, "__len__") else [data])])
+    if entries.size != n:
+        raise DICOMError(
+            f"expected {n} LUT entries in {sequence} (LUTDescriptor), got {entries.size}",
+            attribute=sequence,
+        )
+    try:
+        return LookupTable(first_mapped=first, bits=bits, data=entries.astype(np.int64))
+    except DataError as exc:
+        raise DICOMError(f"{sequence}: {exc}", attribute=sequence) from exc
+
+
+def _check_structure(ds: Dataset, modalities: Sequence[str]) -> tuple[Photometric, bool]:
+    """Modality, pixel data, frames, photometric interpretation, bits; what the chain needs."""
+    modality = str(ds.get("Modality", "") or "")
+    if modality not in modalities:
+        raise DICOMError(
+            f"expected Modality {' or '.join(modalities)}, got {modality or 'none'!r}",
+            attribute="Modality",
+        )
+    if "PixelData" not in ds:
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        got = f"only {other[0]}" if other else "none"
+        raise DICOMError(f"expected Pixel Data (7FE0,0010), got {got}", attribute="PixelData")
+    frames = int(_number(ds, "NumberOfFrames", 1.0) or 1)
+    if frames != 1:
+        raise DICOMError(
+            f"expected a single frame, got NumberOfFrames {frames}", attribute="NumberOfFrames"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    samples = int(_number(ds, "SamplesPerPixel", 1.0) or 1)
+    if photometric not in Photometric.__members__ or samples != 1:
+        raise DICOMError(
+            "expected PhotometricInterpretation MONOCHROME1 or MONOCHROME2 with 1 sample per "
+            f"pixel, got {photometric or 'none'!r} with {samples}",
+            attribute="PhotometricInterpretation",
+        )
+    allocated = int(_number(ds, "BitsAllocated", 0.0) or 0)
+    stored = int(_number(ds, "BitsStored", 0.0) or 0)
+    representation = int(_number(ds, "PixelRepresentation", 0.0) or 0)
+    if allocated not in (8, 16) or not 1 <= stored <= allocated or representation not in (0, 1):
+        raise DICOMError(
+            "expected BitsAllocated 8 or 16, 1 <= BitsStored <= BitsAllocated and "
+            f"PixelRepresentation 0 or 1, got {allocated}, {stored} and {representation}",
+            attribute="BitsStored",
+        )
+    if "PresentationLUTSequence" in ds:
+        raise DICOMError(
+            "expected Presentation LUT Shape or none, got a Presentation LUT Sequence "
+            "(not supported)",
+            attribute="PresentationLUTSequence",
+        )
+    return Photometric(photometric), bool(representation)
+
+
+def _voi(ds: Dataset, *, signed: bool) -> tuple[Window | None, LookupTable | None]:
+    """Read the first window and the first VOI LUT (either may be None)."""
+    voi_lut = None
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        voi_lut = _lut(ds.VOILUTSequence[0], "VOILUTSequence", signed=signed)
+    center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
+    if (center is None) != (width is None):
+        raise DICOMError(
+            "expected WindowCenter and WindowWidth together, got only one of them",
+            attribute="WindowCenter",
+        )
+    window = None
+    if center is not None and width is not None:
+        name = str(_first(ds.get("VOILUTFunction", "LINEAR")) or "LINEAR").strip()
+        if name not in VOIFunction.__members__:
+            raise DICOMError(
+                f"expected VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID, got {name!r}",
+                attribute="VOILUTFunction",
+            )
+        try:
+            window = Window(center=center, width=width, function=VOIFunction(name))
+        except DataError as exc:
+            raise DICOMError(str(exc), attribute="WindowWidth") from exc
+    return window, voi_lut
+
+
+def read_image(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
+    """Validate an instance and return its stored values and display parameters.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The instance (with its pixel data; any transfer syntax pydicom can decode
+        with the installed plugins: uncompressed, RLE Lossless, JPEG-LS).
+    modalities : sequence of str, optional
+        Accepted values of Modality (0008,0060).
+
+    Returns
+    -------
+    DicomImage
+        Stored values and parameters.
+
+    Raises
+    ------
+    DICOMError
+        With the quarantine reason: wrong modality, no pixel data, several frames,
+        a photometric interpretation other than MONOCHROME1/2 (RGB, YBR_*, PALETTE
+        COLOR), unusable bits, no VOI window nor VOI LUT, an invalid window or LUT,
+        a zero slope, a Presentation LUT Sequence, MONOCHROME1 with shape IDENTITY,
+        pixel data that cannot be decoded or has the wrong shape.
+    """
+    photometric, signed = _check_structure(ds, modalities)
+    window, voi_lut = _voi(ds, signed=signed)
+    modality_lut = None
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
+        modality_lut = _lut(ds.ModalityLUTSequence[0], "ModalityLUTSequence", signed=signed)
+    shape_name = str(ds.get("PresentationLUTShape", "") or "").strip()
+    if shape_name and shape_name not in PresentationShape.__members__:
+        raise DICOMError(
+            f"expected PresentationLUTShape IDENTITY or INVERSE, got {shape_name!r}",
+            attribute="PresentationLUTShape",
+        )
+    try:
+        params = DisplayParameters(
+            bits_stored=int(ds.BitsStored),
+            signed=signed,
+            photometric=photometric,
+            slope=float(_number(ds, "RescaleSlope", 1.0) or 0.0),
+            intercept=float(_number(ds, "RescaleIntercept", 0.0) or 0.0),
+            modality_lut=modality_lut,
+            window=window,
+            voi_lut=voi_lut,
+            presentation_shape=PresentationShape(shape_name) if shape_name else None,
+        )
+    except DataError as exc:
+        raise DICOMError(str(exc)) from exc
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        with warnings.catch_warnings():
+            # pydicom's size heuristic: a compressed frame may, by chance, be exactly as
+            # long as the uncompressed one; the declared transfer syntax decides.
+            warnings.filterwarnings("ignore", message=_SIZE_COINCIDENCE, category=UserWarning)
+            stored = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a quarantine reason
+        name = getattr(syntax, "name", None) or "unknown transfer syntax"
+        raise DICOMError(
+            f"expected decodable pixel data, the {name} decoder failed ({type(exc).__name__})",
+            attribute="PixelData",
+        ) from exc
+    expected = (int(ds.Rows), int(ds.Columns))
+    if stored.shape != expected or not np.issubdtype(stored.dtype, np.integer):
+        raise DICOMError(
+            f"expected integer pixel data of shape {expected} (Rows, Columns), "
+            f"got {stored.dtype} {stored.shape}",
+            attribute="PixelData",
+        )
+    return DicomImage(stored=stored, params=params)
+
+
+def prepare_batch(
+    datasets: Iterable[Dataset],
+    *,
+    size: int = MODEL_SIZE,
+    modalities: Sequence[str] = ACCEPTED_MODALITIES,
+) -> PreparedBatch:
+    """Model inputs of every acceptable instance; the others are quarantined with their reason.
+
+    Parameters
+    ----------
+    datasets : iterable of pydicom.Dataset
+        The instances, in order.
+    size : int, optional
+        Side of the model input.
+    modalities : sequence of str, optional
+        Accepted modalities.
+
+    Returns
+    -------
+    PreparedBatch
+        Inputs of the accepted instances and ``(position, reason)`` of the others;
+        a rejected instance never reaches the model.
+    """
+    inputs: list[NDArray[np.float32]] = []
+    accepted: list[int] = []
+    quarantined: list[tuple[int, str]] = []
+    for position, ds in enumerate(datasets):
+        try:
+            image = read_image(ds, modalities=modalities)
+            inputs.append(to_model_input(image.stored, image.params, size=size))
+        except (DICOMError, DataError) as exc:
+            quarantined.append((position, str(exc)))
+            continue
+        accepted.append(position)
+    stacked = np.stack(inputs) if inputs else np.zeros((0, size, size), dtype=np.float32)
+    return PreparedBatch(inputs=stacked, accepted=tuple(accepted), quarantined=tuple(quarantined))
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The verdict on one file.
+
+    Attributes
+    ----------
+    path : str
+        The file, as found.
+    accepted : bool
+        Whether the pixel chain accepts it.
+    reason : str or None
+        The quarantine reason, when rejected.
+    missing : tuple of str
+        Type 1 / Type 2 attributes of the CR or DX IOD that are missing (a warning:
+        the chain may still accept the image); empty for other SOP classes.
+    """
+
+    path: str
+    accepted: bool
+    reason: str | None
+    missing: tuple[str, ...]
+
+
+def check_files(
+    paths: Iterable[str | Path], *, modalities: Sequence[str] = ACCEPTED_MODALITIES
+) -> list[FileCheck]:
+    """Check DICOM files (folders: every ``*.dcm`` below, sorted) against the pixel chain.
+
+    Raises
+    ------
+    DataError
+        If a path does not exist.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(path.rglob("*.dcm")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"expected a DICOM file or a folder, found nothing at {path}")
+    checks = []
+    for file in files:
+        try:
+            ds = read_file(file)
+            read_image(ds, modalities=modalities)
+        except (DICOMError, DataError) as exc:
+            checks.append(FileCheck(str(file), False, str(exc), ()))
+            continue
+        missing = tuple(m for m in missing_required(ds) if m != "SOPClassUID")
+        checks.append(FileCheck(str(file), True, None, missing))
+    return checks

@@ -1,0 +1,193 @@
+"""The scanner-site scheme: MedMNIST images → one folder of real DICOM files per "scanner" site.
+
+Four sites, each a different acquisition (see ``docs/imaging.md`` for the table):
+
+- ``site-a``: 8-bit CR, MONOCHROME2, identity rescale, full window; Explicit VR LE;
+- ``site-b``: 12-bit CR, MONOCHROME1 without Presentation LUT Shape, rescale 0.5 / -1024,
+  LINEAR_EXACT window, gamma 0.8; RLE Lossless;
+- ``site-c``: 16-bit CR, MONOCHROME2, negative slope (-2 / 70000), VOI LUT Sequence,
+  contrast 1.2; JPEG-LS Lossless;
+- ``site-d``: 12-bit CR, MONOCHROME2, SIGMOID window, gamma 1.25, contrast 0.9, Gaussian
+  noise (sd 0.02); JPEG-LS Lossless.
+
+Label skew: each class is dealt to the sites in fixed shares (:attr:`ScannerSite.shares`),
+so site-a sees about half pneumonia and site-d about 85 %. Everything is seeded: the same
+inputs and seed give the same files, UIDs and assignment.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vigil.core.errors import ConfigError, DataError
+from vigil.dicom_adapter.scanners import Scanner, build_instance
+from vigil.imaging import Photometric
+
+__all__ = ["SITES", "ScannerSite", "SiteFiles", "assign_sites", "write_sites"]
+
+
+@dataclass(frozen=True)
+class ScannerSite:
+    """One site of the scheme.
+
+    Parameters
+    ----------
+    scanner : Scanner
+        How the site's images are stored (its name is the site's name).
+    shares : tuple of float
+        Share of each class's images dealt to this site (class 0, class 1).
+    """
+
+    scanner: Scanner
+    shares: tuple[float, float]
+
+
+SITES: tuple[ScannerSite, ...] = (
+    ScannerSite(
+        Scanner("site-a", "CR", 8, Photometric.MONOCHROME2, 1.0, 0.0, 0.0, 255.0),
+        shares=(0.40, 0.15),
+    ),
+    ScannerSite(
+        Scanner(
+            "site-b", "CR", 12, Photometric.MONOCHROME1, 0.5, -1024.0, -1000.0, 1000.0,
+            syntax="rle", gamma=0.8,
+        ),
+        shares=(0.25, 0.25),
+    ),
+    ScannerSite(
+        Scanner(
+            "site-c", "CR", 16, Photometric.MONOCHROME2, -2.0, 70000.0, 1000.0, 5000.0,
+            voi="voi_lut", syntax="jpeg-ls", contrast=1.2,
+        ),
+        shares=(0.20, 0.30),
+    ),
+    ScannerSite(
+        Scanner(
+            "site-d", "CR", 12, Photometric.MONOCHROME2, 1.0, 0.0, 48.0, 4048.0,
+            voi="sigmoid", syntax="jpeg-ls", gamma=1.25, contrast=0.9, noise=0.02,
+        ),
+        shares=(0.15, 0.30),
+    ),
+)  # fmt: skip
+"""The four scanner sites."""
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """What :func:`write_sites` wrote for one site.
+
+    Attributes
+    ----------
+    site : str
+        Site name.
+    folder : Path
+        ``out / site / split``: the ``.dcm`` files and ``labels.csv``.
+    n : int
+        Number of instances.
+    positives : int
+        Number of label-1 images.
+    """
+
+    site: str
+    folder: Path
+    n: int
+    positives: int
+
+
+def assign_sites(
+    labels: NDArray[np.integer], *, seed: int, sites: tuple[ScannerSite, ...] = SITES
+) -> NDArray[np.int64]:
+    """Deal each class's images to the sites in the sites' shares (seeded).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n,)
+        Binary labels (0 or 1).
+    seed : int
+        Seed of the shuffle within each class.
+    sites : tuple of ScannerSite, optional
+        The scheme; each class's shares must sum to 1.
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+        Index of each image's site.
+    """
+    y = np.asarray(labels).reshape(-1)
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise DataError(f"expected binary labels 0/1, got values {sorted(set(y.tolist()))[:5]}")
+    shares = np.array([s.shares for s in sites], dtype=np.float64)
+    if not np.allclose(shares.sum(axis=0), 1.0):
+        raise ConfigError(f"expected each class's site shares to sum to 1, got {shares.sum(0)}")
+    rng = np.random.default_rng(seed)
+    site = np.empty(y.size, dtype=np.int64)
+    for cls in (0, 1):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        cuts = np.rint(np.cumsum(shares[:, cls]) * members.size).astype(np.int64)
+        for index, part in enumerate(np.split(members, cuts[:-1])):
+            site[part] = index
+    return site
+
+
+def write_sites(
+    images: NDArray[np.uint8],
+    labels: NDArray[np.integer],
+    out: str | Path,
+    *,
+    split: str,
+    seed: int = 0,
+    sites: tuple[ScannerSite, ...] = SITES,
+) -> list[SiteFiles]:
+    """Write each site's images as DICOM files, with a ``labels.csv`` per site.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, rows, columns)
+        Greyscale images (PneumoniaMNIST).
+    labels : ndarray of int, shape (n,)
+        Their labels.
+    out : str or Path
+        Root folder; files go to ``out/<site>/<split>/<SOPInstanceUID>.dcm``.
+    split : str
+        Name of the split (part of the folder and of the UIDs).
+    seed : int, optional
+        Seed of the site assignment and of the noise.
+    sites : tuple of ScannerSite, optional
+        The scheme.
+
+    Returns
+    -------
+    list of SiteFiles
+        One per site, in scheme order.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8 or images.shape[0] != np.size(labels):
+        raise DataError(
+            f"expected uint8 images (n, rows, columns) and n labels, got {images.dtype} "
+            f"{images.shape} and {np.size(labels)} labels"
+        )
+    y = np.asarray(labels).reshape(-1)
+    site_of = assign_sites(y, seed=seed, sites=sites)
+    written = []
+    for index, site in enumerate(sites):
+        name = site.scanner.name
+        folder = Path(out) / name / split
+        folder.mkdir(parents=True, exist_ok=True)
+        members = np.flatnonzero(site_of == index)
+        rows = []
+        for i in members:
+            rng = np.random.default_rng([seed, index, int(i)])
+            ds = build_instance(images[i], site.scanner, key=f"{split}/{i}", rng=rng)
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+            rows.append((str(ds.SOPInstanceUID), int(y[i])))
+        with (folder / "labels.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sop_instance_uid", "label"])
+            writer.writerows(rows)
+        written.append(SiteFiles(name, folder, len(rows), sum(label for _, label in rows)))
+    return written

@@ -1,0 +1,50 @@
+"""The imaging pixel chain: stored DICOM values → model input, for training and the runtime.
+
+A ``features``-layer package: it imports :mod:`vigil.core` and numpy only (no
+torch, no pydicom), so the on-prem runtime and the training code call the same
+functions. :mod:`vigil.dicom_adapter` turns a DICOM dataset into
+``(stored values, DisplayParameters)``; training images (8-bit MedMNIST arrays)
+go through :func:`training_inputs`, the degenerate case of the same chain.
+See ``docs/imaging.md``.
+"""
+
+from vigil.imaging.chain import (
+    MODEL_SIZE,
+    apply_modality,
+    apply_presentation,
+    apply_voi,
+    normalize,
+    resize,
+    to_model_input,
+    training_inputs,
+)
+from vigil.imaging.display import (
+    DisplayParameters,
+    LookupTable,
+    Photometric,
+    PresentationShape,
+    VOIFunction,
+    Window,
+)
+from vigil.imaging.parity import MAX_PROBABILITY_DIFF, ParityReport, Scorer, measure_parity
+
+__all__ = [
+    "MAX_PROBABILITY_DIFF",
+    "MODEL_SIZE",
+    "DisplayParameters",
+    "LookupTable",
+    "ParityReport",
+    "Photometric",
+    "PresentationShape",
+    "Scorer",
+    "VOIFunction",
+    "Window",
+    "apply_modality",
+    "apply_presentation",
+    "apply_voi",
+    "measure_parity",
+    "normalize",
+    "resize",
+    "to_model_input",
+    "training_inputs",
+]
