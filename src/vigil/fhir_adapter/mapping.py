@@ -6,6 +6,10 @@ The fast parser (:mod:`vigil.fhir_adapter.fast`) and the strict parser
 handed to :meth:`vigil.fhir_adapter.accumulator.Accumulator.emit`, which applies
 these rules in this order:
 
+0. **Elements.** An Observation carrying a modifier extension that is not
+   understood, or an element FHIR R4 does not define, at the resource level or
+   in an element read below, is quarantined by both parsers with the same reason
+   (the one policy and its reasons: :mod:`vigil.fhir_adapter.elements`).
 1. **Code.** Only LOINC codings (``http://loinc.org``) of the catalog count
    (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value
    (from ``value[x]``) and every ``component`` whose code is in the catalog gives
@@ -86,9 +90,13 @@ class MappingOptions:
     ----------
     accept_preliminary : bool, optional
         Use ``preliminary`` Observations too (default: skip them).
+    understood_modifiers : frozenset of str, optional
+        Modifier extension URLs vigil may ignore (default none: an Observation with a
+        modifier extension is quarantined; :mod:`vigil.fhir_adapter.elements`).
     """
 
     accept_preliminary: bool = False
+    understood_modifiers: frozenset[str] = frozenset()
 
 
 def _code_index() -> dict[str, tuple[int, int]]:
