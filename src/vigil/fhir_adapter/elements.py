@@ -12,7 +12,9 @@ they quarantine the same resources for the same reason:
   is **quarantined** with the extension's URL in the reason. Which URLs are
   understood is data: :attr:`vigil.fhir_adapter.MappingOptions.understood_modifiers`,
   empty by default (vigil understands none). A site may list one its team has judged
-  not to change what vigil reads; vigil then ignores it.
+  not to change what vigil reads; vigil then ignores it where R4 allows a modifier
+  extension (the resource, a component). On a data type (Quantity, Coding...) R4
+  allows none, so one there is always quarantined.
 - **Unknown elements** (a JSON property R4 does not define there: a misspelling,
   an element of a later FHIR version, a vendor's own key) are **quarantined** too.
   FHIR lets a reader either ignore or reject them (R4 JSON format, 2.6.2); vigil
@@ -68,7 +70,7 @@ OBSERVATION = _names(
     "effectivePeriod", "effectiveTiming", "performer", *_VALUES, "dataAbsentReason",
     "interpretation", "note", "bodySite", "method", "specimen", "device", "referenceRange",
     "hasMember", "derivedFrom", "component",
-    primitives=("id", "implicitRules", "language", "status", "effectiveDateTime",
+    "id", primitives=("implicitRules", "language", "status", "effectiveDateTime",
                 "effectiveInstant", "issued", *_PRIMITIVE_VALUES),
 )
 """The elements of an R4 Observation (and ``resourceType``)."""
@@ -99,7 +101,7 @@ def _here(element: dict[str, Any], where: str, known: frozenset[str],
     if isinstance(modifiers, list):
         for ext in modifiers:
             url = ext.get("url") if isinstance(ext, dict) else None
-            if url not in understood:
+            if url not in understood or "modifierExtension" not in known:
                 shown = repr(url[:200]) if isinstance(url, str) else "without a url"
                 return (f"modifierExtension {shown} on {where} is not understood; a modifier "
                         "extension can change what the element means")

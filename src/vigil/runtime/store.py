@@ -281,8 +281,8 @@ class StateStore:
         self.conn.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(keys))
         cursor = self.conn.execute(
             "SELECT w.code, o.variable, o.effective, o.value, o.resource_id, o.last_updated, "
-            "o.version, o.issued FROM wanted w JOIN observations o ON o.patient_key = w.patient_key "
-            "AND o.effective >= ? AND o.effective <= ?",
+            "o.version, o.issued FROM wanted w JOIN observations o "
+            "ON o.patient_key = w.patient_key AND o.effective >= ? AND o.effective <= ?",
             (since, until),
         )
         parts = []
