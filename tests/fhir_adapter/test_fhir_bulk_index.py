@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from fhir_support import assert_same
 
 import vigil.fhir_adapter.bulk as bulk
 import vigil.fhir_adapter.fast as fast
 from vigil.fhir_adapter.bulk import NDJSONSource
 from vigil.fhir_adapter.fast import parse_ndjson
+from vigil.fhir_adapter.strict import parse_ndjson_strict
 from vigil.fhir_adapter.versions import newest
 
 
@@ -44,6 +46,7 @@ def test_fhir_bulk_offsets_equal_whole_file_parse(tmp_path: Path, block: int,
     in_time_order = [_obs("d", 1, 60.0), _obs("b", 3, 90.0), _obs("c", 4, 70.0),
                      _obs("a", 5, 80.0), _obs("a", 6, 81.0)]
     want = parse_ndjson(in_time_order).observations
+    assert_same(parse_ndjson(in_time_order), parse_ndjson_strict(in_time_order))
     assert got.resource_id.tolist() == want.resource_id.tolist() == ["d", "b", "c", "a", "a"]
     assert got.value.tolist() == [60.0, 90.0, 70.0, 80.0, 81.0]
     assert got.seq.tolist() == want.seq.tolist()
