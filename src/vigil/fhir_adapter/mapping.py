@@ -20,8 +20,9 @@ these rules in this order:
    code is **ignored and counted** (``ignored_unknown_code``).
 2. **Status.** ``final``, ``amended`` and ``corrected`` are used, ``preliminary``
    only with ``accept_preliminary``. ``entered-in-error`` emits a
-   :class:`~vigil.fhir_adapter.records.Deletion` of every value read before from
-   that resource. Any other status is skipped and counted.
+   :class:`~vigil.fhir_adapter.records.Deletion`, which removes that resource's
+   values when it is the newest version (:mod:`vigil.fhir_adapter.versions`). Any
+   other status is skipped and counted.
 3. **Subject.** It must reference a Patient (``Patient/{id}``, an absolute URL,
    or a ``urn:uuid`` resolved inside a Bundle); the Patient id is the patient key.
 4. **Time.** ``effectiveDateTime``, else ``effectiveInstant``, else
