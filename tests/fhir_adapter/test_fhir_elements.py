@@ -112,3 +112,18 @@ def model_names(model: type) -> frozenset[str]:
 def test_the_element_names_are_those_of_the_fhir_resources_models(ours: frozenset[str],
                                                                    model: type) -> None:
     assert ours == model_names(model)
+
+
+def test_a_site_lists_understood_modifiers_in_its_settings(tmp_path) -> None:
+    from vigil.fhir_adapter import FHIRSettings, NDJSONSource
+
+    settings = FHIRSettings(base_url="http://127.0.0.1:1/fhir", understood_modifiers=[NEGATED])
+    assert settings.understood_modifiers == frozenset({NEGATED})
+    assert FHIRSettings(base_url="http://127.0.0.1:1/fhir").understood_modifiers == frozenset()
+    obs = make_observation(modifierExtension=[{"url": NEGATED, "valueBoolean": True}])
+    (tmp_path / "Observation.ndjson").write_text(json.dumps(obs) + "\n")
+    with NDJSONSource(tmp_path) as source:
+        assert len(source.observations(None).quarantine) == 1
+    with NDJSONSource(tmp_path, understood_modifiers=[NEGATED]) as source:
+        got = source.observations(None)
+        assert not got.quarantine and len(got.observations) == 1
