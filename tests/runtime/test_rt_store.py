@@ -297,8 +297,10 @@ def test_property_cycles_in_any_order_store_the_newest_version(tmp_path_factory,
                     enumerate(rows) if not gone]
             dels = tuple(Deletion(r, "p1", j, version=v) for j, (r, v, gone) in enumerate(rows)
                          if gone)
-            put(s, replace(ObservationBatch.concat(kept) if kept else ObservationBatch(),
-                           deletions=dels))
+            # one reading order for values and deletions, as the adapter numbers them
+            seq = np.array([j for j, (_, _, gone) in enumerate(rows) if not gone], np.int64)
+            batch = replace(ObservationBatch.concat(kept), seq=seq) if kept else ObservationBatch()
+            put(s, replace(batch, deletions=dels))
         want = []
         for rid in sorted({r for r, _, _ in versions}):
             v, gone = max((v, gone) for r, v, gone in versions if r == rid)

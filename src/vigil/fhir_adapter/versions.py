@@ -74,7 +74,8 @@ def newest(resource_id: NDArray[np.object_], seq: NDArray[np.int64], *,
     ----------
     resource_id : ndarray of object (str), shape (n,)
     seq : ndarray of int64, shape (n,)
-        Reading order; the values of one version (a panel's components) share it.
+        Reading order; the values of one version (a panel's components) share it, and two
+        versions of one resource never do.
     version, last_updated, issued : ndarray of int64, shape (n,), optional
         The keys of the module docstring (:data:`NO_VERSION` / :data:`NO_TIME` where
         unknown); None when no value has the key.
