@@ -359,10 +359,12 @@ def _map(acc: Accumulator, docs: Iterable[_Doc] | Iterable[bytes | str], *,
             q = d["valueQuantity"]
             value = q["value"]
             scale, offset, low, high, unit = units[q["code"]]
-            t = instants[d["effectiveDateTime"]]
+            when = d["effectiveDateTime"]
+            t = instants[when]
             meta = d["meta"]
             stamp = meta["lastUpdated"]
-            lu = instants.get(stamp)
+            # a device's value is often stamped and issued at its effective time: no lookup
+            lu = t if stamp == when else instants.get(stamp)
             if lu is None:  # a server stamps each resource apart: parsed here, not cached
                 lu = parse_stamp(stamp)
                 if type(lu) is not int:
@@ -371,6 +373,8 @@ def _map(acc: Accumulator, docs: Iterable[_Doc] | Iterable[bytes | str], *,
             stamp = d.get("issued")
             if stamp is None:
                 issued = no_time
+            elif stamp == when:
+                issued = t
             else:
                 issued = instants.get(stamp)
                 if issued is None:
