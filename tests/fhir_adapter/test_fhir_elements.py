@@ -127,3 +127,17 @@ def test_a_site_lists_understood_modifiers_in_its_settings(tmp_path) -> None:
     with NDJSONSource(tmp_path, understood_modifiers=[NEGATED]) as source:
         got = source.observations(None)
         assert not got.quarantine and len(got.observations) == 1
+
+
+@pytest.mark.parametrize("path", [(), ("valueQuantity",), ("code",), ("code", "coding", 0),
+                                  ("subject",), ("meta",)])
+def test_the_inline_path_sends_an_unknown_element_to_the_checks(path: tuple) -> None:
+    """After a first sighting the fast parser maps such a value inline: not with a stray key."""
+    warm = [make_observation(rid=f"w{i}", meta={"lastUpdated": "2024-03-01T10:25:00Z"})
+            for i in range(3)]
+    odd = make_observation(rid="odd", meta={"lastUpdated": "2024-03-01T10:25:00Z"})
+    at(odd, path)["vendorFlag"] = True
+    got = parse_all([*warm, odd, *warm])
+    assert [q.resource_id for q in got.quarantine] == ["odd"]
+    assert got.quarantine[0].reason.startswith("unknown element 'vendorFlag'")
+    assert got.counts.values == 6
