@@ -69,11 +69,12 @@ OBSERVATION = _names(
     "identifier", "basedOn", "partOf", "category", "code", "subject", "focus", "encounter",
     "effectivePeriod", "effectiveTiming", "performer", *_VALUES, "dataAbsentReason",
     "interpretation", "note", "bodySite", "method", "specimen", "device", "referenceRange",
-    "hasMember", "derivedFrom", "component",
-    "id", primitives=("implicitRules", "language", "status", "effectiveDateTime",
-                "effectiveInstant", "issued", *_PRIMITIVE_VALUES),
+    "hasMember", "derivedFrom", "component", "id",
+    primitives=("implicitRules", "language", "status", "effectiveDateTime", "effectiveInstant",
+                "issued", *_PRIMITIVE_VALUES),
 )
-"""The elements of an R4 Observation (and ``resourceType``)."""
+"""The elements of an R4 Observation (and ``resourceType``; ``id`` has no ``_id``, as in the
+``fhir.resources`` models)."""
 COMPONENT = _names(*_ELEMENT, "modifierExtension", "code", *_VALUES, "dataAbsentReason",
                    "interpretation", "referenceRange", primitives=_PRIMITIVE_VALUES)
 """The elements of ``Observation.component``."""

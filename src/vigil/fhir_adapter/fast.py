@@ -171,6 +171,10 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     lu: int | str = NO_TIME
     version = NO_VERSION
     try:
+        foreign = foreign_element(d, acc.understood)  # first, as the strict parser does
+        if foreign is not None:
+            acc.reject(rid, foreign, meta_stamp(d))
+            return
         if meta is not None:
             if meta.get("lastUpdated") is not None:
                 lu = parse_stamp(meta["lastUpdated"])
@@ -178,10 +182,6 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
                     acc.reject(rid, lu)
                     return
             version = version_number(meta.get("versionId"))
-        foreign = foreign_element(d, acc.understood)
-        if foreign is not None:
-            acc.reject(rid, foreign, lu)
-            return
         code = d.get("code")
         var = UNKNOWN if code is None else _var_of(code)
         items: list[tuple[int, Payload]] = []
@@ -370,15 +370,15 @@ def _map(acc: Accumulator, docs: Iterable[_Doc] | Iterable[bytes | str], *,
                 if type(lu) is not int:
                     raise LookupError
             version = no_version if len(meta) == 1 else version_number(meta.get("versionId"))
-            stamp = d.get("issued")
-            if stamp is None:
+            iss = d.get("issued")
+            if iss is None:
                 issued = no_time
-            elif stamp == when:
+            elif iss == when:
                 issued = t
             else:
-                issued = instants.get(stamp)
+                issued = instants.get(iss)
                 if issued is None:
-                    issued = parse_stamp(stamp)
+                    issued = parse_stamp(iss)
                     if type(issued) is not int:
                         raise LookupError
             subject = d["subject"]
@@ -391,7 +391,7 @@ def _map(acc: Accumulator, docs: Iterable[_Doc] | Iterable[bytes | str], *,
             # component, no comparator): anything else is checked on the general path
             # (vigil.fhir_adapter.elements). Lengths stand for the key sets, as the keys
             # read above are present: 8 at the resource level, and the usual others.
-            if (len(d) != 8 + (stamp is not None) + ("category" in d) + ("encounter" in d)
+            if (len(d) != 8 + (iss is not None) + ("category" in d) + ("encounter" in d)
                     and not inline_root(d)):
                 raise LookupError
             if (c["system"] != loinc or q["system"] != ucum or d["resourceType"] != "Observation"
