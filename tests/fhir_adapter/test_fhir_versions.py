@@ -147,3 +147,20 @@ def test_property_order_files_and_other_deletions_never_change_the_winner(
     for g in gone:
         mixed.insert(data.draw(st.integers(0, len(mixed))), g)
     assert np.array_equal(hr_column(mixed), want, equal_nan=True)
+
+
+def test_an_amendment_written_before_its_original_wins_from_a_bulk_directory(tmp_path) -> None:
+    """Bulk Data files: the amendment (version 2) is in the first file, its original in the
+    second; NDJSONSource reads them in its own order, the newest version still wins."""
+    import orjson
+
+    from vigil.fhir_adapter import NDJSONSource
+
+    amended = version("x", 2, 91.0, hour=1) | {"status": "amended"}
+    (tmp_path / "Observation.1.ndjson").write_bytes(orjson.dumps(amended) + b"\n")
+    (tmp_path / "Observation.2.ndjson").write_bytes(
+        orjson.dumps(version("x", 1, 90.0, hour=1)) + b"\n")
+    with NDJSONSource(tmp_path) as source:
+        batch = source.observations(None).observations
+    grid = grid_from_observations([STAY], batch, until=A + timedelta(hours=1))
+    assert len(batch) == 2 and grid.values[0, HR] == 91.0
