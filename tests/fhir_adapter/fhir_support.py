@@ -108,13 +108,16 @@ def observation(code: str = "8867-4", value: object = 80.0, unit: str | None = "
     return {k: v for k, v in res.items() if v is not None}
 
 
-COLUMNS = ("patient", "variable", "effective", "value", "resource_id", "last_updated", "seq")
+COLUMNS = ("patient", "variable", "effective", "value", "resource_id", "last_updated", "seq",
+           "version", "issued")
 
 
 def assert_same(a, b) -> None:  # type: ignore[no-untyped-def]
     """Two IngestResults hold the same values, deletions, quarantine and counters."""
     for name in COLUMNS:
         x, y = getattr(a.observations, name), getattr(b.observations, name)
+        if name in ("version", "issued"):
+            x, y = a.observations.column(name), b.observations.column(name)
         assert x.dtype == y.dtype and x.tolist() == y.tolist(), name
     assert a.observations.deletions == b.observations.deletions
     assert a.quarantine == b.quarantine

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from fhir_support import assert_same
 
 import vigil.fhir_adapter.bulk as bulk
 import vigil.fhir_adapter.fast as fast
 from vigil.fhir_adapter.bulk import NDJSONSource
 from vigil.fhir_adapter.fast import parse_ndjson
-from vigil.fhir_adapter.hourly import latest_versions
+from vigil.fhir_adapter.strict import parse_ndjson_strict
+from vigil.fhir_adapter.versions import newest
 
 
 def _obs(rid: str, hour: int, value: float, status: str = "final") -> bytes:
@@ -44,6 +46,7 @@ def test_fhir_bulk_offsets_equal_whole_file_parse(tmp_path: Path, block: int,
     in_time_order = [_obs("d", 1, 60.0), _obs("b", 3, 90.0), _obs("c", 4, 70.0),
                      _obs("a", 5, 80.0), _obs("a", 6, 81.0)]
     want = parse_ndjson(in_time_order).observations
+    assert_same(parse_ndjson(in_time_order), parse_ndjson_strict(in_time_order))
     assert got.resource_id.tolist() == want.resource_id.tolist() == ["d", "b", "c", "a", "a"]
     assert got.value.tolist() == [60.0, 90.0, 70.0, 80.0, 81.0]
     assert got.seq.tolist() == want.seq.tolist()
@@ -52,11 +55,11 @@ def test_fhir_bulk_offsets_equal_whole_file_parse(tmp_path: Path, block: int,
     assert window.value.tolist() == [70.0, 80.0]
 
 
-def test_fhir_latest_versions_keeps_highest_seq_per_id() -> None:
+def test_fhir_newest_keeps_highest_seq_per_id_without_other_keys() -> None:
     rid = np.array(["x", "y", "x", "z", "y", "x"], dtype=object)
     seq = np.array([1, 2, 3, 4, 2, 0], dtype=np.int64)
-    assert latest_versions(rid, seq).tolist() == [False, True, True, True, True, False]
-    assert latest_versions(np.zeros(0, object), np.zeros(0, np.int64)).shape == (0,)
+    assert newest(rid, seq).tolist() == [False, True, True, True, True, False]
+    assert newest(np.zeros(0, object), np.zeros(0, np.int64)).shape == (0,)
 
 
 def test_fhir_ndjson_columns_in_chunks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +79,7 @@ def test_fhir_ndjson_columns_in_chunks_equal_one_block(monkeypatch: pytest.Monke
              _obs("d", 4, 83.0, status="preliminary"), _obs("e", 5, 84.0),
              orjson.dumps(other), _obs("f", 6, 85.0), _obs("g", 7, 86.0)]
     whole = parse_ndjson(lines)
-    monkeypatch.setattr(fast, "_FLUSH", 2 * 8)
+    monkeypatch.setattr(fast, "_FLUSH", 2 * fast._WIDTH)
     chunked = parse_ndjson(lines)
     assert chunked.observations.resource_id.tolist() == ["a", "b", "bp", "bp", "c", "e", "q",
                                                         "f", "g"]

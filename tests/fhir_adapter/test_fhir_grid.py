@@ -7,11 +7,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
-from fhir_support import observation
+from fhir_support import observation, parse_all
 
 from vigil.core.errors import DataError
 from vigil.features import GRID_COLUMNS
-from vigil.fhir_adapter import Stay, grid_from_observations, parse_fast
+from vigil.fhir_adapter import Stay, grid_from_observations
 
 A = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 HR = GRID_COLUMNS.index("HR")
@@ -28,7 +28,7 @@ def at(delta: timedelta) -> str:
 
 
 def hr_column(resources: list[dict], until: datetime) -> list[float]:
-    grid = grid_from_observations([stay()], parse_fast(resources).observations, until=until)
+    grid = grid_from_observations([stay()], parse_all(resources).observations, until=until)
     return grid.values[:, HR].tolist()
 
 
@@ -79,7 +79,7 @@ def test_a_later_version_replaces_and_a_deletion_removes() -> None:
 
 
 def test_static_columns_come_from_the_census() -> None:
-    grid = grid_from_observations([stay(), stay("pat-2", unit=None)], parse_fast([]).observations,
+    grid = grid_from_observations([stay(), stay("pat-2", unit=None)], parse_all([]).observations,
                                   until=A + timedelta(hours=5, minutes=1))
     assert grid.patient_ids == ("pat-1", "pat-2")
     assert grid.starts.tolist() == [0, 6, 12] and grid.hours.tolist() == [1, 2, 3, 4, 5, 6] * 2
@@ -90,7 +90,7 @@ def test_static_columns_come_from_the_census() -> None:
 
 
 def test_until_per_stay_and_other_patients() -> None:
-    batch = parse_fast([observation(patient="pat-2", when=at(timedelta(hours=1))),
+    batch = parse_all([observation(patient="pat-2", when=at(timedelta(hours=1))),
                         observation(patient="ghost", rid="g", when=at(timedelta(hours=1)))]
                        ).observations
     grid = grid_from_observations([stay(), stay("pat-2")], batch,

@@ -1,4 +1,4 @@
-"""The fast and the strict parser give identical results on real FHIR R4 content."""
+"""The fast and the strict parser give identical results on every corpus of the adapter tests."""
 
 from __future__ import annotations
 
@@ -7,10 +7,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fhir_support import DATA, LOINC, R4_EXAMPLES, SYNTHEA, UCUM, assert_same
+from fhir_support import (
+    DATA,
+    LOINC,
+    R4_EXAMPLES,
+    SYNTHEA,
+    UCUM,
+    assert_same,
+    parse_all,
+    pick_patients,
+)
 
 from vigil.core.catalog import MEASURED, variable
-from vigil.fhir_adapter import parse_fast, parse_strict
+from vigil.fhir_adapter import (
+    parse_fast,
+    parse_ndjson,
+    parse_ndjson_strict,
+    parse_strict,
+    write_synth,
+)
 from vigil.fhir_adapter.mapping import CODE_INDEX
 
 
@@ -47,6 +62,8 @@ def test_all_official_examples_and_synthea_bundles() -> None:
     docs = load(paths)
     fast, strict = parse_fast(docs), parse_strict(docs)
     assert_same(fast, strict)
+    varied = [v for i, d in enumerate(docs[:36]) for v in variants(d, i)]
+    assert_same(parse_fast(varied), parse_strict(varied))
     assert fast.counts.values > 900 and fast.counts.ignored_unknown_code > 2000
 
     # Independent reading: every Synthea vital or lab with a single catalog LOINC code, a final
@@ -69,3 +86,43 @@ def test_all_official_examples_and_synthea_bundles() -> None:
                 assert mapped[(res["id"], name)] == float(q["value"])
                 checked += 1
     assert checked > 500
+
+
+def variants(doc: dict, i: int) -> list[dict]:
+    """Real-shaped variations of one example: its versions in a history Bundle (newest
+    first), a modifier extension, an unknown element, an extension (ignored)."""
+    if doc.get("resourceType") != "Observation":
+        return []
+    history = {"resourceType": "Bundle", "type": "history", "entry": [
+        {"fullUrl": f"http://example.org/fhir/Observation/{doc.get('id')}",
+         "resource": {**doc, "meta": {"versionId": str(n),
+                                      "lastUpdated": f"2020-01-0{n}T00:00:00Z"}},
+         "request": {"method": "PUT", "url": f"Observation/{doc.get('id')}"}}
+        for n in (3, 2, 1)]}
+    flagged = {**doc, "id": f"mod-{i}",
+               "modifierExtension": [{"url": "http://example.org/negated", "valueBoolean": True}]}
+    unknown = {**doc, "id": f"unknown-{i}", "valueQuantityy": {"value": 1}}
+    extended = {**doc, "id": f"ext-{i}", "extension": [{"url": "http://example.org/x",
+                                                        "valueString": "x"}]}
+    return [history, flagged, unknown, extended]
+
+
+def test_every_bundled_example_and_its_variations_read_the_same_in_all_readers() -> None:
+    docs = load(sorted(DATA.glob("*.json")))
+    everything = docs + [v for i, d in enumerate(docs) for v in variants(d, i)]
+    res = parse_all(everything)  # NDJSON, dicts and strict agree
+    reasons = [q.reason for q in res.quarantine]
+    assert sum("modifierExtension 'http://example.org/negated'" in r for r in reasons) == 7
+    assert sum("unknown element 'valueQuantityy' in Observation" in r for r in reasons) == 7
+
+
+def test_a_synth_corpus_reads_the_same_with_both_parsers(sample, tmp_path: Path) -> None:
+    """``vigil fhir synth`` output (NDJSON files and transaction Bundles), as the demo reads it."""
+    summary = write_synth(pick_patients(sample.frame, 3), tmp_path, bundles=True, bundle_size=200)
+    blob = (tmp_path / "Observation.ndjson").read_bytes()
+    fast = parse_ndjson(blob)
+    assert len(fast.observations) > 300
+    assert_same(fast, parse_ndjson_strict(blob))
+    bundles = [json.loads((tmp_path / n).read_text()) for n in summary.files
+               if n.startswith("bundles/")]
+    assert_same(parse_fast(bundles), parse_strict(bundles))

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fhir_support import pick_patients, running_server
+from fhir_support import assert_same, pick_patients, running_server
 
 from vigil.core.errors import FHIRTransportError
 from vigil.features import grid_from_frame
@@ -32,6 +32,7 @@ from vigil.fhir_adapter import (
     bulk_export,
     grid_from_observations,
     parse_ndjson,
+    parse_ndjson_strict,
     risk_assessment,
     write_synth,
 )
@@ -203,6 +204,9 @@ def test_bulk_export_reads_like_rest(fhir_server: str, loaded, tmp_path: Path) -
     with NDJSONSource(tmp_path) as source:
         assert source.census().stays == census_rest.stays
         bulk = source.observations(None)
+    for name in sorted(o["url"] for o in manifest["output"] if o["type"] == "Observation"):
+        # what a real server exports (its meta.versionId included) reads the same both ways
+        assert_same(parse_ndjson(tmp_path / name), parse_ndjson_strict(tmp_path / name))
     synth = parse_ndjson(loaded["out"] / "Observation.ndjson")
     assert set(synth.observations.resource_id) <= set(bulk.observations.resource_id)
 

@@ -3,9 +3,9 @@
 import numpy as np
 import orjson
 import pytest
-from fhir_support import observation, parse_all
+from fhir_support import assert_same, observation, parse_all
 
-from vigil.fhir_adapter import parse_ndjson
+from vigil.fhir_adapter import parse_ndjson, parse_ndjson_strict
 from vigil.fhir_adapter.records import SOURCE_UNITS, ObservationBatch
 
 TEMP, CREATININE, BP_PANEL = "8310-5", "2160-0", "85354-9"
@@ -41,6 +41,8 @@ def test_quarantined_values_are_not_counted_and_every_reader_agrees_on_each_unit
     # the NDJSON reader's inline path (values after the first sighting) records them too
     lines = b"\n".join(orjson.dumps(r) for r in resources)
     twice = parse_ndjson(lines + b"\n" + lines.replace(b'"id":"', b'"id":"again-'))
+    assert_same(twice, parse_ndjson_strict(lines + b"\n" + lines.replace(b'"id":"',
+                                                                          b'"id":"again-')))
     assert units_of(twice) == ["umol/L", "mg/dL", "Cel"] * 2
 
 

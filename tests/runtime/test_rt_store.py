@@ -1,12 +1,23 @@
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vigil.core.catalog import MEASURED
 from vigil.core.errors import ConfigError
-from vigil.fhir_adapter.records import Deletion, ObservationBatch, Quarantine, Stay, to_micros
+from vigil.fhir_adapter.records import (
+    NO_TIME,
+    NO_VERSION,
+    Deletion,
+    ObservationBatch,
+    Quarantine,
+    Stay,
+    to_micros,
+)
 from vigil.runtime.contracts import ScoreBatch
 from vigil.runtime.schema import MIGRATIONS, TABLES, VERSION_TABLE
 from vigil.runtime.store import SCHEMA_VERSION, StateStore, sqlite_path
@@ -208,3 +219,91 @@ def test_read_only_connection_sees_commits_only(tmp_path):
         reader.conn.execute("DELETE FROM scores")
     writer.close()
     reader.close()
+
+
+def versioned(rid, value, *, version=NO_VERSION, last_updated=NO_TIME, seq=0, variable=HR):
+    """One value of one version of a resource, effective 1 h after T0 (patient p1)."""
+    return ObservationBatch(
+        patient=np.array(["p1"], dtype=object), variable=np.array([variable], dtype=np.int8),
+        effective=np.array([to_micros(T0) + 3_600_000_000], dtype=np.int64),
+        value=np.array([value], dtype=float), resource_id=np.array([rid], dtype=object),
+        last_updated=np.array([last_updated], dtype=np.int64), seq=np.array([seq], np.int64),
+        version=np.array([version], dtype=np.int64),
+    )
+
+
+def put(store, batch):
+    with store.transaction() as tx:
+        return store.put_observations(tx, batch)
+
+
+def test_a_late_older_version_does_not_replace_the_stored_newer_one(store):
+    put(store, versioned("x", 83.0, version=3))
+    kept, replaced = put(store, versioned("x", 81.0, version=1))  # the original, read later
+    assert len(kept) == 0 and replaced == frozenset()
+    assert stored(store) == [("x", HR, "p1", 83.0)]
+    kept, replaced = put(store, versioned("x", 84.0, version=4))
+    assert kept.value.tolist() == [84.0] and replaced == frozenset({"x"})
+    assert stored(store) == [("x", HR, "p1", 84.0)]
+    # the version keys are stored and read back with the values
+    back = store.observations(["p1"], since=0, until=2**62)
+    assert back.version.tolist() == [4] and back.issued.tolist() == [NO_TIME]
+
+
+def test_by_last_updated_when_a_version_has_no_version_id(store):
+    put(store, versioned("x", 83.0, version=3, last_updated=to_micros(T0) + 30))
+    put(store, versioned("x", 82.0, last_updated=to_micros(T0) + 20))
+    assert stored(store) == [("x", HR, "p1", 83.0)]
+    put(store, versioned("x", 85.0, version=2, last_updated=to_micros(T0) + 40))
+    assert stored(store) == [("x", HR, "p1", 83.0)]  # both have a versionId: 3 > 2
+    put(store, versioned("x", 86.0, last_updated=to_micros(T0) + 40))
+    assert stored(store) == [("x", HR, "p1", 86.0)]  # one has none: lastUpdated decides
+
+
+def test_a_stored_deletion_keeps_an_older_version_out_and_a_newer_one_back_in(store):
+    put(store, versioned("x", 80.0, version=1))
+    kept, replaced = put(store, replace(ObservationBatch(), deletions=(
+        Deletion("x", "p1", 0, version=2),)))
+    assert replaced == frozenset({"x"}) and stored(store) == []
+    assert store.count("deletions") == 1
+    kept, replaced = put(store, versioned("x", 80.0, version=1))  # a late page: still deleted
+    assert len(kept) == 0 and stored(store) == []
+    # an older deletion does not remove a newer stored version
+    put(store, versioned("x", 86.0, version=3))
+    assert stored(store) == [("x", HR, "p1", 86.0)] and store.count("deletions") == 0
+    put(store, replace(ObservationBatch(), deletions=(Deletion("x", "p1", 0, version=2),)))
+    assert stored(store) == [("x", HR, "p1", 86.0)]
+
+
+def test_deletions_are_pruned_with_the_values(store):
+    gone = Deletion("x", "p1", 0, last_updated=to_micros(T0))
+    put(store, replace(ObservationBatch(), deletions=(gone, Deletion("y", "p1", 1))))
+    with store.transaction() as tx:
+        store.prune(tx, before=T0.timestamp() + 1)
+    # the one with a time goes; one without a time is kept (it cannot be placed in time)
+    assert [r for (r,) in store.conn.execute("SELECT resource_id FROM deletions")] == ["y"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 6), st.booleans()),
+                min_size=1, max_size=12, unique_by=lambda t: t[:2]),
+       st.integers(1, 4))
+def test_property_cycles_in_any_order_store_the_newest_version(tmp_path_factory, versions, k):
+    """(resource, versionId, entered in error) read in ``k`` cycles in the order given."""
+    with StateStore.open(f"sqlite:///{tmp_path_factory.mktemp('p') / 's.db'}") as s:
+        for part in np.array_split(np.arange(len(versions)), k):
+            rows = [versions[i] for i in part]
+            kept = [versioned(r, float(v), version=v, seq=j) for j, (r, v, gone) in
+                    enumerate(rows) if not gone]
+            dels = tuple(Deletion(r, "p1", j, version=v) for j, (r, v, gone) in enumerate(rows)
+                         if gone)
+            # one reading order for values and deletions, as the adapter numbers them
+            seq = np.array([j for j, (_, _, gone) in enumerate(rows) if not gone], np.int64)
+            batch = replace(ObservationBatch.concat(kept), seq=seq) if kept else ObservationBatch()
+            put(s, replace(batch, deletions=dels))
+        want = []
+        for rid in sorted({r for r, _, _ in versions}):
+            v, gone = max((v, gone) for r, v, gone in versions if r == rid)
+            if not gone:
+                want.append((rid, HR, "p1", float(v)))
+        assert stored(s) == want

@@ -30,14 +30,20 @@ Sources (:class:`Source` protocol)
       :class:`IngestCounts` (ignored unknown codes, quarantined, deleted, ...) and
       the new ``watermark``.
 
-    Store values by resource id: a later version replaces an earlier one, a
-    deletion removes it, and the overlap window may return a value twice.
+    Store values by resource id: the newest version (by ``meta.versionId``, else
+    ``meta.lastUpdated``, else ``issued``, reading order last:
+    :mod:`vigil.fhir_adapter.versions`; the batch carries ``version`` and ``issued``)
+    replaces the others, a deletion that is the newest removes it, and the overlap
+    window may return a value twice.
 
 Mapping rules
     :mod:`vigil.fhir_adapter.mapping` (LOINC -> catalog, UCUM conversion, status,
-    time, plausibility) and :mod:`vigil.fhir_adapter.codes` (panel context of
-    components, code systems, substance-only codes). Two parsers give identical
-    results: :func:`parse_ndjson` / :func:`parse_fast` (orjson, no pydantic) and
+    time, plausibility), :mod:`vigil.fhir_adapter.codes` (panel context of
+    components, code systems, substance-only codes) and
+    :mod:`vigil.fhir_adapter.elements` (modifier extensions and unknown elements
+    quarantine the Observation; understood modifier URLs are
+    ``MappingOptions.understood_modifiers``, empty by default). Two parsers give
+    identical results: :func:`parse_ndjson` / :func:`parse_fast` (orjson, no pydantic) and
     :func:`parse_ndjson_strict` / :func:`parse_strict` (fhir.resources R4B validation).
 
 Grid

@@ -18,6 +18,7 @@ from vigil.fhir_adapter.mapping import (
 )
 from vigil.fhir_adapter.records import (
     NO_TIME,
+    NO_VERSION,
     Deletion,
     IngestCounts,
     IngestResult,
@@ -44,6 +45,7 @@ class Accumulator:
         self.status_action = dict(_STATUS)
         if options is not None and options.accept_preliminary:
             self.status_action["preliminary"] = USE
+        self.understood = frozenset() if options is None else options.understood_modifiers
         self.patient: list[str] = []
         self.variable: list[int] = []
         self.effective: list[int] = []
@@ -52,6 +54,8 @@ class Accumulator:
         self.last_updated: list[int] = []
         self.seq: list[int] = []
         self.unit: list[int] = []
+        self.version: list[int] = []
+        self.issued: list[int] = []
         self.deletions: list[Deletion] = []
         self.quarantine: list[Quarantine] = []
         self.n_resources = 0
@@ -72,7 +76,8 @@ class Accumulator:
         self.quarantine.append(Quarantine(resource_type, rid, reason, last_updated))
 
     def emit(self, rid: str, last_updated: int, status: str | None, patient: str | None,
-             time: int | str, items: list[tuple[int, Payload]]) -> None:
+             time: int | str, items: list[tuple[int, Payload]], *, version: int = NO_VERSION,
+             issued: int = NO_TIME) -> None:
         """Apply the status, subject, time and value rules to one Observation.
 
         Parameters
@@ -90,6 +95,10 @@ class Accumulator:
         items : list of (int, Payload)
             One entry per catalog code found (``Observation.code`` first, then components);
             the variable may be :data:`AMBIGUOUS`.
+        version : int, optional
+            ``meta.versionId`` as a number (:func:`vigil.fhir_adapter.versions.version_number`).
+        issued : int, optional
+            ``issued`` in microseconds or :data:`NO_TIME`.
         """
         self.n_resources += 1
         action = self.status_action.get(status or "", _SKIP)
@@ -97,7 +106,8 @@ class Accumulator:
             self.quarantine.append(Quarantine("Observation", rid, "no status", last_updated))
             return
         if action == _DELETE:
-            self.deletions.append(Deletion(rid, patient, self.n_resources, last_updated))
+            self.deletions.append(Deletion(rid, patient, self.n_resources, last_updated,
+                                           version, issued))
             return
         if action == _SKIP:
             self.n_skipped += 1
@@ -133,6 +143,8 @@ class Accumulator:
             self.last_updated.append(last_updated)
             self.seq.append(self.n_resources)
             self.unit.append(unit)
+            self.version.append(version)
+            self.issued.append(issued)
 
     def result(self) -> IngestResult:
         """Everything collected, as an :class:`IngestResult` (no watermark)."""
@@ -146,6 +158,8 @@ class Accumulator:
             seq=np.array(self.seq, dtype=np.int64),
             deletions=tuple(self.deletions),
             unit=np.array(self.unit, dtype=np.int8),
+            version=np.array(self.version, dtype=np.int64),
+            issued=np.array(self.issued, dtype=np.int64),
         )
         counts = IngestCounts(
             resources=self.n_resources, values=len(self.value),

@@ -201,11 +201,14 @@ class NDJSONSource:
     unit_by_location : mapping of str to str, optional
         Location id -> ``"MICU"``/``"SICU"``.
     accept_preliminary : bool, optional
+    understood_modifiers : iterable of str, optional
+        Modifier extension URLs to ignore (default none; :mod:`vigil.fhir_adapter.elements`).
     """
 
     def __init__(self, directory: Path, *, icu_locations: Sequence[str] = (),
                  unit_by_location: Mapping[str, str] | None = None,
-                 accept_preliminary: bool = False) -> None:
+                 accept_preliminary: bool = False,
+                 understood_modifiers: Iterable[str] = ()) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise DataError(f"expected a directory of FHIR NDJSON files at {self.directory}, "
@@ -213,7 +216,8 @@ class NDJSONSource:
                             source=str(self.directory))
         self._icu = tuple(icu_locations)
         self._units = dict(unit_by_location or {})
-        self._options = MappingOptions(accept_preliminary=accept_preliminary)
+        self._options = MappingOptions(accept_preliminary=accept_preliminary,
+                                       understood_modifiers=frozenset(understood_modifiers))
         self._index: _Index | None = None
         self.name = str(self.directory)
         """Key of this source's watermark (its directory)."""

@@ -34,6 +34,7 @@ from vigil.fhir_adapter.codes import (
     substance_checked,
     substance_unit,
 )
+from vigil.fhir_adapter.elements import META, OBSERVATION, foreign_element
 from vigil.fhir_adapter.mapping import (
     AMBIGUOUS,
     CODE_INDEX,
@@ -56,13 +57,21 @@ from vigil.fhir_adapter.mapping import (
     quantity_payload,
     variable_of,
 )
-from vigil.fhir_adapter.records import NO_TIME, IngestResult, ObservationBatch, to_micros
+from vigil.fhir_adapter.records import (
+    NO_TIME,
+    NO_VERSION,
+    IngestResult,
+    ObservationBatch,
+    to_micros,
+)
+from vigil.fhir_adapter.versions import version_number
 
 __all__ = [
     "Reader",
     "bundle_references",
     "effective_time",
     "feed",
+    "meta_stamp",
     "ndjson_lines",
     "parse_fast",
     "parse_ndjson",
@@ -102,6 +111,14 @@ def parse_stamp(text: str) -> int | str:
         except ValueError:
             pass
     return parse_time(text, "meta.lastUpdated")
+
+
+def meta_stamp(d: dict[str, Any]) -> int:
+    """``meta.lastUpdated`` of a decoded resource in microseconds, :data:`NO_TIME` if unusable."""
+    meta = d.get("meta")
+    stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    lu = parse_stamp(stamp) if isinstance(stamp, str) else NO_TIME
+    return lu if isinstance(lu, int) else NO_TIME
 
 
 def _var_of(concept: dict[str, Any]) -> int:
@@ -165,13 +182,19 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
     rid = d.get("id") or fallback_id or ""
     meta = d.get("meta")
     lu: int | str = NO_TIME
+    version = NO_VERSION
     try:
-        if meta is not None and meta.get("lastUpdated") is not None:
-            t = meta["lastUpdated"]
-            lu = parse_stamp(t)
-            if isinstance(lu, str):
-                acc.reject(rid, lu)
-                return
+        foreign = foreign_element(d, acc.understood)  # first, as the strict parser does
+        if foreign is not None:
+            acc.reject(rid, foreign, meta_stamp(d))
+            return
+        if meta is not None:
+            if meta.get("lastUpdated") is not None:
+                lu = parse_stamp(meta["lastUpdated"])
+                if isinstance(lu, str):
+                    acc.reject(rid, lu)
+                    return
+            version = version_number(meta.get("versionId"))
         code = d.get("code")
         var = UNKNOWN if code is None else _var_of(code)
         items: list[tuple[int, Payload]] = []
@@ -208,7 +231,14 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
                     if len(_PATIENTS) > 100_000:
                         _PATIENTS.clear()
                     _PATIENTS[ref] = patient
-        acc.emit(rid, lu, d.get("status"), patient, effective_time(d), items)
+        issued: int | str = NO_TIME
+        if d.get("issued") is not None:
+            issued = parse_time(d["issued"], "issued")
+            if isinstance(issued, str):
+                acc.reject(rid, issued, lu)
+                return
+        acc.emit(rid, lu, d.get("status"), patient, effective_time(d), items, version=version,
+                 issued=issued)
     except (AttributeError, KeyError, TypeError, IndexError, ValueError) as exc:
         acc.reject(rid, f"malformed Observation: {type(exc).__name__}",
                    lu if isinstance(lu, int) else NO_TIME)
@@ -282,23 +312,11 @@ def parse_ndjson(source: bytes | str | Path | Iterable[bytes | str], *,
     IngestResult
         Without watermark. A line that is not JSON is quarantined.
     """
-    return _map(Accumulator(options), _decoded(ndjson_lines(source)))
+    return _map(Accumulator(options), ndjson_lines(source), lines=True)
 
 
-_NOT_JSON = object()
-"""Stands for an NDJSON line that is not JSON."""
 _Doc = tuple[Any, str | None, Mapping[str, str] | None]
 """A resource to map, its fallback id (``fullUrl``) and its Bundle's references."""
-
-
-def _decoded(lines: Iterable[bytes | str]) -> Iterator[_Doc]:
-    loads = orjson.loads
-    for line in lines:
-        try:
-            yield loads(line), None, None
-        except orjson.JSONDecodeError:
-            if line.strip():
-                yield _NOT_JSON, None, None
 
 
 def _entries(resources: Iterable[Any]) -> Iterator[_Doc]:
@@ -314,49 +332,90 @@ def _entries(resources: Iterable[Any]) -> Iterator[_Doc]:
             yield d, None, None
 
 
-def _map(acc: Accumulator, docs: Iterable[_Doc]) -> IngestResult:
-    """Map resources: the common case inline, anything else through :func:`feed`."""
+def _map(acc: Accumulator, docs: Iterable[_Doc] | Iterable[bytes | str], *,
+         lines: bool = False) -> IngestResult:
+    """Map resources: the common case inline, anything else through :func:`feed`.
+
+    ``docs`` are NDJSON lines with ``lines`` (decoded here: no generator in between),
+    else what :func:`_entries` yields.
+    """
+    loads, not_json = orjson.loads, orjson.JSONDecodeError
     used = frozenset(k for k, v in acc.status_action.items() if v == USE)
     codes, instants, patients = _FAST_CODES, VALID_INSTANTS, _PATIENTS
     loinc, ucum = LOINC, UCUM
+    no_version, no_time = NO_VERSION, NO_TIME
+    inline_root, inline_meta = _INLINE_ROOT.issuperset, _INLINE_META
     flat: list[Any] = []
     extend = flat.extend
     chunks: list[ObservationBatch] = []
     n = 0
-    for d, fallback_id, refs in docs:
+    fallback_id = refs = None
+    for doc in docs:
+        if lines:
+            try:
+                d = loads(doc)  # type: ignore[arg-type]
+            except not_json:
+                if doc.strip():  # type: ignore[union-attr]
+                    acc.reject("", "malformed NDJSON line: not JSON", resource_type="?")
+                continue
+        else:
+            d, fallback_id, refs = doc  # type: ignore[misc]
         if len(flat) >= _FLUSH:  # columns every _FLUSH values bound the Python objects alive
             chunks.append(_columns(flat))
             flat.clear()
-        if d is _NOT_JSON:
-            acc.n_resources = n
-            acc.reject("", "malformed NDJSON line: not JSON", resource_type="?")
-            n = acc.n_resources
-            continue
         # The common case (one LOINC coding, a used status, a valueQuantity in a UCUM unit of
         # the catalog, a time and a subject seen before) is mapped inline with dict lookups
         # only; anything else, including a first sighting, takes the general path, which
         # applies the same rules (Accumulator.emit) and fills the caches.
         try:
-            (c,) = d["code"]["coding"]
+            code = d["code"]
+            (c,) = code["coding"]
             var, units = codes[c["code"]]
             q = d["valueQuantity"]
             value = q["value"]
             scale, offset, low, high, unit = units[q["code"]]
-            t = instants[d["effectiveDateTime"]]
-            stamp = d["meta"]["lastUpdated"]
-            lu = instants.get(stamp)
+            when = d["effectiveDateTime"]
+            t = instants[when]
+            meta = d["meta"]
+            stamp = meta["lastUpdated"]
+            # a device's value is often stamped and issued at its effective time: no lookup
+            lu = t if stamp == when else instants.get(stamp)
             if lu is None:  # a server stamps each resource apart: parsed here, not cached
                 lu = parse_stamp(stamp)
                 if type(lu) is not int:
                     raise LookupError
-            ref = d["subject"]["reference"]
+            version = no_version if len(meta) == 1 else version_number(meta.get("versionId"))
+            iss = d.get("issued")
+            if iss is None:
+                issued = no_time
+            elif iss == when:
+                issued = t
+            else:
+                issued = instants.get(iss)
+                if issued is None:
+                    issued = parse_stamp(iss)
+                    if type(issued) is not int:
+                        raise LookupError
+            subject = d["subject"]
+            ref = subject["reference"]
             if refs is not None and ref in refs:  # a Bundle's own reference resolves first
                 raise LookupError
             patient = patients[ref]
             rid = d["id"]
+            # Only elements read inline and known to FHIR R4 (no modifierExtension, no
+            # component, no comparator): anything else is checked on the general path
+            # (vigil.fhir_adapter.elements). Lengths stand for the key sets, as the keys
+            # read above are present: 8 at the resource level, and the usual others.
+            if (len(d) != 8 + (iss is not None) + ("category" in d) + ("encounter" in d)
+                    and not inline_root(d)):
+                raise LookupError
             if (c["system"] != loinc or q["system"] != ucum or d["resourceType"] != "Observation"
-                    or d["status"] not in used or "component" in d or "comparator" in q
-                    or value is True or value is False or not rid):
+                    or d["status"] not in used or value is True or value is False or not rid
+                    or (len(q) != 3 and (len(q) != 4 or "unit" not in q))
+                    or (len(c) != 2 and (len(c) != 3 or "display" not in c))
+                    or (len(code) != 1 and (len(code) != 2 or "text" not in code))
+                    or (len(subject) != 1 and (len(subject) != 2 or "display" not in subject))
+                    or (len(meta) != 1 and not meta.keys() <= inline_meta)):
                 raise LookupError
             out = value * scale + offset
             if not low <= out <= high:
@@ -367,31 +426,32 @@ def _map(acc: Accumulator, docs: Iterable[_Doc]) -> IngestResult:
             n = acc.n_resources
             continue
         n += 1
-        extend((patient, var, t, out, rid, lu, n, unit))
+        extend((patient, var, t, out, rid, lu, n, unit, version, issued))
     acc.n_resources = n
     if flat:
         chunks.append(_columns(flat))
     return _merge(acc.result(), chunks)
 
 
-_FLUSH = 8 * 32768
-"""Inline values (flattened 8-tuples) held as Python objects before they become columns."""
+_INLINE_ROOT = OBSERVATION - {"modifierExtension", "component"}
+"""Resource-level elements of an Observation mapped inline."""
+_INLINE_META = META - {"modifierExtension"}
+"""Elements of ``meta`` of an Observation mapped inline."""
+_WIDTH = 10
+"""Fields of one inline value (see ``_FIELDS``)."""
+_FLUSH = _WIDTH * 32768
+"""Inline values (flattened tuples) held as Python objects before they become columns."""
 _FIELDS = ("patient", "variable", "effective", "value", "resource_id", "last_updated", "seq",
-           "unit")
+           "unit", "version", "issued")
+_DTYPES = (object, np.int8, np.int64, np.float64, object, np.int64, np.int64, np.int8, np.int64,
+           np.int64)
 
 
 def _columns(flat: list[Any]) -> ObservationBatch:
-    """Columns of inline rows given as flattened 8-tuples."""
-    return ObservationBatch(
-        patient=np.array(flat[0::8], dtype=object),
-        variable=np.array(flat[1::8], dtype=np.int8),
-        effective=np.array(flat[2::8], dtype=np.int64),
-        value=np.array(flat[3::8], dtype=np.float64),
-        resource_id=np.array(flat[4::8], dtype=object),
-        last_updated=np.array(flat[5::8], dtype=np.int64),
-        seq=np.array(flat[6::8], dtype=np.int64),
-        unit=np.array(flat[7::8], dtype=np.int8),
-    )
+    """Columns of inline rows given as flattened tuples of ``_FIELDS``."""
+    return ObservationBatch(**{name: np.array(flat[i::_WIDTH], dtype=dtype)
+                               for i, (name, dtype) in enumerate(zip(_FIELDS, _DTYPES,
+                                                                     strict=True))})
 
 
 def _merge(general: IngestResult, chunks: list[ObservationBatch]) -> IngestResult:

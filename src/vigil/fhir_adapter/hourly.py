@@ -10,9 +10,11 @@ row); values before or at admission (``x <= 0``) and after ``until`` are not pla
 ``meta.lastUpdated``, then reading order (a later version of the same value
 replaces an earlier one).
 
-**Versions and deletions** (:mod:`vigil.fhir_adapter.records`): only the values
-of the latest version of each resource are used; a resource whose latest
-version is an ``entered-in-error`` deletion contributes nothing.
+**Versions and deletions** (:mod:`vigil.fhir_adapter.versions`): only the values
+of the newest version of each resource are used (by ``meta.versionId``, else
+``meta.lastUpdated``, else ``issued``, and reading order last; not by reading
+order alone); a resource whose newest version is an ``entered-in-error``
+deletion contributes nothing.
 
 Static columns (Age, Gender, Unit1, Unit2, HospAdmTime) come from the census
 (:meth:`vigil.fhir_adapter.Stay.static_values`) and are repeated on every row.
@@ -25,19 +27,18 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
 from vigil.core.catalog import MEASURED
 from vigil.core.errors import DataError
 from vigil.features.grid import GRID_COLUMNS, HourlyGrid
 from vigil.fhir_adapter.records import Census, ObservationBatch, Stay, to_micros
+from vigil.fhir_adapter.versions import latest_in_batch
 
 __all__ = [
     "HOUR_US",
     "grid_from_observations",
     "hours_until",
     "latest_in_batch",
-    "latest_versions",
 ]
 
 HOUR_US = 3_600_000_000
@@ -50,40 +51,6 @@ def hours_until(icu_admission: datetime, until: datetime) -> int:
     """Count the grid rows of a stay at ``until``: ``max(1, ceil((until - A) / 1 h))``."""
     d = to_micros(until) - to_micros(icu_admission)
     return max(1, -((-d) // HOUR_US))
-
-
-def latest_versions(resource_id: NDArray[np.object_], seq: NDArray[np.int64]
-                    ) -> NDArray[np.bool_]:
-    """Mask of the values read with the highest ``seq`` of their resource id, shape (n,).
-
-    Hashes the ids once (``pandas.factorize``) and takes a per-id maximum; no sort.
-    """
-    if len(seq) == 0:
-        return np.zeros(0, dtype=bool)
-    codes, unique = pd.factorize(resource_id)
-    top = np.full(len(unique), np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(top, codes, seq)
-    return np.asarray(seq == top[codes])
-
-
-def latest_in_batch(batch: ObservationBatch) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Masks of a batch's values and deletions that are the latest version of their resource.
-
-    A deletion read after every value of its resource wins over them; a value read after
-    a deletion brings the resource back.
-
-    Returns
-    -------
-    values : ndarray of bool, shape (len(batch),)
-    deletions : ndarray of bool, shape (len(batch.deletions),)
-    """
-    if not batch.deletions:
-        return latest_versions(batch.resource_id, batch.seq), np.zeros(0, dtype=bool)
-    rid = np.concatenate([batch.resource_id,
-                          np.array([d.resource_id for d in batch.deletions], dtype=object)])
-    seq = np.concatenate([batch.seq, np.array([d.seq for d in batch.deletions], dtype=np.int64)])
-    latest = latest_versions(rid, seq)
-    return latest[: len(batch)], latest[len(batch):]
 
 
 def grid_from_observations(stays: Census | Sequence[Stay], observations: ObservationBatch, *,

@@ -6,6 +6,10 @@ The fast parser (:mod:`vigil.fhir_adapter.fast`) and the strict parser
 handed to :meth:`vigil.fhir_adapter.accumulator.Accumulator.emit`, which applies
 these rules in this order:
 
+0. **Elements.** An Observation carrying a modifier extension that is not
+   understood, or an element FHIR R4 does not define, at the resource level or
+   in an element read below, is quarantined by both parsers with the same reason
+   (the one policy and its reasons: :mod:`vigil.fhir_adapter.elements`).
 1. **Code.** Only LOINC codings (``http://loinc.org`` or its OID
    ``urn:oid:2.16.840.1.113883.6.1``) of the catalog count
    (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value (from
@@ -23,8 +27,9 @@ these rules in this order:
    value read is **ignored and counted** (``ignored_unknown_code``).
 2. **Status.** ``final``, ``amended`` and ``corrected`` are used, ``preliminary``
    only with ``accept_preliminary``. ``entered-in-error`` emits a
-   :class:`~vigil.fhir_adapter.records.Deletion` of every value read before from
-   that resource. Any other status is skipped and counted.
+   :class:`~vigil.fhir_adapter.records.Deletion`, which removes that resource's
+   values when it is the newest version (:mod:`vigil.fhir_adapter.versions`). Any
+   other status is skipped and counted.
 3. **Subject.** It must reference a Patient (``Patient/{id}``, an absolute URL,
    or a ``urn:uuid`` resolved inside a Bundle); the Patient id is the patient key.
 4. **Time.** ``effectiveDateTime``, else ``effectiveInstant``, else
@@ -102,9 +107,13 @@ class MappingOptions:
     ----------
     accept_preliminary : bool, optional
         Use ``preliminary`` Observations too (default: skip them).
+    understood_modifiers : frozenset of str, optional
+        Modifier extension URLs vigil may ignore (default none: an Observation with a
+        modifier extension is quarantined; :mod:`vigil.fhir_adapter.elements`).
     """
 
     accept_preliminary: bool = False
+    understood_modifiers: frozenset[str] = frozenset()
 
 
 def _code_index() -> dict[str, tuple[int, int]]:

@@ -12,17 +12,19 @@ Patient ids and resource ids (which may embed a patient id, as the synthetic
 ones do) are left out of every ``repr``; treat both as patient keys, never log them.
 
 Versions and deletions: every FHIR resource read gets a sequence number
-``seq`` in reading order. A later version of a resource (same resource id,
-higher ``seq``) replaces every value of the earlier one; a :class:`Deletion`
-(an ``entered-in-error`` resource) removes every value of that resource id
-read before it. :func:`vigil.fhir_adapter.grid_from_observations` applies
-these rules; a state store must apply them too (upsert by resource id).
+``seq`` in reading order, and keeps what tells its versions apart: ``meta.versionId``
+(:attr:`ObservationBatch.version`, when it is an integer), ``meta.lastUpdated`` and
+``issued``. The newest version of a resource (same resource id) replaces every
+value of the others, whatever order they were read in; a :class:`Deletion` (an
+``entered-in-error`` resource) removes the values of its resource when it is the
+newest version. The rule is :func:`vigil.fhir_adapter.versions.newest`;
+:func:`vigil.fhir_adapter.grid_from_observations` and the state store apply it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -34,6 +36,7 @@ from vigil.core.catalog import MEASURED, variable
 
 __all__ = [
     "NO_TIME",
+    "NO_VERSION",
     "SOURCE_UNITS",
     "Census",
     "Deletion",
@@ -49,6 +52,8 @@ __all__ = [
 
 NO_TIME = np.iinfo(np.int64).min
 """Column value of an unknown time (``meta.lastUpdated`` absent)."""
+NO_VERSION = np.iinfo(np.int64).min
+"""Column value of an unknown version (``meta.versionId`` absent or not an integer)."""
 SOURCE_UNITS: tuple[str, ...] = tuple(sorted(
     {variable(n).unit for n in MEASURED}
     | {c.unit for n in MEASURED for c in variable(n).conversions}
@@ -56,6 +61,8 @@ SOURCE_UNITS: tuple[str, ...] = tuple(sorted(
 """Every unit the mapping accepts (canonical or convertible), sorted; the codes of
 :attr:`ObservationBatch.unit`."""
 
+_UNKNOWN = {"version": NO_VERSION, "issued": NO_TIME}
+"""The optional version columns of :class:`ObservationBatch` and their "unknown" value."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -114,12 +121,18 @@ class Deletion:
         Reading order, comparable with :attr:`ObservationBatch.seq`.
     last_updated : int
         ``meta.lastUpdated`` in microseconds, or :data:`NO_TIME`.
+    version : int
+        ``meta.versionId`` when it is an integer, else :data:`NO_VERSION`.
+    issued : int
+        ``issued`` in microseconds, or :data:`NO_TIME`.
     """
 
     resource_id: str = field(repr=False)
     patient: str | None = field(repr=False)
     seq: int
     last_updated: int = NO_TIME
+    version: int = NO_VERSION
+    issued: int = NO_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +227,11 @@ class ObservationBatch:
         The unit each value came in, before conversion: an index into
         :data:`SOURCE_UNITS` (-1 when not known). None when not recorded (values read
         back from a store); :meth:`unit_counts` summarizes it.
+    version : ndarray of int64 or None
+        ``meta.versionId`` when it is an integer, else :data:`NO_VERSION`; None when no
+        value has one (see :meth:`column`).
+    issued : ndarray of int64 or None
+        ``issued`` in microseconds, else :data:`NO_TIME`; None when no value has one.
     """
 
     patient: NDArray[np.object_] = field(default_factory=lambda: _empty(object))
@@ -225,6 +243,8 @@ class ObservationBatch:
     seq: NDArray[np.int64] = field(default_factory=lambda: _empty(np.int64))
     deletions: tuple[Deletion, ...] = ()
     unit: NDArray[np.int8] | None = None
+    version: NDArray[np.int64] | None = None
+    issued: NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -237,6 +257,13 @@ class ObservationBatch:
         """Catalog name of each value, shape (n,)."""
         return np.asarray(MEASURED, dtype=object)[self.variable]
 
+    def column(self, name: str) -> NDArray[np.int64]:
+        """Return the ``version`` or ``issued`` column, filled with its "unknown" value if None."""
+        got = getattr(self, name)
+        if got is not None:
+            return np.asarray(got)
+        return np.full(len(self), _UNKNOWN[name], dtype=np.int64)
+
     def take(self, mask: NDArray[np.bool_] | NDArray[np.int64]) -> ObservationBatch:
         """Select values by a boolean mask or index array (deletions kept)."""
         return ObservationBatch(
@@ -245,6 +272,8 @@ class ObservationBatch:
             resource_id=self.resource_id[mask], last_updated=self.last_updated[mask],
             seq=self.seq[mask], deletions=self.deletions,
             unit=None if self.unit is None else self.unit[mask],
+            version=None if self.version is None else self.version[mask],
+            issued=None if self.issued is None else self.issued[mask],
         )
 
     def unit_counts(self) -> dict[str, dict[str, int]]:
@@ -316,8 +345,7 @@ class ObservationBatch:
         for b, m in zip(batches, picks, strict=True):
             seq = b.seq[m]
             seqs.append(seq + shift)
-            dels.extend(Deletion(d.resource_id, d.patient, d.seq + shift, d.last_updated)
-                        for d in b.deletions)
+            dels.extend(replace(d, seq=d.seq + shift) for d in b.deletions)
             top = max([int(seq.max()) if len(seq) else -1] + [d.seq for d in b.deletions])
             shift += top + 1
 
@@ -335,6 +363,9 @@ class ObservationBatch:
                 np.full(len(s), -1, np.int8) if b.unit is None else b.unit[m]
                 for b, m, s in zip(batches, picks, seqs, strict=True)
             ]),
+            **{name: None if all(getattr(b, name) is None for b in batches) else np.concatenate([
+                b.column(name)[m] for b, m in zip(batches, picks, strict=True)
+            ]) for name in _UNKNOWN},
         )
 
 

@@ -95,7 +95,8 @@ class RESTSource:
         self.name = settings.base_url
         """Key of this source's watermark (its base URL)."""
         self.http = FHIRHttp(settings, client=client, credentials=credentials, sleep=sleep)
-        self._options = MappingOptions(accept_preliminary=settings.accept_preliminary)
+        self._options = MappingOptions(accept_preliminary=settings.accept_preliminary,
+                                       understood_modifiers=settings.understood_modifiers)
 
     def __repr__(self) -> str:
         return f"RESTSource({self.http!r})"

@@ -136,6 +136,9 @@ class FHIRSettings(BaseModel):
         Location id -> ICU unit, overriding ``Location.type``.
     accept_preliminary : bool
         Use ``preliminary`` Observations.
+    understood_modifiers : frozenset of str
+        Modifier extension URLs to ignore (default none: an Observation carrying a modifier
+        extension is quarantined; docs/fhir.md).
     strict_search : bool
         Send ``Prefer: handling=strict``, so an unsupported search parameter is an
         error instead of a silently wider result.
@@ -161,6 +164,7 @@ class FHIRSettings(BaseModel):
     icu_locations: tuple[str, ...] = ()
     unit_by_location: dict[str, Literal["MICU", "SICU"]] = Field(default_factory=dict)
     accept_preliminary: bool = False
+    understood_modifiers: frozenset[str] = frozenset()
     strict_search: bool = True
 
     @model_validator(mode="after")

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from vigil.fhir_adapter.accumulator import Accumulator
 from vigil.fhir_adapter.codes import component_variable, concept_codes, substance_checked
-from vigil.fhir_adapter.fast import feed, ndjson_lines
+from vigil.fhir_adapter.elements import foreign_element
+from vigil.fhir_adapter.fast import feed, meta_stamp, ndjson_lines
 from vigil.fhir_adapter.mapping import (
     NO_VALUE,
     UNKNOWN,
@@ -39,6 +40,7 @@ from vigil.fhir_adapter.mapping import (
     variable_of,
 )
 from vigil.fhir_adapter.records import NO_TIME, IngestResult, to_micros
+from vigil.fhir_adapter.versions import version_number
 
 __all__ = ["parse_ndjson_strict", "parse_strict"]
 
@@ -104,6 +106,10 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
           resolve: Mapping[str, str] | None) -> None:
     raw_id = d.get("id")
     rid = (raw_id if isinstance(raw_id, str) else None) or fallback_id or ""
+    foreign = foreign_element(d, acc.understood)  # before validation: the fast parser's reason
+    if foreign is not None:
+        acc.reject(rid, foreign, meta_stamp(d))
+        return
     try:
         obs = Observation.model_validate(d)
     except ValidationError as exc:
@@ -128,7 +134,9 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
         return
     ref = obs.subject.reference if obs.subject is not None else None
     patient = None if ref is None else patient_key(ref, resolve)
-    acc.emit(rid, lu, obs.status, patient, _time(obs), items)
+    version = version_number(obs.meta.versionId if obs.meta is not None else None)
+    issued = NO_TIME if obs.issued is None else to_micros(obs.issued)
+    acc.emit(rid, lu, obs.status, patient, _time(obs), items, version=version, issued=issued)
 
 
 def parse_strict(resources: Iterable[Any], *, options: MappingOptions | None = None

@@ -8,7 +8,11 @@ cycle), ``watermarks`` (how far each source has been read), ``quarantine``
 (rejected resources, without patient identifiers), ``outbox`` (RiskAssessments
 waiting to be written back) and ``models`` (installed model packages and their
 roles). Migration 2 adds the monitor's tables
-(:mod:`vigil.runtime.monitoring.alarms`). A migration is never edited once
+(:mod:`vigil.runtime.monitoring.alarms`). Migration 3 (:data:`VERSIONS_MIGRATION`)
+keeps what orders the versions of a resource (:mod:`vigil.fhir_adapter.versions`):
+``version`` and ``issued`` beside ``last_updated`` on ``observations``, and
+``deletions``, the newest version of each resource that was entered in error, so
+that an older version arriving later does not bring it back. A migration is never edited once
 released; a change is a new one.
 """
 
@@ -26,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "TEMP_TABLES",
+    "VERSIONS_MIGRATION",
     "VERSION_TABLE",
     "CycleRow",
     "ModelRow",
@@ -37,6 +42,20 @@ VERSION_TABLE = (
     "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
 )
 """The table recording which migrations were applied (one row per version)."""
+
+VERSIONS_MIGRATION = """
+    ALTER TABLE observations ADD COLUMN version INTEGER NOT NULL DEFAULT -9223372036854775808;
+    ALTER TABLE observations ADD COLUMN issued INTEGER NOT NULL DEFAULT -9223372036854775808;
+    CREATE TABLE deletions (
+        resource_id TEXT PRIMARY KEY,
+        patient_key TEXT,
+        last_updated INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        issued INTEGER NOT NULL
+    );
+"""
+"""Migration 3: the version keys of stored values, and the deleted resources (the default
+is the adapter's "unknown": ``NO_VERSION`` and ``NO_TIME``)."""
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
@@ -137,6 +156,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: the drift and performance monitor's alarms and statistics.
     MONITOR_MIGRATION,
+    # 3: what orders the versions of a resource, and the deleted resources.
+    VERSIONS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 """Schema version this vigil writes; older databases are migrated on open."""

@@ -23,8 +23,16 @@ import numpy as np
 import pandas as pd
 
 from vigil.core.errors import ConfigError
-from vigil.fhir_adapter.hourly import latest_in_batch
-from vigil.fhir_adapter.records import ObservationBatch, Quarantine, Stay, from_micros, to_micros
+from vigil.fhir_adapter.records import (
+    NO_TIME,
+    Deletion,
+    ObservationBatch,
+    Quarantine,
+    Stay,
+    from_micros,
+    to_micros,
+)
+from vigil.fhir_adapter.versions import latest_in_batch, newest
 from vigil.runtime.schema import (
     COMMITTED,
     MIGRATIONS,
@@ -213,11 +221,14 @@ class StateStore:
     def put_observations(
         tx: sqlite3.Connection, batch: ObservationBatch
     ) -> tuple[ObservationBatch, frozenset[str]]:
-        """Store a batch with the adapter's version rules.
+        """Store a batch with the adapter's version rule (:mod:`vigil.fhir_adapter.versions`).
 
-        Per resource id, the values of its latest version (highest ``seq``) replace
-        everything stored before; a :class:`~vigil.fhir_adapter.records.Deletion` read
-        after the last version removes the resource's values.
+        Per resource id, the newest version (of the batch and of what is stored) wins: its
+        values replace everything stored before. A stored version that is newer than the
+        batch's is kept and the batch's is dropped. A
+        :class:`~vigil.fhir_adapter.records.Deletion` that is the newest version removes the
+        resource's values and is remembered (table ``deletions``), so an older version read
+        later does not bring the resource back.
 
         Returns
         -------
@@ -230,8 +241,10 @@ class StateStore:
         values, deletions = latest_in_batch(batch)
         # Every value is its resource's latest version in the common case: share the arrays.
         kept = replace(batch if values.all() else batch.take(values), deletions=())
-        deleted = frozenset(d.resource_id for d, last in zip(batch.deletions, deletions,
-                                                             strict=True) if last)
+        dels = [d for d, last in zip(batch.deletions, deletions, strict=True) if last]
+        if _stored_anything(tx):
+            kept, dels = _newer_than_stored(tx, kept, dels)
+        deleted = frozenset(d.resource_id for d in dels)
         # A new version replaces every value of its resource (a panel may lose a component):
         # its stored values go, then the values it has are inserted. An empty table (the first
         # cycle of a new store) has nothing to remove, and nothing stored earlier is gone.
@@ -240,14 +253,22 @@ class StateStore:
             replaced = frozenset(kept.resource_id.tolist()) | deleted
             tx.executemany("DELETE FROM observations WHERE resource_id = ?",
                            ((r,) for r in sorted(replaced)))
+        if len(kept) and tx.execute("SELECT 1 FROM deletions LIMIT 1").fetchone() is not None:
+            tx.executemany("DELETE FROM deletions WHERE resource_id = ?",
+                           ((r,) for r in sorted(set(kept.resource_id.tolist()))))
+        tx.executemany(
+            "INSERT OR REPLACE INTO deletions VALUES (?, ?, ?, ?, ?)",
+            ((d.resource_id, d.patient, d.last_updated, d.version, d.issued) for d in dels),
+        )
+        version, issued = kept.column("version"), kept.column("issued")
         for lo in range(0, len(kept), _CHUNK):  # slices bound the Python objects alive at once
             hi = min(lo + _CHUNK, len(kept))
             tx.executemany(
-                "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 zip(kept.resource_id[lo:hi].tolist(), kept.variable[lo:hi].tolist(),
                     kept.patient[lo:hi].tolist(), kept.effective[lo:hi].tolist(),
                     kept.value[lo:hi].tolist(), kept.last_updated[lo:hi].tolist(),
-                    strict=True),
+                    version[lo:hi].tolist(), issued[lo:hi].tolist(), strict=True),
             )
         return kept, replaced
 
@@ -259,22 +280,23 @@ class StateStore:
         self.conn.execute("DELETE FROM wanted")
         self.conn.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(keys))
         cursor = self.conn.execute(
-            "SELECT w.code, o.variable, o.effective, o.value, o.resource_id, o.last_updated "
-            "FROM wanted w JOIN observations o ON o.patient_key = w.patient_key "
-            "AND o.effective >= ? AND o.effective <= ?",
+            "SELECT w.code, o.variable, o.effective, o.value, o.resource_id, o.last_updated, "
+            "o.version, o.issued FROM wanted w JOIN observations o "
+            "ON o.patient_key = w.patient_key AND o.effective >= ? AND o.effective <= ?",
             (since, until),
         )
         parts = []
         while rows := cursor.fetchmany(_CHUNK):  # slices bound the Python objects alive at once
-            code, variable, effective, value, rid, lu = zip(*rows, strict=True)
+            code, variable, effective, value, rid, lu, version, issued = zip(*rows, strict=True)
             n = len(rows)
             parts.append((np.fromiter(code, np.int64, n), np.fromiter(variable, np.int8, n),
                           np.fromiter(effective, np.int64, n), np.fromiter(value, np.float64, n),
-                          np.fromiter(rid, object, n), np.fromiter(lu, np.int64, n)))
+                          np.fromiter(rid, object, n), np.fromiter(lu, np.int64, n),
+                          np.fromiter(version, np.int64, n), np.fromiter(issued, np.int64, n)))
         self.conn.execute("DELETE FROM wanted")
         if not parts:
             return ObservationBatch()
-        code, variable, effective, value, rid, lu = (
+        code, variable, effective, value, rid, lu, version, issued = (
             np.concatenate(c) for c in zip(*parts, strict=True)
         )
         # One sequence number per resource, as the adapter numbers what it reads: the values
@@ -288,6 +310,8 @@ class StateStore:
             resource_id=rid,
             last_updated=lu,
             seq=seq.astype(np.int64),
+            version=version,
+            issued=issued,
         )
 
     def count(self, table: str) -> int:
@@ -302,6 +326,9 @@ class StateStore:
         n = tx.execute(
             "DELETE FROM observations WHERE effective < ?", (int(before * 1_000_000),)
         ).rowcount
+        # a deletion is remembered while a version it replaced could still arrive and count
+        tx.execute("DELETE FROM deletions WHERE last_updated <> ? AND last_updated < ?",
+                   (NO_TIME, int(before * 1_000_000)))
         tx.execute("DELETE FROM patients WHERE in_census = 0 AND last_seen < ?", (before,))
         tx.execute("DELETE FROM outbox WHERE sent IS NOT NULL AND tick < ?", (before,))
         return int(n)
@@ -516,3 +543,51 @@ class StateStore:
                 "UPDATE models SET role = ? WHERE name = ? AND version = ?", (role, name, version)
             )
 
+
+def _stored_anything(tx: sqlite3.Connection) -> bool:
+    """Whether any value or deletion is stored (a new store has none to compare with)."""
+    return any(tx.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is not None
+               for t in ("observations", "deletions"))
+
+
+def _stored_versions(tx: sqlite3.Connection, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """``(resource_id, version, last_updated, issued)`` of the stored version of each id."""
+    out: list[tuple[Any, ...]] = []
+    for lo in range(0, len(ids), 500):  # bound the SQL parameters per statement
+        part = ids[lo:lo + 500]
+        marks = ", ".join("?" * len(part))
+        for table in ("observations", "deletions"):
+            out.extend(tx.execute(
+                f"SELECT DISTINCT resource_id, version, last_updated, issued FROM {table} "
+                f"WHERE resource_id IN ({marks})", part))
+    return out
+
+
+def _newer_than_stored(
+    tx: sqlite3.Connection, kept: ObservationBatch, dels: list[Deletion]
+) -> tuple[ObservationBatch, list[Deletion]]:
+    """Keep the values and deletions that are newer than the stored version of their resource.
+
+    The stored version counts as read before the batch (it came in an earlier cycle).
+    """
+    ids = sorted(set(kept.resource_id.tolist()) | {d.resource_id for d in dels})
+    stored = _stored_versions(tx, ids)
+    if not stored:
+        return kept, dels
+    s_rid, s_version, s_lu, s_issued = (list(c) for c in zip(*stored, strict=True))
+    first = int(min([*kept.seq.tolist(), *(d.seq for d in dels)])) - 1
+    n_s, n_k = len(stored), len(kept)
+    mask = newest(
+        np.array(s_rid + kept.resource_id.tolist() + [d.resource_id for d in dels], dtype=object),
+        np.concatenate([np.full(n_s, first, dtype=np.int64), kept.seq,
+                        np.array([d.seq for d in dels], dtype=np.int64)]),
+        version=np.array(s_version + kept.column("version").tolist()
+                         + [d.version for d in dels], dtype=np.int64),
+        last_updated=np.array(s_lu + kept.last_updated.tolist() + [d.last_updated for d in dels],
+                              dtype=np.int64),
+        issued=np.array(s_issued + kept.column("issued").tolist() + [d.issued for d in dels],
+                        dtype=np.int64),
+    )
+    keep = mask[n_s:n_s + n_k]
+    return (kept if keep.all() else kept.take(keep),
+            [d for d, won in zip(dels, mask[n_s + n_k:], strict=True) if won])
