@@ -16,10 +16,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from vigil.core.errors import FHIRTransportError
 from vigil.core.package import ModelPackage, write_package
+from vigil.core.signing import public_key_of
 from vigil.features import FEATURE_SCHEMA
+
+TEST_PRIVATE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).private_bytes(
+    Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+)
+"""The tests' package-signing key (fixed, so a failure is reproducible)."""
+TEST_PUBLIC_KEY = public_key_of(TEST_PRIVATE_KEY)
+UNSIGNED = b""
+"""Pass as ``make_package(private_key=UNSIGNED)`` for a package without ``manifest.sig``."""
+
+
+def write_trusted_key(directory: Path) -> Path:
+    """Write the tests' public key as ``directory/test-release.pub``; return its path."""
+    path = Path(directory) / "test-release.pub"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(TEST_PUBLIC_KEY)
+    return path
+
+
+def models_section(directory: Path, models_dir: Path) -> str:
+    """A ``[models]`` TOML section trusting the tests' key (written into ``directory``)."""
+    return (f'[models]\ndir = "{models_dir}"\n'
+            f'public_key = "{write_trusted_key(directory)}"\n')
 
 
 def tiny_onnx(*, seed: int = 0, hidden: int = 8) -> bytes:
@@ -68,10 +93,10 @@ def make_package(
     version: str = "1.0.0",
     seed: int = 0,
     threshold: float = 0.3,
-    private_key: bytes | None = None,
+    private_key: bytes = TEST_PRIVATE_KEY,
     schema: dict | None = None,
 ) -> ModelPackage:
-    """Write a tiny but real model package."""
+    """Write a tiny but real model package, signed with ``private_key`` (``UNSIGNED``: not)."""
     return write_package(
         path,
         onnx_model=tiny_onnx(seed=seed),
@@ -82,7 +107,7 @@ def make_package(
             "threshold": threshold,
         },
         model_card="# tiny test model\n",
-        private_key_pem=private_key,
+        private_key_pem=private_key or None,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_support import make_package
+from rt_support import make_package, write_trusted_key
 
 from vigil.data import patient_split
 from vigil.fhir_adapter.synth import write_synth
@@ -57,6 +57,7 @@ writeback_dir = "{tmp_path / 'out'}"
 url = "sqlite:///{tmp_path / 'state.db'}"
 [models]
 dir = "{tmp_path / 'models'}"
+public_key = "{write_trusted_key(tmp_path)}"
 [ops]
 port = {port}
 """)

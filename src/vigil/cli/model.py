@@ -49,8 +49,9 @@ def install(
     settings, store = _open(config)
     with store:
         row = install_model(
-            store, package, models_dir=settings.models.dir, public_key=settings.models.public_key,
-            calibration=calibration, role=role,
+            store, package, models_dir=settings.models.dir,
+            public_key=settings.models.trusted_key(), calibration=calibration, role=role,
+            calibration_key=settings.models.calibration_key,
         )
     if json_out:
         print_json(model_summary(row))
