@@ -225,3 +225,17 @@ class FHIRServer:
             out.extend(e["resource"] for e in bundle.get("entry", ()))
             url = next((x["url"] for x in bundle.get("link", ()) if x["relation"] == "next"), None)
         return out
+
+
+def make_record(package: ModelPackage, path: Path, *, threshold: float = 0.2,
+                intercept: float = 0.5, slope: float = 1.0) -> Path:
+    """Write a logistic calibration record for ``package`` (a fixed, known map)."""
+    from vigil.calibration import CalibrationRecord, ModelRef
+    from vigil.calibration.record import write_record
+
+    calibrator = {"method": "logistic", "params": {"min_events": None},
+                  "state": {"intercept_": intercept, "slope_": slope}}
+    record = CalibrationRecord(site="test-site", model=ModelRef.of(package), method="logistic",
+                               calibrator=calibrator, policy={"key": "fixed"},
+                               threshold=threshold)
+    return write_record(record, path)

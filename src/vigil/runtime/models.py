@@ -23,10 +23,7 @@ refused.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,6 +36,11 @@ from numpy.typing import NDArray
 from vigil.core.errors import ConfigError, ModelArtifactError, VigilError
 from vigil.core.package import MANIFEST, SIGNATURE, ModelPackage, read_package
 from vigil.features.builder import FEATURE_SCHEMA
+from vigil.runtime.record_integrity import (
+    check_installed_record,
+    install_record,
+    installed_record_name,
+)
 from vigil.runtime.scoring import Scorer
 from vigil.runtime.store import ModelRow, StateStore
 
@@ -58,7 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_RECORD_NAME = re.compile(r"^calibration-([0-9a-f]{64})\.json$")
 _UNSIGNED_WARNING = (
     "signature verification is OFF (models.allow_unsigned = true): %s is checked for "
     "integrity only, so anyone who can write a package can make this site run it"
@@ -141,58 +142,6 @@ def _load_calibration(path: Path, package: ModelPackage) -> Calibration:
     return record
 
 
-def _site_key(path: Path) -> bytes:
-    try:
-        key = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"models.calibration_key: expected a readable key file; {exc.strerror}",
-            key="models.calibration_key",
-        ) from None
-    if len(key) < 32:
-        raise ConfigError(
-            f"models.calibration_key: expected at least 32 bytes of key, the file has {len(key)}",
-            key="models.calibration_key",
-        )
-    return key
-
-
-def _record_mac(data: bytes, key: bytes) -> str:
-    return hmac.new(key, data, hashlib.sha256).hexdigest()
-
-
-def _check_record(path: Path, *, calibration_key: Path | None) -> None:
-    """Refuse an installed record whose bytes are not those the registry names."""
-    named = _RECORD_NAME.match(path.name)
-    if named is None:
-        raise ModelArtifactError(
-            "expected an installed calibration record named calibration-SHA256.json; "
-            "re-install it with `vigil model install --calibration`", path=str(path),
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelArtifactError(
-            f"the installed calibration record cannot be read ({exc.strerror})", path=str(path)
-        ) from None
-    if hashlib.sha256(data).hexdigest() != named.group(1):
-        raise ModelArtifactError(
-            "the installed calibration record has changed since it was installed (sha256 "
-            "differs from the registry); re-install it with `vigil model install --calibration`",
-            path=str(path),
-        )
-    if calibration_key is not None:
-        mac = path.with_name(path.name + ".hmac")
-        expected = _record_mac(data, _site_key(calibration_key))
-        found = mac.read_text().strip() if mac.is_file() and not mac.is_symlink() else ""
-        if not hmac.compare_digest(found, expected):
-            raise ModelArtifactError(
-                "the installed calibration record is not authenticated by the site key "
-                "(models.calibration_key); re-install it with `vigil model install "
-                "--calibration`", path=str(path),
-            )
-
-
 def check_records(models: LiveModels, *, calibration_key: Path | None = None) -> None:
     """Check that the live models' installed calibration records are unchanged (every cycle).
 
@@ -204,7 +153,7 @@ def check_records(models: LiveModels, *, calibration_key: Path | None = None) ->
     """
     for m in (models.active, models.shadow):
         if m is not None and m.row.calibration is not None:
-            _check_record(Path(m.row.calibration), calibration_key=calibration_key)
+            check_installed_record(Path(m.row.calibration), calibration_key=calibration_key)
 
 
 def verify_package(
@@ -308,11 +257,11 @@ def install_model(
     record = Path(existing.calibration) if existing and existing.calibration else None
     data = calibration.read_bytes() if calibration is not None else None
     if data is not None:
-        record = target / f"calibration-{hashlib.sha256(data).hexdigest()}.json"
+        record = target / installed_record_name(data)
     if existing is None or not _intact(target, package, public_key):
         _copy_package(package, target, public_key=public_key, keep=record)
     if data is not None and record is not None:
-        _write_record(record, data, calibration_key=calibration_key)
+        install_record(record, data, calibration_key=calibration_key)
         _load_calibration(record, read_package(target))
     if role is None:
         role = existing.role if existing is not None else (
@@ -362,18 +311,6 @@ def _copy_package(
     verify_package(tmp, public_key=public_key)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-
-
-def _write_record(path: Path, data: bytes, *, calibration_key: Path | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    mac = path.with_name(path.name + ".hmac")
-    if calibration_key is not None:
-        tmp.write_text(_record_mac(data, _site_key(calibration_key)) + "\n")
-        tmp.replace(mac)
-    elif mac.exists():
-        mac.unlink()
 
 
 def promote_model(
@@ -426,7 +363,7 @@ def load_live_models(
         package, scorer = verify_package(row.path, public_key=public_key, threads=threads)
         record = None
         if row.calibration:
-            _check_record(Path(row.calibration), calibration_key=calibration_key)
+            check_installed_record(Path(row.calibration), calibration_key=calibration_key)
             record = _load_calibration(Path(row.calibration), package)
         live[row.role] = LiveModel(row=row, scorer=scorer, calibration=record)
     return LiveModels(active=live.get("active"), shadow=live.get("shadow"))
