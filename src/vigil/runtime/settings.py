@@ -335,10 +335,12 @@ def load_settings(
 
 
 _SCALAR_ERRORS = (
-    "int_", "float_", "bool_", "greater_than", "less_than", "literal_error", "enum",
-    "string_pattern", "string_too", "path_", "timedelta_", "multiple_of", "finite_number",
+    "int_", "float_", "bool_", "greater_than", "less_than", "timedelta_", "multiple_of",
+    "finite_number",
 )
-"""Validation errors about one scalar value, whose input may be shown (a section's may not)."""
+"""Errors of a number, boolean or duration setting, whose input may be shown.
+
+The input of a text setting is not (a secret pasted into the wrong key), nor a section's."""
 _SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "pem", "credential", "auth")
 
 
@@ -347,14 +349,15 @@ def _secret_name(name: str) -> bool:
 
 
 def _shown_input(key: str, error: Any) -> str:
-    """`` (got ...)`` for a short scalar input of a non-secret setting, else nothing.
+    """`` (got ...)`` for a short (<= 12 characters) input of a number-like setting, else nothing.
 
-    The input of an unknown key, of a whole section, or of any setting whose
-    name looks like a credential is never shown: it may be a misplaced secret.
+    The input of an unknown key, of a whole section, of a text setting, or of any
+    setting whose name looks like a credential is never shown: it may be a
+    misplaced secret.
     """
     value = error.get("input")
     if (not error["type"].startswith(_SCALAR_ERRORS) or _secret_name(key)
-            or not isinstance(value, str | int | float | bool) or len(repr(value)) > 64):
+            or not isinstance(value, str | int | float | bool) or len(str(value)) > 12):
         return ""
     return f" (got {value!r})"
 
