@@ -162,3 +162,46 @@ def test_an_invalid_record_is_refused_at_install(tmp_path, store, field, value, 
         install_model(store, tmp_path / "v1", models_dir=tmp_path / "models", public_key=key,
                       calibration=path)
     assert store.models() == []
+
+
+def test_a_running_service_uses_a_reinstalled_record_at_its_next_cycle(tmp_path, sample):
+    from datetime import UTC, datetime, timedelta
+
+    from scipy.special import expit, logit
+
+    from vigil.data import patient_split
+    from vigil.fhir_adapter.synth import write_synth
+    from vigil.runtime.service import build_service
+
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
+    write_synth(table.frame, tmp_path / "export")
+    key = write_trusted_key(tmp_path)
+    settings = load_settings(
+        None, environ=False, site_id="s",
+        data={"source": "ndjson", "ndjson_dir": str(tmp_path / "export"), "writeback": "none"},
+        store={"url": f"sqlite:///{tmp_path / 'serve.db'}"},
+        models={"dir": str(tmp_path / "models"), "public_key": str(key)},
+    )
+    pkg = make_package(tmp_path / "v1")
+    with StateStore.open(settings.store.url) as installer:
+        install_model(installer, pkg.path, models_dir=settings.models.dir, public_key=key,
+                      calibration=make_record(pkg, tmp_path / "a.json", intercept=0.5))
+    service = build_service(settings)
+    try:
+        now = datetime.now(UTC)
+        assert service.run_cycle(now).ok
+        with StateStore.open(settings.store.url) as installer:
+            install_model(installer, pkg.path, models_dir=settings.models.dir, public_key=key,
+                          calibration=make_record(pkg, tmp_path / "b.json", intercept=-0.5,
+                                                  threshold=0.4))
+        assert service.run_cycle(now + timedelta(minutes=15)).ok
+        scores = service.store.scores_frame()
+    finally:
+        service.close()
+    ticks = sorted(scores["tick"].unique())
+    assert len(ticks) == 2
+    for tick, intercept in zip(ticks, (0.5, -0.5), strict=True):
+        rows = scores[scores["tick"] == tick]
+        assert len(rows) == 3
+        np.testing.assert_allclose(rows["probability"],
+                                   expit(intercept + logit(rows["raw_probability"])), rtol=1e-9)
