@@ -126,3 +126,10 @@ def test_a_scalar_of_a_plain_setting_is_still_shown(monkeypatch):
     monkeypatch.setenv("VIGIL_OPS__PORT", "eighty")
     with pytest.raises(ConfigError, match="got 'eighty'"):
         load_settings(None)
+
+
+def test_credentials_in_the_fhir_url_are_refused_without_echo():
+    with pytest.raises(ConfigError, match="without user:password@") as info:
+        load_settings(None, environ=False,
+                      fhir={"base_url": "https://vigil:SECRET-pw@ehr.example.org/fhir"})
+    assert "SECRET" not in str(info.value) and info.value.key == "fhir"
