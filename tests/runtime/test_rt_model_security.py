@@ -164,11 +164,8 @@ def test_an_invalid_record_is_refused_at_install(tmp_path, store, field, value, 
     assert store.models() == []
 
 
-def test_a_running_service_uses_a_reinstalled_record_at_its_next_cycle(tmp_path, sample):
-    from datetime import UTC, datetime, timedelta
-
-    from scipy.special import expit, logit
-
+def _serving(tmp_path, sample, intercept=0.5):
+    """A built service over 3 test patients, its model installed with a record."""
     from vigil.data import patient_split
     from vigil.fhir_adapter.synth import write_synth
     from vigil.runtime.service import build_service
@@ -184,9 +181,17 @@ def test_a_running_service_uses_a_reinstalled_record_at_its_next_cycle(tmp_path,
     )
     pkg = make_package(tmp_path / "v1")
     with StateStore.open(settings.store.url) as installer:
-        install_model(installer, pkg.path, models_dir=settings.models.dir, public_key=key,
-                      calibration=make_record(pkg, tmp_path / "a.json", intercept=0.5))
-    service = build_service(settings)
+        row = install_model(installer, pkg.path, models_dir=settings.models.dir, public_key=key,
+                            calibration=make_record(pkg, tmp_path / "a.json", intercept=intercept))
+    return build_service(settings), settings, pkg, key, row
+
+
+def test_a_running_service_uses_a_reinstalled_record_at_its_next_cycle(tmp_path, sample):
+    from datetime import UTC, datetime, timedelta
+
+    from scipy.special import expit, logit
+
+    service, settings, pkg, key, _ = _serving(tmp_path, sample)
     try:
         now = datetime.now(UTC)
         assert service.run_cycle(now).ok
@@ -205,3 +210,20 @@ def test_a_running_service_uses_a_reinstalled_record_at_its_next_cycle(tmp_path,
         assert len(rows) == 3
         np.testing.assert_allclose(rows["probability"],
                                    expit(intercept + logit(rows["raw_probability"])), rtol=1e-9)
+
+
+def test_a_record_changed_under_a_running_service_fails_the_next_cycle(tmp_path, sample):
+    from datetime import UTC, datetime, timedelta
+
+    service, _, _, _, row = _serving(tmp_path, sample)
+    try:
+        now = datetime.now(UTC)
+        assert service.run_cycle(now).ok
+        record = Path(row.calibration)
+        record.write_text(record.read_text().replace('"threshold": 0.2', '"threshold": 0.9'))
+        failed = service.run_cycle(now + timedelta(minutes=15))
+        assert not failed.ok and failed.status == "failed"
+        assert "has changed since it was installed" in failed.reason
+        assert len(service.store.scores_frame()["tick"].unique()) == 1  # nothing scored with it
+    finally:
+        service.close()
