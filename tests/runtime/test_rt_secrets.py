@@ -133,3 +133,8 @@ def test_credentials_in_the_fhir_url_are_refused_without_echo():
         load_settings(None, environ=False,
                       fhir={"base_url": "https://vigil:SECRET-pw@ehr.example.org/fhir"})
     assert "SECRET" not in str(info.value) and info.value.key == "fhir"
+
+
+def test_masking_keeps_the_message_readable():
+    with pytest.raises(ConfigError, match="auth = 'bearer' needs bearer_token"):
+        load_settings(None, environ=False, fhir={"base_url": "http://ehr/fhir", "auth": "bearer"})

@@ -341,7 +341,7 @@ _SCALAR_ERRORS = (
 """Errors of a number, boolean or duration setting, whose input may be shown.
 
 The input of a text setting is not (a secret pasted into the wrong key), nor a section's."""
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "pem", "credential", "auth")
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "pem", "credential")
 
 
 def _secret_name(name: str) -> bool:
@@ -371,7 +371,7 @@ def _secrets(values: Any, *, under_secret: bool = False) -> set[str]:
         return out
     if isinstance(values, list | tuple):
         return set().union(*(_secrets(v, under_secret=under_secret) for v in values))
-    if under_secret and isinstance(values, str) and len(values) >= 4:
+    if under_secret and isinstance(values, str) and len(values) >= 8:
         return {values}
     return set()
 
