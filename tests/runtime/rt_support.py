@@ -161,6 +161,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def http_get(url: str, token: str | None = None) -> tuple[int, str]:
+    """GET a URL (with a bearer token if given); return (status, body), HTTP errors included."""
+    import urllib.error
+
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_ready(base: str, proc: subprocess.Popen, *, timeout: float = 60) -> tuple[int, str] | None:
+    """Poll ``base/readyz`` of a ``vigil serve`` process until 200; return the last answer."""
+    deadline = time.monotonic() + timeout
+    ready = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ready = http_get(base + "/readyz")
+        except OSError:
+            ready = None
+        if ready and ready[0] == 200:
+            break
+        time.sleep(0.3)
+    return ready
+
+
 class FHIRServer:
     """sekmet-fhir on a free loopback port, with its data in ``directory``; ``start``/``stop``."""
 

@@ -132,8 +132,11 @@ def test_with_a_site_key_records_must_carry_its_hmac(tmp_path, store):
     other.write_bytes(bytes(range(1, 65)))
     with pytest.raises(ModelArtifactError, match="not authenticated by the site key"):
         check_records(live, calibration_key=other)
-    (tmp_path / "models" / "sepsis-tiny-1.0.0" / (row.calibration.rsplit("/", 1)[1] + ".hmac")
-     ).unlink()
+    mac = Path(row.calibration + ".hmac")
+    mac.write_bytes(b"\xff\xfe not a digest")
+    with pytest.raises(ModelArtifactError, match="not authenticated by the site key"):
+        check_records(live, calibration_key=site_key)
+    mac.unlink()
     with pytest.raises(ModelArtifactError, match="not authenticated by the site key"):
         check_records(live, calibration_key=site_key)
     short = tmp_path / "short.key"

@@ -79,8 +79,8 @@ def check_installed_record(path: Path, *, calibration_key: Path | None) -> None:
     if calibration_key is not None:
         mac = path.with_name(path.name + ".hmac")
         expected = _record_mac(data, _site_key(calibration_key))
-        found = mac.read_text().strip() if mac.is_file() and not mac.is_symlink() else ""
-        if not hmac.compare_digest(found, expected):
+        found = mac.read_bytes().strip() if mac.is_file() and not mac.is_symlink() else b""
+        if not hmac.compare_digest(found, expected.encode()):
             raise ModelArtifactError(
                 "the installed calibration record is not authenticated by the site key "
                 "(models.calibration_key); re-install it with `vigil model install "

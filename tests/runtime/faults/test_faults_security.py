@@ -10,9 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +20,10 @@ from rt_support import (  # noqa: E402
     TEST_PRIVATE_KEY,
     UNSIGNED,
     free_port,
+    http_get,
     make_package,
     make_record,
+    wait_ready,
     write_trusted_key,
 )
 
@@ -270,15 +269,6 @@ def test_no_secret_is_printed_for_a_broken_config(tmp_path):
 # -- the ops endpoint --------------------------------------------------------------------------
 
 
-def _get(url, token=None):
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_ops_endpoint_needs_the_token_and_no_secret_reaches_a_log(tmp_path, sample):
     table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
     ids = [str(p) for p in table.grid.patient_ids]
@@ -299,24 +289,15 @@ def test_ops_endpoint_needs_the_token_and_no_secret_reaches_a_log(tmp_path, samp
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        ready = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready = _get(base + "/readyz")
-            except OSError:
-                ready = None
-            if ready and ready[0] == 200:
-                break
-            time.sleep(0.3)
+        ready = wait_ready(base, proc, timeout=120)
         assert ready is not None and ready[0] == 200, ready
-        scored = [i for i in ids if _get(f"{base}/patients/{i}/scores", token)[0] == 200]
+        scored = [i for i in ids if http_get(f"{base}/patients/{i}/scores", token)[0] == 200]
         assert scored, "no patient has scores with the right token"
         for who in (None, "wrong", token[:-1], token + "0"):
-            status, body = _get(f"{base}/patients/{scored[0]}/scores", who)
+            status, body = http_get(f"{base}/patients/{scored[0]}/scores", who)
             assert status == 401 and "probability" not in body
         for path in ("/healthz", "/readyz", "/metrics"):
-            status, body = _get(base + path)
+            status, body = http_get(base + path)
             assert status == 200 and not any(i in body for i in ids), path
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
