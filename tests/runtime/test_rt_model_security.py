@@ -230,3 +230,20 @@ def test_a_record_changed_under_a_running_service_fails_the_next_cycle(tmp_path,
         assert len(service.store.scores_frame()["tick"].unique()) == 1  # nothing scored with it
     finally:
         service.close()
+
+
+def test_a_record_installed_by_an_older_vigil_is_refused_until_reinstalled(tmp_path, store):
+    import dataclasses
+
+    key = write_trusted_key(tmp_path)
+    pkg = make_package(tmp_path / "v1")
+    row = install_model(store, tmp_path / "v1", models_dir=tmp_path / "models", public_key=key)
+    legacy = Path(row.path) / "calibration.json"  # where records used to be installed
+    make_record(pkg, legacy, threshold=0.25)
+    store.put_model(dataclasses.replace(row, calibration=str(legacy)))
+    with pytest.raises(ModelArtifactError, match="named calibration-SHA256.json; re-install"):
+        load_live_models(store, public_key=key)
+    again = install_model(store, tmp_path / "v1", models_dir=tmp_path / "models", public_key=key)
+    assert again.role == "active" and Path(again.calibration).name.startswith("calibration-")
+    assert not legacy.exists()
+    assert load_live_models(store, public_key=key).active.threshold == 0.25

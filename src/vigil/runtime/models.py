@@ -217,7 +217,8 @@ def install_model(
         packages (the ``models.allow_unsigned`` opt-out; logged as a warning).
     calibration : Path or None, optional
         A calibration record made for this model. On a re-install without one,
-        the installed record is kept.
+        the installed record is kept (one installed before records were
+        content-addressed, ``calibration.json``, is moved to its hashed name).
     role : str or None, optional
         ``active``, ``shadow`` or ``installed``; by default the model's current role
         when it is already installed, else ``active`` when no model is active yet,
@@ -255,7 +256,7 @@ def install_model(
         )
     target = Path(models_dir) / f"{_safe(m.name)}-{_safe(m.version)}"
     record = Path(existing.calibration) if existing and existing.calibration else None
-    data = calibration.read_bytes() if calibration is not None else None
+    data = calibration.read_bytes() if calibration is not None else _legacy_record(record)
     if data is not None:
         record = target / installed_record_name(data)
     if existing is None or not _intact(target, package, public_key):
@@ -282,6 +283,14 @@ def install_model(
         if record is None or stale.name not in (record.name, record.name + ".hmac"):
             stale.unlink()
     return next(r for r in store.models() if (r.name, r.version) == (m.name, m.version))
+
+
+def _legacy_record(record: Path | None) -> bytes | None:
+    """Return a record installed before records were content-addressed, else None."""
+    if record is None or not record.is_file():
+        return None
+    data = record.read_bytes()
+    return data if record.name != installed_record_name(data) else None
 
 
 def _intact(target: Path, package: ModelPackage, public_key: Path | None) -> bool:
