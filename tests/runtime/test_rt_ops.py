@@ -101,3 +101,32 @@ def test_readiness_rules():
     stale = readiness(model="m", last_good_end=0.0, max_age_s=60, now=61.0)
     assert not stale.ready and "61 s old" in stale.reason
     assert readiness(model="m", last_good_end=0.0, max_age_s=60, now=60.0).ready
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("10.1.2.3", False), ("::", False), ("ops.hospital.org", False)],
+)
+def test_what_counts_as_loopback(host, loopback):
+    from vigil.runtime.ops import _loopback
+
+    assert _loopback(host) is loopback
+
+
+def test_a_token_beyond_loopback_is_warned_about(caplog, monkeypatch):
+    import vigil.runtime.ops as ops
+
+    kwargs = {"host": "127.0.0.1", "port": 0, "metrics": RuntimeMetrics(),
+              "patient_scores": lambda key: [],
+              "ready": lambda: readiness(model=None, last_good_end=None, max_age_s=60)}
+    for exposed, token, warned in ((True, TOKEN, True), (False, TOKEN, False),
+                                   (True, None, False)):
+        # the tests bind loopback only: pretend the configured host is not
+        monkeypatch.setattr(ops, "_loopback", lambda host, exposed=exposed: not exposed)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vigil.runtime.ops"):
+            srv = OpsServer(token=token, **kwargs).start()
+            srv.stop()
+        assert ("plain HTTP beyond loopback" in caplog.text) is warned, (exposed, token)
+        assert TOKEN not in caplog.text

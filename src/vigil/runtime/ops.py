@@ -141,6 +141,7 @@ class OpsServer:
         token: str | None = None,
     ) -> None:
         handler = _handler(ready, metrics, patient_scores, token)
+        self._patients_exposed = token is not None and not _loopback(host)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -162,6 +163,9 @@ class OpsServer:
         """Start serving in the background."""
         self._thread.start()
         log.info("ops endpoint on %s", self.url)
+        if self._patients_exposed:
+            log.warning("per-patient scores are served over plain HTTP beyond loopback; put a "
+                        "TLS proxy in front of %s or keep ops.host on 127.0.0.1", self.url)
         return self
 
     def stop(self) -> None:
@@ -169,6 +173,16 @@ class OpsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _authorized(header: str | None, token: str) -> bool:
