@@ -198,3 +198,23 @@ def test_pull_from_a_dead_registry_fails_cleanly(tmp_path: Path) -> None:
                                       "--config", str(site)])
     assert result.exit_code == 2
     assert "could not fetch from the registry" in result.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("version", "../../outside"), ("name", "../../outside"), ("version", "/tmp/x")],
+)
+def test_a_registry_index_cannot_lead_outside_the_site_directory(  # type: ignore[no-untyped-def]
+    registry: Registry, keys, tmp_path, field, value
+) -> None:
+    _, public = keys
+    index_path = registry.path / "index.json"
+    index = json.loads(index_path.read_text())
+    index["releases"][-1][field] = value
+    index_path.write_text(json.dumps(index))
+    (tmp_path / "site").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ModelArtifactError, match="expected a plain file name"):
+        fetch_release(registry.path, tmp_path / "site" / "in", public_key=public)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (tmp_path / "site" / "in").exists()

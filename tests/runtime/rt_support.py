@@ -16,10 +16,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from vigil.core.errors import FHIRTransportError
 from vigil.core.package import ModelPackage, write_package
+from vigil.core.signing import public_key_of
 from vigil.features import FEATURE_SCHEMA
+
+TEST_PRIVATE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).private_bytes(
+    Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+)
+"""The tests' package-signing key (fixed, so a failure is reproducible)."""
+TEST_PUBLIC_KEY = public_key_of(TEST_PRIVATE_KEY)
+UNSIGNED = b""
+"""Pass as ``make_package(private_key=UNSIGNED)`` for a package without ``manifest.sig``."""
+
+
+def write_trusted_key(directory: Path) -> Path:
+    """Write the tests' public key as ``directory/test-release.pub``; return its path."""
+    path = Path(directory) / "test-release.pub"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(TEST_PUBLIC_KEY)
+    return path
+
+
+def models_section(directory: Path, models_dir: Path) -> str:
+    """A ``[models]`` TOML section trusting the tests' key (written into ``directory``)."""
+    return (f'[models]\ndir = "{models_dir}"\n'
+            f'public_key = "{write_trusted_key(directory)}"\n')
 
 
 def tiny_onnx(*, seed: int = 0, hidden: int = 8) -> bytes:
@@ -68,10 +93,10 @@ def make_package(
     version: str = "1.0.0",
     seed: int = 0,
     threshold: float = 0.3,
-    private_key: bytes | None = None,
+    private_key: bytes = TEST_PRIVATE_KEY,
     schema: dict | None = None,
 ) -> ModelPackage:
-    """Write a tiny but real model package."""
+    """Write a tiny but real model package, signed with ``private_key`` (``UNSIGNED``: not)."""
     return write_package(
         path,
         onnx_model=tiny_onnx(seed=seed),
@@ -82,7 +107,7 @@ def make_package(
             "threshold": threshold,
         },
         model_card="# tiny test model\n",
-        private_key_pem=private_key,
+        private_key_pem=private_key or None,
     )
 
 
@@ -134,6 +159,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, str]:
+    """GET a URL (with a bearer token if given); return (status, body), HTTP errors included."""
+    import urllib.error
+
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_ready(base: str, proc: subprocess.Popen, *, timeout: float = 60) -> tuple[int, str] | None:
+    """Poll ``base/readyz`` of a ``vigil serve`` process until 200; return the last answer."""
+    deadline = time.monotonic() + timeout
+    ready = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ready = http_get(base + "/readyz")
+        except OSError:
+            ready = None
+        if ready and ready[0] == 200:
+            break
+        time.sleep(0.3)
+    return ready
 
 
 class FHIRServer:
@@ -200,3 +252,17 @@ class FHIRServer:
             out.extend(e["resource"] for e in bundle.get("entry", ()))
             url = next((x["url"] for x in bundle.get("link", ()) if x["relation"] == "next"), None)
         return out
+
+
+def make_record(package: ModelPackage, path: Path, *, threshold: float = 0.2,
+                intercept: float = 0.5, slope: float = 1.0) -> Path:
+    """Write a logistic calibration record for ``package`` (a fixed, known map)."""
+    from vigil.calibration import CalibrationRecord, ModelRef
+    from vigil.calibration.record import write_record
+
+    calibrator = {"method": "logistic", "params": {"min_events": None},
+                  "state": {"intercept_": intercept, "slope_": slope}}
+    record = CalibrationRecord(site="test-site", model=ModelRef.of(package), method="logistic",
+                               calibrator=calibrator, policy={"key": "fixed"},
+                               threshold=threshold)
+    return write_record(record, path)

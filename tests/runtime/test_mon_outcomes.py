@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mon_support import DAY0, site_week
-from rt_support import make_package
+from rt_support import make_package, write_trusted_key
 
 from vigil.core.errors import ConfigError, DataError, FHIRTransportError
 from vigil.data import patient_split
@@ -201,7 +201,8 @@ def test_serve_feeds_the_file_drop_outcomes_to_the_performance_checks(sample, tm
         None, environ=False,
         data={"source": "ndjson", "ndjson_dir": str(tmp_path / "site"), "writeback": "none"},
         store={"url": f"sqlite:///{tmp_path / 'state.db'}"},
-        models={"dir": str(tmp_path / "models")}, ops={"enabled": False},
+        models={"dir": str(tmp_path / "models"), "public_key": str(write_trusted_key(tmp_path))},
+        ops={"enabled": False},
         outcomes={"source": "file", "path": str(tmp_path / "outcomes.parquet"),
                   "delay_hours": 2},
     )
@@ -210,7 +211,8 @@ def test_serve_feeds_the_file_drop_outcomes_to_the_performance_checks(sample, tm
 
     service = Service(settings, source=open_source(settings), sink=None)
     try:
-        install_model(service.store, tmp_path / "pkg", models_dir=tmp_path / "models")
+        install_model(service.store, tmp_path / "pkg", models_dir=tmp_path / "models",
+                      public_key=settings.models.trusted_key())
         for hour in range(1, 31):  # one cycle an hour: the monitor judges labels hourly
             assert service.run_cycle(DAY0 + timedelta(hours=hour, minutes=1)).ok
         stats = pd.DataFrame(load_stats(service.store.conn),

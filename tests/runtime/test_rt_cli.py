@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from rt_support import make_package
+from rt_support import make_package, models_section
 from typer.testing import CliRunner
 
 from vigil.cli.main import app
@@ -77,7 +77,7 @@ def test_model_commands(recorded, tmp_path):
     root, _ = recorded
     site = tmp_path / "site.toml"
     site.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "s.db"}"\n'
-                    f'[models]\ndir = "{tmp_path / "models"}"\n')
+                    + models_section(tmp_path, tmp_path / "models"))
     make_package(tmp_path / "v2", version="2.0.0", seed=3)
     first = run_json("model", "install", root / "pkg", "--config", site)
     assert first["role"] == "active" and first["calibrated"] is False

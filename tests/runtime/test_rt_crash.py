@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_support import FHIRServer, make_package
+from rt_support import FHIRServer, make_package, write_trusted_key
 
 from vigil.data import patient_split
 from vigil.fhir_adapter.synth import write_synth
@@ -153,6 +153,7 @@ retries = 0
 url = "sqlite:///{root / 'serve.db'}"
 [models]
 dir = "{root / 'models'}"
+public_key = "{write_trusted_key(root)}"
 """)
     vigil = Path(sys.executable).with_name("vigil")
     make_package(root / "pkg-serve", version="serve")

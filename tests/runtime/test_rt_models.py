@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from rt_support import make_package
+from rt_support import UNSIGNED, make_package
 
 from vigil.core.errors import ConfigError, ModelArtifactError
 from vigil.core.signing import generate_keypair
@@ -57,7 +57,7 @@ def test_signature_required_when_a_key_is_configured(tmp_path, store):
     private, public = generate_keypair()
     key_file = tmp_path / "models.pub"
     key_file.write_bytes(public)
-    make_package(tmp_path / "unsigned")
+    make_package(tmp_path / "unsigned", private_key=UNSIGNED)
     with pytest.raises(ModelArtifactError, match="has no manifest.sig"):
         install_model(store, tmp_path / "unsigned", models_dir=tmp_path / "m", public_key=key_file)
     make_package(tmp_path / "signed", private_key=private)

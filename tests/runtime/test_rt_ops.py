@@ -7,10 +7,13 @@ import pytest
 
 from vigil.runtime.ops import OpsServer, RuntimeMetrics, readiness
 
+TOKEN = "t" * 16 + "0123456789abcdef"
 
-def get(url):
+
+def get(url, token=TOKEN, scheme="Bearer"):
+    headers = {"Authorization": f"{scheme} {token}"} if token is not None else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
             return r.status, r.headers.get("Content-Type"), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type"), e.read().decode()
@@ -22,9 +25,37 @@ def server():
     state = {"ready": readiness(model=None, last_good_end=None, max_age_s=60)}
     scores = {"p-1": [{"tick": 1.0, "probability": 0.42}]}
     srv = OpsServer(host="127.0.0.1", port=0, ready=lambda: state["ready"], metrics=metrics,
-                    patient_scores=lambda key: scores.get(key, [])).start()
+                    patient_scores=lambda key: scores.get(key, []), token=TOKEN).start()
     yield srv, metrics, state
     srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("token", "scheme"),
+    [(None, "Bearer"), ("", "Bearer"), ("wrong", "Bearer"), (TOKEN[:-1], "Bearer"),
+     (TOKEN + "x", "Bearer"), (TOKEN, "Basic"), (TOKEN.upper(), "Bearer")],
+)
+def test_patient_scores_need_the_token(server, token, scheme):
+    srv, _, _ = server
+    for path in ("/patients/p-1/scores", "/patients/unknown/scores", "/patients/"):
+        status, _, body = get(srv.url + path, token=token, scheme=scheme)
+        assert status == 401, (path, status)
+        assert "p-1" not in body and "0.42" not in body
+    assert get(srv.url + "/patients/p-1/scores", scheme="bearer")[0] == 200
+
+
+def test_patient_scores_are_off_without_a_token():
+    srv = OpsServer(host="127.0.0.1", port=0, metrics=RuntimeMetrics(),
+                    ready=lambda: readiness(model=None, last_good_end=None, max_age_s=60),
+                    patient_scores=lambda key: [{"tick": 1.0, "probability": 0.42}]).start()
+    try:
+        for token in (None, "", TOKEN):
+            status, _, body = get(srv.url + "/patients/p-1/scores", token=token)
+            assert status == 404 and "off" in json.loads(body)["error"]
+        assert get(srv.url + "/healthz", token=None)[0] == 200
+        assert get(srv.url + "/metrics", token=None)[0] == 200
+    finally:
+        srv.stop()
 
 
 def test_health_ready_and_scores(server, caplog):
@@ -70,3 +101,32 @@ def test_readiness_rules():
     stale = readiness(model="m", last_good_end=0.0, max_age_s=60, now=61.0)
     assert not stale.ready and "61 s old" in stale.reason
     assert readiness(model="m", last_good_end=0.0, max_age_s=60, now=60.0).ready
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("10.1.2.3", False), ("::", False), ("ops.hospital.org", False)],
+)
+def test_what_counts_as_loopback(host, loopback):
+    from vigil.runtime.ops import _loopback
+
+    assert _loopback(host) is loopback
+
+
+def test_a_token_beyond_loopback_is_warned_about(caplog, monkeypatch):
+    import vigil.runtime.ops as ops
+
+    kwargs = {"host": "127.0.0.1", "port": 0, "metrics": RuntimeMetrics(),
+              "patient_scores": lambda key: [],
+              "ready": lambda: readiness(model=None, last_good_end=None, max_age_s=60)}
+    for exposed, token, warned in ((True, TOKEN, True), (False, TOKEN, False),
+                                   (True, None, False)):
+        # the tests bind loopback only: pretend the configured host is not
+        monkeypatch.setattr(ops, "_loopback", lambda host, exposed=exposed: not exposed)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vigil.runtime.ops"):
+            srv = OpsServer(token=token, **kwargs).start()
+            srv.stop()
+        assert ("plain HTTP beyond loopback" in caplog.text) is warned, (exposed, token)
+        assert TOKEN not in caplog.text

@@ -4,7 +4,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_support import make_package
+from rt_support import make_package, wait_ready, write_trusted_key
 
 from vigil.data import patient_split
 from vigil.fhir_adapter.synth import write_synth
@@ -57,6 +56,7 @@ writeback_dir = "{tmp_path / 'out'}"
 url = "sqlite:///{tmp_path / 'state.db'}"
 [models]
 dir = "{tmp_path / 'models'}"
+public_key = "{write_trusted_key(tmp_path)}"
 [ops]
 port = {port}
 """)
@@ -81,16 +81,7 @@ def test_serve_runs_a_cycle_and_stops_cleanly_on_sigterm(site):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        ready = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready = get(base + "/readyz")
-            except OSError:
-                ready = None
-            if ready and ready[0] == 200:
-                break
-            time.sleep(0.3)
+        ready = wait_ready(base, proc)
         assert ready is not None and ready[0] == 200, ready
         assert json.loads(ready[1])["model"] == "sepsis-tiny@1.0.0"
         assert get(base + "/healthz")[0] == 200

@@ -6,19 +6,29 @@ auditor needs to trust it (TRIPOD+AI item 12f; ``research/clinical-runtime.md``
 section 2.5): site, model name/version/ONNX SHA-256, method and parameters,
 threshold policy, metrics before and after, data window, creation time.
 
-A record made for another model (name, version or ONNX bytes) is refused.
+A record made for another model (name, version or ONNX bytes) is refused, and
+so is one whose threshold is not in (0, 1) or whose calibrator holds a number
+that is not finite (JSON ``NaN``/``Infinity`` included).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from vigil.calibration._base import Calibrator
 from vigil.calibration.methods import calibrator_from_dict
@@ -85,7 +95,7 @@ class CalibrationRecord(BaseModel):
     method: str
     calibrator: dict[str, Any]
     policy: dict[str, Any]
-    threshold: float = Field(allow_inf_nan=False)
+    threshold: float = Field(gt=0.0, lt=1.0, allow_inf_nan=False)
     alert_policy: dict[str, Any] = Field(default_factory=dict)
     achieved: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -93,6 +103,13 @@ class CalibrationRecord(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     _map: Calibrator | None = PrivateAttr(default=None)
+
+    @field_validator("calibrator")
+    @classmethod
+    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not _all_finite(value):
+            raise ValueError("expected finite numbers in the calibrator; found NaN or infinity")
+        return value
 
     def calibration_map(self) -> Calibrator:
         """Return the fitted calibrator (rebuilt from ``calibrator`` once)."""
@@ -127,6 +144,16 @@ class CalibrationRecord(BaseModel):
     def __repr__(self) -> str:
         return (f"CalibrationRecord(site={self.site!r}, model={str(self.model)!r}, "
                 f"method={self.method!r}, threshold={self.threshold:.4g})")
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def write_record(record: CalibrationRecord, path: str | Path) -> Path:

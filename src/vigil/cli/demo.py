@@ -41,7 +41,9 @@ ADMISSION_DAYS = 3
 """The test patients' ICU admissions fall on this many days; the replay starts on the last."""
 
 
-def _train(table: Any, out: Path, *, rounds: int, trees: int, log: Log) -> Any:
+def _train(
+    table: Any, out: Path, *, rounds: int, trees: int, log: Log, private_key: bytes
+) -> Any:
     from vigil.federation.boosting import BoostingPlan
     from vigil.federation.driver import Plan
     from vigil.federation.simulation import export_run, federate
@@ -57,7 +59,8 @@ def _train(table: Any, out: Path, *, rounds: int, trees: int, log: Log) -> Any:
     if run.hybrid is not None:
         log(f"  {trees} trees across the sites: pooled validation AUROC "
             f"{run.hybrid.pooled.auroc:.4f}")
-    (package,) = export_run(run, out, name="sepsis-demo", version="0.1.0")
+    (package,) = export_run(run, out, name="sepsis-demo", version="0.1.0",
+                            private_key_pem=private_key)
     return package
 
 
@@ -97,6 +100,7 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     import numpy as np
 
     from vigil.calibration.record import load_record
+    from vigil.core.signing import generate_keypair
     from vigil.data import load_physionet, patient_split
     from vigil.fhir_adapter.synth import write_synth
     from vigil.fhir_adapter.writers import NDJSONWriter
@@ -114,8 +118,13 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     test = table.select(np.flatnonzero(patient_split(ids, "test")))
     valid = table.select(np.flatnonzero(patient_split(ids, "valid")))
     log(f"1/5 federated training: {rounds} rounds of FedAvg across the sample's hospital units"
-        + (f", then {trees} trees" if trees else ""))
-    package = _train(table, out / "model", rounds=rounds, trees=trees, log=log)
+        + (f", then {trees} trees" if trees else "") + "; the package signed with a demo key")
+    # The demo is its own publisher: it signs with a fresh key and trusts only that key,
+    # as a site trusts its federation's (never the unsigned opt-out).
+    private_key, public_key = generate_keypair()
+    (out / "demo-release.pub").write_bytes(public_key)
+    package = _train(table, out / "model", rounds=rounds, trees=trees, log=log,
+                     private_key=private_key)
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -138,7 +147,8 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
         days=ADMISSION_DAYS - 1)
     log(f"4/5 replay: the runtime cycle every 15 simulated minutes for {hours:g} hours, "
         f"admissions on {ADMISSION_DAYS} days, from the start of the last")
-    active = live_model(package.path, calibration=record_path)
+    active = live_model(package.path, calibration=record_path,
+                        public_key=out / "demo-release.pub")
     (out / "riskassessments").mkdir()
     monitor = Monitor(labels=physionet_labels(test.frame, delay_hours=LABEL_DELAY_HOURS))
     with StateStore.open(f"sqlite:///{out / 'state.db'}", durable=False) as store:
@@ -184,7 +194,8 @@ The whole job on the bundled PhysioNet 2019 sample, with no server.
 | step | what | seconds |
 |---|---|---:|
 | 1 | federated training (FedAvg, hospital units as sites) and boosted trees grown across \
-the same sites, training patients only; `model/` | {t['train']} |
+the same sites, training patients only; `model/`, signed with a fresh demo key whose public \
+half `demo-release.pub` is the only key the replay trusts | {t['train']} |
 | 2 | site calibration (logistic, utility threshold) on validation patients; \
 `calibration.json` | {t['calibrate']} |
 | 3 | `vigil fhir synth` of the {n_test} test patients to `fhir/` (NDJSON) | {t['synth']} |

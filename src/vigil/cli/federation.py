@@ -355,13 +355,13 @@ def pull(
     settings = load_settings(config)
     with tempfile.TemporaryDirectory() as tmp, StateStore.open(settings.store.url) as store:
         release, package = fetch_release(registry, tmp, version=version,
-                                         public_key=settings.models.public_key)
+                                         public_key=settings.models.trusted_key())
         have = {(r.name, r.version): r for r in store.models()}
         row = have.get((release.name, release.version))
         fresh = row is None
         if fresh:
             row = install_model(store, package.path, models_dir=settings.models.dir,
-                                public_key=settings.models.public_key, role="shadow")
+                                public_key=settings.models.trusted_key(), role="shadow")
     body = {"release": release.version, "installed": fresh, "model": model_summary(row)}
     if json_out:
         print_json(body)

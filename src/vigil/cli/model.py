@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vigil.cli._common import err_console, guarded, print_json, print_table
+from vigil.cli._common import err_console, guarded, print_json, print_table, setup_logging
 
 app = typer.Typer(help="Install, promote and list the site's models.", no_args_is_help=True)
 
@@ -47,10 +47,12 @@ def install(
     from vigil.runtime.models import install_model, model_summary
 
     settings, store = _open(config)
+    setup_logging()  # the unsigned opt-out is logged as a WARNING
     with store:
         row = install_model(
-            store, package, models_dir=settings.models.dir, public_key=settings.models.public_key,
-            calibration=calibration, role=role,
+            store, package, models_dir=settings.models.dir,
+            public_key=settings.models.trusted_key(), calibration=calibration, role=role,
+            calibration_key=settings.models.calibration_key,
         )
     if json_out:
         print_json(model_summary(row))

@@ -9,9 +9,14 @@ A model package is a directory::
     MODEL_CARD.md     the model card, for people
     manifest.sig      optional Ed25519 signature over the exact bytes of manifest.json
 
-Verifying a package checks every listed file's hash against the manifest, that
-no listed file is missing, and, given a public key, the signature. Because the
-manifest holds the hashes, a valid signature covers every byte of the package.
+Verifying a package checks that every name the manifest lists is a plain file
+name (no directory part, no ``..``, not absolute) of a regular file in the
+package directory (not a symlink), every listed file's hash against the
+manifest, that no listed file is missing, and, given a public key, the
+signature. Because the manifest holds the hashes, a valid signature covers
+every byte of the package; because the names are plain, nothing that copies a
+package's files (``vigil model install``, ``vigil federation pull``) can read or
+write outside the package directory.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = [
     "SIGNATURE",
     "Manifest",
     "ModelPackage",
+    "check_file_name",
     "file_sha256",
     "read_package",
     "write_package",
@@ -117,6 +123,42 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_file_name(name: str, *, path: str | None = None) -> str:
+    """Return ``name`` if it is a plain file name a package may list, else raise.
+
+    A plain name has no directory part (no slash or backslash), is not ``.``, ``..`` or
+    empty, holds no NUL or control character, and is not one of the package's
+    own ``manifest.json`` / ``manifest.sig``.
+
+    Raises
+    ------
+    ModelArtifactError
+        Saying what was expected; the name is shown with ``repr``.
+    """
+    bad = (
+        not name
+        or name in (".", "..", MANIFEST, SIGNATURE)
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 for c in name)
+    )
+    if bad:
+        raise ModelArtifactError(
+            f"expected a plain file name in the manifest's file list (no directory, no '..', "
+            f"not absolute), got {name!r}; the package is refused",
+            path=path,
+        )
+    return name
+
+
+def _regular_file(fpath: Path, name: str) -> None:
+    if fpath.is_symlink():
+        raise ModelArtifactError(
+            f"{name} is a symbolic link; a package holds regular files only", path=str(fpath)
+        )
+    if not fpath.is_file():
+        raise ModelArtifactError(f"{name} is listed in the manifest but missing", path=str(fpath))
+
+
 def read_package(
     path: str | Path,
     *,
@@ -151,6 +193,7 @@ def read_package(
         raise ModelArtifactError(
             f"expected a model package directory with {MANIFEST}; none found", path=str(mpath)
         )
+    _regular_file(mpath, MANIFEST)
     raw = mpath.read_bytes()
     try:
         manifest = Manifest.model_validate(json.loads(raw))
@@ -164,12 +207,11 @@ def read_package(
         )
     if MODEL_FILE not in manifest.files:
         raise ModelArtifactError(f"{MANIFEST} lists no hash for {MODEL_FILE}", path=str(mpath))
+    for name in manifest.files:
+        check_file_name(name, path=str(mpath))
     for name, digest in manifest.files.items():
         fpath = root / name
-        if not fpath.is_file():
-            raise ModelArtifactError(
-                f"{name} is listed in the manifest but missing", path=str(fpath)
-            )
+        _regular_file(fpath, name)
         actual = file_sha256(fpath)
         if actual != digest:
             raise ModelArtifactError(
@@ -183,6 +225,7 @@ def read_package(
             raise ModelArtifactError(
                 f"a public key was given but the package has no {SIGNATURE}", path=str(spath)
             )
+        _regular_file(spath, SIGNATURE)
         if not verify(raw, spath.read_bytes(), public_key):
             raise ModelArtifactError(
                 f"the signature does not match {MANIFEST} (changed manifest or wrong key)",
@@ -233,6 +276,8 @@ def write_package(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     contents = {MODEL_FILE: onnx_model, MODEL_CARD: model_card.encode(), **(extra_files or {})}
+    for name in contents:
+        check_file_name(name)
     for name, data in contents.items():
         (root / name).write_bytes(data)
     body = {

@@ -1,4 +1,9 @@
-"""Ed25519 signatures over model-package manifests (RFC 8032, via ``cryptography``)."""
+"""Ed25519 signatures over model-package manifests (RFC 8032, via ``cryptography``).
+
+:data:`RELEASE_PUBLIC_KEY` is vigil's release public key, installed with vigil (the
+same bytes as ``models/vigil-release.pub``): the key a site trusts when its settings
+name no other.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ from cryptography.hazmat.primitives.serialization import (
 
 from vigil.core.errors import ModelArtifactError
 
-__all__ = ["generate_keypair", "public_key_of", "sign", "verify"]
+__all__ = ["RELEASE_PUBLIC_KEY", "generate_keypair", "public_key_of", "sign", "verify"]
+
+RELEASE_PUBLIC_KEY = Path(__file__).with_name("vigil-release.pub")
+"""vigil's release public key (PEM), bundled with the install."""
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -65,7 +73,16 @@ def verify(data: bytes, signature: bytes, public_key: bytes | str | Path) -> boo
     ModelArtifactError
         If the key is not a PEM Ed25519 public key.
     """
-    pem = Path(public_key).read_bytes() if isinstance(public_key, str | Path) else public_key
+    if isinstance(public_key, str | Path):
+        try:
+            pem = Path(public_key).read_bytes()
+        except OSError as exc:
+            raise ModelArtifactError(
+                f"expected a PEM Ed25519 public key file; cannot read it ({exc.strerror})",
+                path=str(public_key),
+            ) from None
+    else:
+        pem = public_key
     try:
         key = load_pem_public_key(pem)
     except ValueError as exc:

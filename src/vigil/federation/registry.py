@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.errors import ConfigError, ModelArtifactError
-from vigil.core.package import MANIFEST, SIGNATURE, ModelPackage, file_sha256, read_package
+from vigil.core.package import (
+    MANIFEST,
+    SIGNATURE,
+    ModelPackage,
+    check_file_name,
+    file_sha256,
+    read_package,
+)
 
 __all__ = [
     "INDEX",
@@ -341,7 +348,9 @@ def fetch_release(
             f"no release {version!r} in the registry (has {[r.version for r in releases]})",
             path=str(source),
         )
-    target = Path(dest_dir) / f"{chosen.name}-{chosen.version}"
+    # the index is not signed: its name and version must not lead outside dest_dir
+    check_file_name(chosen.version, path=str(source))
+    target = Path(dest_dir) / check_file_name(f"{chosen.name}-{chosen.version}", path=str(source))
     tmp = target.with_name(target.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -352,12 +361,11 @@ def fetch_release(
     except (ValueError, KeyError, TypeError):
         raise ModelArtifactError("expected a package manifest listing its files",
                                  path=f"{source}/{chosen.version}/{MANIFEST}") from None
+    for name in files:
+        check_file_name(name, path=str(source))
     if chosen.signed:
         files.append(SIGNATURE)
     for name in files:
-        if "/" in name or name.startswith("."):
-            raise ModelArtifactError(f"refusing a file name outside the package: {name!r}",
-                                     path=str(source))
         (tmp / name).write_bytes(_read(source, f"{chosen.version}/{name}", client=client))
     read_package(tmp, public_key=public_key)
     if file_sha256(tmp / MANIFEST) != chosen.manifest_sha256:

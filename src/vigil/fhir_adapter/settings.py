@@ -169,6 +169,10 @@ class FHIRSettings(BaseModel):
 
     @model_validator(mode="after")
     def _auth_complete(self) -> FHIRSettings:
+        if "@" in self.base_url.split("://", 1)[1].split("/", 1)[0]:
+            # a URL is logged and put in error messages: credentials never go in one
+            raise ValueError("expected a base_url without user:password@; use auth = 'bearer' "
+                             "(bearer_token) or 'smart'")
         if self.auth is AuthMode.BEARER and self.bearer_token is None:
             raise ValueError("auth = 'bearer' needs bearer_token")
         if self.auth is AuthMode.SMART and self.smart is None:

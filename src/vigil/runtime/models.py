@@ -3,14 +3,27 @@
 A site runs one **active** model (scored, stored, written back and alerted on)
 and optionally one **shadow** model (scored and stored only, to be compared
 before a promotion). Installing copies the package into the models directory
-after checking every file hash, the signature when a public key is configured,
-the feature schema, and that onnxruntime loads it and returns probabilities
-for a row of the right width. A calibration record installed with a package
-must have been made for that exact model.
+after checking every file hash, the signature against the configured public
+key (``public_key=None`` is the explicit opt-out, logged as a warning), the
+feature schema, and that onnxruntime loads it and returns probabilities for a
+row of the right width.
+
+A calibration record installed with a package must have been made for that
+exact model. It is stored content-addressed, as ``calibration-SHA256.json``,
+so the registry (in the state store) holds its hash: a record changed in the
+models directory is refused at the next cycle (:func:`check_records`), and a
+re-installed record changes the registry entry, so a running service loads it
+at its next cycle. With a site key (``models.calibration_key``), the record
+also carries an HMAC-SHA256 under that key (``calibration-SHA256.json.hmac``),
+so that whoever can write both the models directory and the state store still
+cannot forge one. Re-installing an installed package (same name, version and
+``model.onnx``) keeps its role; the same name and version with other bytes is
+refused.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,15 +36,20 @@ from numpy.typing import NDArray
 from vigil.core.errors import ConfigError, ModelArtifactError, VigilError
 from vigil.core.package import MANIFEST, SIGNATURE, ModelPackage, read_package
 from vigil.features.builder import FEATURE_SCHEMA
+from vigil.runtime.record_integrity import (
+    check_installed_record,
+    install_record,
+    installed_record_name,
+)
 from vigil.runtime.scoring import Scorer
 from vigil.runtime.store import ModelRow, StateStore
 
 __all__ = [
-    "CALIBRATION_FILE",
     "ROLES",
     "Calibration",
     "LiveModel",
     "LiveModels",
+    "check_records",
     "install_model",
     "live_model",
     "load_live_models",
@@ -40,7 +58,12 @@ __all__ = [
     "verify_package",
 ]
 
-CALIBRATION_FILE = "calibration.json"
+log = logging.getLogger(__name__)
+
+_UNSIGNED_WARNING = (
+    "signature verification is OFF (models.allow_unsigned = true): %s is checked for "
+    "integrity only, so anyone who can write a package can make this site run it"
+)
 ROLES = ("active", "shadow", "installed", "retired")
 """Roles of an installed model; ``retired`` is what a replaced active or shadow model gets."""
 
@@ -119,6 +142,20 @@ def _load_calibration(path: Path, package: ModelPackage) -> Calibration:
     return record
 
 
+def check_records(models: LiveModels, *, calibration_key: Path | None = None) -> None:
+    """Check that the live models' installed calibration records are unchanged (every cycle).
+
+    Raises
+    ------
+    ModelArtifactError
+        If a record's bytes differ from the SHA-256 its registry entry names, or
+        (with ``calibration_key``) its HMAC does not verify.
+    """
+    for m in (models.active, models.shadow):
+        if m is not None and m.row.calibration is not None:
+            check_installed_record(Path(m.row.calibration), calibration_key=calibration_key)
+
+
 def verify_package(
     path: str | Path, *, public_key: Path | None = None, threads: int = 1
 ) -> tuple[ModelPackage, Scorer]:
@@ -163,6 +200,7 @@ def install_model(
     public_key: Path | None = None,
     calibration: Path | None = None,
     role: str | None = None,
+    calibration_key: Path | None = None,
 ) -> ModelRow:
     """Verify a package and install it into ``models_dir``.
 
@@ -175,12 +213,18 @@ def install_model(
     models_dir : Path
         Installed packages go to ``models_dir/NAME-VERSION``.
     public_key : Path or None, optional
-        When set, the package must carry a valid signature.
+        The package must carry a valid signature under it; None accepts unsigned
+        packages (the ``models.allow_unsigned`` opt-out; logged as a warning).
     calibration : Path or None, optional
-        A calibration record made for this model.
+        A calibration record made for this model. On a re-install without one,
+        the installed record is kept (one installed before records were
+        content-addressed, ``calibration.json``, is moved to its hashed name).
     role : str or None, optional
-        ``active``, ``shadow`` or ``installed``; by default ``active`` when no model
-        is active yet, else ``installed``.
+        ``active``, ``shadow`` or ``installed``; by default the model's current role
+        when it is already installed, else ``active`` when no model is active yet,
+        else ``installed``.
+    calibration_key : Path or None, optional
+        The site's HMAC key file; the installed record is authenticated with it.
 
     Returns
     -------
@@ -189,46 +233,93 @@ def install_model(
     Raises
     ------
     ModelArtifactError
-        If the package or calibration record fails a check.
+        If the package or calibration record fails a check, or another model is
+        installed under the same name and version.
     ConfigError
         For an unknown role.
     """
     if role is not None and role not in ROLES[:3]:
         raise ConfigError(f"expected role active, shadow or installed, got {role!r}", key="role")
+    if public_key is None:
+        log.warning(_UNSIGNED_WARNING, Path(source).name)
     package, _ = verify_package(source, public_key=public_key)
     if calibration is not None:
         _load_calibration(calibration, package)
     m = package.manifest
+    existing = next((r for r in store.models() if (r.name, r.version) == (m.name, m.version)),
+                    None)
+    if existing is not None and existing.model_sha256 != m.model_sha256:
+        raise ModelArtifactError(
+            f"{m.name} {m.version} is already installed with another model.onnx (sha256 "
+            f"{existing.model_sha256[:12]}, this one {m.model_sha256[:12]}); give the new "
+            "model a new version", path=str(Path(source) / MANIFEST),
+        )
     target = Path(models_dir) / f"{_safe(m.name)}-{_safe(m.version)}"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in [MANIFEST, *m.files]:
-        shutil.copy2(package.path / name, tmp / name)
-    if (package.path / SIGNATURE).is_file():
-        shutil.copy2(package.path / SIGNATURE, tmp / SIGNATURE)
-    if calibration is not None:
-        shutil.copy2(calibration, tmp / CALIBRATION_FILE)
-    installed, _ = verify_package(tmp, public_key=public_key)
-    if calibration is not None:
-        _load_calibration(tmp / CALIBRATION_FILE, installed)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    record = Path(existing.calibration) if existing and existing.calibration else None
+    data = calibration.read_bytes() if calibration is not None else _legacy_record(record)
+    if data is not None:
+        record = target / installed_record_name(data)
+    if existing is None or not _intact(target, package, public_key):
+        _copy_package(package, target, public_key=public_key, keep=record)
+    if data is not None and record is not None:
+        install_record(record, data, calibration_key=calibration_key)
+        _load_calibration(record, read_package(target))
     if role is None:
-        role = "installed" if any(r.role == "active" for r in store.models()) else "active"
+        role = existing.role if existing is not None else (
+            "installed" if any(r.role == "active" for r in store.models()) else "active")
     row = ModelRow(
         name=m.name,
         version=m.version,
         path=str(target.resolve()),
         model_sha256=m.model_sha256,
-        calibration=str((target / CALIBRATION_FILE).resolve()) if calibration is not None else None,
-        role="installed",
-        installed=time.time(),
+        calibration=str(record.resolve()) if record is not None else None,
+        role=existing.role if existing is not None else "installed",
+        installed=existing.installed if existing is not None else time.time(),
     )
     store.put_model(row)
-    if role != "installed":
+    if role != row.role:
         store.set_role(m.name, m.version, role)
+    for stale in target.glob("calibration*.json*"):
+        if record is None or stale.name not in (record.name, record.name + ".hmac"):
+            stale.unlink()
     return next(r for r in store.models() if (r.name, r.version) == (m.name, m.version))
+
+
+def _legacy_record(record: Path | None) -> bytes | None:
+    """Return a record installed before records were content-addressed, else None."""
+    if record is None or not record.is_file():
+        return None
+    data = record.read_bytes()
+    return data if record.name != installed_record_name(data) else None
+
+
+def _intact(target: Path, package: ModelPackage, public_key: Path | None) -> bool:
+    """Whether ``target`` already holds this package, unchanged."""
+    try:
+        read_package(target, public_key=public_key)
+        return (target / MANIFEST).read_bytes() == (package.path / MANIFEST).read_bytes()
+    except (ModelArtifactError, OSError):
+        return False
+
+
+def _copy_package(
+    package: ModelPackage, target: Path, *, public_key: Path | None, keep: Path | None
+) -> None:
+    """Copy a verified package to ``target`` through a temporary directory."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in [MANIFEST, *package.manifest.files]:
+        shutil.copyfile(package.path / name, tmp / name)
+    if (package.path / SIGNATURE).is_file():
+        shutil.copyfile(package.path / SIGNATURE, tmp / SIGNATURE)
+    if keep is not None:
+        for name in (keep.name, keep.name + ".hmac"):
+            if (target / name).is_file():
+                shutil.copyfile(target / name, tmp / name)
+    verify_package(tmp, public_key=public_key)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def promote_model(
@@ -261,15 +352,28 @@ def promote_model(
 
 
 def load_live_models(
-    store: StateStore, *, public_key: Path | None = None, threads: int = 1
+    store: StateStore,
+    *,
+    public_key: Path | None = None,
+    threads: int = 1,
+    calibration_key: Path | None = None,
 ) -> LiveModels:
-    """Load the active and shadow models (verifying them again) from the registry."""
+    """Load the active and shadow models (verifying them again) from the registry.
+
+    ``public_key=None`` is the unsigned opt-out (logged as a warning); installed
+    calibration records are checked as :func:`check_records` does.
+    """
     live: dict[str, LiveModel] = {}
     for row in store.models():
         if row.role not in ("active", "shadow"):
             continue
+        if public_key is None:
+            log.warning(_UNSIGNED_WARNING, row.key)
         package, scorer = verify_package(row.path, public_key=public_key, threads=threads)
-        record = _load_calibration(Path(row.calibration), package) if row.calibration else None
+        record = None
+        if row.calibration:
+            check_installed_record(Path(row.calibration), calibration_key=calibration_key)
+            record = _load_calibration(Path(row.calibration), package)
         live[row.role] = LiveModel(row=row, scorer=scorer, calibration=record)
     return LiveModels(active=live.get("active"), shadow=live.get("shadow"))
 

@@ -11,13 +11,19 @@ A standard-library HTTP server in a daemon thread, bound to loopback by default:
     Prometheus text exposition: cycle duration, cycles by status, patients
     scored, alerts, quarantined resources, FHIR errors.
 ``/patients/{id}/scores``
-    The patient's recent scores (JSON), for the site team.
+    The patient's recent scores (JSON), for the site team: patient data, so it
+    answers only a request with ``Authorization: Bearer TOKEN`` (``ops.token``,
+    compared in constant time), 401 otherwise, and is off (404) when no token
+    is configured.
 
-Request lines are not logged: a URL may hold a patient identifier.
+``/healthz``, ``/readyz`` and ``/metrics`` carry no patient identifier (the
+metrics have no per-patient label). Request lines are not logged: a URL may
+hold a patient identifier.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -120,6 +126,8 @@ class OpsServer:
     metrics : RuntimeMetrics
     patient_scores : callable (patient id) -> list of dict
         Recent scores of one patient (empty when unknown).
+    token : str or None, optional
+        The bearer token ``/patients/{id}/scores`` requires; None turns it off.
     """
 
     def __init__(
@@ -130,8 +138,10 @@ class OpsServer:
         ready: Callable[[], Readiness],
         metrics: RuntimeMetrics,
         patient_scores: Callable[[str], list[dict[str, Any]]],
+        token: str | None = None,
     ) -> None:
-        handler = _handler(ready, metrics, patient_scores)
+        handler = _handler(ready, metrics, patient_scores, token)
+        self._patients_exposed = token is not None and not _loopback(host)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -153,6 +163,9 @@ class OpsServer:
         """Start serving in the background."""
         self._thread.start()
         log.info("ops endpoint on %s", self.url)
+        if self._patients_exposed:
+            log.warning("per-patient scores are served over plain HTTP beyond loopback; put a "
+                        "TLS proxy in front of %s or keep ops.host on 127.0.0.1", self.url)
         return self
 
     def stop(self) -> None:
@@ -162,10 +175,29 @@ class OpsServer:
         self._thread.join(timeout=5)
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _authorized(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries the bearer token (constant-time compare)."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
 def _handler(
     ready: Callable[[], Readiness],
     metrics: RuntimeMetrics,
     patient_scores: Callable[[str], list[dict[str, Any]]],
+    token: str | None,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "vigil-ops"
@@ -180,6 +212,12 @@ def _handler(
                     self._json(200 if r.ready else 503, r.to_dict())
                 elif path == "/metrics":
                     self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+                elif path.startswith("/patients/") and token is None:
+                    self._json(404, {"error": "per-patient scores are off (no ops.token set)"})
+                elif path.startswith("/patients/") and not _authorized(
+                        self.headers.get("Authorization"), token or ""):
+                    self._json(401, {"error": "expected Authorization: Bearer <ops.token>"},
+                               {"WWW-Authenticate": 'Bearer realm="vigil-ops"'})
                 elif path.startswith("/patients/") and path.endswith("/scores"):
                     key = unquote(path[len("/patients/"):-len("/scores")])
                     if not key or "/" in key:
@@ -197,11 +235,18 @@ def _handler(
                 log.exception("ops endpoint error on /%s", route)
                 self._json(500, {"error": "internal error"})
 
-        def _json(self, status: int, body: dict[str, Any]) -> None:
-            self._send(status, json.dumps(body).encode() + b"\n", "application/json")
+        def _json(
+            self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
+            self._send(status, json.dumps(body).encode() + b"\n", "application/json", headers)
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -20,7 +20,7 @@ from types import FrameType
 from vigil.core.errors import ConfigError
 from vigil.runtime import heap
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
-from vigil.runtime.models import LiveModels, load_live_models
+from vigil.runtime.models import LiveModels, check_records, load_live_models
 from vigil.runtime.monitoring import AlarmCollector, Monitor
 from vigil.runtime.monitoring.outcomes import (
     FHIRConditionOutcomes,
@@ -131,15 +131,18 @@ class Service:
             for r in self.store.models()
             if r.role in ("active", "shadow")
         )
+        m = self.settings.models
         if wanted != self._models.signature:
             self._models = load_live_models(
-                self.store, public_key=self.settings.models.public_key,
-                threads=self.settings.scoring.threads,
+                self.store, public_key=m.trusted_key(), threads=self.settings.scoring.threads,
+                calibration_key=m.calibration_key,
             )
             active = self._models.active
             log.info("models loaded: active %s, shadow %s", active.key if active else None,
                      self._models.shadow.key if self._models.shadow else None)
             self.metrics.model_loaded.set(1 if active is not None else 0)
+        else:
+            check_records(self._models, calibration_key=m.calibration_key)
         return self._models
 
     def run_cycle(self, now: datetime | None = None) -> CycleResult:
@@ -187,9 +190,10 @@ class Service:
         s = self.settings
         ops = None
         if s.ops.enabled:
+            token = s.ops.token.get_secret_value() if s.ops.token is not None else None
             ops = OpsServer(
                 host=s.ops.host, port=s.ops.port, ready=self.readiness, metrics=self.metrics,
-                patient_scores=self.patient_scores,
+                patient_scores=self.patient_scores, token=token,
             ).start()
         scheduler = BackgroundScheduler(timezone=s.scheduler.timezone)
         extra = {"next_run_time": datetime.now(UTC)} if s.scheduler.run_at_start else {}

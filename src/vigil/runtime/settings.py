@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from vigil.core.errors import ConfigError
+from vigil.core.signing import RELEASE_PUBLIC_KEY
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.fhir_adapter.settings import FHIRSettings
 
@@ -53,7 +54,7 @@ TICK_MINUTES = 15
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class DataSettings(_Section):
@@ -114,20 +115,59 @@ class StoreSettings(_Section):
 
 
 class ModelSettings(_Section):
-    """Where installed models live and how they are verified."""
+    """Where installed models live and how they are verified.
+
+    Packages must carry a valid Ed25519 signature under ``public_key``, which
+    defaults to vigil's release key bundled with the install
+    (:data:`vigil.core.signing.RELEASE_PUBLIC_KEY`). ``allow_unsigned = true`` is
+    the only way to accept unsigned packages (hashes are still checked); it is
+    logged as a warning at every install and model load. ``calibration_key``
+    names the site's own HMAC key file: installed calibration records are then
+    authenticated with it as well as bound by SHA-256 to the registry.
+    """
 
     dir: Path = Path("models")
     public_key: Path | None = Field(
-        default=None, description="Ed25519 public key (PEM); when set, packages must be signed."
+        default=None,
+        description="Ed25519 public key (PEM) packages must be signed with; default: vigil's "
+                    "release key.",
     )
+    allow_unsigned: bool = Field(
+        default=False, description="Accept unsigned packages (hashes only); logged loudly."
+    )
+    calibration_key: Path | None = Field(
+        default=None, description="The site's HMAC key file (>= 32 bytes) for calibration records."
+    )
+
+    @model_validator(mode="after")
+    def _one_trust(self) -> ModelSettings:
+        if self.allow_unsigned and self.public_key is not None:
+            raise ValueError(
+                "allow_unsigned = true contradicts public_key; set one of them, not both"
+            )
+        return self
+
+    def trusted_key(self) -> Path | None:
+        """Return the key packages must verify against; None only with ``allow_unsigned``."""
+        if self.allow_unsigned:
+            return None
+        return self.public_key if self.public_key is not None else RELEASE_PUBLIC_KEY
 
 
 class OpsSettings(_Section):
-    """The operations endpoint (health, readiness, metrics, per-patient scores)."""
+    """The operations endpoint (health, readiness, metrics, per-patient scores).
+
+    ``/patients/{id}/scores`` returns patient data: it answers only requests
+    bearing ``token`` (``Authorization: Bearer ...``), and is off when no token is set.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
+    token: SecretStr | None = Field(
+        default=None, min_length=32,
+        description="Bearer token of /patients/{id}/scores (>= 32 characters); unset: off.",
+    )
     ready_max_age_s: int = Field(
         default=35 * 60, ge=60, description="Not ready when the last good cycle is older than this."
     )
@@ -275,6 +315,7 @@ def load_settings(
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p} is not valid TOML: {exc}", key="config") from exc
+    values: dict[str, Any] = file_values
     try:
         env_values = EnvSettingsSource(VigilSettings)() if environ else {}
         values = _deep_merge(_deep_merge(file_values, env_values), overrides)
@@ -282,17 +323,64 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         key = _error_key(first["loc"])
-        secret = any(w in key.lower() for w in ("token", "key", "secret", "password", "pem"))
-        shown = "" if secret or "input" not in first else f" (got {first['input']!r})"
-        raise ConfigError(
-            f"invalid setting {key!r}: {first['msg']}{shown}; "
-            f"{exc.error_count()} error(s) in total",
-            key=key,
-        ) from None
+        shown = _shown_input(key, first)
+        message = (f"invalid setting {key!r}: {first['msg']}{shown}; "
+                   f"{exc.error_count()} error(s) in total")
+        raise ConfigError(_redact(message, values), key=key) from None
     except SettingsError as exc:
         raise ConfigError(
-            f"could not read VIGIL_ environment settings: {exc}", key="environment"
-        ) from exc
+            _redact(f"could not read VIGIL_ environment settings: {exc}", values),
+            key="environment",
+        ) from None
+
+
+_SCALAR_ERRORS = (
+    "int_", "float_", "bool_", "greater_than", "less_than", "timedelta_", "multiple_of",
+    "finite_number",
+)
+"""Errors of a number, boolean or duration setting, whose input may be shown.
+
+The input of a text setting is not (a secret pasted into the wrong key), nor a section's."""
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "pem", "credential")
+
+
+def _secret_name(name: str) -> bool:
+    return any(w in name.lower() for w in _SECRET_WORDS)
+
+
+def _shown_input(key: str, error: Any) -> str:
+    """`` (got ...)`` for a short (<= 12 characters) input of a number-like setting, else nothing.
+
+    The input of an unknown key, of a whole section, of a text setting, or of any
+    setting whose name looks like a credential is never shown: it may be a
+    misplaced secret.
+    """
+    value = error.get("input")
+    if (not error["type"].startswith(_SCALAR_ERRORS) or _secret_name(key)
+            or not isinstance(value, str | int | float | bool) or len(str(value)) > 12):
+        return ""
+    return f" (got {value!r})"
+
+
+def _secrets(values: Any, *, under_secret: bool = False) -> set[str]:
+    """Every string value in ``values`` that sits under a credential-like name."""
+    if isinstance(values, dict):
+        out: set[str] = set()
+        for k, v in values.items():
+            out |= _secrets(v, under_secret=under_secret or _secret_name(str(k)))
+        return out
+    if isinstance(values, list | tuple):
+        return set().union(*(_secrets(v, under_secret=under_secret) for v in values))
+    if under_secret and isinstance(values, str) and len(values) >= 8:
+        return {values}
+    return set()
+
+
+def _redact(message: str, values: dict[str, Any]) -> str:
+    """``message`` with every credential-like value of the raw settings masked."""
+    for secret in sorted(_secrets(values), key=len, reverse=True):
+        message = message.replace(secret, "**********")
+    return message
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
