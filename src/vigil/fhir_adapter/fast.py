@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from vigil.fhir_adapter.accumulator import USE, Accumulator
+from vigil.fhir_adapter.accumulator import USE, Accumulator, code_key
 from vigil.fhir_adapter.mapping import (
     AMBIGUOUS,
     CODE_INDEX,
@@ -174,7 +174,8 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
             if code is None:
                 acc.reject(rid, "malformed Observation: no code", lu)
             else:
-                acc.ignore()
+                acc.ignore(code_key((c.get("system"), c.get("code"))
+                                    for c in code.get("coding") or ()))
             return
         if not rid:
             acc.reject(rid, "malformed Observation: no id", lu)

@@ -203,10 +203,7 @@ def load_ndjson(
     DataError
         If the directory holds no Encounter or Observation file.
     """
-    import orjson
-
-    from vigil.fhir_adapter.bulk import ndjson_files
-    from vigil.fhir_adapter.census import build_census
+    from vigil.fhir_adapter.bulk import ndjson_census, ndjson_files
     from vigil.fhir_adapter.fast import parse_ndjson
 
     root = Path(path)
@@ -218,12 +215,7 @@ def load_ndjson(
         )
     # The census from the Encounter, Patient and Location files only (NDJSONSource.census
     # would decode the Observation files too).
-    decoded = {
-        t: [orjson.loads(line) for p in files.get(t, ()) for line in p.read_bytes().splitlines()
-            if line.strip()]
-        for t in ("Encounter", "Patient", "Location")
-    }
-    census = build_census(decoded["Encounter"], decoded["Patient"], decoded["Location"])
+    census = ndjson_census(files)
     # Every value at once: the mapping of each file, without the source's time index.
     results = [parse_ndjson(path) for path in files["Observation"]]
     batch = ObservationBatch.concat([r.observations for r in results])
