@@ -124,6 +124,8 @@ def replay(
     summary.update({
         "model": active.key, "calibrated": active.calibration is not None,
         "failed_cycles": result.failed, "resumed_cycles": result.skipped,
+        "degraded_cycles": result.degraded,
+        "withheld": sum(r.counts.get("withheld", 0) for r in result.results),
         "quarantined": quarantined, "out": str(out), "db": None if db is None else str(db),
     })
     if json_out:

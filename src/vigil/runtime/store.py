@@ -435,7 +435,8 @@ class StateStore:
     def committed(self, tick: float) -> bool:
         """Whether a cycle of this tick has committed its scores."""
         row = self.conn.execute(
-            "SELECT 1 FROM cycles WHERE tick = ? AND status IN (?, ?, ?, ?) LIMIT 1",
+            f"SELECT 1 FROM cycles WHERE tick = ? AND status IN ({', '.join('?' * len(COMMITTED))})"
+            " LIMIT 1",
             (tick, *COMMITTED),
         ).fetchone()
         return row is not None
