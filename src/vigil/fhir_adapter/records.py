@@ -198,6 +198,22 @@ class IngestCounts:
         """Return the ``n`` codes ignored most often, with their counts."""
         return dict(self.ignored_codes[:n])
 
+    def unmapped(self) -> str | None:
+        """Say why a feed that delivered Observations but mapped none is unusable (else None).
+
+        Examples
+        --------
+        >>> c = IngestCounts(resources=3, ignored_unknown_code=3, ignored_codes=(("urn:x|HR", 3),))
+        >>> c.unmapped().endswith("none mapped to a catalog variable (codes ignored most often: "
+        ...                       "urn:x|HR (3))")
+        True
+        """
+        if self.resources == 0 or self.values > 0:
+            return None
+        codes = ", ".join(f"{c} ({n})" for c, n in self.ignored_codes[:5]) or "none"
+        return (f"the feed delivered {self.resources} Observations but none mapped to a catalog "
+                f"variable (codes ignored most often: {codes})")
+
 
 MAX_IGNORED_CODES = 200
 """Distinct ignored codes an :class:`IngestCounts` keeps (the rest count as ``"other"``)."""

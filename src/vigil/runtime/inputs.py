@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.fhir_adapter.records import ObservationBatch
+from vigil.fhir_adapter.records import IngestCounts, ObservationBatch
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
 from vigil.runtime.settings import ScoringSettings
 
@@ -128,12 +128,10 @@ def check_inputs(
         found.append(_finding(
             "census", float(census), before * (1 - settings.census_drop),
             f"the census shrank from {before} to {census} patients in one cycle"))
-    if read > 0 and mapped == 0:
-        codes = ", ".join(f"{c} ({n})" for c, n in list(ignored.items())[:5]) or "none"
-        found.append(_finding(
-            "mapping", 0.0, 1.0,
-            f"the feed delivered {read} Observations but none mapped to a catalog variable "
-            f"(codes ignored most often: {codes})"))
+    unmapped = IngestCounts(resources=read, values=mapped,
+                            ignored_codes=tuple(ignored.items())).unmapped()
+    if unmapped is not None:
+        found.append(_finding("mapping", 0.0, 1.0, unmapped))
     judged = recent if settled is None else recent[settled]
     n = len(judged)
     missing = int(n - judged.sum())

@@ -55,12 +55,15 @@ class ClockedSource:
         The watermark's key in the store.
     quarantine : sequence of Quarantine, optional
         Rejected resources, served at their ``meta.lastUpdated`` (those without one never).
+    counts : IngestCounts, optional
+        What mapping the recorded Observations counted (read, used, ignored by code, ...).
     """
 
     stays: Sequence[tuple[Stay, datetime | None]]
     recorded: ObservationBatch
     name: str = "replay"
     quarantine: Sequence[Quarantine] = ()
+    counts: IngestCounts = IngestCounts()
 
     def __post_init__(self) -> None:
         # Sorted by effective time, with integer patient codes: each fetch is a slice and a
@@ -127,7 +130,8 @@ class ClockedSource:
 
 
 def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool = False,
-            quarantine: Sequence[Quarantine] = (), stack_days: int = 1) -> ClockedSource:
+            quarantine: Sequence[Quarantine] = (), stack_days: int = 1,
+            counts: IngestCounts | None = None) -> ClockedSource:
     """Build a clocked source from a census and every observation.
 
     Parameters
@@ -148,6 +152,8 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
     quarantine : sequence of Quarantine, optional
         Rejected resources to serve at their time (not when stacking: a rejected
         resource names no patient, so it cannot be moved with its stay).
+    counts : IngestCounts, optional
+        The mapping's counters, kept on the source.
 
     Returns
     -------
@@ -175,7 +181,8 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
     ends = [from_micros(max(int(e), to_micros(s.icu_admission)) + _HOUR_US)
             for s, e in zip(stays, last, strict=True)]
     return ClockedSource(stays=list(zip(stays, ends, strict=True)), recorded=batch,
-                         quarantine=() if stack_admissions else tuple(quarantine))
+                         quarantine=() if stack_admissions else tuple(quarantine),
+                         counts=counts or IngestCounts())
 
 
 def _shift_stay(stay: Stay, days: int) -> Stay:
@@ -201,7 +208,8 @@ def load_ndjson(
     Raises
     ------
     DataError
-        If the directory holds no Encounter or Observation file.
+        If the directory holds no Encounter or Observation file, or its Observations
+        map to no catalog variable (:meth:`IngestCounts.unmapped`).
     """
     from vigil.fhir_adapter.bulk import ndjson_census, ndjson_files
     from vigil.fhir_adapter.fast import parse_ndjson
@@ -221,8 +229,17 @@ def load_ndjson(
     batch = ObservationBatch.concat([r.observations for r in results])
     rejected = tuple(q for r in results for q in r.quarantine)
     quarantined = len(census.quarantine) + len(rejected)
+    counts = sum((r.counts for r in results), IngestCounts())
+    _require_mapped(counts, str(root))
     return clocked(census, batch, stack_admissions=stack_admissions, stack_days=stack_days,
-                   quarantine=rejected), quarantined
+                   quarantine=rejected, counts=counts), quarantined
+
+
+def _require_mapped(counts: IngestCounts, where: str) -> None:
+    reason = counts.unmapped()
+    if reason is not None:
+        raise DataError(f"{reason}: nothing to score; map the site's codes to LOINC "
+                        "(docs/fhir.md, 'What is counted, ignored, quarantined')", source=where)
 
 
 def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
@@ -244,5 +261,6 @@ def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[Cloc
     finally:
         source.close()
     quarantined = len(census.quarantine) + len(result.quarantine)
+    _require_mapped(result.counts, str(getattr(settings, "base_url", "the FHIR server")))
     return clocked(census, result.observations, stack_admissions=stack_admissions,
-                   quarantine=result.quarantine), quarantined
+                   quarantine=result.quarantine, counts=result.counts), quarantined
