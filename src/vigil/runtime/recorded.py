@@ -230,13 +230,17 @@ def load_ndjson(
     rejected = tuple(q for r in results for q in r.quarantine)
     quarantined = len(census.quarantine) + len(rejected)
     counts = sum((r.counts for r in results), IngestCounts())
-    _require_mapped(counts, str(root))
+    _require_mapped(counts, str(root), stays=len(census.stays))
     return clocked(census, batch, stack_admissions=stack_admissions, stack_days=stack_days,
                    quarantine=rejected, counts=counts), quarantined
 
 
-def _require_mapped(counts: IngestCounts, where: str) -> None:
+def _require_mapped(counts: IngestCounts, where: str, *, stays: int) -> None:
+    """Refuse recorded data whose Observations give nothing to score (no silent zero scores)."""
     reason = counts.unmapped()
+    if reason is None and stays and counts.resources == 0:
+        reason = (f"the census has {stays} ICU stays but the feed delivered no Observation "
+                  "(a category filter, or a search the server does not answer?)")
     if reason is not None:
         raise DataError(f"{reason}: nothing to score; map the site's codes to LOINC "
                         "(docs/fhir.md, 'What is counted, ignored, quarantined')", source=where)
@@ -261,6 +265,7 @@ def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[Cloc
     finally:
         source.close()
     quarantined = len(census.quarantine) + len(result.quarantine)
-    _require_mapped(result.counts, str(getattr(settings, "base_url", "the FHIR server")))
+    _require_mapped(result.counts, str(getattr(settings, "base_url", "the FHIR server")),
+                    stays=len(census.stays))
     return clocked(census, result.observations, stack_admissions=stack_admissions,
                    quarantine=result.quarantine, counts=result.counts), quarantined
