@@ -224,3 +224,83 @@ def test_a_late_line_beyond_until_waits_for_a_later_call(tmp_path) -> None:
            mtime=t0 + 120)
     later = source.observations(mark)
     assert sorted(later.observations.resource_id.tolist()) == ["c", "late"]
+
+
+# -- the REST census and the default search ------------------------------------------------------
+
+
+def _rest(handler, **kw):
+    import httpx
+
+    from vigil.fhir_adapter import FHIRSettings, RESTSource
+
+    return RESTSource(FHIRSettings(base_url="http://ehr.test/fhir", retries=0, **kw),
+                      client=httpx.Client(transport=httpx.MockTransport(handler)))
+
+
+def _bundle(resources):
+    return {"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": r} for r in resources]}
+
+
+def test_rest_census_finds_stays_in_beds_inside_a_snomed_icu():
+    import httpx
+
+    locations = {"icu": loc("icu", system=SNOMED, codes=("309904001",)),
+                 "ward": loc("ward", part_of="icu"), "bed": loc("bed", part_of="ward")}
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        q = dict(request.url.params)
+        seen.append((request.url.path.rsplit("/", 1)[-1], q))
+        if request.url.path.endswith("/Location") and "type" in q:
+            return httpx.Response(200, json=_bundle([locations["icu"]]))
+        if request.url.path.endswith("/Location"):
+            parents = {v.split("/")[1] for v in q["partof"].split(",")}
+            return httpx.Response(200, json=_bundle(
+                [r for r in locations.values() if r.get("partOf", {}).get("reference", "")
+                 .split("/")[-1] in parents]))
+        wanted = {v.split("/")[1] for v in q["location"].split(",")}
+        return httpx.Response(200, json=_bundle(
+            [enc("e1", "a", "bed")] if "bed" in wanted else []))
+
+    with _rest(handler) as source:
+        census = source.census()
+    assert [s.patient for s in census.stays] == ["a"]
+    assert seen[0][1]["type"] == "ICU,MICU,SICU,http://snomed.info/sct|309904001"
+    assert [q["partof"] for p, q in seen if "partof" in q] == [
+        "Location/icu", "Location/ward", "Location/bed"]
+    assert seen[-1][1]["location"] == "Location/icu,Location/ward,Location/bed"
+
+
+def test_rest_census_without_partof_search_falls_back_to_the_icus(caplog):
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        q = dict(request.url.params)
+        if "partof" in q:
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "not-supported"}]})
+        if "type" in q:
+            return httpx.Response(200, json=_bundle([loc("icu", codes=("ICU",))]))
+        return httpx.Response(200, json=_bundle([enc("e1", "a", "icu")]))
+
+    with _rest(handler) as source:
+        assert [s.patient for s in source.census().stays] == ["a"]
+    assert "cannot search Location?partof=" in caplog.text
+
+
+def test_rest_observations_ask_for_no_category_by_default():
+    import httpx
+
+    queries = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        queries.append(dict(request.url.params))
+        return httpx.Response(200, json=_bundle([]))
+
+    with _rest(handler) as source:
+        source.observations(None, None, patients=["a"])
+    with _rest(handler, categories=("vital-signs",)) as source:
+        source.observations(None, None, patients=["a"])
+    assert "category" not in queries[0] and queries[1]["category"] == "vital-signs"

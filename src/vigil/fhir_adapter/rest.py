@@ -25,6 +25,7 @@ returned (server clock), or ``since`` when nothing came.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from vigil.core.errors import FHIRError
+from vigil.core.errors import FHIRError, FHIRTransportError
 from vigil.fhir_adapter.auth import Credentials
 from vigil.fhir_adapter.census import ICU_SNOMED, ICU_TYPE_CODES, MAX_PART_OF, build_census
 from vigil.fhir_adapter.fast import parse_fast, parse_stamp
@@ -55,6 +56,7 @@ from vigil.fhir_adapter.settings import FHIRSettings
 __all__ = ["RESTSource", "bundle_resources", "search_instant"]
 
 _NEEDED = ("Patient", "Encounter", "Location", "Observation")
+log = logging.getLogger(__name__)
 
 
 def search_instant(when: datetime) -> str:
@@ -159,10 +161,18 @@ class RESTSource:
         seen, level = set(ids), list(ids)
         for _ in range(MAX_PART_OF):
             inside: list[dict[str, Any]] = []
-            for chunk in _chunks(level, 50):
-                inside.extend(r for r in bundle_resources(self.http.search(
-                    "Location", [("partof", ",".join(f"Location/{i}" for i in chunk))]))
-                    if r.get("resourceType") == "Location" and str(r.get("id")) not in seen)
+            try:
+                for chunk in _chunks(level, 50):
+                    inside.extend(r for r in bundle_resources(self.http.search(
+                        "Location", [("partof", ",".join(f"Location/{i}" for i in chunk))]))
+                        if r.get("resourceType") == "Location" and str(r.get("id")) not in seen)
+            except FHIRTransportError as exc:
+                if exc.status not in (400, 501):
+                    raise
+                log.warning("the server cannot search Location?partof= (HTTP %s): the census "
+                            "uses the ICU Locations themselves, not the beds inside them",
+                            exc.status)
+                break
             if not inside:
                 break
             level = [str(r["id"]) for r in inside]
