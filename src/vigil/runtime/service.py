@@ -34,7 +34,6 @@ from vigil.runtime.monitoring.outcomes import (
     store_stays,
 )
 from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics, readiness
-from vigil.runtime.schema import COMMITTED
 from vigil.runtime.settings import VigilSettings, check_serving
 from vigil.runtime.store import StateStore, sqlite_path
 
@@ -174,11 +173,11 @@ class Service:
     def _missed(self, tick: datetime) -> list[datetime]:
         """Ticks missed since the latest committed cycle (see the module docstring)."""
         limit = self.settings.scheduler.backfill_ticks
-        done = [c.tick for c in self.store.cycles(limit=16) if c.status in COMMITTED]
-        if not limit or not done:
+        done = self.store.last_committed_tick() if limit else None
+        if done is None:
             return []
         retention = timedelta(hours=self.settings.store.retention_hours)
-        return missed_ticks(self.trigger, datetime.fromtimestamp(max(done), UTC), tick,
+        return missed_ticks(self.trigger, datetime.fromtimestamp(done, UTC), tick,
                             limit=limit, not_before=tick - retention)
 
     def run_cycle(self, now: datetime | None = None) -> CycleResult:

@@ -441,6 +441,14 @@ class StateStore:
         ).fetchone()
         return row is not None
 
+    def last_committed_tick(self) -> float | None:
+        """Return the latest tick whose scores are committed (None: none yet)."""
+        row = self.conn.execute(
+            f"SELECT max(tick) FROM cycles WHERE status IN ({', '.join('?' * len(COMMITTED))})",
+            COMMITTED,
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def cycles(self, *, limit: int | None = None) -> list[CycleRow]:
         """Return the recorded cycles, oldest first (the last ``limit`` ones)."""
         sql = "SELECT * FROM cycles ORDER BY cycle_id DESC"
