@@ -10,7 +10,7 @@ from rt_support import MemorySink, make_package, synth_source
 from vigil.data import patient_split
 from vigil.fhir_adapter.records import IngestCounts, IngestResult, ObservationBatch
 from vigil.runtime.cycle import CycleRunner
-from vigil.runtime.inputs import check_inputs, has_recent_values
+from vigil.runtime.inputs import check_inputs, has_recent_values, split_future
 from vigil.runtime.models import install_model, load_live_models
 from vigil.runtime.monitoring.alarms import AlarmKind, Severity
 from vigil.runtime.recorded import ClockedSource
@@ -82,6 +82,21 @@ def test_has_recent_values_bounds():
         last_updated=np.zeros(3, np.int64), seq=np.arange(3))
     assert has_recent_values(["a", "b", "c", "d"], batch, since=50, until=200).tolist() == [
         True, False, False, False]
+
+
+def test_values_dated_after_their_reading_are_quarantined():
+    read_at = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    us = [int((read_at + timedelta(minutes=m)).timestamp() * 1e6) for m in (-30, 59, 61, 10**6)]
+    batch = ObservationBatch(
+        patient=np.array(["a", "b", "c", "d"], dtype=object), variable=np.zeros(4, np.int8),
+        effective=np.array(us, dtype=np.int64), value=np.ones(4),
+        resource_id=np.array(["r1", "r2", "r3", "r4"], dtype=object),
+        last_updated=np.array([1, 2, 3, 4], dtype=np.int64), seq=np.arange(4))
+    kept, bad = split_future(batch, read_at)
+    assert kept.resource_id.tolist() == ["r1", "r2"]
+    assert [(q.resource_id, q.last_updated) for q in bad] == [("r3", 3), ("r4", 4)]
+    assert all(q.reason.startswith("effective time more than 1 h after it was read") for q in bad)
+    assert split_future(kept, read_at)[0] is kept
 
 
 # -- in the cycle --------------------------------------------------------------------------------

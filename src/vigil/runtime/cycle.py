@@ -45,7 +45,7 @@ from vigil.runtime.contracts import (
     complete_hours,
 )
 from vigil.runtime.feature_cache import LatestFeatures
-from vigil.runtime.inputs import InputHealth, check_inputs, has_recent_values
+from vigil.runtime.inputs import InputHealth, check_inputs, has_recent_values, split_future
 from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
@@ -223,6 +223,8 @@ class CycleRunner:
                 )
         incoming = (fetched.observations if len(results) == 1
                     else ObservationBatch.concat([r.observations for r in results]))
+        # a value dated after it was read has a bad clock: quarantined, not stored
+        incoming, future = split_future(incoming, max(tick, fetched.watermark or tick))
         timings["fetch"] = time.perf_counter() - t0
         counts["observations"] = len(incoming)
         counts["backfilled_patients"] = len(new) if len(results) > 1 else 0
@@ -231,7 +233,8 @@ class CycleRunner:
         counts["ignored_unknown_code"] = read.ignored_unknown_code
         counts["skipped_status"] = read.skipped_status
         ignored.update(read.top_ignored(10))
-        quarantine = census.quarantine + tuple(q for r in results for q in r.quarantine)
+        quarantine = (census.quarantine + tuple(q for r in results for q in r.quarantine)
+                      + future)
         counts["quarantined"] = len(quarantine)
         self.checkpoint("fetched")
 

@@ -16,6 +16,11 @@ per cause, and writes no RiskAssessment at all, when:
   them all so within hours; one empty 15-minute fetch is normal, as values are
   charted hourly, and so is a patient just admitted with nothing charted yet).
 
+A value whose effective time is more than :data:`FUTURE_SKEW` after the time of
+reading (the tick, or the source's watermark when later) has a bad clock: it is
+quarantined with that reason (:func:`split_future`) rather than stored, so it
+can neither wait in the store for years nor count as a recent value.
+
 In any cycle, a patient with no value in the last ``recent_hours`` has empty
 inputs: the score is stored (the monitor and ``/patients`` see it) but no
 RiskAssessment is written and the alert policy neither alerts nor updates its
@@ -26,15 +31,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.fhir_adapter.records import IngestCounts, ObservationBatch
+from vigil.fhir_adapter.records import IngestCounts, ObservationBatch, Quarantine, to_micros
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
 from vigil.runtime.settings import ScoringSettings
 
-__all__ = ["InputHealth", "check_inputs", "has_recent_values"]
+__all__ = ["FUTURE_SKEW", "InputHealth", "check_inputs", "has_recent_values", "split_future"]
+
+FUTURE_SKEW = timedelta(hours=1)
+"""How far after the time of reading an effective time may lie (clock skew)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,26 @@ def has_recent_values(keys: Sequence[str], values: ObservationBatch, *, since: i
     recent = values.patient[(eff > since) & (eff <= until)]
     seen = set(recent.tolist())
     return np.fromiter((k in seen for k in keys), dtype=bool, count=len(keys))
+
+
+def split_future(values: ObservationBatch, read_at: datetime
+                 ) -> tuple[ObservationBatch, tuple[Quarantine, ...]]:
+    """Keep the values not after ``read_at + FUTURE_SKEW``; quarantine the others.
+
+    Returns
+    -------
+    kept : ObservationBatch
+    quarantine : tuple of Quarantine
+        One per value dropped (resource id and reason; no patient identifier).
+    """
+    late = values.effective > to_micros(read_at + FUTURE_SKEW)
+    if not late.any():
+        return values, ()
+    reason = (f"effective time more than {FUTURE_SKEW.total_seconds() / 3600:g} h after it "
+              "was read (a bad clock); not used")
+    bad = tuple(Quarantine("Observation", str(rid), reason, int(lu)) for rid, lu in zip(
+        values.resource_id[late].tolist(), values.last_updated[late].tolist(), strict=True))
+    return values.take(~late), bad
 
 
 def _finding(variable: str, value: float, threshold: float, message: str) -> Finding:
