@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_support import make_package
+from rt_support import make_package, move_to_now
 
 from vigil.data import patient_split
 from vigil.fhir_adapter.synth import write_synth
@@ -43,6 +43,9 @@ def test_ticks_are_aligned_to_the_quarter_hours():
 def site(tmp_path, sample):
     table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
     write_synth(table.frame, tmp_path / "export")
+    # a current feed: the synthetic values are from 2020, and a cycle scoring patients with no
+    # recent value is degraded (docs/runtime.md, "Cycle status and missed ticks")
+    move_to_now(tmp_path / "export", datetime.now(UTC))
     make_package(tmp_path / "pkg")
     port = free_port()
     config = tmp_path / "site.toml"
