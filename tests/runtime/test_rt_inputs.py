@@ -180,11 +180,12 @@ def test_a_silent_feed_degrades_the_cycle_within_hours_and_writes_nothing(tmp_pa
 def test_an_empty_census_is_degraded_and_the_next_good_cycle_is_ok(tmp_path, source):
     ticks = ticks_of(source, 2)
     sink = MemorySink()
-    runner = runner_over(tmp_path, source, Faults(empty_census_at={ticks[3]}), sink)
+    runner = runner_over(tmp_path, source, Faults(empty_census_at={ticks[3], ticks[4]}), sink)
     results = replay(runner, ticks).results
-    assert [r.status for r in results][2:5] == ["ok", "degraded", "ok"]
-    assert results[3].reason == "the census is empty (the previous cycle had 6 patients)"
-    assert results[4].counts["census"] == 6
+    # empty twice: degraded twice (an empty census stays degraded until patients come back)
+    assert [r.status for r in results][2:6] == ["ok", "degraded", "degraded", "ok"]
+    assert results[4].reason == "the census is empty (it had 6 patients)"
+    assert results[5].counts["census"] == 6
 
 
 def test_a_feed_that_maps_nothing_is_degraded_at_once(tmp_path, source):

@@ -163,7 +163,8 @@ class CycleRunner:
             health = self._score_and_commit(cycle_id, tick, models, counts, timings, ignored)
         except Exception as exc:
             return self._failed(cycle_id, tick, exc, counts, timings, started)
-        self._census_before = counts["census"]
+        if counts["census"]:  # an empty census stays degraded until patients come back
+            self._census_before = counts["census"]
         self.checkpoint("committed")
         t0 = time.perf_counter()
         reason = self.flush(counts)
@@ -183,9 +184,9 @@ class CycleRunner:
         return CycleResult(cycle_id, tick, status, reason, counts, timings, ignored)
 
     def _last_census(self) -> int | None:
-        """Return the census of the latest committed cycle in the store (None: none yet)."""
-        for row in reversed(self.store.cycles(limit=16)):
-            if row.status in COMMITTED and "census" in row.counts:
+        """Return the latest non-empty census of a committed cycle (None: none recently)."""
+        for row in reversed(self.store.cycles(limit=96)):
+            if row.status in COMMITTED and row.counts.get("census"):
                 return int(row.counts["census"])
         return None
 

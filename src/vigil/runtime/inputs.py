@@ -3,10 +3,10 @@
 A cycle is **degraded** (not ``ok``), raises a critical ``cycle_inputs`` alarm
 per cause, and writes no RiskAssessment at all, when:
 
-- ``census``: the census is empty while the previous committed cycle had
-  patients, or it shrank by more than ``census_drop`` of a previous census of
-  at least ``census_drop_min`` patients in one cycle (ICUs do not empty in 15
-  minutes; interfaces do);
+- ``census``: the census is empty while the latest non-empty census of a
+  committed cycle had patients (so it stays degraded until patients come
+  back), or it shrank by more than ``census_drop`` of such a census of at least
+  ``census_drop_min`` patients (ICUs do not empty in 15 minutes; interfaces do);
 - ``mapping``: the fetch delivered Observations but none mapped to a catalog
   variable (a feed coded in codes vigil does not know: the reason names the
   codes ignored most often);
@@ -132,7 +132,7 @@ def check_inputs(
     census : int
         Patients in this cycle's census.
     previous_census : int or None
-        Patients in the previous committed cycle's census (None: no earlier cycle).
+        Patients in the latest non-empty census of a committed cycle (None: none).
     read, mapped : int
         Observation resources the fetch delivered, and values mapped from them.
     ignored : mapping of str to int
@@ -152,7 +152,7 @@ def check_inputs(
     before = previous_census or 0
     if census == 0 and before > 0:
         found.append(_finding("census", 0.0, float(before),
-                              f"the census is empty (the previous cycle had {before} patients)"))
+                              f"the census is empty (it had {before} patients)"))
     elif before >= settings.census_drop_min and census < before * (1 - settings.census_drop):
         found.append(_finding(
             "census", float(census), before * (1 - settings.census_drop),

@@ -147,7 +147,7 @@ def test_ndjson_feed_faults_degrade_quarantine_and_lose_nothing(tmp_path):
     next_minute()
     code, broken, err = serve_once(site)
     assert code == 1 and broken["status"] == "degraded", broken
-    assert broken["reason"].startswith("the census is empty (the previous cycle had 3 patients)")
+    assert broken["reason"].startswith("the census is empty (it had 3 patients)")
     assert broken["counts"]["quarantined"] >= 3 and broken["counts"]["census"] == 0
     assert len((out / "RiskAssessment.ndjson").read_bytes().splitlines()) == 3  # none written
     for pid in ("fp0", "fp1", "fp2", "enc-fp"):
