@@ -264,7 +264,10 @@ def _site(path: Path, work: Path, source: str, base_url: str | None, *,
             'since_prefix = "sa"\n') if base_url else ""
     path.write_text(f'site_id = "bench"\n[data]\n{data}{fhir}'
                     f'[store]\nurl = "sqlite:///{work / source / "state.db"}"\n'
-                    f'[models]\ndir = "{work / source / "models"}"\n[ops]\nenabled = false\n')
+                    f'[models]\ndir = "{work / source / "models"}"\n[ops]\nenabled = false\n'
+                    # the three cycles measure one cycle each, not the back-fill of the ticks
+                    # between them (docs/runtime.md, "Cycle status and missed ticks")
+                    '[scheduler]\nbackfill_ticks = 0\n')
     return path
 
 

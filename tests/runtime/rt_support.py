@@ -124,6 +124,49 @@ def synth_source(table, directory: Path, *, stack_admissions: bool = True):
     return source
 
 
+_TIME_KEYS = frozenset({"effectiveDateTime", "lastUpdated", "issued", "start", "end"})
+
+
+def _shifted(doc, delta):
+    """``doc`` with every time under :data:`_TIME_KEYS` moved by ``delta``."""
+    from datetime import datetime
+
+    if isinstance(doc, list):
+        return [_shifted(x, delta) for x in doc]
+    if not isinstance(doc, dict):
+        return doc
+    out = {}
+    for k, v in doc.items():
+        if k in _TIME_KEYS and isinstance(v, str):
+            t = datetime.fromisoformat(v.replace("Z", "+00:00")) + delta
+            v = t.isoformat(timespec="seconds").replace("+00:00", "Z")
+        out[k] = _shifted(v, delta)
+    return out
+
+
+def move_to_now(directory: Path, now) -> None:
+    """Move each patient's Encounter and Observations of a synth directory in time, so that its
+    last Observation was charted 30 minutes before ``now`` (a feed that is current)."""
+    from datetime import datetime, timedelta
+
+    import orjson
+
+    def patient(d):
+        return (d.get("subject") or {}).get("reference")
+
+    obs = [orjson.loads(x) for x in (directory / "Observation.ndjson").read_bytes().splitlines()]
+    last: dict = {}
+    for d in obs:
+        t = datetime.fromisoformat(d["effectiveDateTime"].replace("Z", "+00:00"))
+        last[patient(d)] = max(last.get(patient(d), t), t)
+    delta = {p: now - timedelta(minutes=30) - t for p, t in last.items()}
+    for name in ("Observation", "Encounter"):
+        path = directory / f"{name}.ndjson"
+        docs = [orjson.loads(x) for x in path.read_bytes().splitlines()]
+        path.write_bytes(b"".join(orjson.dumps(_shifted(d, delta[patient(d)])) + b"\n"
+                                  for d in docs))
+
+
 class MemorySink:
     """A write-back target that keeps resources by id, like ``PUT RiskAssessment/{id}``."""
 

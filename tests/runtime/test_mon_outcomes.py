@@ -203,6 +203,7 @@ def test_serve_feeds_the_file_drop_outcomes_to_the_performance_checks(sample, tm
         store={"url": f"sqlite:///{tmp_path / 'state.db'}"},
         models={"dir": str(tmp_path / "models"), "public_key": str(write_trusted_key(tmp_path))},
         ops={"enabled": False},
+        scheduler={"backfill_ticks": 0},  # one cycle an hour, the quarters between not scored
         outcomes={"source": "file", "path": str(tmp_path / "outcomes.parquet"),
                   "delay_hours": 2},
     )

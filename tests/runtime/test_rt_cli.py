@@ -49,9 +49,10 @@ def test_replay_equals_evaluate_on_the_same_patients(recorded):
     both = scores.merge(offline, on=["patient_id", "iculos"], suffixes=("", "_offline"))
     assert len(both) > 0.9 * len(scores)
     np.testing.assert_allclose(both["probability"], both["probability_offline"], atol=1e-5, rtol=0)
-    # one RiskAssessment per score, flagged as not calibrated
+    # one RiskAssessment per score but those from empty inputs, flagged as not calibrated
     lines = (root / "ra" / "RiskAssessment.ndjson").read_text().splitlines()
-    assert len(lines) == len(scores)
+    assert 0 < summary["withheld"] < 0.1 * len(scores) and summary["degraded_cycles"] == 0
+    assert len(lines) == len(scores) - summary["withheld"]
     assert "Not calibrated" in json.loads(lines[0])["note"][1]["text"]
 
 

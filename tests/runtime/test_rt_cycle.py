@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from rt_support import MemorySink, make_package, synth_source
 
@@ -58,7 +59,7 @@ def full_replay(source, tmp_path_factory):
     return runner, sink, result
 
 
-def test_replay_scores_equal_offline_scores(table, full_replay):
+def test_replay_scores_equal_offline_scores(table, source, full_replay):
     runner, sink, result = full_replay
     assert result.failed == 0 and result.cycles > 4 * 30
     out = scores_output(runner.store)
@@ -76,8 +77,17 @@ def test_replay_scores_equal_offline_scores(table, full_replay):
     both = np.array([k in key for k in scored])
     expected = np.array([key[k] for k, b in zip(scored, both, strict=True) if b])
     np.testing.assert_allclose(out["probability"].to_numpy()[both], expected, atol=1e-5, rtol=0)
-    # one RiskAssessment per active score, none written twice
-    assert len(sink.resources) == sink.puts == len(out)
+    # one RiskAssessment per active score, none written twice, except for a patient with no
+    # value in the 6 h before the tick (empty inputs: scored, not written back)
+    rec = source.recorded
+    recent = {(p, t) for p, t in zip(out["patient_id"], out["scored_at"], strict=True)
+              if ((rec.patient == p) & (rec.effective > (t - pd.Timedelta(hours=6)).value // 1000)
+                  & (rec.effective <= t.value // 1000)).any()}
+    assert 0 < len(out) - len(recent) < 0.1 * len(out)
+    assert set(sink.resources) == {f"ra-{p}-{int(t.timestamp())}" for p, t in recent}
+    assert len(sink.resources) == sink.puts
+    assert sum(r.counts["withheld"] for r in result.results) == len(out) - len(recent)
+    assert result.degraded == 0
     assert runner.store.pending() == []
 
 

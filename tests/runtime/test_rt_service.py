@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_support import make_package, wait_ready, write_trusted_key
+from rt_support import make_package, move_to_now, wait_ready, write_trusted_key
 
 from vigil.data import patient_split
 from vigil.fhir_adapter.synth import write_synth
@@ -42,6 +42,9 @@ def test_ticks_are_aligned_to_the_quarter_hours():
 def site(tmp_path, sample):
     table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
     write_synth(table.frame, tmp_path / "export")
+    # a current feed: the synthetic values are from 2020, and a cycle scoring patients with no
+    # recent value is degraded (docs/runtime.md, "Cycle status and missed ticks")
+    move_to_now(tmp_path / "export", datetime.now(UTC))
     make_package(tmp_path / "pkg")
     port = free_port()
     config = tmp_path / "site.toml"

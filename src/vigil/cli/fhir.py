@@ -57,30 +57,48 @@ def ingest(
     strict: Annotated[bool, typer.Option(help="Validate with fhir.resources R4B.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Read FHIR NDJSON through the adapter: census, counters, quarantine reasons."""
-    from vigil.fhir_adapter import NDJSONSource, ndjson_files, parse_ndjson, parse_ndjson_strict
+    """Read FHIR NDJSON through the adapter: census, counters, ignored codes, quarantine reasons.
+
+    Fails (exit 2) when the Observations delivered map to no catalog variable.
+    """
+    from vigil.core.errors import DataError
+    from vigil.fhir_adapter import (
+        IngestCounts,
+        NDJSONSource,
+        ndjson_files,
+        parse_ndjson,
+        parse_ndjson_strict,
+    )
 
     source = NDJSONSource(ndjson)
     source.check()
     census = source.census()
     parse = parse_ndjson_strict if strict else parse_ndjson
-    counts = None
-    reasons: Counter[str] = Counter()
+    counts = IngestCounts()
+    reasons: Counter[str] = Counter(q.reason for q in census.quarantine)
     for path in ndjson_files(ndjson)["Observation"]:
         result = parse(path)
-        counts = result.counts if counts is None else counts + result.counts
+        counts = counts + result.counts
         reasons.update(q.reason for q in result.quarantine)
     result_dict = {
         "stays": len(census.stays),
         "units": dict(Counter(s.unit or "unknown" for s in census.stays)),
-        "counts": counts.as_dict() if counts is not None else {},
+        "counts": counts.as_dict(),
+        "census_quarantined": len(census.quarantine),
+        "ignored_codes": counts.top_ignored(10),
         "quarantine_reasons": dict(reasons.most_common(10)),
     }
+    unmapped = counts.unmapped()
+    if unmapped is not None:
+        raise DataError(f"{unmapped}; map the site's codes to LOINC (docs/fhir.md, 'What is "
+                        "counted, ignored, quarantined')", source=str(ndjson))
     if json_out:
         print_json(result_dict)
         return
     err_console.print(f"{result_dict['stays']:,} ICU stays; units {result_dict['units']}")
     for key, value in result_dict["counts"].items():
         err_console.print(f"  {key:<22} {value:>10,}")
+    for code, n in result_dict["ignored_codes"].items():
+        err_console.print(f"  ignored {n:>12,}  {code}")
     for reason, n in reasons.most_common(10):
         err_console.print(f"  quarantined {n:>8,}  {reason}")

@@ -21,6 +21,12 @@ def replay(
         Path | None, typer.Option(help="Bulk Data NDJSON directory (e.g. from `vigil fhir synth`).")
     ] = None,
     fhir_url: Annotated[str | None, typer.Option(help="FHIR server holding the data.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Site settings (TOML) whose [fhir] section sets the source's options "
+                          "(auth, categories, paging, ICU locations); --fhir-url overrides its "
+                          "base_url."),
+    ] = None,
     calibration: Annotated[
         Path | None, typer.Option(help="Site calibration record for this model.")
     ] = None,
@@ -72,16 +78,14 @@ def replay(
     from vigil.runtime.settings import AlertSettings
     from vigil.runtime.store import StateStore
 
-    if (ndjson is None) == (fhir_url is None):
-        raise ConfigError("expected exactly one of --ndjson and --fhir-url", key="ndjson")
+    if (ndjson is None) == (fhir_url is None and config is None):
+        raise ConfigError("expected exactly one of --ndjson and --fhir-url (or --config with "
+                          "[fhir])", key="ndjson")
     active = live_model(model, calibration=calibration, public_key=public_key)
     if ndjson is not None:
         source, quarantined = load_ndjson(ndjson, stack_admissions=stack_admissions)
     else:
-        from vigil.fhir_adapter.settings import FHIRSettings
-
-        assert fhir_url is not None
-        source, quarantined = load_fhir(FHIRSettings(base_url=fhir_url),
+        source, quarantined = load_fhir(_fhir_settings(fhir_url, config),
                                         stack_admissions=stack_admissions)
     sink = None
     if riskassessments is not None:
@@ -124,7 +128,10 @@ def replay(
     summary.update({
         "model": active.key, "calibrated": active.calibration is not None,
         "failed_cycles": result.failed, "resumed_cycles": result.skipped,
+        "degraded_cycles": result.degraded,
+        "withheld": sum(r.counts.get("withheld", 0) for r in result.results),
         "quarantined": quarantined, "out": str(out), "db": None if db is None else str(db),
+        "read": source.counts.as_dict(), "ignored_codes": source.counts.top_ignored(10),
     })
     if json_out:
         print_json(summary)
@@ -136,3 +143,29 @@ def replay(
            else "")
         + f"; wrote {out}"
     )
+    c = source.counts
+    err_console.print(
+        f"read {c.resources:,} Observations: {c.values:,} values, "
+        f"{c.ignored_unknown_code:,} ignored (unknown code), {c.skipped_status:,} skipped "
+        f"(status), {quarantined:,} quarantined"
+        + (f"; degraded cycles {result.degraded}" if result.degraded else "")
+    )
+    for code, n in c.top_ignored(5).items():
+        err_console.print(f"  ignored {n:>10,}  {code}")
+
+
+def _fhir_settings(fhir_url: str | None, config: Path | None):  # type: ignore[no-untyped-def]
+    """Return ``[fhir]`` of the site file (``--fhir-url`` overriding its URL), or the URL's."""
+    from vigil.fhir_adapter.settings import FHIRSettings
+
+    if config is None:
+        assert fhir_url is not None
+        return FHIRSettings(base_url=fhir_url)
+    from vigil.runtime.settings import load_settings
+
+    fhir = load_settings(config, environ=False).fhir
+    if fhir is None:
+        raise ConfigError(f"expected a [fhir] section in {config}", key="fhir")
+    if fhir_url is None:
+        return fhir
+    return FHIRSettings.model_validate({**fhir.model_dump(), "base_url": fhir_url})

@@ -35,6 +35,7 @@ def serve(
         print_json({
             "cycle_id": result.cycle_id, "tick": result.tick.isoformat(), "status": result.status,
             "reason": result.reason, "counts": result.counts, "timings": result.timings,
+            "ignored_codes": result.ignored_codes,
         })
         if not result.ok:
             raise typer.Exit(code=1)

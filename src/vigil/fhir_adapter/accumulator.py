@@ -7,6 +7,9 @@ the checks and the quarantine reasons are the same for both.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
 from vigil.fhir_adapter.mapping import (
@@ -17,6 +20,7 @@ from vigil.fhir_adapter.mapping import (
     source_unit,
 )
 from vigil.fhir_adapter.records import (
+    MAX_IGNORED_CODES,
     NO_TIME,
     NO_VERSION,
     Deletion,
@@ -24,13 +28,29 @@ from vigil.fhir_adapter.records import (
     IngestResult,
     ObservationBatch,
     Quarantine,
+    top_codes,
 )
 
-__all__ = ["USE", "Accumulator"]
+__all__ = ["USE", "Accumulator", "code_key"]
 
 USE, _DELETE, _SKIP = 0, 1, 2
 _STATUS = {"final": USE, "amended": USE, "corrected": USE, "preliminary": _SKIP,
            "entered-in-error": _DELETE}
+_KEY_CHARS = 120
+"""Longest ``system|code`` key recorded for an ignored code."""
+
+
+def code_key(codings: Iterable[tuple[Any, Any]]) -> str:
+    """Return ``system|code`` of the first coding (``"(no coding)"`` without one), bounded.
+
+    Examples
+    --------
+    >>> code_key([("http://loinc.org", "8310-5"), ("urn:local", "T")])
+    'http://loinc.org|8310-5'
+    """
+    for system, code in codings:
+        return f"{system or ''}|{code or ''}"[:_KEY_CHARS]
+    return "(no coding)"
 
 
 class Accumulator:
@@ -62,11 +82,19 @@ class Accumulator:
         self.n_unknown = 0
         self.n_skipped = 0
         self.n_absent = 0
+        self.ignored: dict[str, int] = {}
 
-    def ignore(self) -> None:
-        """Count an Observation without a catalog code."""
+    def ignore(self, code: str = "(no coding)") -> None:
+        """Count an Observation without a catalog code, and its code (see :func:`code_key`).
+
+        At most :data:`~vigil.fhir_adapter.records.MAX_IGNORED_CODES` distinct codes are
+        kept; later new ones are counted under ``"other"``.
+        """
         self.n_resources += 1
         self.n_unknown += 1
+        if code not in self.ignored and len(self.ignored) >= MAX_IGNORED_CODES:
+            code = "other"
+        self.ignored[code] = self.ignored.get(code, 0) + 1
 
     def reject(self, rid: str, reason: str, last_updated: int = NO_TIME,
                resource_type: str = "Observation") -> None:
@@ -165,5 +193,6 @@ class Accumulator:
             resources=self.n_resources, values=len(self.value),
             ignored_unknown_code=self.n_unknown, skipped_status=self.n_skipped,
             absent=self.n_absent, quarantined=len(self.quarantine), deleted=len(self.deletions),
+            ignored_codes=top_codes(self.ignored),
         )
         return IngestResult(observations=batch, quarantine=tuple(self.quarantine), counts=counts)

@@ -15,7 +15,18 @@ Without a manifest, a file's type is the resource type named in its file name.
 line with neither is returned only when ``since`` is None). The files are indexed
 once by that key (and again when they change); each call maps only its window,
 so counters are those of the window. The watermark is ``until`` (or the latest key
-seen when ``until`` is None).
+seen when ``until`` is None). A key is never later than its file's modification
+time (a far-future stamp is read when its line is written, and cannot push the
+watermark ahead of real time), and a line appended since the previous index is
+keyed at its arrival (after the previous modification time) when its own time is
+older, so values written late are read by the next call. Within one process this
+is a byte-offset watermark per file; after a restart, keys are the lines' own
+times again (clamped), so a line appended while vigil was stopped with a time
+before the stored watermark is not read: stamp ``meta.lastUpdated`` when writing.
+
+Malformed lines of the Patient, Encounter and Location files (not JSON, a
+byte-order mark, not an object, another resource type) are quarantined with
+their file and line number (:func:`read_resources`), like Observation lines.
 
 :func:`bulk_export` runs the asynchronous ``$export`` pattern against a server
 (kick-off with ``Prefer: respond-async`` -> 202 + ``Content-Location`` -> poll,
@@ -45,10 +56,18 @@ from vigil.fhir_adapter.fast import effective_time, parse_ndjson, parse_stamp
 from vigil.fhir_adapter.http import FHIRHttp
 from vigil.fhir_adapter.mapping import MappingOptions
 from vigil.fhir_adapter.protocols import Capabilities
-from vigil.fhir_adapter.records import NO_TIME, Census, IngestResult, Stay, from_micros, to_micros
+from vigil.fhir_adapter.records import (
+    NO_TIME,
+    Census,
+    IngestResult,
+    Quarantine,
+    Stay,
+    from_micros,
+    to_micros,
+)
 from vigil.fhir_adapter.rest import search_instant
 
-__all__ = ["NDJSONSource", "bulk_export", "ndjson_files"]
+__all__ = ["NDJSONSource", "bulk_export", "ndjson_census", "ndjson_files", "read_resources"]
 
 _TYPES = ("Patient", "Encounter", "Location", "Observation")
 
@@ -81,8 +100,65 @@ def ndjson_files(directory: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _lines(paths: Iterable[Path]) -> list[bytes]:
-    return [line for p in paths for line in p.read_bytes().splitlines() if line.strip()]
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_resources(paths: Iterable[Path], resource_type: str
+                   ) -> tuple[list[dict[str, Any]], list[Quarantine]]:
+    """Decode the lines of NDJSON files of one resource type; quarantine the lines that are not.
+
+    A line that is not JSON (truncated, or starting with a byte-order mark), not a
+    JSON object, or another resource type is quarantined with its file, line number
+    and reason (never its content), and the other lines are read.
+
+    Returns
+    -------
+    resources : list of dict
+    quarantine : list of Quarantine
+    """
+    out: list[dict[str, Any]] = []
+    bad: list[Quarantine] = []
+    for path in paths:
+        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"line {number} of {path.name}"
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                why = ("starts with a byte-order mark (NDJSON is UTF-8 without one)"
+                       if line.startswith(_BOM) else "not JSON (truncated?)")
+                bad.append(Quarantine(resource_type, "", f"malformed NDJSON {where}: {why}"))
+                continue
+            if not isinstance(doc, dict):
+                bad.append(Quarantine(resource_type, "",
+                                      f"malformed NDJSON {where}: not a JSON object"))
+                continue
+            if doc.get("resourceType") != resource_type:
+                rid = doc.get("id")
+                bad.append(Quarantine(
+                    resource_type, rid if isinstance(rid, str) else "",
+                    f"{where}: expected a {resource_type}, got "
+                    f"{str(doc.get('resourceType'))[:40]!r}"))
+                continue
+            out.append(doc)
+    return out, bad
+
+
+def ndjson_census(files: Mapping[str, Sequence[Path]], *, icu_locations: Sequence[str] = (),
+                  unit_by_location: Mapping[str, str] | None = None) -> Census:
+    """Build the census from the Encounter, Patient and Location files of :func:`ndjson_files`.
+
+    Malformed lines are quarantined (:func:`read_resources`) with the census's own
+    quarantine (:func:`~vigil.fhir_adapter.census.build_census`).
+    """
+    read, bad = {}, []
+    for t in ("Encounter", "Patient", "Location"):
+        read[t], rejected = read_resources(files.get(t, ()), t)
+        bad.extend(rejected)
+    census = build_census(read["Encounter"], read["Patient"], read["Location"],
+                          icu_locations=icu_locations, unit_by_location=unit_by_location)
+    return Census(stays=census.stays, quarantine=(*bad, *census.quarantine))
 
 
 def _key(line: bytes) -> int:
@@ -130,15 +206,26 @@ def _slices(maps: Sequence[bytes | mmap.mmap], files: Iterable[int], starts: Ite
         yield maps[f][s:e]
 
 
+_Stamp = tuple[tuple[str, int, int, int], ...]
+"""Per file: path, size, ``st_mtime_ns`` and inode (an index is rebuilt when they change)."""
+
+
 @dataclass(frozen=True, eq=False)
 class _Index:
     """Where each Observation line is, sorted by its time key; the lines stay in the files.
 
     ``keys``, ``file``, ``start``, ``end`` have shape (n_lines,): time key, index
     into ``paths``, and the line's byte offsets in that file.
+
+    A line's key is its own time (``meta.lastUpdated``, else the effective time),
+    but never later than its file's modification time (a far-future stamp cannot
+    hold the watermark ahead of real time), and a line appended to a file since
+    the previous index is keyed no earlier than its arrival (just after the
+    previous modification time), so a value written late with an old time is
+    still read. Lines kept from the previous index keep their keys.
     """
 
-    stamp: tuple[tuple[str, int, int], ...]
+    stamp: _Stamp
     paths: tuple[Path, ...]
     keys: NDArray[np.int64]
     file: NDArray[np.int32]
@@ -146,9 +233,12 @@ class _Index:
     end: NDArray[np.int64]
 
     @classmethod
-    def build(cls, paths: Sequence[Path], stamp: tuple[tuple[str, int, int], ...]) -> _Index:
+    def build(cls, paths: Sequence[Path], stamp: _Stamp, previous: _Index | None = None
+              ) -> _Index:
         keys, file, start, end = [], [], [], []
-        for i, path in enumerate(paths):
+        before = _previous_files(previous)
+        for i, (path, (_, size, mtime_ns, inode)) in enumerate(zip(paths, stamp, strict=True)):
+            written = mtime_ns // 1000
             with _mapped(path) as data:
                 lo, hi = _line_bounds(data)
                 key, used = [], []
@@ -157,7 +247,22 @@ class _Index:
                     if line.strip():
                         used.append(j)
                         key.append(_key(line))
-            keys.append(np.array(key, dtype=np.int64))
+            k = np.array(key, dtype=np.int64)
+            k[k > written] = written
+            old = before.get(str(path))
+            if old is not None and old[0] == inode and old[1] <= size:
+                old_size, old_written, old_starts, old_keys = old[1:]
+                starts = lo[used]
+                kept = starts < old_size
+                at = np.searchsorted(old_starts, starts[kept])
+                ok = (at < len(old_starts)) & (old_starts[np.minimum(at, len(old_starts) - 1)]
+                                               == starts[kept])
+                k_kept = k[kept]
+                k_kept[ok] = old_keys[at[ok]]
+                k[kept] = k_kept
+                new = ~kept
+                k[new] = np.maximum(k[new], min(old_written + 1, written))
+            keys.append(k)
             file.append(np.full(len(used), i, dtype=np.int32))
             start.append(lo[used])
             end.append(hi[used])
@@ -177,6 +282,20 @@ class _Index:
                     for i, p in enumerate(self.paths)]
             yield from _slices(maps, self.file[lo:hi].tolist(), self.start[lo:hi].tolist(),
                                self.end[lo:hi].tolist())
+
+
+def _previous_files(index: _Index | None) -> dict[
+        str, tuple[int, int, int, NDArray[np.int64], NDArray[np.int64]]]:
+    """Per path of an index: inode, size, modification time (us), line starts and keys (sorted)."""
+    if index is None:
+        return {}
+    out = {}
+    for i, (path, size, mtime_ns, inode) in enumerate(index.stamp):
+        mine = index.file == i
+        order = np.argsort(index.start[mine], kind="stable")
+        out[path] = (inode, size, mtime_ns // 1000, index.start[mine][order],
+                     index.keys[mine][order])
+    return out
 
 
 @contextmanager
@@ -253,11 +372,8 @@ class NDJSONSource:
 
     def census(self, *, at: datetime | None = None) -> Census:
         """Return the in-progress ICU stays (with ``at``: only those admitted by then)."""
-        files = ndjson_files(self.directory)
-        read = {t: [orjson.loads(line) for line in _lines(files[t])]
-                for t in ("Encounter", "Patient", "Location")}
-        census = build_census(read["Encounter"], read["Patient"], read["Location"],
-                              icu_locations=self._icu, unit_by_location=self._units)
+        census = ndjson_census(ndjson_files(self.directory), icu_locations=self._icu,
+                               unit_by_location=self._units)
         if at is None:
             return census
         keep: tuple[Stay, ...] = tuple(s for s in census.stays if s.icu_admission <= at)
@@ -265,10 +381,12 @@ class NDJSONSource:
 
     def _indexed(self) -> _Index:
         paths = ndjson_files(self.directory)["Observation"]
-        stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+        stats = [p.stat() for p in paths]
+        stamp = tuple((str(p), st.st_size, st.st_mtime_ns, st.st_ino)
+                      for p, st in zip(paths, stats, strict=True))
         if self._index is None or self._index.stamp != stamp:
-            self._index = None
-            self._index = _Index.build(paths, stamp)
+            previous, self._index = self._index, None
+            self._index = _Index.build(paths, stamp, previous)
         return self._index
 
     def observations(self, since: datetime | None, until: datetime | None = None, *,

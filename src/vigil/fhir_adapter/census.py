@@ -5,8 +5,12 @@ Rules:
 - An Encounter counts when its status is ``in-progress`` and one of its
   ``location`` entries is an ICU Location: one named in ``icu_locations`` when
   that list is given, else one whose ``Location.type`` carries the code ``ICU``,
-  ``MICU`` or ``SICU`` (any system; v3 RoleCode ``ICU`` is the standard one), or
-  one listed in ``unit_by_location``.
+  ``MICU`` or ``SICU`` (any system; v3 RoleCode ``ICU``, system
+  ``http://terminology.hl7.org/CodeSystem/v3-RoleCode``, is the standard one) or
+  SNOMED CT ``309904001`` "Intensive care unit (environment)", or one listed in
+  ``unit_by_location``. A Location that is ``partOf`` an ICU (bed -> room -> ward
+  -> ICU, up to :data:`MAX_PART_OF` levels) is in that ICU, and its unit is the
+  first one found going up.
 - Of its ICU location entries, the one still open (no ``period.end``, status not
   ``completed``) with the latest ``period.start`` gives the **ICU admission**;
   without a location period, ``Encounter.period.start`` is used.
@@ -29,16 +33,40 @@ from typing import Any
 from vigil.fhir_adapter.mapping import parse_time, patient_key, reference_id
 from vigil.fhir_adapter.records import Census, Quarantine, Stay, from_micros
 
-__all__ = ["ICU_TYPE_CODES", "UNITS", "build_census", "location_unit"]
+__all__ = ["ICU_SNOMED", "ICU_TYPE_CODES", "MAX_PART_OF", "UNITS", "build_census",
+           "location_unit", "parent_id"]
 
 UNITS = ("MICU", "SICU")
 """The ICU units the models know (PhysioNet Unit1 and Unit2)."""
 ICU_TYPE_CODES = frozenset({"ICU", *UNITS})
-"""``Location.type`` codes that make a Location an ICU."""
+"""``Location.type`` codes that make a Location an ICU (in any system)."""
+ICU_SNOMED = ("http://snomed.info/sct", "309904001")
+"""SNOMED CT "Intensive care unit (environment)": an ICU ``Location.type`` in that system only."""
+MAX_PART_OF = 8
+"""Levels of ``Location.partOf`` followed up from an Encounter's location."""
+
+
+def _codings(location: Mapping[str, Any]) -> list[tuple[str, str]]:
+    types = location.get("type") or ()
+    if not isinstance(types, list):
+        return []
+    return [(str(c.get("system")), str(c.get("code"))) for t in types if isinstance(t, dict)
+            for c in t.get("coding") or () if isinstance(c, dict)]
 
 
 def _type_codes(location: Mapping[str, Any]) -> set[str]:
-    return {str(c.get("code")) for t in location.get("type") or () for c in t.get("coding") or ()}
+    return {code for _, code in _codings(location)}
+
+
+def _typed_icu(location: Mapping[str, Any]) -> bool:
+    codings = _codings(location)
+    return ICU_SNOMED in codings or any(code in ICU_TYPE_CODES for _, code in codings)
+
+
+def parent_id(location: Mapping[str, Any]) -> str | None:
+    """Return the Location id of ``Location.partOf`` (None without one)."""
+    part = location.get("partOf")
+    return reference_id(part.get("reference"), "Location") if isinstance(part, dict) else None
 
 
 def location_unit(location_id: str, location: Mapping[str, Any] | None,
@@ -85,11 +113,32 @@ def build_census(encounters: Iterable[Mapping[str, Any]], patients: Iterable[Map
     named = frozenset(icu_locations)
     units = dict(unit_by_location or {})
 
-    def is_icu(loc_id: str) -> bool:
+    def chain(loc_id: str) -> list[str]:
+        """Return the location and its ``partOf`` ancestors (no cycles, bounded)."""
+        out = [loc_id]
+        while len(out) <= MAX_PART_OF:
+            loc = by_location.get(out[-1])
+            up = parent_id(loc) if loc is not None else None
+            if up is None or up in out:
+                break
+            out.append(up)
+        return out
+
+    def one_is_icu(loc_id: str) -> bool:
         if named:
             return loc_id in named
         loc = by_location.get(loc_id)
-        return loc_id in units or (loc is not None and bool(_type_codes(loc) & ICU_TYPE_CODES))
+        return loc_id in units or (loc is not None and _typed_icu(loc))
+
+    def is_icu(loc_id: str) -> bool:
+        return any(one_is_icu(i) for i in chain(loc_id))
+
+    def unit_of(loc_id: str) -> str | None:
+        for i in chain(loc_id):
+            unit = location_unit(i, by_location.get(i), units)
+            if unit is not None:
+                return unit
+        return None
 
     stays: dict[str, Stay] = {}
     quarantine: list[Quarantine] = []
@@ -98,7 +147,7 @@ def build_census(encounters: Iterable[Mapping[str, Any]], patients: Iterable[Map
             continue
         eid = enc.get("id") if isinstance(enc.get("id"), str) else ""
         try:
-            stay = _stay(enc, eid, is_icu, by_patient, by_location, units)
+            stay = _stay(enc, eid, is_icu, by_patient, unit_of)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             stay = f"malformed Encounter: {type(exc).__name__}"
         if stay is None:
@@ -113,7 +162,7 @@ def build_census(encounters: Iterable[Mapping[str, Any]], patients: Iterable[Map
 
 
 def _stay(enc: Mapping[str, Any], eid: str, is_icu: Any, by_patient: Mapping[str, Any],
-          by_location: Mapping[str, Any], units: Mapping[str, str]) -> Stay | str | None:
+          unit_of: Any) -> Stay | str | None:
     best: tuple[int, str] | None = None
     for entry in enc.get("location") or ():
         loc_id = reference_id((entry.get("location") or {}).get("reference"), "Location")
@@ -147,7 +196,7 @@ def _stay(enc: Mapping[str, Any], eid: str, is_icu: Any, by_patient: Mapping[str
     patient = by_patient.get(pid) or {}
     return Stay(
         patient=pid, encounter=eid, icu_admission=from_micros(best[0]),
-        unit=location_unit(best[1], by_location.get(best[1]), units),
+        unit=unit_of(best[1]),
         gender=patient.get("gender") if isinstance(patient.get("gender"), str) else None,
         birth_date=_birth_date(patient.get("birthDate")),
         hospital_admission=hosp_when,

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from vigil.core.catalog import SUBSTANCE_ONLY
-from vigil.fhir_adapter.accumulator import USE, Accumulator
+from vigil.fhir_adapter.accumulator import USE, Accumulator, code_key
 from vigil.fhir_adapter.codes import (
     component_variable,
     concept_codes,
@@ -212,7 +212,8 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
             if code is None:
                 acc.reject(rid, "malformed Observation: no code", lu)
             else:
-                acc.ignore()
+                acc.ignore(code_key((c.get("system"), c.get("code"))
+                                    for c in code.get("coding") or ()))
             return
         if not rid:
             acc.reject(rid, "malformed Observation: no id", lu)

@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from vigil.core.catalog import MEASURED, variable
 
 __all__ = [
+    "MAX_IGNORED_CODES",
     "NO_TIME",
     "NO_VERSION",
     "SOURCE_UNITS",
@@ -48,6 +49,7 @@ __all__ = [
     "Stay",
     "from_micros",
     "to_micros",
+    "top_codes",
 ]
 
 NO_TIME = np.iinfo(np.int64).min
@@ -178,6 +180,10 @@ class IngestCounts:
         Quarantine entries (malformed resources, unknown units, implausible values).
     deleted : int
         ``entered-in-error`` Observations (each emits a :class:`Deletion`).
+    ignored_codes : tuple of (str, int)
+        The codes (``system|code`` of the first coding; never patient data) of the
+        ignored Observations and how many came with each, most frequent first; at
+        most :data:`MAX_IGNORED_CODES` codes, the rest counted under ``"other"``.
     """
 
     resources: int = 0
@@ -187,14 +193,56 @@ class IngestCounts:
     absent: int = 0
     quarantined: int = 0
     deleted: int = 0
+    ignored_codes: tuple[tuple[str, int], ...] = ()
 
     def __add__(self, other: IngestCounts) -> IngestCounts:
-        return IngestCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                               for f in fields(self)})
+        summed: dict[str, Any] = {f.name: getattr(self, f.name) + getattr(other, f.name)
+                                  for f in fields(self) if f.name != "ignored_codes"}
+        merged = dict(self.ignored_codes)
+        for code, n in other.ignored_codes:
+            merged[code] = merged.get(code, 0) + n
+        return IngestCounts(**summed, ignored_codes=top_codes(merged))
 
     def as_dict(self) -> dict[str, int]:
-        """Return the counters as a plain dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Return the integer counters as a plain dict (``ignored_codes`` apart)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ignored_codes"}
+
+    def top_ignored(self, n: int = 10) -> dict[str, int]:
+        """Return the ``n`` codes ignored most often, with their counts."""
+        return dict(self.ignored_codes[:n])
+
+    def unmapped(self) -> str | None:
+        """Say why a feed that delivered Observations but mapped none is unusable (else None).
+
+        Examples
+        --------
+        >>> c = IngestCounts(resources=3, ignored_unknown_code=3, ignored_codes=(("urn:x|HR", 3),))
+        >>> c.unmapped().endswith("none mapped to a catalog variable (codes ignored most often: "
+        ...                       "urn:x|HR (3))")
+        True
+        """
+        if self.resources == 0 or self.values > 0:
+            return None
+        codes = ", ".join(f"{c} ({n})" for c, n in self.ignored_codes[:5]) or "none"
+        return (f"the feed delivered {self.resources} Observations but none mapped to a catalog "
+                f"variable (codes ignored most often: {codes})")
+
+
+MAX_IGNORED_CODES = 200
+"""Distinct ignored codes an :class:`IngestCounts` keeps (the rest count as ``"other"``)."""
+
+
+def top_codes(counts: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """Bound a code -> count mapping to :data:`MAX_IGNORED_CODES` entries, most frequent first.
+
+    Codes beyond the bound are added to ``"other"``, so the total is kept.
+    """
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) <= MAX_IGNORED_CODES:
+        return tuple(ranked)
+    keep = [kv for kv in ranked if kv[0] != "other"][:MAX_IGNORED_CODES - 1]
+    rest = sum(counts.values()) - sum(n for _, n in keep)
+    return tuple(sorted([*keep, ("other", rest)], key=lambda kv: (-kv[1], kv[0])))
 
 
 def _empty(dtype: type | str) -> NDArray:

@@ -5,12 +5,15 @@ Standard FHIR R4 REST only (any server: HAPI, an EHR's API, sekmet in tests):
 - ``GET metadata``: R4 (4.0.x), search on Patient, Encounter, Location and
   Observation, and whether RiskAssessment accepts ``update``.
 - Census: the ICU Locations are ``settings.icu_locations`` or
-  ``Location?type=ICU,MICU,SICU``; then
+  ``Location?type=ICU,MICU,SICU,http://snomed.info/sct|309904001``, with the
+  Locations inside them (``Location?partof=``, level by level: wards, rooms,
+  beds); then
   ``Encounter?status=in-progress&location=Location/a,...&_include=Encounter:subject
   &_include=Encounter:location`` (see :mod:`vigil.fhir_adapter.census`).
-- Observations: ``Observation?category=...&_lastUpdated=gt{since - overlap}
+- Observations: ``Observation?_lastUpdated=gt{since - overlap}
   &_lastUpdated=le{until}[&patient=a,b,c]`` (``sa`` instead of ``gt`` with
-  ``since_prefix``); ``_lastUpdated`` and not ``date``,
+  ``since_prefix``; ``&category=...`` only when ``categories`` are set: by default
+  none, so Observations without a category are read); ``_lastUpdated`` and not ``date``,
   so late-charted values with an older effective time are fetched when they are
   written. Patients are asked for in OR-lists of ``patients_per_request``, at most
   ``concurrency`` requests at a time. The client does not ask for ``_sort``: the
@@ -22,6 +25,7 @@ returned (server clock), or ``since`` when nothing came.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from vigil.core.errors import FHIRError
+from vigil.core.errors import FHIRError, FHIRTransportError
 from vigil.fhir_adapter.auth import Credentials
-from vigil.fhir_adapter.census import ICU_TYPE_CODES, build_census
+from vigil.fhir_adapter.census import ICU_SNOMED, ICU_TYPE_CODES, MAX_PART_OF, build_census
 from vigil.fhir_adapter.fast import parse_fast, parse_stamp
 from vigil.fhir_adapter.http import FHIRHttp, Params
 from vigil.fhir_adapter.mapping import MappingOptions
@@ -52,6 +56,7 @@ from vigil.fhir_adapter.settings import FHIRSettings
 __all__ = ["RESTSource", "bundle_resources", "search_instant"]
 
 _NEEDED = ("Patient", "Encounter", "Location", "Observation")
+log = logging.getLogger(__name__)
 
 
 def search_instant(when: datetime) -> str:
@@ -146,11 +151,35 @@ class RESTSource:
                             can_write_risk="RiskAssessment" in updatable)
 
     def _icu_locations(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """ICU Location ids and the Location resources read (the ICUs' and those inside)."""
         if self.settings.icu_locations:
-            return list(self.settings.icu_locations), []
-        found = list(bundle_resources(self.http.search(
-            "Location", [("type", ",".join(sorted(ICU_TYPE_CODES)))])))
-        return [str(r["id"]) for r in found if r.get("resourceType") == "Location"], found
+            ids, found = list(self.settings.icu_locations), []
+        else:
+            types = [*sorted(ICU_TYPE_CODES), "|".join(ICU_SNOMED)]
+            found = [r for r in bundle_resources(self.http.search(
+                "Location", [("type", ",".join(types))])) if r.get("resourceType") == "Location"]
+            ids = [str(r["id"]) for r in found]
+        seen, level = set(ids), list(ids)
+        for _ in range(MAX_PART_OF):
+            inside: list[dict[str, Any]] = []
+            try:
+                for chunk in _chunks(level, 50):
+                    inside.extend(r for r in bundle_resources(self.http.search(
+                        "Location", [("partof", ",".join(f"Location/{i}" for i in chunk))]))
+                        if r.get("resourceType") == "Location" and str(r.get("id")) not in seen)
+            except FHIRTransportError as exc:
+                if exc.status not in (400, 501):
+                    raise
+                log.warning("the server cannot search Location?partof= (HTTP %s): the census "
+                            "uses the ICU Locations themselves, not the beds inside them",
+                            exc.status)
+                break
+            if not inside:
+                break
+            level = [str(r["id"]) for r in inside]
+            seen.update(level)
+            found.extend(inside)
+        return ids, found
 
     def census(self) -> Census:
         """Return the in-progress ICU encounters with their Patients and Locations."""
@@ -158,7 +187,8 @@ class RESTSource:
         if not ids:
             return Census(stays=())
         resources: list[dict[str, Any]] = list(locations)
-        for chunk in _chunks(ids, 50):
+        places = list(dict.fromkeys([*ids, *(str(r["id"]) for r in locations)]))
+        for chunk in _chunks(places, 50):
             resources.extend(bundle_resources(self.http.search("Encounter", [
                 ("status", "in-progress"),
                 ("location", ",".join(f"Location/{i}" for i in chunk)),

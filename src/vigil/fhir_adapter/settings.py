@@ -129,7 +129,9 @@ class FHIRSettings(BaseModel):
         after": the same values for instants) for a server that answers it from its date
         index and ``gt`` with a scan; the FHIR test server does (docs/runtime.md, "Benchmark").
     categories : tuple of str
-        ``Observation?category=`` filter; empty for none.
+        ``Observation?category=`` filter; empty (the default) for none. Many feeds
+        do not set ``Observation.category`` on every value; a filter would drop
+        those without a trace, so set one only for a server known to fill it.
     icu_locations : tuple of str
         Location ids of the ICUs; empty to find ``Location?type=ICU,MICU,SICU``.
     unit_by_location : dict of str to {"MICU", "SICU"}
@@ -160,7 +162,7 @@ class FHIRSettings(BaseModel):
     patients_per_request: int = Field(default=50, ge=1)
     overlap: timedelta = timedelta(minutes=15)
     since_prefix: Literal["gt", "sa"] = "gt"
-    categories: tuple[str, ...] = ("vital-signs", "laboratory")
+    categories: tuple[str, ...] = ()
     icu_locations: tuple[str, ...] = ()
     unit_by_location: dict[str, Literal["MICU", "SICU"]] = Field(default_factory=dict)
     accept_preliminary: bool = False

@@ -24,7 +24,7 @@ import orjson
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from vigil.fhir_adapter.accumulator import Accumulator
+from vigil.fhir_adapter.accumulator import Accumulator, code_key
 from vigil.fhir_adapter.codes import component_variable, concept_codes, substance_checked
 from vigil.fhir_adapter.elements import foreign_element
 from vigil.fhir_adapter.fast import feed, meta_stamp, ndjson_lines
@@ -127,7 +127,7 @@ def _read(acc: Accumulator, d: dict[str, Any], fallback_id: str | None,
         if cvar != UNKNOWN:
             items.append((cvar, _payload(comp) if cvar >= 0 else NO_VALUE))
     if not items:
-        acc.ignore()
+        acc.ignore(code_key((c.system, c.code) for c in (obs.code.coding or ())))
         return
     if not rid:
         acc.reject(rid, "malformed Observation: no id", lu)

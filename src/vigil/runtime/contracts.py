@@ -11,7 +11,7 @@ through :mod:`vigil.runtime.recorded`), :class:`GridBuilder` (the adapter's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -147,7 +147,12 @@ class CycleSink(Protocol):
 
 @dataclass(frozen=True)
 class CycleResult:
-    """The record of one cycle."""
+    """The record of one cycle.
+
+    ``status`` is ``ok``, ``degraded`` (scored on inputs that are not enough:
+    :mod:`vigil.runtime.inputs`), ``writeback_failed``, ``failed`` or ``skipped``.
+    ``ignored_codes`` holds the codes the fetch ignored most often (``system|code``).
+    """
 
     cycle_id: int
     tick: datetime
@@ -155,6 +160,7 @@ class CycleResult:
     reason: str | None
     counts: dict[str, int]
     timings: dict[str, float]
+    ignored_codes: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

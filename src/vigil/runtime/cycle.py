@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from vigil.core.errors import FHIRError, VigilError
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.features.grid import HourlyGrid
-from vigil.fhir_adapter.records import ObservationBatch, to_micros
+from vigil.fhir_adapter.records import IngestCounts, ObservationBatch, to_micros
 from vigil.runtime.alert_step import alert_step
 from vigil.runtime.contracts import (
     CycleResult,
@@ -45,9 +45,11 @@ from vigil.runtime.contracts import (
     complete_hours,
 )
 from vigil.runtime.feature_cache import LatestFeatures
+from vigil.runtime.inputs import InputHealth, check_inputs, has_recent_values, split_future
 from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
+from vigil.runtime.schema import COMMITTED
 from vigil.runtime.settings import AlertSettings, ScoringSettings
 from vigil.runtime.store import StateStore
 from vigil.runtime.window import ObservationWindow, recent_grid
@@ -131,6 +133,8 @@ class CycleRunner:
         self._window: ObservationWindow | None = None
         self._features = LatestFeatures()  # recomputes only patients whose grid changed
         self.monitor = monitor
+        self._census_before: int | None = None
+        self._census_known = False
 
     def run(self, tick: datetime) -> CycleResult:
         """Run one cycle for ``tick`` (UTC); never raises for a failed cycle, records it."""
@@ -146,28 +150,45 @@ class CycleRunner:
             reason = self.flush(counts)
             timings["total"] = time.perf_counter() - started
             return CycleResult(0, tick, "skipped", reason, counts, timings)
+        if not self._census_known:
+            self._census_before = self._last_census()
+            self._census_known = True
         cycle_id = self.store.start_cycle(_ts(tick))
+        ignored: dict[str, int] = {}
         try:
             self.checkpoint("started")
             models = self.models()
             if models.active is None:
                 raise VigilError("no active model is installed; run `vigil model install`")
-            self._score_and_commit(cycle_id, tick, models, counts, timings)
+            health = self._score_and_commit(cycle_id, tick, models, counts, timings, ignored)
         except Exception as exc:
             return self._failed(cycle_id, tick, exc, counts, timings, started)
+        if counts["census"]:  # an empty census stays degraded until patients come back
+            self._census_before = counts["census"]
         self.checkpoint("committed")
         t0 = time.perf_counter()
         reason = self.flush(counts)
         status = "ok" if reason is None else "writeback_failed"
         if reason is not None:
             log.warning("cycle %d: %s", cycle_id, reason)
+        if health.degraded:
+            status = "degraded"
+            reason = "; ".join(r for r in (health.reason, reason) if r)
+            log.warning("cycle %d degraded, no RiskAssessment written: %s", cycle_id, reason)
         timings["writeback"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         with self.store.transaction() as tx:
             self.store.finish_cycle(tx, cycle_id, status=status, reason=reason, counts=counts,
                                     timings=timings)
         self._observe(status, counts, timings, committed=True)
-        return CycleResult(cycle_id, tick, status, reason, counts, timings)
+        return CycleResult(cycle_id, tick, status, reason, counts, timings, ignored)
+
+    def _last_census(self) -> int | None:
+        """Return the latest non-empty census of a committed cycle (None: none recently)."""
+        for row in reversed(self.store.cycles(limit=96)):
+            if row.status in COMMITTED and row.counts.get("census"):
+                return int(row.counts["census"])
+        return None
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -178,7 +199,8 @@ class CycleRunner:
         models: LiveModels,
         counts: dict[str, int],
         timings: dict[str, float],
-    ) -> None:
+        ignored: dict[str, int],
+    ) -> InputHealth:
         t0 = time.perf_counter()
         census = self.source.census(tick)
         timings["census"] = time.perf_counter() - t0
@@ -202,10 +224,18 @@ class CycleRunner:
                 )
         incoming = (fetched.observations if len(results) == 1
                     else ObservationBatch.concat([r.observations for r in results]))
+        # a value dated after it was read has a bad clock: quarantined, not stored
+        incoming, future = split_future(incoming, max(tick, fetched.watermark or tick))
         timings["fetch"] = time.perf_counter() - t0
         counts["observations"] = len(incoming)
         counts["backfilled_patients"] = len(new) if len(results) > 1 else 0
-        quarantine = census.quarantine + tuple(q for r in results for q in r.quarantine)
+        read = sum((r.counts for r in results), IngestCounts())
+        counts["read"] = read.resources
+        counts["ignored_unknown_code"] = read.ignored_unknown_code
+        counts["skipped_status"] = read.skipped_status
+        ignored.update(read.top_ignored(10))
+        quarantine = (census.quarantine + tuple(q for r in results for q in r.quarantine)
+                      + future)
         counts["quarantined"] = len(quarantine)
         self.checkpoint("fetched")
 
@@ -233,18 +263,28 @@ class CycleRunner:
             t0 = time.perf_counter()
             done = complete_hours(census.stays, tick)
             ready = [(s, h) for s, h in zip(census.stays, done, strict=True) if h >= 1]
-            grid = recent_grid([s for s, _ in ready], [h for _, h in ready],
-                               window.until(to_micros(tick)), builder=self.grid_builder)
+            seen = window.until(to_micros(tick))
+            grid = recent_grid([s for s, _ in ready], [h for _, h in ready], seen,
+                               builder=self.grid_builder)
             features = self._features(grid)
             hours = grid.hours[grid.starts[1:] - 1] if grid.n_patients else np.zeros(0, np.int32)
             timings["features"] = time.perf_counter() - t0
+            health = check_inputs(
+                census=len(census), previous_census=self._census_before,
+                read=read.resources, mapped=read.values, ignored=ignored,
+                recent=has_recent_values(
+                    grid.patient_ids, seen, until=to_micros(tick),
+                    since=to_micros(tick - timedelta(hours=self.scoring.recent_hours))),
+                settled=hours >= self.scoring.recent_hours, settings=self.scoring,
+            )
+            hold = health.withheld()
             counts["first_hour"] = len(census) - len(ready)
             counts["features_computed"] = self._features.computed
 
             t0 = time.perf_counter()
             encounters = {stay.patient: stay.encounter for stay in census.stays}
             batches = [
-                self._score(model, role, grid, features, hours, tick, encounters)
+                self._score(model, role, grid, features, hours, tick, encounters, hold)
                 for role, model in (("active", models.active), ("shadow", models.shadow))
                 if model is not None
             ]
@@ -255,21 +295,27 @@ class CycleRunner:
             counts["scored"] = len(active)
             counts["shadow_scored"] = sum(len(b) for b in batches[1:])
             counts["alerts"] = int(active.alert.sum())
+            counts["empty_inputs"] = int(health.empty.sum())
+            counts["withheld"] = int(hold.sum())
             if self.monitor is not None:
                 t0 = time.perf_counter()
                 counts["monitor_alarms"] = len(self.monitor.observe_cycle(
                     tx, tick=tick, model=models.active, grid=grid, scores=active,
                     census=len(census), observations=incoming, quarantine=quarantine,
-                    units=incoming.unit_counts()))
+                    units=incoming.unit_counts(), findings=health.findings))
                 timings["monitor"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
             items = self.sink.assessments(active) if self.sink is not None and len(active) else []
+            if hold.any() and items:
+                # no RiskAssessment from empty inputs (docs/runtime.md, "Cycle status")
+                items = [it for it, h in zip(items, hold.tolist(), strict=True) if not h]
             self.store.enqueue(tx, cycle_id, ((i, _ts(tick), b) for i, b in items))
             counts["queued"] = len(items)
             timings["build_writeback"] = time.perf_counter() - t0
             self.store.finish_cycle(tx, cycle_id, status="scored", counts=counts, timings=timings)
         self._window = window if self.keep_window else None
+        return health
 
     def _score(
         self,
@@ -280,6 +326,7 @@ class CycleRunner:
         hours: NDArray[np.int32],
         tick: datetime,
         encounters: dict[str, str],
+        hold: NDArray[np.bool_],
     ) -> ScoreBatch:
         raw, prob = model.probabilities(features)
         keys = grid.patient_ids
@@ -290,8 +337,11 @@ class CycleRunner:
             threshold=model.threshold, suppression_hours=self.alerts.suppression_hours,
             hysteresis=self.alerts.hysteresis,
         )
+        # a withheld patient neither alerts nor moves the policy's state (no RiskAssessment)
         self.store.put_alert_state(
-            self.store.conn, model.key, zip(keys, step.last_alert, step.armed, strict=True)
+            self.store.conn, model.key,
+            ((k, last, armed) for k, last, armed, h in zip(
+                keys, step.last_alert, step.armed, hold.tolist(), strict=True) if not h),
         )
         return ScoreBatch(
             model_name=model.row.name,
@@ -305,7 +355,7 @@ class CycleRunner:
             raw_probability=raw,
             probability=prob,
             calibrated=model.calibration is not None,
-            alert=np.asarray(step.alert, dtype=bool),
+            alert=np.asarray(step.alert, dtype=bool) & ~hold,
         )
 
     def flush(self, counts: dict[str, int] | None = None) -> str | None:

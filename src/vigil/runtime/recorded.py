@@ -55,12 +55,15 @@ class ClockedSource:
         The watermark's key in the store.
     quarantine : sequence of Quarantine, optional
         Rejected resources, served at their ``meta.lastUpdated`` (those without one never).
+    counts : IngestCounts, optional
+        What mapping the recorded Observations counted (read, used, ignored by code, ...).
     """
 
     stays: Sequence[tuple[Stay, datetime | None]]
     recorded: ObservationBatch
     name: str = "replay"
     quarantine: Sequence[Quarantine] = ()
+    counts: IngestCounts = IngestCounts()
 
     def __post_init__(self) -> None:
         # Sorted by effective time, with integer patient codes: each fetch is a slice and a
@@ -127,7 +130,8 @@ class ClockedSource:
 
 
 def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool = False,
-            quarantine: Sequence[Quarantine] = (), stack_days: int = 1) -> ClockedSource:
+            quarantine: Sequence[Quarantine] = (), stack_days: int = 1,
+            counts: IngestCounts | None = None) -> ClockedSource:
     """Build a clocked source from a census and every observation.
 
     Parameters
@@ -148,6 +152,8 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
     quarantine : sequence of Quarantine, optional
         Rejected resources to serve at their time (not when stacking: a rejected
         resource names no patient, so it cannot be moved with its stay).
+    counts : IngestCounts, optional
+        The mapping's counters, kept on the source.
 
     Returns
     -------
@@ -175,7 +181,8 @@ def clocked(census: Census, batch: ObservationBatch, *, stack_admissions: bool =
     ends = [from_micros(max(int(e), to_micros(s.icu_admission)) + _HOUR_US)
             for s, e in zip(stays, last, strict=True)]
     return ClockedSource(stays=list(zip(stays, ends, strict=True)), recorded=batch,
-                         quarantine=() if stack_admissions else tuple(quarantine))
+                         quarantine=() if stack_admissions else tuple(quarantine),
+                         counts=counts or IngestCounts())
 
 
 def _shift_stay(stay: Stay, days: int) -> Stay:
@@ -201,12 +208,10 @@ def load_ndjson(
     Raises
     ------
     DataError
-        If the directory holds no Encounter or Observation file.
+        If the directory holds no Encounter or Observation file, or its Observations
+        map to no catalog variable (:meth:`IngestCounts.unmapped`).
     """
-    import orjson
-
-    from vigil.fhir_adapter.bulk import ndjson_files
-    from vigil.fhir_adapter.census import build_census
+    from vigil.fhir_adapter.bulk import ndjson_census, ndjson_files
     from vigil.fhir_adapter.fast import parse_ndjson
 
     root = Path(path)
@@ -218,19 +223,27 @@ def load_ndjson(
         )
     # The census from the Encounter, Patient and Location files only (NDJSONSource.census
     # would decode the Observation files too).
-    decoded = {
-        t: [orjson.loads(line) for p in files.get(t, ()) for line in p.read_bytes().splitlines()
-            if line.strip()]
-        for t in ("Encounter", "Patient", "Location")
-    }
-    census = build_census(decoded["Encounter"], decoded["Patient"], decoded["Location"])
+    census = ndjson_census(files)
     # Every value at once: the mapping of each file, without the source's time index.
     results = [parse_ndjson(path) for path in files["Observation"]]
     batch = ObservationBatch.concat([r.observations for r in results])
     rejected = tuple(q for r in results for q in r.quarantine)
     quarantined = len(census.quarantine) + len(rejected)
+    counts = sum((r.counts for r in results), IngestCounts())
+    _require_mapped(counts, str(root), stays=len(census.stays))
     return clocked(census, batch, stack_admissions=stack_admissions, stack_days=stack_days,
-                   quarantine=rejected), quarantined
+                   quarantine=rejected, counts=counts), quarantined
+
+
+def _require_mapped(counts: IngestCounts, where: str, *, stays: int) -> None:
+    """Refuse recorded data whose Observations give nothing to score (no silent zero scores)."""
+    reason = counts.unmapped()
+    if reason is None and stays and counts.resources == 0:
+        reason = (f"the census has {stays} ICU stays but the feed delivered no Observation "
+                  "(a category filter, or a search the server does not answer?)")
+    if reason is not None:
+        raise DataError(f"{reason}: nothing to score; map the site's codes to LOINC "
+                        "(docs/fhir.md, 'What is counted, ignored, quarantined')", source=where)
 
 
 def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
@@ -252,5 +265,7 @@ def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[Cloc
     finally:
         source.close()
     quarantined = len(census.quarantine) + len(result.quarantine)
+    _require_mapped(result.counts, str(getattr(settings, "base_url", "the FHIR server")),
+                    stays=len(census.stays))
     return clocked(census, result.observations, stack_admissions=stack_admissions,
-                   quarantine=result.quarantine), quarantined
+                   quarantine=result.quarantine, counts=result.counts), quarantined

@@ -58,12 +58,14 @@ def replay_ticks(start: datetime, end: datetime, *, step: timedelta = TICK) -> l
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a replay did."""
+    """What a replay did (``failed`` and ``degraded`` count cycles)."""
 
     cycles: int
     skipped: int
     failed: int
     results: tuple[CycleResult, ...]
+    degraded: int = 0
+    """Cycles scored on inputs that were not enough (not counted in ``failed``)."""
 
 
 def replay(
@@ -102,8 +104,9 @@ def replay(
     return ReplayResult(
         cycles=len(results),
         skipped=skipped,
-        failed=sum(not r.ok for r in results),
+        failed=sum(not r.ok and r.status != "degraded" for r in results),
         results=tuple(results),
+        degraded=sum(r.status == "degraded" for r in results),
     )
 
 

@@ -168,7 +168,7 @@ TEMP_TABLES = (
     "CREATE TEMP TABLE IF NOT EXISTS wanted (code INTEGER PRIMARY KEY, patient_key TEXT)",
 )
 """Scratch tables of one connection (in memory; not part of the versioned schema)."""
-COMMITTED = ("scored", "ok", "writeback_failed", "writeback_interrupted")
+COMMITTED = ("scored", "ok", "writeback_failed", "writeback_interrupted", "degraded")
 """Cycle statuses whose scores are in the store (the tick is never scored again)."""
 
 

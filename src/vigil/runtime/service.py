@@ -7,6 +7,11 @@ busy or asleep collapse into one) and a ``misfire_grace_time`` (a run later than
 that is skipped; the next one catches up from the watermark). SIGTERM or
 SIGINT stop the scheduler, let a running cycle finish, close the endpoint and
 the store, and return.
+
+Missed ticks: a cycle that finds ticks between the latest committed one and its
+own (the service was stopped, or runs were skipped) first scores them, oldest
+first, at most ``scheduler.backfill_ticks`` of the latest, within the store's
+retention (:func:`missed_ticks`; docs/runtime.md, "Cycle status and missed ticks").
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from vigil.runtime.ops import OpsServer, Readiness, RuntimeMetrics, readiness
 from vigil.runtime.settings import VigilSettings, check_serving
 from vigil.runtime.store import StateStore, sqlite_path
 
-__all__ = ["Service", "build_service", "last_fire_time", "open_outcomes"]
+__all__ = ["Service", "build_service", "last_fire_time", "missed_ticks", "open_outcomes"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,29 @@ def last_fire_time(trigger: object, now: datetime) -> datetime:
             return last.astimezone(UTC)
         last = nxt
         probe = nxt + timedelta(seconds=1)
+
+
+def missed_ticks(trigger: object, after: datetime, tick: datetime, *, limit: int,
+                 not_before: datetime | None = None) -> list[datetime]:
+    """Return the fire times strictly between ``after`` and ``tick``, oldest first.
+
+    Only the latest ``limit`` are kept, and none before ``not_before``.
+    """
+    if limit <= 0 or tick <= after:
+        return []
+    start = after if not_before is None else max(after, not_before - timedelta(seconds=1))
+    out: list[datetime] = []
+    probe = start + timedelta(seconds=1)
+    while True:
+        nxt = trigger.get_next_fire_time(None, probe)  # type: ignore[attr-defined]
+        if nxt is None or nxt >= tick:
+            break
+        if nxt > after:
+            out.append(nxt.astimezone(UTC))
+            if len(out) > limit:
+                out.pop(0)
+        probe = nxt + timedelta(seconds=1)
+    return out
 
 
 def open_outcomes(settings: VigilSettings, store: StateStore) -> OutcomeFeed | None:
@@ -145,19 +173,38 @@ class Service:
             check_records(self._models, calibration_key=m.calibration_key)
         return self._models
 
+    def _missed(self, tick: datetime) -> list[datetime]:
+        """Ticks missed since the latest committed cycle (see the module docstring)."""
+        limit = self.settings.scheduler.backfill_ticks
+        done = self.store.last_committed_tick() if limit else None
+        if done is None:
+            return []
+        retention = timedelta(hours=self.settings.store.retention_hours)
+        return missed_ticks(self.trigger, datetime.fromtimestamp(done, UTC), tick,
+                            limit=limit, not_before=tick - retention)
+
     def run_cycle(self, now: datetime | None = None) -> CycleResult:
-        """Run the cycle of the latest tick at or before ``now`` (the scheduler's job)."""
+        """Run the cycle of the latest tick at or before ``now`` (the scheduler's job).
+
+        Ticks missed since the latest committed cycle are scored first (back-fill).
+        """
         now = datetime.now(UTC) if now is None else now
         tick = last_fire_time(self.trigger, now)
         with self._lock:
+            for past in self._missed(tick):
+                done = self.runner.run(past)
+                log.info("back-filled the tick %s: %s", past.isoformat(timespec="minutes"),
+                         done.status)
             result = self.runner.run(tick)
             heap.release()  # the next cycle starts from what the service holds, not this peak
         if result.ok:
             good = self.store.last_good_cycle()
             self._last_good_end = good.finished if good is not None else None
         log.info(
-            "cycle %d at %s: %s; %s", result.cycle_id, tick.isoformat(timespec="minutes"),
-            result.status, ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items())),
+            "cycle %d at %s: %s; %s; ignored codes %s", result.cycle_id,
+            tick.isoformat(timespec="minutes"), result.status,
+            ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items())),
+            result.ignored_codes or "none",
         )
         return result
 

@@ -84,12 +84,33 @@ class SchedulerSettings(_Section):
     run_at_start: bool = Field(
         default=True, description="Run one cycle as soon as the service starts."
     )
+    backfill_ticks: int = Field(
+        default=96, ge=0,
+        description="After downtime, score up to this many missed ticks (within the "
+                    "store's retention) before the current one; 0 to skip them.",
+    )
 
 
 class ScoringSettings(_Section):
     """How patients are scored."""
 
     threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads.")
+    recent_hours: float = Field(
+        default=6.0, gt=0,
+        description="A patient with no value this long before the tick has empty inputs: "
+                    "no RiskAssessment (docs/runtime.md, 'Cycle status and missed ticks').",
+    )
+    max_missing_share: float = Field(
+        default=0.5, ge=0, le=1,
+        description="A cycle where more of the patients have empty inputs is degraded.",
+    )
+    census_drop: float = Field(
+        default=0.5, gt=0, le=1,
+        description="A cycle whose census shrank by more than this share is degraded.",
+    )
+    census_drop_min: int = Field(
+        default=10, ge=1, description="... when the previous census had at least this many.",
+    )
 
 
 class AlertSettings(_Section):

@@ -462,10 +462,19 @@ class StateStore:
     def committed(self, tick: float) -> bool:
         """Whether a cycle of this tick has committed its scores."""
         row = self.conn.execute(
-            "SELECT 1 FROM cycles WHERE tick = ? AND status IN (?, ?, ?, ?) LIMIT 1",
+            f"SELECT 1 FROM cycles WHERE tick = ? AND status IN ({', '.join('?' * len(COMMITTED))})"
+            " LIMIT 1",
             (tick, *COMMITTED),
         ).fetchone()
         return row is not None
+
+    def last_committed_tick(self) -> float | None:
+        """Return the latest tick whose scores are committed (None: none yet)."""
+        row = self.conn.execute(
+            f"SELECT max(tick) FROM cycles WHERE status IN ({', '.join('?' * len(COMMITTED))})",
+            COMMITTED,
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def cycles(self, *, limit: int | None = None) -> list[CycleRow]:
         """Return the recorded cycles, oldest first (the last ``limit`` ones)."""

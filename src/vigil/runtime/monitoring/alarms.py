@@ -76,6 +76,7 @@ class AlarmKind(StrEnum):
     QUARANTINE = "quarantine"
     DISCRIMINATION = "discrimination"
     CALIBRATION = "calibration"
+    CYCLE_INPUTS = "cycle_inputs"
 
 
 class Severity(StrEnum):

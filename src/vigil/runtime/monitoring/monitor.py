@@ -199,6 +199,7 @@ class Monitor:
         observations: ObservationBatch | None = None,
         quarantine: Iterable[Any] = (),
         units: Mapping[str, Mapping[str, int]] | None = None,
+        findings: Sequence[Finding] = (),
     ) -> list[Alarm]:
         """Monitor one committed-to-be cycle; returns the alarms it raised.
 
@@ -224,6 +225,9 @@ class Monitor:
         units : mapping of str to (mapping of str to int), optional
             Per variable, how many fetched values came in each source unit (when
             the FHIR adapter reports it).
+        findings : sequence of Finding, optional
+            The cycle's own verdict on its inputs (:mod:`vigil.runtime.inputs`):
+            ``cycle_inputs`` alarms open with them and resolve when absent.
 
         Returns
         -------
@@ -236,7 +240,7 @@ class Monitor:
         tx.execute("SAVEPOINT vigil_monitor")
         try:
             raised = self._observe(tx, now, model, grid, scores, census, observations,
-                                   quarantine, units)
+                                   quarantine, units, findings)
         except Exception:
             tx.execute("ROLLBACK TO vigil_monitor")
             tx.execute("RELEASE vigil_monitor")
@@ -256,6 +260,7 @@ class Monitor:
         self, tx: sqlite3.Connection, now: float, model: LiveModel, grid: HourlyGrid,
         scores: Scores, census: int, observations: ObservationBatch | None,
         quarantine: Iterable[Any], units: Mapping[str, Mapping[str, int]] | None,
+        inputs: Sequence[Finding] = (),
     ) -> list[Alarm]:
         if self._started is None:
             self._start(tx, now)
@@ -267,8 +272,8 @@ class Monitor:
         self._learn_baseline(hours, now)
 
         stats: list[Stat] = []
-        findings: list[Finding] = []
-        checked: set[str] = set()
+        findings: list[Finding] = list(inputs)
+        checked: set[str] = {AlarmKind.CYCLE_INPUTS}
         # A patient's hour completes once an hour, so the window, and the labelled hours,
         # change by a quarter of the census per 15-minute cycle: judge them once an hour.
         # Feeds and quarantine are judged every cycle (a broken interface is urgent).
