@@ -144,8 +144,8 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     with StateStore.open(f"sqlite:///{out / 'state.db'}", durable=False) as store:
         result, scores = run_replay(
             source, LiveModels(active=active, shadow=None), store=store,
-            sink=FHIRSink(NDJSONWriter(out / "riskassessments")), hours=hours, monitor=monitor,
-            start=start,
+            sink=FHIRSink(NDJSONWriter(out / "riskassessments"), site="demo", deployment="demo"),
+            hours=hours, monitor=monitor, start=start,
         )
         monitoring = monitor_summary(store, monitor)
     scores.to_parquet(out / "scores.parquet", index=False)

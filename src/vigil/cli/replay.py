@@ -46,6 +46,9 @@ def replay(
     riskassessments: Annotated[
         Path | None, typer.Option(help="Also write the RiskAssessments as NDJSON here.")
     ] = None,
+    site: Annotated[
+        str, typer.Option(help="Site id in the RiskAssessment ids (deployment 'replay').")
+    ] = "site",
     public_key: Annotated[
         Path | None, typer.Option(help="Require the package signature to verify with this key.")
     ] = None,
@@ -89,7 +92,7 @@ def replay(
         from vigil.runtime.sources import FHIRSink
 
         riskassessments.mkdir(parents=True, exist_ok=True)
-        sink = FHIRSink(NDJSONWriter(riskassessments))
+        sink = FHIRSink(NDJSONWriter(riskassessments), site=site, deployment="replay")
     table = None
     if labels is not None:
         import pandas as pd

@@ -175,6 +175,11 @@ class VigilSettings(BaseSettings):
         return (init_settings,)
 
     site_id: str = Field(default="site", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    deployment_id: str = Field(
+        default="production", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Which of a site's deployments this is (e.g. 'production', 'test'); part "
+                    "of every RiskAssessment id with site_id. Changing either writes new ids.",
+    )
     data: DataSettings = DataSettings()
     fhir: FHIRSettings | None = Field(
         default=None, description="The FHIR client (vigil.fhir_adapter.FHIRSettings)."
