@@ -140,13 +140,13 @@ class CycleRunner:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         counts: dict[str, int] = {}
-        if self.store.committed(_ts(tick)):
+        cycle_id = self.store.claim_cycle(_ts(tick))
+        if cycle_id is None:
             # Scored before (a restart within the same tick): scoring again would apply the
             # alert policy twice; only finish what that cycle queued.
             reason = self.flush(counts)
             timings["total"] = time.perf_counter() - started
             return CycleResult(0, tick, "skipped", reason, counts, timings)
-        cycle_id = self.store.start_cycle(_ts(tick))
         try:
             self.checkpoint("started")
             models = self.models()

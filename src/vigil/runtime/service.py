@@ -97,7 +97,16 @@ class Service:
     ) -> None:
         self.settings = settings
         self.trigger = _trigger(settings)
-        self.store = StateStore.open(settings.store.url)
+        self.store = StateStore.open(settings.store.url, exclusive=True)
+        try:
+            self._start(settings, source=source, sink=sink)
+        except BaseException:
+            self.store.close()  # and its writer lock: a failed start holds nothing
+            raise
+
+    def _start(
+        self, settings: VigilSettings, *, source: CycleSource, sink: CycleSink | None
+    ) -> None:
         n = self.store.mark_interrupted()
         if n:
             log.warning("%d cycle(s) were interrupted by a stop; the next cycle catches up", n)
