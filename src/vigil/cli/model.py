@@ -21,10 +21,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 
 def _open(config: Path | None):  # type: ignore[no-untyped-def]
-    from vigil.runtime.settings import load_settings
+    from vigil.runtime.settings import check_public_key, load_settings
     from vigil.runtime.store import StateStore
 
     settings = load_settings(config)
+    check_public_key(settings.models.public_key, key="models.public_key")
     return settings, StateStore.open(settings.store.url)
 
 

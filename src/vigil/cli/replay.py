@@ -72,20 +72,19 @@ def replay(
     from vigil.runtime.models import LiveModels, live_model
     from vigil.runtime.recorded import load_fhir, load_ndjson
     from vigil.runtime.replay import run_replay, summarize
-    from vigil.runtime.settings import AlertSettings
+    from vigil.runtime.settings import AlertSettings, check_public_key, load_settings
     from vigil.runtime.store import StateStore
 
     if (ndjson is None) == (fhir_url is None):
         raise ConfigError("expected exactly one of --ndjson and --fhir-url", key="ndjson")
+    check_public_key(public_key, key="--public-key")
+    fhir = None if fhir_url is None else load_settings(environ=False,
+                                                       fhir={"base_url": fhir_url}).fhir
     active = live_model(model, calibration=calibration, public_key=public_key)
     if ndjson is not None:
         source, quarantined = load_ndjson(ndjson, stack_admissions=stack_admissions)
     else:
-        from vigil.fhir_adapter.settings import FHIRSettings
-
-        assert fhir_url is not None
-        source, quarantined = load_fhir(FHIRSettings(base_url=fhir_url),
-                                        stack_admissions=stack_admissions)
+        source, quarantined = load_fhir(fhir, stack_admissions=stack_admissions)
     sink = None
     if riskassessments is not None:
         from vigil.fhir_adapter.writers import NDJSONWriter

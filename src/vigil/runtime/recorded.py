@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -203,8 +204,6 @@ def load_ndjson(
     DataError
         If the directory holds no Encounter or Observation file.
     """
-    import orjson
-
     from vigil.fhir_adapter.bulk import ndjson_files
     from vigil.fhir_adapter.census import build_census
     from vigil.fhir_adapter.fast import parse_ndjson
@@ -218,11 +217,7 @@ def load_ndjson(
         )
     # The census from the Encounter, Patient and Location files only (NDJSONSource.census
     # would decode the Observation files too).
-    decoded = {
-        t: [orjson.loads(line) for p in files.get(t, ()) for line in p.read_bytes().splitlines()
-            if line.strip()]
-        for t in ("Encounter", "Patient", "Location")
-    }
+    decoded = {t: _decode(files.get(t, ())) for t in ("Encounter", "Patient", "Location")}
     census = build_census(decoded["Encounter"], decoded["Patient"], decoded["Location"])
     # Every value at once: the mapping of each file, without the source's time index.
     results = [parse_ndjson(path) for path in files["Observation"]]
@@ -231,6 +226,25 @@ def load_ndjson(
     quarantined = len(census.quarantine) + len(rejected)
     return clocked(census, batch, stack_admissions=stack_admissions, stack_days=stack_days,
                    quarantine=rejected), quarantined
+
+
+def _decode(paths: Sequence[Path]) -> list[Any]:
+    """Decode NDJSON census files; a line that is not JSON is an error naming file and line."""
+    import orjson
+
+    out = []
+    for path in paths:
+        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}, line {number}: expected one JSON resource per line, got "
+                    f"malformed JSON ({exc.msg}); fix or remove the line", source=str(path),
+                ) from None
+    return out
 
 
 def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:

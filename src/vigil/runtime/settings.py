@@ -45,6 +45,7 @@ __all__ = [
     "ScoringSettings",
     "StoreSettings",
     "VigilSettings",
+    "check_public_key",
     "check_serving",
     "load_settings",
 ]
@@ -212,7 +213,27 @@ def check_serving(settings: VigilSettings) -> None:
     if d.writeback == "ndjson" and d.writeback_dir is None:
         raise ConfigError("data.writeback = 'ndjson' needs data.writeback_dir",
                           key="data.writeback_dir")
+    check_public_key(settings.models.public_key, key="models.public_key")
     _check_outcomes(settings)
+
+
+def check_public_key(path: Path | None, *, key: str) -> None:
+    """Check that a configured public key file exists and can be read (None passes).
+
+    Raises
+    ------
+    ConfigError
+        Naming the setting or option ``key`` and the path.
+    """
+    if path is None:
+        return
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: expected the Ed25519 public key (PEM) at {path}, but it cannot be read "
+            f"({exc.strerror or exc}); fix the path or copy the key there", key=key,
+        ) from None
 
 
 def _check_outcomes(settings: VigilSettings) -> None:
