@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from vigil.cli._common import err_console, guarded, print_json
 from vigil.core.errors import ConfigError
+from vigil.core.files import replace_durably
 
 
 @guarded
@@ -43,6 +45,12 @@ def replay(
         typer.Option(help="Move stays by whole days so all ICU admissions fall on one day "
                           "(synth spreads them over a year)."),
     ] = True,
+    go_live_days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Replay as a site switching vigil on: admissions spread over "
+                                 "N days (as `vigil demo`), the replay from the start of the "
+                                 "last, so the ICU holds stays of every age."),
+    ] = None,
     riskassessments: Annotated[
         Path | None, typer.Option(help="Also write the RiskAssessments as NDJSON here.")
     ] = None,
@@ -71,20 +79,26 @@ def replay(
 
     from vigil.runtime.models import LiveModels, live_model
     from vigil.runtime.recorded import load_fhir, load_ndjson
-    from vigil.runtime.replay import run_replay, summarize
+    from vigil.runtime.replay import go_live_start, run_replay, summarize
     from vigil.runtime.settings import AlertSettings, check_public_key, load_settings
     from vigil.runtime.store import StateStore
 
     if (ndjson is None) == (fhir_url is None):
         raise ConfigError("expected exactly one of --ndjson and --fhir-url", key="ndjson")
+    if go_live_days is not None and not stack_admissions:
+        raise ConfigError("--go-live-days moves admissions by whole days; it cannot be used "
+                          "with --no-stack-admissions", key="go_live_days")
+    days = go_live_days or 1
     check_public_key(public_key, key="--public-key")
     fhir = None if fhir_url is None else load_settings(environ=False,
                                                        fhir={"base_url": fhir_url}).fhir
     active = live_model(model, calibration=calibration, public_key=public_key)
     if ndjson is not None:
-        source, quarantined = load_ndjson(ndjson, stack_admissions=stack_admissions)
+        source, quarantined = load_ndjson(ndjson, stack_admissions=stack_admissions,
+                                          stack_days=days)
     else:
-        source, quarantined = load_fhir(fhir, stack_admissions=stack_admissions)
+        source, quarantined = load_fhir(fhir, stack_admissions=stack_admissions,
+                                        stack_days=days)
     sink = None
     if riskassessments is not None:
         from vigil.fhir_adapter.writers import NDJSONWriter
@@ -108,6 +122,7 @@ def replay(
         outcomes = (None if table is None
                     else physionet_labels(table, delay_hours=label_delay_hours))
         watch = Monitor(labels=outcomes, reference=monitor_reference)
+    start = None if go_live_days is None else go_live_start(source, go_live_days)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         path = db if db is not None else Path(scratch) / "state.db"
@@ -119,14 +134,19 @@ def replay(
                 source, LiveModels(active=active, shadow=None), store=store, sink=sink,
                 alerts=AlertSettings(suppression_hours=suppression_hours), hours=hours,
                 progress=lambda i, _r: bar.update(task, completed=i + 1), monitor=watch,
+                start=start,
             )
-    scores.to_parquet(out, index=False)
+    export = io.BytesIO()
+    scores.to_parquet(export, index=False)
+    replace_durably(out, export.getvalue())  # a reader never sees half a file
     summary = summarize(scores, cycles=result.cycles + result.skipped, threshold=active.threshold,
                         labels=table)
     summary.update({
         "model": active.key, "calibrated": active.calibration is not None,
         "failed_cycles": result.failed, "resumed_cycles": result.skipped,
         "quarantined": quarantined, "out": str(out), "db": None if db is None else str(db),
+        "go_live_days": go_live_days,
+        "replay_start": None if start is None else start.isoformat(timespec="minutes"),
     })
     if json_out:
         print_json(summary)

@@ -247,13 +247,16 @@ def _decode(paths: Sequence[Path]) -> list[Any]:
     return out
 
 
-def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
+def load_fhir(
+    settings: object, *, stack_admissions: bool = False, stack_days: int = 1
+) -> tuple[ClockedSource, int]:
     """Read recorded data from a FHIR server: every in-progress ICU stay and its values.
 
     Parameters
     ----------
     settings : vigil.fhir_adapter.FHIRSettings
     stack_admissions : bool, optional
+    stack_days : int, optional
         See :func:`clocked`.
     """
     from vigil.fhir_adapter.rest import RESTSource
@@ -267,4 +270,4 @@ def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[Cloc
         source.close()
     quarantined = len(census.quarantine) + len(result.quarantine)
     return clocked(census, result.observations, stack_admissions=stack_admissions,
-                   quarantine=result.quarantine), quarantined
+                   stack_days=stack_days, quarantine=result.quarantine), quarantined
