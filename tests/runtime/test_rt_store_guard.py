@@ -16,16 +16,18 @@ def url(path):
     return f"sqlite:///{path}"
 
 
-def test_a_second_writer_is_refused_until_the_first_closes(tmp_path):
-    first = StateStore.open(url(tmp_path / "s.db"), exclusive=True)
-    with pytest.raises(ConfigError, match=r"in use by another vigil process .*stop that process"):
-        StateStore.open(url(tmp_path / "s.db"), exclusive=True)
-    # readers and non-exclusive writers (model install, promote) are not locked out
+@pytest.mark.parametrize(("kind", "other", "who"), [("cycles", "models", "serve or replay"),
+                                                     ("models", "cycles", "model install")])
+def test_a_second_writer_is_refused_until_the_first_closes(tmp_path, kind, other, who):
+    first = StateStore.open(url(tmp_path / "s.db"), lock=kind)
+    with pytest.raises(ConfigError, match=rf"in use by another vigil process \({who}"):
+        StateStore.open(url(tmp_path / "s.db"), lock=kind)
+    # readers, and the other lock's holder (a promotion while serving), are not locked out
     with StateStore.open(url(tmp_path / "s.db"), read_only=True) as reader:
         assert reader.cycles() == []
-    StateStore.open(url(tmp_path / "s.db")).close()
+    StateStore.open(url(tmp_path / "s.db"), lock=other).close()
     first.close()
-    StateStore.open(url(tmp_path / "s.db"), exclusive=True).close()
+    StateStore.open(url(tmp_path / "s.db"), lock=kind).close()
 
 
 def test_the_lock_dies_with_its_process_even_on_kill_9(tmp_path):
@@ -33,20 +35,20 @@ def test_the_lock_dies_with_its_process_even_on_kill_9(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from vigil.runtime.store import StateStore
-            store = StateStore.open("sqlite:///{tmp_path / 's.db'}", exclusive=True)
+            store = StateStore.open("sqlite:///{tmp_path / 's.db'}", lock="cycles")
             print("locked", flush=True)
             time.sleep(600)
         """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match="in use by another vigil process"):
-            StateStore.open(url(tmp_path / "s.db"), exclusive=True)
+            StateStore.open(url(tmp_path / "s.db"), lock="cycles")
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    assert (tmp_path / "s.db.lock").exists()  # the file stays; the lock does not
-    StateStore.open(url(tmp_path / "s.db"), exclusive=True).close()
+    assert (tmp_path / "s.db.cycles.lock").exists()  # the file stays; the lock does not
+    StateStore.open(url(tmp_path / "s.db"), lock="cycles").close()
 
 
 def test_check_and_claim_of_a_tick_are_one_transaction(tmp_path):
@@ -91,10 +93,10 @@ def test_a_file_that_is_not_a_database_is_refused_with_one_line(tmp_path, conten
     path = tmp_path / "s.db"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=r"cannot use the state store .*s\.db|damaged") as err:
-        StateStore.open(url(path), exclusive=True)
+        StateStore.open(url(path), lock="cycles")
     assert "\n" not in str(err.value)
     path.unlink()
-    StateStore.open(url(path), exclusive=True).close()  # the lock was released on the error
+    StateStore.open(url(path), lock="cycles").close()  # the lock was released on the error
 
 
 def test_a_store_in_a_missing_or_unwritable_place_is_refused_with_one_line(tmp_path):

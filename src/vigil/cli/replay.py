@@ -126,7 +126,7 @@ def replay(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         path = db if db is not None else Path(scratch) / "state.db"
-        with StateStore.open(f"sqlite:///{path}", durable=False, exclusive=True) as store, Progress(
+        with StateStore.open(f"sqlite:///{path}", durable=False, lock="cycles") as store, Progress(
             console=err_console, transient=True, disable=json_out
         ) as bar:
             task = bar.add_task("replaying", total=None)

@@ -97,7 +97,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.trigger = _trigger(settings)
-        self.store = StateStore.open(settings.store.url, exclusive=True)
+        self.store = StateStore.open(settings.store.url, lock="cycles")
         try:
             self._start(settings, source=source, sink=sink)
         except BaseException:

@@ -64,14 +64,15 @@ class StateStore:
 
     @classmethod
     def open(cls, url: str, *, read_only: bool = False, durable: bool = True,
-             exclusive: bool = False) -> StateStore:
+             lock: str | None = None) -> StateStore:
         """Open (and create or migrate) the store at a ``sqlite:///PATH`` URL.
 
         ``durable`` syncs every commit to disk (``synchronous = FULL``), so a power
         loss loses no committed cycle; without it (replay, tests) a commit survives a
         killed process but not a power cut (WAL with ``synchronous = NORMAL``).
-        ``exclusive`` takes the store's :class:`~vigil.runtime.store_guard.WriterLock`
-        (one process running cycles per store). A writable store is checked with
+        ``lock`` takes one of the store's :class:`~vigil.runtime.store_guard.WriterLock`:
+        ``"cycles"`` (one process running cycles per store) or ``"models"`` (one
+        install or promotion at a time). A writable store is checked with
         ``PRAGMA quick_check`` first (:mod:`vigil.runtime.store_guard`).
 
         Raises
@@ -81,12 +82,12 @@ class StateStore:
             locked by another process; one line naming the file.
         """
         path = sqlite_path(url)
-        lock = conn = None
+        held = conn = None
         with store_errors(path):
             try:
                 if path != ":memory:" and not read_only:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
-                    lock = WriterLock(path) if exclusive else None
+                    held = WriterLock(path, kind=lock) if lock is not None else None
                 target = f"file:{path}?mode=ro" if read_only else path
                 conn = sqlite3.connect(target, uri=read_only, isolation_level=None,
                                        check_same_thread=False, timeout=30.0)
@@ -95,7 +96,7 @@ class StateStore:
                 # makes every insert of a cycle a page miss), and scratch tables in memory.
                 conn.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")
                 conn.execute("PRAGMA temp_store = MEMORY")
-                store = cls(conn, lock=lock)
+                store = cls(conn, lock=held)
                 if not read_only:
                     check_integrity(conn, path)
                     conn.execute("PRAGMA journal_mode = WAL")
@@ -107,8 +108,8 @@ class StateStore:
             except BaseException:
                 if conn is not None:
                     conn.close()
-                if lock is not None:
-                    lock.release()
+                if held is not None:
+                    held.release()
                 raise
         return store
 

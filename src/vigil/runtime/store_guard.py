@@ -1,10 +1,14 @@
 """What guards a state store at start: one writer, a sound file, one-line errors.
 
-- :class:`WriterLock`: an exclusive ``flock`` on ``<store>.lock``, taken by every
-  process that runs cycles on the store (``vigil serve``, ``vigil replay --db``). The
+- :class:`WriterLock`: an exclusive ``flock`` on ``<store>.cycles.lock``, taken by
+  every process that runs cycles on the store (``vigil serve``, ``vigil replay --db``),
+  or on ``<store>.models.lock``, taken by ``vigil model install`` and ``promote``. The
   operating system releases it when the process ends, however it ends (``kill -9``
   included), so it never goes stale the way a PID file does; the lock file's
-  presence means nothing. A second runner on the same store refuses to start.
+  presence means nothing. A second runner (or a second install) on the same store
+  refuses to start. The two locks are apart on purpose: a model is installed and
+  promoted while the service runs (it loads the new one at its next cycle), each
+  change being one SQLite transaction.
 - :func:`check_integrity`: ``PRAGMA quick_check`` when the store opens. It reads
   every page and checks the b-trees and their records (``integrity_check`` also
   matches every index against its table, which grows as N log N on a large store;
@@ -24,7 +28,10 @@ from pathlib import Path
 
 from vigil.core.errors import ConfigError
 
-__all__ = ["WriterLock", "check_integrity", "store_errors"]
+__all__ = ["LOCKS", "WriterLock", "check_integrity", "store_errors"]
+
+LOCKS = {"cycles": "serve or replay", "models": "model install or promote"}
+"""The writer locks of a store, and who takes each."""
 
 
 class WriterLock:
@@ -33,7 +40,9 @@ class WriterLock:
     Parameters
     ----------
     path : str
-        The store's database file; the lock is on ``<path>.lock`` beside it.
+        The store's database file; the lock is on ``<path>.<kind>.lock`` beside it.
+    kind : {"cycles", "models"}
+        Which of :data:`LOCKS`.
 
     Raises
     ------
@@ -41,8 +50,10 @@ class WriterLock:
         If another process holds the lock.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path + ".lock")
+    def __init__(self, path: str, *, kind: str) -> None:
+        if kind not in LOCKS:
+            raise ValueError(f"expected a lock kind in {sorted(LOCKS)}, got {kind!r}")
+        self.path = Path(f"{path}.{kind}.lock")
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,8 +61,8 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
             raise ConfigError(
-                f"the state store {path} is in use by another vigil process (serve or "
-                "replay); stop that process first, or point store.url at another database",
+                f"the state store {path} is in use by another vigil process ({LOCKS[kind]}); "
+                "wait for it or stop it first, or point store.url at another database",
                 key="store.url",
             ) from None
 

@@ -64,7 +64,7 @@ DRIVER = textwrap.dedent('''
     live = LiveModels(live_model(pkg), None)
     Path(out).mkdir(parents=True, exist_ok=True)
     runner = CycleRunner(
-        store=StateStore.open(f"sqlite:///{db}", exclusive=True), source=source,
+        store=StateStore.open(f"sqlite:///{db}", lock="cycles"), source=source,
         sink=FHIRSink(NDJSONWriter(Path(out)), site="faults", deployment="test"),
         models=lambda: live, scoring=ScoringSettings(), alerts=AlertSettings(suppression_hours=1.0),
         writeback_batch=2,
@@ -226,6 +226,9 @@ def test_a_second_instance_on_the_same_store_refuses_to_start(world, site, stop)
         replay = vigil("replay", "--model", world / "pkg", "--ndjson", world / "ndjson",
                        "--out", site.parent / "r.parquet", "--db", site.parent / "state.db")
         assert_one_line_exit_2(replay, "is in use by another vigil process")
+        # a promotion is not a second runner: it goes through while the service runs
+        promoted = vigil("model", "promote", "1.0.0", "--config", site)
+        assert promoted.returncode == 0, promoted.stderr
     finally:
         first.send_signal(stop)
         first.wait(timeout=60)
