@@ -170,6 +170,26 @@ def test_a_full_disk_queues_write_back_and_the_next_run_catches_up(world, refere
         assert not (out / "RiskAssessment.ndjson.quarantine").exists()
 
 
+def test_a_full_disk_under_the_store_fails_the_cycle_cleanly_and_the_next_catches_up(
+        world, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "200k") as disk:
+        config = site_toml(world, tmp_path / "site.toml", store=disk / "state.db")
+        assert vigil("model", "install", world / "pkg", "--config", config).returncode == 0
+        full = vigil("serve", "--config", config, "--once")
+        assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+        record = json.loads(full.stdout)
+        assert record["status"] == "failed" and "disk is full" in record["reason"]
+        subprocess.run(["mount", "-o", "remount,size=8m", disk], check=True)
+        again = vigil("serve", "--config", config, "--once")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert json.loads(again.stdout)["status"] == "ok"
+        with StateStore.open(f"sqlite:///{disk / 'state.db'}", read_only=True) as store:
+            assert store.cycles()[-1].status == "ok" and store.pending() == []
+            scored = store.cycles()[-1].counts["scored"]
+        ids = [r["id"] for r in written(tmp_path / "writeback")]
+        assert len(ids) == len(set(ids)) == scored == 6
+
+
 # -- vigil serve and the other commands, as an operator runs them -------------------------------
 
 
