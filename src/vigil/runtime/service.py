@@ -196,10 +196,18 @@ class Service:
         s = self.settings
         ops = None
         if s.ops.enabled:
-            ops = OpsServer(
-                host=s.ops.host, port=s.ops.port, ready=self.readiness, metrics=self.metrics,
-                patient_scores=self.patient_scores,
-            ).start()
+            try:
+                ops = OpsServer(
+                    host=s.ops.host, port=s.ops.port, ready=self.readiness, metrics=self.metrics,
+                    patient_scores=self.patient_scores,
+                ).start()
+            except OSError as exc:
+                self.close()
+                raise ConfigError(
+                    f"the ops endpoint cannot listen on {s.ops.host}:{s.ops.port} "
+                    f"({exc.strerror or exc}); set ops.port to a free port, or ops.enabled = "
+                    "false", key="ops.port",
+                ) from None
         scheduler = BackgroundScheduler(timezone=s.scheduler.timezone)
         extra = {"next_run_time": datetime.now(UTC)} if s.scheduler.run_at_start else {}
         scheduler.add_job(

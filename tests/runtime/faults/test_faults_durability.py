@@ -10,6 +10,7 @@ duplicated, and every operator mistake is one line on stderr with exit code 2.
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -345,3 +346,39 @@ def test_bad_replay_inputs_are_one_line_and_exit_2(world, tmp_path):
     assert_one_line_exit_2(vigil("model", "promote", "9.9.9", "--config",
                                  site_toml(world, tmp_path / "site.toml")), "9.9.9")
 
+
+
+def test_unusable_paths_and_ports_are_one_line_and_exit_2(world, site, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    text = site.read_text()
+    below_file = {
+        "writeback": site.with_name("wb.toml"),
+        "models": site.with_name("models.toml"),
+    }
+    below_file["writeback"].write_text(text.replace(str(site.parent / "writeback"),
+                                                    str(a_file / "writeback")))
+    below_file["models"].write_text(text.replace(str(site.parent / "models"),
+                                                 str(a_file / "models")))
+    assert_one_line_exit_2(vigil("serve", "--config", tmp_path, "--once"),
+                           f"Is a directory: {tmp_path}")
+    assert_one_line_exit_2(vigil("serve", "--config", below_file["writeback"], "--once"),
+                           f"Not a directory: {a_file / 'writeback'}")
+    assert_one_line_exit_2(vigil("model", "install", world / "pkg", "--config",
+                                 below_file["models"]), "Not a directory")
+    assert_one_line_exit_2(vigil("monitor", "report", "--db", site.parent / "state.db", "--out",
+                                 a_file / "report"), "Not a directory")
+    assert_one_line_exit_2(vigil("replay", "--model", world / "pkg", "--ndjson", world / "ndjson",
+                                 "--out", a_file / "scores.parquet"), str(a_file))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ops = site.with_name("ops.toml")
+        ops.write_text(text.replace("enabled = false", f"enabled = true\nport = {port}"))
+        done = vigil("serve", "--config", ops)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the ops endpoint cannot listen on") and str(port) in last
+    # the failed start released the store: the next start runs
+    assert vigil("serve", "--config", site, "--once").returncode == 0
