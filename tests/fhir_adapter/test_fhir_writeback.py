@@ -181,3 +181,16 @@ def test_a_torn_last_line_is_quarantined_on_open_and_the_rest_kept(
     assert writer.write([first, second]).written == 1  # the torn one is written again, once
     assert [orjson.loads(x)["id"] for x in path.read_bytes().splitlines()] == [first["id"],
                                                                               second["id"]]
+
+
+def test_an_append_after_a_torn_tail_starts_on_a_new_line(tmp_path: Path) -> None:
+    from vigil.core.files import append_durably, split_torn_tail
+
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(b'{"a": 1}\n{"b": ')  # a process died inside its append
+    append_durably(path, b'{"c": 3}\n')
+    assert path.read_bytes() == b'{"a": 1}\n{"b": \n{"c": 3}\n'
+    assert split_torn_tail(path.read_bytes())[1] == b""
+    append_durably(tmp_path / "new.ndjson", b"1\n")
+    append_durably(tmp_path / "new.ndjson", b"2\n")
+    assert (tmp_path / "new.ndjson").read_bytes() == b"1\n2\n"

@@ -6,7 +6,8 @@ through :func:`append_durably`: the bytes are written with ``O_APPEND`` and sync
 back to the file's previous length before the error propagates, so the caller can
 treat "returned" as "on disk" and "raised" as "nothing written". A process killed
 in the middle of a write can still leave a *torn tail* (a last line without its
-newline); :func:`split_torn_tail` finds it when the file is opened again.
+newline); :func:`split_torn_tail` finds it when the file is opened again, and the next
+append starts on a new line, so a torn tail never runs into a good line.
 :func:`replace_durably` rewrites a whole file (temporary file, ``fsync``,
 ``os.replace``, directory ``fsync``): a reader sees the old or the new content, never
 a mix.
@@ -31,6 +32,8 @@ def _sync_dir(directory: Path) -> None:
 def append_durably(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` and sync it; on failure leave the file as it was.
 
+    If the file does not end with a newline (a torn tail), a newline is written first.
+
     Parameters
     ----------
     path : Path
@@ -45,9 +48,11 @@ def append_durably(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         before = os.fstat(fd).st_size
+        if before and os.pread(fd, 1, before - 1) != b"\n":
+            data = b"\n" + data
         try:
             view = memoryview(data)
             while view:
