@@ -92,6 +92,18 @@ def test_stored_scores_give_the_same_calibration(work):
     assert again["achieved"] == pytest.approx(summary["achieved"])
 
 
+@pytest.mark.parametrize("alias", ["platt", "sigmoid", "Platt"])
+def test_platt_and_sigmoid_name_the_logistic_method(work, alias):
+    root, summary = work
+    out = run("calibrate", "--model", str(root / "pkg"), "--hospital", "B", "--policy",
+              "sensitivity=0.8", "--out", str(root / f"{alias}.json"), "--bootstrap", "200",
+              "--method", alias, "--json")
+    again = json.loads(out.stdout)
+    assert again["method"] == summary["method"] == "logistic"  # the canonical name is stored
+    assert json.loads((root / f"{alias}.json").read_text())["method"] == "logistic"
+    assert again["threshold"] == pytest.approx(summary["threshold"], rel=1e-12)
+
+
 def test_evaluate_applies_the_record(work):
     root, _ = work
     record = load_record(root / "calibration.json")
@@ -122,7 +134,9 @@ def test_evaluate_refuses_a_record_of_another_model_version(work):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--policy", "sensitivity=2"], r"target in (0, 1]"),
-    (["--policy", "utility", "--method", "platt"], "unknown calibration method 'platt'"),
+    (["--policy", "utility", "--method", "plat"],
+     "unknown calibration method 'plat'; expected one of in-the-large, logistic, beta, isotonic, "
+     "platt, sigmoid. Did you mean 'platt'?"),
     (["--policy", "utility", "--hospital", "C"], "hospital 'C'"),
 ])
 def test_bad_options_exit_2_with_a_message(work, args, message):

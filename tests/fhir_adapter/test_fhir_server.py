@@ -178,7 +178,8 @@ def test_incremental_fetch_pages_and_rebuilds_the_rows(fhir_server: str, loaded,
 
 def test_writeback_twice_leaves_one_resource(fhir_server: str, loaded) -> None:
     when = datetime(2026, 1, 1, 12, 15, tzinfo=UTC)
-    ra = risk_assessment(patient=loaded["frame"]["patient_id"].iloc[0], encounter=None,
+    ra = risk_assessment(site="a", deployment="test",
+                         patient=loaded["frame"]["patient_id"].iloc[0], encounter=None,
                          model_name="sepsis-gbm", model_version="1.2.0", scored_at=when,
                          probability=0.37, threshold=0.3, basis=["obs-1"])
     with RESTWriter(settings(fhir_server)) as writer:
@@ -344,7 +345,8 @@ def test_smart_backend_services(auth_server, alg: str, caplog) -> None:  # type:
     cfg = settings(auth_server["base"], auth="smart", smart={
         "client_id": f"vigil-{alg.lower()}", "key_id": "k1", "algorithm": alg,
         "private_key_pem": key, "scope": "system/*.rs system/RiskAssessment.cu"})
-    ra = risk_assessment(patient="p1", model_name="m", model_version="1", probability=0.1,
+    ra = risk_assessment(site="a", deployment="test", patient="p1", model_name="m",
+                         model_version="1", probability=0.1,
                          scored_at=datetime(2026, 1, 1, tzinfo=UTC))
     with RESTSource(cfg) as source, RESTWriter(cfg, credentials=source.http.credentials) as writer:
         source.check()

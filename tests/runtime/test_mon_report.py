@@ -83,4 +83,4 @@ def test_cli_errors_are_clean(tmp_path):
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
     result = CliRunner().invoke(app, ["monitor", "report", "--db", str(other), "--out",
                                       str(tmp_path / "r")])
-    assert result.exit_code == 2 and "holds no monitoring tables" in result.output
+    assert result.exit_code == 2 and "holds no readable monitoring tables" in result.output

@@ -50,7 +50,8 @@ DRIVER = textwrap.dedent('''
     live = LiveModels(live_model(pkg), None)
     runner = CycleRunner(
         store=StateStore.open(f"sqlite:///{db}"), source=source,
-        sink=FHIRSink(RESTWriter(FHIRSettings(base_url=base_url))), models=lambda: live,
+        sink=FHIRSink(RESTWriter(FHIRSettings(base_url=base_url)), site="crash", deployment="test"),
+        models=lambda: live,
         scoring=ScoringSettings(), alerts=AlertSettings(suppression_hours=1.0),
         checkpoint=checkpoint, writeback_batch=2,
     )

@@ -180,7 +180,7 @@ def test_census_round_trip(store):
 
 
 def test_outbox_cycles_and_quarantine(store):
-    cid = store.start_cycle(1000.0)
+    cid = store.claim_cycle(1000.0)
     with store.transaction() as tx:
         store.enqueue(tx, cid, [("ra-1", 1000.0, "{}"), ("ra-2", 1000.0, "{}")])
         store.put_quarantine(tx, cid, [Quarantine("Observation", "o1", "unknown unit")])
@@ -192,7 +192,7 @@ def test_outbox_cycles_and_quarantine(store):
     assert store.count("quarantine") == 1
     with pytest.raises(ValueError, match="unknown table 'nope'"):
         store.count("nope")
-    store.start_cycle(1900.0)
+    store.claim_cycle(1900.0)
     assert store.mark_interrupted() == 2
     assert [c.status for c in store.cycles()] == ["interrupted", "interrupted"]
     assert store.last_good_cycle() is None

@@ -1,4 +1,8 @@
-"""The recalibration methods by name: ``in-the-large``, ``logistic``, ``isotonic``, ``beta``."""
+"""The recalibration methods by name: ``in-the-large``, ``logistic``, ``isotonic``, ``beta``.
+
+``platt`` and ``sigmoid`` (scikit-learn's name) are accepted for ``logistic``: the
+same map (Platt 1999, on the logit); a stored record keeps the canonical name.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,14 @@ from vigil.calibration.isotonic import IsotonicCalibration
 from vigil.calibration.parametric import BetaCalibration, InTheLarge, LogisticCalibration
 from vigil.core.errors import ConfigError
 
-__all__ = ["CALIBRATORS", "Method", "calibrator_from_dict", "make_calibrator", "parse_method"]
+__all__ = [
+    "ALIASES",
+    "CALIBRATORS",
+    "Method",
+    "calibrator_from_dict",
+    "make_calibrator",
+    "parse_method",
+]
 
 
 class Method(StrEnum):
@@ -31,18 +42,24 @@ CALIBRATORS: dict[Method, type[Calibrator]] = {
 }
 
 
+ALIASES: dict[str, Method] = {"platt": Method.LOGISTIC, "sigmoid": Method.LOGISTIC}
+"""Other names of methods (Platt's, scikit-learn's ``CalibratedClassifierCV(method=...)``)."""
+
+
 def parse_method(name: str | Method) -> Method:
-    """Look up the :class:`Method` called ``name``.
+    """Look up the :class:`Method` called ``name`` (or one of its :data:`ALIASES`).
 
     Raises
     ------
     ConfigError
         Naming the valid methods and the closest one.
     """
+    if isinstance(name, str) and name.lower() in ALIASES:
+        return ALIASES[name.lower()]
     try:
         return Method(name)
     except ValueError:
-        names = [m.value for m in Method]
+        names = [m.value for m in Method] + list(ALIASES)
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(

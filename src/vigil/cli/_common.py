@@ -66,12 +66,24 @@ def setup_logging(verbose: bool = False) -> None:
 
 @contextmanager
 def fail_on_vigil_error() -> Iterator[None]:
-    """Turn a :class:`VigilError` into a one-line message on stderr and exit code 2."""
+    """Turn a :class:`VigilError` into a one-line message on stderr and exit code 2.
+
+    So is an ``OSError`` that reaches a command (a path that is a file, a directory
+    that cannot be created, a full disk, a port in use): an operator's environment,
+    not a bug, so one line naming the file rather than a traceback.
+    """
     try:
         yield
     except VigilError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        _fail(str(exc))
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2) from None
 
 
 def guarded(fn: Callable[..., T]) -> Callable[..., T]:

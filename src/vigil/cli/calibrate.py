@@ -53,7 +53,7 @@ def calibrate(
     out: Annotated[Path, typer.Option(help="Calibration record to write (calibration.json).")],
     data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
     method: Annotated[
-        str, typer.Option(help="in-the-large, logistic, beta or isotonic.")
+        str, typer.Option(help="in-the-large, logistic (also: platt, sigmoid), beta or isotonic.")
     ] = "logistic",
     scores: Annotated[
         Path | None,

@@ -95,8 +95,6 @@ def _equality(package: Any, record: Any, test: Any, scores: Any) -> float:
 
 def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20) -> dict[str, Any]:
     """Run the five steps into ``out``; returns the summary."""
-    from datetime import timedelta
-
     import numpy as np
 
     from vigil.calibration.record import load_record
@@ -107,7 +105,13 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     from vigil.runtime.models import LiveModels, live_model
     from vigil.runtime.monitoring import Monitor
     from vigil.runtime.recorded import load_ndjson
-    from vigil.runtime.replay import monitor_summary, physionet_labels, run_replay, summarize
+    from vigil.runtime.replay import (
+        go_live_start,
+        monitor_summary,
+        physionet_labels,
+        run_replay,
+        summarize,
+    )
     from vigil.runtime.sources import FHIRSink
     from vigil.runtime.store import StateStore
 
@@ -142,9 +146,7 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     timings["synth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    first, _ = source.span
-    start = first.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
-        days=ADMISSION_DAYS - 1)
+    start = go_live_start(source, ADMISSION_DAYS)
     log(f"4/5 replay: the runtime cycle every 15 simulated minutes for {hours:g} hours, "
         f"admissions on {ADMISSION_DAYS} days, from the start of the last")
     active = live_model(package.path, calibration=record_path,
@@ -154,8 +156,8 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     with StateStore.open(f"sqlite:///{out / 'state.db'}", durable=False) as store:
         result, scores = run_replay(
             source, LiveModels(active=active, shadow=None), store=store,
-            sink=FHIRSink(NDJSONWriter(out / "riskassessments")), hours=hours, monitor=monitor,
-            start=start,
+            sink=FHIRSink(NDJSONWriter(out / "riskassessments"), site="demo", deployment="demo"),
+            hours=hours, monitor=monitor, start=start,
         )
         monitoring = monitor_summary(store, monitor)
     scores.to_parquet(out / "scores.parquet", index=False)

@@ -353,7 +353,8 @@ def pull(
     from vigil.runtime.store import StateStore
 
     settings = load_settings(config)
-    with tempfile.TemporaryDirectory() as tmp, StateStore.open(settings.store.url) as store:
+    with (tempfile.TemporaryDirectory() as tmp,
+          StateStore.open(settings.store.url, lock="models") as store):
         release, package = fetch_release(registry, tmp, version=version,
                                          public_key=settings.models.trusted_key())
         have = {(r.name, r.version): r for r in store.models()}

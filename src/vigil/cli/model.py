@@ -20,12 +20,13 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
-def _open(config: Path | None):  # type: ignore[no-untyped-def]
-    from vigil.runtime.settings import load_settings
+def _open(config: Path | None, *, lock: str | None = None):  # type: ignore[no-untyped-def]
+    from vigil.runtime.settings import check_public_key, load_settings
     from vigil.runtime.store import StateStore
 
     settings = load_settings(config)
-    return settings, StateStore.open(settings.store.url)
+    check_public_key(settings.models.public_key, key="models.public_key")
+    return settings, StateStore.open(settings.store.url, lock=lock)
 
 
 @app.command("install")
@@ -46,7 +47,7 @@ def install(
     """Verify a package (hashes, signature, feature schema, inference) and install it."""
     from vigil.runtime.models import install_model, model_summary
 
-    settings, store = _open(config)
+    settings, store = _open(config, lock="models")
     setup_logging()  # the unsigned opt-out is logged as a WARNING
     with store:
         row = install_model(
@@ -76,7 +77,7 @@ def promote(
     """Make an installed model the active one (or the shadow one); the previous holder retires."""
     from vigil.runtime.models import model_summary, promote_model
 
-    _, store = _open(config)
+    _, store = _open(config, lock="models")
     with store:
         row = promote_model(store, version, name=name, role="shadow" if shadow else "active")
     if json_out:

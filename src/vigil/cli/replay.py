@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from vigil.cli._common import err_console, guarded, print_json
 from vigil.core.errors import ConfigError
+from vigil.core.files import replace_durably
 
 
 @guarded
@@ -49,9 +51,18 @@ def replay(
         typer.Option(help="Move stays by whole days so all ICU admissions fall on one day "
                           "(synth spreads them over a year)."),
     ] = True,
+    go_live_days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Replay as a site switching vigil on: admissions spread over "
+                                 "N days (as `vigil demo`), the replay from the start of the "
+                                 "last, so the ICU holds stays of every age."),
+    ] = None,
     riskassessments: Annotated[
         Path | None, typer.Option(help="Also write the RiskAssessments as NDJSON here.")
     ] = None,
+    site: Annotated[
+        str, typer.Option(help="Site id in the RiskAssessment ids (deployment 'replay').")
+    ] = "site",
     public_key: Annotated[
         Path | None, typer.Option(help="Require the package signature to verify with this key.")
     ] = None,
@@ -74,26 +85,32 @@ def replay(
 
     from vigil.runtime.models import LiveModels, live_model
     from vigil.runtime.recorded import load_fhir, load_ndjson
-    from vigil.runtime.replay import run_replay, summarize
-    from vigil.runtime.settings import AlertSettings
+    from vigil.runtime.replay import go_live_start, run_replay, summarize
+    from vigil.runtime.settings import AlertSettings, check_public_key
     from vigil.runtime.store import StateStore
 
     if (ndjson is None) == (fhir_url is None and config is None):
         raise ConfigError("expected exactly one of --ndjson and --fhir-url (or --config with "
                           "[fhir])", key="ndjson")
+    if go_live_days is not None and not stack_admissions:
+        raise ConfigError("--go-live-days moves admissions by whole days; it cannot be used "
+                          "with --no-stack-admissions", key="go_live_days")
+    days = go_live_days or 1
+    check_public_key(public_key, key="--public-key")
     active = live_model(model, calibration=calibration, public_key=public_key)
     if ndjson is not None:
-        source, quarantined = load_ndjson(ndjson, stack_admissions=stack_admissions)
+        source, quarantined = load_ndjson(ndjson, stack_admissions=stack_admissions,
+                                          stack_days=days)
     else:
         source, quarantined = load_fhir(_fhir_settings(fhir_url, config),
-                                        stack_admissions=stack_admissions)
+                                        stack_admissions=stack_admissions, stack_days=days)
     sink = None
     if riskassessments is not None:
         from vigil.fhir_adapter.writers import NDJSONWriter
         from vigil.runtime.sources import FHIRSink
 
         riskassessments.mkdir(parents=True, exist_ok=True)
-        sink = FHIRSink(NDJSONWriter(riskassessments))
+        sink = FHIRSink(NDJSONWriter(riskassessments), site=site, deployment="replay")
     table = None
     if labels is not None:
         import pandas as pd
@@ -110,10 +127,11 @@ def replay(
         outcomes = (None if table is None
                     else physionet_labels(table, delay_hours=label_delay_hours))
         watch = Monitor(labels=outcomes, reference=monitor_reference)
+    start = None if go_live_days is None else go_live_start(source, go_live_days)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         path = db if db is not None else Path(scratch) / "state.db"
-        with StateStore.open(f"sqlite:///{path}", durable=False) as store, Progress(
+        with StateStore.open(f"sqlite:///{path}", durable=False, lock="cycles") as store, Progress(
             console=err_console, transient=True, disable=json_out
         ) as bar:
             task = bar.add_task("replaying", total=None)
@@ -121,8 +139,11 @@ def replay(
                 source, LiveModels(active=active, shadow=None), store=store, sink=sink,
                 alerts=AlertSettings(suppression_hours=suppression_hours), hours=hours,
                 progress=lambda i, _r: bar.update(task, completed=i + 1), monitor=watch,
+                start=start,
             )
-    scores.to_parquet(out, index=False)
+    export = io.BytesIO()
+    scores.to_parquet(export, index=False)
+    replace_durably(out, export.getvalue())  # a reader never sees half a file
     summary = summarize(scores, cycles=result.cycles + result.skipped, threshold=active.threshold,
                         labels=table)
     summary.update({
@@ -132,6 +153,8 @@ def replay(
         "withheld": sum(r.counts.get("withheld", 0) for r in result.results),
         "quarantined": quarantined, "out": str(out), "db": None if db is None else str(db),
         "read": source.counts.as_dict(), "ignored_codes": source.counts.top_ignored(10),
+        "go_live_days": go_live_days,
+        "replay_start": None if start is None else start.isoformat(timespec="minutes"),
     })
     if json_out:
         print_json(summary)
@@ -155,17 +178,15 @@ def replay(
 
 
 def _fhir_settings(fhir_url: str | None, config: Path | None):  # type: ignore[no-untyped-def]
-    """Return ``[fhir]`` of the site file (``--fhir-url`` overriding its URL), or the URL's."""
-    from vigil.fhir_adapter.settings import FHIRSettings
+    """Return ``[fhir]`` of the site file (``--fhir-url`` overriding its URL), or the URL's.
 
-    if config is None:
-        assert fhir_url is not None
-        return FHIRSettings(base_url=fhir_url)
+    Both go through :func:`vigil.runtime.settings.load_settings`, so a bad URL or section is
+    one :class:`ConfigError` line, with no secret of the file in it.
+    """
     from vigil.runtime.settings import load_settings
 
-    fhir = load_settings(config, environ=False).fhir
+    override = {} if fhir_url is None else {"fhir": {"base_url": fhir_url}}
+    fhir = load_settings(config, environ=False, **override).fhir
     if fhir is None:
         raise ConfigError(f"expected a [fhir] section in {config}", key="fhir")
-    if fhir_url is None:
-        return fhir
-    return FHIRSettings.model_validate({**fhir.model_dump(), "base_url": fhir_url})
+    return fhir

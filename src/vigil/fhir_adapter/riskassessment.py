@@ -2,10 +2,13 @@
 
 Element choices (``research/clinical-runtime.md`` section 4.1):
 
-- ``id``: UUID v5 of ``(patient, model name, model version, scoring time in UTC
-  microseconds)`` in a fixed vigil namespace, so a retried cycle writes the same
-  resource (``PUT RiskAssessment/{id}``) instead of a second one; the same UUID is the
-  ``identifier`` (``urn:ietf:rfc:3986`` / ``urn:uuid:...``).
+- ``id``: UUID v5 of ``(site, deployment, patient, model name, model version,
+  scoring time in UTC microseconds)`` in a fixed vigil namespace, so a retried cycle
+  writes the same resource (``PUT RiskAssessment/{id}``) instead of a second one,
+  while two sites (or two deployments of one site) writing to one FHIR server never
+  overwrite each other's; a UUID is a valid FHIR id (letters, digits, ``-`` and
+  ``.``, at most 64) whatever the site and patient ids hold. The same UUID is the ``identifier``
+  (``urn:ietf:rfc:3986`` / ``urn:uuid:...``).
 - ``status`` ``final``; ``subject`` the Patient; ``encounter`` the ICU Encounter;
   ``occurrenceDateTime`` the scoring time (the tick, not the data time).
 - ``method`` names the model: system :data:`MODEL_SYSTEM`, code = model name,
@@ -65,13 +68,15 @@ def _instant(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
-def risk_assessment_id(*, patient: str, model_name: str, model_version: str,
-                       scored_at: datetime) -> str:
+def risk_assessment_id(*, site: str, deployment: str, patient: str, model_name: str,
+                       model_version: str, scored_at: datetime) -> str:
     """Return the deterministic id of a score.
 
-    UUID v5 of patient, model name and version, and scoring time (UTC, microseconds).
+    UUID v5 of site, deployment, patient, model name and version, and scoring time
+    (UTC, microseconds).
     """
-    key = f"{patient}|{model_name}|{model_version}|{_instant(_utc(scored_at))}"
+    key = (f"{site}|{deployment}|{patient}|{model_name}|{model_version}|"
+           f"{_instant(_utc(scored_at))}")
     return str(uuid.uuid5(RISK_ID_NAMESPACE, key))
 
 
@@ -86,8 +91,9 @@ def qualitative_risk(probability: float, *, threshold: float) -> str:
     return "moderate" if probability >= threshold / 2 else "low"
 
 
-def risk_assessment(*, patient: str, model_name: str, model_version: str, scored_at: datetime,
-                    probability: float, encounter: str | None = None,
+def risk_assessment(*, site: str, deployment: str, patient: str, model_name: str,
+                    model_version: str, scored_at: datetime, probability: float,
+                    encounter: str | None = None,
                     qualitative: str | None = None, threshold: float | None = None,
                     basis: Iterable[str] = (), horizon: timedelta | None = timedelta(hours=6),
                     basis_limit: int = 50, notes: Iterable[str] = ()) -> dict[str, Any]:
@@ -95,6 +101,9 @@ def risk_assessment(*, patient: str, model_name: str, model_version: str, scored
 
     Parameters
     ----------
+    site, deployment : str
+        The site's id and its deployment's (settings ``site_id`` and
+        ``deployment_id``): part of the resource id.
     patient : str
         FHIR Patient id.
     model_name, model_version : str
@@ -140,7 +149,8 @@ def risk_assessment(*, patient: str, model_name: str, model_version: str, scored
         raise DataError(f"expected qualitative risk in {', '.join(QUALITATIVE_RISKS)}, "
                         f"got {qualitative!r}")
     when = _utc(scored_at)
-    rid = risk_assessment_id(patient=patient, model_name=model_name,
+    rid = risk_assessment_id(site=site, deployment=deployment, patient=patient,
+                             model_name=model_name,
                              model_version=model_version, scored_at=when)
     prediction: dict[str, Any] = {
         "extension": [{"url": PROBABILITY_SCALE_URL, "valueCode": "fraction"}],

@@ -27,8 +27,9 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = ["AuthMode", "FHIRSettings", "SMARTSettings"]
 
@@ -148,7 +149,7 @@ class FHIRSettings(BaseModel):
 
     model_config = _CONFIG
 
-    base_url: str = Field(min_length=1, pattern=r"^https?://")
+    base_url: str = Field(min_length=1)
     auth: AuthMode = AuthMode.NONE
     bearer_token: SecretStr | None = None
     smart: SMARTSettings | None = None
@@ -168,6 +169,15 @@ class FHIRSettings(BaseModel):
     accept_preliminary: bool = False
     understood_modifiers: frozenset[str] = frozenset()
     strict_search: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _has_host(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host, such as "
+                             "https://ehr.example.org/fhir")
+        return value
 
     @model_validator(mode="after")
     def _auth_complete(self) -> FHIRSettings:

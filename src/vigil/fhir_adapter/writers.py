@@ -9,12 +9,14 @@ is deterministic): writing the same score twice leaves one resource.
   :class:`~vigil.fhir_adapter.http.FHIRHttp`.
 - :class:`NDJSONWriter` keeps ``RiskAssessment.ndjson`` with one line per id: a new
   id is appended, the same content is skipped, a changed content replaces the
-  line (the file is rewritten atomically). One writer per file at a time.
+  line (the file is rewritten atomically). Every write is synced before it
+  returns and a failed one leaves the file as it was (:mod:`vigil.core.files`).
+  One writer per file at a time.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +27,15 @@ import httpx
 import orjson
 
 from vigil.core.errors import DataError
+from vigil.core.files import append_durably, replace_durably, split_torn_tail
 from vigil.fhir_adapter.auth import Credentials
 from vigil.fhir_adapter.http import FHIRHttp
 from vigil.fhir_adapter.protocols import WriteReport
 from vigil.fhir_adapter.settings import FHIRSettings
 
 __all__ = ["NDJSONWriter", "RESTWriter"]
+
+log = logging.getLogger(__name__)
 
 
 def _check(resource: Mapping[str, Any]) -> str:
@@ -84,6 +89,12 @@ class RESTWriter:
 class NDJSONWriter:
     """RiskAssessments in one NDJSON file, one line per id.
 
+    A write returns only once its lines are on disk (:func:`~vigil.core.files.append_durably`:
+    ``fsync``, and a failed append is cut back), so a caller that records a resource as
+    written after :meth:`write` returned never loses it. Opening the file moves a torn
+    last line (a process killed during an append) and any line that is not a
+    RiskAssessment with an id to ``<file>.quarantine``, and keeps the rest.
+
     Parameters
     ----------
     path : Path
@@ -93,12 +104,37 @@ class NDJSONWriter:
     def __init__(self, path: Path) -> None:
         path = Path(path)
         self.path = path / "RiskAssessment.ndjson" if path.is_dir() else path
+        self.quarantine_path = self.path.with_name(self.path.name + ".quarantine")
         self._lines: dict[str, bytes] = {}
         if self.path.exists():
-            for line in self.path.read_bytes().splitlines():
-                if line.strip():
-                    doc = orjson.loads(line)
-                    self._lines[str(doc["id"])] = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+            self._load()
+
+    def _load(self) -> None:
+        complete, torn = split_torn_tail(self.path.read_bytes())
+        rejected: list[bytes] = []
+        numbers: list[int] = []
+        lines = complete.splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+                rid = _check(doc)
+            except (orjson.JSONDecodeError, DataError, AttributeError):
+                rejected.append(line)
+                numbers.append(number)
+                continue
+            self._lines[rid] = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        if torn:
+            rejected.append(torn)
+            numbers.append(len(lines) + 1)
+        if rejected:
+            append_durably(self.quarantine_path, b"".join(r + b"\n" for r in rejected))
+            replace_durably(self.path, b"".join(v + b"\n" for v in self._lines.values()))
+            log.warning("%s: moved %d torn or malformed line(s) (line %s) to %s; a "
+                        "RiskAssessment whose write was not confirmed stays queued and is "
+                        "written again", self.path, len(rejected),
+                        ", ".join(map(str, numbers)), self.quarantine_path.name)
 
     def __repr__(self) -> str:
         return f"NDJSONWriter(path={str(self.path)!r}, resources={len(self._lines)})"
@@ -107,32 +143,37 @@ class NDJSONWriter:
         return len(self._lines)
 
     def write(self, assessments: Sequence[Mapping[str, Any]]) -> WriteReport:
-        """Append new ids, skip identical ones, replace changed ones."""
-        new: list[bytes] = []
+        """Append new ids, skip identical ones, replace changed ones.
+
+        Raises
+        ------
+        OSError
+            When the file cannot be written (e.g. a full disk): nothing of this call
+            was written, and the writer still holds what the file holds.
+        """
+        lines: dict[str, bytes] = {}
         written = unchanged = 0
         rewrite = False
         for a in assessments:
             rid = _check(a)
             line = orjson.dumps(dict(a), option=orjson.OPT_SORT_KEYS)
-            old = self._lines.get(rid)
+            old = lines.get(rid, self._lines.get(rid))
             if old == line:
                 unchanged += 1
                 continue
             written += 1
-            if old is None:
-                new.append(line)
-            else:
-                rewrite = True
-            self._lines[rid] = line
+            rewrite = rewrite or rid in self._lines
+            lines[rid] = line
+        if not lines:
+            return WriteReport(written=written, unchanged=unchanged)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if rewrite:
-            tmp = self.path.with_suffix(".ndjson.tmp")
-            tmp.write_bytes(b"".join(v + b"\n" for v in self._lines.values()))
-            os.replace(tmp, self.path)
-        elif new:
-            with self.path.open("ab") as f:
-                f.write(b"".join(v + b"\n" for v in new))
+            merged = {**self._lines, **lines}
+            replace_durably(self.path, b"".join(v + b"\n" for v in merged.values()))
+        else:
+            append_durably(self.path, b"".join(v + b"\n" for v in lines.values()))
+        self._lines.update(lines)  # only once the file holds them
         return WriteReport(written=written, unchanged=unchanged)
 
     def close(self) -> None:
-        """Nothing to release: every write is flushed."""
+        """Nothing to release: every write is synced to disk before it returns."""

@@ -23,6 +23,7 @@ Crash safety:
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -144,7 +145,15 @@ class CycleRunner:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         counts: dict[str, int] = {}
-        if self.store.committed(_ts(tick)):
+        try:
+            cycle_id = self.store.claim_cycle(_ts(tick))
+        except sqlite3.Error as exc:  # a full disk, a lost file: nothing can be recorded
+            reason = (f"the state store cannot be written ({exc}); nothing was scored, the next "
+                      "cycle catches up")
+            log.error("cycle at %s: %s", tick.isoformat(timespec="minutes"), reason)
+            self._observe("failed", counts, timings, committed=False)
+            return CycleResult(0, tick, "failed", reason, counts, timings)
+        if cycle_id is None:
             # Scored before (a restart within the same tick): scoring again would apply the
             # alert policy twice; only finish what that cycle queued.
             reason = self.flush(counts)
@@ -153,7 +162,6 @@ class CycleRunner:
         if not self._census_known:
             self._census_before = self._last_census()
             self._census_known = True
-        cycle_id = self.store.start_cycle(_ts(tick))
         ignored: dict[str, int] = {}
         try:
             self.checkpoint("started")
@@ -177,9 +185,7 @@ class CycleRunner:
             log.warning("cycle %d degraded, no RiskAssessment written: %s", cycle_id, reason)
         timings["writeback"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
-        with self.store.transaction() as tx:
-            self.store.finish_cycle(tx, cycle_id, status=status, reason=reason, counts=counts,
-                                    timings=timings)
+        self._record(cycle_id, status, reason, counts, timings)
         self._observe(status, counts, timings, committed=True)
         return CycleResult(cycle_id, tick, status, reason, counts, timings, ignored)
 
@@ -394,18 +400,27 @@ class CycleRunner:
     ) -> CycleResult:
         self._window = None  # rebuilt from the store by the next cycle
         reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, VigilError):
+        if isinstance(exc, VigilError | sqlite3.Error):
             log.warning("cycle %d failed: %s", cycle_id, reason)
         else:
             log.exception("cycle %d failed unexpectedly", cycle_id)
         if isinstance(exc, FHIRError) and self.metrics is not None:
             self.metrics.fhir_errors.inc()
         timings["total"] = time.perf_counter() - started
-        with self.store.transaction() as tx:
-            self.store.finish_cycle(tx, cycle_id, status="failed", reason=reason, counts=counts,
-                                    timings=timings)
+        self._record(cycle_id, "failed", reason, counts, timings)
         self._observe("failed", counts, timings, committed=False)
         return CycleResult(cycle_id, tick, "failed", reason, counts, timings)
+
+    def _record(self, cycle_id: int, status: str, reason: str | None, counts: dict[str, int],
+                timings: dict[str, float]) -> None:
+        """Record a cycle's end; a store that cannot be written leaves it to the next start."""
+        try:
+            with self.store.transaction() as tx:
+                self.store.finish_cycle(tx, cycle_id, status=status, reason=reason,
+                                        counts=counts, timings=timings)
+        except sqlite3.Error as exc:
+            log.error("cycle %d: could not record its end (%s); the next start marks it "
+                      "interrupted", cycle_id, exc)
 
     def _observe(
         self, status: str, counts: dict[str, int], timings: dict[str, float], *, committed: bool

@@ -246,13 +246,16 @@ def _require_mapped(counts: IngestCounts, where: str, *, stays: int) -> None:
                         "(docs/fhir.md, 'What is counted, ignored, quarantined')", source=where)
 
 
-def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[ClockedSource, int]:
+def load_fhir(
+    settings: object, *, stack_admissions: bool = False, stack_days: int = 1
+) -> tuple[ClockedSource, int]:
     """Read recorded data from a FHIR server: every in-progress ICU stay and its values.
 
     Parameters
     ----------
     settings : vigil.fhir_adapter.FHIRSettings
     stack_admissions : bool, optional
+    stack_days : int, optional
         See :func:`clocked`.
     """
     from vigil.fhir_adapter.rest import RESTSource
@@ -268,4 +271,5 @@ def load_fhir(settings: object, *, stack_admissions: bool = False) -> tuple[Cloc
     _require_mapped(result.counts, str(getattr(settings, "base_url", "the FHIR server")),
                     stays=len(census.stays))
     return clocked(census, result.observations, stack_admissions=stack_admissions,
-                   quarantine=result.quarantine, counts=result.counts), quarantined
+                   stack_days=stack_days, quarantine=result.quarantine,
+                   counts=result.counts), quarantined

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vigil.core.errors import ConfigError
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink
 from vigil.runtime.models import LiveModels
 from vigil.runtime.monitoring.alarms import load_alarms
@@ -34,6 +35,7 @@ from vigil.runtime.store import StateStore
 __all__ = [
     "OUTPUT_COLUMNS",
     "ReplayResult",
+    "go_live_start",
     "hourly",
     "monitor_summary",
     "physionet_labels",
@@ -66,6 +68,28 @@ class ReplayResult:
     results: tuple[CycleResult, ...]
     degraded: int = 0
     """Cycles scored on inputs that were not enough (not counted in ``failed``)."""
+
+
+def go_live_start(source: ClockedSource, days: int) -> datetime:
+    """Return midnight (UTC) of the last of ``days`` admission days: a go-live replay's start.
+
+    With a source whose admissions were stacked onto ``days`` consecutive days
+    (:func:`~vigil.runtime.recorded.load_ndjson` ``stack_days=days``), a replay from
+    here finds, like a site switching vigil on, an ICU already holding patients of
+    every stay age up to ``days - 1`` days, not an empty one that fills with first
+    ICU hours (``vigil demo``, ``vigil replay --go-live-days``).
+
+    Raises
+    ------
+    ConfigError
+        If ``days`` is smaller than 1.
+    """
+    if days < 1:
+        raise ConfigError(f"expected at least 1 admission day for a go-live replay, got {days}",
+                          key="go_live_days")
+    first, _ = source.span
+    return first.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
+        days=days - 1)
 
 
 def replay(

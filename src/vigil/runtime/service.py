@@ -125,7 +125,16 @@ class Service:
     ) -> None:
         self.settings = settings
         self.trigger = _trigger(settings)
-        self.store = StateStore.open(settings.store.url)
+        self.store = StateStore.open(settings.store.url, lock="cycles")
+        try:
+            self._start(settings, source=source, sink=sink)
+        except BaseException:
+            self.store.close()  # and its writer lock: a failed start holds nothing
+            raise
+
+    def _start(
+        self, settings: VigilSettings, *, source: CycleSource, sink: CycleSink | None
+    ) -> None:
         n = self.store.mark_interrupted()
         if n:
             log.warning("%d cycle(s) were interrupted by a stop; the next cycle catches up", n)
@@ -238,10 +247,18 @@ class Service:
         ops = None
         if s.ops.enabled:
             token = s.ops.token.get_secret_value() if s.ops.token is not None else None
-            ops = OpsServer(
-                host=s.ops.host, port=s.ops.port, ready=self.readiness, metrics=self.metrics,
-                patient_scores=self.patient_scores, token=token,
-            ).start()
+            try:
+                ops = OpsServer(
+                    host=s.ops.host, port=s.ops.port, ready=self.readiness, metrics=self.metrics,
+                    patient_scores=self.patient_scores, token=token,
+                ).start()
+            except OSError as exc:
+                self.close()
+                raise ConfigError(
+                    f"the ops endpoint cannot listen on {s.ops.host}:{s.ops.port} "
+                    f"({exc.strerror or exc}); set ops.port to a free port, or ops.enabled = "
+                    "false", key="ops.port",
+                ) from None
         scheduler = BackgroundScheduler(timezone=s.scheduler.timezone)
         extra = {"next_run_time": datetime.now(UTC)} if s.scheduler.run_at_start else {}
         scheduler.add_job(

@@ -46,6 +46,7 @@ __all__ = [
     "ScoringSettings",
     "StoreSettings",
     "VigilSettings",
+    "check_public_key",
     "check_serving",
     "load_settings",
 ]
@@ -236,6 +237,11 @@ class VigilSettings(BaseSettings):
         return (init_settings,)
 
     site_id: str = Field(default="site", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    deployment_id: str = Field(
+        default="production", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Which of a site's deployments this is (e.g. 'production', 'test'); part "
+                    "of every RiskAssessment id with site_id. Changing either writes new ids.",
+    )
     data: DataSettings = DataSettings()
     fhir: FHIRSettings | None = Field(
         default=None, description="The FHIR client (vigil.fhir_adapter.FHIRSettings)."
@@ -268,7 +274,27 @@ def check_serving(settings: VigilSettings) -> None:
     if d.writeback == "ndjson" and d.writeback_dir is None:
         raise ConfigError("data.writeback = 'ndjson' needs data.writeback_dir",
                           key="data.writeback_dir")
+    check_public_key(settings.models.public_key, key="models.public_key")
     _check_outcomes(settings)
+
+
+def check_public_key(path: Path | None, *, key: str) -> None:
+    """Check that a configured public key file exists and can be read (None passes).
+
+    Raises
+    ------
+    ConfigError
+        Naming the setting or option ``key`` and the path.
+    """
+    if path is None:
+        return
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: expected the Ed25519 public key (PEM) at {path}, but it cannot be read "
+            f"({exc.strerror or exc}); fix the path or copy the key there", key=key,
+        ) from None
 
 
 def _check_outcomes(settings: VigilSettings) -> None:

@@ -68,10 +68,15 @@ class FHIRSink:
     Parameters
     ----------
     writer : vigil.fhir_adapter.Writer
+    site, deployment : str
+        Part of every RiskAssessment id (settings ``site_id`` and ``deployment_id``), so
+        that sites or deployments sharing a FHIR server never overwrite each other's.
     """
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, *, site: str, deployment: str) -> None:
         self.writer = writer
+        self.site = site
+        self.deployment = deployment
 
     def assessments(self, scores: ScoreBatch) -> list[tuple[str, str]]:
         """One RiskAssessment per score, as ``(id, JSON)``."""
@@ -81,7 +86,8 @@ class FHIRSink:
             scores.patient_keys, scores.encounters, scores.probability.tolist(), strict=True
         ):
             resource = risk_assessment(
-                patient=key, encounter=encounter, model_name=scores.model_name,
+                site=self.site, deployment=self.deployment, patient=key, encounter=encounter,
+                model_name=scores.model_name,
                 model_version=scores.model_version, scored_at=scores.tick, probability=p,
                 threshold=scores.threshold, notes=notes,
             )
@@ -123,8 +129,10 @@ def open_sink(settings: VigilSettings) -> CycleSink | None:
 
         assert d.writeback_dir is not None
         d.writeback_dir.mkdir(parents=True, exist_ok=True)
-        return FHIRSink(NDJSONWriter(d.writeback_dir))
+        return FHIRSink(NDJSONWriter(d.writeback_dir), site=settings.site_id,
+                        deployment=settings.deployment_id)
     from vigil.fhir_adapter.writers import RESTWriter
 
     assert settings.fhir is not None
-    return FHIRSink(RESTWriter(settings.fhir))
+    return FHIRSink(RESTWriter(settings.fhir), site=settings.site_id,
+                    deployment=settings.deployment_id)

@@ -44,6 +44,7 @@ from vigil.runtime.schema import (
     ModelRow,
     sqlite_path,
 )
+from vigil.runtime.store_guard import WriterLock, check_integrity, store_errors
 
 if TYPE_CHECKING:
     from vigil.runtime.contracts import ScoreBatch
@@ -61,49 +62,70 @@ class StateStore:
     ----------
     conn : sqlite3.Connection
         Opened by :meth:`open`, in autocommit mode; transactions are explicit.
+    lock : WriterLock or None, optional
+        Released by :meth:`close`.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, lock: WriterLock | None = None) -> None:
         self.conn = conn
+        self._lock = lock
 
     @classmethod
-    def open(cls, url: str, *, read_only: bool = False, durable: bool = True) -> StateStore:
+    def open(cls, url: str, *, read_only: bool = False, durable: bool = True,
+             lock: str | None = None) -> StateStore:
         """Open (and create or migrate) the store at a ``sqlite:///PATH`` URL.
 
         ``durable`` syncs every commit to disk (``synchronous = FULL``), so a power
         loss loses no committed cycle; without it (replay, tests) a commit survives a
         killed process but not a power cut (WAL with ``synchronous = NORMAL``).
+        ``lock`` takes one of the store's :class:`~vigil.runtime.store_guard.WriterLock`:
+        ``"cycles"`` (one process running cycles per store) or ``"models"`` (one
+        install or promotion at a time). A writable store is checked with
+        ``PRAGMA quick_check`` first (:mod:`vigil.runtime.store_guard`).
+
+        Raises
+        ------
+        ConfigError
+            If the store cannot be opened, is damaged, is not a vigil store, or is
+            locked by another process; one line naming the file.
         """
         path = sqlite_path(url)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        target = f"file:{path}?mode=ro" if read_only else path
-        conn = sqlite3.connect(
-            target, uri=read_only, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        conn.execute("PRAGMA busy_timeout = 30000")
-        # A cache that holds the observation indexes of a large ICU (the default 2 MB makes
-        # every insert of a cycle a page miss), and scratch tables in memory.
-        conn.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        if not read_only:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-            conn.execute("PRAGMA foreign_keys = ON")
-        store = cls(conn)
-        if not read_only:
+        held = conn = None
+        with store_errors(path):
             try:
-                store._migrate()
+                if path != ":memory:" and not read_only:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    held = WriterLock(path, kind=lock) if lock is not None else None
+                target = f"file:{path}?mode=ro" if read_only else path
+                conn = sqlite3.connect(target, uri=read_only, isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+                conn.execute("PRAGMA busy_timeout = 30000")
+                # A cache that holds the observation indexes of a large ICU (the default 2 MB
+                # makes every insert of a cycle a page miss), and scratch tables in memory.
+                conn.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")
+                conn.execute("PRAGMA temp_store = MEMORY")
+                store = cls(conn, lock=held)
+                if not read_only:
+                    check_integrity(conn, path)
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    conn.execute("PRAGMA foreign_keys = ON")
+                    store._migrate()
+                for statement in TEMP_TABLES:  # a read-only connection may write temp tables
+                    conn.execute(statement)
             except BaseException:
-                conn.close()
+                if conn is not None:
+                    conn.close()
+                if held is not None:
+                    held.release()
                 raise
-        for statement in TEMP_TABLES:  # a read-only connection may write its own temp tables
-            conn.execute(statement)
         return store
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection and release the writer lock."""
         self.conn.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> StateStore:
         return self
@@ -409,9 +431,16 @@ class StateStore:
 
     # -- cycles -------------------------------------------------------------------------------
 
-    def start_cycle(self, tick: float) -> int:
-        """Record a cycle as running (committed at once, so a crash leaves a trace)."""
+    def claim_cycle(self, tick: float) -> int | None:
+        """Record a cycle of ``tick`` as running, unless one has committed it; returns its id.
+
+        The check and the claim are one transaction (committed at once, so a crash
+        leaves a trace): no two claims of a tick both see it uncommitted.
+        Returns None when the tick was already committed.
+        """
         with self.transaction() as tx:
+            if self._committed(tx, tick):
+                return None
             cur = tx.execute(
                 "INSERT INTO cycles (tick, started, status) VALUES (?, ?, 'running')",
                 (tick, time.time()),
@@ -461,7 +490,11 @@ class StateStore:
 
     def committed(self, tick: float) -> bool:
         """Whether a cycle of this tick has committed its scores."""
-        row = self.conn.execute(
+        return self._committed(self.conn, tick)
+
+    @staticmethod
+    def _committed(conn: sqlite3.Connection, tick: float) -> bool:
+        row = conn.execute(
             f"SELECT 1 FROM cycles WHERE tick = ? AND status IN ({', '.join('?' * len(COMMITTED))})"
             " LIMIT 1",
             (tick, *COMMITTED),

@@ -92,10 +92,10 @@ def load_report(path: str | Path) -> MonitorReport:
     try:
         alarms = load_alarms(conn)
         rows = load_stats(conn)
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:  # no such table, or not a (sound) database
         raise DataError(
-            f"{p} holds no monitoring tables ({exc}); it was written by a vigil without the "
-            "monitor, or is not a vigil state store", source=str(p),
+            f"{p} holds no readable monitoring tables ({exc}); it was written by a vigil "
+            "without the monitor, is not a vigil state store, or is damaged", source=str(p),
         ) from exc
     finally:
         conn.close()
