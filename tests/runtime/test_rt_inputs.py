@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from rt_support import MemorySink, make_package, synth_source
+from rt_support import MemorySink, make_package, synth_source, write_trusted_key
 
 from vigil.data import patient_split
 from vigil.fhir_adapter.records import IngestCounts, IngestResult, ObservationBatch
@@ -249,13 +249,14 @@ def test_missed_ticks_between_two_cycles():
 def test_the_service_back_fills_missed_ticks_after_downtime(tmp_path, source, limit):
     settings = load_settings(
         None, environ=False, store={"url": f"sqlite:///{tmp_path / 'state.db'}"},
-        models={"dir": str(tmp_path / "models")}, ops={"enabled": False},
-        scheduler={"backfill_ticks": limit})
+        models={"dir": str(tmp_path / "models"), "public_key": str(write_trusted_key(tmp_path))},
+        ops={"enabled": False}, scheduler={"backfill_ticks": limit})
     sink = MemorySink()
     service = Service(settings, source=source, sink=sink)
     try:
         make_package(tmp_path / "pkg")
-        install_model(service.store, tmp_path / "pkg", models_dir=tmp_path / "models")
+        install_model(service.store, tmp_path / "pkg", models_dir=tmp_path / "models",
+                      public_key=settings.models.trusted_key())
         start = ticks_of(source, 0)[0]
         assert service.run_cycle(start).ok
         after = service.run_cycle(start + timedelta(hours=2, minutes=3))  # down for 2 hours

@@ -2,11 +2,12 @@
 
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_support import UNSIGNED, make_package, make_record, write_trusted_key
+from rt_support import UNSIGNED, make_package, make_record, move_to_now, write_trusted_key
 
 from vigil.calibration.record import load_record
 from vigil.core.errors import ConfigError, ModelArtifactError
@@ -175,6 +176,8 @@ def _serving(tmp_path, sample, intercept=0.5):
 
     table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
     write_synth(table.frame, tmp_path / "export")
+    # a current feed: a cycle on the synthetic 2020 values would be degraded (empty inputs)
+    move_to_now(tmp_path / "export", datetime.now(UTC))
     key = write_trusted_key(tmp_path)
     settings = load_settings(
         None, environ=False, site_id="s",
