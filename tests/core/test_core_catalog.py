@@ -4,16 +4,14 @@ import pytest
 
 from vigil.core.catalog import (
     CATALOG,
-    COMPONENT_PANELS,
     DEMOGRAPHICS,
     LABS,
     MEASURED,
-    NOT_MERGED,
-    SUBSTANCE_ONLY,
     VITALS,
     Kind,
     variable,
 )
+from vigil.core.code_context import COMPONENT_PANELS, NOT_MERGED, SUBSTANCE_ONLY
 from vigil.core.ucum import UnitSyntaxError, affine, parse
 
 PHYSIONET_COLUMNS = (

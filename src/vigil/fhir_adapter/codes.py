@@ -3,16 +3,16 @@
 The rules of :mod:`vigil.fhir_adapter.mapping` (rule 1, *Code*) that need more than one
 code at a time, shared by both parsers: which codes of a CodeableConcept count
 (:func:`concept_codes`), whether a component is read in its panel's context
-(:func:`component_variable`, :data:`vigil.core.catalog.COMPONENT_PANELS`) and whether a
+(:func:`component_variable`, :data:`vigil.core.code_context.COMPONENT_PANELS`) and whether a
 code read only in a substance unit came in one (:func:`substance_checked`,
-:data:`vigil.core.catalog.SUBSTANCE_ONLY`).
+:data:`vigil.core.code_context.SUBSTANCE_ONLY`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 
-from vigil.core.catalog import COMPONENT_PANELS, NOT_MERGED, SUBSTANCE_ONLY
+from vigil.core.code_context import COMPONENT_PANELS, NOT_MERGED, SUBSTANCE_ONLY
 from vigil.core.ucum import UnitSyntaxError, parse
 from vigil.fhir_adapter.mapping import (
     CODE_INDEX,
@@ -40,8 +40,8 @@ def concept_codes(codings: Iterable[tuple[object, object]]) -> list[str]:
     -------
     list of str
         Every LOINC code (any form of the LOINC system), and any other coding listed in
-        :data:`~vigil.core.catalog.NOT_MERGED` or as a panel of
-        :data:`~vigil.core.catalog.COMPONENT_PANELS`, as ``{system}|{code}``.
+        :data:`~vigil.core.code_context.NOT_MERGED` or as a panel of
+        :data:`~vigil.core.code_context.COMPONENT_PANELS`, as ``{system}|{code}``.
     """
     out: list[str] = []
     for system, code in codings:
@@ -70,8 +70,8 @@ def component_variable(codes: Sequence[str], panel: Collection[str]) -> int:
         As :func:`variable_of`, and :data:`UNKNOWN` when the component's codes carry a
         code that is not one of the catalog's (a more specific one, such as a pulmonary
         artery pressure next to 8480-6), when no panel code is one in whose context the
-        component code is read (:data:`~vigil.core.catalog.COMPONENT_PANELS`), or when
-        the panel also carries a :data:`~vigil.core.catalog.NOT_MERGED` code (a generic
+        component code is read (:data:`~vigil.core.code_context.COMPONENT_PANELS`), or when
+        the panel also carries a :data:`~vigil.core.code_context.NOT_MERGED` code (a generic
         blood-pressure panel coded as pulmonary artery pressure too).
     """
     var = variable_of(codes)
@@ -97,7 +97,7 @@ def substance_unit(text: str) -> bool:
 
 
 def substance_checked(codes: Iterable[str], payload: Payload) -> Payload:
-    """Refuse a value of a :data:`~vigil.core.catalog.SUBSTANCE_ONLY` code in another unit.
+    """Refuse a value of a :data:`~vigil.core.code_context.SUBSTANCE_ONLY` code in another unit.
 
     Parameters
     ----------

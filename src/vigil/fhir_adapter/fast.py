@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from vigil.core.catalog import SUBSTANCE_ONLY
+from vigil.core.code_context import SUBSTANCE_ONLY
 from vigil.fhir_adapter.accumulator import USE, Accumulator, code_key
 from vigil.fhir_adapter.codes import (
     component_variable,

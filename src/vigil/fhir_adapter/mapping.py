@@ -15,11 +15,11 @@ these rules in this order:
    (:data:`vigil.core.catalog.CATALOG`). ``Observation.code`` gives one value (from
    ``value[x]``). A ``component`` gives one more only in the context of its panel: its
    code must be read inside a panel the Observation's own code names
-   (:data:`~vigil.core.catalog.COMPONENT_PANELS`: systolic 8480-6 inside the
+   (:data:`~vigil.core.code_context.COMPONENT_PANELS`: systolic 8480-6 inside the
    blood-pressure panels 85354-9, 55284-4 or SNOMED CT 75367002, FiO2 3150-0 inside US
    Core pulse oximetry 59408-5) and must carry no other LOINC code (a pulmonary artery
    systolic 8440-0 next to 8480-6 is not a systemic SBP); other components are not read. A code of
-   :data:`~vigil.core.catalog.NOT_MERGED` (ionized calcium, troponin T, venous pCO2...)
+   :data:`~vigil.core.code_context.NOT_MERGED` (ionized calcium, troponin T, venous pCO2...)
    next to a catalog code makes the concept unknown. When codings name
    several variables, a code listed by one variable only beats a code shared by
    several (US Core pulse oximetry carries 59408-5 and 2708-6: it is O2Sat, while
@@ -43,7 +43,7 @@ these rules in this order:
    not convert, the ``unit`` text) is parsed as UCUM (:mod:`vigil.core.ucum`) and must be
    the canonical unit, one of the catalog's conversions, or a unit of their dimension
    (:meth:`vigil.core.catalog.Variable.convert`), and the converted value must lie in
-   the plausible range; a code of :data:`~vigil.core.catalog.SUBSTANCE_ONLY` (urea)
+   the plausible range; a code of :data:`~vigil.core.code_context.SUBSTANCE_ONLY` (urea)
    must come in a substance unit. Anything else is quarantined with its reason.
 
 Reasons never contain a patient identifier.
@@ -56,7 +56,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from vigil.core.catalog import MEASURED, NOT_MERGED, variable
+from vigil.core.catalog import MEASURED, variable
+from vigil.core.code_context import NOT_MERGED
 from vigil.fhir_adapter.records import SOURCE_UNITS, to_micros
 
 __all__ = [
@@ -159,7 +160,7 @@ def variable_of(codes: Iterable[str]) -> int:
     -------
     int
         Index into :data:`~vigil.core.catalog.MEASURED`, :data:`UNKNOWN` (no catalog code,
-        or a code of :data:`~vigil.core.catalog.NOT_MERGED`) or :data:`AMBIGUOUS`.
+        or a code of :data:`~vigil.core.code_context.NOT_MERGED`) or :data:`AMBIGUOUS`.
     """
     best, best_rank, tie = UNKNOWN, 2, False
     for code in codes:
