@@ -66,8 +66,8 @@ class Grid(FakeGrid):
         return super().push_messages(messages)
 
 
-def _in_process(site_dirs, settings):  # type: ignore[no-untyped-def]
-    sites = [load_site(p, **settings.site_options()) for p in site_dirs.values()]
+def _in_process(dirs, settings):  # type: ignore[no-untyped-def]
+    sites = [load_site(p, **settings.site_options()) for p in dirs.values()]
     result = run_federation(sites, settings.strategy, settings.plan, model=settings.model)
     hybrid = grow_hybrid(sites, result.weights, TREES,
                          counts={n: s.count for n, s in result.statistics.items()},
