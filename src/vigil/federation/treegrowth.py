@@ -267,27 +267,8 @@ def boost(
     """Grow ``plan.n_trees`` trees across in-process sites, screening what each sends.
 
     :func:`boost_over` with :class:`LocalLevels`; each site declares its
-    :meth:`BoostingSite.label_sums` first.
-
-    Parameters
-    ----------
-    sites : sequence of BoostingSite
-        Binned with the same ``edges``.
-    edges : list of ndarray
-    plan : BoostingPlan
-    min_sites : int, optional
-        Sites that must remain; fewer stops the boosting.
-    on_tree : callable, optional
-        Called with the number of finished trees (progress display).
-
-    Returns
-    -------
-    Boosted
-
-    Raises
-    ------
-    AggregationError
-        If fewer than ``min_sites`` sites remain.
+    :meth:`BoostingSite.label_sums` first. ``sites`` are binned with the same
+    ``edges``; the other parameters, the result and the errors are :func:`boost_over`'s.
     """
     if len({s.name for s in sites}) != len(sites):
         raise ConfigError("expected distinct site names", key="sites")
