@@ -24,9 +24,9 @@ from vigil.federation.boosting import (
     BoostingSite,
     bin_edges,
     bin_rows,
-    boost,
     site_quantiles,
 )
+from vigil.federation.treegrowth import boost
 
 
 class _Direct(BoostingSite):

@@ -22,8 +22,17 @@ for: the site's parquet file, its hourly grid (rows x 39 float32) and its
 feature rows (rows x n_features float32). The two runs must give the same weights
 (``max_abs_diff``).
 
+With ``--trees N`` both paths then grow N boosted trees (``--depth``, 64 bins)
+across the same sites and fuse them with the network (in process:
+:func:`~vigil.federation.hybrid.grow_hybrid` over
+:class:`~vigil.federation.hybrid.InProcessTrees`; on Flower: the ServerApp over
+:class:`~vigil.federation.flower.treewire.FlowerTrees`); printed: seconds per
+tree, the trees' bytes per site apart from the network's (in process the raw
+array bytes of each request and answer), and whether the fused models are the
+same (trees bit for bit, ``max |delta p|`` on the sites' validation rows).
+
 Usage: ``.venv/bin/python bench/federation.py [--data sample] [--sites random:3] [--rounds 2]
-[--json]``
+[--trees 0] [--depth 6] [--json]``
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import numpy as np
 
 from vigil.data import load_physionet, partition
 from vigil.features import FEATURE_SCHEMA, GRID_COLUMNS
+from vigil.federation.boosting import BoostingPlan, trees_to_arrays
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.flower.certs import make_test_pki
 from vigil.federation.flower.launch import (
@@ -52,6 +62,7 @@ from vigil.federation.flower.launch import (
 from vigil.federation.flower.runner import run_on_flower
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import load_site, prepare_site
+from vigil.federation.hybrid import InProcessTrees, grow_hybrid, hybrid_proba
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import make_strategy
 
@@ -103,12 +114,64 @@ class Counting:
         return out
 
 
+def _nbytes(*parts: Any) -> int:
+    total = 0
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            total += part.nbytes
+        elif isinstance(part, dict):
+            total += _nbytes(*part.values())
+        elif isinstance(part, list | tuple):
+            total += _nbytes(*part)
+        elif part is not None:
+            total += 8
+    return total
+
+
+class CountingTrees(InProcessTrees):
+    """The in-process trees transport, counting raw array bytes of each request and answer."""
+
+    def __init__(self, sites: Any) -> None:
+        super().__init__(sites)
+        self.traffic: dict[str, dict[str, int]] = {}
+
+    def _count(self, out: dict[str, Any], down: int, up: Any) -> dict[str, Any]:
+        for name, answer in out.items():
+            t = self.traffic.setdefault(name, {"sent": 0, "received": 0, "messages": 0})
+            t["sent"] += down
+            t["received"] += 0 if isinstance(answer, Exception) else _nbytes(up(answer))
+            t["messages"] += 1
+        return out
+
+    def quantiles(self, names, n_bins):  # type: ignore[no-untyped-def]
+        return self._count(super().quantiles(names, n_bins), 8, lambda a: a)
+
+    def begin(self, names, edges):  # type: ignore[no-untyped-def]
+        return self._count(super().begin(names, edges), _nbytes(list(edges)), lambda a: a)
+
+    def level(self, names, request):  # type: ignore[no-untyped-def]
+        trees = [t for t in (request.grown, request.finished) if t is not None]
+        down = _nbytes(request.nodes, request.split, trees_to_arrays(trees), 8, 8, 8, 8)
+        return self._count(super().level(names, request), down, lambda a: a)
+
+    def score_sums(self, names, weights, base, trees):  # type: ignore[no-untyped-def]
+        down = _nbytes(dict(weights), trees_to_arrays(trees), 8)
+        return self._count(super().score_sums(names, weights, base, trees), down,
+                           lambda a: a.payload())
+
+    def evaluate(self, names, weights, part):  # type: ignore[no-untyped-def]
+        down = _nbytes(dict(weights), trees_to_arrays(part.trees), [8] * 12)
+        return self._count(super().evaluate(names, weights, part), down, lambda a: a.payload())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="sample")
     parser.add_argument("--sites", default="random:3")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--trees", type=int, default=0)
+    parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -132,6 +195,7 @@ def main() -> None:
         settings = RunSettings(
             plan=Plan(rounds=args.rounds, seed=0, time_budget=args.timeout, keep_best=False),
             strategy=make_strategy("fedavg"), sites=len(names), model=ModelSpec(), wait=300.0,
+            trees=BoostingPlan(n_trees=args.trees, max_depth=args.depth) if args.trees else None,
         )
 
         counting = Counting()
@@ -141,6 +205,16 @@ def main() -> None:
                                transport=counting,  # type: ignore[arg-type]
                                on_round=lambda _: stamps.append(time.perf_counter()))
         local_rounds = list(np.diff(stamps))
+        local_hybrid, counting_trees, local_trees = None, None, []
+        if settings.trees is not None:
+            counting_trees = CountingTrees(sites)
+            tree_stamps = [time.perf_counter()]
+            local_hybrid = grow_hybrid(
+                sites, local.weights, settings.trees,
+                counts={n: st.count for n, st in local.statistics.items()},
+                min_sites=settings.plan.min_sites, transport=counting_trees,
+                on_tree=lambda _: tree_stamps.append(time.perf_counter()))
+            local_trees = list(np.diff(tree_stamps))
 
         pki = make_test_pki(root / "pki", sites=names)
         coordinator = Coordinator.from_certs(root / "coordinator", root / "pki", port=_port())
@@ -162,18 +236,41 @@ def main() -> None:
     update_bytes = sum(v.nbytes for k, v in weights.items() if not is_norm_key(k))
     diff = max(float(np.max(np.abs(weights[k] - local.weights[k]))) for k in weights)
     flower_rounds = out.info["round_seconds"]
+    trees_report = None
+    if local_hybrid is not None and out.hybrid is not None and counting_trees is not None:
+        from vigil.federation.model import SepsisNet, set_weights
+
+        same_trees = all(
+            np.array_equal(getattr(a, f), getattr(b, f), equal_nan=True)
+            for a, b in zip(out.hybrid.part.trees, local_hybrid.part.trees, strict=True)
+            for f in ("feature", "bin", "threshold", "left", "right", "value"))
+        net = SepsisNet(int(np.shape(weights["norm.mean"])[0]))
+        set_weights(net, weights)
+        X = np.concatenate([s.valid.X for s in sites])
+        dp = float(np.max(np.abs(hybrid_proba(net, out.hybrid.part, X)
+                                 - hybrid_proba(net, local_hybrid.part, X))))
+        network = out.info["network_traffic"]
+        trees_report = {
+            "n_trees": args.trees, "depth": args.depth, "same_trees": same_trees,
+            "max_abs_diff_probability": dp,
+            "in_process": {"tree_seconds": local_trees, "traffic": counting_trees.traffic},
+            "flower": {"tree_seconds": out.info["tree_seconds"], "traffic": {
+                n: {k: t[k] - network[n][k] for k in t} for n, t in out.info["traffic"].items()}},
+        }
     report = {
         "data": args.data, "sites": args.sites, "rounds": args.rounds,
         "model_parameters": int(sum(v.size for v in weights.values())),
         "max_abs_diff": diff,
         "in_process": {"round_seconds": local_rounds, "traffic": counting.traffic},
         "flower": {"connect_seconds": out.info["connect_seconds"],
-                   "round_seconds": flower_rounds, "traffic": out.info["traffic"]},
+                   "round_seconds": flower_rounds,
+                   "traffic": out.info.get("network_traffic", out.info["traffic"])},
         "flower_over_in_process_round": float(np.mean(flower_rounds) / np.mean(local_rounds)),
         "update_bytes": update_bytes,
         "raw": raw,
         "raw_over_update": {n: {k: raw[n][k] / update_bytes for k in
                                 ("parquet_bytes", "grid_bytes", "feature_bytes")} for n in raw},
+        "trees": trees_report,
     }
     if args.json:
         print(json.dumps(report, indent=1))
@@ -187,10 +284,22 @@ def main() -> None:
     print(f"{'site':10} {'in-proc sent':>13} {'in-proc recv':>13} {'flower sent':>12} "
           f"{'flower recv':>12} {'parquet/update':>15} {'grid/update':>12} {'features/update':>16}")
     for n in names:
-        a, b, r = counting.traffic[n], out.info["traffic"][n], report["raw_over_update"][n]
+        a, b, r = counting.traffic[n], report["flower"]["traffic"][n], report["raw_over_update"][n]
         print(f"{n:10} {a['sent']:>13,} {a['received']:>13,} {b['sent']:>12,} "
               f"{b['received']:>12,} {r['parquet_bytes']:>15.2f} {r['grid_bytes']:>12.1f} "
               f"{r['feature_bytes']:>16.1f}")
+
+    if trees_report is not None:
+        a, b = trees_report["in_process"], trees_report["flower"]
+        print(f"{args.trees} trees of depth {args.depth}: same trees {same_trees}, max |delta p| "
+              f"{trees_report['max_abs_diff_probability']:.2g}; seconds per tree: in-process "
+              f"{', '.join(f'{x:.1f}' for x in a['tree_seconds'])}; flower "
+              f"{', '.join(f'{x:.1f}' for x in b['tree_seconds'])}")
+        for n in names:
+            x, y = a["traffic"][n], b["traffic"][n]
+            print(f"{n:10} trees: in-proc sent {x['sent']:,} recv {x['received']:,} "
+                  f"({x['messages']} requests); flower sent {y['sent']:,} recv "
+                  f"{y['received']:,} ({y['messages']} requests)")
 
 
 if __name__ == "__main__":

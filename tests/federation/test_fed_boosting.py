@@ -8,10 +8,10 @@ from vigil.federation.boosting import (
     best_splits,
     bin_edges,
     bin_rows,
-    boost,
     predict_raw,
     site_quantiles,
 )
+from vigil.federation.treegrowth import boost
 
 
 def _data(seed: int, n: int = 3000, n_features: int = 5):

@@ -35,3 +35,13 @@ def test_site_without_the_coordinator_details_is_refused(tmp_path: Path) -> None
     missing = runner.invoke(app, ["federation", "site", "--data", "sample", "--partition",
                                   "random:3", "--name", "site1", "--work", str(tmp_path / "b")])
     assert missing.exit_code == 2 and "expected --superlink HOST:PORT" in missing.output
+
+
+def test_run_with_trees_and_dp_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "federation", "run", "--work", str(tmp_path / "w"), "--certs", str(tmp_path / "c"),
+        "--sites", "3", "--out", str(tmp_path / "pkg"), "--boost-trees", "5",
+        "--dp-epsilon", "8"])
+    assert result.exit_code == 2, result.output
+    assert "gradient histograms are not differentially private" in result.output
+    assert "Traceback" not in result.output

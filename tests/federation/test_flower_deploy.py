@@ -2,7 +2,8 @@
 
 TLS with a test CA, SuperNode authentication with registered keys, state in a
 database, each site with its own partition of the bundled sample. The runs must
-reproduce the in-process driver to 1e-6; an unregistered SuperNode is refused;
+reproduce the in-process driver to 1e-6 (with trees: the same trees bit for bit, the
+fused probabilities to 1e-6); an unregistered SuperNode is refused;
 a SuperNode killed mid-run leaves the round to the other two within the
 configured timeout; every process is stopped at the end, also on failure.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from vigil.data import load_physionet, partition
+from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.flower.certs import make_test_pki
 from vigil.federation.flower.launch import (
@@ -31,10 +33,12 @@ from vigil.federation.flower.launch import (
     start_superlink,
     start_supernode,
 )
-from vigil.federation.flower.runner import read_events, run_on_flower
+from vigil.federation.flower.runner import federated_run, read_events, run_on_flower
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import load_site, prepare_site
 from vigil.federation.history import Status
+from vigil.federation.hybrid import grow_hybrid, hybrid_proba
+from vigil.federation.simulation import FederatedRun, export_run
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import make_strategy
 
@@ -156,6 +160,47 @@ def test_flower_run_equals_in_process_driver(federation: Federation) -> None:
         assert t["messages"] == 5
         assert t["sent"] > 4 * weights_bytes
         assert t["received"] > 2 * weights_bytes
+
+
+def test_flower_run_with_trees_is_the_in_process_recipe(federation: Federation) -> None:
+    """The shipped recipe on real SuperNodes: the network, then trees grown over Flower."""
+    trees = BoostingPlan(n_trees=1, max_depth=2, n_bins=16)
+    settings = replace(_settings(rounds=1), trees=trees)
+    out = run_on_flower(federation.coordinator, settings, federation.root / "runs" / "trees")
+    federation.remember_tree()
+    sites = [load_site(federation.root / "sites" / name, **settings.site_options())
+             for name in SITES]
+    result = run_federation(sites, settings.strategy, settings.plan, model=settings.model)
+    hybrid = grow_hybrid(sites, result.weights, trees,
+                         counts={n: s.count for n, s in result.statistics.items()}, min_sites=2)
+    assert out.hybrid is not None and out.hybrid.boosted.exclusions == ()
+    # the trees do not depend on the network: the same arrays, bit for bit
+    for a, b in zip(out.hybrid.part.trees, hybrid.part.trees, strict=True):
+        for name in ("feature", "bin", "threshold", "left", "right", "value"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    flower = federated_run(settings, out)
+    reference = FederatedRun(result=result, strategy=settings.strategy, plan=settings.plan,
+                             model=settings.model, dp=None, scheme="", data="", sites=sites,
+                             hybrid=hybrid)
+    root = federation.root / "packages"
+    (a,) = export_run(flower, root / "flower", name="m", version="1")
+    (b,) = export_run(reference, root / "local", name="m", version="1")
+    if _max_diff(out.result.weights, result.weights) == 0:
+        assert (a.path / "model.onnx").read_bytes() == (b.path / "model.onnx").read_bytes()
+    X = np.concatenate([s.valid.X for s in sites])
+    p_flower = hybrid_proba(_net(flower), flower.hybrid.part, X)  # type: ignore[union-attr]
+    p_local = hybrid_proba(_net(reference), hybrid.part, X)
+    assert float(np.max(np.abs(p_flower - p_local))) <= 1e-6
+    assert len(out.info["tree_seconds"]) == 1
+
+
+def _net(run: FederatedRun):  # type: ignore[no-untyped-def]
+    from vigil.federation.model import SepsisNet, set_weights
+
+    net = SepsisNet(int(np.shape(run.result.weights["norm.mean"])[0]), hidden=run.model.hidden,
+                    dropout=run.model.dropout)
+    set_weights(net, run.result.weights)
+    return net
 
 
 def test_unregistered_supernode_is_refused(federation: Federation) -> None:

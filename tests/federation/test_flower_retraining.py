@@ -54,6 +54,11 @@ def test_the_schedule_is_configurable(tmp_path: Path) -> None:
         'registry = "reg"\n[trees]\nn_trees = 30\nmax_depth = 4\n')))
     assert with_trees.trees is not None
     assert (with_trees.trees.n_trees, with_trees.trees.max_depth) == (30, 4)
+    # the shipped recipe runs on Flower too: trees with engine = "flower" are accepted
+    on_flower = load_retrain_config(_write(tmp_path / "f.toml", (
+        'registry = "reg"\nengine = "flower"\n[trees]\nn_trees = 30\n'
+        '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n')))
+    assert on_flower.trees is not None and on_flower.trees.n_trees == 30
     job = schedule(config, blocking=False).get_job("retrain")
     assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 86400)
 
@@ -66,8 +71,8 @@ def test_the_schedule_is_configurable(tmp_path: Path) -> None:
     ('registry = "r"\n[plan]\nrounds = 2\nspeed = 3\n', "plan", "speed"),
     ('registry = "r"\nengine = "flower"\n[strategy]\nname = "fedbn"\n'
      '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n', "strategy", "FedBN"),
-    ('registry = "r"\nengine = "flower"\n[trees]\nn_trees = 5\n'
-     '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n', "trees", "needs engine = \"in-process\""),
+    ('registry = "r"\n[trees]\nn_trees = 5\n[dp]\ntarget_epsilon = 8.0\n', "boost_trees",
+     "not differentially private"),
     ('registry = "r"\n[trees]\nn_trees = 0\n', "n_trees", "expected n_trees and max_depth >= 1"),
 ])
 def test_bad_settings_name_their_key(tmp_path: Path, text: str, key: str, match: str) -> None:

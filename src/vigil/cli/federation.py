@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+from vigil.cli.federate import BoostDepthOption, BoostLrOption, _boosting
 from vigil.federation.strategies import Robust, StrategyName
 
 app = typer.Typer(
@@ -224,6 +225,12 @@ def run(
     private_key: Annotated[Path | None, typer.Option(help="Ed25519 PEM key to sign with.")] = None,
     name: Annotated[str, typer.Option(help="Model package name.")] = "sepsis-federated",
     version: Annotated[str, typer.Option(help="Model package version.")] = "0.1.0",
+    boost_trees: Annotated[
+        int, typer.Option(min=0, help="After the rounds, grow this many boosted trees across "
+                                      "the SuperNodes and ship them fused with the network.")
+    ] = 0,
+    boost_depth: BoostDepthOption = 6,
+    boost_lr: BoostLrOption = 0.1,
     json_out: JsonOption = False,
 ) -> None:
     """Train across the connected SuperNodes and write the model package (``--out``)."""
@@ -242,7 +249,7 @@ def run(
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
         dp=None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
                                                       max_grad_norm=dp_clip),
-        sites=sites, wait=wait,
+        sites=sites, wait=wait, trees=_boosting(boost_trees, boost_depth, boost_lr),
     )
     coord = _coordinator(work, certs, "127.0.0.1", port)
     run_dir = coord.work_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")

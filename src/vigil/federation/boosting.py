@@ -39,25 +39,27 @@ this order; the first that fails names the exclusion):
 A site that fails a rule, or raises, is left out of the rest of the boosting,
 with a record (:class:`Exclusion`); boosting stops with an
 :class:`~vigil.core.errors.AggregationError` when fewer than ``min_sites``
-remain. The rules catch corrupted and scaled histograms, not a site that lies
+remain (the coordinator's loop: :mod:`vigil.federation.treegrowth`). The
+rules catch corrupted and scaled histograms, not a site that lies
 consistently; that needs secure aggregation or robust split finding, which
 this module does not do.
 
-Used by ``vigil federate --boost-trees`` (:mod:`vigil.federation.hybrid`).
+Used by ``vigil federate --boost-trees`` and ``vigil federation run --boost-trees``
+(:mod:`vigil.federation.hybrid`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.core.errors import AggregationError, ConfigError, DataError
+from vigil.core.errors import ConfigError, DataError
 
 __all__ = [
     "Boosted",
@@ -69,14 +71,14 @@ __all__ = [
     "best_splits",
     "bin_edges",
     "bin_rows",
-    "boost",
     "check_histograms",
     "predict_raw",
     "site_quantiles",
+    "trees_from_arrays",
+    "trees_to_arrays",
 ]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 _LEAF = -1
 _RTOL, _ATOL = 1e-7, 1e-6
 _TIE_RTOL = 1e-9
@@ -354,6 +356,36 @@ class BoostingSite:
         """Add the finished tree's leaf values to the scores."""
         self.score += tree.value[self._node]
 
+    def state(self) -> dict[str, NDArray[Any]]:
+        """Return the running state between two requests as arrays (a site rebuilt per message).
+
+        The scores and, within a tree, each row's node, its gradients and
+        hessians, and the histograms and families the subtraction trick reuses.
+        :meth:`restore` on a site built from the same rows gives the same answers.
+        """
+        out: dict[str, NDArray[Any]] = {"score": self.score}
+        if hasattr(self, "_node"):
+            kept = sorted(self._kept)
+            family = sorted(self._family.items())
+            out |= {
+                "node": self._node, "g": self._g, "h": self._h,
+                "kept_nodes": np.array(kept, dtype=np.int64),
+                "kept": np.stack([self._kept[n] for n in kept]) if kept
+                else np.zeros((0, self.binned.shape[1], 0, 2)),
+                "family": np.array([[n, s, p] for n, (s, p) in family],
+                                   dtype=np.int64).reshape(-1, 3),
+            }
+        return out
+
+    def restore(self, state: Mapping[str, NDArray[Any]]) -> None:
+        """Take up the running state :meth:`state` returned."""
+        self.score = np.array(state["score"], dtype=np.float64)
+        if "node" in state:
+            self._node = np.array(state["node"], dtype=np.int64)
+            self._g, self._h = np.array(state["g"]), np.array(state["h"])
+            self._kept = dict(zip(state["kept_nodes"].tolist(), state["kept"], strict=True))
+            self._family = {int(n): (int(s), int(p)) for n, s, p in state["family"]}
+
 
 class ExclusionReason(StrEnum):
     """Why a site was left out of the boosting (the screening rules, and failures)."""
@@ -462,141 +494,6 @@ def check_histograms(
     return None
 
 
-class _Federation:
-    """The coordinator's view of the boosting sites: calls, screening, exclusions."""
-
-    def __init__(self, sites: Sequence[BoostingSite], min_sites: int) -> None:
-        self.active = list(sites)
-        self.min_sites = min_sites
-        self.exclusions: list[Exclusion] = []
-        self.tree, self.depth = -1, 0
-
-    def exclude(self, site: BoostingSite, reason: ExclusionReason, detail: str) -> None:
-        log.warning("boosting tree %d: site %s left out (%s: %s)", self.tree, site.name,
-                    reason.value, detail)
-        self.exclusions.append(Exclusion(site.name, self.tree, self.depth, reason, detail))
-        self.active = [s for s in self.active if s is not site]
-        if len(self.active) < self.min_sites:
-            raise AggregationError(
-                f"boosting needs at least {self.min_sites} sites, {len(self.active)} remain "
-                f"after site {site.name} was left out ({reason.value}: {detail})"
-            )
-
-    def call(self, method: Callable[[BoostingSite], T]) -> dict[str, T]:
-        """Call ``method`` on every active site; a site that raises is left out."""
-        out: dict[str, T] = {}
-        for site in list(self.active):
-            try:
-                out[site.name] = method(site)
-            except Exception as exc:  # a failing site must not stop the others
-                self.exclude(site, ExclusionReason.ERROR, type(exc).__name__)
-        return out
-
-
-def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: BoostingPlan,
-          label_sums: dict[str, tuple[float, float]]) -> Tree:
-    capacity = 2 ** (plan.max_depth + 1) - 1
-    feature = np.full(capacity, _LEAF, dtype=np.int64)
-    bin_ = np.full(capacity, _LEAF, dtype=np.int64)
-    threshold = np.full(capacity, np.nan, dtype=np.float32)
-    left = np.full(capacity, _LEAF, dtype=np.int64)
-    right = np.full(capacity, _LEAF, dtype=np.int64)
-    value = np.zeros(capacity)
-    tree = Tree(feature, bin_, threshold, left, right, value)
-    fed.call(lambda s: s.begin_tree())
-    active, used = np.array([0]), 1
-    parents: dict[str, NDArray[np.float64]] = {}
-    for depth in range(plan.max_depth + 1):
-        fed.depth = depth
-        shape = (active.size, len(edges), plan.n_bins, 2)
-        sent = fed.call(lambda s, nodes=active: s.histograms(nodes, plan.n_bins))
-        for site in list(fed.active):
-            problem = check_histograms(sent[site.name], shape, parents=parents.get(site.name),
-                                       label_sums=label_sums[site.name] if depth == 0 else None)
-            if problem is not None:
-                fed.exclude(site, *problem)
-        hist = np.sum([sent[s.name] for s in fed.active], axis=0)
-        totals = hist[:, 0].sum(axis=1)  # (n_active, 2), the same from any feature
-        if depth < plan.max_depth:
-            _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight)
-        else:
-            feat = cut = np.full(active.size, _LEAF)
-        split = feat >= 0
-        for i in np.flatnonzero(~split):
-            g, h = totals[i]
-            value[active[i]] = -plan.learning_rate * g / (h + plan.l2)
-        splitting = active[split]
-        for node, f, b in zip(splitting, feat[split], cut[split], strict=True):
-            feature[node], bin_[node] = f, b
-            threshold[node] = edges[f][b]
-            left[node], right[node] = used, used + 1
-            used += 2
-        if splitting.size == 0:
-            break
-        parents = {s.name: sent[s.name][split, 0].sum(axis=1) for s in fed.active}
-        fed.call(lambda s, nodes=splitting: s.route(tree, nodes))
-        active = np.concatenate([[left[n], right[n]] for n in splitting])
-    fed.call(lambda s: s.end_tree(tree))
-    keep = slice(0, used)
-    return Tree(feature[keep], bin_[keep], threshold[keep], left[keep], right[keep],
-                value[keep])
-
-
-def boost(
-    sites: Sequence[BoostingSite],
-    edges: Sequence[NDArray[np.float32]],
-    plan: BoostingPlan,
-    *,
-    min_sites: int = 1,
-    on_tree: Callable[[int], None] | None = None,
-) -> Boosted:
-    """Grow ``plan.n_trees`` trees across the sites, screening what each sends.
-
-    Parameters
-    ----------
-    sites : sequence of BoostingSite
-        Binned with the same ``edges``.
-    edges : list of ndarray
-    plan : BoostingPlan
-    min_sites : int, optional
-        Sites that must remain; fewer stops the boosting.
-    on_tree : callable, optional
-        Called with the number of finished trees (progress display).
-
-    Returns
-    -------
-    Boosted
-
-    Raises
-    ------
-    AggregationError
-        If fewer than ``min_sites`` sites remain.
-    """
-    if len({s.name for s in sites}) != len(sites):
-        raise ConfigError("expected distinct site names", key="sites")
-    fed = _Federation(sites, min_sites)
-    if len(fed.active) < min_sites:
-        raise AggregationError(f"boosting needs at least {min_sites} sites, got {len(sites)}")
-    declared = fed.call(lambda s: s.label_sums())
-    for site in list(fed.active):
-        positives, rows = declared[site.name]
-        if not (np.isfinite([positives, rows]).all() and 0 <= positives <= rows and rows > 0):
-            fed.exclude(site, ExclusionReason.BOUNDS,
-                        f"expected 0 <= positives <= rows, rows > 0; got {positives:.4g} "
-                        f"and {rows:.4g}")
-    sums = np.array([declared[s.name] for s in fed.active]).sum(axis=0)
-    rate = float(np.clip(sums[0] / sums[1], 1e-6, 1 - 1e-6))
-    base = float(np.log(rate / (1.0 - rate)))
-    fed.call(lambda s: s.start(base))
-    trees = []
-    for t in range(plan.n_trees):
-        fed.tree = t
-        trees.append(_grow(fed, edges, plan, declared))
-        if on_tree is not None:
-            on_tree(t + 1)
-    return Boosted(base, tuple(trees), tuple(fed.exclusions), tuple(s.name for s in fed.active))
-
-
 def predict_raw(x: NDArray[np.floating], base: float, trees: Sequence[Tree]) -> NDArray[
     np.float64
 ]:
@@ -626,3 +523,34 @@ def predict_raw(x: NDArray[np.floating], base: float, trees: Sequence[Tree]) -> 
             node[r] = np.where(go_left, tree.left[n], tree.right[n])
         out += tree.value[node]
     return out
+
+
+_TREE_FIELDS = ("feature", "bin", "threshold", "left", "right", "value")
+
+
+def trees_to_arrays(trees: Sequence[Tree], prefix: str = "trees/") -> dict[str, NDArray[Any]]:
+    """Flatten trees into named arrays (``prefix + "0/feature"``, ...), dtypes kept.
+
+    For messages and files; :func:`trees_from_arrays` reads them back bit for bit.
+    """
+    return {f"{prefix}{i}/{name}": getattr(tree, name)
+            for i, tree in enumerate(trees) for name in _TREE_FIELDS}
+
+
+def trees_from_arrays(arrays: Mapping[str, NDArray[Any]], prefix: str = "trees/") -> tuple[
+    Tree, ...
+]:
+    """Read back the trees :func:`trees_to_arrays` flattened (other keys are ignored).
+
+    Raises
+    ------
+    DataError
+        If a tree lacks one of its arrays.
+    """
+    count = len({k[len(prefix):].split("/", 1)[0] for k in arrays if k.startswith(prefix)})
+    try:
+        return tuple(Tree(*(np.asarray(arrays[f"{prefix}{i}/{name}"]) for name in _TREE_FIELDS))
+                     for i in range(count))
+    except KeyError as exc:
+        raise DataError(f"expected the arrays {list(_TREE_FIELDS)} of every tree, {exc} is "
+                        "missing") from None

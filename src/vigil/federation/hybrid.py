@@ -53,35 +53,63 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.core.errors import AggregationError
+from vigil.core.errors import AggregationError, ConfigError
 from vigil.federation.boosting import (
     Boosted,
     BoostingPlan,
     BoostingSite,
     Tree,
     bin_edges,
-    boost,
     predict_raw,
 )
 from vigil.federation.evaluation import SCORE_EDGES, PooledMetrics, pool_evaluations
 from vigil.federation.messages import LogitSums, SiteEvaluation
 from vigil.federation.strategies import Weights
+from vigil.federation.treegrowth import (
+    LevelRequest,
+    LevelTransport,
+    answer_level,
+    boost_over,
+    outcome,
+)
 
 __all__ = [
+    "Answers",
     "HybridResult",
     "HybridSite",
     "HybridTrees",
+    "InProcessTrees",
     "Standardization",
+    "TreeTransport",
     "fuse",
     "fuse_trees",
     "grow_hybrid",
     "grow_trees",
     "hybrid_proba",
     "platt_from_histograms",
+    "refuse_trees",
     "sigmoid",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def refuse_trees(*, keeps_norm_local: bool, dp: bool) -> None:
+    """Refuse trees where the package could not hold them honestly.
+
+    Raises
+    ------
+    ConfigError
+        Under FedBN (no single network to fuse with) or DP-SGD (the gradient
+        histograms are not differentially private).
+    """
+    if keeps_norm_local:
+        raise ConfigError("--boost-trees needs one global network to fuse with; FedBN keeps a "
+                          "network per site. Use --strategy fedavg or fedprox", key="boost_trees")
+    if dp:
+        raise ConfigError("--boost-trees with --dp-epsilon: the gradient histograms are not "
+                          "differentially private, so the package could not state its epsilon. "
+                          "Drop one of them", key="boost_trees")
 
 
 def sigmoid(s: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -291,15 +319,91 @@ class HybridResult:
         }
 
 
-def _answers(sites: Sequence[HybridSite], what: str, call: Callable[[HybridSite], Any]) -> dict[
-    str, Any
-]:
+Answers = dict[str, Any]
+"""Site name to its answer, or to the exception that stands for its failure."""
+
+
+class TreeTransport(LevelTransport, Protocol):
+    """How the coordinator reaches the sites for the trees (one call per step, all sites).
+
+    Each call names the sites it asks; each answer maps a site's name to its
+    result or to the exception that stands for its failure. :class:`InProcessTrees`
+    calls the sites in this process; the Flower ServerApp sends each step as a
+    message to every SuperNode (:class:`vigil.federation.flower.treewire.FlowerTrees`).
+    """
+
+    def quantiles(self, names: Sequence[str], n_bins: int) -> Answers:
+        """Ask for each site's per-feature quantiles of its training rows."""
+        ...
+
+    def begin(self, names: Sequence[str], edges: Sequence[NDArray[np.float32]]) -> Answers:
+        """Have each site bin its rows with ``edges``; answer its (positives, rows)."""
+        ...
+
+    def score_sums(self, names: Sequence[str], weights: Weights, base: float,
+                   trees: Sequence[Tree]) -> Answers:
+        """Ask for each site's :class:`LogitSums` of the network and the trees."""
+        ...
+
+    def evaluate(self, names: Sequence[str], weights: Weights, part: HybridTrees) -> Answers:
+        """Ask each site for its :class:`SiteEvaluation` of the fused score."""
+        ...
+
+
+class InProcessTrees:
+    """The in-process :class:`TreeTransport`: each site's method, in turn.
+
+    Parameters
+    ----------
+    sites : sequence of HybridSite
+    """
+
+    def __init__(self, sites: Sequence[HybridSite]) -> None:
+        self.sites = {s.name: s for s in sites}
+        self.boosting: dict[str, BoostingSite] = {}
+
+    def quantiles(self, names: Sequence[str], n_bins: int) -> Answers:
+        """Call ``site.quantiles(n_bins)``."""
+        return {n: outcome(lambda s=self.sites[n]: s.quantiles(n_bins))  # type: ignore[misc]
+                for n in names}
+
+    def begin(self, names: Sequence[str], edges: Sequence[NDArray[np.float32]]) -> Answers:
+        """Keep ``site.boosting(edges)``; answer its label sums."""
+        out: Answers = {}
+        for n in names:
+            made = outcome(lambda s=self.sites[n]: s.boosting(edges))  # type: ignore[misc]
+            if isinstance(made, Exception):
+                out[n] = made
+                continue
+            self.boosting[n] = made
+            out[n] = outcome(made.label_sums)
+        return out
+
+    def level(self, names: Sequence[str], request: LevelRequest) -> Answers:
+        """Call :func:`~vigil.federation.treegrowth.answer_level` on each site's boosting side."""
+        return {n: outcome(lambda b=self.boosting[n]: answer_level(b, request))  # type: ignore[misc]
+                for n in names}
+
+    def score_sums(self, names: Sequence[str], weights: Weights, base: float,
+                   trees: Sequence[Tree]) -> Answers:
+        """Call ``site.logit_sums(weights, base, trees)``."""
+        return {n: outcome(lambda s=self.sites[n]: s.logit_sums(weights, base, trees))  # type: ignore[misc]
+                for n in names}
+
+    def evaluate(self, names: Sequence[str], weights: Weights, part: HybridTrees) -> Answers:
+        """Call ``site.evaluate_hybrid(weights, part)``."""
+        return {n: outcome(lambda s=self.sites[n]: s.evaluate_hybrid(weights, part))  # type: ignore[misc]
+                for n in names}
+
+
+def _answered(names: Sequence[str], answers: Answers, what: str) -> dict[str, Any]:
     out = {}
-    for site in sites:
-        try:
-            out[site.name] = call(site)
-        except Exception as exc:  # a failing site must not stop the others
-            log.warning("site %s failed to send %s: %s", site.name, what, type(exc).__name__)
+    for name in names:
+        answer = answers.get(name, ConnectionError("no answer"))
+        if isinstance(answer, Exception):
+            log.warning("site %s failed to send %s: %s", name, what, type(answer).__name__)
+        else:
+            out[name] = answer
     return out
 
 
@@ -310,12 +414,14 @@ def grow_trees(
     counts: Mapping[str, int],
     min_sites: int = 2,
     on_tree: Callable[[int], None] | None = None,
+    transport: TreeTransport | None = None,
 ) -> tuple[Boosted, float]:
     """Grow the trees across the sites (steps 1 and 2 of the module docstring).
 
     Parameters
     ----------
     sites : sequence of HybridSite
+        Or anything with a ``name`` that ``transport`` reaches.
     plan : BoostingPlan
     counts : mapping of str to int
         Training rows each site declared before round 1 (weights the quantiles);
@@ -323,6 +429,8 @@ def grow_trees(
     min_sites : int, optional
     on_tree : callable, optional
         Progress callback, called with the number of finished trees.
+    transport : TreeTransport or None, optional
+        How the requests reach the sites; default :class:`InProcessTrees` of ``sites``.
 
     Returns
     -------
@@ -335,18 +443,17 @@ def grow_trees(
     AggregationError
         If fewer than ``min_sites`` sites take part.
     """
-    sites = sorted((s for s in sites if s.name in counts), key=lambda s: s.name)
+    transport = transport or InProcessTrees(sites)
+    names = sorted(s.name for s in sites if s.name in counts)
     t0 = time.perf_counter()
-    quantiles = _answers(sites, "quantiles", lambda s: s.quantiles(plan.n_bins))
+    quantiles = _answered(names, transport.quantiles(names, plan.n_bins), "quantiles")
     if len(quantiles) < min_sites:
         raise AggregationError(f"boosting needs at least {min_sites} sites, {len(quantiles)} "
                                "sent quantiles")
     names = sorted(quantiles)
     edges = bin_edges([quantiles[n] for n in names], [counts[n] for n in names])
-    binned = _answers([s for s in sites if s.name in quantiles], "binned rows",
-                      lambda s: s.boosting(edges))
-    boosted = boost([binned[n] for n in sorted(binned)], edges, plan, min_sites=min_sites,
-                    on_tree=on_tree)
+    declared = transport.begin(names, edges)
+    boosted = boost_over(transport, declared, edges, plan, min_sites=min_sites, on_tree=on_tree)
     return boosted, time.perf_counter() - t0
 
 
@@ -358,6 +465,7 @@ def fuse_trees(
     *,
     min_sites: int = 2,
     seconds: float = float("nan"),
+    transport: TreeTransport | None = None,
 ) -> HybridResult:
     """Standardize and evaluate the network and trees fused (steps 3 and 4).
 
@@ -373,6 +481,8 @@ def fuse_trees(
     min_sites : int, optional
     seconds : float, optional
         Wall time of the boosting, for the record.
+    transport : TreeTransport or None, optional
+        Default :class:`InProcessTrees` of ``sites``.
 
     Returns
     -------
@@ -383,24 +493,25 @@ def fuse_trees(
     AggregationError
         If fewer than ``min_sites`` sites send their sums.
     """
-    sites = sorted(sites, key=lambda s: s.name)
-    sums = _answers(sites, "score sums", lambda s: s.logit_sums(weights, boosted.base,
-                                                                 boosted.trees))
+    transport = transport or InProcessTrees(sites)
+    names = sorted(s.name for s in sites)
+    sums = _answered(names, transport.score_sums(names, weights, boosted.base, boosted.trees),
+                     "score sums")
     if len(sums) < min_sites:
         raise AggregationError(f"expected score sums from {min_sites} sites, got {len(sums)}")
     fused = HybridTrees(boosted.base, boosted.trees,
                         Standardization.from_sums([sums[n] for n in sorted(sums)]), plan)
-    first = _evaluations(sites, weights, fused, min_sites)
+    first = _evaluations(transport, names, weights, fused, min_sites)
     a, b = platt_from_histograms(np.sum([e.positive_hist for e in first], axis=0),
                                  np.sum([e.negative_hist for e in first], axis=0))
     part = replace(fused, intercept=a, slope=b)
-    evaluations = _evaluations(sites, weights, part, min_sites)
+    evaluations = _evaluations(transport, names, weights, part, min_sites)
     return HybridResult(part, boosted, evaluations, pool_evaluations(evaluations), seconds)
 
 
-def _evaluations(sites: Sequence[HybridSite], weights: Weights, part: HybridTrees,
-                 min_sites: int) -> list[SiteEvaluation]:
-    evaluated = _answers(sites, "evaluation", lambda s: s.evaluate_hybrid(weights, part))
+def _evaluations(transport: TreeTransport, names: Sequence[str], weights: Weights,
+                 part: HybridTrees, min_sites: int) -> list[SiteEvaluation]:
+    evaluated = _answered(names, transport.evaluate(names, weights, part), "evaluation")
     if len(evaluated) < min_sites:
         raise AggregationError(f"expected evaluations from {min_sites} sites, got "
                                f"{len(evaluated)}")
@@ -415,10 +526,12 @@ def grow_hybrid(
     counts: Mapping[str, int],
     min_sites: int = 2,
     on_tree: Callable[[int], None] | None = None,
+    transport: TreeTransport | None = None,
 ) -> HybridResult:
     """Grow the trees across the sites and fuse them with the network ``weights``.
 
-    :func:`grow_trees` then :func:`fuse_trees`; the parameters are theirs.
+    :func:`grow_trees` then :func:`fuse_trees`, through the same ``transport``;
+    the parameters are theirs.
 
     Returns
     -------
@@ -429,9 +542,11 @@ def grow_hybrid(
     AggregationError
         If fewer than ``min_sites`` sites take part in a step.
     """
+    transport = transport or InProcessTrees(sites)
     boosted, seconds = grow_trees(sites, plan, counts=counts, min_sites=min_sites,
-                                  on_tree=on_tree)
-    return fuse_trees(sites, weights, boosted, plan, min_sites=min_sites, seconds=seconds)
+                                  on_tree=on_tree, transport=transport)
+    return fuse_trees(sites, weights, boosted, plan, min_sites=min_sites, seconds=seconds,
+                      transport=transport)
 
 
 def hybrid_proba(model: Any, part: HybridTrees, X: NDArray[np.floating]) -> NDArray[np.float64]:

@@ -35,7 +35,7 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     hidden = [128, 64]
     [dp]                          # DPSettings(...), optional
     target_epsilon = 8.0
-    [trees]                       # BoostingPlan(...), optional; in-process only, no [dp]
+    [trees]                       # BoostingPlan(...), optional; either engine, no [dp]
     n_trees = 25
     [flower]                      # engine = "flower"
     work = "/srv/vigil/coordinator"
@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from vigil.core.errors import ConfigError, VigilError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
+from vigil.federation.hybrid import refuse_trees
 from vigil.federation.privacy import DPSettings
 from vigil.federation.registry import Registry, Release
 from vigil.federation.site import ModelSpec
@@ -149,8 +150,8 @@ class RetrainConfig:
     timezone : str, optional
     trees : BoostingPlan or None, optional
         Grow boosted trees across the sites after the rounds and ship them
-        fused with the network (:mod:`vigil.federation.hybrid`); in-process
-        engine only.
+        fused with the network (:mod:`vigil.federation.hybrid`), on either
+        engine; not with FedBN or DP-SGD.
     """
 
     registry: Path
@@ -168,9 +169,8 @@ class RetrainConfig:
     trees: BoostingPlan | None = None
 
     def __post_init__(self) -> None:
-        if self.trees is not None and self.engine is Engine.FLOWER:
-            raise ConfigError("[trees] needs engine = \"in-process\": the Flower messages for "
-                              "the trees' histograms do not exist yet", key="trees")
+        if self.trees is not None:
+            refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.engine is Engine.FLOWER and self.flower is None:
             raise ConfigError("engine = \"flower\" needs a [flower] section (work, certs, sites)",
                               key="flower")
@@ -266,7 +266,8 @@ def _train(config: RetrainConfig, version: str) -> Any:
         coordinator = Coordinator.from_certs(target.work, target.certs, host=target.host,
                                              port=target.port)
         settings = RunSettings(plan=config.plan, strategy=config.strategy, sites=target.sites,
-                               model=config.model, dp=config.dp, wait=target.wait)
+                               model=config.model, dp=config.dp, wait=target.wait,
+                               trees=config.trees)
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
     from vigil.data import load_physionet, resolve_data_path
     from vigil.federation.simulation import federate

@@ -30,7 +30,7 @@ from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import FederationResult, Plan, pooled_statistics, run_federation
 from vigil.federation.evaluation import SCORE_EDGES, PooledMetrics, site_utility
 from vigil.federation.history import HISTORY_FILE, RoundRecord, Status
-from vigil.federation.hybrid import HybridResult, grow_hybrid
+from vigil.federation.hybrid import HybridResult, grow_hybrid, refuse_trees
 from vigil.federation.integrity import PUBLIC_KEY_FILE
 from vigil.federation.messages import SiteEvaluation
 from vigil.federation.privacy import DPSettings
@@ -180,13 +180,8 @@ def federate(
     """
     import torch
 
-    if trees is not None and strategy.keeps_norm_local:
-        raise ConfigError("--boost-trees needs one global network to fuse with; FedBN keeps a "
-                          "network per site. Use --strategy fedavg or fedprox", key="boost_trees")
-    if trees is not None and dp is not None:
-        raise ConfigError("--boost-trees with --dp-epsilon: the gradient histograms are not "
-                          "differentially private, so the package could not state its epsilon. "
-                          "Drop one of them", key="boost_trees")
+    if trees is not None:
+        refuse_trees(keeps_norm_local=strategy.keeps_norm_local, dp=dp is not None)
     torch.set_num_threads(threads)
     spec = model or ModelSpec()
     sites = build_sites(table, scheme, seed=plan.seed, model=spec,

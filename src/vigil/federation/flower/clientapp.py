@@ -7,7 +7,10 @@ run (:class:`~vigil.federation.flower.settings.RunSettings`), and answers:
 
 - ``query``: :meth:`Site.statistics`;
 - ``train``: :meth:`Site.fit` on the global weights and the round's config;
-- ``evaluate``: :meth:`Site.evaluate` of the global weights.
+- ``evaluate``: :meth:`Site.evaluate` of the global weights;
+- ``query.trees``: one step of the boosted trees
+  (:func:`~vigil.federation.flower.treewire.answer_trees`), whose state
+  between tree levels is kept in ``context.state`` too.
 
 The one piece of a site's state that lives across rounds, its DP-SGD
 accountant, is kept in the run's ``context.state`` on the SuperNode, so the
@@ -26,6 +29,7 @@ from flwr.clientapp import ClientApp
 from vigil.core.errors import ConfigError
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, load_site
+from vigil.federation.flower.treewire import ACTION, answer_trees
 from vigil.federation.flower.wire import (
     ARRAYS,
     CONFIG,
@@ -44,9 +48,7 @@ _STATE = "vigil-site"
 app = ClientApp()
 
 
-def _site(context: Context) -> Site:
-    import torch
-
+def _site(context: Context, network: bool = True) -> Site:
     site_dir = context.node_config.get(SITE_DIR_KEY)
     if not isinstance(site_dir, str) or not site_dir:
         raise ConfigError(
@@ -54,7 +56,10 @@ def _site(context: Context) -> Site:
             "(`vigil federation site` does)", key=SITE_DIR_KEY,
         )
     settings = RunSettings.from_run_config(context.run_config)
-    torch.set_num_threads(settings.threads)
+    if network:  # the trees' levels need no torch (about 2 s to import, per message)
+        import torch
+
+        torch.set_num_threads(settings.threads)
     site = load_site(site_dir, **settings.site_options())
     saved = context.state.config_records.get(_STATE)
     if saved is not None and "accountant" in saved:
@@ -86,3 +91,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = _site(context)
     evaluation = site.evaluate(weights_from_record(msg.content.array_records[ARRAYS]))
     return Message(evaluation_to_content(evaluation), reply_to=msg)
+
+
+@app.query(ACTION)
+def trees(msg: Message, context: Context) -> Message:
+    """Answer one step of the boosted trees grown across the sites."""
+    content = answer_trees(msg.content, context.state, lambda network: _site(context, network))
+    return Message(content, reply_to=msg)

@@ -11,7 +11,10 @@ statistics, evaluations and privacy spent.
     ``evaluations.npz`` (``SITE/FIELD`` arrays), ``result.json`` (privacy per
     site, the round whose model was kept, the pooled metrics, the run
     settings, per-site traffic and the round timings) and, last, ``DONE``
-    (its presence says the rest is complete).
+    (its presence says the rest is complete). With boosted trees also
+    ``trees.npz`` (:func:`~vigil.federation.boosting.trees_to_arrays`),
+    ``hybrid_evaluations.npz`` and ``result.json``'s ``hybrid`` (the fusion's
+    standardization and Platt scaling, the exclusions, the sites).
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vigil.core.errors import ModelArtifactError
+from vigil.federation.boosting import (
+    Boosted,
+    BoostingPlan,
+    Exclusion,
+    ExclusionReason,
+    trees_from_arrays,
+    trees_to_arrays,
+)
 from vigil.federation.driver import FederationResult
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.history import HISTORY_FILE, History
+from vigil.federation.hybrid import HybridResult, HybridTrees, Standardization
 from vigil.federation.messages import PrivacySpent, SiteEvaluation, SiteStatistics
 
 __all__ = [
@@ -56,10 +68,13 @@ class RunOutput:
     info : dict
         ``settings`` (the run config), ``traffic`` (bytes per site) and
         ``rounds`` (seconds per round), as the ServerApp wrote them.
+    hybrid : HybridResult or None
+        The trees grown after the rounds, if the run had any.
     """
 
     result: FederationResult
     info: dict[str, Any]
+    hybrid: HybridResult | None = None
 
 
 def _save_messages(path: Path, messages: dict[str, Any]) -> None:
@@ -78,7 +93,8 @@ def _load_messages(path: Path, cls: type[T]) -> dict[str, T]:
     return {site: cls(site=site, **f) for site, f in fields.items()}
 
 
-def save_result(out_dir: str | Path, result: FederationResult, info: dict[str, Any]) -> Path:
+def save_result(out_dir: str | Path, result: FederationResult, info: dict[str, Any],
+                hybrid: HybridResult | None = None) -> Path:
     """Write a run's result; ``DONE`` is written last.
 
     Parameters
@@ -87,6 +103,8 @@ def save_result(out_dir: str | Path, result: FederationResult, info: dict[str, A
     result : FederationResult
     info : dict
         JSON-ready run information (settings, traffic, round timings).
+    hybrid : HybridResult or None, optional
+        The trees grown after the rounds.
 
     Returns
     -------
@@ -106,6 +124,17 @@ def save_result(out_dir: str | Path, result: FederationResult, info: dict[str, A
         "pooled": result.pooled.to_dict(),
         **info,
     }
+    if hybrid is not None:
+        np.savez(out / "trees.npz", **trees_to_arrays(hybrid.part.trees))
+        _save_messages(out / "hybrid_evaluations.npz", {e.site: e for e in hybrid.evaluations})
+        part = hybrid.part
+        body["hybrid"] = {
+            "base": part.base, "plan": asdict(part.plan),
+            "standardization": part.standardization.to_dict(),
+            "intercept": part.intercept, "slope": part.slope,
+            "exclusions": [asdict(e) for e in hybrid.boosted.exclusions],
+            "sites": list(hybrid.boosted.sites), "seconds": hybrid.seconds,
+        }
     (out / RESULT_FILE).write_text(json.dumps(body, indent=1, default=_jsonable) + "\n")
     (out / DONE_FILE).write_text("ok\n")
     return out
@@ -145,9 +174,29 @@ def load_result(out_dir: str | Path) -> RunOutput:
     evaluations = [by_site[s] for s in sorted(by_site)]
     privacy = {site: PrivacySpent(**p) for site, p in body.pop("privacy", {}).items()}
     body.pop("pooled", None)
+    hybrid = None if "hybrid" not in body else _load_hybrid(out, body.pop("hybrid"))
     result = FederationResult(
         weights=weights, best_round=int(body.pop("best_round")), history=history,
         statistics=dict(sorted(statistics.items())),
         evaluations=evaluations, pooled=pool_evaluations(evaluations), privacy=privacy,
     )
-    return RunOutput(result=result, info=body)
+    return RunOutput(result=result, info=body, hybrid=hybrid)
+
+
+def _load_hybrid(out: Path, saved: dict[str, Any]) -> HybridResult:
+    try:
+        with np.load(out / "trees.npz") as z:
+            trees = trees_from_arrays({k: z[k] for k in z.files})
+        by_site = _load_messages(out / "hybrid_evaluations.npz", SiteEvaluation)
+        plan = BoostingPlan(**saved["plan"])
+        part = HybridTrees(float(saved["base"]), trees,
+                           Standardization(**saved["standardization"]), plan,
+                           float(saved["intercept"]), float(saved["slope"]))
+        exclusions = tuple(Exclusion(**{**e, "reason": ExclusionReason(e["reason"])})
+                           for e in saved["exclusions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelArtifactError(f"expected the run's trees: {exc}", path=str(out)) from None
+    evaluations = [by_site[s] for s in sorted(by_site)]
+    boosted = Boosted(part.base, trees, exclusions, tuple(saved["sites"]))
+    return HybridResult(part, boosted, evaluations, pool_evaluations(evaluations),
+                        float(saved["seconds"]))

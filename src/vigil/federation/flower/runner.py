@@ -26,7 +26,13 @@ from vigil.federation.flower.settings import RunSettings, app_pyproject
 if TYPE_CHECKING:
     from vigil.federation.simulation import FederatedRun
 
-__all__ = ["FLOWER_METHOD", "read_events", "run_on_flower", "train_on_flower"]
+__all__ = [
+    "FLOWER_METHOD",
+    "federated_run",
+    "read_events",
+    "run_on_flower",
+    "train_on_flower",
+]
 
 log = logging.getLogger(__name__)
 FLOWER_METHOD = "federated (Flower 1.42 SuperLink and SuperNodes, TLS, authenticated nodes)"
@@ -67,8 +73,9 @@ def run_on_flower(
     run_dir : str or Path
         A new directory for this run.
     timeout : float or None, optional
-        Seconds the whole run may take; default: the sites' wait plus
-        ``(2 * rounds + 1)`` request timeouts plus one minute.
+        Seconds the whole run may take; default: the sites' wait plus one
+        request timeout per request of the run (``2 * rounds + 1``, and with
+        trees ``n_trees * (max_depth + 1) + 6`` more) plus one minute.
     on_event : callable, optional
         Called with each new event of the ServerApp (progress display).
 
@@ -90,7 +97,10 @@ def run_on_flower(
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "pyproject.toml").write_text(app_pyproject(settings))
     if timeout is None:
-        timeout = settings.wait + (2 * settings.plan.rounds + 1) * settings.timeout + 60.0
+        requests = 2 * settings.plan.rounds + 1
+        if settings.trees is not None:  # quantiles, edges, the levels, score sums, 2 evaluations
+            requests += 5 + settings.trees.n_trees * (settings.trees.max_depth + 1) + 1
+        timeout = settings.wait + requests * settings.timeout + 60.0
     proc = submit_run(coordinator, app_dir, log_path=run_dir / "flwr-run.log")
     deadline = time.monotonic() + timeout
     seen = 0
@@ -144,15 +154,20 @@ def train_on_flower(
         For FedBN: its packages carry each site's own normalization, which
         stays at the sites on Flower.
     """
-    from vigil.federation.simulation import FederatedRun
-
     if settings.strategy.keeps_norm_local:
         raise ConfigError("a FedBN package carries one site's own normalization, which stays "
                           "at the site on Flower; use fedavg or fedprox here", key="strategy")
     out = run_on_flower(coordinator, settings, run_dir, timeout=timeout, on_event=on_event)
+    return federated_run(settings, out)
+
+
+def federated_run(settings: RunSettings, out: RunOutput) -> FederatedRun:
+    """Wrap a finished Flower run (network and trees) for :func:`.simulation.export_run`."""
+    from vigil.federation.simulation import FederatedRun
+
     n = len(out.result.statistics)
     return FederatedRun(
         result=out.result, strategy=settings.strategy, plan=settings.plan, model=settings.model,
         dp=settings.dp, scheme=f"{n} SuperNodes", data="each site's own data", sites=[],
-        method=FLOWER_METHOD,
+        method=FLOWER_METHOD, hybrid=out.hybrid,
     )

@@ -9,6 +9,12 @@ statistics pooling, initial model, bad-update checks, strategy, dropout rule
 and round history as ``vigil federate``. The result goes to the run's
 ``out-dir`` (:func:`~vigil.federation.flower.results.save_result`) and every
 phase to ``out-dir/events.jsonl``.
+
+With ``trees`` in the settings, the boosted trees are then grown across the
+same SuperNodes and fused with the kept network
+(:func:`~vigil.federation.hybrid.grow_hybrid` over
+:class:`~vigil.federation.flower.treewire.FlowerTrees`), as ``vigil federate
+--boost-trees`` does in process; one ``tree`` event per finished tree.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from vigil.federation.driver import run_federation
 from vigil.federation.flower.results import EVENTS_FILE, save_result
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.transport import EventLog, FlowerTransport
+from vigil.federation.flower.treewire import FlowerTrees
 from vigil.federation.history import RoundRecord
+from vigil.federation.hybrid import grow_hybrid
 
 __all__ = ["app", "main"]
 
@@ -64,6 +72,24 @@ def main(grid: Grid, context: Context) -> None:
             sites, settings.strategy, settings.plan, model=settings.model, on_round=on_round,
             transport=transport,
         )
+        network_traffic = {name: asdict(t) for name, t in sorted(transport.traffic.items())}
+        hybrid, tree_seconds = None, []
+        if settings.trees is not None:
+            t_trees = time.monotonic()
+
+            def on_tree(done: int) -> None:
+                tree_seconds.append(time.monotonic() - t_trees - sum(tree_seconds))
+                events.write("tree", tree=done, seconds=tree_seconds[-1])
+
+            hybrid = grow_hybrid(
+                sites, result.weights, settings.trees,
+                counts={n: s.count for n, s in result.statistics.items()},
+                min_sites=settings.plan.min_sites, on_tree=on_tree,
+                transport=FlowerTrees(transport, sites),
+            )
+            events.write("trees", sites=list(hybrid.boosted.sites),
+                         exclusions=len(hybrid.boosted.exclusions),
+                         seconds=time.monotonic() - t_trees)
     except Exception as exc:
         events.write("failed", error=type(exc).__name__, detail=str(exc))
         raise
@@ -72,8 +98,10 @@ def main(grid: Grid, context: Context) -> None:
         "settings": settings.to_run_config(),
         "nodes": {s.name: s.node_id for s in sites},
         "traffic": {name: asdict(t) for name, t in sorted(transport.traffic.items())},
+        "network_traffic": network_traffic,
         "connect_seconds": round_seconds[0],
         "round_seconds": round_seconds[1:],
+        "tree_seconds": tree_seconds,
     }
-    save_result(out, result, info)
+    save_result(out, result, info, hybrid)
     events.write("done", seconds=time.monotonic() - t0)

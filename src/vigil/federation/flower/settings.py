@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core.errors import ConfigError
+from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
+from vigil.federation.hybrid import refuse_trees
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy
@@ -62,6 +64,10 @@ class RunSettings:
         Where the ServerApp writes the result (on the coordinator's disk).
     threads : int, optional
         torch threads of the ServerApp and of each ClientApp.
+    trees : BoostingPlan or None, optional
+        After the rounds, grow these boosted trees across the same sites and
+        fuse them with the kept network (:mod:`vigil.federation.flower.treewire`).
+        Not with FedBN or DP-SGD.
     """
 
     plan: Plan
@@ -72,8 +78,11 @@ class RunSettings:
     wait: float = 300.0
     out_dir: str = ""
     threads: int = 1
+    trees: BoostingPlan | None = None
 
     def __post_init__(self) -> None:
+        if self.trees is not None:
+            refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.plan.time_budget is None:
             raise ConfigError("expected a time budget (seconds a site has to answer) for a "
                               "Flower run, got none", key="timeout")

@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -52,6 +52,7 @@ __all__ = ["EventLog", "FlowerTransport", "RemoteSite", "SiteTraffic"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 POLL_SECONDS = 0.25
 """How often replies are pulled from the SuperLink (Flower's own loop sleeps 3 s)."""
 
@@ -231,12 +232,27 @@ class FlowerTransport:
             out[name] = _decode(reply, evaluation_from_content)
         return out
 
+    def request(
+        self, kind: str, sites: Sequence[FederatedSite], content: RecordDict,
+        decode: Callable[[RecordDict], T],
+    ) -> dict[str, T | Exception]:
+        """Send one message of type ``kind`` to every site; return each decoded answer.
+
+        For the other protocols run over the same sites (the boosted trees,
+        :mod:`vigil.federation.flower.treewire`): the same timeout and traffic
+        count, no event per message. A failure (an error reply, a timeout, a
+        lost node, an answer that does not decode) is the site's exception.
+        """
+        answers = self._ask(kind, sites, content, quiet=True)
+        return {name: _decode(reply, decode) for name, (reply, _) in answers.items()}
+
     def _ask(
         self, kind: str, sites: Sequence[FederatedSite], content: RecordDict, *,
-        round_: int | None = None,
+        round_: int | None = None, quiet: bool = False,
     ) -> dict[str, tuple[Message | Exception, float]]:
         nodes = {_node(s): s.name for s in sites}
-        self._event(f"{kind}-sent", round=round_, sites=sorted(nodes.values()))
+        if not quiet:
+            self._event(f"{kind}-sent", round=round_, sites=sorted(nodes.values()))
         answers = self._exchange(kind, dict.fromkeys(nodes, content))
         for node, name in nodes.items():
             got = self._pending_traffic.pop(node)
@@ -246,7 +262,8 @@ class FlowerTransport:
             mine.messages += got.messages
         failed = sorted(nodes[n] for n, (r, _) in answers.items() if isinstance(r, Exception)
                         or r.has_error())
-        self._event(f"{kind}-done", round=round_, failed=failed)
+        if not quiet or failed:
+            self._event(f"{kind}-done", round=round_, failed=failed)
         return {nodes[node]: answer for node, answer in answers.items()}
 
     def _exchange(

@@ -42,7 +42,9 @@ __all__ = [
     "config_to_record",
     "evaluation_from_content",
     "evaluation_to_content",
-        "statistics_from_content",
+    "payload_from_content",
+    "payload_to_content",
+    "statistics_from_content",
     "statistics_to_content",
     "update_from_content",
     "update_to_content",
@@ -183,3 +185,13 @@ def wire_bytes(message: Message | RecordDict) -> int:
         total += len(obj.deflate())
         stack.extend((obj.children or {}).values())
     return total
+
+
+def payload_to_content(site: str, payload: Mapping[str, Any]) -> RecordDict:
+    """Make message content of any ``payload()``: arrays, then int and float scalars."""
+    return _to_content(site, payload)
+
+
+def payload_from_content(content: RecordDict) -> tuple[str, dict[str, Any]]:
+    """Read back the site name and payload; raises ValueError if malformed."""
+    return _from_content(content)
