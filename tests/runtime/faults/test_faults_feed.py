@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rt_support (no test packages)
-from rt_support import FHIRServer, make_package  # noqa: E402
+from rt_support import FHIRServer, make_package, write_trusted_key  # noqa: E402
 
 from vigil.runtime.store import StateStore  # noqa: E402
 
@@ -91,6 +91,7 @@ def site_toml(root: Path, data: str, extra: str = "") -> Path:
 url = "sqlite:///{root / 'state.db'}"
 [models]
 dir = "{root / 'models'}"
+public_key = "{write_trusted_key(root)}"
 [ops]
 enabled = false
 [scheduler]

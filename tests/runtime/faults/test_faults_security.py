@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from rt_support import (  # noqa: E402
     http_get,
     make_package,
     make_record,
+    move_to_now,
     wait_ready,
     write_trusted_key,
 )
@@ -280,6 +282,7 @@ def test_ops_endpoint_needs_the_token_and_no_secret_reaches_a_log(tmp_path, samp
                f'bearer_token = "{MARK}-fhir-token"\n')
     (tmp_path / "site.toml").write_text(config)
     write_synth(table.frame, tmp_path / "export")
+    move_to_now(tmp_path / "export", datetime.now(UTC))  # 2020 values: degraded, never ready
     make_package(tmp_path / "pkg")
     (install,) = _run_all([[VIGIL, "model", "install", tmp_path / "pkg", "--config",
                             tmp_path / "site.toml", "--json"]])
