@@ -334,7 +334,7 @@ def test_bad_settings_are_one_line_and_exit_2(world, tmp_path, case):
         assert_one_line_exit_2(vigil(*command), match)
 
 
-def test_bad_replay_inputs_are_one_line_and_exit_2_and_a_bad_census_line_is_quarantined(world, tmp_path):
+def test_bad_replay_inputs_are_one_line_and_a_bad_census_line_is_quarantined(world, tmp_path):
     broken = tmp_path / "ndjson"
     broken.mkdir()
     for f in (world / "ndjson").iterdir():
