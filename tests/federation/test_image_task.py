@@ -1,4 +1,4 @@
-"""The imaging task: the FedBN BatchNorm policy, the driver unchanged, image metrics, ONNX parity."""
+"""The imaging task: FedBN BatchNorm policy, the driver unchanged, image metrics, ONNX parity."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def parts():
 def _sites(parts, keep):
     train, valid = parts
     return [ImagingSite(n, ImageSet(x, y.astype(np.int8)), ImageSet(vx, vy.astype(np.int8)),
-                        keep_bn_local=keep) for (n, x, y), (_, vx, vy) in zip(train, valid)]
+                        keep_bn_local=keep)
+            for (n, x, y), (_, vx, vy) in zip(train, valid, strict=True)]
 
 
 def test_bn_policy_names_every_tensor_for_every_strategy():
@@ -83,7 +84,8 @@ def test_fedavg_averages_batchnorm_statistics_by_examples(parts):
     merged = make_strategy("fedavg").aggregate([u.weights for u in updates], list(n),
                                                 is_local=ImagingTask().is_local)
     for key in ("bn1.running_mean", "bn2.running_var", "bn3.weight"):
-        by_hand = sum(w * u.weights[key].astype(np.float64) for w, u in zip(n, updates)) / n.sum()
+        by_hand = sum(w * u.weights[key].astype(np.float64)
+                      for w, u in zip(n, updates, strict=True)) / n.sum()
         np.testing.assert_allclose(merged[key], by_hand, rtol=1e-6)
 
 
@@ -170,5 +172,6 @@ def test_fedbn_site_packages_are_signed_and_share_the_backbone(parts, tmp_path):
     arch = [m.model_extra["architecture"] for m in manifests]
     assert arch[0]["shared_sha256"] == arch[1]["shared_sha256"]
     assert manifests[0].model_sha256 != manifests[1].model_sha256
-    assert manifests[0].threshold == pytest.approx(manifests[0].model_extra["site_thresholds"]["site-a"])
+    thresholds = manifests[0].model_extra["site_thresholds"]
+    assert manifests[0].threshold == pytest.approx(thresholds["site-a"])
     assert manifests[0].model_extra["export"]["parity_max_abs_diff"] <= 1e-5

@@ -66,7 +66,6 @@ def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: 
     from vigil.federation.image_export import PARITY_IMAGES
     from vigil.federation.image_run import export_imaging_run, federate_images, imaging_summary
 
-    err_console.print("reading the scanner sites' images through DICOM", highlight=False)
     parts = medmnist_sites(data, seed=plan.seed, splits=("train", "val"))
     train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
     train, valid = list(train), list(valid)
