@@ -36,10 +36,10 @@ from vigil.imaging import Photometric
 
 __all__ = [
     "SITES",
+    "VALID_FRACTION",
     "ScannerSite",
     "SiteFiles",
     "SiteInputs",
-    "VALID_FRACTION",
     "assign_sites",
     "medmnist_sites",
     "site_inputs",
