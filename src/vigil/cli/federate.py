@@ -286,12 +286,8 @@ def compare_cmd(
     sites: Annotated[str, typer.Option(help="Site partition.")] = "hospital-unit",
     rounds: Annotated[int, typer.Option(min=1, help="Rounds (epochs for single-site models).")] = 5,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Local batch size [sepsis 2048, imaging 128].")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Local AdamW learning rate [sepsis 3e-4, imaging 1e-3].")
-    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
+    lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
     mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
     hidden: HiddenOption = "256,128",
     dropout: DropoutOption = 0.5,

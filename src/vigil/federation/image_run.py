@@ -29,9 +29,8 @@ from vigil.core.errors import ConfigError
 from vigil.core.package import ModelPackage, write_package
 from vigil.federation.driver import FederationResult, Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
-from vigil.federation.history import HISTORY_FILE, RoundRecord, Status
+from vigil.federation.history import RoundRecord, Status
 from vigil.federation.image_task import CNNSpec, ImageSet, ImagingSite, ImagingTask
-from vigil.federation.integrity import PUBLIC_KEY_FILE
 from vigil.federation.strategies import Strategy
 
 __all__ = [
@@ -265,7 +264,6 @@ def export_imaging_run(
     ModelArtifactError
         If parity fails (nothing is written).
     """
-    from vigil.core.signing import public_key_of
     from vigil.federation.cnn import SmallCNN
     from vigil.federation.export import OPSET
     from vigil.federation.image_export import (
@@ -277,17 +275,11 @@ def export_imaging_run(
         shared_sha256,
     )
     from vigil.federation.image_task import _bn_names
+    from vigil.federation.simulation import package_targets
 
-    if export_site is not None and not run.strategy.keeps_norm_local:
-        raise ConfigError("--export-site applies to --strategy fedbn only", key="export_site")
-    if run.strategy.keeps_norm_local:
-        targets = [(export_site, Path(out))] if export_site else [
-            (s.name, Path(out) / s.name) for s in run.sites]
-    else:
-        targets = [(None, Path(out))]
-    extra = {HISTORY_FILE: run.result.history.to_json()}
-    if private_key_pem is not None:
-        extra[PUBLIC_KEY_FILE] = public_key_of(private_key_pem)
+    targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
+                                     export_site=export_site, history=run.result.history,
+                                     private_key_pem=private_key_pem)
     thresholds = run.thresholds()
     training = _training(run)
     validation = {"pooled": run.result.pooled.to_dict(),

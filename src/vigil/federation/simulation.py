@@ -29,7 +29,7 @@ from vigil.data import PhysioNetTable, partition
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import FederationResult, Plan, pooled_statistics, run_federation
 from vigil.federation.evaluation import SCORE_EDGES, PooledMetrics, site_utility
-from vigil.federation.history import HISTORY_FILE, RoundRecord, Status
+from vigil.federation.history import HISTORY_FILE, History, RoundRecord, Status
 from vigil.federation.hybrid import HybridResult, grow_hybrid
 from vigil.federation.integrity import PUBLIC_KEY_FILE
 from vigil.federation.messages import SiteEvaluation
@@ -43,6 +43,7 @@ __all__ = [
     "build_sites",
     "export_run",
     "federate",
+    "package_targets",
     "run_summary",
     "training_section",
     "validation_section",
@@ -311,6 +312,46 @@ def _card(run: FederatedRun, site: str | None) -> str:
     return "\n".join(lines)
 
 
+def package_targets(
+    strategy: Strategy,
+    sites: list[str],
+    out: str | Path,
+    *,
+    export_site: str | None,
+    history: History,
+    private_key_pem: bytes | None,
+) -> tuple[list[tuple[str | None, Path]], dict[str, bytes]]:
+    """Where a run's packages go, and the files every one of them carries.
+
+    FedAvg and FedProx: one package at ``out``. FedBN: ``export_site``'s at ``out``, or one
+    per site at ``out/<site>``. Every package carries the round history and, when signed,
+    the public key.
+
+    Returns
+    -------
+    targets : list of (site name or None, directory)
+    extra : dict of str to bytes
+
+    Raises
+    ------
+    ConfigError
+        If ``export_site`` is given for a strategy without site-local normalization.
+    """
+    from vigil.core.signing import public_key_of
+
+    if export_site is not None and not strategy.keeps_norm_local:
+        raise ConfigError("--export-site applies to --strategy fedbn only", key="export_site")
+    if strategy.keeps_norm_local:
+        targets: list[tuple[str | None, Path]] = [(export_site, Path(out))] if export_site else [
+            (name, Path(out) / name) for name in sites]
+    else:
+        targets = [(None, Path(out))]
+    extra = {HISTORY_FILE: history.to_json()}
+    if private_key_pem is not None:
+        extra[PUBLIC_KEY_FILE] = public_key_of(private_key_pem)
+    return targets, extra
+
+
 def export_run(
     run: FederatedRun,
     out: str | Path,
@@ -345,20 +386,12 @@ def export_run(
     ConfigError
         If ``export_site`` is given for a strategy without site-local normalization.
     """
-    from vigil.core.signing import public_key_of
     from vigil.federation.export import export_package
     from vigil.federation.model import SepsisNet, set_weights
 
-    if export_site is not None and not run.strategy.keeps_norm_local:
-        raise ConfigError("--export-site applies to --strategy fedbn only", key="export_site")
-    if run.strategy.keeps_norm_local:
-        targets = [(export_site, Path(out))] if export_site else [
-            (s.name, Path(out) / s.name) for s in run.sites]
-    else:
-        targets = [(None, Path(out))]
-    extra = {HISTORY_FILE: run.result.history.to_json()}
-    if private_key_pem is not None:
-        extra[PUBLIC_KEY_FILE] = public_key_of(private_key_pem)
+    targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
+                                     export_site=export_site, history=run.result.history,
+                                     private_key_pem=private_key_pem)
     training, validation, profile = training_section(run), validation_section(run), _profile(run)
     packages = []
     for site, path in targets:
