@@ -22,7 +22,7 @@ from vigil.federation.image_task import (
     ImageSet,
     ImagingSite,
     ImagingTask,
-    evaluate_images,
+    image_evaluation,
 )
 from vigil.federation.messages import FitConfig
 from vigil.federation.model import get_weights
@@ -115,7 +115,7 @@ def test_image_utility_ranks_thresholds_as_accuracy():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     p = 1 / (1 + np.exp(-(rng.normal(size=300) + 1.5 * y)))
-    pooled = pool_evaluations([evaluate_images("s", y, p)])
+    pooled = pool_evaluations([image_evaluation("s", y, p)])
     best = max(np.mean((p >= t) == (y > 0)) for t in SCORE_EDGES)
     assert pooled.utility == pytest.approx((best * y.size - (y == 0).sum()) / y.sum())
     assert np.mean((p >= pooled.threshold) == (y > 0)) == pytest.approx(best)

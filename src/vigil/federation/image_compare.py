@@ -24,7 +24,7 @@ from vigil.features.metrics import auroc
 from vigil.federation.driver import Plan
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.image_run import SiteArrays, federate_images
-from vigil.federation.image_task import evaluate_images, predict_images
+from vigil.federation.image_task import image_evaluation, predict_images
 from vigil.federation.strategies import make_strategy
 
 __all__ = ["ARMS", "compare_images", "compare_markdown", "summarize_seeds"]
@@ -61,7 +61,7 @@ def _net(run: Any, site: str) -> Any:
 
 
 def _site_thresholds(net: Any, valid: Sequence[SiteArrays]) -> dict[str, float]:
-    return {name: pool_evaluations([evaluate_images(name, y, predict_images(net, x))]).threshold
+    return {name: pool_evaluations([image_evaluation(name, y, predict_images(net, x))]).threshold
             for name, x, y in valid}
 
 

@@ -274,7 +274,7 @@ def export_imaging_run(
         input_schema,
         shared_sha256,
     )
-    from vigil.federation.image_task import _bn_names
+    from vigil.federation.image_task import batchnorm_names
     from vigil.federation.simulation import package_targets
 
     targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
@@ -291,7 +291,7 @@ def export_imaging_run(
         onnx_bytes = cnn_to_onnx(weights, run.spec)
         diff = image_parity(weights, onnx_bytes, check_inputs, run.spec)
         architecture = {"type": "SmallCNN", **SmallCNN(run.spec).config(),
-                        "shared_sha256": shared_sha256(weights, _bn_names(run.spec)),
+                        "shared_sha256": shared_sha256(weights, batchnorm_names(run.spec)),
                         "batchnorm": "site" if site else "averaged"}
         threshold = thresholds.get(site, run.result.pooled.threshold) if site else \
             run.result.pooled.threshold

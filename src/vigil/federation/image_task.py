@@ -8,7 +8,7 @@ are model inputs of the pixel chain (:mod:`vigil.imaging`), flattened; the local
 loop is the shared :func:`~vigil.federation.training.train_local`.
 
 Validation metrics travel as a :class:`~vigil.federation.messages.SiteEvaluation`
-(:func:`evaluate_images`). The "utility" of an image decision is 1 if it is right
+(:func:`image_evaluation`). The "utility" of an image decision is 1 if it is right
 and 0 if wrong, so the pooled normalized utility at a threshold is
 ``(correct - n_negative) / n_positive``: it ranks thresholds and rounds exactly as
 the pooled accuracy does, and the driver keeps the round with the best pooled
@@ -21,6 +21,7 @@ Under FedBN (``keep_bn_local``) a site keeps every BatchNorm tensor
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -28,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.core.errors import ConfigError, DataError
-from vigil.federation.evaluation import SCORE_EDGES, evaluate_scores, log_loss, score_bins
+from vigil.federation.evaluation import SCORE_EDGES, evaluate_scores, score_bins
 from vigil.federation.messages import FitConfig, SiteEvaluation, SiteStatistics, Update
 from vigil.federation.site import site_seed
 from vigil.federation.strategies import Weights
@@ -39,8 +40,9 @@ __all__ = [
     "ImageSet",
     "ImagingSite",
     "ImagingTask",
+    "batchnorm_names",
     "check_imaging_options",
-    "evaluate_images",
+    "image_evaluation",
     "predict_images",
 ]
 
@@ -65,7 +67,8 @@ class CNNSpec:
 
 
 @lru_cache(maxsize=8)
-def _bn_names(spec: CNNSpec) -> frozenset[str]:
+def batchnorm_names(spec: CNNSpec) -> frozenset[str]:
+    """Names of every BatchNorm state entry of the CNN of ``spec``."""
     from vigil.federation.cnn import SmallCNN, bn_entries
 
     return frozenset(bn_entries(SmallCNN(spec)))
@@ -114,8 +117,9 @@ def predict_images(model: object, x: NDArray[np.float32]) -> NDArray[np.float64]
                          batch_size=PREDICT_BATCH)
 
 
-def evaluate_images(site: str, labels: NDArray[np.integer], probability: NDArray[np.floating]
-                    ) -> SiteEvaluation:
+def image_evaluation(
+    site: str, labels: NDArray[np.integer], probability: NDArray[np.floating]
+) -> SiteEvaluation:
     """Summarize a site's validation predictions; utility = correct decisions (module docstring).
 
     Parameters
@@ -134,7 +138,7 @@ def evaluate_images(site: str, labels: NDArray[np.integer], probability: NDArray
     gain = np.bincount(score_bins(probability), weights=np.where(y > 0, 1.0, -1.0),
                        minlength=SCORE_EDGES.size + 1)
     return SiteEvaluation(
-        site=site, n_rows=base.n_rows, n_positive=base.n_positive, loss=log_loss(y, probability),
+        site=site, n_rows=base.n_rows, n_positive=base.n_positive, loss=base.loss,
         auroc=base.auroc, positive_hist=base.positive_hist, negative_hist=base.negative_hist,
         utility_gain=gain, utility_best=float(y.size), utility_inaction=float((y == 0).sum()),
     )
@@ -152,7 +156,7 @@ class ImagingTask:
     spec: CNNSpec = field(default_factory=CNNSpec)
 
     def initial_weights(
-        self, statistics: object, *, seed: int, keep_local: bool
+        self, statistics: Sequence[SiteStatistics], *, seed: int, keep_local: bool
     ) -> OrderedDict[str, NDArray[np.float32]]:
         """Build a seeded CNN's shared entries (:func:`~vigil.federation.cnn.shared_weights`)."""
         import torch
@@ -165,7 +169,7 @@ class ImagingTask:
 
     def is_local(self, name: str) -> bool:
         """Every BatchNorm tensor (FedBN keeps them all at the site)."""
-        return name in _bn_names(self.spec)
+        return name in batchnorm_names(self.spec)
 
     def is_fixed(self, name: str) -> bool:
         """Nothing: every shared entry is trained (BatchNorm statistics included)."""
@@ -277,7 +281,7 @@ class ImagingSite:
     def evaluate(self, global_weights: Weights) -> SiteEvaluation:
         """Score the site's validation images with the model and summarize them."""
         probability = predict_images(self._network(global_weights), self.valid.x)
-        return evaluate_images(self.name, self.valid.y, probability)
+        return image_evaluation(self.name, self.valid.y, probability)
 
 
 def check_imaging_options(*, dp: object | None) -> None:
