@@ -175,3 +175,25 @@ def test_fedbn_site_packages_are_signed_and_share_the_backbone(parts, tmp_path):
     thresholds = manifests[0].model_extra["site_thresholds"]
     assert manifests[0].threshold == pytest.approx(thresholds["site-a"])
     assert manifests[0].model_extra["export"]["parity_max_abs_diff"] <= 1e-5
+
+
+def test_compare_scores_every_arm_on_the_test_images(parts):
+    from vigil.federation.image_compare import (
+        ARMS,
+        compare_images,
+        compare_markdown,
+        summarize_seeds,
+    )
+
+    train, valid = parts
+    result = compare_images(train, valid, valid, plan=Plan(rounds=1, batch_size=32, lr=1e-3))
+    assert list(result) == list(ARMS)
+    n = sum(len(y) for _, _, y in valid)
+    for arm in result.values():
+        assert list(arm) == ["site-a", "site-b", "pooled"]
+        assert arm["pooled"]["n"] == n
+        assert all(0 <= cell["accuracy"] <= 1 for cell in arm.values())
+    summary = summarize_seeds([result, result])
+    assert summary["fedbn"]["pooled"]["auc_mean"] == pytest.approx(result["fedbn"]["pooled"]["auc"])
+    assert summary["fedbn"]["pooled"]["auc_sd"] == 0
+    assert compare_markdown(summary, 2).count("\n") == len(ARMS) + 1

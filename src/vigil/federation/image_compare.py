@@ -15,6 +15,7 @@ and accuracy, per seed, then mean and SD over seeds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,7 @@ def compare_images(
         arm → site (and ``"pooled"``) → ``{"auc", "accuracy", "n"}``.
     """
     results: dict[str, dict[str, dict[str, float]]] = {}
-    single = Plan(**{**plan.__dict__, "min_sites": 1})
+    single = replace(plan, min_sites=1)
     for arm in arms:
         if arm in ("fedavg", "fedprox", "fedbn"):
             run = federate_images(train, valid, strategy=make_strategy(
