@@ -316,6 +316,8 @@ def export_imaging_run(
 
 def imaging_summary(run: ImagingRun, packages: Sequence[ModelPackage]) -> dict[str, Any]:
     """Summarize a run for the command line."""
+    from vigil.federation.simulation import history_events
+
     history = run.result.history
     return {
         "task": "imaging",
@@ -326,8 +328,5 @@ def imaging_summary(run: ImagingRun, packages: Sequence[ModelPackage]) -> dict[s
         "site_thresholds": run.thresholds(),
         "sites": {e.site: {"images": e.n_rows, "auroc": e.auroc}
                   for e in run.result.evaluations},
-        "rejections": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
-                       for r, s in history.events(Status.REJECTED)],
-        "dropouts": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
-                     for r, s in history.events(Status.DROPPED)],
+        **history_events(history),
     }

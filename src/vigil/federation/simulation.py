@@ -43,6 +43,7 @@ __all__ = [
     "build_sites",
     "export_run",
     "federate",
+    "history_events",
     "package_targets",
     "run_summary",
     "training_section",
@@ -410,6 +411,13 @@ def export_run(
     return packages
 
 
+def history_events(history: History) -> dict[str, list[dict[str, Any]]]:
+    """Every rejected update and dropped site of a history: round, site, reason, detail."""
+    return {key: [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
+                  for r, s in history.events(status)]
+            for key, status in (("rejections", Status.REJECTED), ("dropouts", Status.DROPPED))}
+
+
 def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, Any]:
     """Summarize a run for the command line: packages, kept round, validation, privacy, events."""
     history = run.result.history
@@ -420,9 +428,6 @@ def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, An
         "validation": run.pooled.to_dict(),
         "network_validation": run.result.pooled.to_dict(),
         "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
-        "rejections": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
-                       for r, s in history.events(Status.REJECTED)],
-        "dropouts": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
-                     for r, s in history.events(Status.DROPPED)],
+        **history_events(history),
         "boosting": None if run.hybrid is None else run.hybrid.describe(),
     }
