@@ -8,7 +8,12 @@ and every negative control. Reports max |Δpixel|, max |Δprobability| and decis
 flips at the threshold; ``holds`` is true when every variant passes
 (max |Δp| <= 1e-3, 0 flips) and every negative control fails.
 
-Usage: ``.venv/bin/python bench/imaging_parity.py [--data NPZ] [--threshold T] [--json]``
+With ``--model PKG`` the scorer is an imaging model package instead (the federated CNN,
+scored by ``vigil.runtime.images.ImageScorer``: onnxruntime, the code the runtime runs) and
+the threshold defaults to the package's.
+
+Usage: ``.venv/bin/python bench/imaging_parity.py [--data NPZ] [--model PKG] [--threshold T]
+[--json]``
 (``--data`` defaults to the shared PneumoniaMNIST file, or the bundled sample when absent).
 """
 
@@ -27,17 +32,30 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED) if SHARED.is_file() else "sample")
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--model", type=Path, help="imaging model package to score with")
+    parser.add_argument("--threshold", type=float)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     train, test = load_medmnist(args.data, "train"), load_medmnist(args.data, "test")
-    scorer = fit_stand_in_scorer(train.images, train.labels)
+    if args.model is None:
+        scorer = fit_stand_in_scorer(train.images, train.labels)
+        name = "stand-in logistic regression on normalized pixels"
+        args.threshold = 0.5 if args.threshold is None else args.threshold
+    else:
+        from vigil.core.package import read_package
+        from vigil.runtime.images import ImageScorer
+
+        package = read_package(args.model)
+        scorer = ImageScorer(package).predict_images
+        name = f"{package.manifest.name} {package.manifest.version} (onnxruntime)"
+        if args.threshold is None:
+            args.threshold = package.manifest.threshold
     run = run_parity(test.images, scorer, threshold=args.threshold)
     result = {
         "data": "sample" if args.data == "sample" else Path(args.data).name,
         "n_train": int(train.labels.size),
         "n_test": int(test.labels.size),
-        "scorer": "stand-in logistic regression on normalized pixels",
+        "scorer": name,
         "threshold": args.threshold,
         "variants": {k: v.as_dict() for k, v in run.variants.items()},
         "controls": {k: v.as_dict() for k, v in run.controls.items()},

@@ -81,11 +81,20 @@ def evaluate(
     bootstrap: Annotated[
         int, typer.Option(min=0, help="Patient resamples of --intervals and --versus.")
     ] = 1000,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Imaging model: a folder of DICOM files (labels.csv beside them) or a "
+                          "MedMNIST .npz (its test split) to score instead of --data."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score every hour causally and report metrics, overall and per hospital."""
     from vigil.data import load_physionet, patient_split
     from vigil.runtime import offline
+
+    if images is not None:
+        _evaluate_images(model, images, public_key, threshold, out_predictions, json_out)
+        return
 
     chosen = [x for x in (model, predictions, baseline) if x is not None]
     if len(chosen) != 1:
@@ -141,6 +150,31 @@ def evaluate(
             show_intervals(result["intervals"], f"{title}: AUROC and utility", signed=False)
         if versus is not None:
             show_intervals(result["versus"], f"{title} minus {versus.name}", signed=True)
+
+
+def _evaluate_images(model: Path | None, images: Path, public_key: Path | None,
+                     threshold: float | None, out_predictions: Path | None,
+                     json_out: bool) -> None:
+    from vigil.core.package import read_package
+    from vigil.runtime.images import evaluate_images
+
+    if model is None:
+        raise ConfigError("expected --model PACKAGE with --images", key="model")
+    package = read_package(model, public_key=public_key)
+    summary, frame = evaluate_images(package, images, threshold=threshold)
+    if out_predictions is not None:
+        frame.to_parquet(out_predictions)
+    if json_out:
+        print_json(summary)
+        return
+    out = Table(title=summary["model"])
+    for key in ("n_images", "auroc", "accuracy", "sensitivity", "specificity", "threshold"):
+        out.add_column(key, justify="right")
+    out.add_row(f"{summary['n_images']:,}", *(f"{summary[k]:.4f}" for k in
+                ("auroc", "accuracy", "sensitivity", "specificity", "threshold")))
+    print_table(out)
+    for reason, count in sorted(summary["quarantine_reasons"].items()):
+        err_console.print(f"quarantined {count}: {reason}", highlight=False)
 
 
 def _add_intervals(

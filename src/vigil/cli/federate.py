@@ -43,6 +43,55 @@ def _boosting(n_trees: int, depth: int, lr: float) -> Any:
                                                   learning_rate=lr)
 
 
+def _strategy(strategy: Any, mu: float | None, robust: Any, max_share: float | None) -> Any:
+    from vigil.federation.strategies import make_strategy
+
+    return make_strategy(strategy, mu=mu, robust=robust, max_share=max_share)
+
+
+def _plan(rounds: int, local_epochs: int, batch_size: int, lr: float, seed: int, min_sites: int,
+          time_budget: float | None, **options: Any) -> Any:
+    from vigil.federation.driver import Plan
+
+    return Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
+                seed=seed, min_sites=min_sites, time_budget=time_budget, **options)
+
+
+def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: Path,
+                     export_site: str | None, private_key: Path | None, name: str, version: str,
+                     json_out: bool) -> None:
+    import numpy as np
+
+    from vigil.dicom_adapter.sites import medmnist_sites
+    from vigil.federation.image_export import PARITY_IMAGES
+    from vigil.federation.image_run import export_imaging_run, federate_images, imaging_summary
+
+    parts = medmnist_sites(data, seed=plan.seed, splits=("train", "val"))
+    train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
+    train, valid = list(train), list(valid)
+
+    def on_round(record: Any) -> None:
+        err_console.print(f"round {record.round}: pooled validation AUROC "
+                          f"{_fmt(record.valid_auroc)}", highlight=False)
+
+    run = federate_images(train, valid, strategy=strategy, plan=plan, data=Path(data).name,
+                          threads=threads, on_round=on_round)
+    check = np.concatenate([x for _, x, _ in train + valid])[:PARITY_IMAGES]
+    key = None if private_key is None else private_key.read_bytes()
+    packages = export_imaging_run(run, out, name=name, version=version, check_inputs=check,
+                                  private_key_pem=key, export_site=export_site)
+    summary = imaging_summary(run, packages)
+    if json_out:
+        print_json(summary)
+        return
+    _show_history(run.result.history)
+    v = summary["validation"]
+    err_console.print(f"kept round {summary['best_round']}: pooled validation AUROC "
+                      f"{v['auroc']:.4f}", highlight=False)
+    for path in summary["packages"]:
+        err_console.print(f"wrote {path}", highlight=False)
+
+
 def _fmt(v: Any, spec: str = ".4f") -> str:
     return "—" if v is None else format(v, spec)
 
@@ -51,6 +100,10 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 @guarded
 def federate(
     ctx: typer.Context,
+    task: Annotated[
+        str, typer.Option(help="sepsis (PhysioNet rows) or imaging (MedMNIST .npz on the four "
+                               "scanner sites, read through DICOM).")
+    ] = "sepsis",
     data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
     sites: Annotated[
         str, typer.Option(help="hospital, hospital-unit, random:N or dirichlet:N:ALPHA")
@@ -70,8 +123,12 @@ def federate(
     dp_clip: Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")] = 1.0,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
-    lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Local batch size [sepsis 2048, imaging 128].")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Local AdamW learning rate [sepsis 3e-4, imaging 1e-3].")
+    ] = None,
     hidden: HiddenOption = "256,128",
     dropout: DropoutOption = 0.5,
     threads: ThreadsOption = 1,
@@ -107,20 +164,35 @@ def federate(
         return
     if out is None:
         raise ConfigError("expected --out DIR for the model package", key="out")
+    if task not in ("sepsis", "imaging"):
+        raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
+    if task == "imaging":
+        from vigil.federation.image_task import check_imaging_options
+
+        check_imaging_options(dp=dp_epsilon)
+        if boost_trees:
+            raise ConfigError("expected --boost-trees 0 with --task imaging (trees are for "
+                              f"feature rows); got {boost_trees}", key="boost_trees")
+        _federate_images(data=data, strategy=_strategy(strategy, mu, robust, max_share),
+                         plan=_plan(rounds, local_epochs, batch_size or 128, lr or 1e-3, seed,
+                                    min_sites, time_budget, weight_decay=1e-4),
+                         threads=threads, out=out, export_site=export_site,
+                         private_key=private_key,
+                         name="imaging-federated" if name == "sepsis-federated" else name,
+                         version=version, json_out=json_out)
+        return
+    batch_size, lr = batch_size or 2048, lr or 3e-4
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vigil.data import load_physionet, resolve_data_path
-    from vigil.federation.driver import Plan
     from vigil.federation.privacy import DPSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.simulation import federate as run_federated
-    from vigil.federation.strategies import make_strategy
 
-    chosen = make_strategy(strategy, mu=mu, robust=robust, max_share=max_share)
+    chosen = _strategy(strategy, mu, robust, max_share)
     dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
                                                     max_grad_norm=dp_clip)
-    plan = Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
-                seed=seed, min_sites=min_sites, time_budget=time_budget)
+    plan = _plan(rounds, local_epochs, batch_size, lr, seed, min_sites, time_budget)
     trees = _boosting(boost_trees, boost_depth, boost_lr)
     table = load_physionet(data)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

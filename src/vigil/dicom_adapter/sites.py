@@ -18,17 +18,37 @@ inputs and seed give the same files, UIDs and assignment.
 from __future__ import annotations
 
 import csv
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 
 from vigil.core.errors import ConfigError, DataError
+from vigil.data.medmnist import load_medmnist
+from vigil.dicom_adapter.reading import prepare_batch
 from vigil.dicom_adapter.scanners import Scanner, build_instance
 from vigil.imaging import Photometric
 
-__all__ = ["SITES", "ScannerSite", "SiteFiles", "assign_sites", "write_sites"]
+__all__ = [
+    "SITES",
+    "VALID_FRACTION",
+    "ScannerSite",
+    "SiteFiles",
+    "SiteInputs",
+    "assign_sites",
+    "medmnist_sites",
+    "site_inputs",
+    "write_sites",
+]
+
+
+VALID_FRACTION = 0.2
+"""Share of the train split held out for validation when a file has no ``val`` split."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,29 @@ class SiteFiles:
     positives: int
 
 
+@dataclass(frozen=True, eq=False)
+class SiteInputs:
+    """What :func:`site_inputs` read back for one site.
+
+    Attributes
+    ----------
+    site : str
+    inputs : ndarray of float32, shape (n, size, size)
+        Pixel-chain model inputs.
+    labels : ndarray of int64, shape (n,)
+    index : ndarray of int64, shape (n,)
+        Each input's image index in the source array.
+    quarantined : int
+        Instances the reader refused (not in ``inputs``).
+    """
+
+    site: str
+    inputs: NDArray[np.float32]
+    labels: NDArray[np.int64]
+    index: NDArray[np.int64]
+    quarantined: int
+
+
 def assign_sites(
     labels: NDArray[np.integer], *, seed: int, sites: tuple[ScannerSite, ...] = SITES
 ) -> NDArray[np.int64]:
@@ -132,6 +175,75 @@ def assign_sites(
         for index, part in enumerate(np.split(members, cuts[:-1])):
             site[part] = index
     return site
+
+
+def _instances(
+    images: NDArray[np.uint8],
+    site_of: NDArray[np.int64],
+    index: int,
+    site: ScannerSite,
+    *,
+    split: str,
+    seed: int,
+) -> Iterator[tuple[int, Dataset]]:
+    """Yield ``(image index, DICOM instance)`` of every image dealt to site ``index``."""
+    for i in np.flatnonzero(site_of == index):
+        rng = np.random.default_rng([seed, index, int(i)])
+        yield int(i), build_instance(images[i], site.scanner, key=f"{split}/{i}", rng=rng)
+
+
+def site_inputs(
+    images: NDArray[np.uint8],
+    labels: NDArray[np.integer],
+    *,
+    split: str,
+    seed: int = 0,
+    sites: tuple[ScannerSite, ...] = SITES,
+) -> list[SiteInputs]:
+    """Model inputs of each site's images as its scanner stores them, read back through DICOM.
+
+    The in-memory twin of :func:`write_sites` followed by reading the files: the same
+    assignment, instances and noise (same seed and keys), each encoded as a Part 10
+    file in memory, decoded with pydicom, checked by :func:`~vigil.dicom_adapter.read_image`
+    and run through :func:`~vigil.imaging.to_model_input`. An instance the reader
+    quarantines is dropped and counted.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, rows, columns)
+    labels : ndarray of int, shape (n,)
+    split : str
+        Name of the split (part of the UIDs, as in :func:`write_sites`).
+    seed : int, optional
+    sites : tuple of ScannerSite, optional
+
+    Returns
+    -------
+    list of SiteInputs
+        One per site, in scheme order.
+    """
+    images = np.asarray(images)
+    y = np.asarray(labels).reshape(-1)
+    if images.ndim != 3 or images.dtype != np.uint8 or images.shape[0] != y.size:
+        raise DataError(
+            f"expected uint8 images (n, rows, columns) and n labels, got {images.dtype} "
+            f"{images.shape} and {y.size} labels"
+        )
+    site_of = assign_sites(y, seed=seed, sites=sites)
+    out = []
+    for index, site in enumerate(sites):
+        indices, datasets = [], []
+        for i, ds in _instances(images, site_of, index, site, split=split, seed=seed):
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            buffer.seek(0)
+            indices.append(i)
+            datasets.append(pydicom.dcmread(buffer))
+        batch = prepare_batch(datasets)
+        kept = np.asarray(indices, dtype=np.int64)[list(batch.accepted)]
+        out.append(SiteInputs(site.scanner.name, batch.inputs, y[kept].astype(np.int64), kept,
+                              len(batch.quarantined)))
+    return out
 
 
 def write_sites(
@@ -178,11 +290,8 @@ def write_sites(
         name = site.scanner.name
         folder = Path(out) / name / split
         folder.mkdir(parents=True, exist_ok=True)
-        members = np.flatnonzero(site_of == index)
         rows = []
-        for i in members:
-            rng = np.random.default_rng([seed, index, int(i)])
-            ds = build_instance(images[i], site.scanner, key=f"{split}/{i}", rng=rng)
+        for i, ds in _instances(images, site_of, index, site, split=split, seed=seed):
             ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
             rows.append((str(ds.SOPInstanceUID), int(y[i])))
         with (folder / "labels.csv").open("w", newline="") as handle:
@@ -191,3 +300,45 @@ def write_sites(
             writer.writerows(rows)
         written.append(SiteFiles(name, folder, len(rows), sum(label for _, label in rows)))
     return written
+
+
+def medmnist_sites(
+    path: str | Path, *, seed: int = 0, sites: tuple[ScannerSite, ...] = SITES,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> dict[str, list[SiteInputs]]:
+    """Return each site's model inputs of each split of a MedMNIST file, read through DICOM.
+
+    Parameters
+    ----------
+    path : str or Path
+        A greyscale MedMNIST ``.npz``, or ``"sample"``.
+    seed : int, optional
+        Seed of the site assignment and noise (the same for every split).
+    sites : tuple of ScannerSite, optional
+    splits : tuple of str, optional
+        Splits to read. A file without ``val`` (the bundled sample) gets one from
+        its train split: a seeded, class-stratified :data:`VALID_FRACTION` held out.
+
+    Returns
+    -------
+    dict of str to list of SiteInputs
+        Split name → one entry per site.
+    """
+    train = load_medmnist(path, "train")
+    parts = {"train": (train.images, train.labels)}
+    try:
+        val = load_medmnist(path, "val")
+        parts["val"] = (val.images, val.labels)
+    except DataError:
+        rng = np.random.default_rng([seed, 7])
+        held = np.zeros(train.labels.size, dtype=bool)
+        for cls in (0, 1):
+            members = rng.permutation(np.flatnonzero(train.labels == cls))
+            held[members[: int(round(VALID_FRACTION * members.size))]] = True
+        parts = {"train": (train.images[~held], train.labels[~held]),
+                 "val": (train.images[held], train.labels[held])}
+    if "test" in splits:
+        test = load_medmnist(path, "test")
+        parts["test"] = (test.images, test.labels)
+    return {split: site_inputs(*parts[split], split=split, seed=seed, sites=sites)
+            for split in splits}

@@ -52,6 +52,7 @@ from vigil.federation.messages import (
 )
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, Weights
+from vigil.federation.tasks import SepsisTask, Task
 
 __all__ = [
     "FederatedSite",
@@ -225,18 +226,6 @@ def pooled_statistics(statistics: Sequence[SiteStatistics]) -> tuple[
     )
 
 
-def _initial_weights(
-    n_features: int, hidden: tuple[int, ...], dropout: float, seed: int
-) -> OrderedDict[str, NDArray[np.float32]]:
-    import torch
-
-    from vigil.federation.model import SepsisNet, get_weights
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_weights(SepsisNet(n_features, hidden=hidden, dropout=dropout))
-
-
 def _evaluate(
     sites: Sequence[FederatedSite], weights: Weights, transport: Transport
 ) -> tuple[list[SiteEvaluation], dict[str, SiteEvaluation]]:
@@ -259,6 +248,7 @@ def run_federation(
     model: ModelSpec | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     transport: Transport | None = None,
+    task: Task | None = None,
 ) -> FederationResult:
     """Train a model across sites.
 
@@ -274,6 +264,9 @@ def run_federation(
         Called with each round's record (progress display).
     transport : Transport or None, optional
         How requests reach the sites; default :class:`InProcess`.
+    task : Task or None, optional
+        What is trained (:mod:`vigil.federation.tasks`); default the sepsis network
+        of ``model``. The round logic is the same for every task.
 
     Returns
     -------
@@ -285,8 +278,6 @@ def run_federation(
         If fewer than ``plan.min_sites`` sites can take part at all, or no
         round could be aggregated.
     """
-    from vigil.federation.model import is_norm_key, norm_stats_from_sums
-
     sites = sorted(sites, key=lambda s: s.name)
     if len({s.name for s in sites}) != len(sites):
         raise ConfigError("expected distinct site names", key="sites")
@@ -303,15 +294,9 @@ def run_federation(
         raise AggregationError(
             f"expected at least {plan.min_sites} sites, {len(statistics)} sent statistics", round_=0
         )
-    count, _, total, total_sq = pooled_statistics(list(statistics.values()))
-    n_features = int(total.shape[0])
-    spec = model or ModelSpec()
-    weights = _initial_weights(n_features, spec.hidden, spec.dropout, plan.seed)
-    if strategy.keeps_norm_local:
-        weights = OrderedDict((k, v) for k, v in weights.items() if not is_norm_key(k))
-    else:
-        mean, std = norm_stats_from_sums(count, total, total_sq)
-        weights["norm.mean"], weights["norm.std"] = mean, std
+    task = task or SepsisTask(model or ModelSpec())
+    weights = task.initial_weights(list(statistics.values()), seed=plan.seed,
+                                   keep_local=strategy.keeps_norm_local)
     declared = {name: s.count for name, s in statistics.items()}
     records: list[RoundRecord] = []
     privacy: dict[str, PrivacySpent] = {}
@@ -323,7 +308,7 @@ def run_federation(
             batch_size=plan.batch_size, lr=plan.lr, weight_decay=plan.weight_decay,
             proximal_mu=strategy.proximal_mu,
         )
-        trainable = OrderedDict((k, v) for k, v in weights.items() if not is_norm_key(k))
+        trainable = OrderedDict((k, v) for k, v in weights.items() if not task.is_fixed(k))
         updates: list[Update] = []
         dropped: dict[str, SiteRound] = {}
         seconds: dict[str, float] = {}
@@ -354,7 +339,7 @@ def run_federation(
         aggregated = len(accepted) >= plan.min_sites
         if aggregated:
             new = strategy.aggregate([u.weights for u in accepted],
-                                     [u.num_examples for u in accepted], is_local=is_norm_key)
+                                     [u.num_examples for u in accepted], is_local=task.is_local)
             weights = OrderedDict((k, new.get(k, v)) for k, v in weights.items())
         else:
             log.warning("round %d not aggregated: %d accepted updates < min_sites %d", r,

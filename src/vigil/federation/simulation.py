@@ -29,7 +29,7 @@ from vigil.data import PhysioNetTable, partition
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import FederationResult, Plan, pooled_statistics, run_federation
 from vigil.federation.evaluation import SCORE_EDGES, PooledMetrics, site_utility
-from vigil.federation.history import HISTORY_FILE, RoundRecord, Status
+from vigil.federation.history import HISTORY_FILE, History, RoundRecord, Status
 from vigil.federation.hybrid import HybridResult, grow_hybrid, refuse_trees
 from vigil.federation.integrity import PUBLIC_KEY_FILE
 from vigil.federation.messages import SiteEvaluation
@@ -43,6 +43,8 @@ __all__ = [
     "build_sites",
     "export_run",
     "federate",
+    "history_events",
+    "package_targets",
     "run_summary",
     "training_section",
     "validation_section",
@@ -306,6 +308,46 @@ def _card(run: FederatedRun, site: str | None) -> str:
     return "\n".join(lines)
 
 
+def package_targets(
+    strategy: Strategy,
+    sites: list[str],
+    out: str | Path,
+    *,
+    export_site: str | None,
+    history: History,
+    private_key_pem: bytes | None,
+) -> tuple[list[tuple[str | None, Path]], dict[str, bytes]]:
+    """Where a run's packages go, and the files every one of them carries.
+
+    FedAvg and FedProx: one package at ``out``. FedBN: ``export_site``'s at ``out``, or one
+    per site at ``out/<site>``. Every package carries the round history and, when signed,
+    the public key.
+
+    Returns
+    -------
+    targets : list of (site name or None, directory)
+    extra : dict of str to bytes
+
+    Raises
+    ------
+    ConfigError
+        If ``export_site`` is given for a strategy without site-local normalization.
+    """
+    from vigil.core.signing import public_key_of
+
+    if export_site is not None and not strategy.keeps_norm_local:
+        raise ConfigError("--export-site applies to --strategy fedbn only", key="export_site")
+    if strategy.keeps_norm_local:
+        targets: list[tuple[str | None, Path]] = [(export_site, Path(out))] if export_site else [
+            (name, Path(out) / name) for name in sites]
+    else:
+        targets = [(None, Path(out))]
+    extra = {HISTORY_FILE: history.to_json()}
+    if private_key_pem is not None:
+        extra[PUBLIC_KEY_FILE] = public_key_of(private_key_pem)
+    return targets, extra
+
+
 def export_run(
     run: FederatedRun,
     out: str | Path,
@@ -340,20 +382,12 @@ def export_run(
     ConfigError
         If ``export_site`` is given for a strategy without site-local normalization.
     """
-    from vigil.core.signing import public_key_of
     from vigil.federation.export import export_package
     from vigil.federation.model import SepsisNet, set_weights
 
-    if export_site is not None and not run.strategy.keeps_norm_local:
-        raise ConfigError("--export-site applies to --strategy fedbn only", key="export_site")
-    if run.strategy.keeps_norm_local:
-        targets = [(export_site, Path(out))] if export_site else [
-            (s.name, Path(out) / s.name) for s in run.sites]
-    else:
-        targets = [(None, Path(out))]
-    extra = {HISTORY_FILE: run.result.history.to_json()}
-    if private_key_pem is not None:
-        extra[PUBLIC_KEY_FILE] = public_key_of(private_key_pem)
+    targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
+                                     export_site=export_site, history=run.result.history,
+                                     private_key_pem=private_key_pem)
     training, validation, profile = training_section(run), validation_section(run), _profile(run)
     packages = []
     for site, path in targets:
@@ -372,6 +406,13 @@ def export_run(
     return packages
 
 
+def history_events(history: History) -> dict[str, list[dict[str, Any]]]:
+    """Every rejected update and dropped site of a history: round, site, reason, detail."""
+    return {key: [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
+                  for r, s in history.events(status)]
+            for key, status in (("rejections", Status.REJECTED), ("dropouts", Status.DROPPED))}
+
+
 def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, Any]:
     """Summarize a run for the command line: packages, kept round, validation, privacy, events."""
     history = run.result.history
@@ -382,9 +423,6 @@ def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, An
         "validation": run.pooled.to_dict(),
         "network_validation": run.result.pooled.to_dict(),
         "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
-        "rejections": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
-                       for r, s in history.events(Status.REJECTED)],
-        "dropouts": [{"round": r, "site": s.site, "reason": s.reason, "detail": s.detail}
-                     for r, s in history.events(Status.DROPPED)],
+        **history_events(history),
         "boosting": None if run.hybrid is None else run.hybrid.describe(),
     }

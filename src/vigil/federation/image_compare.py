@@ -1,0 +1,151 @@
+"""Measure the imaging federation: FedAvg, FedProx, FedBN, centralized, each site alone.
+
+Every arm runs through the same driver (:func:`~vigil.federation.image_run.federate_images`):
+*centralized* is one site holding every site's training images (the pooled data,
+FedAvg with a single site is plain training, round = epoch); *alone* is one site
+with its own images only. Every arm keeps the round with the best validation
+accuracy and, per site, the threshold that maximizes that site's validation
+accuracy (site calibration); the official test split is touched only to report.
+
+Reported per site (its own test images, with its own model under FedBN) and pooled
+(all test images, each scored by its site's model at its site's threshold): AUC
+and accuracy, per seed, then mean and SD over seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vigil.features.metrics import auroc
+from vigil.federation.driver import Plan
+from vigil.federation.evaluation import pool_evaluations
+from vigil.federation.image_run import SiteArrays, federate_images
+from vigil.federation.image_task import image_evaluation, predict_images
+from vigil.federation.strategies import make_strategy
+
+__all__ = ["ARMS", "compare_images", "compare_markdown", "summarize_seeds"]
+
+ARMS = ("fedavg", "fedprox", "fedbn", "centralized", "alone")
+"""The arms of the comparison."""
+
+
+def _scores(models: dict[str, Any], thresholds: dict[str, float],
+            test: Sequence[SiteArrays]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    every_y, every_p, every_hit = [], [], []
+    for name, x, y in test:
+        p = predict_images(models[name], x)
+        hit = (p >= thresholds[name]) == (np.asarray(y) > 0)
+        out[name] = {"auc": auroc(np.asarray(y), p), "accuracy": float(hit.mean()),
+                     "n": int(len(y))}
+        every_y.append(np.asarray(y))
+        every_p.append(p)
+        every_hit.append(hit)
+    y_all, p_all = np.concatenate(every_y), np.concatenate(every_p)
+    out["pooled"] = {"auc": auroc(y_all, p_all),
+                     "accuracy": float(np.concatenate(every_hit).mean()), "n": int(y_all.size)}
+    return out
+
+
+def _net(run: Any, site: str) -> Any:
+    from vigil.federation.cnn import SmallCNN
+    from vigil.federation.model import set_weights
+
+    net = SmallCNN(run.spec)
+    set_weights(net, run.site_weights(site), strict=False)
+    return net
+
+
+def _site_thresholds(net: Any, valid: Sequence[SiteArrays]) -> dict[str, float]:
+    return {name: pool_evaluations([image_evaluation(name, y, predict_images(net, x))]).threshold
+            for name, x, y in valid}
+
+
+def compare_images(
+    train: Sequence[SiteArrays],
+    valid: Sequence[SiteArrays],
+    test: Sequence[SiteArrays],
+    *,
+    plan: Plan,
+    arms: Sequence[str] = ARMS,
+    mu: float | None = None,
+    threads: int = 1,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Train every arm with ``plan`` (one seed) and score the test images.
+
+    Parameters
+    ----------
+    train, valid, test : sequence of SiteArrays
+        Each site's model inputs of each split (same sites, same order).
+    plan : Plan
+    arms : sequence of str, optional
+        A subset of :data:`ARMS`.
+    mu : float or None, optional
+        FedProx proximal strength.
+    threads : int, optional
+
+    Returns
+    -------
+    dict
+        arm → site (and ``"pooled"``) → ``{"auc", "accuracy", "n"}``.
+    """
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    single = replace(plan, min_sites=1)
+    for arm in arms:
+        if arm in ("fedavg", "fedprox", "fedbn"):
+            run = federate_images(train, valid, strategy=make_strategy(
+                arm, mu=mu if arm == "fedprox" else None), plan=plan, threads=threads)
+            thresholds = run.thresholds()
+            models = {name: _net(run, name) for name, _, _ in train}
+        elif arm == "centralized":
+            pooled: SiteArrays = ("pooled", np.concatenate([x for _, x, _ in train]),
+                                  np.concatenate([y for _, _, y in train]))
+            held: SiteArrays = ("pooled", np.concatenate([x for _, x, _ in valid]),
+                                np.concatenate([y for _, _, y in valid]))
+            run = federate_images([pooled], [held], strategy=make_strategy("fedavg"),
+                                  plan=single, threads=threads)
+            net = _net(run, "pooled")
+            thresholds = _site_thresholds(net, valid)
+            models = dict.fromkeys((name for name, _, _ in train), net)
+        else:
+            models, thresholds = {}, {}
+            for site, held_site in zip(train, valid, strict=True):
+                run = federate_images([site], [held_site], strategy=make_strategy("fedavg"),
+                                      plan=single, threads=threads)
+                models[site[0]] = _net(run, site[0])
+                thresholds |= run.thresholds()
+        results[arm] = _scores(models, thresholds, test)
+    return results
+
+
+def summarize_seeds(per_seed: Sequence[dict[str, dict[str, dict[str, float]]]]
+                    ) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and SD (ddof 1) over seeds of every arm, site and metric."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, sites in per_seed[0].items():
+        out[arm] = {}
+        for site in sites:
+            cell: dict[str, float] = {}
+            for metric in ("auc", "accuracy"):
+                values: NDArray[np.float64] = np.array([r[arm][site][metric] for r in per_seed])
+                cell[f"{metric}_mean"] = float(values.mean())
+                cell[f"{metric}_sd"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+            out[arm][site] = cell
+    return out
+
+
+def compare_markdown(summary: dict[str, dict[str, dict[str, float]]], n_seeds: int) -> str:
+    """Render :func:`summarize_seeds` as a Markdown table (AUC / accuracy, mean ± SD)."""
+    sites = list(next(iter(summary.values())))
+    lines = [f"| arm ({n_seeds} seeds) | " + " | ".join(sites) + " |",
+             "|---|" + "---|" * len(sites)]
+    for arm, cells in summary.items():
+        row = [f"{c['auc_mean']:.3f} ± {c['auc_sd']:.3f} / {c['accuracy_mean']:.3f} ± "
+               f"{c['accuracy_sd']:.3f}" for c in (cells[s] for s in sites)]
+        lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""``vigil federate --task imaging``: signed packages, then ``vigil evaluate --images`` on them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vigil.cli.main import app
+from vigil.core.package import read_package
+from vigil.data.medmnist import MEDMNIST_SAMPLE_PATH
+
+runner = CliRunner(mix_stderr=False)  # --json: stdout holds only the JSON object
+
+
+@pytest.mark.slow
+def test_federate_imaging_then_evaluate(tmp_path):
+    keys = [str(tmp_path / "k.pem"), str(tmp_path / "k.pub")]
+    assert runner.invoke(app, ["package", "keygen", "--private-key", keys[0],
+                               "--public-key", keys[1]]).exit_code == 0
+    out = tmp_path / "pkg"
+    result = runner.invoke(app, ["federate", "--task", "imaging", "--data", "sample",
+                                 "--strategy", "fedavg", "--rounds", "1", "--private-key",
+                                 keys[0], "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["packages"] == [str(out)] and summary["signed"]
+    manifest = read_package(out, public_key=keys[1]).manifest
+    assert manifest.task == "imaging" and manifest.model_extra["preprocessing"]["size"] == 28
+    result = runner.invoke(app, ["evaluate", "--model", str(out), "--images",
+                                 str(MEDMNIST_SAMPLE_PATH), "--public-key", keys[1], "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_images"] == 200  # the sample's test split
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", "imaging", "--dp-epsilon", "1"], "expected no --dp-epsilon with --task imaging"),
+    (["--task", "imaging", "--boost-trees", "5"], "expected --boost-trees 0 with --task imaging"),
+    (["--task", "scans"], "expected --task sepsis or imaging; got 'scans'"),
+    (["--task", "imaging", "--data", "/no/such.npz"], "expected a MedMNIST .npz file"),
+])
+def test_bad_imaging_options_are_one_line_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, ["federate", *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0
