@@ -135,7 +135,9 @@ def test_kill_9_then_restart_loses_and_duplicates_nothing(world, reference, poin
     np.testing.assert_array_equal(scores.to_numpy(), ref_scores.to_numpy())
     assert obs == ref_obs  # no observation lost
     ras = sorted(assessments(server, version))
-    assert len(ras) == len(set(ras)) == len(ref_scores)  # no duplicate RiskAssessment
+    # no duplicate RiskAssessment, none lost (a patient without a value in the last 6 h has
+    # a score but no RiskAssessment, in both runs alike: docs/runtime.md, "Cycle status")
+    assert len(ras) == len(set(ras)) == len(ref_ras) > 20
     assert ras == ref_ras
 
 
