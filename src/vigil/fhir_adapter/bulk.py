@@ -20,9 +20,11 @@ time (a far-future stamp is read when its line is written, and cannot push the
 watermark ahead of real time), and a line appended since the previous index is
 keyed at its arrival (after the previous modification time) when its own time is
 older, so values written late are read by the next call. Within one process this
-is a byte-offset watermark per file; after a restart, keys are the lines' own
-times again (clamped), so a line appended while vigil was stopped with a time
-before the stored watermark is not read: stamp ``meta.lastUpdated`` when writing.
+is a byte-offset watermark per file; across a restart it is the source's
+:meth:`NDJSONSource.cursor` (per file: inode, the size read up to, modification
+time), which the cycle stores with its watermark and hands back through
+:meth:`NDJSONSource.resume`, so a line appended while vigil was stopped is keyed at
+its arrival too.
 
 Malformed lines of the Patient, Encounter and Location files (not JSON, a
 byte-order mark, not an object, another resource type) are quarantined with
@@ -35,6 +37,8 @@ honouring ``Retry-After`` -> manifest -> download) and writes such a directory.
 
 from __future__ import annotations
 
+import json
+import logging
 import mmap
 import os
 import re
@@ -66,6 +70,8 @@ from vigil.fhir_adapter.records import (
     to_micros,
 )
 from vigil.fhir_adapter.rest import search_instant
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NDJSONSource", "bulk_export", "ndjson_census", "ndjson_files", "read_resources"]
 
@@ -233,10 +239,16 @@ class _Index:
     end: NDArray[np.int64]
 
     @classmethod
-    def build(cls, paths: Sequence[Path], stamp: _Stamp, previous: _Index | None = None
-              ) -> _Index:
+    def build(cls, paths: Sequence[Path], stamp: _Stamp, previous: _Index | None = None, *,
+              resumed: Mapping[str, tuple[int, int, int]] | None = None) -> _Index:
+        """Index ``paths`` (``resumed``: a previous process's inode, size and time per path).
+
+        With ``resumed`` and no ``previous``, the lines past a file's recorded size are new.
+        """
         keys, file, start, end = [], [], [], []
-        before = _previous_files(previous)
+        before = _previous_files(previous) or {
+            path: (inode, size, written, None, None)
+            for path, (inode, size, written) in (resumed or {}).items()}
         for i, (path, (_, size, mtime_ns, inode)) in enumerate(zip(paths, stamp, strict=True)):
             written = mtime_ns // 1000
             with _mapped(path) as data:
@@ -254,12 +266,13 @@ class _Index:
                 old_size, old_written, old_starts, old_keys = old[1:]
                 starts = lo[used]
                 kept = starts < old_size
-                at = np.searchsorted(old_starts, starts[kept])
-                ok = (at < len(old_starts)) & (old_starts[np.minimum(at, len(old_starts) - 1)]
-                                               == starts[kept])
-                k_kept = k[kept]
-                k_kept[ok] = old_keys[at[ok]]
-                k[kept] = k_kept
+                if old_starts is not None:  # the same process: earlier lines keep their keys
+                    at = np.searchsorted(old_starts, starts[kept])
+                    ok = (at < len(old_starts)) & (
+                        old_starts[np.minimum(at, len(old_starts) - 1)] == starts[kept])
+                    k_kept = k[kept]
+                    k_kept[ok] = old_keys[at[ok]]
+                    k[kept] = k_kept
                 new = ~kept
                 k[new] = np.maximum(k[new], min(old_written + 1, written))
             keys.append(k)
@@ -285,7 +298,7 @@ class _Index:
 
 
 def _previous_files(index: _Index | None) -> dict[
-        str, tuple[int, int, int, NDArray[np.int64], NDArray[np.int64]]]:
+        str, tuple[int, int, int, NDArray[np.int64] | None, NDArray[np.int64] | None]]:
     """Per path of an index: inode, size, modification time (us), line starts and keys (sorted)."""
     if index is None:
         return {}
@@ -338,6 +351,8 @@ class NDJSONSource:
         self._options = MappingOptions(accept_preliminary=accept_preliminary,
                                        understood_modifiers=frozenset(understood_modifiers))
         self._index: _Index | None = None
+        self._resumed: dict[str, tuple[int, int, int]] | None = None
+        self._cursor: str | None = None
         self.name = str(self.directory)
         """Key of this source's watermark (its directory)."""
 
@@ -386,8 +401,33 @@ class NDJSONSource:
                       for p, st in zip(paths, stats, strict=True))
         if self._index is None or self._index.stamp != stamp:
             previous, self._index = self._index, None
-            self._index = _Index.build(paths, stamp, previous)
+            self._index = _Index.build(paths, stamp, previous, resumed=self._resumed)
+            self._resumed = None
         return self._index
+
+    def cursor(self) -> str | None:
+        """Where the last :meth:`observations` call read up to, per file (JSON), or None.
+
+        For each Observation file: its inode, the byte offset of its first line not yet
+        returned (its size when every line was), and its modification time in us. The
+        cycle stores it with the watermark, in the same transaction.
+        """
+        return self._cursor
+
+    def resume(self, cursor: str) -> None:
+        """Continue from a :meth:`cursor` of an earlier process (before the first call).
+
+        Lines past a file's recorded offset are keyed at their arrival, as lines appended
+        within one process are; a cursor that cannot be read is ignored with a warning
+        (the lines' own times are the keys then, as without one).
+        """
+        try:
+            raw = json.loads(cursor)
+            self._resumed = {str(p): (int(v[0]), int(v[1]), int(v[2])) for p, v in raw.items()}
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+            log.warning("the stored NDJSON cursor cannot be read; reading by the lines' own "
+                        "times")
+            self._resumed = None
 
     def observations(self, since: datetime | None, until: datetime | None = None, *,
                      patients: Sequence[str] | None = None) -> IngestResult:
@@ -403,6 +443,7 @@ class NDJSONSource:
             keep = np.fromiter((p in wanted for p in batch.patient), dtype=bool, count=len(batch))
             result = IngestResult(observations=batch.take(keep), quarantine=result.quarantine,
                                   counts=result.counts)
+        self._cursor = _cursor(index, hi)
         if until is not None:
             watermark: datetime | None = until
         elif hi > lo and index.keys[hi - 1] != NO_TIME:
@@ -411,6 +452,18 @@ class NDJSONSource:
             watermark = since
         return IngestResult(observations=result.observations, quarantine=result.quarantine,
                             counts=result.counts, watermark=watermark)
+
+
+def _cursor(index: _Index, returned: int) -> str:
+    """Per file: inode, offset of its first line past the first ``returned``, time (us).
+
+    The lines are counted in key order (as :meth:`_Index.lines` returns them); JSON.
+    """
+    out = {}
+    for i, (path, size, mtime_ns, inode) in enumerate(index.stamp):
+        waiting = index.start[returned:][index.file[returned:] == i]
+        out[path] = [inode, int(waiting.min()) if len(waiting) else size, mtime_ns // 1000]
+    return json.dumps(out, sort_keys=True)
 
 
 def _inside(http: FHIRHttp, url: str) -> None:

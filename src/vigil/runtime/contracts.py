@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +27,7 @@ __all__ = [
     "CycleSink",
     "CycleSource",
     "GridBuilder",
+    "ResumableSource",
     "ScoreBatch",
     "adapter_grid",
     "complete_hours",
@@ -49,6 +50,23 @@ class CycleSource(Protocol):
         self, since: datetime | None, until: datetime, *, patients: Sequence[str]
     ) -> IngestResult:
         """Observations of ``patients`` recorded after ``since`` (None: all) up to ``until``."""
+        ...
+
+
+@runtime_checkable
+class ResumableSource(Protocol):
+    """A source with a position beyond its watermark (NDJSON files: a byte offset per file).
+
+    The cycle stores :meth:`cursor` with the watermark, in the same transaction, and hands
+    it back to :meth:`resume` when a new process starts.
+    """
+
+    def cursor(self) -> str | None:
+        """Where the last fetch read up to (None: nothing to store)."""
+        ...
+
+    def resume(self, cursor: str) -> None:
+        """Continue from a stored cursor (called before the first fetch)."""
         ...
 
 

@@ -41,6 +41,7 @@ from vigil.runtime.contracts import (
     CycleSink,
     CycleSource,
     GridBuilder,
+    ResumableSource,
     ScoreBatch,
     adapter_grid,
     complete_hours,
@@ -56,6 +57,7 @@ from vigil.runtime.store import StateStore
 from vigil.runtime.window import ObservationWindow, recent_grid
 
 __all__ = [
+    "CURSOR_SUFFIX",
     "CycleResult",
     "CycleRunner",
     "CycleSink",
@@ -67,6 +69,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+CURSOR_SUFFIX = "#cursor"
+"""Key of a source's cursor in the store's watermarks: the source's name and this suffix."""
 
 def _ts(t: datetime) -> float:
     return t.timestamp()
@@ -135,6 +140,7 @@ class CycleRunner:
         self._features = LatestFeatures()  # recomputes only patients whose grid changed
         self.monitor = monitor
         self._census_before: int | None = None
+        self._resumed = False
         self._census_known = False
 
     def run(self, tick: datetime) -> CycleResult:
@@ -214,6 +220,11 @@ class CycleRunner:
         self.checkpoint("census")
 
         t0 = time.perf_counter()
+        if not self._resumed and isinstance(self.source, ResumableSource):
+            position = self.store.watermark(self.source.name + CURSOR_SUFFIX)
+            if position is not None:  # a new process: where the last one read up to
+                self.source.resume(position)
+        self._resumed = True
         mark = self.store.watermark(self.source.name)
         since = None if mark is None else datetime.fromisoformat(mark)
         fetched = self.source.observations(since, tick, patients=census.patients)
@@ -260,6 +271,10 @@ class CycleRunner:
             self.store.put_quarantine(tx, cycle_id, quarantine)
             if fetched.watermark is not None:
                 self.store.set_watermark(tx, self.source.name, fetched.watermark.isoformat())
+            position = (self.source.cursor() if isinstance(self.source, ResumableSource)
+                        else None)
+            if position is not None:
+                self.store.set_watermark(tx, self.source.name + CURSOR_SUFFIX, position)
             counts["pruned"] = self.store.prune(tx, before=_ts(tick) - self.retention_hours * 3600)
             window = base.advance(self.store, census.patients, since=since_us, kept=kept,
                                   replaced=replaced)

@@ -57,6 +57,17 @@ class LiveSource:
         """
         return self.source.observations(since, None, patients=list(patients))
 
+    def cursor(self) -> str | None:
+        """Return the adapter source's position beyond the watermark (NDJSON files), or None."""
+        position = getattr(self.source, "cursor", None)
+        return None if position is None else position()
+
+    def resume(self, cursor: str) -> None:
+        """Hand a stored :meth:`cursor` back to the adapter source (NDJSON files)."""
+        resume = getattr(self.source, "resume", None)
+        if resume is not None:
+            resume(cursor)
+
     def close(self) -> None:
         """Release the source's connections."""
         self.source.close()
