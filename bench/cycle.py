@@ -264,7 +264,8 @@ def _site(path: Path, work: Path, source: str, base_url: str | None, *,
             'since_prefix = "sa"\n') if base_url else ""
     path.write_text(f'site_id = "bench"\n[data]\n{data}{fhir}'
                     f'[store]\nurl = "sqlite:///{work / source / "state.db"}"\n'
-                    f'[models]\ndir = "{work / source / "models"}"\n[ops]\nenabled = false\n'
+                    f'[models]\ndir = "{work / source / "models"}"\n'
+                    f'public_key = "{work / "test-release.pub"}"\n[ops]\nenabled = false\n'
                     # the three cycles measure one cycle each, not the back-fill of the ticks
                     # between them (docs/runtime.md, "Cycle status and missed ticks")
                     '[scheduler]\nbackfill_ticks = 0\n')
@@ -332,7 +333,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT / "tests" / "runtime"))
-    from rt_support import make_package
+    from rt_support import make_package, write_trusted_key
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vigil-bench-cycle-"))
     made = work / "made.json"
@@ -354,7 +355,8 @@ def main() -> None:
         made.write_text(json.dumps(report))
     # A fresh package every run: it must match this vigil's feature schema.
     shutil.rmtree(work / "pkg", ignore_errors=True)
-    make_package(work / "pkg")
+    make_package(work / "pkg")  # signed with the tests' key, which the sites trust
+    write_trusted_key(work)
     report["sources"] = {}
     for source in args.sources.split(","):
         result = run_source(source, work, tick, work / "pkg",
