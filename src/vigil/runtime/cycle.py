@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.core.errors import FHIRError, VigilError
+from vigil.core.errors import FHIRError, ModelArtifactError, VigilError
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.features.grid import HourlyGrid
 from vigil.fhir_adapter.records import IngestCounts, ObservationBatch, to_micros
@@ -45,10 +45,13 @@ from vigil.runtime.contracts import (
     adapter_grid,
     complete_hours,
 )
+from vigil.runtime.coverage import coverage_findings, expected_rates, measure_coverage
 from vigil.runtime.feature_cache import LatestFeatures
 from vigil.runtime.inputs import InputHealth, check_inputs, has_recent_values, split_future
 from vigil.runtime.models import LiveModel, LiveModels
+from vigil.runtime.monitoring.alarms import Finding
 from vigil.runtime.monitoring.monitor import Monitor
+from vigil.runtime.monitoring.reference import Reference
 from vigil.runtime.ops import RuntimeMetrics
 from vigil.runtime.schema import COMMITTED
 from vigil.runtime.settings import AlertSettings, ScoringSettings
@@ -136,6 +139,7 @@ class CycleRunner:
         self.monitor = monitor
         self._census_before: int | None = None
         self._census_known = False
+        self._rates: tuple[str, dict[str, float]] = ("", {})
 
     def run(self, tick: datetime) -> CycleResult:
         """Run one cycle for ``tick`` (UTC); never raises for a failed cycle, records it."""
@@ -282,6 +286,7 @@ class CycleRunner:
                     grid.patient_ids, seen, until=to_micros(tick),
                     since=to_micros(tick - timedelta(hours=self.scoring.recent_hours))),
                 settled=hours >= self.scoring.recent_hours, settings=self.scoring,
+                coverage=self._coverage(models.active, seen, hours, tick),
             )
             hold = health.withheld()
             counts["first_hour"] = len(census) - len(ready)
@@ -322,6 +327,29 @@ class CycleRunner:
             self.store.finish_cycle(tx, cycle_id, status="scored", counts=counts, timings=timings)
         self._window = window if self.keep_window else None
         return health
+
+    def _coverage(self, model: LiveModel, seen: ObservationBatch, hours: NDArray[np.int32],
+                  tick: datetime) -> tuple[Finding, ...]:
+        """Judge the census's values of the last ``coverage_hours`` (:mod:`.coverage`)."""
+        if self._rates[0] != model.key:
+            try:
+                ref = Reference.from_profile(model.scorer.package.manifest.reference_profile,
+                                             where=f"the manifest of {model.key}")
+            except ModelArtifactError as exc:
+                log.warning("feed coverage is judged against the site baseline: %s", exc)
+                ref = None
+            self._rates = (model.key, expected_rates(ref))
+        rates = self._rates[1]
+        if not rates and self.monitor is not None:  # no profile: the site's baseline, once learned
+            rates = expected_rates(self.monitor.baseline)
+        if not rates:
+            return ()
+        window = self.scoring.coverage_hours
+        coverage = measure_coverage(
+            seen, patient_hours=float(np.minimum(hours, window).sum()), rates=rates,
+            since=to_micros(tick - timedelta(hours=window)), until=to_micros(tick))
+        return coverage_findings(coverage, min_coverage=self.scoring.min_coverage,
+                                 min_expected=self.scoring.min_expected)
 
     def _score(
         self,

@@ -1,0 +1,165 @@
+"""Feed coverage: does the feed deliver about as many values as the reference expects? (pure).
+
+The model package's reference profile (:mod:`vigil.runtime.monitoring.reference`)
+says, for each measured variable, the share of training patient-hours that had a
+value: its *expected rate* (values per patient-hour; HR about 0.90, the six
+hourly vitals 0.33-0.90, the labs 0.002-0.17 on PhysioNet 2019; 6.8 measured
+values per patient-hour in all). Over a window of ``patient_hours`` the feed
+should therefore deliver about ``rate * patient_hours`` hourly values of each
+variable. Values are counted as the grid sees them: at most one per patient,
+variable and clock hour.
+
+Two rules (thresholds in :class:`~vigil.runtime.settings.ScoringSettings`):
+
+- ``coverage``: observed values / expected values over all measured variables is
+  below ``min_coverage`` (0.5). The six hourly vitals are ~80% of the expected
+  values and the labs ~20%, so a feed with every lab lost still covers ~0.8 and
+  one that carries a single vital ~0.13: below half, at least three hourly
+  vitals are gone. The ratio is judged only once ``min_expected`` values are
+  expected (a census just admitted is not judged).
+- ``absent``: a variable the reference expects at least ``min_expected`` (30)
+  times in the window has **no** value at all. For independent values, the
+  chance of none is ``exp(-30)``; values of a lab come in bunches (one
+  patient's draws), and 30 still leaves a handful of independent draws. This
+  names the labs of a site that codes them locally (Glucose, 0.17/patient-hour,
+  is expected 30 times in 180 patient-hours, e.g. 8 patients over a day) while
+  coverage stays ~0.8.
+
+No patient identifier appears in a finding: only variable names and counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from vigil.core.catalog import MEASURED
+from vigil.fhir_adapter.records import ObservationBatch
+from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
+from vigil.runtime.monitoring.reference import Reference
+
+__all__ = ["Coverage", "coverage_findings", "expected_rates", "measure_coverage"]
+
+_HOUR_US = 3_600_000_000
+
+
+def expected_rates(reference: Reference | None) -> dict[str, float]:
+    """Return the expected values per patient-hour of each measured variable ({} without one).
+
+    Examples
+    --------
+    >>> from vigil.runtime.monitoring.reference import Histogram
+    >>> h = Histogram(np.arange(3.0), np.array([30.0, 60.0]), missing=10, rows=100)
+    >>> expected_rates(Reference("profile", {"HR": h, "Age": h}, None))
+    {'HR': 0.9}
+    """
+    if reference is None:
+        return {}
+    return {name: hist.measured_rate for name, hist in reference.variables.items()
+            if name in MEASURED and hist.rows > 0}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Observed against expected hourly values over a window.
+
+    Attributes
+    ----------
+    patient_hours : float
+        Patient-hours the window covers.
+    observed : dict of str to int
+        Hourly values seen, per measured variable the reference knows.
+    expected : dict of str to float
+        ``rate * patient_hours`` per variable.
+    """
+
+    patient_hours: float
+    observed: dict[str, int]
+    expected: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        """Observed / expected values over all variables (NaN when nothing is expected)."""
+        total = sum(self.expected.values())
+        return sum(self.observed.values()) / total if total > 0 else float("nan")
+
+    def absent(self, min_expected: float) -> tuple[str, ...]:
+        """Variables expected at least ``min_expected`` times with no value, most expected first."""
+        names = [n for n, e in self.expected.items()
+                 if e >= min_expected and self.observed.get(n, 0) == 0]
+        return tuple(sorted(names, key=lambda n: (-self.expected[n], n)))
+
+    def summary(self) -> str:
+        """Return the counts in one line (no patient data)."""
+        return (f"{sum(self.observed.values()):,} hourly values where the reference profile "
+                f"expects {sum(self.expected.values()):,.0f} over {self.patient_hours:,.0f} "
+                f"patient-hours (coverage {self.ratio:.2f})")
+
+
+def measure_coverage(
+    values: ObservationBatch,
+    *,
+    patient_hours: float,
+    rates: Mapping[str, float],
+    since: int | None = None,
+    until: int | None = None,
+) -> Coverage:
+    """Count hourly values per variable with ``since < effective <= until`` (microseconds).
+
+    Parameters
+    ----------
+    values : ObservationBatch
+        The census's values (those of other patients must already be dropped).
+    patient_hours : float
+        Patient-hours of the census within the window.
+    rates : mapping of str to float
+        :func:`expected_rates`.
+    since, until : int, optional
+        Window bounds (None: unbounded).
+
+    Returns
+    -------
+    Coverage
+    """
+    keep = np.ones(len(values), dtype=bool)
+    if since is not None:
+        keep &= values.effective > since
+    if until is not None:
+        keep &= values.effective <= until
+    var = values.variable[keep].astype(np.int64)
+    hour = values.effective[keep] // _HOUR_US
+    _, pat = np.unique(values.patient[keep].astype(str), return_inverse=True)
+    cells = np.unique(np.stack([var, pat.reshape(-1).astype(np.int64), hour]), axis=1)
+    per = np.bincount(cells[0], minlength=len(MEASURED)) if cells.size else np.zeros(
+        len(MEASURED), dtype=np.int64)
+    observed = {name: int(per[MEASURED.index(name)]) for name in rates}
+    expected = {name: float(rate * patient_hours) for name, rate in rates.items()}
+    return Coverage(patient_hours=float(patient_hours), observed=observed, expected=expected)
+
+
+def coverage_findings(
+    coverage: Coverage, *, min_coverage: float, min_expected: float
+) -> tuple[Finding, ...]:
+    """Judge a coverage (see the module docstring).
+
+    Returns
+    -------
+    tuple of Finding
+        A critical ``cycle_inputs`` finding ``coverage`` when the ratio is below
+        ``min_coverage``, and a critical ``feed_coverage`` finding per absent variable.
+    """
+    found: list[Finding] = []
+    total = sum(coverage.expected.values())
+    if total >= min_expected and coverage.ratio < min_coverage:
+        found.append(Finding(
+            AlarmKind.CYCLE_INPUTS, "coverage", Severity.CRITICAL, coverage.ratio, min_coverage,
+            f"far fewer values than the reference profile expects: {coverage.summary()}"))
+    for name in coverage.absent(min_expected):
+        found.append(Finding(
+            AlarmKind.FEED_COVERAGE, name, Severity.CRITICAL, 0.0, coverage.expected[name],
+            f"no {name} value in {coverage.patient_hours:,.0f} patient-hours where the "
+            f"reference profile expects {coverage.expected[name]:,.0f}; is it coded in a "
+            "local code vigil does not map?"))
+    return tuple(found)
