@@ -166,6 +166,22 @@ def test_replay_cli_exits_2_on_a_feed_far_below_the_profile(feeds, profile, tmp_
     assert good.exit_code == 0, good.stderr
 
 
+def test_fhir_ingest_with_a_model_checks_coverage(feeds, profile, tmp_path):
+    make_package(tmp_path / "pkg", reference_profile=profile)
+    runner = CliRunner(mix_stderr=False)
+    args = ["fhir", "ingest", "--model", str(tmp_path / "pkg"), "--json", "--ndjson"]
+    bad = runner.invoke(app, [*args, str(feeds / "hr_only")])
+    assert bad.exit_code == 2, bad.output
+    assert "(coverage 0.1" in bad.stderr and "no value of MAP" in bad.stderr
+    assert "codes ignored most often: urn:site:lab|L" in bad.stderr
+    good = runner.invoke(app, [*args, str(feeds / "normal")])
+    assert good.exit_code == 0, good.stderr
+    assert 0.9 < orjson.loads(good.stdout)["coverage"] < 1.1
+    # without --model only "maps none" is checked
+    plain = runner.invoke(app, ["fhir", "ingest", "--json", "--ndjson", str(feeds / "hr_only")])
+    assert plain.exit_code == 0 and "coverage" not in orjson.loads(plain.stdout)
+
+
 def _cycles(tmp_path, feed, profile, hours):
     source, _ = load_ndjson(feed, stack_admissions=True)
     store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", durable=False)

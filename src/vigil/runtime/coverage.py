@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from vigil.fhir_adapter.records import ObservationBatch
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
 from vigil.runtime.monitoring.reference import Reference
 
-__all__ = ["Coverage", "coverage_findings", "expected_rates", "measure_coverage"]
+__all__ = ["Coverage", "coverage_findings", "expected_rates", "measure_coverage", "profile_rates"]
 
 _HOUR_US = 3_600_000_000
 
@@ -59,6 +60,17 @@ def expected_rates(reference: Reference | None) -> dict[str, float]:
         return {}
     return {name: hist.measured_rate for name, hist in reference.variables.items()
             if name in MEASURED and hist.rows > 0}
+
+
+def profile_rates(profile: Mapping[str, Any], *, where: str = "the manifest") -> dict[str, float]:
+    """Return :func:`expected_rates` of a manifest's ``reference_profile`` ({} without one).
+
+    Raises
+    ------
+    ModelArtifactError
+        When the profile is present but malformed.
+    """
+    return expected_rates(Reference.from_profile(profile, where=where))
 
 
 @dataclass(frozen=True)

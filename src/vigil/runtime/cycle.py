@@ -45,13 +45,17 @@ from vigil.runtime.contracts import (
     adapter_grid,
     complete_hours,
 )
-from vigil.runtime.coverage import coverage_findings, expected_rates, measure_coverage
+from vigil.runtime.coverage import (
+    coverage_findings,
+    expected_rates,
+    measure_coverage,
+    profile_rates,
+)
 from vigil.runtime.feature_cache import LatestFeatures
 from vigil.runtime.inputs import InputHealth, check_inputs, has_recent_values, split_future
 from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.monitoring.alarms import Finding
 from vigil.runtime.monitoring.monitor import Monitor
-from vigil.runtime.monitoring.reference import Reference
 from vigil.runtime.ops import RuntimeMetrics
 from vigil.runtime.schema import COMMITTED
 from vigil.runtime.settings import AlertSettings, ScoringSettings
@@ -286,7 +290,7 @@ class CycleRunner:
                     grid.patient_ids, seen, until=to_micros(tick),
                     since=to_micros(tick - timedelta(hours=self.scoring.recent_hours))),
                 settled=hours >= self.scoring.recent_hours, settings=self.scoring,
-                coverage=self._coverage(models.active, seen, hours, tick),
+                coverage=self._coverage(models.active, grid, seen, hours, tick),
             )
             hold = health.withheld()
             counts["first_hour"] = len(census) - len(ready)
@@ -328,25 +332,30 @@ class CycleRunner:
         self._window = window if self.keep_window else None
         return health
 
-    def _coverage(self, model: LiveModel, seen: ObservationBatch, hours: NDArray[np.int32],
-                  tick: datetime) -> tuple[Finding, ...]:
+    def _coverage(self, model: LiveModel, grid: HourlyGrid, seen: ObservationBatch,
+                  hours: NDArray[np.int32], tick: datetime) -> tuple[Finding, ...]:
         """Judge the census's values of the last ``coverage_hours`` (:mod:`.coverage`)."""
         if self._rates[0] != model.key:
             try:
-                ref = Reference.from_profile(model.scorer.package.manifest.reference_profile,
-                                             where=f"the manifest of {model.key}")
+                rates = profile_rates(model.scorer.package.manifest.reference_profile,
+                                      where=f"the manifest of {model.key}")
             except ModelArtifactError as exc:
                 log.warning("feed coverage is judged against the site baseline: %s", exc)
-                ref = None
-            self._rates = (model.key, expected_rates(ref))
+                rates = {}
+            self._rates = (model.key, rates)
         rates = self._rates[1]
         if not rates and self.monitor is not None:  # no profile: the site's baseline, once learned
             rates = expected_rates(self.monitor.baseline)
         if not rates:
             return ()
+        # only patients settled in the ICU (recent_hours), as for recent_values: a stay's
+        # first hour has no value yet, so a census of new admissions would look uncovered
         window = self.scoring.coverage_hours
+        settled = hours >= self.scoring.recent_hours
+        keys = np.asarray(grid.patient_ids, dtype=str)[settled]
         coverage = measure_coverage(
-            seen, patient_hours=float(np.minimum(hours, window).sum()), rates=rates,
+            seen.take(np.isin(seen.patient.astype(str), keys)), rates=rates,
+            patient_hours=float(np.minimum(hours[settled], window).sum()),
             since=to_micros(tick - timedelta(hours=window)), until=to_micros(tick))
         return coverage_findings(coverage, min_coverage=self.scoring.min_coverage,
                                  min_expected=self.scoring.min_expected)
