@@ -142,10 +142,14 @@ def measure_coverage(
         keep &= values.effective <= until
     var = values.variable[keep].astype(np.int64)
     hour = values.effective[keep] // _HOUR_US
-    _, pat = np.unique(values.patient[keep].astype(str), return_inverse=True)
-    cells = np.unique(np.stack([var, pat.reshape(-1).astype(np.int64), hour]), axis=1)
-    per = np.bincount(cells[0], minlength=len(MEASURED)) if cells.size else np.zeros(
-        len(MEASURED), dtype=np.int64)
+    per = np.zeros(len(MEASURED), dtype=np.int64)
+    if var.size:
+        # one int64 key per (patient, variable, hour) cell: a 1-d unique is fast on millions
+        _, pat = np.unique(values.patient[keep].astype(str), return_inverse=True)
+        hour -= hour.min()
+        span = int(hour.max()) + 1
+        cells = np.unique((pat.reshape(-1).astype(np.int64) * len(MEASURED) + var) * span + hour)
+        per = np.bincount(cells // span % len(MEASURED), minlength=len(MEASURED))
     observed = {name: int(per[MEASURED.index(name)]) for name in rates}
     expected = {name: float(rate * patient_hours) for name, rate in rates.items()}
     return Coverage(patient_hours=float(patient_hours), observed=observed, expected=expected)
