@@ -58,7 +58,7 @@ def test_coverage_counts_one_value_per_patient_variable_and_hour():
     rows = [("a", "HR", 10 * H), ("a", "HR", 10 * H + 60), ("b", "HR", 10 * H + 5),
             ("a", "HR", 11 * H), ("a", "Glucose", 11 * H + 1), ("a", "HR", 5 * H),
             ("a", "HR", 20 * H + 1)]
-    cov = measure_coverage(batch(rows), patient_hours=10, since=6 * H, until=20 * H,
+    cov = measure_coverage(batch(rows), patients=2, patient_hours=10, since=6 * H, until=20 * H,
                            rates={"HR": 0.9, "Glucose": 0.2, "Lactate": 0.05})
     # HR: a@10, b@10, a@11 (5 h is before the window, 20 h + 1 us after it)
     assert cov.observed == {"HR": 3, "Glucose": 1, "Lactate": 0}
@@ -66,6 +66,8 @@ def test_coverage_counts_one_value_per_patient_variable_and_hour():
     assert cov.ratio == pytest.approx(4 / 11.5)
     assert cov.absent(0.5) == ("Lactate",)
     assert cov.absent(0.6) == ()
+    assert cov.absent(0.5, min_rate=0.05) == ("Lactate",)
+    assert cov.absent(0.5, min_rate=0.051) == ()  # rarer than min_rate: not judged
     assert "4 hourly values where the reference profile expects 12 over 10 patient-hours " \
            "(coverage 0.35)" in cov.summary()
 
@@ -73,7 +75,7 @@ def test_coverage_counts_one_value_per_patient_variable_and_hour():
 def test_coverage_findings_thresholds():
     rates = {"HR": 0.9, "Glucose": 0.2}
     many = batch([("a", "HR", t * H) for t in range(90)])  # 90 HR, no Glucose, 100 patient-hours
-    cov = measure_coverage(many, patient_hours=100, rates=rates)
+    cov = measure_coverage(many, patients=4, patient_hours=100, rates=rates)
     assert cov.ratio == pytest.approx(90 / 110)
     (absent,) = coverage_findings(cov, min_coverage=0.5, min_expected=20)
     assert (absent.kind, absent.variable, absent.severity) == (
@@ -85,13 +87,16 @@ def test_coverage_findings_thresholds():
     assert [(f.kind, f.variable) for f in low] == [(AlarmKind.CYCLE_INPUTS, "coverage")]
     assert low[0].value == pytest.approx(90 / 110)
     # too little expected to judge: a census just admitted
-    few = measure_coverage(batch([]), patient_hours=1, rates=rates)
+    few = measure_coverage(batch([]), patients=4, patient_hours=1, rates=rates)
     assert coverage_findings(few, min_coverage=0.5, min_expected=2) == ()
+    # too few patients to judge: they differ much in how often they are charted
+    assert len(coverage_findings(cov, min_coverage=0.9, min_expected=20, min_patients=4)) == 2
+    assert coverage_findings(cov, min_coverage=0.9, min_expected=20, min_patients=5) == ()
 
 
 def test_only_low_coverage_degrades_the_cycle():
-    cov = measure_coverage(batch([("a", "HR", 0)]), patient_hours=100, rates={"HR": 0.9,
-                                                                          "Glucose": 0.2})
+    cov = measure_coverage(batch([("a", "HR", 0)]), patients=5, patient_hours=100,
+                           rates={"HR": 0.9, "Glucose": 0.2})
     findings = coverage_findings(cov, min_coverage=0.5, min_expected=20)
     health = check_inputs(census=5, previous_census=5, read=10, mapped=10, ignored={},
                           recent=np.ones(5, bool), coverage=findings, settings=ScoringSettings())
@@ -116,9 +121,9 @@ def profile(sample):
 
 @pytest.fixture(scope="module")
 def feeds(sample, tmp_path_factory):
-    """The synth NDJSON of 6 test patients, and copies with labs local / only HR in LOINC."""
+    """The synth NDJSON of 12 test patients, and copies with labs local / only HR in LOINC."""
     root = tmp_path_factory.mktemp("coverage")
-    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:6])
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:12])
     write_synth(table.frame, root / "normal")
     lines = (root / "normal" / "Observation.ndjson").read_bytes().splitlines()
     for name, local in (("labs_local", lambda c: c in LAB_CODES),
@@ -135,6 +140,24 @@ def feeds(sample, tmp_path_factory):
     return root
 
 
+def test_a_site_that_never_measures_a_rare_variable_is_not_alarmed(profile):
+    """PhysioNet's hospital A never records EtCO2 (pooled rate 0.039): no alarm, however long."""
+    rates = expected_rates(Reference.from_profile(profile))
+    settings = ScoringSettings()
+    cov = measure_coverage(batch([]), patients=100, patient_hours=2400, rates=rates)
+    full = type(cov)(cov.patients, cov.patient_hours,
+                     {n: (0 if n == "EtCO2" else round(e)) for n, e in cov.expected.items()},
+                     cov.expected)
+    assert full.expected["EtCO2"] > 90 and full.ratio > 0.95
+    assert coverage_findings(full, min_coverage=settings.min_coverage,
+                             min_expected=settings.min_expected,
+                             min_patients=settings.coverage_min_patients,
+                             min_rate=settings.absent_min_rate) == ()
+    # judged from 0.1/patient-hour: the seven vitals and Glucose
+    assert sorted(n for n, r in rates.items() if r >= settings.absent_min_rate) == sorted(
+        ["HR", "O2Sat", "Temp", "SBP", "MAP", "DBP", "Resp", "Glucose"])
+
+
 def test_replay_source_coverage(feeds, profile):
     rates = expected_rates(Reference.from_profile(profile))
     assert sum(rates.values()) == pytest.approx(6.71, abs=0.01)  # values per patient-hour
@@ -145,7 +168,7 @@ def test_replay_source_coverage(feeds, profile):
     with pytest.raises(DataError) as err:
         require_coverage(labs, rates, where="labs")
     msg = str(err.value)
-    assert "no value of Glucose;" in msg and "(coverage 0.7" in msg
+    assert "no value of Glucose;" in msg and "(coverage 0.73)" in msg
     assert "codes ignored most often: urn:site:lab|L" in msg
     hr, _ = load_ndjson(feeds / "hr_only", stack_admissions=True)
     with pytest.raises(DataError, match=r"\(coverage 0\.1\d\); no value of MAP, O2Sat, SBP"):
@@ -191,7 +214,8 @@ def _cycles(tmp_path, feed, profile, hours):
     sink = MemorySink()
     monitor = Monitor()
     runner = CycleRunner(store=store, source=source, sink=sink, models=lambda: live,
-                         scoring=ScoringSettings(min_expected=10), alerts=AlertSettings(),
+                         scoring=ScoringSettings(min_expected=10, coverage_min_patients=3),
+                         alerts=AlertSettings(),
                          monitor=monitor)
     start = max(stay.icu_admission for stay, _ in source.stays) + timedelta(hours=8)
     results = replay(runner, replay_ticks(start, start + timedelta(hours=hours))).results

@@ -354,11 +354,13 @@ class CycleRunner:
         settled = hours >= self.scoring.recent_hours
         keys = np.asarray(grid.patient_ids, dtype=str)[settled]
         coverage = measure_coverage(
-            seen.take(np.isin(seen.patient.astype(str), keys)), rates=rates,
+            seen.take(np.isin(seen.patient.astype(str), keys)), rates=rates, patients=len(keys),
             patient_hours=float(np.minimum(hours[settled], window).sum()),
             since=to_micros(tick - timedelta(hours=window)), until=to_micros(tick))
         return coverage_findings(coverage, min_coverage=self.scoring.min_coverage,
-                                 min_expected=self.scoring.min_expected)
+                                 min_expected=self.scoring.min_expected,
+                                 min_patients=self.scoring.coverage_min_patients,
+                                 min_rate=self.scoring.absent_min_rate)
 
     def _score(
         self,

@@ -269,11 +269,14 @@ def require_coverage(source: ClockedSource, rates: Mapping[str, float], *, where
     settings = settings or ScoringSettings()
     hours = sum((e - s.icu_admission).total_seconds() / 3600 for s, e in source.stays
                 if e is not None)
-    coverage = measure_coverage(source.recorded, patient_hours=hours, rates=rates)
+    coverage = measure_coverage(source.recorded, patients=len(source.stays),
+                                patient_hours=hours, rates=rates)
     if not rates or not coverage_findings(coverage, min_coverage=settings.min_coverage,
-                                          min_expected=settings.min_expected):
+                                          min_expected=settings.min_expected,
+                                          min_patients=settings.coverage_min_patients,
+                                          min_rate=settings.absent_min_rate):
         return coverage
-    absent = coverage.absent(settings.min_expected)
+    absent = coverage.absent(settings.min_expected, settings.absent_min_rate)
     ignored = ", ".join(f"{c} ({n:,})" for c, n in source.counts.top_ignored(5).items())
     raise DataError(
         f"the feed maps far fewer values than the model's reference profile expects: "

@@ -122,6 +122,15 @@ class ScoringSettings(_Section):
         description="A cycle whose feed delivers fewer than this share of the expected values "
                     "is degraded.",
     )
+    coverage_min_patients: int = Field(
+        default=10, ge=1,
+        description="Feed coverage is judged only over at least this many settled patients.",
+    )
+    absent_min_rate: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Only variables the profile expects at least this often (values per "
+                    "patient-hour) are judged absent.",
+    )
     min_expected: float = Field(
         default=30.0, gt=0,
         description="A variable expected at least this often in the window but absent raises a "
