@@ -2,9 +2,9 @@
 
 The model package's reference profile (:mod:`vigil.runtime.monitoring.reference`)
 says, for each measured variable, the share of training patient-hours that had a
-value: its *expected rate* (values per patient-hour; HR about 0.90, the six
-hourly vitals 0.33-0.90, the labs 0.002-0.17 on PhysioNet 2019; 6.8 measured
-values per patient-hour in all). Over a window of ``patient_hours`` the feed
+value: its *expected rate* (values per patient-hour; on PhysioNet 2019 HR 0.90,
+the seven vitals 0.33-0.90, the labs 0.002-0.17; 6.7 measured values per
+patient-hour in all). Over a window of ``patient_hours`` the feed
 should therefore deliver about ``rate * patient_hours`` hourly values of each
 variable. Values are counted as the grid sees them: at most one per patient,
 variable and clock hour.
@@ -12,7 +12,7 @@ variable and clock hour.
 Two rules (thresholds in :class:`~vigil.runtime.settings.ScoringSettings`):
 
 - ``coverage``: observed values / expected values over all measured variables is
-  below ``min_coverage`` (0.5). The six hourly vitals are ~80% of the expected
+  below ``min_coverage`` (0.5). The seven vitals are ~80% of the expected
   values and the labs ~20%, so a feed with every lab lost still covers ~0.8 and
   one that carries a single vital ~0.13: below half, at least three hourly
   vitals are gone. The ratio is judged only once ``min_expected`` values are
@@ -26,12 +26,11 @@ Two rules (thresholds in :class:`~vigil.runtime.settings.ScoringSettings`):
   hospital never records EtCO2 (0.077 at the other; pooled 0.039) and the
   other hardly ever BaseExcess, HCO3 or Chloride (0.002; pooled <= 0.05), while
   every variable pooled above 0.1 (the seven vitals and Glucose) is measured
-  at both (>= 0.117 at each). For independent values, the
-  chance of none is ``exp(-30)``; values of a lab come in bunches (one
-  patient's draws), and 30 still leaves a handful of independent draws. This
-  names the labs of a site that codes them locally (Glucose, 0.17/patient-hour,
-  is expected 30 times in 180 patient-hours, e.g. 8 patients over a day) while
-  coverage stays ~0.8.
+  at both (>= 0.117 at each). For independent values, the chance of none is
+  ``exp(-30)``; values of a lab come in bunches (one patient's draws), and 30
+  still leaves a handful of independent draws. This names the labs of a site
+  that codes them locally (Glucose, 0.17/patient-hour, is expected 30 times in
+  180 patient-hours, e.g. 10 patients over 18 h) while coverage stays ~0.8.
 
 No patient identifier appears in a finding: only variable names and counts.
 """
