@@ -95,6 +95,7 @@ def make_package(
     threshold: float = 0.3,
     private_key: bytes = TEST_PRIVATE_KEY,
     schema: dict | None = None,
+    reference_profile: dict | None = None,
 ) -> ModelPackage:
     """Write a tiny but real model package, signed with ``private_key`` (``UNSIGNED``: not)."""
     return write_package(
@@ -105,6 +106,7 @@ def make_package(
             "version": version,
             "feature_schema": schema if schema is not None else FEATURE_SCHEMA.to_dict(),
             "threshold": threshold,
+            **({"reference_profile": reference_profile} if reference_profile else {}),
         },
         model_card="# tiny test model\n",
         private_key_pem=private_key or None,

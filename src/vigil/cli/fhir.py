@@ -55,11 +55,14 @@ def synth(
 def ingest(
     ndjson: Annotated[Path, typer.Option(help="Directory of FHIR NDJSON (synth or $export).")],
     strict: Annotated[bool, typer.Option(help="Validate with fhir.resources R4B.")] = False,
+    model: Annotated[Path | None, typer.Option(
+        help="Also require the values expected by this package's reference profile.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Read FHIR NDJSON through the adapter: census, counters, ignored codes, quarantine reasons.
 
-    Fails (exit 2) when the Observations delivered map to no catalog variable.
+    Fails (exit 2) when the Observations delivered map to no catalog variable, or, with
+    ``--model``, to far fewer values than the package's reference profile expects.
     """
     from vigil.core.errors import DataError
     from vigil.fhir_adapter import (
@@ -76,10 +79,13 @@ def ingest(
     parse = parse_ndjson_strict if strict else parse_ndjson
     counts = IngestCounts()
     reasons: Counter[str] = Counter(q.reason for q in census.quarantine)
+    batches = []
     for path in ndjson_files(ndjson)["Observation"]:
         result = parse(path)
         counts = counts + result.counts
         reasons.update(q.reason for q in result.quarantine)
+        if model is not None:
+            batches.append(result.observations)
     result_dict = {
         "stays": len(census.stays),
         "units": dict(Counter(s.unit or "unknown" for s in census.stays)),
@@ -92,10 +98,24 @@ def ingest(
     if unmapped is not None:
         raise DataError(f"{unmapped}; map the site's codes to LOINC (docs/fhir.md, 'What is "
                         "counted, ignored, quarantined')", source=str(ndjson))
+    if model is not None:
+        from vigil.core.package import read_package
+        from vigil.fhir_adapter import ObservationBatch
+        from vigil.runtime.coverage import profile_rates
+        from vigil.runtime.recorded import clocked, require_coverage
+
+        rates = profile_rates(read_package(model).manifest.reference_profile,
+                              where=f"the manifest of {model}")
+        coverage = require_coverage(clocked(census, ObservationBatch.concat(batches),
+                                            counts=counts), rates, where=str(ndjson))
+        result_dict["coverage"] = round(coverage.ratio, 3) if rates else None
     if json_out:
         print_json(result_dict)
         return
     err_console.print(f"{result_dict['stays']:,} ICU stays; units {result_dict['units']}")
+    if result_dict.get("coverage") is not None:
+        err_console.print(f"coverage {result_dict['coverage']:.2f} of the hourly values the "
+                          "reference profile expects")
     for key, value in result_dict["counts"].items():
         err_console.print(f"  {key:<22} {value:>10,}")
     for code, n in result_dict["ignored_codes"].items():

@@ -83,8 +83,9 @@ def replay(
     """Score recorded FHIR data every 15 simulated minutes with the service's cycle."""
     from rich.progress import Progress
 
+    from vigil.runtime.coverage import profile_rates
     from vigil.runtime.models import LiveModels, live_model
-    from vigil.runtime.recorded import load_fhir, load_ndjson
+    from vigil.runtime.recorded import load_fhir, load_ndjson, require_coverage
     from vigil.runtime.replay import go_live_start, run_replay, summarize
     from vigil.runtime.settings import AlertSettings, check_public_key
     from vigil.runtime.store import StateStore
@@ -104,6 +105,9 @@ def replay(
     else:
         source, quarantined = load_fhir(_fhir_settings(fhir_url, config),
                                         stack_admissions=stack_admissions, stack_days=days)
+    rates = profile_rates(active.scorer.package.manifest.reference_profile,
+                          where=f"the manifest of {active.key}")
+    require_coverage(source, rates, where=str(ndjson or fhir_url or config))
     sink = None
     if riskassessments is not None:
         from vigil.fhir_adapter.writers import NDJSONWriter

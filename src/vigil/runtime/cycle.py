@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.core.errors import FHIRError, VigilError
+from vigil.core.errors import FHIRError, ModelArtifactError, VigilError
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.features.grid import HourlyGrid
 from vigil.fhir_adapter.records import IngestCounts, ObservationBatch, to_micros
@@ -46,9 +46,16 @@ from vigil.runtime.contracts import (
     adapter_grid,
     complete_hours,
 )
+from vigil.runtime.coverage import (
+    coverage_findings,
+    expected_rates,
+    measure_coverage,
+    profile_rates,
+)
 from vigil.runtime.feature_cache import LatestFeatures
 from vigil.runtime.inputs import InputHealth, check_inputs, has_recent_values, split_future
 from vigil.runtime.models import LiveModel, LiveModels
+from vigil.runtime.monitoring.alarms import Finding
 from vigil.runtime.monitoring.monitor import Monitor
 from vigil.runtime.ops import RuntimeMetrics
 from vigil.runtime.schema import COMMITTED
@@ -142,6 +149,7 @@ class CycleRunner:
         self._census_before: int | None = None
         self._resumed = False
         self._census_known = False
+        self._rates: tuple[str, dict[str, float]] = ("", {})
 
     def run(self, tick: datetime) -> CycleResult:
         """Run one cycle for ``tick`` (UTC); never raises for a failed cycle, records it."""
@@ -297,6 +305,7 @@ class CycleRunner:
                     grid.patient_ids, seen, until=to_micros(tick),
                     since=to_micros(tick - timedelta(hours=self.scoring.recent_hours))),
                 settled=hours >= self.scoring.recent_hours, settings=self.scoring,
+                coverage=self._coverage(models.active, grid, seen, hours, tick),
             )
             hold = health.withheld()
             counts["first_hour"] = len(census) - len(ready)
@@ -337,6 +346,36 @@ class CycleRunner:
             self.store.finish_cycle(tx, cycle_id, status="scored", counts=counts, timings=timings)
         self._window = window if self.keep_window else None
         return health
+
+    def _coverage(self, model: LiveModel, grid: HourlyGrid, seen: ObservationBatch,
+                  hours: NDArray[np.int32], tick: datetime) -> tuple[Finding, ...]:
+        """Judge the census's values of the last ``coverage_hours`` (:mod:`.coverage`)."""
+        if self._rates[0] != model.key:
+            try:
+                rates = profile_rates(model.scorer.package.manifest.reference_profile,
+                                      where=f"the manifest of {model.key}")
+            except ModelArtifactError as exc:
+                log.warning("feed coverage is judged against the site baseline: %s", exc)
+                rates = {}
+            self._rates = (model.key, rates)
+        rates = self._rates[1]
+        if not rates and self.monitor is not None:  # no profile: the site's baseline, once learned
+            rates = expected_rates(self.monitor.baseline)
+        if not rates:
+            return ()
+        # only patients settled in the ICU (recent_hours), as for recent_values: a stay's
+        # first hour has no value yet, so a census of new admissions would look uncovered
+        window = self.scoring.coverage_hours
+        settled = hours >= self.scoring.recent_hours
+        keys = np.asarray(grid.patient_ids, dtype=str)[settled]
+        coverage = measure_coverage(
+            seen.take(np.isin(seen.patient.astype(str), keys)), rates=rates, patients=len(keys),
+            patient_hours=float(np.minimum(hours[settled], window).sum()),
+            since=to_micros(tick - timedelta(hours=window)), until=to_micros(tick))
+        return coverage_findings(coverage, min_coverage=self.scoring.min_coverage,
+                                 min_expected=self.scoring.min_expected,
+                                 min_patients=self.scoring.coverage_min_patients,
+                                 min_rate=self.scoring.absent_min_rate)
 
     def _score(
         self,

@@ -14,7 +14,14 @@ per cause, and writes no RiskAssessment at all, when:
   score, and in the ICU for at least ``recent_hours``, have no value in the
   last ``recent_hours`` (a fetch that returns nothing for every patient leaves
   them all so within hours; one empty 15-minute fetch is normal, as values are
-  charted hourly, and so is a patient just admitted with nothing charted yet).
+  charted hourly, and so is a patient just admitted with nothing charted yet);
+- ``coverage``: over the last ``coverage_hours``, the census's hourly values are
+  fewer than ``min_coverage`` of what the reference profile expects
+  (:mod:`vigil.runtime.coverage`; e.g. a feed that carries one vital sign).
+
+A measured variable the reference expects often but that has no value at all
+in the window raises a critical ``feed_coverage`` finding naming it (e.g. every
+lab coded locally); it does not degrade the cycle: the vitals still score.
 
 A value whose effective time is more than :data:`FUTURE_SKEW` after the time of
 reading (the tick, or the source's watermark when later) has a bad clock: it is
@@ -53,7 +60,8 @@ class InputHealth:
     Attributes
     ----------
     findings : tuple of Finding
-        One critical ``cycle_inputs`` finding per cause (empty when the inputs are fine).
+        One critical ``cycle_inputs`` finding per cause (empty when the inputs are fine),
+        then the ``feed_coverage`` findings (absent variables; they do not degrade).
     empty : ndarray of bool, shape (n_scored,)
         Patients (in score order) with no value in the last ``recent_hours``.
     """
@@ -64,12 +72,13 @@ class InputHealth:
     @property
     def degraded(self) -> bool:
         """Whether the cycle must not be ``ok``."""
-        return bool(self.findings)
+        return any(f.kind is AlarmKind.CYCLE_INPUTS for f in self.findings)
 
     @property
     def reason(self) -> str | None:
         """The causes in one line (None when not degraded)."""
-        return "; ".join(f.message for f in self.findings) or None
+        return "; ".join(f.message for f in self.findings
+                         if f.kind is AlarmKind.CYCLE_INPUTS) or None
 
     def withheld(self) -> NDArray[np.bool_]:
         """Patients whose RiskAssessment is not written (all of them when degraded)."""
@@ -123,6 +132,7 @@ def check_inputs(
     ignored: Mapping[str, int],
     recent: NDArray[np.bool_],
     settled: NDArray[np.bool_] | None = None,
+    coverage: Sequence[Finding] = (),
     settings: ScoringSettings,
 ) -> InputHealth:
     """Judge one cycle's inputs (see the module docstring).
@@ -142,6 +152,8 @@ def check_inputs(
     settled : ndarray of bool, shape (n_scored,), optional
         Whether each has been in the ICU for at least ``recent_hours`` (all when None);
         only those count for ``recent_values``.
+    coverage : sequence of Finding, optional
+        :func:`vigil.runtime.coverage.coverage_findings` of the cycle's window.
     settings : ScoringSettings
 
     Returns
@@ -169,4 +181,6 @@ def check_inputs(
             "recent_values", missing / n, settings.max_missing_share,
             f"{missing} of {n} patients have no value in the last "
             f"{settings.recent_hours:g} h"))
+    found += [f for f in coverage if f.kind is AlarmKind.CYCLE_INPUTS]
+    found += [f for f in coverage if f.kind is not AlarmKind.CYCLE_INPUTS]
     return InputHealth(findings=tuple(found), empty=~recent)

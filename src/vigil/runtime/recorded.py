@@ -14,7 +14,7 @@ it ends one hour after its last observation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,8 +34,10 @@ from vigil.fhir_adapter.records import (
     from_micros,
     to_micros,
 )
+from vigil.runtime.coverage import Coverage, coverage_findings, measure_coverage
+from vigil.runtime.settings import ScoringSettings
 
-__all__ = ["ClockedSource", "clocked", "load_fhir", "load_ndjson"]
+__all__ = ["ClockedSource", "clocked", "load_fhir", "load_ndjson", "require_coverage"]
 
 _HOUR_US = 3_600_000_000
 _DAY_US = 24 * _HOUR_US
@@ -244,6 +246,43 @@ def _require_mapped(counts: IngestCounts, where: str, *, stays: int) -> None:
     if reason is not None:
         raise DataError(f"{reason}: nothing to score; map the site's codes to LOINC "
                         "(docs/fhir.md, 'What is counted, ignored, quarantined')", source=where)
+
+
+def require_coverage(source: ClockedSource, rates: Mapping[str, float], *, where: str,
+                     settings: ScoringSettings | None = None) -> Coverage:
+    """Refuse recorded data that maps far fewer values than the model's profile expects.
+
+    The whole recording is judged as one window (every stay from its ICU admission to
+    its end) with the cycle's rules (:mod:`vigil.runtime.coverage`): coverage below
+    ``min_coverage``, or a variable expected ``min_expected`` times with no value, is an
+    error. Without ``rates`` (a package with no profile) nothing is judged.
+
+    Returns
+    -------
+    Coverage
+
+    Raises
+    ------
+    DataError
+        Naming the counts, the absent variables and the codes ignored most often.
+    """
+    settings = settings or ScoringSettings()
+    hours = sum((e - s.icu_admission).total_seconds() / 3600 for s, e in source.stays
+                if e is not None)
+    coverage = measure_coverage(source.recorded, patients=len(source.stays),
+                                patient_hours=hours, rates=rates)
+    if not rates or not coverage_findings(coverage, min_coverage=settings.min_coverage,
+                                          min_expected=settings.min_expected,
+                                          min_patients=settings.coverage_min_patients,
+                                          min_rate=settings.absent_min_rate):
+        return coverage
+    absent = coverage.absent(settings.min_expected, settings.absent_min_rate)
+    ignored = ", ".join(f"{c} ({n:,})" for c, n in source.counts.top_ignored(5).items())
+    raise DataError(
+        f"the feed maps far fewer values than the model's reference profile expects: "
+        f"{coverage.summary()}; no value of {', '.join(absent) or 'none'}; codes ignored most "
+        f"often: {ignored or 'none'}; map the site's codes to LOINC (docs/fhir.md, 'What is "
+        "counted, ignored, quarantined')", source=where)
 
 
 def load_fhir(

@@ -112,6 +112,30 @@ class ScoringSettings(_Section):
     census_drop_min: int = Field(
         default=10, ge=1, description="... when the previous census had at least this many.",
     )
+    coverage_hours: float = Field(
+        default=24.0, gt=0,
+        description="Window over which the feed's values are compared with the reference "
+                    "profile's expected rates (docs/runtime.md, 'Cycle status and missed ticks').",
+    )
+    min_coverage: float = Field(
+        default=0.5, ge=0, le=1,
+        description="A cycle whose feed delivers fewer than this share of the expected values "
+                    "is degraded.",
+    )
+    coverage_min_patients: int = Field(
+        default=10, ge=1,
+        description="Feed coverage is judged only over at least this many settled patients.",
+    )
+    absent_min_rate: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Only variables the profile expects at least this often (values per "
+                    "patient-hour) are judged absent.",
+    )
+    min_expected: float = Field(
+        default=30.0, gt=0,
+        description="A variable expected at least this often in the window but absent raises a "
+                    "critical feed_coverage alarm; coverage is judged from this many values.",
+    )
 
 
 class AlertSettings(_Section):

@@ -77,6 +77,7 @@ class AlarmKind(StrEnum):
     DISCRIMINATION = "discrimination"
     CALIBRATION = "calibration"
     CYCLE_INPUTS = "cycle_inputs"
+    FEED_COVERAGE = "feed_coverage"
 
 
 class Severity(StrEnum):

@@ -227,7 +227,8 @@ class Monitor:
             the FHIR adapter reports it).
         findings : sequence of Finding, optional
             The cycle's own verdict on its inputs (:mod:`vigil.runtime.inputs`):
-            ``cycle_inputs`` alarms open with them and resolve when absent.
+            ``cycle_inputs`` and ``feed_coverage`` alarms open with them and resolve
+            when absent.
 
         Returns
         -------
@@ -273,7 +274,7 @@ class Monitor:
 
         stats: list[Stat] = []
         findings: list[Finding] = list(inputs)
-        checked: set[str] = {AlarmKind.CYCLE_INPUTS}
+        checked: set[str] = {AlarmKind.CYCLE_INPUTS, AlarmKind.FEED_COVERAGE}
         # A patient's hour completes once an hour, so the window, and the labelled hours,
         # change by a quarter of the census per 15-minute cycle: judge them once an hour.
         # Feeds and quarantine are judged every cycle (a broken interface is urgent).

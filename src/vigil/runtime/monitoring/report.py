@@ -111,7 +111,7 @@ def _chart(report: MonitorReport, alarms: Sequence[Alarm], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     first = alarms[0]
-    names = CHARTED[first.kind]
+    names = CHARTED.get(first.kind, ())  # cycle_inputs, feed_coverage: no statistic charted
     s = report.stats
     sel = s[(s["kind"] == str(first.kind)) & (s["variable"] == first.variable)
             & s["statistic"].isin(names)]
