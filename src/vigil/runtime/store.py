@@ -488,12 +488,9 @@ class StateStore:
             ).rowcount
         return int(n)
 
-    def committed(self, tick: float) -> bool:
-        """Whether a cycle of this tick has committed its scores."""
-        return self._committed(self.conn, tick)
-
     @staticmethod
     def _committed(conn: sqlite3.Connection, tick: float) -> bool:
+        """Whether a cycle of this tick has committed its scores (read on ``conn``)."""
         row = conn.execute(
             f"SELECT 1 FROM cycles WHERE tick = ? AND status IN ({', '.join('?' * len(COMMITTED))})"
             " LIMIT 1",
