@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from vigil.core.errors import ConfigError, ModelArtifactError
+from vigil.core.files import replace_durably
 
 __all__ = ["check_installed_record", "install_record", "installed_record_name"]
 
@@ -89,13 +90,13 @@ def check_installed_record(path: Path, *, calibration_key: Path | None) -> None:
 
 
 def install_record(path: Path, data: bytes, *, calibration_key: Path | None) -> None:
-    """Write an installed record's bytes, and its HMAC under the site key when there is one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write an installed record's bytes, and its HMAC under the site key when there is one.
+
+    Each file is replaced atomically and synced (:func:`vigil.core.files.replace_durably`).
+    """
+    replace_durably(path, data)
     mac = path.with_name(path.name + ".hmac")
     if calibration_key is not None:
-        tmp.write_text(_record_mac(data, _site_key(calibration_key)) + "\n")
-        tmp.replace(mac)
+        replace_durably(mac, (_record_mac(data, _site_key(calibration_key)) + "\n").encode())
     elif mac.exists():
         mac.unlink()
