@@ -187,3 +187,14 @@ def test_chain_properties(center, width, function, photometric):
     assert (steps <= 1e-12).all() if photometric is M1 else (steps >= -1e-12).all()
     half = apply_presentation(apply_voi(apply_modality(ramp[:, ::2], p), p), p)[0]
     np.testing.assert_array_equal(half, shown[::2])
+
+
+def test_input_histogram_counts_every_value_in_its_bin() -> None:
+    from vigil.imaging import INPUT_EDGES, N_BINS, input_histogram
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.0, 1.0, size=(5, 28, 28))
+    h = input_histogram(x)
+    assert h.shape == (5, N_BINS) and (h.sum(axis=1) == 28 * 28).all()
+    for i in range(5):  # independent reference: numpy's own histogram on the same edges
+        assert h[i].tolist() == np.histogram(x[i], bins=INPUT_EDGES)[0].tolist()

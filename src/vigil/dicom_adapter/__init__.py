@@ -7,6 +7,7 @@ Adapter layer beside :mod:`vigil.fhir_adapter`: imports :mod:`vigil.core`,
   :class:`~vigil.imaging.DisplayParameters`, or a :class:`~vigil.core.errors.DICOMError`
   whose message is the quarantine reason), :func:`prepare_batch`, :func:`read_file`,
   :func:`check_files` (``vigil imaging check``);
+- :mod:`~vigil.dicom_adapter.headers`: :func:`header_record` (what the drift monitor watches);
 - :mod:`~vigil.dicom_adapter.scanners`: :class:`Scanner`, :func:`build_instance` (real CR
   / DX instances), :func:`missing_required` (Type 1 / Type 2 check);
 - :mod:`~vigil.dicom_adapter.sites`: the scanner-site scheme and :func:`write_sites`;
@@ -15,6 +16,7 @@ Adapter layer beside :mod:`vigil.fhir_adapter`: imports :mod:`vigil.core`,
 See ``docs/imaging.md``.
 """
 
+from vigil.dicom_adapter.headers import HEADER_FIELDS, HeaderRecord, header_record
 from vigil.dicom_adapter.reading import (
     ACCEPTED_MODALITIES,
     DicomImage,
@@ -29,12 +31,15 @@ from vigil.dicom_adapter.scanners import Scanner, build_instance, missing_requir
 
 __all__ = [
     "ACCEPTED_MODALITIES",
+    "HEADER_FIELDS",
     "DicomImage",
     "FileCheck",
+    "HeaderRecord",
     "PreparedBatch",
     "Scanner",
     "build_instance",
     "check_files",
+    "header_record",
     "missing_required",
     "prepare_batch",
     "read_file",

@@ -26,11 +26,14 @@ from vigil.imaging.display import (
     VOIFunction,
     Window,
 )
+from vigil.imaging.histogram import INPUT_EDGES, N_BINS, input_histogram
 from vigil.imaging.parity import MAX_PROBABILITY_DIFF, ParityReport, Scorer, measure_parity
 
 __all__ = [
+    "INPUT_EDGES",
     "MAX_PROBABILITY_DIFF",
     "MODEL_SIZE",
+    "N_BINS",
     "DisplayParameters",
     "LookupTable",
     "ParityReport",
@@ -42,6 +45,7 @@ __all__ = [
     "apply_modality",
     "apply_presentation",
     "apply_voi",
+    "input_histogram",
     "measure_parity",
     "normalize",
     "resize",

@@ -22,10 +22,14 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from vigil.dicom_adapter.headers import HeaderRecord
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["StudyInstance", "StudyPage", "StudyRef", "StudyScore", "StudySink", "StudySource"]
+__all__ = [
+    "InstanceRecord",
+    "StudyInstance", "StudyPage", "StudyRef", "StudyScore", "StudySink", "StudySource"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +165,33 @@ class StudySink(Protocol):
     def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
         """Write the result of ``score`` (``sources``: the scored instances, for references)."""
         ...
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the runtime keeps of one scored (or quarantined) instance, for the drift monitor.
+
+    Attributes
+    ----------
+    scored_at : datetime
+        When its study was scored (timezone-aware).
+    model : str
+        ``name@version`` of the model that scored it.
+    headers : HeaderRecord
+        The watched acquisition headers (:func:`vigil.dicom_adapter.header_record`).
+    histogram : ndarray of int64, shape (N_BINS,)
+        Model-input intensity counts (:func:`vigil.imaging.input_histogram`); zeros
+        when the instance was quarantined.
+    raw_probability, probability : float
+        Model output and after site calibration (NaN when quarantined).
+    quarantine_reason : str or None
+        Why the pixel chain refused it (None: scored).
+    """
+
+    scored_at: datetime
+    model: str
+    headers: HeaderRecord
+    histogram: NDArray[np.int64]
+    raw_probability: float
+    probability: float
+    quarantine_reason: str | None = None
