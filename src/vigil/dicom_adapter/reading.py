@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from vigil.core.errors import DataError, DICOMError
+from vigil.dicom_adapter.colour import COLOUR_MODALITIES, read_colour_image
 from vigil.dicom_adapter.scanners import missing_required
 from vigil.imaging import (
     MODEL_SIZE,
@@ -33,6 +34,7 @@ from vigil.imaging import (
     PresentationShape,
     VOIFunction,
     Window,
+    stored_colour_input,
     to_model_input,
 )
 
@@ -77,7 +79,7 @@ class PreparedBatch:
 
     Attributes
     ----------
-    inputs : ndarray of float32, shape (n_accepted, size, size)
+    inputs : ndarray of float32, shape (n_accepted, size, size) or (n_accepted, 3, size, size)
         Model inputs, in the order of ``accepted``.
     accepted : tuple of int
         Positions (in the batch) of the accepted instances.
@@ -304,7 +306,8 @@ def prepare_batch(
     datasets: Iterable[Dataset],
     *,
     size: int = MODEL_SIZE,
-    modalities: Sequence[str] = ACCEPTED_MODALITIES,
+    modalities: Sequence[str] | None = None,
+    channels: int = 1,
 ) -> PreparedBatch:
     """Model inputs of every acceptable instance; the others are quarantined with their reason.
 
@@ -314,27 +317,39 @@ def prepare_batch(
         The instances, in order.
     size : int, optional
         Side of the model input.
-    modalities : sequence of str, optional
-        Accepted modalities.
+    modalities : sequence of str or None, optional
+        Accepted modalities; default :data:`ACCEPTED_MODALITIES` (greyscale) or
+        :data:`~vigil.dicom_adapter.colour.COLOUR_MODALITIES` (colour).
+    channels : {1, 3}, optional
+        The model's input channels: 1 takes greyscale images only (a colour one is
+        quarantined), 3 colour images only (:func:`~vigil.dicom_adapter.colour.read_colour_image`).
 
     Returns
     -------
     PreparedBatch
-        Inputs of the accepted instances and ``(position, reason)`` of the others;
+        Inputs of the accepted instances, (n, size, size) for 1 channel and
+        (n, 3, size, size) for 3, and ``(position, reason)`` of the others;
         a rejected instance never reaches the model.
     """
+    if channels not in (1, 3):
+        raise DataError(f"expected a model of 1 or 3 input channels, got {channels}")
     inputs: list[NDArray[np.float32]] = []
     accepted: list[int] = []
     quarantined: list[tuple[int, str]] = []
     for position, ds in enumerate(datasets):
         try:
-            image = read_image(ds, modalities=modalities)
-            inputs.append(to_model_input(image.stored, image.params, size=size))
+            if channels == 3:
+                colour = read_colour_image(ds, modalities=modalities or COLOUR_MODALITIES)
+                inputs.append(stored_colour_input(colour.stored, colour.space, size=size))
+            else:
+                image = read_image(ds, modalities=modalities or ACCEPTED_MODALITIES)
+                inputs.append(to_model_input(image.stored, image.params, size=size))
         except (DICOMError, DataError) as exc:
             quarantined.append((position, str(exc)))
             continue
         accepted.append(position)
-    stacked = np.stack(inputs) if inputs else np.zeros((0, size, size), dtype=np.float32)
+    shape = (0, size, size) if channels == 1 else (0, 3, size, size)
+    stacked = np.stack(inputs) if inputs else np.zeros(shape, dtype=np.float32)
     return PreparedBatch(inputs=stacked, accepted=tuple(accepted), quarantined=tuple(quarantined))
 
 

@@ -18,6 +18,13 @@ from vigil.imaging.chain import (
     to_model_input,
     training_inputs,
 )
+from vigil.imaging.colour import (
+    ColourSpace,
+    colour_model_input,
+    colour_training_inputs,
+    stored_colour_input,
+    ybr_full_to_rgb,
+)
 from vigil.imaging.display import (
     DisplayParameters,
     LookupTable,
@@ -30,6 +37,7 @@ from vigil.imaging.histogram import INPUT_EDGES, N_BINS, input_histogram
 from vigil.imaging.parity import MAX_PROBABILITY_DIFF, ParityReport, Scorer, measure_parity
 
 __all__ = [
+    "ColourSpace",
     "INPUT_EDGES",
     "MAX_PROBABILITY_DIFF",
     "MODEL_SIZE",
@@ -45,10 +53,14 @@ __all__ = [
     "apply_modality",
     "apply_presentation",
     "apply_voi",
+    "colour_model_input",
+    "colour_training_inputs",
     "input_histogram",
     "measure_parity",
     "normalize",
     "resize",
+    "stored_colour_input",
     "to_model_input",
     "training_inputs",
+    "ybr_full_to_rgb",
 ]
