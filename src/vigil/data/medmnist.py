@@ -1,4 +1,4 @@
-"""Loading MedMNIST 2-D greyscale sets (``.npz``), and the bundled PneumoniaMNIST sample.
+"""Loading MedMNIST 2-D sets (``.npz``, greyscale or RGB), and the bundled samples.
 
 The shared data has the full files (``shared/data/medmnist/``, see its README);
 a fresh clone has :data:`MEDMNIST_SAMPLE_PATH`: 400 train and 200 test images of
@@ -27,15 +27,25 @@ SAMPLE_SEED = 20261206
 
 @dataclass(frozen=True, eq=False)
 class MedMNISTSplit:
-    """One split of a greyscale MedMNIST set.
+    """One split of a MedMNIST set.
 
     Attributes
     ----------
-    images : ndarray of uint8, shape (n, 28, 28)
-        The images, 0 black, 255 white.
+    images : ndarray of uint8, shape (n, 28, 28) or (n, 28, 28, 3)
+        The images, 0 black, 255 white (RGB channel last for colour sets).
     labels : ndarray of int64, shape (n,)
-        The labels (PneumoniaMNIST: 0 normal, 1 pneumonia).
+        The labels (PneumoniaMNIST: 0 normal, 1 pneumonia; RetinaMNIST: grade 0-4).
     """
+
+    @property
+    def channels(self) -> int:
+        """1 for greyscale, 3 for RGB."""
+        return 3 if self.images.ndim == 4 else 1
+
+    @property
+    def classes(self) -> int:
+        """Number of classes, from the labels (at least 2)."""
+        return max(2, int(self.labels.max()) + 1) if self.labels.size else 2
 
     images: NDArray[np.uint8]
     labels: NDArray[np.int64]
@@ -45,7 +55,7 @@ class MedMNISTSplit:
 
 
 def load_medmnist(path: str | Path, split: str) -> MedMNISTSplit:
-    """Read one split of a greyscale MedMNIST ``.npz`` file.
+    """Read one split of a MedMNIST ``.npz`` file (greyscale or RGB).
 
     Parameters
     ----------
@@ -62,7 +72,7 @@ def load_medmnist(path: str | Path, split: str) -> MedMNISTSplit:
     Raises
     ------
     DataError
-        If the file is missing, lacks the split, or is not greyscale uint8.
+        If the file is missing, lacks the split, or is not uint8 greyscale or RGB.
     """
     file = MEDMNIST_SAMPLE_PATH if str(path) == "sample" else Path(path)
     if not file.is_file():
@@ -77,10 +87,11 @@ def load_medmnist(path: str | Path, split: str) -> MedMNISTSplit:
                 source=str(file),
             )
         images, labels = data[keys[0]], data[keys[1]]
-    if images.ndim != 3 or images.dtype != np.uint8:
+    colour = images.ndim == 4 and images.shape[3] == 3
+    if not (images.ndim == 3 or colour) or images.dtype != np.uint8:
         raise DataError(
-            f"expected greyscale uint8 images of shape (n, rows, columns), got "
-            f"{images.dtype} {images.shape} (colour sets such as RetinaMNIST are not greyscale)",
+            f"expected uint8 images of shape (n, rows, columns) (greyscale) or (n, rows, "
+            f"columns, 3) (RGB), got {images.dtype} {images.shape}",
             source=str(file),
         )
     labels = labels.reshape(-1).astype(np.int64)
