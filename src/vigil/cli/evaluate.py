@@ -168,6 +168,16 @@ def _evaluate_images(model: Path | None, images: Path, public_key: Path | None,
         print_json(summary)
         return
     out = Table(title=summary["model"])
+    if "classes" in summary:  # multi-class: macro AUC and arg-max accuracy
+        for key in ("n_images", "auroc", "accuracy", "label_counts", "prediction_counts"):
+            out.add_column(key, justify="right")
+        out.add_row(f"{summary['n_images']:,}", f"{summary['auroc']:.4f}",
+                    f"{summary['accuracy']:.4f}", str(summary["label_counts"]),
+                    str(summary["prediction_counts"]))
+        print_table(out)
+        for reason, count in sorted(summary["quarantine_reasons"].items()):
+            err_console.print(f"quarantined {count}: {reason}", highlight=False)
+        return
     for key in ("n_images", "auroc", "accuracy", "sensitivity", "specificity", "threshold"):
         out.add_column(key, justify="right")
     out.add_row(f"{summary['n_images']:,}", *(f"{summary[k]:.4f}" for k in

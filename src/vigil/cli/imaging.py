@@ -11,7 +11,8 @@ from rich.table import Table
 from vigil.cli._common import err_console, guarded, print_json, print_table
 
 app = typer.Typer(help="DICOM images: scanner sites, checks.", no_args_is_help=True)
-MEDMNIST_HELP = "PneumoniaMNIST .npz file, or 'sample' for the bundled sample."
+MEDMNIST_HELP = ("PneumoniaMNIST .npz (four scanner sites) or RetinaMNIST .npz (three fundus "
+                 "cameras), or 'sample' for the bundled PneumoniaMNIST sample.")
 
 
 @app.command("write-sites")
@@ -36,7 +37,7 @@ def write_sites_cmd(
     if json_out:
         print_json({"split": split, "seed": seed, "sites": rows})
         return
-    table = Table(title=f"scanner sites, {split} split")
+    table = Table(title=f"sites, {split} split (positives: label > 0)")
     for col in ("site", "instances", "positives", "prevalence", "folder"):
         table.add_column(col, justify="right" if col in ("instances", "positives") else "left")
     for r in rows:

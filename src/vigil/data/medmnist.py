@@ -16,10 +16,19 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import DataError
 
-__all__ = ["MEDMNIST_SAMPLE_PATH", "MedMNISTSplit", "load_medmnist", "make_medmnist_sample"]
+__all__ = [
+    "MEDMNIST_SAMPLE_PATH",
+    "RETINA_SAMPLE_PATH",
+    "MedMNISTSplit",
+    "load_medmnist",
+    "make_medmnist_sample",
+]
 
 MEDMNIST_SAMPLE_PATH = Path(__file__).parent / "sample" / "pneumoniamnist_sample.npz"
 """The bundled PneumoniaMNIST sample (see ``sample/README.md``)."""
+RETINA_SAMPLE_PATH = Path(__file__).parent / "sample" / "retinamnist_sample.npz"
+"""The bundled RetinaMNIST sample, ``"retina-sample"`` (see ``sample/README.md``)."""
+_SAMPLES = {"sample": MEDMNIST_SAMPLE_PATH, "retina-sample": RETINA_SAMPLE_PATH}
 
 SAMPLE_SEED = 20261206
 """Seed of the sample's draw (:func:`make_medmnist_sample`)."""
@@ -60,7 +69,8 @@ def load_medmnist(path: str | Path, split: str) -> MedMNISTSplit:
     Parameters
     ----------
     path : str or Path
-        The file, or ``"sample"`` for :data:`MEDMNIST_SAMPLE_PATH`.
+        The file, or ``"sample"`` for :data:`MEDMNIST_SAMPLE_PATH`, ``"retina-sample"``
+        for :data:`RETINA_SAMPLE_PATH`.
     split : str
         ``"train"``, ``"val"`` or ``"test"``.
 
@@ -74,7 +84,7 @@ def load_medmnist(path: str | Path, split: str) -> MedMNISTSplit:
     DataError
         If the file is missing, lacks the split, or is not uint8 greyscale or RGB.
     """
-    file = MEDMNIST_SAMPLE_PATH if str(path) == "sample" else Path(path)
+    file = _SAMPLES.get(str(path), Path(path))
     if not file.is_file():
         raise DataError(f"expected a MedMNIST .npz file, found nothing at {file}", source=str(file))
     with np.load(file) as data:
@@ -111,7 +121,7 @@ def make_medmnist_sample(
     Parameters
     ----------
     source : str or Path
-        The full ``pneumoniamnist.npz``.
+        The full ``pneumoniamnist.npz`` (or ``retinamnist.npz``).
     out : str or Path
         The ``.npz`` to write (compressed).
     n_train, n_test : int, optional

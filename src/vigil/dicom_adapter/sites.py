@@ -136,7 +136,7 @@ class SiteFiles:
     n : int
         Number of instances.
     positives : int
-        Number of label-1 images.
+        Number of images with a label above 0 (pneumonia; any retinopathy).
     """
 
     site: str
@@ -336,7 +336,7 @@ def write_sites(
             writer = csv.writer(handle)
             writer.writerow(["sop_instance_uid", "label"])
             writer.writerows(rows)
-        written.append(SiteFiles(name, folder, len(rows), sum(label for _, label in rows)))
+        written.append(SiteFiles(name, folder, len(rows), sum(label > 0 for _, label in rows)))
     return written
 
 

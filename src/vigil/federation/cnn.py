@@ -4,9 +4,12 @@
 conv 3×3 → BatchNorm → ReLU (max-pool after the first two), widths 32/64/128,
 global average pooling and one linear logit; about 93k parameters at 28×28.
 It takes the pixel chain's model inputs (:func:`vigil.imaging.training_inputs`,
-:func:`vigil.imaging.to_model_input`), flat ``(n, size*size)`` rows as the
-shared training loop (:func:`vigil.federation.training.train_local`) feeds them,
-or images ``(n, 1, size, size)`` as the runtime does.
+:func:`vigil.imaging.to_model_input`; colour: :func:`vigil.imaging.colour_training_inputs`),
+flat ``(n, channels*size*size)`` rows as the shared training loop
+(:func:`vigil.federation.training.train_local`) feeds them, or images
+``(n, channels, size, size)`` as the runtime does. ``CNNSpec.channels`` (1 or 3)
+sets the first convolution's input; ``CNNSpec.classes`` > 2 gives one logit per
+class (softmax) instead of the binary model's single logit (sigmoid).
 
 BatchNorm tensors under each strategy (:data:`BN_POLICY`, checked by a test)
 ------------------------------------------------------------------------------
@@ -66,28 +69,37 @@ class SmallCNN(nn.Module):
     def __init__(self, spec: CNNSpec | None = None) -> None:
         super().__init__()
         self.spec = spec or CNNSpec()
-        channels = (1, *self.spec.widths)
+        channels = (self.spec.channels, *self.spec.widths)
         for i in range(3):
             self.add_module(f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1))
             self.add_module(f"bn{i + 1}", nn.BatchNorm2d(channels[i + 1]))
-        self.fc = nn.Linear(channels[-1], 1)
+        self.fc = nn.Linear(channels[-1], self.spec.outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, shape (N,), of inputs (N, size*size) or (N, 1, size, size)."""
+        """Logits of inputs (N, channels*size*size) or (N, channels, size, size).
+
+        Shape (N,) for a binary model, (N, classes) for a multi-class one.
+        """
         side = self.spec.size
-        h = x.reshape(x.shape[0], 1, side, side)
+        h = x.reshape(x.shape[0], self.spec.channels, side, side)
         for i in range(3):
             conv: nn.Module = getattr(self, f"conv{i + 1}")
             bn: nn.Module = getattr(self, f"bn{i + 1}")
             h = torch.relu(bn(conv(h)))
             if i < 2:
                 h = torch.nn.functional.max_pool2d(h, 2)
-        return self.fc(h.mean(dim=(2, 3))).squeeze(-1)
+        logits = self.fc(h.mean(dim=(2, 3)))
+        return logits.squeeze(-1) if self.spec.outputs == 1 else logits
 
     def config(self) -> dict[str, object]:
-        """Architecture for a manifest."""
+        """Architecture for a manifest (``channels`` and ``classes`` only when not 1 and 2)."""
+        extra: dict[str, object] = {}
+        if self.spec.channels != 1:
+            extra["channels"] = self.spec.channels
+        if self.spec.multiclass:
+            extra["classes"] = self.spec.classes
         return {"size": self.spec.size, "widths": list(self.spec.widths),
-                "parameters": sum(p.numel() for p in self.parameters())}
+                "parameters": sum(p.numel() for p in self.parameters()), **extra}
 
 
 def bn_entries(model: nn.Module) -> dict[str, str]:

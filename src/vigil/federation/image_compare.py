@@ -34,20 +34,32 @@ ARMS = ("fedavg", "fedprox", "fedbn", "centralized", "alone")
 """The arms of the comparison."""
 
 
+def _auc(y: NDArray[np.integer], p: NDArray[np.float64]) -> float:
+    """Binary AUC, or the macro one-vs-rest AUC of (n, classes) probabilities."""
+    if p.ndim == 2:
+        from vigil.features.multiclass import macro_ovr_auroc
+
+        return macro_ovr_auroc(y, p)
+    return auroc(y, p)
+
+
 def _scores(models: dict[str, Any], thresholds: dict[str, float],
             test: Sequence[SiteArrays]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     every_y, every_p, every_hit = [], [], []
     for name, x, y in test:
         p = predict_images(models[name], x)
-        hit = (p >= thresholds[name]) == (np.asarray(y) > 0)
-        out[name] = {"auc": auroc(np.asarray(y), p), "accuracy": float(hit.mean()),
+        if p.ndim == 2:  # multi-class: arg-max decision, macro one-vs-rest AUC
+            hit = np.argmax(p, axis=1) == np.asarray(y)
+        else:
+            hit = (p >= thresholds[name]) == (np.asarray(y) > 0)
+        out[name] = {"auc": _auc(np.asarray(y), p), "accuracy": float(hit.mean()),
                      "n": int(len(y))}
         every_y.append(np.asarray(y))
         every_p.append(p)
         every_hit.append(hit)
     y_all, p_all = np.concatenate(every_y), np.concatenate(every_p)
-    out["pooled"] = {"auc": auroc(y_all, p_all),
+    out["pooled"] = {"auc": _auc(y_all, p_all),
                      "accuracy": float(np.concatenate(every_hit).mean()), "n": int(y_all.size)}
     return out
 

@@ -8,7 +8,9 @@ shared tensors of two FedBN site packages can be compared byte for byte
 (``architecture.shared_sha256`` in the manifest) and only the BatchNorm entries differ.
 
 Graph: ``image`` (N, 1, size, size), the pixel chain's model input
-(:func:`vigil.imaging.to_model_input`) → ``probability`` (N, 1).
+(:func:`vigil.imaging.to_model_input`) → ``probability`` (N, 1) (sigmoid) for the
+binary model; for a multi-class colour model ``image`` (N, 3, size, size)
+(:func:`vigil.imaging.stored_colour_input`) → ``probabilities`` (N, classes) (softmax).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from vigil.federation.image_task import CNNSpec
 __all__ = [
     "IMAGE_INPUT",
     "IMAGE_OUTPUT",
+    "IMAGE_OUTPUT_CLASSES",
     "PARITY_IMAGES",
     "cnn_to_onnx",
     "image_parity",
@@ -38,6 +41,8 @@ IMAGE_INPUT = "image"
 """Name of the ONNX input: model inputs (N, 1, size, size)."""
 IMAGE_OUTPUT = "probability"
 """Name of the ONNX output: probability of class 1, (N, 1)."""
+IMAGE_OUTPUT_CLASSES = "probabilities"
+"""Name of the multi-class ONNX output: softmax probabilities, (N, classes)."""
 PARITY_IMAGES = 1000
 """Images the parity check scores (issue 15: 1,000)."""
 BN_EPS = 1e-5
@@ -46,9 +51,15 @@ BN_EPS = 1e-5
 
 def input_schema(spec: CNNSpec) -> dict[str, Any]:
     """Describe the model input the runtime must build (the manifest's ``feature_schema``)."""
-    body = {"kind": "image", "chain": "vigil.imaging.to_model_input", "size": spec.size,
-            "channels": 1, "normalization": "(x - 0.5) / 0.5 of the [0, 1] display value",
-            "input_name": IMAGE_INPUT}
+    body: dict[str, Any] = {
+        "kind": "image", "chain": "vigil.imaging.to_model_input", "size": spec.size,
+        "channels": 1, "normalization": "(x - 0.5) / 0.5 of the [0, 1] display value",
+        "input_name": IMAGE_INPUT}
+    if spec.channels != 1:
+        body |= {"chain": "vigil.imaging.stored_colour_input", "channels": spec.channels,
+                 "normalization": "(x - 0.5) / 0.5 per channel of the [0, 1] RGB value"}
+    if spec.multiclass:
+        body |= {"classes": spec.classes, "output_name": IMAGE_OUTPUT_CLASSES}
     digest = hashlib.sha256(repr(sorted(body.items())).encode()).hexdigest()
     return {**body, "version": 1, "sha256": digest}
 
@@ -76,7 +87,8 @@ def cnn_to_onnx(weights: Mapping[str, NDArray[np.floating]], spec: CNNSpec) -> b
     Returns
     -------
     bytes
-        A checked ONNX model, ``image`` (N, 1, size, size) → ``probability`` (N, 1).
+        A checked ONNX model, ``image`` (N, 1, size, size) → ``probability`` (N, 1); for
+        a multi-class spec ``image`` (N, channels, size, size) → ``probabilities`` (N, classes).
 
     Raises
     ------
@@ -113,13 +125,17 @@ def cnn_to_onnx(weights: Mapping[str, NDArray[np.floating]], spec: CNNSpec) -> b
         helper.make_node("GlobalAveragePool", [h], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logit"], transB=1),
-        helper.make_node("Sigmoid", ["logit"], [IMAGE_OUTPUT]),
+        helper.make_node("Softmax", ["logit"], [IMAGE_OUTPUT_CLASSES], axis=1)
+        if spec.multiclass else helper.make_node("Sigmoid", ["logit"], [IMAGE_OUTPUT]),
     ]
+    output = (helper.make_tensor_value_info(IMAGE_OUTPUT_CLASSES, TensorProto.FLOAT,
+                                            ["N", spec.classes]) if spec.multiclass else
+              helper.make_tensor_value_info(IMAGE_OUTPUT, TensorProto.FLOAT, ["N", 1]))
     graph = helper.make_graph(
         nodes, "imaging_cnn",
         [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.FLOAT,
-                                       ["N", 1, spec.size, spec.size])],
-        [helper.make_tensor_value_info(IMAGE_OUTPUT, TensorProto.FLOAT, ["N", 1])],
+                                       ["N", spec.channels, spec.size, spec.size])],
+        [output],
         initializer=inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -141,14 +157,14 @@ def image_parity(
         Complete CNN weights.
     onnx_bytes : bytes
         :func:`cnn_to_onnx` of them.
-    inputs : ndarray of float32, shape (n, size, size)
+    inputs : ndarray of float32, shape (n, size, size) or (n, channels, size, size)
     spec : CNNSpec
     tolerance : float, optional
 
     Returns
     -------
     float
-        The maximum absolute difference.
+        The maximum absolute difference over every output (every class probability).
 
     Raises
     ------
@@ -167,9 +183,11 @@ def image_parity(
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    x = np.ascontiguousarray(inputs, dtype=np.float32)[:, None]
-    got = np.concatenate([session.run([IMAGE_OUTPUT], {IMAGE_INPUT: x[lo:lo + 512]})[0][:, 0]
-                          for lo in range(0, len(x), 512)]) if len(x) else np.zeros(0)
+    x = np.ascontiguousarray(inputs, dtype=np.float32).reshape(
+        len(inputs), spec.channels, spec.size, spec.size)
+    name = IMAGE_OUTPUT_CLASSES if spec.multiclass else IMAGE_OUTPUT
+    runs = [session.run([name], {IMAGE_INPUT: x[lo:lo + 512]})[0] for lo in range(0, len(x), 512)]
+    got = np.concatenate(runs).reshape(expected.shape) if len(x) else np.zeros(0)
     diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if len(x) else 0.0
     if not diff <= tolerance:
         raise ModelArtifactError(

@@ -40,11 +40,17 @@ __all__ = [
     "export_imaging_run",
     "federate_images",
     "imaging_summary",
+    "spec_for",
 ]
 
 THRESHOLD_RULE = (
     "score-bin edge maximizing the validation accuracy of the site's images (site calibration); "
     "pooled over the sites' histograms for the pooled threshold"
+)
+
+MULTICLASS_DECISION = (
+    "the arg-max class of the softmax probabilities (no site calibration: no threshold nor "
+    "temperature is fitted; the round is kept by pooled validation accuracy)"
 )
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
@@ -84,7 +90,9 @@ class ImagingRun:
         return site.local_weights(self.result.weights, self.result.best_round)
 
     def thresholds(self) -> dict[str, float]:
-        """Each site's validation-accuracy threshold (site calibration)."""
+        """Each site's validation-accuracy threshold (site calibration); none when multi-class."""
+        if self.spec.multiclass:
+            return {}
         return {e.site: pool_evaluations([e]).threshold for e in self.result.evaluations}
 
 
@@ -108,6 +116,7 @@ def federate_images(
     strategy : Strategy
     plan : Plan
     spec : CNNSpec or None, optional
+        Default :func:`spec_for` the training data (channels and classes).
     data : str, optional
     threads : int, optional
         torch threads (1 is bit-reproducible).
@@ -124,7 +133,7 @@ def federate_images(
     """
     import torch
 
-    spec = spec or CNNSpec()
+    spec = spec or spec_for(train)
     held = {name: (x, y) for name, x, y in valid}
     if sorted(held) != sorted(name for name, _, _ in train):
         raise ConfigError(f"expected the same sites in train and valid, got "
@@ -169,6 +178,18 @@ def _training(run: ImagingRun) -> dict[str, Any]:
         "dropouts": len(r.history.events(Status.DROPPED)),
         "threshold_rule": THRESHOLD_RULE,
     }
+
+
+def spec_for(train: Sequence[SiteArrays]) -> CNNSpec:
+    """The CNN for the sites' data: input channels from the inputs, classes from the labels.
+
+    Inputs (n, size, size) are greyscale, (n, 3, size, size) colour; labels beyond 0/1
+    make a multi-class (softmax) model with ``max label + 1`` classes.
+    """
+    x = np.asarray(train[0][1]) if train else np.zeros((0, 28, 28))
+    top = max((int(np.max(y)) for _, _, y in train if len(y)), default=1)
+    return CNNSpec(size=int(x.shape[-1]), channels=1 if x.ndim == 3 else int(x.shape[1]),
+                   classes=max(2, top + 1))
 
 
 def _card(name: str, version: str, site: str | None, threshold: float,
@@ -226,6 +247,32 @@ An image is flagged when the probability is at least **{threshold:.4f}**
   FedBN: use the FedAvg package or recompute BatchNorm statistics locally.
 - No DP-SGD: BatchNorm mixes the images of a batch.
 """
+
+
+def _multiclass_fields(spec: CNNSpec, schema: dict[str, Any]) -> dict[str, Any]:
+    """Manifest fields of a colour and/or multi-class model (the binary manifest is unchanged)."""
+    out: dict[str, Any] = {
+        "output_name": schema.get("output_name", "probability"),
+        "preprocessing": {"size": spec.size, "channels": spec.channels, "mean": 0.5, "std": 0.5,
+                          "chain": schema["chain"]}}
+    if spec.multiclass:
+        out |= {"classes": spec.classes, "threshold": 0.5, "site_thresholds": {},
+                "decision": MULTICLASS_DECISION}
+    return out
+
+
+def _multiclass_card(card: str) -> str:
+    """Adapt the binary model card's wording to a multi-class colour model."""
+    return (card.replace("probability that a\n28×28 chest X-ray (PneumoniaMNIST-like) shows "
+                         "pneumonia", "softmax probabilities of the five diabetic-retinopathy "
+                         "grades\nof a 28×28 colour fundus photograph (RetinaMNIST-like)")
+            .replace("MedMNIST v2 PneumoniaMNIST", "MedMNIST v2 RetinaMNIST (DeepDRiD)")
+            .replace("scanner sites with label skew", "fundus-camera sites with label skew")
+            .split("## Threshold")[0]
+            + f"## Decision\n\n{MULTICLASS_DECISION}; `threshold` is not used.\n\n"
+            "## Limitations\n\n- 28×28 images: far below clinical resolution.\n"
+            "- Sites are simulated from one public data set.\n"
+            "- No DP-SGD: BatchNorm mixes the images of a batch.\n")
 
 
 def export_imaging_run(
@@ -296,9 +343,10 @@ def export_imaging_run(
         threshold = thresholds.get(site, run.result.pooled.threshold) if site else \
             run.result.pooled.threshold
         full = f"{name}-{site}" if site else name
+        schema = input_schema(run.spec)
         manifest = {
             "name": full, "version": version, "task": "imaging",
-            "feature_schema": input_schema(run.spec), "input_name": IMAGE_INPUT,
+            "feature_schema": schema, "input_name": IMAGE_INPUT,
             "output_name": IMAGE_OUTPUT, "threshold": float(threshold),
             "site_thresholds": thresholds, "training": {**training, "export_site": site},
             "validation": validation, "reference_profile": {}, "architecture": architecture,
@@ -307,7 +355,11 @@ def export_imaging_run(
             "export": {"opset": OPSET, "parity_max_abs_diff": diff,
                        "parity_images": int(len(check_inputs))},
         }
+        if run.spec.multiclass or run.spec.channels != 1:
+            manifest |= _multiclass_fields(run.spec, schema)
         card = _card(full, version, site, float(threshold), training, validation, architecture)
+        if run.spec.multiclass:
+            card = _multiclass_card(card)
         packages.append(write_package(path, onnx_model=onnx_bytes, manifest=manifest,
                                       model_card=card, private_key_pem=private_key_pem,
                                       extra_files=extra))

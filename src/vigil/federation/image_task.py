@@ -60,10 +60,31 @@ class CNNSpec:
         Side of the square input.
     widths : tuple of int, optional
         Channels of the three conv blocks.
+    channels : int, optional
+        Input channels: 1 (greyscale) or 3 (RGB).
+    classes : int, optional
+        2: one logit, sigmoid (the binary model, unchanged); more: one logit per class, softmax.
     """
 
     size: int = 28
     widths: tuple[int, int, int] = (32, 64, 128)
+    channels: int = 1
+    classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3) or self.classes < 2:
+            raise ConfigError(f"expected 1 or 3 input channels and at least 2 classes, got "
+                              f"{self.channels} and {self.classes}", key="spec")
+
+    @property
+    def outputs(self) -> int:
+        """Logits of the network: 1 for a binary model, else one per class."""
+        return 1 if self.classes == 2 else self.classes
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the model is a softmax over more than two classes."""
+        return self.classes > 2
 
 
 @lru_cache(maxsize=8)
@@ -80,19 +101,21 @@ class ImageSet:
 
     Attributes
     ----------
-    x : ndarray of float32, shape (n, size, size)
+    x : ndarray of float32, shape (n, size, size) or (n, channels, size, size)
         Pixel-chain model inputs.
     y : ndarray of int8, shape (n,)
+        Class labels (0/1 for a binary model).
     """
 
     x: NDArray[np.float32]
     y: NDArray[np.int8]
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 3 or self.x.shape[1] != self.x.shape[2] or self.x.shape[0] != self.y.size:
+        if (self.x.ndim not in (3, 4) or self.x.shape[-1] != self.x.shape[-2]
+                or self.x.shape[0] != self.y.size):
             raise DataError(
-                f"expected model inputs (n, size, size) and n labels, got {self.x.shape} and "
-                f"{self.y.shape}"
+                f"expected model inputs (n, size, size) or (n, channels, size, size) and n "
+                f"labels, got {self.x.shape} and {self.y.shape}"
             )
 
     @property
@@ -110,9 +133,18 @@ class ImageSet:
 
 
 def predict_images(model: object, x: NDArray[np.float32]) -> NDArray[np.float64]:
-    """Score model inputs (n, size, size) with a torch model, :data:`PREDICT_BATCH` at a time."""
+    """Score model inputs with a torch model, :data:`PREDICT_BATCH` at a time.
+
+    Returns the probability of class 1, shape (n,), for a binary model and the softmax
+    probabilities, shape (n, classes), for a multi-class one.
+    """
     from vigil.federation.model import predict_proba
 
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, CNNSpec) and spec.multiclass:
+        from vigil.federation.multiclass import predict_classes
+
+        return predict_classes(model, x, batch_size=PREDICT_BATCH)
     return predict_proba(model, np.asarray(x).reshape(len(x), -1),  # type: ignore[arg-type]
                          batch_size=PREDICT_BATCH)
 
@@ -125,13 +157,19 @@ def image_evaluation(
     Parameters
     ----------
     site : str
-    labels, probability : ndarray of shape (n,)
+    labels : ndarray of shape (n,)
+    probability : ndarray of shape (n,), or (n, classes) for a multi-class model
+        (then :func:`vigil.federation.multiclass.multiclass_evaluation`).
 
     Returns
     -------
     SiteEvaluation
         Counts, sums and scalars only.
     """
+    if np.ndim(probability) == 2:
+        from vigil.federation.multiclass import multiclass_evaluation
+
+        return multiclass_evaluation(site, labels, probability)
     y = np.asarray(labels).astype(np.int8)
     # one "patient" per image; its utility fields are replaced below
     base = evaluate_scores(site, y, probability, np.arange(y.size + 1, dtype=np.int64))
@@ -199,10 +237,12 @@ class ImagingSite:
         default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        shape = ((self.spec.size, self.spec.size) if self.spec.channels == 1 else
+                 (self.spec.channels, self.spec.size, self.spec.size))
         for part in (self.train, self.valid):
-            if part.x.shape[1] != self.spec.size:
-                raise DataError(f"site {self.name}: expected {self.spec.size}x{self.spec.size} "
-                                f"model inputs, got {part.x.shape[1:]}")
+            if part.x.shape[1:] != shape:
+                raise DataError(f"site {self.name}: expected model inputs of shape {shape}, "
+                                f"got {part.x.shape[1:]}")
 
     def __repr__(self) -> str:
         return f"ImagingSite({self.name!r}, train={self.train!r}, valid={self.valid!r})"
@@ -263,6 +303,11 @@ class ImagingSite:
         from vigil.federation.training import train_local
 
         net = self._network(global_weights)
+        hook = None
+        if self.spec.multiclass:
+            from vigil.federation.multiclass import cross_entropy_hook
+
+            hook = cross_entropy_hook(self.spec.classes)
         # FedProx pulls towards the start of the round: the global entries and,
         # under FedBN, the site's own BatchNorm (train_local's default anchor)
         result = train_local(
@@ -270,6 +315,7 @@ class ImagingSite:
             batch_size=config.batch_size, lr=config.lr,
             seed=site_seed(config.seed, config.round, self.name),
             weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
+            optimizer_hook=hook,
         )
         if self.keep_bn_local:
             bn = bn_entries(net)

@@ -45,29 +45,48 @@ class ImageScorer(Scorer):
             raise ModelArtifactError(f"expected an imaging model package (task 'imaging'), "
                                      f"got task {task!r}", path=str(package.path))
         super().__init__(package, threads=threads)
-        self.size = int(package.manifest.feature_schema.get("size", 0))
+        schema = package.manifest.feature_schema
+        self.size = int(schema.get("size", 0))
+        self.channels = int(schema.get("channels", 1))
+        self.classes = int(schema.get("classes", 2))
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the package is a softmax over more than two classes."""
+        return self.classes > 2
 
     def predict_images(self, inputs: NDArray[np.float32], *, batch_size: int = 512
                        ) -> NDArray[np.float64]:
-        """Probability of class 1 for each model input of shape (n, size, size).
+        """Score model inputs: (n, size, size) for 1 channel, (n, channels, size, size) else.
+
+        Returns
+        -------
+        ndarray of float64
+            Probability of class 1, shape (n,), for a binary package; the class
+            probabilities, shape (n, classes), for a multi-class one.
 
         Raises
         ------
         ScoringError
-            If the inputs are not (n, size, size) or the model returns non-probabilities.
+            If the inputs do not have the package's shape or the model returns
+            non-probabilities.
         """
         x = np.ascontiguousarray(inputs, dtype=np.float32)
-        if x.ndim != 3 or x.shape[1:] != (self.size, self.size):
-            raise ScoringError(f"expected model inputs of shape (n, {self.size}, {self.size}), "
-                               f"got {x.shape}")
+        side = (self.size, self.size)
+        shape = side if self.channels == 1 else (self.channels, *side)
+        if x.ndim != len(shape) + 1 or x.shape[1:] != shape:
+            raise ScoringError(f"expected model inputs of shape (n, {', '.join(map(str, shape))})"
+                               f", got {x.shape}")
         m = self.package.manifest
-        out = np.empty(x.shape[0], dtype=np.float64)
+        width = self.classes if self.multiclass else 1
+        out = np.empty((x.shape[0], width), dtype=np.float64)
+        feed = x.reshape(x.shape[0], self.channels, *side)
         for lo in range(0, x.shape[0], batch_size):
-            (res,) = self._session.run([m.output_name], {m.input_name: x[lo:lo + batch_size, None]})
-            out[lo:lo + batch_size] = np.asarray(res, dtype=np.float64).reshape(-1)
+            (res,) = self._session.run([m.output_name], {m.input_name: feed[lo:lo + batch_size]})
+            out[lo:lo + batch_size] = np.asarray(res, dtype=np.float64).reshape(-1, width)
         if x.shape[0] and not (np.all(np.isfinite(out)) and out.min() >= 0 and out.max() <= 1):
             raise ScoringError("the model returned values outside [0, 1] or not finite")
-        return out
+        return out if self.multiclass else out[:, 0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,7 +127,7 @@ def _labels(folder: Path) -> dict[str, int]:
     return out
 
 
-def load_images(source: str | Path, *, size: int) -> ImageBatch:
+def load_images(source: str | Path, *, size: int, channels: int = 1) -> ImageBatch:
     """Read the images of a DICOM folder (every ``*.dcm`` below, sorted) or a MedMNIST ``.npz``.
 
     Parameters
@@ -116,6 +135,9 @@ def load_images(source: str | Path, *, size: int) -> ImageBatch:
     source : str or Path
     size : int
         Side of the model input (the package's).
+    channels : int, optional
+        The package's input channels: an image of the other kind is quarantined
+        (DICOM) or refused (an ``.npz`` of the other kind: ``DataError``).
 
     Returns
     -------
@@ -127,14 +149,18 @@ def load_images(source: str | Path, *, size: int) -> ImageBatch:
         If ``source`` is neither a folder nor an ``.npz`` file, or holds no image.
     """
     from vigil.dicom_adapter.reading import prepare_batch, read_file
-    from vigil.imaging import training_inputs
+    from vigil.imaging import colour_training_inputs, training_inputs
 
     path = Path(source)
     if path.is_file() and path.suffix == ".npz":
         from vigil.data.medmnist import load_medmnist
 
         test = load_medmnist(path, "test")
-        return ImageBatch(training_inputs(test.images, size=size),
+        if test.channels != channels:
+            raise DataError(f"expected images of {channels} channel(s) for this model, got a "
+                            f"MedMNIST file of {test.channels}", source=str(path))
+        chain = colour_training_inputs if channels == 3 else training_inputs
+        return ImageBatch(chain(test.images, size=size),
                           [str(i) for i in range(test.labels.size)],
                           test.labels.astype(np.float64), "image_index", {})
     if not path.is_dir():
@@ -154,7 +180,7 @@ def load_images(source: str | Path, *, size: int) -> ImageBatch:
             continue
         datasets.append(ds)
         keys.append(str(getattr(ds, "SOPInstanceUID", "")))
-    batch = prepare_batch(datasets, size=size)
+    batch = prepare_batch(datasets, size=size, channels=channels)
     reasons.update(reason for _, reason in batch.quarantined)
     known = _labels(path)
     kept = [keys[i] for i in batch.accepted]
@@ -187,14 +213,21 @@ def evaluate_images(
     summary : dict
         ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``, ``threshold``,
         ``n_images`` (scored), ``n_labelled``, ``quarantined`` (count) and
-        ``quarantine_reasons`` (reason → count).
+        ``quarantine_reasons`` (reason → count). A multi-class package gives
+        ``auroc`` (macro one-vs-rest), ``accuracy`` (arg-max), ``classes``,
+        ``label_counts`` and ``prediction_counts`` (per class) instead of the
+        threshold metrics.
     predictions : DataFrame
-        One row per scored image: the key column, ``probability``, ``prediction``.
+        One row per scored image: the key column, ``probability``, ``prediction``;
+        multi-class: ``probability`` of the predicted class, ``prediction`` the class
+        index, and ``p_0`` ... ``p_{K-1}``.
     """
     from vigil.features.metrics import auroc
 
     scorer = ImageScorer(package, threads=threads)
-    batch = load_images(source, size=scorer.size)
+    batch = load_images(source, size=scorer.size, channels=scorer.channels)
+    if scorer.multiclass:
+        return _evaluate_classes(package, scorer, batch)
     cut = package.manifest.threshold if threshold is None else float(threshold)
     probability = scorer.predict_images(batch.inputs)
     prediction = (probability >= cut).astype(np.int8)
@@ -216,6 +249,39 @@ def evaluate_images(
     }
     frame = pd.DataFrame({batch.key_name: batch.keys, "probability": probability,
                           "prediction": prediction})
+    if batch.key_name == "image_index":
+        frame[batch.key_name] = frame[batch.key_name].astype(np.int64)
+    return summary, frame
+
+
+def _evaluate_classes(package: ModelPackage, scorer: ImageScorer, batch: ImageBatch
+                      ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The multi-class summary and predictions (arg-max decision, no threshold)."""
+    from vigil.features.multiclass import accuracy, class_counts, macro_ovr_auroc
+
+    probabilities = scorer.predict_images(batch.inputs)
+    prediction = np.argmax(probabilities, axis=1).astype(np.int64)
+    known = ~np.isnan(batch.labels)
+    y = batch.labels[known].astype(np.int64)
+    p = probabilities[known]
+    summary = {
+        "model": f"{package.manifest.name} {package.manifest.version}",
+        "auroc": macro_ovr_auroc(y, p) if y.size else float("nan"),
+        "accuracy": accuracy(y, p) if y.size else float("nan"),
+        "classes": scorer.classes,
+        "decision": "argmax",
+        "label_counts": class_counts(y, scorer.classes),
+        "prediction_counts": class_counts(prediction, scorer.classes),
+        "n_images": int(prediction.size),
+        "n_labelled": int(known.sum()),
+        "quarantined": int(sum(batch.quarantined.values())),
+        "quarantine_reasons": batch.quarantined,
+    }
+    frame = pd.DataFrame({batch.key_name: batch.keys,
+                          "probability": probabilities.max(axis=1) if prediction.size else
+                          np.zeros(0), "prediction": prediction})
+    for k in range(scorer.classes):
+        frame[f"p_{k}"] = probabilities[:, k]
     if batch.key_name == "image_index":
         frame[batch.key_name] = frame[batch.key_name].astype(np.int64)
     return summary, frame
