@@ -1,4 +1,4 @@
-"""Colour DICOM (fundus cameras): read back through the colour chain, or quarantined with a reason."""
+"""Colour DICOM (fundus cameras): read back through the colour chain, or quarantined."""
 
 from __future__ import annotations
 

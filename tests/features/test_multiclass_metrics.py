@@ -1,4 +1,4 @@
-"""Multi-class metrics (macro one-vs-rest AUC, arg-max accuracy) against scikit-learn and by hand."""
+"""Multi-class metrics (macro one-vs-rest AUC, arg-max accuracy) vs scikit-learn and by hand."""
 
 from __future__ import annotations
 

@@ -31,7 +31,13 @@ from pydicom.uid import (
 from vigil.core.errors import ConfigError
 from vigil.dicom_adapter.scanners import deterministic_uid
 
-__all__ = ["SECONDARY_CAPTURE_STORAGE", "VL_PHOTOGRAPHIC_STORAGE", "FundusCamera", "build_fundus_instance", "shift_colour"]
+__all__ = [
+    "SECONDARY_CAPTURE_STORAGE",
+    "VL_PHOTOGRAPHIC_STORAGE",
+    "FundusCamera",
+    "build_fundus_instance",
+    "shift_colour",
+]
 
 VL_PHOTOGRAPHIC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.4")
 """VL Photographic Image Storage."""

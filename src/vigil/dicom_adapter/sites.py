@@ -119,7 +119,7 @@ five grades (camera-a mostly grade 0, camera-c mostly grades 2-4) and camera shi
 
 
 def sites_for(images: NDArray[np.uint8]) -> tuple[ScannerSite, ...]:
-    """The scheme of a MedMNIST image array: :data:`FUNDUS_SITES` for colour, else :data:`SITES`."""
+    """Return the site scheme of images: :data:`FUNDUS_SITES` if colour, else :data:`SITES`."""
     return FUNDUS_SITES if np.ndim(images) == 4 else SITES
 
 

@@ -75,13 +75,16 @@ def accuracy(labels: NDArray[np.integer], probabilities: NDArray[np.floating]) -
 
 
 def class_counts(labels: NDArray[np.integer], classes: int) -> list[int]:
-    """Number of images of each class 0 .. classes-1."""
+    """Count the images of each class 0 .. classes-1."""
     y = np.asarray(labels).reshape(-1).astype(np.int64)
     return np.bincount(y, minlength=classes)[:classes].astype(int).tolist()
 
 
 def cross_entropy(labels: NDArray[np.integer], probabilities: NDArray[np.floating]) -> float:
-    """Mean multi-class log loss ``-mean(log p_label)``, p clipped to ``[1e-7, 1]``; NaN if empty."""
+    """Mean multi-class log loss ``-mean(log p_label)``, p clipped to ``[1e-7, 1]``.
+
+    NaN when there is no image.
+    """
     y, p = _check(labels, probabilities)
     if not y.size:
         return float("nan")

@@ -181,7 +181,7 @@ def _training(run: ImagingRun) -> dict[str, Any]:
 
 
 def spec_for(train: Sequence[SiteArrays]) -> CNNSpec:
-    """The CNN for the sites' data: input channels from the inputs, classes from the labels.
+    """Return the CNN for the sites' data: input channels from the inputs, classes from the labels.
 
     Inputs (n, size, size) are greyscale, (n, 3, size, size) colour; labels beyond 0/1
     make a multi-class (softmax) model with ``max label + 1`` classes.

@@ -58,7 +58,7 @@ class WeightedCrossEntropy(nn.Module):
 
 
 def cross_entropy_hook(classes: int) -> Callable[..., tuple[Any, Any, Any, Any]]:
-    """An ``optimizer_hook`` for ``train_local`` that trains on :class:`WeightedCrossEntropy`."""
+    """Return a ``train_local`` ``optimizer_hook`` training on :class:`WeightedCrossEntropy`."""
 
     def hook(model: Any, optimizer: Any, loader: Any, criterion: Any
              ) -> tuple[Any, Any, Any, Any]:

@@ -256,7 +256,7 @@ def evaluate_images(
 
 def _evaluate_classes(package: ModelPackage, scorer: ImageScorer, batch: ImageBatch
                       ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The multi-class summary and predictions (arg-max decision, no threshold)."""
+    """Return the multi-class summary and predictions (arg-max decision, no threshold)."""
     from vigil.features.multiclass import accuracy, class_counts, macro_ovr_auroc
 
     probabilities = scorer.predict_images(batch.inputs)
