@@ -37,11 +37,11 @@ from vigil.imaging.histogram import INPUT_EDGES, N_BINS, input_histogram
 from vigil.imaging.parity import MAX_PROBABILITY_DIFF, ParityReport, Scorer, measure_parity
 
 __all__ = [
-    "ColourSpace",
     "INPUT_EDGES",
     "MAX_PROBABILITY_DIFF",
     "MODEL_SIZE",
     "N_BINS",
+    "ColourSpace",
     "DisplayParameters",
     "LookupTable",
     "ParityReport",
