@@ -18,18 +18,13 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-)
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from vigil.core.errors import ConfigError
-from vigil.dicom_adapter.scanners import deterministic_uid
+from vigil.dicom_adapter.scanners import synthetic_instance
 
 __all__ = [
     "SECONDARY_CAPTURE_STORAGE",
@@ -134,30 +129,12 @@ def build_fundus_instance(image: NDArray[np.uint8], camera: FundusCamera, *, key
         The instance, ready for ``save_as(..., enforce_file_format=True)``.
     """
     rgb = shift_colour(image, camera, rng=rng)
-    sop_uid = deterministic_uid(camera.name, key, "instance")
     jpeg, planar = camera.storage == "jpeg-baseline", int(camera.storage == "rgb-planar")
     sop_class = SECONDARY_CAPTURE_STORAGE if planar else VL_PHOTOGRAPHIC_STORAGE
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    anon = deterministic_uid(key, "patient").split(".")[-1][:10]
-    ds.PatientName, ds.PatientID = f"SYNTHETIC^{anon}", f"SYN{anon}"
-    ds.PatientBirthDate, ds.PatientSex = "", "O"
-    ds.StudyInstanceUID = deterministic_uid(camera.name, key, "study")
-    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20260101", "120000", ""
-    ds.StudyID, ds.AccessionNumber = "1", ""
-    ds.SeriesInstanceUID = deterministic_uid(camera.name, key, "series")
-    ds.Modality, ds.SeriesNumber = camera.modality, 1
-    ds.Manufacturer = f"vigil simulated fundus camera {camera.name}"
-    ds.InstanceNumber, ds.PatientOrientation = 1, ""
+    ds = synthetic_instance(sop_class, JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian,
+                            device=camera.name, key=key, modality=camera.modality,
+                            manufacturer=f"vigil simulated fundus camera {camera.name}")
     ds.ContentDate, ds.ContentTime = "20260101", "120000"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
     if planar:
         ds.ConversionType = "DI"  # SC Equipment: digital interface
         ds.Laterality = ""  # General Series, Type 2C (the eye is a paired structure)

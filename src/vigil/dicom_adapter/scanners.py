@@ -51,6 +51,7 @@ __all__ = [
     "deterministic_uid",
     "encode_stored",
     "missing_required",
+    "synthetic_instance",
 ]
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
@@ -244,6 +245,53 @@ def _voi_attributes(ds: Dataset, scanner: Scanner) -> None:
     ds.VOILUTFunction = "LINEAR_EXACT" if scanner.voi == "linear_exact" else "SIGMOID"
 
 
+def synthetic_instance(sop_class: UID, syntax: UID, *, device: str, key: str, modality: str,
+                       manufacturer: str) -> Dataset:
+    """Start an instance: file meta, SOP Common, a synthetic Patient, General Study and Series.
+
+    Also General Equipment's Manufacturer and General Image's Instance Number, Patient
+    Orientation (empty) and Image Type ORIGINAL, PRIMARY. The patient is synthetic
+    (``SYNTHETIC^…``, derived from ``key``, not a real person); the UIDs derive from
+    ``device`` and ``key`` (:func:`deterministic_uid`).
+
+    Parameters
+    ----------
+    sop_class, syntax : UID
+        SOP Class and Transfer Syntax.
+    device : str
+        The scanner's or camera's name.
+    key : str
+        The image's non-identifying key.
+    modality, manufacturer : str
+
+    Returns
+    -------
+    pydicom.Dataset
+    """
+    sop_uid = deterministic_uid(device, key, "instance")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    anon = deterministic_uid(key, "patient").split(".")[-1][:10]
+    ds.PatientName, ds.PatientID = f"SYNTHETIC^{anon}", f"SYN{anon}"
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyInstanceUID = deterministic_uid(device, key, "study")
+    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20260101", "120000", ""
+    ds.StudyID, ds.AccessionNumber = "1", ""
+    ds.SeriesInstanceUID = deterministic_uid(device, key, "series")
+    ds.Modality, ds.SeriesNumber = modality, 1
+    ds.Manufacturer = manufacturer
+    ds.InstanceNumber, ds.PatientOrientation = 1, ""
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    return ds
+
+
 def build_instance(
     image: NDArray[np.uint8],
     scanner: Scanner,
@@ -272,30 +320,11 @@ def build_instance(
     """
     stored = encode_stored(np.asarray(image, dtype=np.float64) / 255.0, scanner, rng=rng)
     sop_class = DX_STORAGE if scanner.modality == "DX" else CR_STORAGE
-    sop_uid = deterministic_uid(scanner.name, key, "instance")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    # Patient and General Study: synthetic, derived from the key (not a real person).
-    anon = deterministic_uid(key, "patient").split(".")[-1][:10]
-    ds.PatientName, ds.PatientID = f"SYNTHETIC^{anon}", f"SYN{anon}"
-    ds.PatientBirthDate, ds.PatientSex = "", "O"
-    ds.StudyInstanceUID = deterministic_uid(scanner.name, key, "study")
-    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20260101", "120000", ""
-    ds.StudyID, ds.AccessionNumber = "1", ""
-    # General Series, CR/DX Series, General Equipment, General Image.
-    ds.SeriesInstanceUID = deterministic_uid(scanner.name, key, "series")
-    ds.Modality, ds.SeriesNumber = scanner.modality, 1
-    ds.Manufacturer = f"vigil simulated scanner {scanner.name}"
+    ds = synthetic_instance(sop_class, ExplicitVRLittleEndian, device=scanner.name, key=key,
+                            modality=scanner.modality,
+                            manufacturer=f"vigil simulated scanner {scanner.name}")
+    # CR/DX Series, General Image.
     ds.BodyPartExamined, ds.ViewPosition = "CHEST", "AP"
-    ds.InstanceNumber, ds.PatientOrientation = 1, ""
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
     # Image Pixel.
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, scanner.photometric.value
     ds.Rows, ds.Columns = stored.shape
