@@ -176,3 +176,15 @@ def test_dciodvfy_finds_no_error(name, tmp_path):
     lines = (out.stdout + out.stderr).splitlines()
     problems = [line for line in lines if line.startswith(("Error", "Warning"))]
     assert problems == ([SC_WARNING] if camera.storage == "rgb-planar" else [])
+
+
+def test_check_files_against_the_colour_chain(tmp_path):
+    from vigil.dicom_adapter import check_files
+
+    test = load_medmnist("retina-sample", "test")
+    written = write_sites(test.images[:9], test.labels[:9], tmp_path, split="test", seed=0)
+    colour = check_files([tmp_path], channels=3)
+    grey = check_files([tmp_path])
+    assert len(colour) == len(grey) == sum(w.n for w in written) == 9
+    assert all(c.accepted for c in colour)
+    assert {c.reason for c in grey} == {"expected Modality CR or DX, got 'XC'"}

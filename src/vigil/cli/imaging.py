@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from vigil.cli._common import err_console, guarded, print_json, print_table
+from vigil.core.errors import ConfigError
 
 app = typer.Typer(help="DICOM images: scanner sites, checks.", no_args_is_help=True)
 MEDMNIST_HELP = ("PneumoniaMNIST .npz (four scanner sites) or RetinaMNIST .npz (three fundus "
@@ -50,12 +51,16 @@ def write_sites_cmd(
 @guarded
 def check_cmd(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (*.dcm below).")],
+    channels: Annotated[int, typer.Option(help="1: the greyscale chain (CR/DX); 3: the colour "
+                                          "chain (OP/XC fundus photographs).")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Say, for each file, whether the pixel chain accepts it, or why it would be quarantined."""
     from vigil.dicom_adapter.reading import check_files
 
-    checks = check_files(paths)
+    if channels not in (1, 3):
+        raise ConfigError(f"expected --channels 1 or 3, got {channels}", key="channels")
+    checks = check_files(paths, channels=channels)
     accepted = sum(c.accepted for c in checks)
     if json_out:
         print_json(

@@ -377,9 +377,11 @@ class FileCheck:
 
 
 def check_files(
-    paths: Iterable[str | Path], *, modalities: Sequence[str] = ACCEPTED_MODALITIES
+    paths: Iterable[str | Path], *, modalities: Sequence[str] | None = None, channels: int = 1
 ) -> list[FileCheck]:
     """Check DICOM files (folders: every ``*.dcm`` below, sorted) against the pixel chain.
+
+    ``channels`` 3 checks them against the colour chain (as :func:`prepare_batch`).
 
     Raises
     ------
@@ -399,7 +401,10 @@ def check_files(
     for file in files:
         try:
             ds = read_file(file)
-            read_image(ds, modalities=modalities)
+            if channels == 3:
+                read_colour_image(ds, modalities=modalities or COLOUR_MODALITIES)
+            else:
+                read_image(ds, modalities=modalities or ACCEPTED_MODALITIES)
         except (DICOMError, DataError) as exc:
             checks.append(FileCheck(str(file), False, str(exc), ()))
             continue
