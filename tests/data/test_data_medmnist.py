@@ -7,7 +7,7 @@ from vigil.core.errors import DataError
 from vigil.data import MEDMNIST_SAMPLE_PATH, load_medmnist
 from vigil.data.medmnist import RETINA_SAMPLE_PATH, make_medmnist_sample
 
-SHARED_RETINA = Path(__file__).resolve().parents[3] / "shared" / "data" / "medmnist" / "retinamnist.npz"
+SHARED_RETINA = Path(__file__).resolve().parents[3] / "shared/data/medmnist/retinamnist.npz"
 
 
 def test_bundled_sample_is_small_and_attributed():
