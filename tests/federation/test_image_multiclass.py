@@ -186,7 +186,10 @@ def test_cli_federate_retina_then_evaluate(tmp_path):
                                  "--strategy", "fedavg", "--rounds", "1", "--private-key",
                                  keys[0], "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["signed"]
+    summary = json.loads(result.stdout)
+    assert summary["signed"] and summary["site_thresholds"] == {}
+    assert 0 <= summary["validation"]["accuracy"] <= 1
+    assert summary["validation"]["decision"] == "argmax"
     preds = tmp_path / "p.parquet"
     result = runner.invoke(app, ["evaluate", "--model", str(out), "--images",
                                  str(RETINA_SAMPLE_PATH), "--public-key", keys[1], "--json",

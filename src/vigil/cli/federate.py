@@ -86,8 +86,9 @@ def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: 
         return
     _show_history(run.result.history)
     v = summary["validation"]
-    err_console.print(f"kept round {summary['best_round']}: pooled validation AUROC "
-                      f"{v['auroc']:.4f}", highlight=False)
+    kept = (f"accuracy {v['accuracy']:.4f}" if "accuracy" in v else f"AUROC {v['auroc']:.4f}")
+    err_console.print(f"kept round {summary['best_round']}: pooled validation {kept}",
+                      highlight=False)
     for path in summary["packages"]:
         err_console.print(f"wrote {path}", highlight=False)
 

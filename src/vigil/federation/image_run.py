@@ -371,12 +371,17 @@ def imaging_summary(run: ImagingRun, packages: Sequence[ModelPackage]) -> dict[s
     from vigil.federation.simulation import history_events
 
     history = run.result.history
+    validation = run.result.pooled.to_dict()
+    if run.spec.multiclass:  # the pooled utility is the accuracy; AUC: any grade > 0 vs 0
+        validation = {"n_rows": validation["n_rows"], "loss": validation["loss"],
+                      "accuracy": validation["utility"], "auroc_any_vs_none": validation["auroc"],
+                      "decision": "argmax"}
     return {
         "task": "imaging",
         "packages": [str(p.path) for p in packages],
         "signed": all(p.signed for p in packages),
         "best_round": run.result.best_round,
-        "validation": run.result.pooled.to_dict(),
+        "validation": validation,
         "site_thresholds": run.thresholds(),
         "sites": {e.site: {"images": e.n_rows, "auroc": e.auroc}
                   for e in run.result.evaluations},
