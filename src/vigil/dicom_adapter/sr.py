@@ -207,7 +207,7 @@ def sr_bytes(sr: Dataset) -> bytes:
 
 
 def _tag_value(tags: Mapping[str, Any], keyword: str) -> str:
-    """A keyword's first value from keyword tags or DICOM JSON (PS3.18 F.2), else ``""``."""
+    """Return a keyword's first value from keyword tags or DICOM JSON (PS3.18 F.2), else ``""``."""
     tag = tag_for_keyword(keyword)
     value = tags.get(keyword)
     if value is None and tag is not None:
@@ -282,7 +282,7 @@ class SRStudySink:
         return f"SRStudySink(include_shadow={self.include_shadow})"
 
     def encode(self, score: StudyScore, sources: Sequence[Dataset]) -> bytes | None:
-        """The Part 10 bytes :meth:`write` stores for ``score`` (None: nothing to write)."""
+        """Return the Part 10 bytes :meth:`write` stores for ``score`` (None: nothing to write)."""
         if (score.role != "active" and not self.include_shadow) or not score.sop_instance_uids:
             return None
         return sr_bytes(build_sr(score, sources, site=self.site,

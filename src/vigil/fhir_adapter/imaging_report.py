@@ -78,7 +78,8 @@ SCORED_INSTANCE_URL = "urn:vigil:fhir:StructureDefinition:scored-instance"
 ROLE_TAG_SYSTEM = "urn:vigil:fhir:model-role"
 """``meta.tag`` system marking a shadow model's resources (code ``shadow``)."""
 SHADOW_NOTE = "Shadow model under evaluation: not for clinical use."
-UNCALIBRATED_NOTE = "Not calibrated for this site: the probability is the shared model's raw output."
+UNCALIBRATED_NOTE = (
+    "Not calibrated for this site: the probability is the shared model's raw output.")
 
 _SNOMED = "http://snomed.info/sct"
 _LOINC = "http://loinc.org"
@@ -133,7 +134,7 @@ def _subject(patient_key: str, patient_system: str | None) -> dict[str, Any]:
 
 
 def _effective(sources: Sequence[Dataset], fallback: str) -> str:
-    """The study's DICOM date (and time with a known UTC offset) as a FHIR dateTime."""
+    """Return the study's DICOM date (and time with a known UTC offset) as a FHIR dateTime."""
     if not sources:
         return fallback
     ds = sources[0]
@@ -330,7 +331,7 @@ class FhirStudySink:
         return f"FhirStudySink({self.http!r}, include_shadow={self.include_shadow})"
 
     def resources(self, score: StudyScore, sources: Sequence[Dataset] = ()) -> list[dict[str, Any]]:
-        """The resources :meth:`write` sends for ``score``, in order (none for a skipped role)."""
+        """Return the resources :meth:`write` sends for ``score``, in order (none if skipped)."""
         if score.role != "active" and not self.include_shadow:
             return []
         report, observation = imaging_report(
