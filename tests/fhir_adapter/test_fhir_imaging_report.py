@@ -1,4 +1,4 @@
-"""Imaging write-back to FHIR: the DiagnosticReport + Observation, their ids, the sink on a real server."""
+"""Imaging write-back to FHIR: DiagnosticReport + Observation, their ids, the sink on sekmet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
