@@ -8,9 +8,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -187,6 +189,27 @@ def test_bad_scores_raise_without_identifiers() -> None:
             imaging_report(score, site="a", deployment="p")
         for secret in (PATIENT, "MRN 0042/SECRET", ACCESSION, STUDY, "SECRET"):
             assert secret not in str(info.value)
+
+
+def test_the_ndjson_sink_keeps_one_line_per_resource(tmp_path: Path) -> None:
+    out = tmp_path / "imaging-writeback"
+    score = score_of()
+    with FhirStudySink(out, site="hospital-a", deployment="production") as s:
+        s.write(score, [])
+        s.write(score, [])
+        s.write(score_of(role="shadow"), [])  # not written (sepsis does not write shadow scores)
+    report, obs = build(score)
+    lines = {kind: (out / f"{kind}.ndjson").read_bytes().splitlines()
+             for kind in ("DiagnosticReport", "Observation")}
+    assert [orjson.loads(x) for x in lines["DiagnosticReport"]] == [report]
+    assert [orjson.loads(x) for x in lines["Observation"]] == [obs]
+    reopened = FhirStudySink(out, site="hospital-a", deployment="production")
+    reopened.write(score_of((0.1,)), [])  # a new probability replaces the line
+    (line,) = (out / "Observation.ndjson").read_bytes().splitlines()
+    assert orjson.loads(line)["interpretation"][0]["coding"][0]["code"] == "NEG"
+    with pytest.raises(DataError, match="expected DiagnosticReport resources with an id"):
+        reopened.files["DiagnosticReport"].write([obs])
+    assert PATIENT not in repr(reopened)
 
 
 # --- the sink against the real FHIR server -------------------------------------------------------

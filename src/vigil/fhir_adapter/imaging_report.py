@@ -43,6 +43,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -52,6 +53,7 @@ from vigil.fhir_adapter.auth import Credentials
 from vigil.fhir_adapter.http import FHIRHttp
 from vigil.fhir_adapter.riskassessment import MODEL_SYSTEM, RISK_ID_NAMESPACE, _instant, _utc
 from vigil.fhir_adapter.settings import FHIRSettings
+from vigil.fhir_adapter.writers import NDJSONWriter
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -290,8 +292,11 @@ def imaging_report(score: StudyScore, *, site: str, deployment: str,
 
 
 class FhirStudySink:
-    """Writes each study's score as a DiagnosticReport + Observation (``PUT``, idempotent).
+    """Writes each study's score as a DiagnosticReport + Observation, idempotently.
 
+    To a FHIR server (``PUT {type}/{id}``), or, like the sepsis ``writeback = "ndjson"``
+    (embedded mode), to ``DiagnosticReport.ndjson`` and ``Observation.ndjson`` in a
+    directory (:class:`~vigil.fhir_adapter.writers.NDJSONWriter`: one line per id, synced).
     Follows the sepsis write-back: only the active model's scores are written unless
     ``include_shadow`` (then tagged ``meta.tag`` :data:`ROLE_TAG_SYSTEM` ``shadow``
     and noted "not for clinical use", under their own ids). The Observation is
@@ -299,11 +304,13 @@ class FhirStudySink:
 
     Parameters
     ----------
-    settings : FHIRSettings
-        The site's FHIR server (auth, timeouts, retries as for the sepsis write-back).
+    target : FHIRSettings or Path
+        The site's FHIR server (auth, timeouts, retries as for the sepsis write-back),
+        or a directory for the NDJSON files.
     site, deployment : str
         Settings ``site_id`` and ``deployment_id`` (part of every id).
     client : httpx.Client, optional
+        (FHIR server only, as the three below.)
     credentials : Credentials, optional
         Share another client's (``source.http.credentials``) to reuse its token.
     sleep : callable, optional
@@ -316,11 +323,18 @@ class FhirStudySink:
 
     name = "fhir"
 
-    def __init__(self, settings: FHIRSettings, *, site: str, deployment: str,
+    def __init__(self, target: FHIRSettings | Path, *, site: str, deployment: str,
                  client: httpx.Client | None = None, credentials: Credentials | None = None,
                  sleep: Callable[[float], None] = time.sleep, patient_system: str | None = None,
                  accession_system: str | None = None, include_shadow: bool = False) -> None:
-        self.http = FHIRHttp(settings, client=client, credentials=credentials, sleep=sleep)
+        self.http: FHIRHttp | None = None
+        self.files: dict[str, NDJSONWriter] = {}
+        if isinstance(target, FHIRSettings):
+            self.http = FHIRHttp(target, client=client, credentials=credentials, sleep=sleep)
+        else:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            self.files = {kind: NDJSONWriter(Path(target), resource_type=kind)
+                          for kind in ("Observation", "DiagnosticReport")}
         self.site = site
         self.deployment = deployment
         self.patient_system = patient_system
@@ -328,7 +342,8 @@ class FhirStudySink:
         self.include_shadow = include_shadow
 
     def __repr__(self) -> str:
-        return f"FhirStudySink({self.http!r}, include_shadow={self.include_shadow})"
+        where = repr(self.http) if self.http is not None else repr(list(self.files.values()))
+        return f"FhirStudySink({where}, include_shadow={self.include_shadow})"
 
     def resources(self, score: StudyScore, sources: Sequence[Dataset] = ()) -> list[dict[str, Any]]:
         """Return the resources :meth:`write` sends for ``score``, in order (none if skipped)."""
@@ -340,7 +355,7 @@ class FhirStudySink:
         return [r for r in (observation, report) if r is not None]
 
     def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
-        """PUT the score's resources.
+        """Write the score's resources (PUT, or one NDJSON line per id).
 
         Raises
         ------
@@ -348,8 +363,15 @@ class FhirStudySink:
             When the server refuses one (the message names the resource type and the
             HTTP status) or cannot be reached; what was written before stays, and
             writing the score again completes it.
+        OSError
+            When an NDJSON file cannot be written (nothing of that resource written).
         """
-        _put_all(self.http, self.resources(score, sources))
+        resources = self.resources(score, sources)
+        if self.http is not None:
+            _put_all(self.http, resources)
+            return
+        for resource in resources:
+            self.files[resource["resourceType"]].write([resource])
 
     def __enter__(self) -> FhirStudySink:
         return self
@@ -358,8 +380,9 @@ class FhirStudySink:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP client if this sink made it."""
-        self.http.close()
+        """Close the HTTP client if this sink made it (NDJSON writes are already synced)."""
+        if self.http is not None:
+            self.http.close()
 
 
 def _put_all(http: FHIRHttp, resources: Iterable[dict[str, Any]]) -> None:
