@@ -68,7 +68,9 @@ def score_of(sources: list[Dataset], probability: list[float], *, threshold: flo
 
 
 def read(data: bytes) -> hd.sr.ComprehensiveSR:
-    return hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(io.BytesIO(data)))
+    sr = hd.sr.srread(io.BytesIO(data))
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    return sr
 
 
 def test_the_sr_holds_the_tid1500_result_of_the_score() -> None:
