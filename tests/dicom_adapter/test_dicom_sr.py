@@ -189,6 +189,21 @@ def test_dciodvfy_fails_an_sr_missing_a_type_1_attribute(tmp_path: Path) -> None
     assert done.returncode != 0 and "CompletionFlag" in done.stdout + done.stderr
 
 
+def test_absent_type_2_patient_and_study_attributes_are_written_empty(tmp_path: Path) -> None:
+    sources = study(n=1)
+    for keyword in ("PatientSex", "PatientBirthDate", "StudyID", "ReferringPhysicianName"):
+        delattr(sources[0], keyword)
+    data = sr_bytes(build_sr(score_of(sources, [0.2]), sources, site="a"))
+    sr = pydicom.dcmread(io.BytesIO(data))
+    assert (sr.PatientSex, sr.PatientBirthDate, sr.StudyID) == ("", "", "")
+    assert "PatientSex" not in sources[0]  # the caller's dataset is left as it was
+    if shutil.which("dciodvfy") is not None:
+        (tmp_path / "sr.dcm").write_bytes(data)
+        done = subprocess.run(["dciodvfy", str(tmp_path / "sr.dcm")], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+
+
 def test_is_own_output_from_a_dataset_keyword_tags_or_dicom_json() -> None:
     sources = study(n=1)
     own = pydicom.dcmread(io.BytesIO(sr_bytes(build_sr(score_of(sources, [0.3]), sources,
@@ -247,7 +262,7 @@ def test_bad_scores_and_sources_raise_without_identifiers(caplog: pytest.LogCapt
     moved.StudyInstanceUID = "1.2.3.4"
     cases.append((DataError, "got 1 from another study", score_of(sources, [0.2]), [moved]))
     lacking = study(n=1)
-    del lacking[0].PatientSex
+    del lacking[0].SOPClassUID
     cases.append((DataError, "lack an attribute", score_of(lacking, [0.2]), lacking))
     for error, message, score, given in cases:
         with pytest.raises(error, match=message) as info:

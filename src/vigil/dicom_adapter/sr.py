@@ -72,6 +72,9 @@ PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_XRAY = Code("399208008", "SCT", "Plain X-ray of chest")
 TRACKING_NAME = "vigil pneumonia assessment"
 _SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                 "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+"""Type 2 Patient / General Study attributes highdicom reads from the first source."""
 
 
 def sr_uids(*, site: str, study_uid: str, model_name: str, model_version: str,
@@ -97,7 +100,50 @@ def _scored_sources(score: StudyScore, sources: Sequence[Dataset]) -> list[Datas
     if other:
         raise DataError(f"expected every scored instance in the scored study, got {other} "
                         "from another study")
+    absent = [k for k in _TYPE2_COPIED if k not in scored[0]]
+    if absent:  # Type 2 may be absent from a sloppy producer: the SR gets them empty
+        first = Dataset()  # a new header (Dataset.copy shares the caller's elements)
+        for element in scored[0]:
+            first.add(element)
+        for keyword in absent:
+            setattr(first, keyword, "")
+        scored[0] = first
     return scored
+
+
+def _content(score: StudyScore, scored: Sequence[Dataset], *, site: str,
+             probability: float) -> Dataset:
+    """Build the TID 1500 content tree (the root CONTAINER) of a score."""
+    algorithm = hd.sr.AlgorithmIdentification(name=score.model_name,
+                                              version=score.model_version,
+                                              manufacturer=OWN_MANUFACTURER)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(deterministic_uid("sr-tracking", site, score.model_name,
+                                      score.model_version, score.role, score.study.study_uid)),
+            identifier=TRACKING_NAME),
+        finding_type=PNEUMONIA,
+        algorithm_id=algorithm,
+        source_images=[hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID),
+                                                            str(ds.SOPInstanceUID))
+                       for ds in scored],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            PNEUMONIA, codes.SCT.Present if score.positive else codes.SCT.Absent)],
+        measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=probability,
+                                        unit=codes.UCUM.NoUnits, algorithm_id=algorithm)],
+    )
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=str(deterministic_uid("sr-device", score.model_name, score.model_version)),
+            name=OWN_MANUFACTURER, manufacturer_name=OWN_MANUFACTURER,
+            model_name=f"{score.model_name} {score.model_version}"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=CHEST_XRAY, imaging_measurements=[group],
+        title=codes.cid7021.ImagingMeasurementReport)
+    root: Dataset = report[0]
+    return root
 
 
 def build_sr(score: StudyScore, sources: Sequence[Dataset], *, site: str,
@@ -145,39 +191,12 @@ def build_sr(score: StudyScore, sources: Sequence[Dataset], *, site: str,
     series_uid, sop_uid = sr_uids(site=site, study_uid=score.study.study_uid,
                                   model_name=score.model_name,
                                   model_version=score.model_version, role=score.role)
-    algorithm = hd.sr.AlgorithmIdentification(name=score.model_name,
-                                              version=score.model_version,
-                                              manufacturer=OWN_MANUFACTURER)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=str(deterministic_uid("sr-tracking", site, score.model_name,
-                                      score.model_version, score.role, score.study.study_uid)),
-            identifier=TRACKING_NAME),
-        finding_type=PNEUMONIA,
-        algorithm_id=algorithm,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID),
-                                                            str(ds.SOPInstanceUID))
-                       for ds in scored],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            PNEUMONIA, codes.SCT.Present if score.positive else codes.SCT.Absent)],
-        measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=p,
-                                        unit=codes.UCUM.NoUnits, algorithm_id=algorithm)],
-    )
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=str(deterministic_uid("sr-device", score.model_name, score.model_version)),
-            name=OWN_MANUFACTURER, manufacturer_name=OWN_MANUFACTURER,
-            model_name=f"{score.model_name} {score.model_version}"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=CHEST_XRAY, imaging_measurements=[group],
-        title=codes.cid7021.ImagingMeasurementReport)
     shadow = "" if score.role == "active" else f" ({score.role})"
     _quiet_highdicom()
     try:
         sr = hd.sr.ComprehensiveSR(
-            evidence=scored, content=report[0], series_instance_uid=series_uid,
+            evidence=scored, content=_content(score, scored, site=site, probability=p),
+            series_instance_uid=series_uid,
             series_number=SERIES_NUMBERS.get(score.role, 9903), sop_instance_uid=sop_uid,
             instance_number=1, manufacturer=OWN_MANUFACTURER, is_complete=True,
             is_final=False, is_verified=False, institution_name=institution_name,
@@ -189,8 +208,9 @@ def build_sr(score: StudyScore, sources: Sequence[Dataset], *, site: str,
         raise DataError(f"the scored instances lack an attribute the SR copies from them "
                         f"({type(exc).__name__}: {exc})") from exc
     except (TypeError, ValueError) as exc:  # messages may quote patient values
-        raise DataError(f"could not build the DICOM SR from the scored instances "
-                        f"({type(exc).__name__}); check their Patient and Study modules") from exc
+        raise DataError(f"could not build the DICOM SR ({type(exc).__name__}); check the scored "
+                        "instances' Patient and Study modules and the model name and version "
+                        "(at most 64 characters)") from exc
     sr.InstanceCreationDate, sr.InstanceCreationTime = day, clock
     sr.TimezoneOffsetFromUTC = "+0000"
     for item in sr.get("ContributingEquipmentSequence", []):
