@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -18,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
-from fhir_support import running_server
+from fhir_support import FaultyClient, running_server
 from pydicom.dataset import Dataset
 
 from vigil.core.errors import DataError, FHIRTransportError, ScoringError
@@ -298,3 +300,30 @@ def test_a_refusal_names_the_resource_and_status_without_identifiers(server, cap
     assert "system/Observation.cu" in str(info.value)
     for secret in (PATIENT, ACCESSION, STUDY, *INSTANCES):
         assert secret not in str(info.value) and secret not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_failure_after_the_observation_is_completed_by_writing_again(server) -> None:  # type: ignore[no-untyped-def]
+    """The connection drops on the report: the Observation stays, the next write completes it."""
+    score = score_of(version="3.0.0")
+    report, obs = build(score)
+
+    def drop_reports(request: httpx.Request, forward):  # type: ignore[no-untyped-def]
+        if request.method == "PUT" and "/DiagnosticReport/" in request.url.path:
+            raise httpx.ConnectError("connection reset", request=request)
+        return forward(request)
+
+    settings = FHIRSettings(base_url=server["base"], auth="bearer", bearer_token=TOKEN,
+                            retries=0)
+    with contextlib.closing(FaultyClient(drop_reports)) as client:  # closes its real transport
+        broken = FhirStudySink(settings, site="hospital-a", deployment="production",
+                               client=client)
+        with pytest.raises(FHIRTransportError, match="could not write the imaging "
+                                                     "DiagnosticReport: PUT failed after 1"):
+            broken.write(score, [])
+    with sink(server) as s:
+        assert stored(s, "Observation", obs["id"]) == obs
+        (bundle,) = s.http.search("DiagnosticReport", [("_id", report["id"])])
+        assert bundle.get("total") == 0
+        s.write(score, [])
+        assert stored(s, "DiagnosticReport", report["id"]) == report
