@@ -45,7 +45,7 @@ def _params(content_type: str) -> tuple[str, dict[str, str]]:
 
 
 def boundary_of(content_type: str) -> str:
-    """The ``boundary`` parameter of a ``multipart/related`` Content-Type (RFC 2046 §5.1.1).
+    """Return the ``boundary`` parameter of a ``multipart/related`` Content-Type (RFC 2046 §5.1.1).
 
     Raises
     ------

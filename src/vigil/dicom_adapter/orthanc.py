@@ -200,7 +200,7 @@ class OrthancClient:
         return out
 
     def changes(self, since: int, limit: int) -> ChangesPage:
-        """Changes after ``since`` (a ``Seq``), at most ``limit`` of them, oldest first."""
+        """Read the changes after ``since`` (a ``Seq``), at most ``limit`` of them, oldest first."""
         doc = self._json("/changes", "the change feed",
                          params={"since": str(since), "limit": str(limit)})
         try:
@@ -212,7 +212,7 @@ class OrthancClient:
                             url=self.base_url) from exc
 
     def latest_seq(self) -> int:
-        """The ``Seq`` of the newest change (0 when the feed is empty)."""
+        """Return the ``Seq`` of the newest change (0 when the feed is empty)."""
         doc = self._json("/changes", "the change feed", params={"last": ""})
         try:
             return int(doc["Last"])
@@ -220,7 +220,7 @@ class OrthancClient:
             raise PACSError("Orthanc's change feed lacks Last", url=self.base_url) from exc
 
     def study(self, orthanc_id: str) -> StudyInfo | None:
-        """The study with Orthanc id ``orthanc_id``, or None if it is gone (deleted)."""
+        """Look up the study with Orthanc id ``orthanc_id``, or None if it is gone (deleted)."""
         resp = self._request("GET", f"/studies/{orthanc_id}", "the study lookup", ok=(200, 404))
         if resp.status_code == 404:
             return None
@@ -314,7 +314,7 @@ class OrthancSource:
         return f"OrthancSource(modalities={sorted(self.modalities)!r})"
 
     def latest_cursor(self) -> str:
-        """A cursor at the feed's end: start from it to score only studies yet to come."""
+        """Return a cursor at the feed's end; start from it to score only studies yet to come."""
         return str(self.client.latest_seq())
 
     def poll(self, cursor: str | None, *, limit: int) -> StudyPage:
