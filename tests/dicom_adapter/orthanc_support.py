@@ -21,7 +21,8 @@ from vigil.dicom_adapter.orthanc import OrthancClient, OrthancSource
 from vigil.dicom_adapter.orthanc_local import LocalOrthanc, local_orthanc_missing
 from vigil.runtime.study_contracts import StudyRef
 
-__all__ = ["alive", "client_for", "private_orthanc", "source_for", "walk", "walk_until"]
+__all__ = ["alive", "client_for", "private_orthanc", "source_for", "walk", "walk_until",
+           "write_studies"]
 
 
 def alive(pid: int) -> bool:
@@ -87,3 +88,17 @@ def walk_until(source: OrthancSource, cursor: str | None, n: int, *, limit: int 
         if len(out) >= n or time.monotonic() > deadline:
             return out, cursor
         time.sleep(0.3)
+
+
+def write_studies(folder: Path, n: int, *, tag: str) -> list[Path]:
+    """``n`` one-image CR studies (the bundled sample's test images through the scanner sites).
+
+    ``tag`` makes the UIDs (a different tag, different studies); every site's storage
+    (8-bit, 12-bit RLE, 16-bit and 12-bit JPEG-LS) comes up once ``n`` >= 8 or so.
+    """
+    from vigil.data.medmnist import load_medmnist
+    from vigil.dicom_adapter.sites import write_sites
+
+    images = load_medmnist("sample", "test")
+    write_sites(images.images[:n], images.labels[:n], folder, split=tag)
+    return sorted(folder.rglob("*.dcm"))
