@@ -283,3 +283,26 @@ def test_unreachable_pacs_stops_the_send(tmp_path):
 
     with pytest.raises(PACSError, match="could not be reached"):
         send_folder(Down(), tmp_path)
+
+
+def test_send_command_bad_input_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from vigil.cli.main import app
+
+    (tmp_path / "a.dcm").write_bytes(part10(generate_uid()))
+    (tmp_path / "empty").write_text("")
+    runner = CliRunner()
+    cases = [
+        (["--pacs", "http://127.0.0.1:9", str(tmp_path / "missing")], "expected a folder"),
+        (["--pacs", "ftp://x", str(tmp_path)], "must start with http"),
+        (["--pacs", "http://x", "--user", "u", str(tmp_path)], "both --user and --password-file"),
+        (["--pacs", "http://x", "--user", "u", "--password-file", str(tmp_path / "empty"),
+          str(tmp_path)], "password file"),
+        (["--pacs", "http://x", "--user", "u", "--password-file", str(tmp_path / "nope"),
+          str(tmp_path)], "cannot read the PACS password file"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["imaging", "send", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and result.output.strip().count("\n") == 0, result.output

@@ -94,7 +94,16 @@ class FHIRError(VigilError):
     """Base class of FHIR problems."""
 
 
-class FHIRTransportError(FHIRError):
+class _RemoteError(VigilError):
+    """A server could not be reached or answered with an error (keeps ``url``, ``status``)."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class FHIRTransportError(FHIRError, _RemoteError):
     """A FHIR server could not be reached or answered with an error.
 
     Parameters
@@ -106,11 +115,6 @@ class FHIRTransportError(FHIRError):
     status : int or None, optional
         The HTTP status, when there was a response.
     """
-
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
 
 
 class FHIRResourceError(FHIRError):
@@ -129,7 +133,7 @@ class FHIRResourceError(FHIRError):
         self.resource_type = resource_type
 
 
-class PACSError(VigilError):
+class PACSError(_RemoteError):
     """A PACS (Orthanc's REST API, DICOMweb) could not be reached or answered with an error.
 
     Parameters
@@ -141,11 +145,6 @@ class PACSError(VigilError):
     status : int or None, optional
         The HTTP status, when there was a response.
     """
-
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
 
 
 class ModelArtifactError(VigilError):
