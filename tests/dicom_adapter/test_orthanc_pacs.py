@@ -197,3 +197,32 @@ def test_a_cursor_beyond_the_database_reads_it_again(source, tmp_path, caplog):
     assert uid in {s.study_uid for s in studies}
     assert int(cursor) <= int(source.latest_cursor())
     assert "reset or replaced" in caplog.text
+
+
+def test_a_killed_launcher_leaves_no_orthanc_behind(tmp_path):
+    """The process that started the PACS dies without stopping it: Orthanc goes too."""
+    import subprocess
+    import sys
+    import time
+
+    from vigil.dicom_adapter.orthanc_local import local_orthanc_missing
+
+    if local_orthanc_missing():
+        pytest.skip(local_orthanc_missing())
+    script = (
+        "import sys, time\nfrom pathlib import Path\n"
+        "from vigil.dicom_adapter.orthanc_local import LocalOrthanc\n"
+        f"s = LocalOrthanc(Path({str(tmp_path / 'pacs')!r})).start()\n"
+        "print(*s.pids, flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)

@@ -8,8 +8,9 @@ one way in is the Unix socket ``SOCKET`` (mode 0600, in the launcher's private d
 forwarded byte for byte to ``127.0.0.1:<HttpPort>`` inside the namespace.
 
 SIGTERM or SIGINT stops Orthanc (SIGTERM, then SIGKILL after 15 s) and exits; so does
-Orthanc exiting on its own. Orthanc gets ``PR_SET_PDEATHSIG`` = SIGKILL, so it cannot
-outlive this process even if this process is killed.
+Orthanc exiting on its own. This process gets ``PR_SET_PDEATHSIG`` = SIGTERM (the
+launcher killed, say a test run timed out: it stops Orthanc and exits) and Orthanc gets
+SIGKILL as its own, so it cannot outlive this process even if this process is killed.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import sys
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+LAUNCHER_ENV = "VIGIL_PACS_LAUNCHER_PID"
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -89,6 +91,9 @@ async def _serve(orthanc: str, config: Path, sock: Path, log: Path, pidfile: Pat
 def main(argv: list[str]) -> int:
     """Run the namespace side until told to stop; the exit code is 1 if Orthanc died first."""
     orthanc, config, sock, log, pidfile = argv
+    _die_with_parent(signal.SIGTERM)  # the launcher's process gone (killed): stop cleanly
+    if str(os.getppid()) != os.environ.get(LAUNCHER_ENV, str(os.getppid())):
+        return 1  # it died before the line above
     return asyncio.run(_serve(orthanc, Path(config), Path(sock), Path(log), Path(pidfile)))
 
 

@@ -17,7 +17,10 @@ reach the PACS. A veth pair would need a routed address on the host side; the so
 keeps the host's interfaces untouched.
 
 :meth:`LocalOrthanc.restart` stops Orthanc and starts it again on the same storage; the
-URL (the host forwarder) stays the same across restarts.
+URL (the host forwarder) stays the same across restarts. If the process that started it
+dies without stopping it (killed, a timed-out test run), the namespace side stops Orthanc
+and exits by itself (``PR_SET_PDEATHSIG``); start it from a thread that lives as long as
+it should (the main thread), since the signal follows the starting thread.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from types import TracebackType
 import httpx
 
 from vigil.core.errors import ConfigError
+from vigil.dicom_adapter._netns_pacs import LAUNCHER_ENV
 
 __all__ = ["ORTHANC_BINARY", "ORTHANC_DICOMWEB_PLUGIN", "LocalOrthanc", "local_orthanc_missing"]
 
@@ -205,7 +209,7 @@ class LocalOrthanc:
                 [*unshare, "--", sys.executable, "-m", "vigil.dicom_adapter._netns_pacs",
                  self.binary, str(config), str(sock), str(self.log), str(pidfile)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                start_new_session=True)
+                start_new_session=True, env={**os.environ, LAUNCHER_ENV: str(os.getpid())})
         if self._forwarder is None:
             self._forwarder = _HostForwarder(sock)
         try:
