@@ -154,6 +154,9 @@ def test_busy_answers_are_retried_and_refusals_keep_orthanc_error_only():
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="must start with http"):
         OrthancClient("pacs.test:8042")
+    with pytest.raises(ConfigError, match="must not carry credentials") as err:
+        OrthancClient("http://u:secret@pacs.test")
+    assert "secret" not in str(err.value)
     with pytest.raises(ConfigError, match="both a PACS user and a password"):
         OrthancClient("http://pacs.test", username="u")
 

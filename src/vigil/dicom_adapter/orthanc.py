@@ -126,6 +126,9 @@ class OrthancClient:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"the PACS URL must start with http:// or https://, got {url!r}",
                               key="pacs")
+        if httpx.URL(url).userinfo:
+            raise ConfigError("the PACS URL must not carry credentials; give the user and "
+                              "password separately", key="pacs")
         if (username is None) != (password is None):
             raise ConfigError("give both a PACS user and a password, or neither", key="pacs")
         self.base_url = url
