@@ -15,6 +15,12 @@ Adapter layer beside :mod:`vigil.fhir_adapter`: imports :mod:`vigil.core`,
 - :mod:`~vigil.dicom_adapter.sr` (imported on its own: it loads highdicom): the imaging
   write-back as a DICOM Comprehensive SR (TID 1500), :class:`~vigil.dicom_adapter.sr.SRStudySink`
   and :func:`~vigil.dicom_adapter.sr.is_own_output`.
+- :mod:`~vigil.dicom_adapter.orthanc`: :class:`OrthancClient` and :class:`OrthancSource`
+  (the PACS: change feed, WADO-RS, store), with :mod:`~vigil.dicom_adapter.dicomweb`
+  (multipart parsing), :mod:`~vigil.dicom_adapter.send` (``vigil imaging send``) and
+  :mod:`~vigil.dicom_adapter.orthanc_local` (a private Orthanc for tests, bench, demo).
+  Not imported here: they use httpx and the runtime's study contracts; import them by
+  module.
 
 See ``docs/imaging.md``.
 """
