@@ -78,3 +78,16 @@ def test_errors_say_what_was_expected() -> None:
     with pytest.raises(DataError, match="non-empty groups"):
         group_mean(np.array([1.0, 2.0]), np.array([0, 0, 2]))
     assert tpr_at_fpr(np.array([1.0]), np.array([0.0]), 0.01) == 1.0
+
+
+def test_auc_interval_covers_the_truth_at_about_95_percent() -> None:
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    shift = 0.3
+    truth = norm.cdf(shift / np.sqrt(2))  # AUC of N(shift, 1) vs N(0, 1)
+    hits = 0
+    for _ in range(200):
+        r = attack_result(rng.normal(shift, 1, 300), rng.normal(0, 1, 700))
+        hits += r.auc_low <= truth <= r.auc_high
+    assert 0.90 <= hits / 200 <= 0.99

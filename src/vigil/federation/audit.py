@@ -33,6 +33,7 @@ from vigil.features.metrics import auroc
 __all__ = [
     "AttackResult",
     "attack_result",
+    "auc_interval",
     "confidence_logit",
     "group_mean",
     "lira_offline",
@@ -172,6 +173,26 @@ def tpr_at_fpr(member_scores: NDArray[np.floating], nonmember_scores: NDArray[np
     return float(np.mean(m > threshold))
 
 
+def auc_interval(auc: float, n_pos: int, n_neg: int, *, z: float = 1.959964
+                 ) -> tuple[float, float]:
+    """Normal-approximation interval of an AUC (Hanley & McNeil, Radiology 143:29-36, 1982).
+
+    ``SE^2 = (A(1 - A) + (n1 - 1)(Q1 - A^2) + (n2 - 1)(Q2 - A^2)) / (n1 n2)`` with
+    ``Q1 = A / (2 - A)``, ``Q2 = 2 A^2 / (1 + A)`` (their eq. 1-2).
+
+    Examples
+    --------
+    >>> [round(v, 4) for v in auc_interval(0.518, 3000, 6898)]
+    [0.5056, 0.5304]
+    """
+    a = float(auc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (
+        n_pos * n_neg)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return max(a - half, 0.0), min(a + half, 1.0)
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """One attack against one model.
@@ -180,6 +201,8 @@ class AttackResult:
     ----------
     auc : float
         Attack AUC (0.5: no better than a coin).
+    auc_low, auc_high : float
+        Its 95 % interval (:func:`auc_interval`).
     tpr_at_1pct_fpr, tpr_at_01pct_fpr : float
         Members identified at 1 % and 0.1 % false positives (chance: 0.01, 0.001).
     advantage : float
@@ -188,6 +211,8 @@ class AttackResult:
     """
 
     auc: float
+    auc_low: float
+    auc_high: float
     tpr_at_1pct_fpr: float
     tpr_at_01pct_fpr: float
     advantage: float
@@ -217,8 +242,12 @@ def attack_result(member_scores: NDArray[np.floating],
     order = np.argsort(-scores, kind="stable")
     tp = np.cumsum(labels[order] == 1) / m.size
     fp = np.cumsum(labels[order] == 0) / n.size
+    auc = auroc(labels, scores)
+    low, high = auc_interval(auc, m.size, n.size)
     return AttackResult(
-        auc=auroc(labels, scores),
+        auc=auc,
+        auc_low=low,
+        auc_high=high,
         tpr_at_1pct_fpr=tpr_at_fpr(m, n, 0.01),
         tpr_at_01pct_fpr=tpr_at_fpr(m, n, 0.001),
         advantage=float(np.max(tp - fp)),
