@@ -166,7 +166,7 @@ class Service:
         wanted = tuple(
             (r.key, r.role, r.calibration)
             for r in self.store.models()
-            if r.role in ("active", "shadow")
+            if r.role in ("active", "shadow") and r.task == "sepsis"
         )
         m = self.settings.models
         if wanted != self._models.signature:
