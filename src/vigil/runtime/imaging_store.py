@@ -93,7 +93,7 @@ IMAGING_MIGRATION = """
 
 
 def cursor_key(source_name: str) -> str:
-    """The ``watermarks`` row of an imaging source's cursor."""
+    """Return the ``watermarks`` row of an imaging source's cursor."""
     return f"imaging:{source_name}"
 
 
@@ -137,7 +137,7 @@ def _study_row(r: Sequence[object]) -> StudyRow:
 
 
 def study_rows(conn: sqlite3.Connection, study_uid: str) -> dict[tuple[str, str], StudyRow]:
-    """The recorded scores of one study, by ``(model, role)``."""
+    """Return the recorded scores of one study, by ``(model, role)``."""
     rows = conn.execute(f"SELECT {_STUDY_COLUMNS} FROM imaging_studies WHERE study_uid = ?",
                         (study_uid,))
     return {(r.model, r.role): r for r in map(_study_row, rows)}
@@ -206,7 +206,7 @@ def _or_none(x: float) -> float | None:
 def instance_records(
     conn: sqlite3.Connection, *, since: float = 0.0, model: str | None = None
 ) -> list[InstanceRecord]:
-    """The stored instance records scored at or after ``since`` (epoch s), oldest first."""
+    """Return the instance records scored at or after ``since`` (epoch s), oldest first."""
     where, params = ("AND model = ?", (since, model)) if model is not None else ("", (since,))
     rows = conn.execute(
         "SELECT scored_at, model, modality, manufacturer, model_name, bits_stored, photometric, "

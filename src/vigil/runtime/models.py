@@ -78,12 +78,12 @@ TASKS = ("sepsis", "imaging")
 
 
 def task_of(manifest_task: str) -> str:
-    """The registry task of a manifest's ``task`` (``imaging``, else ``sepsis``)."""
+    """Return the registry task of a manifest's ``task`` (``imaging``, else ``sepsis``)."""
     return "imaging" if manifest_task == "imaging" else "sepsis"
 
 
 def _declared_task(path: str | Path) -> str:
-    """The task a package's manifest declares (read before verification, to pick the checks)."""
+    """Return the task a manifest declares (read before verification, to pick the checks)."""
     try:
         return task_of(str(json.loads((Path(path) / MANIFEST).read_text()).get("task", "")))
     except (OSError, ValueError, AttributeError):
@@ -413,8 +413,9 @@ def load_live_models(
 ) -> LiveModels:
     """Load the active and shadow models of a task (verifying them again) from the registry.
 
-    ``name`` keeps only the models of that package name. ``public_key=None`` is the unsigned opt-out (logged as a warning); installed
-    calibration records are checked as :func:`check_records` does.
+    ``name`` keeps only the models of that package name. ``public_key=None`` is the
+    unsigned opt-out (logged as a warning); installed calibration records are checked
+    as :func:`check_records` does.
     """
     live: dict[str, LiveModel] = {}
     for row in store.models():
