@@ -91,6 +91,9 @@ class FolderStudySource:
 
     def _scan(self) -> list[_File]:
         """Every readable file, sorted by (arrival, path); headers read once per version."""
+        if not self.folder.is_dir():
+            raise DataError("expected the imaging drop folder to exist, it is gone (unmounted "
+                            "or removed)", source=str(self.folder))
         out: list[_File] = []
         present: set[str] = set()
         for path in self.folder.rglob("*.dcm"):

@@ -177,6 +177,7 @@ class ImagingRunner:
         self.models = models
         self.modalities = tuple(modalities)
         self.page_limit = page_limit
+        self.retry_limit = 20 * page_limit
         self.retention_hours = retention_hours
         self.site_id = site_id
         self.on_study = on_study
@@ -188,7 +189,7 @@ class ImagingRunner:
         return self.store.watermark(cursor_key(self.source.name))
 
     def run(self, *, max_pages: int | None = None) -> ImagingResult:
-        """Retry the studies whose write-back failed, then work through the source.
+        """Retry the studies whose write-back failed (at most 20 pages), then poll the source.
 
         Returns
         -------
@@ -204,11 +205,12 @@ class ImagingRunner:
             result.error = "no active imaging model; install one with `vigil model install`"
             return result
         try:
-            retry = retry_studies(self.store.conn, limit=self.page_limit)
-            if retry:
-                self._commit([self._study(ref, models, result, force=True) for ref in retry],
+            retry = retry_studies(self.store.conn, limit=self.retry_limit)
+            for lo in range(0, len(retry), self.page_limit):
+                part = retry[lo:lo + self.page_limit]
+                self._commit([self._study(ref, models, result, force=True) for ref in part],
                              None, result)
-                result.retried += len(retry)
+                result.retried += len(part)
             while max_pages is None or result.pages < max_pages:
                 page = self.source.poll(result.cursor, limit=self.page_limit)
                 done = [self._study(ref, models, result) for ref in page.studies]
