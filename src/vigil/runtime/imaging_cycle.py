@@ -188,8 +188,11 @@ class ImagingRunner:
         """The stored cursor of the source."""
         return self.store.watermark(cursor_key(self.source.name))
 
-    def run(self, *, max_pages: int | None = None) -> ImagingResult:
+    def run(self, *, max_pages: int | None = None,
+            stop: Callable[[], bool] | None = None) -> ImagingResult:
         """Retry the studies whose write-back failed (at most 20 pages), then poll the source.
+
+        ``stop`` is asked before each page (a stopping service ends after the current one).
 
         Returns
         -------
@@ -211,7 +214,7 @@ class ImagingRunner:
                 self._commit([self._study(ref, models, result, force=True) for ref in part],
                              None, result)
                 result.retried += len(part)
-            while max_pages is None or result.pages < max_pages:
+            while (max_pages is None or result.pages < max_pages) and not (stop and stop()):
                 page = self.source.poll(result.cursor, limit=self.page_limit)
                 done = [self._study(ref, models, result) for ref in page.studies]
                 self._commit(done, page.cursor, result)

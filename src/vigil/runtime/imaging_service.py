@@ -108,12 +108,18 @@ class ImagingLoop:
     source : StudySource
     sinks : sequence of StudySink
     metrics : ImagingMetrics
+    owns_store : bool, optional
+        Whether :meth:`close` closes ``store``.
     """
 
     def __init__(self, settings: VigilSettings, *, store: StateStore, source: StudySource,
-                 sinks: Sequence[StudySink], metrics: ImagingMetrics) -> None:
+                 sinks: Sequence[StudySink], metrics: ImagingMetrics,
+                 owns_store: bool = True) -> None:
         self.settings = settings
         self.store = store
+        self.owns_store = owns_store
+        self.stopping = threading.Event()
+        """Set by the service on SIGTERM: a running poll stops after its current page."""
         self.source = source
         self.sinks = tuple(sinks)
         self.metrics = metrics
@@ -152,7 +158,7 @@ class ImagingLoop:
         """One run of the imaging cycle (the scheduler's job); never raises on source errors."""
         with self._lock:
             try:
-                result = self.runner.run(max_pages=max_pages)
+                result = self.runner.run(max_pages=max_pages, stop=self.stopping.is_set)
             except Exception as exc:  # noqa: BLE001 - a model or store error must not kill serve
                 result = ImagingResult(cursor=self.runner.cursor,
                                        error=f"imaging poll failed: {type(exc).__name__}")
@@ -188,7 +194,8 @@ class ImagingLoop:
             close = getattr(part, "close", None)
             if close is not None:
                 close()
-        self.store.close()
+        if self.owns_store:
+            self.store.close()
 
 
 def open_imaging_io(settings: VigilSettings) -> tuple[StudySource, list[StudySink]]:
@@ -237,7 +244,7 @@ def build_imaging(settings: VigilSettings, *, registry: CollectorRegistry,
     own = store if store is not None else StateStore.open(settings.store.url)
     try:
         return ImagingLoop(settings, store=own, source=source, sinks=sinks,
-                           metrics=ImagingMetrics(registry))
+                           metrics=ImagingMetrics(registry), owns_store=store is None)
     except BaseException:
         if store is None:
             own.close()
