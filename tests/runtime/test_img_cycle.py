@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from img_support import (
@@ -20,7 +22,7 @@ from img_support import (
 from vigil.core.errors import DataError
 from vigil.core.package import read_package
 from vigil.runtime.folder_studies import FolderStudySource, parse_cursor
-from vigil.runtime.images import evaluate_images
+from vigil.runtime.images import ImageScorer, load_images
 from vigil.runtime.imaging_cycle import ImagingRunner, site_threshold
 from vigil.runtime.imaging_store import cursor_key, instance_records
 from vigil.runtime.models import install_model, load_live_models
@@ -65,11 +67,12 @@ def test_each_study_scored_once_with_the_evaluate_code(site):
         assert (replay.scored, replay.unchanged, sink.writes) == (0, 12, 12)
         rows = studies(store)
     assert len(rows) == 12 and {r[7] for r in rows} == {"done"}
-    # exactly `vigil evaluate --images`' numbers (one reader, one scorer)
+    # the numbers of the plain reader + scorer (`load_images`, ImageScorer) on the same files
     package = read_package(SHIPPED)
-    _, frame = evaluate_images(package, tmp_path / "in")
+    scorer = ImageScorer(package)
+    batch = load_images(tmp_path / "in", size=scorer.size)
     got = {w["instances"][0]: w["probability"][0] for w in sink.written.values()}
-    expected = dict(zip(frame["sop_instance_uid"], frame["probability"], strict=True))
+    expected = dict(zip(batch.keys, scorer.predict_images(batch.inputs), strict=True))
     assert got.keys() == expected.keys()
     np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), atol=1e-12)
     # the decision uses the package's threshold for this site (federated site_thresholds)
@@ -206,3 +209,36 @@ def test_site_threshold_falls_back_to_the_package_threshold(site):
         model = load_live_models(store, public_key=None, task="imaging").active
     assert site_threshold(model, "unknown-site") == model.scorer.package.manifest.threshold
     assert site_threshold(model, None) == model.scorer.package.manifest.threshold
+
+
+@pytest.mark.slow  # three CLI runs: about 9 s under load
+def test_cli_model_install_keys_roles_by_task_and_evaluate_runs_the_cycle(tmp_path):
+    from rt_support import make_package
+    from typer.testing import CliRunner
+
+    from vigil.cli.main import app
+
+    cli = CliRunner()
+    config = tmp_path / "site.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "s.db"}"\n'
+                      f'[models]\ndir = "{tmp_path / "models"}"\nallow_unsigned = true\n')
+    for package in (make_package(tmp_path / "sepsis").path, SHIPPED):
+        done = cli.invoke(app, ["model", "install", str(package), "--config", str(config)])
+        assert done.exit_code == 0, done.output
+    listed = cli.invoke(app, ["model", "list", "--config", str(config), "--json"])
+    roles = {(m["task"], m["name"]): m["role"] for m in json.loads(listed.stdout)["models"]}
+    assert roles == {("sepsis", "sepsis-tiny"): "active",
+                     ("imaging", "imaging-federated"): "active"}
+    write_studies(tmp_path / "dcm", 8)
+    out = tmp_path / "p.parquet"
+    done = cli.invoke(app, ["evaluate", "--model", str(SHIPPED), "--images", str(tmp_path / "dcm"),
+                            "--site-id", "site-c", "--json", "--out-predictions", str(out)])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    manifest = read_package(SHIPPED).manifest
+    assert summary["threshold"] == manifest.model_extra["site_thresholds"]["site-c"]
+    assert summary["n_images"] == summary["n_labelled"] == 8
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["sop_instance_uid", "probability", "prediction"]
+    assert frame["prediction"].tolist() == (
+        frame["probability"] >= summary["threshold"]).astype(int).tolist()

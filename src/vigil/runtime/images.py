@@ -250,9 +250,14 @@ def _ratio(a: int, b: int) -> float:
 
 def evaluate_images(
     package: ModelPackage, source: str | Path, *, threshold: float | None = None,
-    threads: int = 1,
+    threads: int = 1, site_id: str | None = None, calibration: Any = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Score every image of ``source`` and compute the metrics of the labelled ones.
+
+    A DICOM folder goes through the runtime's imaging cycle
+    (:func:`vigil.runtime.image_replay.replay_folder`: the same reader, chain, scorer,
+    calibration and threshold as ``vigil serve``); a MedMNIST ``.npz`` through
+    :func:`vigil.imaging.training_inputs` and the same scorer.
 
     Parameters
     ----------
@@ -261,24 +266,42 @@ def evaluate_images(
     source : str or Path
         A DICOM folder or a MedMNIST ``.npz`` (its test split).
     threshold : float or None, optional
-        Default the package's.
+        Overrides the threshold the runtime would apply.
     threads : int, optional
+    site_id : str or None, optional
+        The site whose threshold of a federated package applies (DICOM folders).
+    calibration : Calibration or None, optional
+        A site calibration record to apply (DICOM folders).
 
     Returns
     -------
     summary : dict
         ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``, ``threshold``,
-        ``n_images`` (scored), ``n_labelled``, ``quarantined`` (count) and
-        ``quarantine_reasons`` (reason → count).
+        ``n_images`` (scored), ``n_labelled``, ``quarantined`` (count),
+        ``quarantine_reasons`` (reason → count) and ``skipped`` (not images).
     predictions : DataFrame
         One row per scored image: the key column, ``probability``, ``prediction``.
     """
     from vigil.features.metrics import auroc
 
-    scorer = ImageScorer(package, threads=threads)
-    batch = load_images(source, size=scorer.size)
-    cut = package.manifest.threshold if threshold is None else float(threshold)
-    probability = scorer.predict_images(batch.inputs)
+    path = Path(source)
+    skipped = 0
+    if path.is_dir():
+        from vigil.runtime.image_replay import replay_folder
+
+        run = replay_folder(package, path, calibration=calibration, site_id=site_id,
+                            threads=threads)
+        known = _labels(path)
+        batch = ImageBatch(np.zeros((0, 0, 0), dtype=np.float32), run.keys,
+                           np.array([known.get(k, np.nan) for k in run.keys], dtype=np.float64),
+                           "sop_instance_uid", run.quarantined)
+        probability, skipped = run.probability, run.skipped
+        cut = run.threshold if threshold is None else float(threshold)
+    else:
+        scorer = ImageScorer(package, threads=threads)
+        batch = load_images(source, size=scorer.size)
+        cut = package.manifest.threshold if threshold is None else float(threshold)
+        probability = scorer.predict_images(batch.inputs)
     prediction = (probability >= cut).astype(np.int8)
     known = ~np.isnan(batch.labels)
     y, p = batch.labels[known] > 0, prediction[known] > 0
@@ -295,6 +318,7 @@ def evaluate_images(
         "n_labelled": int(known.sum()),
         "quarantined": int(sum(batch.quarantined.values())),
         "quarantine_reasons": batch.quarantined,
+        "skipped": skipped,
     }
     frame = pd.DataFrame({batch.key_name: batch.keys, "probability": probability,
                           "prediction": prediction})
