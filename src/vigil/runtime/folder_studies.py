@@ -86,6 +86,7 @@ class FolderStudySource:
         self.stable_seconds = float(stable_seconds)
         self._clock = clock
         self._seen: dict[str, tuple[int, _File | None]] = {}
+        self._by_study: dict[str, list[_File]] = {}
         self.quarantined: Counter[str] = Counter()
         """Reason → files the source could not read (skipped, left in place)."""
 
@@ -112,7 +113,11 @@ class FolderStudySource:
                 out.append(known[1])
         for gone in set(self._seen) - present:
             del self._seen[gone]
-        return sorted(out, key=lambda f: (f.arrived, f.rel))
+        out.sort(key=lambda f: (f.arrived, f.rel))
+        self._by_study = {}
+        for f in out:
+            self._by_study.setdefault(f.study_uid, []).append(f)
+        return out
 
     def _header(self, path: Path, rel: str, arrived: int) -> _File | None:
         import pydicom
@@ -148,11 +153,7 @@ class FolderStudySource:
                 break
             chosen.setdefault(f.study_uid)
             last = (f.arrived, f.rel)
-        by_study: dict[str, list[_File]] = {}
-        for f in files:
-            if f.study_uid in chosen:
-                by_study.setdefault(f.study_uid, []).append(f)
-        studies = tuple(self._ref(uid, by_study[uid]) for uid in chosen)
+        studies = tuple(self._ref(uid, self._by_study[uid]) for uid in chosen)
         return StudyPage(studies=studies, cursor=f"{last[0]}:{last[1]}" if last != (-1, "")
                          else cursor, done=done)
 
@@ -164,8 +165,13 @@ class FolderStudySource:
                         accession=first.accession)
 
     def fetch(self, study: StudyRef) -> list[StudyInstance]:
-        """Return the bytes of every file of ``study`` present now (stable or not yet)."""
-        files = [f for f in self._scan() if f.study_uid == study.study_uid]
+        """Return the bytes of every file of ``study`` as of the last scan (stable or not yet).
+
+        A study not seen by the last :meth:`poll` (a retry after a restart) rescans.
+        """
+        if study.study_uid not in self._by_study:
+            self._scan()
+        files = self._by_study.get(study.study_uid, [])
         out = []
         for f in files:
             try:
