@@ -169,6 +169,41 @@ def move_to_now(directory: Path, now) -> None:
                                   for d in docs))
 
 
+def current_feed(sample, directory: Path, *, n: int = 3):
+    """``n`` test-split patients of ``sample`` as a synth NDJSON export in ``directory``, moved
+    to now (a cycle scoring patients with no recent value is degraded: docs/runtime.md,
+    "Cycle status and missed ticks"); returns their table."""
+    from datetime import UTC, datetime
+
+    from vigil.data import patient_split
+    from vigil.fhir_adapter.synth import write_synth
+
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:n])
+    write_synth(table.frame, directory)
+    move_to_now(directory, datetime.now(UTC))
+    return table
+
+
+def ndjson_site_toml(root: Path, *, site_id: str, port: int) -> str:
+    """The ``site.toml`` sections of a site reading ``root/export`` and writing ``root/out``
+    (NDJSON), with its store in ``root/state.db``, models in ``root/models`` and ops on
+    ``port``; a caller adds its own ``[models]`` trust keys and further sections."""
+    return f"""
+site_id = "{site_id}"
+[data]
+source = "ndjson"
+ndjson_dir = "{root / 'export'}"
+writeback = "ndjson"
+writeback_dir = "{root / 'out'}"
+[store]
+url = "sqlite:///{root / 'state.db'}"
+[ops]
+port = {port}
+[models]
+dir = "{root / 'models'}"
+"""
+
+
 class MemorySink:
     """A write-back target that keeps resources by id, like ``PUT RiskAssessment/{id}``."""
 

@@ -12,14 +12,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from img_support import SHIPPED, write_studies
-from rt_support import free_port, http_get, make_package, move_to_now, wait_ready
+from rt_support import current_feed, free_port, http_get, make_package, ndjson_site_toml, wait_ready
 
 from vigil.core.errors import ConfigError
-from vigil.data import patient_split
-from vigil.fhir_adapter.synth import write_synth
 from vigil.runtime.imaging_service import build_imaging
 from vigil.runtime.models import install_model
 from vigil.runtime.service import build_service
@@ -31,26 +28,12 @@ VIGIL = Path(sys.executable).with_name("vigil")
 
 @pytest.fixture()
 def site(tmp_path, sample):
-    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
-    write_synth(table.frame, tmp_path / "export")
-    move_to_now(tmp_path / "export", datetime.now(UTC))
+    current_feed(sample, tmp_path / "export")
     write_studies(tmp_path / "incoming", 6)
     port = free_port()
     config = tmp_path / "site.toml"
-    config.write_text(f"""
-site_id = "site-a"
-[data]
-source = "ndjson"
-ndjson_dir = "{tmp_path / 'export'}"
-writeback = "ndjson"
-writeback_dir = "{tmp_path / 'out'}"
-[store]
-url = "sqlite:///{tmp_path / 'state.db'}"
-[models]
-dir = "{tmp_path / 'models'}"
+    config.write_text(ndjson_site_toml(tmp_path, site_id="site-a", port=port) + f"""\
 allow_unsigned = true
-[ops]
-port = {port}
 [imaging]
 enabled = true
 source = "folder"
