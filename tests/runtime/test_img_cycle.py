@@ -242,3 +242,18 @@ def test_cli_model_install_keys_roles_by_task_and_evaluate_runs_the_cycle(tmp_pa
     assert list(frame.columns) == ["sop_instance_uid", "probability", "prediction"]
     assert frame["prediction"].tolist() == (
         frame["probability"] >= summary["threshold"]).astype(int).tolist()
+
+
+def test_a_library_error_message_is_not_logged(site, caplog):
+    tmp_path, url, _ = site
+
+    class Down(FolderStudySource):
+        def poll(self, cursor, *, limit):
+            raise OSError("GET http://pacs/dicom-web/studies/1.2.840.99.1 failed")
+
+    with StateStore.open(url) as store:
+        run = runner(store, tmp_path / "in", RecordingSink())
+        run.source = Down(tmp_path / "in")
+        result = run.run()
+    assert result.error == "the imaging source 'folder' failed: OSError"
+    assert "1.2.840.99.1" not in caplog.text

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 import numpy as np
 from pydicom.dataset import Dataset
 
+from vigil.core.errors import VigilError
 from vigil.dicom_adapter.reading import ACCEPTED_MODALITIES
 from vigil.imaging.histogram import N_BINS, input_histogram
 from vigil.runtime.images import UNREAD_HEADERS, ImageScorer, InstanceBatch, read_instances
@@ -224,8 +225,10 @@ class ImagingRunner:
                 if page.done or not page.studies:
                     break
         except Exception as exc:  # noqa: BLE001 - a source failure ends the run, not the service
-            result.error = f"the imaging source {self.source.name!r} failed: " \
-                           f"{type(exc).__name__}: {_first_line(exc)}"
+            # vigil's own messages carry no identifier; a library's may (a WADO URL holds UIDs)
+            detail = f": {_first_line(exc)}" if isinstance(exc, VigilError) else ""
+            result.error = (f"the imaging source {self.source.name!r} failed: "
+                            f"{type(exc).__name__}{detail}")
             log.warning("%s; the cursor stays at the last recorded page", result.error)
         result.duration_s = time.monotonic() - started
         return result
