@@ -257,3 +257,24 @@ def test_a_library_error_message_is_not_logged(site, caplog):
         result = run.run()
     assert result.error == "the imaging source 'folder' failed: OSError"
     assert "1.2.840.99.1" not in caplog.text
+
+
+def test_instance_records_follow_the_store_retention(site):
+    from datetime import UTC, datetime, timedelta
+
+    tmp_path, url, _ = site
+    old = datetime.now(UTC) - timedelta(hours=200)
+    with StateStore.open(url) as store:
+        runner(store, tmp_path / "in", RecordingSink(), clock=lambda: old).run(max_pages=1)
+        assert len(instance_records(store.conn)) == 5  # scored 200 h ago, no retention yet
+        runner(store, tmp_path / "in", RecordingSink(), retention_hours=168).run()
+        assert len(instance_records(store.conn)) == 7  # the 5 old ones are gone, studies stay
+        assert len(studies(store)) == 12
+
+
+def test_no_imaging_model_is_a_clear_error(tmp_path):
+    write_studies(tmp_path / "in", 2)
+    with StateStore.open(f"sqlite:///{tmp_path / 's.db'}") as store:
+        result = runner(store, tmp_path / "in", RecordingSink()).run()
+        assert result.error == ("no active imaging model; install one with "
+                                "`vigil model install`") and result.cursor is None
