@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -184,10 +185,11 @@ def current_feed(sample, directory: Path, *, n: int = 3):
     return table
 
 
-def ndjson_site_toml(root: Path, *, site_id: str, port: int) -> str:
+def ndjson_site_toml(root: Path, *, site_id: str, port: int | None) -> str:
     """The ``site.toml`` sections of a site reading ``root/export`` and writing ``root/out``
     (NDJSON), with its store in ``root/state.db``, models in ``root/models`` and ops on
-    ``port``; a caller adds its own ``[models]`` trust keys and further sections."""
+    ``port`` (None: ops off); a caller adds its ``[models]`` trust keys and further sections."""
+    ops = "enabled = false" if port is None else f"port = {port}"
     return f"""
 site_id = "{site_id}"
 [data]
@@ -198,10 +200,29 @@ writeback_dir = "{root / 'out'}"
 [store]
 url = "sqlite:///{root / 'state.db'}"
 [ops]
-port = {port}
+{ops}
 [models]
 dir = "{root / 'models'}"
 """
+
+
+@contextmanager
+def running(args: list, env: dict):
+    """A ``vigil`` process (stdout and stderr piped), killed and reaped if still running."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def terminate(proc: subprocess.Popen, *, timeout: float = 30) -> tuple[str, str]:
+    """Send SIGTERM and wait for the process; return its (stdout, stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)
 
 
 class MemorySink:

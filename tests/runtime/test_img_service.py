@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,16 @@ from pathlib import Path
 
 import pytest
 from img_support import SHIPPED, write_studies
-from rt_support import current_feed, free_port, http_get, make_package, ndjson_site_toml, wait_ready
+from rt_support import (
+    current_feed,
+    free_port,
+    http_get,
+    make_package,
+    ndjson_site_toml,
+    running,
+    terminate,
+    wait_ready,
+)
 
 from vigil.core.errors import ConfigError
 from vigil.runtime.imaging_service import build_imaging
@@ -111,9 +119,7 @@ def test_imaging_settings_errors_are_one_line(site, tmp_path):
 def test_vigil_serve_runs_both_and_stops_cleanly(site):
     config, port, tmp_path = site
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    proc = subprocess.Popen([VIGIL, "serve", "--config", config], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running([VIGIL, "serve", "--config", config], env) as proc:
         base = f"http://127.0.0.1:{port}"
         ready = wait_ready(base, proc)
         assert ready is not None and ready[0] == 200, ready
@@ -126,12 +132,7 @@ def test_vigil_serve_runs_both_and_stops_cleanly(site):
         metrics = http_get(base + "/metrics")[1]
         assert 'vigil_imaging_studies_scored_total{role="active"} 6.0' in metrics
         assert 'vigil_cycles_total{status="ok"} 1.0' in metrics
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _, err = terminate(proc)
     assert proc.returncode == 0, err
     assert "imaging polls every 2 s" in err and "stopped" in err
     assert "2.25." not in err and "SYN" not in err  # no UID, no patient id in the log
