@@ -24,7 +24,7 @@ from rt_support import (
     wait_ready,
 )
 
-from vigil.core.errors import ConfigError
+from vigil.core.errors import ConfigError, DataError
 from vigil.runtime.imaging_service import build_imaging
 from vigil.runtime.models import install_model
 from vigil.runtime.service import build_service
@@ -113,6 +113,12 @@ def test_imaging_settings_errors_are_one_line(site, tmp_path):
         load_settings(config, environ=False, imaging={"password_file": 12345678912})
     assert "12345678912" not in str(err.value)  # a misplaced secret is never echoed
     assert base.imaging.modalities == ("CR", "DX")
+    # a drop folder that is not there: the service refuses to start, and holds nothing
+    gone = load_settings(config, environ=False, imaging={"folder": str(tmp_path / "none")})
+    with pytest.raises(DataError, match="expected imaging.folder to be a directory") as err:
+        build_service(gone)
+    assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
+    build_service(base).close()  # the store's writer lock was released
 
 
 @pytest.mark.slow  # two real `vigil` processes
