@@ -278,3 +278,21 @@ def test_no_imaging_model_is_a_clear_error(tmp_path):
         result = runner(store, tmp_path / "in", RecordingSink()).run()
         assert result.error == ("no active imaging model; install one with "
                                 "`vigil model install`") and result.cursor is None
+
+
+def test_promoting_an_imaging_model_leaves_the_sepsis_roles(site):
+    from rt_support import make_package
+
+    from vigil.runtime.models import promote_model
+
+    tmp_path, url, _ = site
+    with StateStore.open(url) as store:
+        install_model(store, make_package(tmp_path / "sepsis").path,
+                      models_dir=tmp_path / "models")
+        install_model(store, shadow_package(tmp_path / "next", version="2.0.0"),
+                      models_dir=tmp_path / "models")
+        promote_model(store, "2.0.0")
+        roles = {(r.task, r.key): r.role for r in store.models()}
+    assert roles == {("sepsis", "sepsis-tiny@1.0.0"): "active",
+                     ("imaging", "imaging-federated@1.0.0"): "retired",
+                     ("imaging", "imaging-federated@2.0.0"): "active"}
