@@ -98,15 +98,18 @@ def test_one_service_scores_patients_and_studies(site):
 def test_imaging_settings_errors_are_one_line(site, tmp_path):
     config, _, _ = site
     base = load_settings(config, environ=False)
-    orthanc = {"source": "orthanc", "url": "http://127.0.0.1:8042"}
-    for overrides, key in ((orthanc, "imaging.source"),
-                           ({"writeback": {"sr": True}}, "imaging.writeback.sr"),
+    for overrides, key in (({"writeback": {"sr": True}}, "imaging.writeback.sr"),
                            ({"folder": None}, "imaging.folder"),
                            ({"source": "orthanc"}, "imaging.url")):
         settings = load_settings(config, environ=False, imaging=overrides)
         with pytest.raises(ConfigError) as err:
             build_imaging(settings, registry=None)
         assert err.value.key == key and "\n" not in str(err.value)
+    no_fhir = load_settings(config, environ=False, imaging={"writeback": {"fhir": True}},
+                            data={"writeback": "none"})
+    with pytest.raises(ConfigError, match="needs data.writeback = 'fhir'") as err:
+        build_imaging(no_fhir, registry=None)
+    assert err.value.key == "imaging.writeback.fhir"
     with pytest.raises(ConfigError, match="'imaging.poll_seconds'"):
         load_settings(config, environ=False, imaging={"poll_seconds": 0})
     with pytest.raises(ConfigError, match="'imaging.password_file'") as err:

@@ -316,6 +316,10 @@ class OrthancSource:
     def __repr__(self) -> str:
         return f"OrthancSource(modalities={sorted(self.modalities)!r})"
 
+    def close(self) -> None:
+        """Close the PACS connection."""
+        self.client.close()
+
     def latest_cursor(self) -> str:
         """Return a cursor at the feed's end; start from it to score only studies yet to come."""
         return str(self.client.latest_seq())

@@ -36,17 +36,17 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import highdicom as hd
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from vigil.core.errors import DataError, ScoringError
+from vigil.dicom_adapter.own_output import OWN_MANUFACTURER, is_own_output
 from vigil.dicom_adapter.scanners import deterministic_uid
 
 if TYPE_CHECKING:
@@ -62,8 +62,6 @@ __all__ = [
     "sr_uids",
 ]
 
-OWN_MANUFACTURER = "vigil"
-"""Manufacturer (0008,0070) of every SR vigil writes: with Modality SR, what marks its own."""
 SERIES_DESCRIPTION = "vigil AI pneumonia assessment"
 """SeriesDescription of the active model's SR (a shadow model's adds `` (shadow)``)."""
 SERIES_NUMBERS = {"active": 9901, "shadow": 9902}
@@ -71,7 +69,6 @@ SERIES_NUMBERS = {"active": 9901, "shadow": 9902}
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_XRAY = Code("399208008", "SCT", "Plain X-ray of chest")
 TRACKING_NAME = "vigil pneumonia assessment"
-_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 _TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
                  "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
 """Type 2 Patient / General Study attributes highdicom reads from the first source."""
@@ -224,48 +221,6 @@ def sr_bytes(sr: Dataset) -> bytes:
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _tag_value(tags: Mapping[str, Any], keyword: str) -> str:
-    """Return a keyword's first value from keyword tags or DICOM JSON (PS3.18 F.2), else ``""``."""
-    tag = tag_for_keyword(keyword)
-    value = tags.get(keyword)
-    if value is None and tag is not None:
-        value = tags.get(f"{tag:08X}")
-    if isinstance(value, Mapping):
-        value = value.get("Value")
-    if isinstance(value, list | tuple):
-        value = value[0] if value else ""
-    return "" if value is None else str(value).strip()
-
-
-def is_own_output(ds_or_tags: Dataset | Mapping[str, Any]) -> bool:
-    """Whether an instance or series is a result vigil wrote (so it must not be scored).
-
-    True for Modality ``SR`` with Manufacturer exactly :data:`OWN_MANUFACTURER` (and,
-    when SOPClassUID is given, an SR Storage class). Header tags only: no pixel data,
-    no content tree.
-
-    Parameters
-    ----------
-    ds_or_tags : pydicom.Dataset or mapping
-        A dataset, or tags by keyword (``{"Modality": "SR", ...}``: Orthanc's
-        ``MainDicomTags``) or by DICOM JSON tag (``{"00080060": {"vr": "CS",
-        "Value": ["SR"]}}``: QIDO-RS, WADO-RS metadata).
-
-    Returns
-    -------
-    bool
-    """
-    if isinstance(ds_or_tags, Dataset):
-        tags: Mapping[str, Any] = {k: ds_or_tags.get(k) for k in
-                                   ("Modality", "Manufacturer", "SOPClassUID")}
-    else:
-        tags = ds_or_tags
-    sop_class = _tag_value(tags, "SOPClassUID")
-    return (_tag_value(tags, "Modality") == "SR"
-            and _tag_value(tags, "Manufacturer") == OWN_MANUFACTURER
-            and (not sop_class or sop_class.startswith(_SR_CLASS_PREFIX)))
 
 
 class SRStudySink:

@@ -46,6 +46,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from vigil.core.errors import VigilError
+from vigil.dicom_adapter.own_output import is_own_output
 from vigil.dicom_adapter.reading import ACCEPTED_MODALITIES
 from vigil.imaging.histogram import N_BINS, input_histogram
 from vigil.runtime.images import UNREAD_HEADERS, ImageScorer, InstanceBatch, read_instances
@@ -75,11 +76,11 @@ log = logging.getLogger(__name__)
 def skip_instance(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) -> bool:
     """Whether an instance is left out of scoring: the runtime's own output, or not an image.
 
-    MERGE: the single call site to switch to ``vigil.dicom_adapter.sr.is_own_output``
-    (being written beside this module) once it lands; until then every instance whose
-    Modality is not an image modality the runtime scores (an SR's is ``SR``) is skipped.
+    vigil's own results (:func:`vigil.dicom_adapter.own_output.is_own_output`) and every
+    instance whose Modality is not one the runtime scores (another system's SR, a
+    presentation state, a report) are skipped, counted, never quarantined.
     """
-    return str(ds.get("Modality", "") or "") not in modalities
+    return is_own_output(ds) or str(ds.get("Modality", "") or "") not in modalities
 
 
 def site_threshold(model: LiveModel, site_id: str | None) -> float:

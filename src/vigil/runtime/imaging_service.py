@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -25,10 +25,20 @@ from vigil.runtime.imaging_cycle import ImagingResult, ImagingRunner
 from vigil.runtime.models import LiveModels, check_records, load_live_models
 from vigil.runtime.settings import VigilSettings
 from vigil.runtime.store import StateStore
-from vigil.runtime.study_contracts import StudyScore, StudySink, StudySource
+from vigil.runtime.study_contracts import (
+    StudyInstance,
+    StudyPage,
+    StudyRef,
+    StudyScore,
+    StudySink,
+    StudySource,
+)
 
 __all__ = ["ImagingLoop", "ImagingMetrics", "build_imaging", "cursor_position",
            "open_imaging_io"]
+
+if TYPE_CHECKING:
+    from vigil.dicom_adapter.orthanc import OrthancClient, OrthancSource
 
 log = logging.getLogger(__name__)
 
@@ -198,29 +208,98 @@ class ImagingLoop:
             self.store.close()
 
 
+def _orthanc(settings: VigilSettings) -> OrthancClient:
+    from vigil.dicom_adapter.orthanc import OrthancClient
+
+    s = settings.imaging
+    assert s.url is not None
+    password = None
+    if s.password_file is not None:
+        try:
+            password = s.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"imaging.password_file: expected a readable file, got "
+                              f"{exc.strerror}", key="imaging.password_file") from None
+    return OrthancClient(s.url, username=s.username, password=password,
+                         timeout=s.timeout_s)
+
+
+def _fhir_sink(settings: VigilSettings) -> StudySink:
+    from vigil.fhir_adapter.imaging_report import FhirStudySink
+
+    d = settings.data
+    if d.writeback == "ndjson":
+        assert d.writeback_dir is not None
+        d.writeback_dir.mkdir(parents=True, exist_ok=True)
+        return FhirStudySink(d.writeback_dir, site=settings.site_id,
+                             deployment=settings.deployment_id)
+    if d.writeback == "fhir" and settings.fhir is not None:
+        return FhirStudySink(settings.fhir, site=settings.site_id,
+                             deployment=settings.deployment_id)
+    raise ConfigError("imaging.writeback.fhir = true needs data.writeback = 'fhir' (with a "
+                      f"[fhir] server) or 'ndjson', got {d.writeback!r}",
+                      key="imaging.writeback.fhir")
+
+
 def open_imaging_io(settings: VigilSettings) -> tuple[StudySource, list[StudySink]]:
     """Open the imaging source and sinks the settings name.
 
-    MERGE: the lead replaces the ``orthanc`` and write-back branches here with
-    ``vigil.dicom_adapter.orthanc.OrthancSource``, ``FhirStudySink`` and ``SRStudySink``.
+    Source: Orthanc's change feed (:class:`~vigil.dicom_adapter.orthanc.OrthancSource`) or
+    a drop folder. Sinks: a DiagnosticReport + Observation per study where the sepsis
+    RiskAssessments go (``data.writeback``: the FHIR server, or NDJSON files), and a DICOM
+    SR stored back to the Orthanc the study came from.
 
     Raises
     ------
     ConfigError
-        For a source or sink this build does not have yet (one line, the key).
+        For a source or sink the settings cannot support (one line, the key).
     """
     s = settings.imaging
+    sinks: list[StudySink] = []
+    if s.writeback.fhir:
+        sinks.append(_fhir_sink(settings))
     if s.source == "orthanc":
-        raise ConfigError("imaging.source = 'orthanc' is not available in this build yet; use "
-                          "imaging.source = 'folder'", key="imaging.source")
-    for key, on in (("fhir", s.writeback.fhir), ("sr", s.writeback.sr)):
-        if on:
-            raise ConfigError(f"imaging.writeback.{key} = true is not available in this build "
-                              "yet; set it to false", key=f"imaging.writeback.{key}")
+        from vigil.dicom_adapter.orthanc import OrthancSource
+
+        client = _orthanc(settings)
+        if s.writeback.sr:
+            from vigil.dicom_adapter.sr import SRStudySink
+
+            sinks.append(SRStudySink(client.store, site=settings.site_id))
+        source = OrthancSource(client, modalities=s.modalities)
+        return (FromNow(source) if s.start == "now" else source), sinks
     from vigil.runtime.folder_studies import FolderStudySource
 
     assert s.folder is not None
-    return FolderStudySource(s.folder, stable_seconds=s.stable_seconds), []
+    return FolderStudySource(s.folder, stable_seconds=s.stable_seconds), sinks
+
+
+class FromNow:
+    """A PACS source that starts at the end of its change feed when no cursor is stored.
+
+    A site switching vigil on must not score, and write results for, every study its
+    PACS ever held (``imaging.start = "now"``, the default; ``"beginning"`` reads them
+    all). The end is asked for at the first poll, not at start-up, so a PACS that is down
+    when the service starts is a degraded poll like any other, and the cursor is stored
+    with that poll's page as always.
+    """
+
+    def __init__(self, source: OrthancSource) -> None:
+        self.source = source
+        self.name = source.name
+
+    def poll(self, cursor: str | None, *, limit: int) -> StudyPage:
+        """Poll from ``cursor``, or from the feed's end when there is none."""
+        return self.source.poll(cursor if cursor is not None else self.source.latest_cursor(),
+                                limit=limit)
+
+    def fetch(self, study: StudyRef) -> list[StudyInstance]:
+        """Fetch a study's instances."""
+        return self.source.fetch(study)
+
+    def close(self) -> None:
+        """Close the PACS connection."""
+        self.source.close()
 
 
 def build_imaging(settings: VigilSettings, *, registry: CollectorRegistry,

@@ -64,6 +64,12 @@ class ImagingSettings(_Section):
         default=None, description="File holding the Orthanc user's password (never inline)."
     )
     folder: Path | None = Field(default=None, description="The drop folder (source = 'folder').")
+    start: Literal["now", "beginning"] = Field(
+        default="now",
+        description="Where a PACS source starts when the store holds no cursor yet: 'now' scores "
+                    "only studies that arrive from then on (a PACS holds years of studies); "
+                    "'beginning' reads its whole change feed.",
+    )
     stable_seconds: float = Field(
         default=60.0, ge=0,
         description="A folder study is scored once its newest file is at least this old.",
@@ -72,6 +78,8 @@ class ImagingSettings(_Section):
         default=("CR", "DX"), min_length=1,
         description="Image modalities scored; instances of other modalities are skipped.",
     )
+    timeout_s: float = Field(default=30.0, gt=0, le=600,
+                             description="Seconds before a PACS request gives up.")
     poll_seconds: float = Field(default=30.0, ge=1, le=3600, description="Seconds between polls.")
     page_limit: int = Field(
         default=50, ge=1, le=10_000, description="Studies per page (one store transaction)."
@@ -109,6 +117,10 @@ def check_imaging(settings: ImagingSettings) -> None:
     if settings.source == "orthanc" and not settings.url:
         raise ConfigError("imaging.source = 'orthanc' needs imaging.url (Orthanc's base URL)",
                           key="imaging.url")
+    if settings.writeback.sr and settings.source != "orthanc":
+        raise ConfigError("imaging.writeback.sr = true needs imaging.source = 'orthanc' (the SR "
+                          "is stored back into the PACS the study came from)",
+                          key="imaging.writeback.sr")
     if settings.password_file is not None and not settings.password_file.is_file():
         raise ConfigError(
             f"imaging.password_file: expected a file holding the password at "
