@@ -101,7 +101,7 @@ def replay_image_monitor(
     outcomes: pd.DataFrame | None = None, performance: PerformanceMonitor | None = None,
     model: str = "", clear_after: int = 4,
 ) -> ImageMonitorRun:
-    """Check the records every ``every_hours`` from the first record to the last.
+    """Check the records every ``every_hours`` from the first record to the last (or last label).
 
     Parameters
     ----------
@@ -132,6 +132,8 @@ def replay_image_monitor(
                                          wording=IMAGE_WORDING)
     step = pd.Timedelta(hours=every_hours)
     first, last = frame["scored_at"].iloc[0], frame["scored_at"].iloc[-1]
+    if outcomes is not None and len(outcomes):
+        last = max(last, outcomes["known_at"].iloc[-1])  # until the last label is in
     ticks = pd.date_range(first.ceil(step), last.ceil(step) + step, freq=step)
     book = AlarmBook(clear_after=clear_after)
     where: dict[tuple[str, str], int] = {}
@@ -141,8 +143,7 @@ def replay_image_monitor(
         checked = list(_KINDS)
         tick = now.timestamp()
         if performance is not None and outcomes is not None:
-            upto = int(np.searchsorted(outcomes["known_at"].to_numpy(), now.to_datetime64(),
-                                       side="right"))
+            upto = int(outcomes["known_at"].searchsorted(now, side="right"))
             batch = outcomes.iloc[fed:upto]
             fed = upto
             performance.add(now=tick, patient_keys=batch["study_key"].to_numpy(dtype=object),
