@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class ImageBatch:
         ``"sop_instance_uid"`` or ``"image_index"``.
     quarantined : dict of str to int
         Reason → number of files refused (never scored).
+    study_uids, study_times : list of str
+        Per image (DICOM only; empty for an ``.npz``): its StudyInstanceUID and
+        StudyDate + StudyTime (``""`` when absent), to group images into studies.
     """
 
     inputs: NDArray[np.float32]
@@ -92,6 +95,8 @@ class ImageBatch:
     labels: NDArray[np.float64]
     key_name: str
     quarantined: dict[str, int]
+    study_uids: list[str] = field(default_factory=list)
+    study_times: list[str] = field(default_factory=list)
 
 
 def _labels(folder: Path) -> dict[str, int]:
@@ -159,7 +164,10 @@ def load_images(source: str | Path, *, size: int) -> ImageBatch:
     known = _labels(path)
     kept = [keys[i] for i in batch.accepted]
     labels = np.array([known.get(k, np.nan) for k in kept], dtype=np.float64)
-    return ImageBatch(batch.inputs, kept, labels, "sop_instance_uid", dict(reasons))
+    studies = [datasets[i] for i in batch.accepted]
+    return ImageBatch(batch.inputs, kept, labels, "sop_instance_uid", dict(reasons),
+                      [str(ds.get("StudyInstanceUID", "")) for ds in studies],
+                      [f"{ds.get('StudyDate', '')}{ds.get('StudyTime', '')}" for ds in studies])
 
 
 def _ratio(a: int, b: int) -> float:
