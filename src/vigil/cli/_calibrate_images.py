@@ -1,4 +1,4 @@
-"""``vigil calibrate`` for an imaging model: score the site's labelled studies, fit, write the record."""
+"""``vigil calibrate`` for an imaging model: score the labelled studies, fit, write the record."""
 
 from __future__ import annotations
 
