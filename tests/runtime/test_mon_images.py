@@ -219,3 +219,29 @@ def test_records_load_from_a_store_table_and_parquet(tmp_path):
     with pytest.raises(DataError, match="missing model"):
         frame.drop(columns=["model"]).to_parquet(tmp_path / "bad.parquet")
         load_instance_records(tmp_path / "bad.parquet")
+
+
+def test_cli_monitor_images_names_the_change(tmp_path):
+    from typer.testing import CliRunner
+
+    from vigil.cli.main import app
+
+    runner = CliRunner()
+    frame = records_frame(records(96) + records(48, start=T0 + timedelta(hours=48), header=B))
+    frame.to_parquet(tmp_path / "records.parquet")
+    shipped = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "models"
+                  / "imaging-federated")
+    result = runner.invoke(app, ["monitor", "images", "--records",
+                                 str(tmp_path / "records.parquet"), "--model", shipped, "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    by = {a["variable"]: a for a in found["alarms"]}
+    assert by["BitsStored"]["kind"] == "header_drift"
+    assert "12 share 0% → 100%" in by["BitsStored"]["message"] and found["notes"] == []
+    assert "Other (" in by["Manufacturer"]["message"]  # no training site had it
+    assert by["Manufacturer"]["severity"] == "critical"
+    bad = runner.invoke(app, ["monitor", "images", "--records", str(tmp_path / "none.parquet")])
+    assert bad.exit_code == 2 and "found nothing" in bad.output
+    half = runner.invoke(app, ["monitor", "images", "--records",
+                               str(tmp_path / "records.parquet"), "--labels", "x.csv"])
+    assert half.exit_code == 2 and "--studies and --labels together" in half.output
