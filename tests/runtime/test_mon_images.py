@@ -245,3 +245,29 @@ def test_cli_monitor_images_names_the_change(tmp_path):
     half = runner.invoke(app, ["monitor", "images", "--records",
                                str(tmp_path / "records.parquet"), "--labels", "x.csv"])
     assert half.exit_code == 2 and "--studies and --labels together" in half.output
+
+
+def test_monitor_report_adds_imaging_drift_when_the_store_has_records(tmp_path):
+    from typer.testing import CliRunner
+
+    from vigil.cli.main import app
+    from vigil.runtime.store import StateStore
+
+    path = tmp_path / "state.db"
+    with StateStore.open(f"sqlite:///{path}"):
+        pass  # the migrations: the monitor tables, no alarm yet
+    plain = CliRunner(mix_stderr=False).invoke(
+        app, ["monitor", "report", "--db", str(path), "--out", str(tmp_path / "r0"), "--json"])
+    assert plain.exit_code == 0, plain.output
+    assert "imaging" not in json.loads(plain.stdout)
+    frame = records_frame(records(96) + records(48, start=T0 + timedelta(hours=48), header=B))
+    conn = sqlite3.connect(path)
+    frame.assign(scored_at=frame["scored_at"].map(lambda t: t.timestamp())).to_sql(
+        "image_instances", conn, index=False)
+    conn.close()
+    result = CliRunner(mix_stderr=False).invoke(
+        app, ["monitor", "report", "--db", str(path), "--out", str(tmp_path / "r"), "--json"])
+    assert result.exit_code == 0, result.output
+    imaging = json.loads(result.stdout)["imaging"]
+    assert "no image profile" in imaging["notes"][0]  # no --image-model: the baseline only
+    assert {a["variable"] for a in imaging["alarms"]} >= {"BitsStored", "Manufacturer"}
