@@ -271,3 +271,15 @@ def test_monitor_report_adds_imaging_drift_when_the_store_has_records(tmp_path):
     imaging = json.loads(result.stdout)["imaging"]
     assert "no image profile" in imaging["notes"][0]  # no --image-model: the baseline only
     assert {a["variable"] for a in imaging["alarms"]} >= {"BitsStored", "Manufacturer"}
+
+
+def test_a_quiet_site_baseline_waits_for_enough_studies():
+    # 6 studies a day: the first 48 h hold 12; the baseline takes the first 20 (to 80 h)
+    every = timedelta(hours=4)
+    frame = records_frame(records(30, every=every)
+                          + records(30, start=T0 + 30 * every, every=every, header=B))
+    mon = ImageDriftMonitor(None, window_hours=96.0)
+    assert mon.check(frame, now=T0 + timedelta(hours=79))[0] == []  # no baseline yet
+    findings, _ = mon.check(frame, now=T0 + timedelta(hours=180))
+    assert mon._baseline is not None and mon._baseline.n == 20
+    assert {f.variable for f in findings} >= {"BitsStored", "PhotometricInterpretation"}

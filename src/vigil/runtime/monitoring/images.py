@@ -3,7 +3,8 @@
 Pure computations on the instance-record frame (:mod:`.image_records`) and the package's
 image profile (:class:`vigil.imaging.profile.ImageProfile`); no I/O. At each check time
 ``now`` the window is the records of the last ``window_hours``, the *site baseline* the
-records of the site's first ``baseline_hours`` (the site's own acquisition mix), and:
+records of the site's first ``baseline_hours`` (the site's own acquisition mix; longer for a
+quiet site, until it holds ``min_studies`` studies), and:
 
 - **header drift** (kind ``header_drift``, variable = the DICOM keyword): per watched header
   (:data:`~vigil.imaging.profile.WATCHED_HEADERS`), a value making up at least
@@ -231,6 +232,9 @@ class ImageDriftMonitor:
     def _learned(self, frame: pd.DataFrame, start: pd.Timestamp, now: pd.Timestamp
                  ) -> _Part | None:
         end = start + pd.Timedelta(hours=self.baseline_hours)
+        times = frame["scored_at"].drop_duplicates()
+        if len(times) > self.min_studies:  # a quiet site: until it has min_studies studies
+            end = max(end, times.iloc[self.min_studies])
         if self._baseline is None and now >= end:
             part = _Part.of(frame[frame["scored_at"] < end])
             if part.n_eff >= self.min_studies:
@@ -248,7 +252,7 @@ class ImageDriftMonitor:
             b_share = dict(zip(bc.tolist(), (bn / base.n).tolist(), strict=True))
         parts: list[str] = []
         worst, critical = 0.0, False
-        for cat in sorted(set(share) | set(b_share), key=lambda c: -share.get(c, 0.0)):
+        for cat in sorted(set(share) | set(b_share), key=lambda c: (-share.get(c, 0.0), c)):
             w, count = share.get(cat, 0.0), share.get(cat, 0.0) * cur.n
             frequent = w >= self.novel_share and count >= self.min_count
             if frequent and ref is not None and cat not in ref:
