@@ -9,7 +9,8 @@ column                      meaning
 ==========================  ================================================================
 ``scored_at``               when its study was scored (datetime64, UTC)
 ``model``                   ``name@version`` that scored it
-``modality`` ... ``transfer_syntax``  the :data:`~vigil.dicom_adapter.HEADER_FIELDS`
+``modality`` ...            the :data:`~vigil.dicom_adapter.HEADER_FIELDS` (to
+                            ``transfer_syntax``)
 ``hist_0`` ...              model-input intensity counts (zeros when quarantined)
 ``raw_probability``         model output (NaN when quarantined)
 ``probability``             after the site calibration (NaN when quarantined)
