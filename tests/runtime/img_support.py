@@ -16,7 +16,7 @@ from vigil.data.medmnist import load_medmnist
 from vigil.dicom_adapter.sites import write_sites
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imaging-federated"
-"""The imaging package vigil ships (FedAvg SmallCNN), signed with a development key."""
+"""The imaging package vigil ships (FedAvg SmallCNN), signed with the release key."""
 SHIPPED_KEY = SHIPPED / "public_key.pem"
 """The key the shipped imaging package verifies with (models/README.md)."""
 FAR_FUTURE = 4_102_444_800.0

@@ -78,8 +78,11 @@ def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: 
                           threads=threads, on_round=on_round)
     check = np.concatenate([x for _, x, _ in train + valid])[:PARITY_IMAGES]
     key = None if private_key is None else private_key.read_bytes()
+    profile = (np.concatenate([s.inputs for s in parts["val"]]),
+               [h for s in parts["train"] for h in s.headers])
     packages = export_imaging_run(run, out, name=name, version=version, check_inputs=check,
-                                  private_key_pem=key, export_site=export_site)
+                                  private_key_pem=key, export_site=export_site,
+                                  profile_data=profile)
     summary = imaging_summary(run, packages)
     if json_out:
         print_json(summary)

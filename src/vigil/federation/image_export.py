@@ -31,6 +31,7 @@ __all__ = [
     "cnn_to_onnx",
     "image_parity",
     "input_schema",
+    "onnx_probabilities",
     "shared_sha256",
 ]
 
@@ -129,6 +130,23 @@ def cnn_to_onnx(weights: Mapping[str, NDArray[np.floating]], spec: CNNSpec) -> b
     return proto.SerializeToString()
 
 
+def onnx_probabilities(onnx_bytes: bytes, inputs: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Probabilities of :func:`cnn_to_onnx`'s model for model inputs (n, size, size), shape (n,).
+
+    onnxruntime on one thread, in batches of 512 (what the package will run).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(inputs, dtype=np.float32)[:, None]
+    if not len(x):
+        return np.zeros(0)
+    return np.concatenate([session.run([IMAGE_OUTPUT], {IMAGE_INPUT: x[lo:lo + 512]})[0][:, 0]
+                           for lo in range(0, len(x), 512)]).astype(np.float64)
+
+
 def image_parity(
     weights: Mapping[str, NDArray[np.floating]], onnx_bytes: bytes, inputs: NDArray[np.float32],
     spec: CNNSpec, *, tolerance: float = PARITY_TOLERANCE,
@@ -155,8 +173,6 @@ def image_parity(
     ModelArtifactError
         If it exceeds ``tolerance``.
     """
-    import onnxruntime as ort
-
     from vigil.federation.cnn import SmallCNN
     from vigil.federation.image_task import predict_images
     from vigil.federation.model import set_weights
@@ -164,16 +180,11 @@ def image_parity(
     net = SmallCNN(spec)
     set_weights(net, weights, strict=False)
     expected = predict_images(net, inputs)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    x = np.ascontiguousarray(inputs, dtype=np.float32)[:, None]
-    got = np.concatenate([session.run([IMAGE_OUTPUT], {IMAGE_INPUT: x[lo:lo + 512]})[0][:, 0]
-                          for lo in range(0, len(x), 512)]) if len(x) else np.zeros(0)
-    diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if len(x) else 0.0
+    got = onnx_probabilities(onnx_bytes, inputs)
+    diff = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     if not diff <= tolerance:
         raise ModelArtifactError(
-            f"ONNX parity failed: max |onnxruntime - torch| = {diff:.3g} on {len(x)} images, "
+            f"ONNX parity failed: max |onnxruntime - torch| = {diff:.3g} on {len(got)} images, "
             f"expected <= {tolerance:g}; the package was not written"
         )
     return diff

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,9 +33,13 @@ from vigil.federation.history import RoundRecord, Status
 from vigil.federation.image_task import CNNSpec, ImageSet, ImagingSite, ImagingTask
 from vigil.federation.strategies import Strategy
 
+if TYPE_CHECKING:
+    from vigil.dicom_adapter.headers import HeaderRecord
+
 __all__ = [
     "THRESHOLD_RULE",
     "ImagingRun",
+    "ProfileData",
     "SiteArrays",
     "export_imaging_run",
     "federate_images",
@@ -49,6 +53,9 @@ THRESHOLD_RULE = (
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""
+
+ProfileData = tuple[NDArray[np.float32], Sequence["HeaderRecord"]]
+"""``(validation model inputs (n, size, size), training instances' headers)`` of the profile."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,6 +244,7 @@ def export_imaging_run(
     check_inputs: NDArray[np.float32],
     private_key_pem: bytes | None = None,
     export_site: str | None = None,
+    profile_data: ProfileData | None = None,
 ) -> list[ModelPackage]:
     """Write the run as signed model package(s), after checking ONNX parity.
 
@@ -252,6 +260,10 @@ def export_imaging_run(
     private_key_pem : bytes or None, optional
     export_site : str or None, optional
         FedBN only.
+    profile_data : ProfileData or None, optional
+        The sites' validation inputs and training headers: each package then carries
+        ``image_profile`` (:func:`vigil.imaging.profile.build_image_profile`, its own
+        probabilities of the validation inputs); None: no profile.
 
     Returns
     -------
@@ -272,6 +284,7 @@ def export_imaging_run(
         cnn_to_onnx,
         image_parity,
         input_schema,
+        onnx_probabilities,
         shared_sha256,
     )
     from vigil.federation.image_task import batchnorm_names
@@ -307,6 +320,13 @@ def export_imaging_run(
             "export": {"opset": OPSET, "parity_max_abs_diff": diff,
                        "parity_images": int(len(check_inputs))},
         }
+        if profile_data is not None:
+            from vigil.imaging import input_histogram
+            from vigil.imaging.profile import build_image_profile
+
+            inputs, headers = profile_data
+            manifest["image_profile"] = build_image_profile(
+                input_histogram(inputs), headers, onnx_probabilities(onnx_bytes, inputs))
         card = _card(full, version, site, float(threshold), training, validation, architecture)
         packages.append(write_package(path, onnx_model=onnx_bytes, manifest=manifest,
                                       model_card=card, private_key_pem=private_key_pem,

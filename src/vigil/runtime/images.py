@@ -18,7 +18,7 @@ import csv
 import io
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,9 @@ class ImageBatch:
         ``"sop_instance_uid"`` or ``"image_index"``.
     quarantined : dict of str to int
         Reason → number of files refused (never scored).
+    study_uids, study_times : list of str
+        Per image (DICOM only; empty for an ``.npz``): its StudyInstanceUID and
+        StudyDate + StudyTime (``""`` when absent), to group images into studies.
     """
 
     inputs: NDArray[np.float32]
@@ -104,6 +107,8 @@ class ImageBatch:
     labels: NDArray[np.float64]
     key_name: str
     quarantined: dict[str, int]
+    study_uids: list[str] = field(default_factory=list)
+    study_times: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,7 +246,10 @@ def load_images(source: str | Path, *, size: int) -> ImageBatch:
     reasons = Counter(reason for _, reason in batch.quarantined)
     known = _labels(path)
     labels = np.array([known.get(k, np.nan) for k in batch.keys], dtype=np.float64)
-    return ImageBatch(batch.inputs, batch.keys, labels, "sop_instance_uid", dict(reasons))
+    return ImageBatch(batch.inputs, batch.keys, labels, "sop_instance_uid", dict(reasons),
+                      [str(ds.get("StudyInstanceUID", "")) for ds in batch.datasets],
+                      [f"{ds.get('StudyDate', '')}{ds.get('StudyTime', '')}"
+                       for ds in batch.datasets])
 
 
 def _ratio(a: int, b: int) -> float:
