@@ -300,7 +300,7 @@ def export_imaging_run(
     Raises
     ------
     ConfigError
-        For ``export_site`` without FedBN.
+        For ``export_site`` without FedBN, or FedBN without the sites (a run on Flower).
     ModelArtifactError
         If parity fails (nothing is written).
     """
@@ -317,6 +317,9 @@ def export_imaging_run(
     from vigil.federation.image_task import batchnorm_names
     from vigil.federation.simulation import package_targets
 
+    if run.strategy.keeps_norm_local and not run.sites:
+        raise ConfigError("a FedBN package carries one site's own BatchNorm, which stays at "
+                          "the site on Flower; use fedavg or fedprox here", key="strategy")
     targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
                                      export_site=export_site, history=run.result.history,
                                      private_key_pem=private_key_pem)

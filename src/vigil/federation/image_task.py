@@ -252,6 +252,14 @@ class ImagingSite(PrivateSite):
         set_weights(net, weights, strict=False)
         return net
 
+    def kept_batchnorm(self) -> dict[int, OrderedDict[str, NDArray[np.float32]]]:
+        """FedBN: this site's BatchNorm after each round's training (round → tensors)."""
+        return dict(self._local)
+
+    def resume_batchnorm(self, kept: dict[int, OrderedDict[str, NDArray[np.float32]]]) -> None:
+        """Go on from the BatchNorm kept after earlier rounds (a site rebuilt per message)."""
+        self._local = dict(kept)
+
     def local_weights(
         self, global_weights: Weights, round_: int | None = None
     ) -> OrderedDict[str, NDArray[np.float32]]:
