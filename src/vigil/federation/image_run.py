@@ -46,6 +46,7 @@ __all__ = [
     "SiteArrays",
     "dp_spec",
     "export_imaging_run",
+    "public_check_inputs",
     "federate_images",
     "imaging_summary",
 ]
@@ -168,8 +169,22 @@ def federate_images(
                       sites=sorted(sites, key=lambda s: s.name), dp=dp)
 
 
+def public_check_inputs(spec: CNNSpec) -> NDArray[np.float32]:
+    """Model inputs for the ONNX parity check where no site's images are at hand (Flower).
+
+    The coordinator of a Flower run holds no image; the parity check scores the bundled,
+    public PneumoniaMNIST sample instead (600 images, train then test,
+    :func:`vigil.imaging.training_inputs`), shape (600, size, size).
+    """
+    from vigil.data.medmnist import load_medmnist
+    from vigil.imaging import training_inputs
+
+    images = np.concatenate([load_medmnist("sample", split).images for split in ("train", "test")])
+    return training_inputs(images, size=spec.size)
+
+
 def dp_spec(dp: DPSettings | None) -> CNNSpec:
-    """The default CNN: GroupNorm under DP-SGD (per-image gradients), BatchNorm otherwise."""
+    """Return the default CNN: GroupNorm under DP-SGD (per-image gradients), BatchNorm otherwise."""
     return CNNSpec(norm="group") if dp is not None else CNNSpec()
 
 
@@ -209,6 +224,7 @@ def _card(name: str, version: str, site: str | None, threshold: float,
     scope = (f"the BatchNorm statistics and affine parameters of **{site}** (FedBN: one "
              "package per site)" if site else "BatchNorm averaged across the sites")
     group = architecture.get("norm") == "group"
+    norm, node = ("GroupNorm", "GroupNorm") if group else ("BatchNorm", "BatchNormalization")
     if group:
         scope = "GroupNorm affine parameters averaged across the sites"
     dp = training.get("differential_privacy")
@@ -229,12 +245,12 @@ most. Each site must check it on its own images and pick its own threshold.
 
 ## Model
 
-SmallCNN (3 × conv3×3-{"GroupNorm" if group else "BatchNorm"}-ReLU, widths {architecture["widths"]}, max-pool after
+SmallCNN (3 × conv3×3-{norm}-ReLU, widths {architecture["widths"]}, max-pool after
 the first two, global average pool, linear; {architecture["parameters"]:,} parameters),
 federated with {training["strategy"]["name"]}; this package carries {scope}.
 Input: the pixel chain's model input (`vigil.imaging.to_model_input`: modality LUT,
 VOI window, presentation, resize to {architecture["size"]}×{architecture["size"]},
-`(x - 0.5) / 0.5`), exported to ONNX with named {"GroupNorm" if group else "BatchNormalization"} nodes.
+`(x - 0.5) / 0.5`), exported to ONNX with named {node} nodes.
 Shared (non-BatchNorm) tensors: sha256 `{architecture["shared_sha256"][:16]}`.
 
 ## Training data

@@ -209,7 +209,7 @@ class PrivateSite:
         return self._accountant.hook()
 
     def privacy_spent(self) -> PrivacySpent | None:
-        """The privacy spent so far, or None if no DP-SGD round has run."""
+        """Return the privacy spent so far, or None if no DP-SGD round has run."""
         return None if self._accountant is None else self._accountant.spent()
 
 

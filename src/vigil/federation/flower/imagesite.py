@@ -134,7 +134,7 @@ def prepare_image_site(
 
 
 def site_task(site_dir: str | Path) -> str:
-    """The task a site was prepared for (``"sepsis"`` when ``site.json`` does not say)."""
+    """Return the task a site was prepared for (``"sepsis"`` when ``site.json`` does not say)."""
     site_name(site_dir)  # a clear error when nothing was prepared
     return str(json.loads((Path(site_dir) / SITE_INFO).read_text()).get("task", "sepsis"))
 

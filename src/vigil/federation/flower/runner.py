@@ -148,8 +148,10 @@ def train_on_flower(
     timeout: float | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> FederatedRun | ImagingRun:
-    """Run :func:`run_on_flower`; wrap the result for :func:`.simulation.export_run`
-    (the sepsis task) or :func:`~vigil.federation.image_run.export_imaging_run` (imaging).
+    """Run :func:`run_on_flower`; wrap the result for the exporter of the run's task.
+
+    The sepsis task's for :func:`.simulation.export_run`, imaging's for
+    :func:`~vigil.federation.image_run.export_imaging_run`.
 
     Raises
     ------
@@ -166,7 +168,7 @@ def train_on_flower(
 
 
 def imaging_run(settings: RunSettings, out: RunOutput) -> ImagingRun:
-    """Wrap a finished imaging run on Flower for :func:`~vigil.federation.image_run.export_imaging_run`.
+    """Wrap a finished imaging run on Flower for its export (``export_imaging_run``).
 
     The run holds no site (their images and, under FedBN, their BatchNorm stay at the
     SuperNodes): only FedAvg / FedProx runs can be exported by the coordinator.

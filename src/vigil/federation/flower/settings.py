@@ -117,8 +117,11 @@ class RunSettings:
         return float(self.plan.time_budget)  # type: ignore[arg-type]
 
     def site_options(self) -> dict[str, Any]:
-        """Keyword arguments of every site: :class:`~vigil.federation.site.Site`'s, or
-        :class:`~vigil.federation.image_task.ImagingSite`'s for the imaging task."""
+        """Return the keyword arguments of every site of the run's task.
+
+        :class:`~vigil.federation.site.Site`'s, or
+        :class:`~vigil.federation.image_task.ImagingSite`'s for the imaging task.
+        """
         if self.task == "imaging":
             return {"spec": self.image, "keep_bn_local": self.strategy.keeps_norm_local,
                     "dp": self.dp}
@@ -126,7 +129,7 @@ class RunSettings:
                 "dp": self.dp}
 
     def driver_task(self) -> ImagingTask | None:
-        """The driver's ``task``: the imaging CNN, or None for the sepsis network of ``model``."""
+        """Return the driver's ``task``: the imaging CNN, or None (the sepsis network)."""
         return ImagingTask(self.image) if self.task == "imaging" else None
 
     def to_run_config(self) -> dict[str, Any]:
