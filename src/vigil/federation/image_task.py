@@ -42,7 +42,9 @@ __all__ = [
     "ImagingSite",
     "ImagingTask",
     "batchnorm_names",
+    "TASKS",
     "check_imaging_options",
+    "check_task",
     "image_evaluation",
     "predict_images",
 ]
@@ -357,3 +359,26 @@ def check_imaging_options(
             f"per-image gradients and BatchNorm mixes the images of a batch; got norm "
             f"{spec.norm!r}", key="dp_epsilon",
         )
+
+
+TASKS = ("sepsis", "imaging")
+"""What a federation trains: the sepsis network on feature rows, or the imaging CNN on images."""
+
+
+def check_task(task: str, *, dp: object | None, spec: CNNSpec, keeps_norm_local: bool,
+               trees: bool) -> None:
+    """Refuse an unknown task, and for imaging the options it cannot honour.
+
+    Raises
+    ------
+    ConfigError
+        For a task not in :data:`TASKS`; for imaging, boosted trees (they are for feature
+        rows) and what :func:`check_imaging_options` refuses.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"expected task {' or '.join(TASKS)}, got {task!r}", key="task")
+    if task == "imaging":
+        if trees:
+            raise ConfigError("expected no boosted trees with the imaging task (trees are for "
+                              "feature rows)", key="trees")
+        check_imaging_options(dp=dp, spec=spec, keeps_norm_local=keeps_norm_local)

@@ -72,7 +72,7 @@ from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
 from vigil.federation.image_run import dp_spec
-from vigil.federation.image_task import check_imaging_options
+from vigil.federation.image_task import check_task
 from vigil.federation.privacy import DPSettings
 from vigil.federation.registry import Registry, Release
 from vigil.federation.site import ModelSpec
@@ -187,18 +187,12 @@ class RetrainConfig:
     task: str = "sepsis"
 
     def __post_init__(self) -> None:
-        if self.task not in ("sepsis", "imaging"):
-            raise ConfigError(f"expected task = \"sepsis\" or \"imaging\", got {self.task!r}",
-                              key="task")
-        if self.task == "imaging":
-            if self.trees is not None:
-                raise ConfigError("expected no [trees] with task = \"imaging\" (trees are for "
-                                  "feature rows)", key="trees")
-            if self.strategy.keeps_norm_local:
-                raise ConfigError("a FedBN imaging model is one package per site, with each "
-                                  "site's BatchNorm; release fedavg or fedprox models from the "
-                                  "schedule", key="strategy")
-            check_imaging_options(dp=self.dp, spec=dp_spec(self.dp))
+        if self.task == "imaging" and self.strategy.keeps_norm_local:
+            raise ConfigError("a FedBN imaging model is one package per site, with each site's "
+                              "BatchNorm; release fedavg or fedprox models from the schedule",
+                              key="strategy")
+        check_task(self.task, dp=self.dp, spec=dp_spec(self.dp), trees=self.trees is not None,
+                   keeps_norm_local=self.strategy.keeps_norm_local)
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.engine is Engine.FLOWER and self.flower is None:

@@ -35,7 +35,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.core.errors import ConfigError, DataError
-from vigil.federation.flower.sitedata import SITE_FILE, SITE_INFO, load_site, site_name
+from vigil.federation.flower.sitedata import (
+    SITE_FILE,
+    SITE_INFO,
+    load_site,
+    site_name,
+    store_site,
+)
 from vigil.federation.image_task import CNNSpec, ImageSet, ImagingSite
 
 if TYPE_CHECKING:
@@ -118,19 +124,13 @@ def prepare_image_site(
         if len(x) == 0:
             raise DataError(f"expected labelled images for the site's {part} split, got none",
                             source=str(images or data))
-    out = Path(site_dir)
-    out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {}
     for part, (x, y, _) in parts.items():
         arrays |= {f"{part}_x": np.asarray(x, np.float32), f"{part}_y": y}
-    tmp = out / (SITE_FILE + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out / SITE_FILE)
     info = {"name": name, "task": "imaging", "prepared": time.time(),
             **{f"{part}_images": int(len(parts[part][1])) for part in parts},
             "quarantined": {part: parts[part][2] for part in parts}}
-    (out / SITE_INFO).write_text(json.dumps(info, indent=1) + "\n")
-    return out / SITE_FILE
+    return store_site(Path(site_dir), arrays, info)
 
 
 def site_task(site_dir: str | Path) -> str:

@@ -30,7 +30,7 @@ from vigil.core.errors import ConfigError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
-from vigil.federation.image_task import CNNSpec, ImagingTask, check_imaging_options
+from vigil.federation.image_task import TASKS, CNNSpec, ImagingTask, check_task
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy
@@ -41,8 +41,6 @@ APP_NAME = "vigil-federation"
 SERVERAPP = "vigil.federation.flower.serverapp:app"
 CLIENTAPP = "vigil.federation.flower.clientapp:app"
 _NONE = ""
-TASKS = ("sepsis", "imaging")
-"""What a run trains: the sepsis network on feature rows, or the imaging CNN on images."""
 
 
 @dataclass(frozen=True)
@@ -91,15 +89,8 @@ class RunSettings:
     image: CNNSpec = field(default_factory=CNNSpec)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"expected task {' or '.join(TASKS)}, got {self.task!r}",
-                              key="task")
-        if self.task == "imaging":
-            if self.trees is not None:
-                raise ConfigError("expected no trees with the imaging task (trees are for "
-                                  "feature rows)", key="boost_trees")
-            check_imaging_options(dp=self.dp, spec=self.image,
-                                  keeps_norm_local=self.strategy.keeps_norm_local)
+        check_task(self.task, dp=self.dp, spec=self.image, trees=self.trees is not None,
+                   keeps_norm_local=self.strategy.keeps_norm_local)
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.plan.time_budget is None:
