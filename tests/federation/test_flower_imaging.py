@@ -9,6 +9,7 @@ FedBN no BatchNorm tensor may appear in any message, either way.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -202,3 +203,37 @@ def test_run_settings_for_imaging_survive_flowers_run_config_and_refuse_dp_with_
         RunSettings(plan=Plan(rounds=1, time_budget=5.0, min_sites=1),
                     strategy=make_strategy("fedavg"),
                     sites=1, task="retina")
+
+
+@pytest.mark.slow
+def test_a_site_prepared_from_its_dicom_folder_holds_the_chains_inputs_and_counts_quarantine(
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    from vigil.data.medmnist import load_medmnist
+    from vigil.dicom_adapter.sites import site_inputs, write_sites
+
+    sample = load_medmnist("sample", "train")
+    parts = {"train": slice(0, 40), "val": slice(40, 60)}
+    for split, rows in parts.items():
+        write_sites(sample.images[rows], sample.labels[rows], tmp_path / "pacs", split=split)
+    folder = tmp_path / "pacs" / "site-b"
+    (folder / "train" / "broken.dcm").write_bytes(b"not a DICOM file")
+    unlabelled = next((folder / "val").glob("*.dcm"))
+    (folder / "val" / "copy.dcm").write_bytes(unlabelled.read_bytes().replace(
+        unlabelled.stem.encode(), unlabelled.stem[:-1].encode() + b"9"))  # a UID not in labels
+
+    prepare_image_site("site-b", tmp_path / "site", images=folder)
+    site = load_image_site(tmp_path / "site")
+    for part, split in (("train", "train"), ("valid", "val")):
+        (expected,) = [s for s in site_inputs(sample.images[parts[split]],
+                                               sample.labels[parts[split]], split=split, seed=0)
+                       if s.site == "site-b"]
+        got = getattr(site, part)
+        # the same images through the same chain, bit for bit (file order is by UID)
+        assert sorted(map(bytes, got.x)) == sorted(map(bytes, expected.inputs))
+        assert sorted(got.y.tolist()) == sorted(expected.labels.tolist())
+    info = json.loads((tmp_path / "site" / "site.json").read_text())
+    assert info["task"] == "imaging" and info["train_images"] == site.train.n
+    assert sum(info["quarantined"]["train"].values()) == 1  # the broken file, with its reason
+    assert info["quarantined"]["valid"] == {"no label in labels.csv": 1}
+    assert "broken" not in json.dumps(info)  # reasons, never a file name
