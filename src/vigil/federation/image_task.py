@@ -16,6 +16,11 @@ validation accuracy (at its best threshold).
 
 Under FedBN (``keep_bn_local``) a site keeps every BatchNorm tensor
 (:data:`vigil.federation.cnn.BN_POLICY`) between rounds and never sends them.
+
+Under DP-SGD (``dp``) a site trains the GroupNorm CNN (``CNNSpec(norm="group")``) with the
+sepsis sites' mechanism and accountant (:class:`vigil.federation.privacy.PrivateSite`); one
+image is the unit of privacy. :func:`check_imaging_options` refuses DP-SGD with BatchNorm
+or FedBN.
 """
 
 from __future__ import annotations
