@@ -95,6 +95,7 @@ def test_batchnorm_is_refused_under_dp_and_groupnorm_has_no_running_statistics()
     assert {"gn1.weight", "gn1.bias"} <= names and not any("running" in k for k in names)
 
 
+@pytest.mark.slow
 def test_groupnorm_onnx_parity_on_1000_images() -> None:
     torch.manual_seed(3)
     net = SmallCNN(CNNSpec(norm="group"))
