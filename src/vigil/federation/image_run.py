@@ -46,9 +46,9 @@ __all__ = [
     "SiteArrays",
     "dp_spec",
     "export_imaging_run",
-    "public_check_inputs",
     "federate_images",
     "imaging_summary",
+    "public_check_inputs",
 ]
 
 THRESHOLD_RULE = (

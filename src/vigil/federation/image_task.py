@@ -42,12 +42,12 @@ from vigil.federation.strategies import Weights
 
 __all__ = [
     "PREDICT_BATCH",
+    "TASKS",
     "CNNSpec",
     "ImageSet",
     "ImagingSite",
     "ImagingTask",
     "batchnorm_names",
-    "TASKS",
     "check_imaging_options",
     "check_task",
     "image_evaluation",
