@@ -237,3 +237,23 @@ def test_a_site_prepared_from_its_dicom_folder_holds_the_chains_inputs_and_count
     assert sum(info["quarantined"]["train"].values()) == 1  # the broken file, with its reason
     assert info["quarantined"]["valid"] == {"no label in labels.csv": 1}
     assert "broken" not in json.dumps(info)  # reasons, never a file name
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", "imaging"], "expected either --images DIR (the site's DICOM train/ and val/) or "
+                            "--data NPZ for an imaging site, got neither"),
+    (["--task", "imaging", "--data", "sample", "--name", "site-z"],
+     "expected --name one of the scanner sites"),
+    (["--task", "retina", "--data", "sample"], "expected --task sepsis or imaging; got 'retina'"),
+])
+def test_federation_site_refuses_bad_imaging_options_in_one_line(tmp_path, args, message) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from vigil.cli.main import app
+
+    name = [] if "--name" in args else ["--name", "site-a"]
+    result = CliRunner(mix_stderr=False).invoke(
+        app, ["federation", "site", *args, *name, "--work", str(tmp_path / "w"),
+              "--prepare-only"])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
