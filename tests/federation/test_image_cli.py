@@ -43,7 +43,6 @@ def test_federate_imaging_then_evaluate(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--task", "imaging", "--dp-epsilon", "1"], "expected no --dp-epsilon with --task imaging"),
     (["--task", "imaging", "--boost-trees", "5"], "expected --boost-trees 0 with --task imaging"),
     (["--task", "scans"], "expected --task sepsis or imaging; got 'scans'"),
     (["--task", "imaging", "--data", "/no/such.npz"], "expected a MedMNIST .npz file"),

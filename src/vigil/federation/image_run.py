@@ -30,7 +30,14 @@ from vigil.core.package import ModelPackage, write_package
 from vigil.federation.driver import FederationResult, Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.history import RoundRecord, Status
-from vigil.federation.image_task import CNNSpec, ImageSet, ImagingSite, ImagingTask
+from vigil.federation.image_task import (
+    CNNSpec,
+    ImageSet,
+    ImagingSite,
+    ImagingTask,
+    check_imaging_options,
+)
+from vigil.federation.privacy import DPSettings, manifest_section
 from vigil.federation.strategies import Strategy
 
 if TYPE_CHECKING:
@@ -41,9 +48,11 @@ __all__ = [
     "ImagingRun",
     "ProfileData",
     "SiteArrays",
+    "dp_spec",
     "export_imaging_run",
     "federate_images",
     "imaging_summary",
+    "public_check_inputs",
 ]
 
 THRESHOLD_RULE = (
@@ -71,7 +80,12 @@ class ImagingRun:
     data : str
         Name of the data file (for the manifest).
     sites : list of ImagingSite
-        Kept so that a FedBN package can carry one site's BatchNorm.
+        Kept so that a FedBN package can carry one site's BatchNorm (empty for a run on
+        Flower, whose sites stay at the SuperNodes).
+    dp : DPSettings or None
+        Every site's DP-SGD budget.
+    method : str
+        How it ran (the manifest's ``training.method``).
     """
 
     result: FederationResult
@@ -80,11 +94,14 @@ class ImagingRun:
     spec: CNNSpec
     data: str
     sites: list[ImagingSite]
+    dp: DPSettings | None = None
+    method: str = "federated (in-process simulation)"
 
     def site_weights(self, name: str | None) -> OrderedDict[str, NDArray[np.float32]]:
         """Return the complete weights a site runs (its BatchNorm under FedBN)."""
-        site = self.sites[0] if name is None else next(
-            (s for s in self.sites if s.name == name), None)
+        if not self.strategy.keeps_norm_local:
+            return OrderedDict(self.result.weights)  # complete: BatchNorm is averaged
+        site = next((s for s in self.sites if s.name == name), None)
         if site is None:
             raise ConfigError(f"expected --export-site among {[s.name for s in self.sites]}, "
                               f"got {name!r}", key="export_site")
@@ -105,6 +122,7 @@ def federate_images(
     data: str = "",
     threads: int = 1,
     on_round: Callable[[RoundRecord], None] | None = None,
+    dp: DPSettings | None = None,
 ) -> ImagingRun:
     """Train the imaging CNN across sites in this process.
 
@@ -119,6 +137,9 @@ def federate_images(
     threads : int, optional
         torch threads (1 is bit-reproducible).
     on_round : callable, optional
+    dp : DPSettings or None, optional
+        DP-SGD at every site (one image is the unit of privacy); needs the GroupNorm CNN,
+        which is the default ``spec`` under DP.
 
     Returns
     -------
@@ -127,11 +148,13 @@ def federate_images(
     Raises
     ------
     ConfigError
-        If the site names of ``train`` and ``valid`` differ.
+        If the site names of ``train`` and ``valid`` differ, or DP-SGD is asked with FedBN
+        or a BatchNorm CNN (:func:`~vigil.federation.image_task.check_imaging_options`).
     """
     import torch
 
-    spec = spec or CNNSpec()
+    spec = spec or dp_spec(dp)
+    check_imaging_options(dp=dp, spec=spec, keeps_norm_local=strategy.keeps_norm_local)
     held = {name: (x, y) for name, x, y in valid}
     if sorted(held) != sorted(name for name, _, _ in train):
         raise ConfigError(f"expected the same sites in train and valid, got "
@@ -140,7 +163,7 @@ def federate_images(
         ImagingSite(name, ImageSet(np.asarray(x, np.float32), np.asarray(y).astype(np.int8)),
                     ImageSet(np.asarray(held[name][0], np.float32),
                              np.asarray(held[name][1]).astype(np.int8)),
-                    spec=spec, keep_bn_local=strategy.keeps_norm_local)
+                    spec=spec, keep_bn_local=strategy.keeps_norm_local, dp=dp)
         for name, x, y in train
     ]
     previous = torch.get_num_threads()
@@ -150,17 +173,37 @@ def federate_images(
     finally:
         torch.set_num_threads(previous)
     return ImagingRun(result=result, strategy=strategy, plan=plan, spec=spec, data=data,
-                      sites=sorted(sites, key=lambda s: s.name))
+                      sites=sorted(sites, key=lambda s: s.name), dp=dp)
+
+
+def public_check_inputs(spec: CNNSpec) -> NDArray[np.float32]:
+    """Model inputs for the ONNX parity check where no site's images are at hand (Flower).
+
+    The coordinator of a Flower run holds no image; the parity check scores the bundled,
+    public PneumoniaMNIST sample instead (600 images, train then test,
+    :func:`vigil.imaging.training_inputs`), shape (600, size, size).
+    """
+    from vigil.data.medmnist import load_medmnist
+    from vigil.imaging import training_inputs
+
+    images = np.concatenate([load_medmnist("sample", split).images for split in ("train", "test")])
+    return training_inputs(images, size=spec.size)
+
+
+def dp_spec(dp: DPSettings | None) -> CNNSpec:
+    """Return the default CNN: GroupNorm under DP-SGD (per-image gradients), BatchNorm otherwise."""
+    return CNNSpec(norm="group") if dp is not None else CNNSpec()
 
 
 def _training(run: ImagingRun) -> dict[str, Any]:
     r = run.result
     evaluations = {e.site: e for e in r.evaluations}
     return {
-        "method": "federated (in-process simulation)",
+        "method": run.method,
         "task": "imaging",
         "strategy": {**run.strategy.describe(),
-                     "normalization": "BatchNorm site-local (FedBN)" if
+                     "normalization": "GroupNorm (no running statistics), averaged" if
+                     run.spec.norm == "group" else "BatchNorm site-local (FedBN)" if
                      run.strategy.keeps_norm_local else "BatchNorm averaged"},
         "rounds": run.plan.rounds,
         "rounds_aggregated": sum(rec.aggregated for rec in r.history.rounds),
@@ -174,6 +217,8 @@ def _training(run: ImagingRun) -> dict[str, Any]:
                          else None} for name, s in r.statistics.items()},
         "rejections": len(r.history.events(Status.REJECTED)),
         "dropouts": len(r.history.events(Status.DROPPED)),
+        "differential_privacy": manifest_section(run.dp, r.privacy,
+                                                 unit="one image of a site's training data"),
         "threshold_rule": THRESHOLD_RULE,
     }
 
@@ -185,6 +230,17 @@ def _card(name: str, version: str, site: str | None, threshold: float,
 
     scope = (f"the BatchNorm statistics and affine parameters of **{site}** (FedBN: one "
              "package per site)" if site else "BatchNorm averaged across the sites")
+    group = architecture.get("norm") == "group"
+    norm, node = ("GroupNorm", "GroupNorm") if group else ("BatchNorm", "BatchNormalization")
+    if group:
+        scope = "GroupNorm affine parameters averaged across the sites"
+    dp = training.get("differential_privacy")
+    privacy = ("- No DP-SGD: BatchNorm mixes the images of a batch (the GroupNorm CNN does "
+               "not; `--dp-epsilon`)." if dp is None else
+               f"- DP-SGD at every site, target ε = {dp['target_epsilon']:g} per site (one image "
+               "is the unit of privacy; (ε, δ) per site above). The site statistics before "
+               "round 1 (image counts, pixel sums) and the validation histograms are not "
+               "privatized.")
     return f"""# {name} {version}
 
 ## Intended use
@@ -196,12 +252,12 @@ most. Each site must check it on its own images and pick its own threshold.
 
 ## Model
 
-SmallCNN (3 × conv3×3-BatchNorm-ReLU, widths {architecture["widths"]}, max-pool after
+SmallCNN (3 × conv3×3-{norm}-ReLU, widths {architecture["widths"]}, max-pool after
 the first two, global average pool, linear; {architecture["parameters"]:,} parameters),
 federated with {training["strategy"]["name"]}; this package carries {scope}.
 Input: the pixel chain's model input (`vigil.imaging.to_model_input`: modality LUT,
 VOI window, presentation, resize to {architecture["size"]}×{architecture["size"]},
-`(x - 0.5) / 0.5`), exported to ONNX with named BatchNormalization nodes.
+`(x - 0.5) / 0.5`), exported to ONNX with named {node} nodes.
 Shared (non-BatchNorm) tensors: sha256 `{architecture["shared_sha256"][:16]}`.
 
 ## Training data
@@ -231,7 +287,7 @@ An image is flagged when the probability is at least **{threshold:.4f}**
 - Sites are simulated from one public data set; real scanner shift is larger.
 - A hospital that did not train has no BatchNorm statistics of its own under
   FedBN: use the FedAvg package or recompute BatchNorm statistics locally.
-- No DP-SGD: BatchNorm mixes the images of a batch.
+{privacy}
 """
 
 
@@ -272,7 +328,7 @@ def export_imaging_run(
     Raises
     ------
     ConfigError
-        For ``export_site`` without FedBN.
+        For ``export_site`` without FedBN, or FedBN without the sites (a run on Flower).
     ModelArtifactError
         If parity fails (nothing is written).
     """
@@ -290,6 +346,9 @@ def export_imaging_run(
     from vigil.federation.image_task import batchnorm_names
     from vigil.federation.simulation import package_targets
 
+    if run.strategy.keeps_norm_local and not run.sites:
+        raise ConfigError("a FedBN package carries one site's own BatchNorm, which stays at "
+                          "the site on Flower; use fedavg or fedprox here", key="strategy")
     targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
                                      export_site=export_site, history=run.result.history,
                                      private_key_pem=private_key_pem)
@@ -348,5 +407,6 @@ def imaging_summary(run: ImagingRun, packages: Sequence[ModelPackage]) -> dict[s
         "site_thresholds": run.thresholds(),
         "sites": {e.site: {"images": e.n_rows, "auroc": e.auroc}
                   for e in run.result.evaluations},
+        "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
         **history_events(history),
     }
