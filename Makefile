@@ -7,9 +7,14 @@ FHIR_VENV := .venv-fhir
 FHIR_STAMP := $(FHIR_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup pacs demo test test-fast lint clean
 
-setup: $(STAMP) $(FHIR_STAMP)
+setup: $(STAMP) $(FHIR_STAMP) pacs
+
+# The PACS of the imaging tests, bench and demo: Debian's orthanc + orthanc-dicomweb, and
+# dicom3tools (dciodvfy); installed without starting a service, a no-op once installed.
+pacs:
+	@.ci/install-pacs
 
 # uv (pinned in constraints.txt: flwr needs it anyway) installs the pinned closure with the
 # same versions as pip in seconds instead of minutes (parallel, no per-file Python work).

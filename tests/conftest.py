@@ -33,3 +33,15 @@ def shared_pneumoniamnist() -> Path:
     if not SHARED_PNEUMONIA.is_file():
         pytest.skip(f"needs the shared data at {SHARED_PNEUMONIA}")
     return SHARED_PNEUMONIA
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A private Orthanc for one test module (``tests/dicom_adapter/orthanc_support.py``)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "dicom_adapter"))
+    from orthanc_support import private_orthanc
+
+    with private_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server

@@ -12,7 +12,12 @@ from vigil.core.signing import generate_keypair
 from vigil.features import FEATURE_SCHEMA
 from vigil.federation.driver import Plan
 from vigil.federation.history import HISTORY_FILE, History
-from vigil.federation.integrity import PUBLIC_KEY_FILE, verify_package, write_keypair
+from vigil.federation.integrity import (
+    PUBLIC_KEY_FILE,
+    sign_package,
+    verify_package,
+    write_keypair,
+)
 from vigil.federation.privacy import DPSettings
 from vigil.federation.simulation import export_run, federate
 from vigil.federation.site import ModelSpec
@@ -112,6 +117,45 @@ def test_unlisted_file_and_wrong_key_are_refused(fedavg_package, tmp_path):
     (copy / "notes.txt").write_text("hi")
     with pytest.raises(ModelArtifactError, match="notes.txt is in the package but not listed"):
         verify_package(copy)
+
+
+def test_sign_package_moves_the_signature_to_a_new_key_and_keeps_every_other_byte(
+        fedavg_package, tmp_path):
+    import shutil
+
+    _, package = fedavg_package
+    copy = tmp_path / "pkg"
+    shutil.copytree(package.path, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    private, public = generate_keypair()
+    pub = tmp_path / "release.pub"
+    pub.write_bytes(public)
+    report = sign_package(copy, private)
+    assert report.signature == "publisher key"
+    assert verify_package(copy, public_key=pub).signature == "publisher key"
+    old_pub = tmp_path / "old.pub"
+    old_pub.write_bytes(before[PUBLIC_KEY_FILE])
+    with pytest.raises(ModelArtifactError, match="does not verify"):
+        verify_package(copy, public_key=old_pub)
+    after = {p.name: p.read_bytes() for p in copy.iterdir()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"manifest.json", "manifest.sig", PUBLIC_KEY_FILE}
+    old, new = json.loads(before["manifest.json"]), json.loads(after["manifest.json"])
+    old["files"].pop(PUBLIC_KEY_FILE)
+    new["files"].pop(PUBLIC_KEY_FILE)
+    assert old == new  # only the key's hash moved
+
+
+def test_sign_package_refuses_a_changed_package(fedavg_package, tmp_path):
+    import shutil
+
+    _, package = fedavg_package
+    copy = tmp_path / "pkg"
+    shutil.copytree(package.path, copy)
+    onnx = copy / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    with pytest.raises(ModelArtifactError, match="model.onnx"):
+        sign_package(copy, generate_keypair()[0])
 
 
 def test_keygen_never_overwrites(tmp_path):

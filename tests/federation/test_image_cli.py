@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from vigil.cli.main import app
 from vigil.core.package import read_package
 from vigil.data.medmnist import MEDMNIST_SAMPLE_PATH
+from vigil.imaging.profile import ImageProfile
 
 runner = CliRunner(mix_stderr=False)  # --json: stdout holds only the JSON object
 
@@ -28,6 +29,13 @@ def test_federate_imaging_then_evaluate(tmp_path):
     assert summary["packages"] == [str(out)] and summary["signed"]
     manifest = read_package(out, public_key=keys[1]).manifest
     assert manifest.task == "imaging" and manifest.model_extra["preprocessing"]["size"] == 28
+    profile = ImageProfile.from_manifest(manifest.model_dump())  # the drift monitor's reference
+    assert profile is not None
+    assert profile.images == sum(s["images"] for s in summary["sites"].values())
+    assert profile.score_counts.sum() == profile.images
+    assert profile.input_counts.sum() == profile.images * 28 * 28
+    assert set(profile.headers["bits_stored"]) == {"8", "12", "16"}
+    assert set(profile.headers["photometric"]) == {"MONOCHROME1", "MONOCHROME2"}
     result = runner.invoke(app, ["evaluate", "--model", str(out), "--images",
                                  str(MEDMNIST_SAMPLE_PATH), "--public-key", keys[1], "--json"])
     assert result.exit_code == 0, result.output
@@ -35,7 +43,6 @@ def test_federate_imaging_then_evaluate(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--task", "imaging", "--dp-epsilon", "1"], "expected no --dp-epsilon with --task imaging"),
     (["--task", "imaging", "--boost-trees", "5"], "expected --boost-trees 0 with --task imaging"),
     (["--task", "scans"], "expected --task sepsis or imaging; got 'scans'"),
     (["--task", "imaging", "--data", "/no/such.npz"], "expected a MedMNIST .npz file"),

@@ -12,7 +12,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -75,6 +75,28 @@ def running_server(workdir: Path, *, extra_yaml: str = "") -> Iterator[str]:
             proc.kill()
             proc.wait(timeout=5)
         log.close()
+
+
+Handler = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], httpx.Response]
+
+
+class FaultyClient(httpx.Client):
+    """An httpx client whose requests pass through ``handler`` before reaching the real server."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._real = httpx.HTTPTransport()
+        super().__init__(transport=httpx.MockTransport(lambda r: handler(r, self._forward)))
+
+    def _forward(self, request: httpx.Request) -> httpx.Response:
+        resp = self._real.handle_request(request)
+        resp.read()
+        resp.close()
+        headers = [(k, v) for k, v in resp.headers.items() if k.lower() != "content-length"]
+        return httpx.Response(resp.status_code, headers=headers, content=resp.content)
+
+    def close(self) -> None:
+        super().close()
+        self._real.close()
 
 
 def pick_patients(frame: pd.DataFrame, n: int) -> pd.DataFrame:

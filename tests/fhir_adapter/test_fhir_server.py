@@ -19,7 +19,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fhir_support import assert_same, pick_patients, running_server
+from fhir_support import FaultyClient, Handler, assert_same, pick_patients, running_server
 
 from vigil.core.errors import FHIRTransportError
 from vigil.features import grid_from_frame
@@ -38,28 +38,6 @@ from vigil.fhir_adapter import (
 )
 
 pytestmark = pytest.mark.slow
-
-Handler = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], httpx.Response]
-
-
-class FaultyClient(httpx.Client):
-    """An httpx client whose requests pass through ``handler`` before reaching the real server."""
-
-    def __init__(self, handler: Handler) -> None:
-        self._real = httpx.HTTPTransport()
-        super().__init__(transport=httpx.MockTransport(lambda r: handler(r, self._forward)))
-
-    def _forward(self, request: httpx.Request) -> httpx.Response:
-        resp = self._real.handle_request(request)
-        resp.read()
-        resp.close()
-        headers = [(k, v) for k, v in resp.headers.items() if k.lower() != "content-length"]
-        return httpx.Response(resp.status_code, headers=headers, content=resp.content)
-
-    def close(self) -> None:
-        super().close()
-        self._real.close()
-
 
 @pytest.fixture
 def faulty() -> Iterator[Callable[[Handler], FaultyClient]]:

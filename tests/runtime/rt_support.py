@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,61 @@ def move_to_now(directory: Path, now) -> None:
         docs = [orjson.loads(x) for x in path.read_bytes().splitlines()]
         path.write_bytes(b"".join(orjson.dumps(_shifted(d, delta[patient(d)])) + b"\n"
                                   for d in docs))
+
+
+def current_feed(sample, directory: Path, *, n: int = 3):
+    """``n`` test-split patients of ``sample`` as a synth NDJSON export in ``directory``, moved
+    to now (a cycle scoring patients with no recent value is degraded: docs/runtime.md,
+    "Cycle status and missed ticks"); returns their table."""
+    from datetime import UTC, datetime
+
+    from vigil.data import patient_split
+    from vigil.fhir_adapter.synth import write_synth
+
+    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:n])
+    write_synth(table.frame, directory)
+    move_to_now(directory, datetime.now(UTC))
+    return table
+
+
+def ndjson_site_toml(root: Path, *, site_id: str, port: int | None) -> str:
+    """The ``site.toml`` sections of a site reading ``root/export`` and writing ``root/out``
+    (NDJSON), with its store in ``root/state.db``, models in ``root/models`` and ops on
+    ``port`` (None: ops off); a caller adds its ``[models]`` trust keys and further sections."""
+    ops = "enabled = false" if port is None else f"port = {port}"
+    return f"""
+site_id = "{site_id}"
+[data]
+source = "ndjson"
+ndjson_dir = "{root / 'export'}"
+writeback = "ndjson"
+writeback_dir = "{root / 'out'}"
+[store]
+url = "sqlite:///{root / 'state.db'}"
+[ops]
+{ops}
+[models]
+dir = "{root / 'models'}"
+"""
+
+
+@contextmanager
+def running(args: list, env: dict):
+    """A ``vigil`` process (stdout and stderr piped), killed and reaped if still running."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def terminate(proc: subprocess.Popen, *, timeout: float = 30) -> tuple[str, str]:
+    """Send SIGTERM and wait for the process; return its (stdout, stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)
 
 
 class MemorySink:

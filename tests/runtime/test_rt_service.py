@@ -9,12 +9,15 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
-from rt_support import make_package, move_to_now, wait_ready, write_trusted_key
+from rt_support import (
+    current_feed,
+    make_package,
+    ndjson_site_toml,
+    wait_ready,
+    write_trusted_key,
+)
 
-from vigil.data import patient_split
-from vigil.fhir_adapter.synth import write_synth
 from vigil.runtime.service import _trigger, last_fire_time
 from vigil.runtime.settings import load_settings
 
@@ -40,29 +43,12 @@ def test_ticks_are_aligned_to_the_quarter_hours():
 
 @pytest.fixture()
 def site(tmp_path, sample):
-    table = sample.select(np.flatnonzero(patient_split(sample.grid.patient_ids, "test"))[:3])
-    write_synth(table.frame, tmp_path / "export")
-    # a current feed: the synthetic values are from 2020, and a cycle scoring patients with no
-    # recent value is degraded (docs/runtime.md, "Cycle status and missed ticks")
-    move_to_now(tmp_path / "export", datetime.now(UTC))
+    table = current_feed(sample, tmp_path / "export")
     make_package(tmp_path / "pkg")
     port = free_port()
     config = tmp_path / "site.toml"
-    config.write_text(f"""
-site_id = "test-site"
-[data]
-source = "ndjson"
-ndjson_dir = "{tmp_path / 'export'}"
-writeback = "ndjson"
-writeback_dir = "{tmp_path / 'out'}"
-[store]
-url = "sqlite:///{tmp_path / 'state.db'}"
-[models]
-dir = "{tmp_path / 'models'}"
-public_key = "{write_trusted_key(tmp_path)}"
-[ops]
-port = {port}
-""")
+    config.write_text(ndjson_site_toml(tmp_path, site_id="test-site", port=port)
+                      + f'public_key = "{write_trusted_key(tmp_path)}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     subprocess.run([VIGIL, "model", "install", tmp_path / "pkg", "--config", config],
                    check=True, env=env, capture_output=True)

@@ -25,16 +25,21 @@ def _value(metrics: dict[str, Any], part: str, key: str) -> float:
     return float(v["value"] if isinstance(v, dict) else v)
 
 
+_IMAGING_SHOWN = tuple(row for row in _SHOWN if row[2] not in (
+    "alerts_per_patient_day", "patient_sensitivity"))
+
+
 def show(summary: dict[str, Any]) -> None:
     """Print the before/after table of a calibration."""
+    unit = "studies" if summary.get("unit") == "study" else "patients"
     out = Table(title=f"calibration at site {summary['site']}: {summary['method']}, "
-                      f"{summary['policy']['text']} (later patients)")
+                      f"{summary['policy']['text']} (later {unit})")
     out.add_column("metric")
     out.add_column("before", justify="right")
     out.add_column("after", justify="right")
     before, after = summary["metrics"]["before"], summary["metrics"]["after"]
     out.add_row("threshold", f"{summary['model_threshold']:.4g}", f"{summary['threshold']:.4g}")
-    for name, part, key in _SHOWN:
+    for name, part, key in _IMAGING_SHOWN if unit == "studies" else _SHOWN:
         out.add_row(name, f"{_value(before, part, key):.4f}", f"{_value(after, part, key):.4f}")
     print_table(out)
     a = summary["achieved"]
@@ -86,20 +91,49 @@ def calibrate(
     public_key: Annotated[
         Path | None, typer.Option(help="Require the package signature to verify with this key.")
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Imaging model: the site's labelled studies, a folder of DICOM files "
+                          "with labels.csv (as `vigil imaging write-sites` writes them).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Fit on earlier patients, choose the threshold, report on later ones, write the record."""
+    """Fit on earlier patients (studies), choose the threshold, report on later ones, write it."""
     import numpy as np
 
     from vigil.calibration import ModelRef, ScoredHours, calibrate_site, parse_method, parse_policy
     from vigil.calibration.record import write_record
     from vigil.calibration.site import TIE_TOLERANCE, tie_warning
-    from vigil.core.errors import DataError
+    from vigil.core.errors import ConfigError, DataError
     from vigil.core.package import read_package
     from vigil.data import load_physionet
     from vigil.features import FEATURE_SCHEMA
 
     chosen_method, chosen_policy = parse_method(method), parse_policy(policy)
+    package = read_package(model, public_key=public_key)
+    if package.manifest.task == "imaging":
+        if images is None:
+            raise ConfigError("expected --images DIR (the site's labelled DICOM studies) for an "
+                              "imaging model; got none", key="images")
+        if scores is not None or report is not None or hospital is not None:
+            raise ConfigError("expected neither --scores, --report nor --hospital for an imaging "
+                              "model (its studies are scored from --images by the runtime's "
+                              "code)", key="images")
+        from vigil.cli._calibrate_images import calibrate_images
+
+        summary = calibrate_images(
+            package, images, method=chosen_method, policy=chosen_policy, out=out,
+            site=site or "site", fit_fraction=fit_fraction, n_boot=bootstrap, seed=seed,
+            min_events=min_events)
+        if json_out:
+            print_json(summary)
+        else:
+            show(summary)
+        return
+    if images is not None:
+        raise ConfigError(f"expected an imaging model package with --images; "
+                          f"{package.manifest.name} is a {package.manifest.task!r} model",
+                          key="images")
     package = read_package(model, public_key=public_key,
                            expected_schema_sha256=FEATURE_SCHEMA.sha256)
     table = load_physionet(data)

@@ -83,8 +83,14 @@ def evaluate(
     ] = 1000,
     images: Annotated[
         Path | None,
-        typer.Option(help="Imaging model: a folder of DICOM files (labels.csv beside them) or a "
-                          "MedMNIST .npz (its test split) to score instead of --data."),
+        typer.Option(help="Imaging model: a folder of DICOM files (labels.csv beside them; scored "
+                          "by the runtime's imaging cycle) or a MedMNIST .npz (its test split) "
+                          "to score instead of --data."),
+    ] = None,
+    site_id: Annotated[
+        str | None,
+        typer.Option("--site-id", help="With --images: the site whose threshold of a federated "
+                                       "imaging package applies (as imaging.site_id)."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -93,7 +99,8 @@ def evaluate(
     from vigil.runtime import offline
 
     if images is not None:
-        _evaluate_images(model, images, public_key, threshold, out_predictions, json_out)
+        _evaluate_images(model, images, public_key, threshold, out_predictions, json_out,
+                         calibration=calibration, site_id=site_id)
         return
 
     chosen = [x for x in (model, predictions, baseline) if x is not None]
@@ -154,14 +161,21 @@ def evaluate(
 
 def _evaluate_images(model: Path | None, images: Path, public_key: Path | None,
                      threshold: float | None, out_predictions: Path | None,
-                     json_out: bool) -> None:
+                     json_out: bool, *, calibration: Path | None = None,
+                     site_id: str | None = None) -> None:
     from vigil.core.package import read_package
     from vigil.runtime.images import evaluate_images
 
     if model is None:
         raise ConfigError("expected --model PACKAGE with --images", key="model")
     package = read_package(model, public_key=public_key)
-    summary, frame = evaluate_images(package, images, threshold=threshold)
+    record = None
+    if calibration is not None:
+        from vigil.calibration.record import load_record
+
+        record = load_record(calibration, package=package)
+    summary, frame = evaluate_images(package, images, threshold=threshold, calibration=record,
+                                     site_id=site_id)
     if out_predictions is not None:
         frame.to_parquet(out_predictions)
     if json_out:

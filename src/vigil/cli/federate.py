@@ -59,7 +59,7 @@ def _plan(rounds: int, local_epochs: int, batch_size: int, lr: float, seed: int,
 
 def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: Path,
                      export_site: str | None, private_key: Path | None, name: str, version: str,
-                     json_out: bool) -> None:
+                     json_out: bool, dp: Any = None) -> None:
     import numpy as np
 
     from vigil.dicom_adapter.sites import medmnist_sites
@@ -75,22 +75,34 @@ def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: 
                           f"{_fmt(record.valid_auroc)}", highlight=False)
 
     run = federate_images(train, valid, strategy=strategy, plan=plan, data=Path(data).name,
-                          threads=threads, on_round=on_round)
+                          threads=threads, on_round=on_round, dp=dp)
     check = np.concatenate([x for _, x, _ in train + valid])[:PARITY_IMAGES]
     key = None if private_key is None else private_key.read_bytes()
+    profile = (np.concatenate([s.inputs for s in parts["val"]]),
+               [h for s in parts["train"] for h in s.headers])
     packages = export_imaging_run(run, out, name=name, version=version, check_inputs=check,
-                                  private_key_pem=key, export_site=export_site)
+                                  private_key_pem=key, export_site=export_site,
+                                  profile_data=profile)
     summary = imaging_summary(run, packages)
     if json_out:
         print_json(summary)
         return
     _show_history(run.result.history)
+    _show_privacy(summary["privacy"])
     v = summary["validation"]
     kept = (f"accuracy {v['accuracy']:.4f}" if "accuracy" in v else f"AUROC {v['auroc']:.4f}")
     err_console.print(f"kept round {summary['best_round']}: pooled validation {kept}",
                       highlight=False)
     for path in summary["packages"]:
         err_console.print(f"wrote {path}", highlight=False)
+
+
+def _show_privacy(privacy: dict[str, Any]) -> None:
+    for site_name, p in privacy.items():
+        err_console.print(
+            f"DP-SGD {site_name}: epsilon {p['epsilon']:.3f} at delta {p['delta']:.2e} "
+            f"(noise multiplier {p['noise_multiplier']:.3f}, {p['steps']} steps)", highlight=False
+        )
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -169,12 +181,16 @@ def federate(
         raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
     if task == "imaging":
         from vigil.federation.image_task import check_imaging_options
+        from vigil.federation.privacy import DPSettings
 
-        check_imaging_options(dp=dp_epsilon)
+        chosen = _strategy(strategy, mu, robust, max_share)
+        dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
+                                                        max_grad_norm=dp_clip)
+        check_imaging_options(dp=dp, keeps_norm_local=chosen.keeps_norm_local)
         if boost_trees:
             raise ConfigError("expected --boost-trees 0 with --task imaging (trees are for "
                               f"feature rows); got {boost_trees}", key="boost_trees")
-        _federate_images(data=data, strategy=_strategy(strategy, mu, robust, max_share),
+        _federate_images(data=data, strategy=chosen, dp=dp,
                          plan=_plan(rounds, local_epochs, batch_size or 128, lr or 1e-3, seed,
                                     min_sites, time_budget, weight_decay=1e-4),
                          threads=threads, out=out, export_site=export_site,
@@ -225,11 +241,7 @@ def federate(
         print_json(summary)
         return
     _show_history(finished.result.history)
-    for site_name, p in summary["privacy"].items():
-        err_console.print(
-            f"DP-SGD {site_name}: epsilon {p['epsilon']:.3f} at delta {p['delta']:.2e} "
-            f"(noise multiplier {p['noise_multiplier']:.3f}, {p['steps']} steps)", highlight=False
-        )
+    _show_privacy(summary["privacy"])
     v, n = summary["validation"], summary["network_validation"]
     err_console.print(f"kept round {summary['best_round']}: pooled validation AUROC "
                       f"{n['auroc']:.4f}, utility {n['utility']:.4f} at threshold "

@@ -167,9 +167,18 @@ def nodes(work: WorkOption, certs: CertsOption, port: PortOption = 9092,
 @app.command("site")
 @guarded
 def site(
-    data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")],
     name: Annotated[str, typer.Option(help="This site's name in the federation.")],
     work: Annotated[Path, typer.Option(help="Site directory (prepared features, logs).")],
+    data: Annotated[str | None, typer.Option(
+        help=DATA_HELP + " Imaging: a MedMNIST .npz (or sample) dealt to the scanner sites "
+             "(--name site-a ... site-d).", envvar="VIGIL_DATA")] = None,
+    task: Annotated[str, typer.Option(help="sepsis (feature rows) or imaging (images).")
+                    ] = "sepsis",
+    images: Annotated[Path | None, typer.Option(
+        help="Imaging: this site's DICOM folder with train/ and val/ below it and labels.csv "
+             "files (as `vigil imaging write-sites` writes a site).")] = None,
+    seed: Annotated[int, typer.Option(help="Imaging with --data: seed of the site "
+                                           "assignment (the run's --seed).")] = 0,
     superlink: Annotated[str | None, typer.Option(help="The coordinator's HOST:PORT.")] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate of the coordinator.")] = None,
     key: Annotated[Path | None, typer.Option(help="This site's private key (NAME.key).")] = None,
@@ -182,9 +191,20 @@ def site(
 ) -> None:
     """Prepare this hospital's site and run its SuperNode in the foreground (outbound only)."""
     from vigil.core.errors import ConfigError
-    from vigil.federation.flower.sitedata import prepare_site
 
-    path = prepare_site(name, data, work, scheme=partition)
+    if task == "imaging":
+        from vigil.federation.flower.imagesite import prepare_image_site
+
+        path = prepare_image_site(name, work, images=images, data=data, seed=seed)
+    elif task == "sepsis":
+        from vigil.federation.flower.sitedata import prepare_site
+
+        if data is None:
+            raise ConfigError("expected --data (the hospital's table) for a sepsis site",
+                              key="data")
+        path = prepare_site(name, data, work, scheme=partition)
+    else:
+        raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
     err_console.print(f"prepared site {name} in {path}")
     if prepare_only:
         return
@@ -215,8 +235,10 @@ def run(
     dp_clip: Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")] = 1.0,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 2048,
-    lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Local batch size [sepsis 2048, imaging 128].")] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Local AdamW learning rate [sepsis 3e-4, imaging 1e-3].")] = None,
     min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds a site has to answer a request "
                                                 "before it is dropped from the round.")] = 600.0,
@@ -231,6 +253,10 @@ def run(
     ] = 0,
     boost_depth: BoostDepthOption = 6,
     boost_lr: BoostLrOption = 0.1,
+    task: Annotated[str, typer.Option(
+        help="sepsis or imaging (every SuperNode prepared with `site --task imaging`; "
+             "defaults then: --batch-size 128, --lr 1e-3; GroupNorm CNN under DP-SGD).")
+    ] = "sepsis",
     json_out: JsonOption = False,
 ) -> None:
     """Train across the connected SuperNodes and write the model package (``--out``)."""
@@ -239,17 +265,27 @@ def run(
     from vigil.federation.driver import Plan
     from vigil.federation.flower.runner import train_on_flower
     from vigil.federation.flower.settings import RunSettings
+    from vigil.federation.image_run import (
+        dp_spec,
+        export_imaging_run,
+        imaging_summary,
+        public_check_inputs,
+    )
     from vigil.federation.privacy import DPSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.strategies import make_strategy
 
+    imaging = task == "imaging"
+    dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
+                                                    max_grad_norm=dp_clip)
     settings = RunSettings(
-        plan=Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
-                  seed=seed, min_sites=min_sites, time_budget=timeout),
+        plan=Plan(rounds=rounds, local_epochs=local_epochs,
+                  batch_size=batch_size or (128 if imaging else 2048),
+                  lr=lr or (1e-3 if imaging else 3e-4), seed=seed, min_sites=min_sites,
+                  time_budget=timeout, **({"weight_decay": 1e-4} if imaging else {})),
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
-        dp=None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
-                                                      max_grad_norm=dp_clip),
-        sites=sites, wait=wait, trees=_boosting(boost_trees, boost_depth, boost_lr),
+        dp=dp, sites=sites, wait=wait, trees=_boosting(boost_trees, boost_depth, boost_lr),
+        task=task, image=dp_spec(dp),
     )
     coord = _coordinator(work, certs, "127.0.0.1", port)
     run_dir = coord.work_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -260,8 +296,14 @@ def run(
 
     finished = train_on_flower(coord, settings, run_dir, on_event=on_event)
     key = None if private_key is None else private_key.read_bytes()
-    packages = export_run(finished, out, name=name, version=version, private_key_pem=key)
-    summary = {**run_summary(finished, packages), "run_dir": str(run_dir)}
+    if imaging:
+        packages = export_imaging_run(
+            finished, out, name="imaging-federated" if name == "sepsis-federated" else name,
+            version=version, private_key_pem=key, check_inputs=public_check_inputs(settings.image))
+        summary = {**imaging_summary(finished, packages), "run_dir": str(run_dir)}
+    else:
+        packages = export_run(finished, out, name=name, version=version, private_key_pem=key)
+        summary = {**run_summary(finished, packages), "run_dir": str(run_dir)}
     if json_out:
         print_json(summary)
     else:

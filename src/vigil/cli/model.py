@@ -44,7 +44,10 @@ def install(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Verify a package (hashes, signature, feature schema, inference) and install it."""
+    """Verify a package (hashes, signature, feature schema, inference) and install it.
+
+    A sepsis or an imaging package (manifest task ``imaging``); roles are held per task.
+    """
     from vigil.runtime.models import install_model, model_summary
 
     settings, store = _open(config, lock="models")
@@ -74,7 +77,10 @@ def promote(
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Make an installed model the active one (or the shadow one); the previous holder retires."""
+    """Make an installed model the active one (or the shadow one); the previous holder retires.
+
+    Roles are per task: promoting an imaging model leaves the sepsis model's role alone.
+    """
     from vigil.runtime.models import model_summary, promote_model
 
     _, store = _open(config, lock="models")
@@ -99,9 +105,9 @@ def list_models(config: ConfigOption = None, json_out: JsonOption = False) -> No
         print_json({"models": [model_summary(r) for r in rows]})
         return
     out = Table(title="installed models")
-    for col in ("name", "version", "role", "calibrated", "sha256"):
+    for col in ("name", "version", "task", "role", "calibrated", "sha256"):
         out.add_column(col)
     for r in rows:
         calibrated = "yes" if r.calibration else "no"
-        out.add_row(r.name, r.version, r.role, calibrated, r.model_sha256[:12])
+        out.add_row(r.name, r.version, r.task, r.role, calibrated, r.model_sha256[:12])
     print_table(out)

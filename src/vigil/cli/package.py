@@ -9,7 +9,7 @@ import typer
 
 from vigil.cli._common import err_console, guarded, print_json
 
-app = typer.Typer(help="Verify model packages and make signing keys.", no_args_is_help=True)
+app = typer.Typer(help="Verify and sign model packages; make signing keys.", no_args_is_help=True)
 
 
 @app.command("verify")
@@ -50,3 +50,23 @@ def keygen(
 
     write_keypair(private_key, public_key)
     err_console.print(f"wrote {private_key} (keep it secret) and {public_key}", highlight=False)
+
+
+@app.command("sign")
+@guarded
+def sign_cmd(
+    package: Annotated[Path, typer.Argument(help="Model package directory (verified first).")],
+    private_key: Annotated[Path, typer.Option(help="The publisher's Ed25519 private key (PEM).")],
+) -> None:
+    """Sign an intact package with a publisher's key (e.g. the release key), without retraining."""
+    from vigil.core.errors import ModelArtifactError
+    from vigil.federation.integrity import sign_package
+
+    try:
+        pem = private_key.read_bytes()
+    except OSError as exc:
+        raise ModelArtifactError(f"expected a readable private key file, got {exc.strerror}",
+                                 path=str(private_key)) from None
+    report = sign_package(package, pem)
+    m = report.package.manifest
+    err_console.print(f"signed: {m.name} {m.version}, {len(report.files)} files", highlight=False)

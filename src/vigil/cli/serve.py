@@ -22,7 +22,10 @@ def serve(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Score every ICU patient at minutes 0, 15, 30 and 45 until SIGTERM."""
+    """Score every ICU patient at minutes 0, 15, 30 and 45 (and new imaging studies) until SIGTERM.
+
+    With ``[imaging]`` enabled, ``--once`` also runs one imaging poll (key ``imaging``).
+    """
     from vigil.runtime.service import build_service
     from vigil.runtime.settings import load_settings
 
@@ -30,14 +33,18 @@ def serve(
     setup_logging(verbose)
     service = build_service(settings)
     if once:
-        result = service.run_cycle()
-        service.close()
+        try:
+            result = service.run_cycle()
+            imaging = service.poll_imaging()
+        finally:
+            service.close()
         print_json({
             "cycle_id": result.cycle_id, "tick": result.tick.isoformat(), "status": result.status,
             "reason": result.reason, "counts": result.counts, "timings": result.timings,
             "ignored_codes": result.ignored_codes,
+            **({"imaging": imaging.to_dict()} if imaging is not None else {}),
         })
-        if not result.ok:
+        if not result.ok or (imaging is not None and not imaging.ok):
             raise typer.Exit(code=1)
         return
     service.serve()

@@ -9,6 +9,7 @@
     ├── FHIRError
     │   ├── FHIRTransportError the server could not be reached or answered an error
     │   └── FHIRResourceError  a resource is malformed or cannot be mapped
+    ├── PACSError              a PACS (Orthanc, DICOMweb) could not be reached or answered an error
     ├── ModelArtifactError     a model package or calibration record is missing, changed or unfit
     ├── ScoringError           inference failed
     ├── AggregationError       a federated round could not be aggregated
@@ -30,6 +31,7 @@ __all__ = [
     "FHIRTransportError",
     "ModelArtifactError",
     "NotFittedError",
+    "PACSError",
     "ScoringError",
     "VigilError",
 ]
@@ -92,7 +94,16 @@ class FHIRError(VigilError):
     """Base class of FHIR problems."""
 
 
-class FHIRTransportError(FHIRError):
+class _RemoteError(VigilError):
+    """A server could not be reached or answered with an error (keeps ``url``, ``status``)."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class FHIRTransportError(FHIRError, _RemoteError):
     """A FHIR server could not be reached or answered with an error.
 
     Parameters
@@ -104,11 +115,6 @@ class FHIRTransportError(FHIRError):
     status : int or None, optional
         The HTTP status, when there was a response.
     """
-
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
 
 
 class FHIRResourceError(FHIRError):
@@ -125,6 +131,20 @@ class FHIRResourceError(FHIRError):
     def __init__(self, message: str, *, resource_type: str | None = None) -> None:
         super().__init__(message)
         self.resource_type = resource_type
+
+
+class PACSError(_RemoteError):
+    """A PACS (Orthanc's REST API, DICOMweb) could not be reached or answered with an error.
+
+    Parameters
+    ----------
+    message : str
+        What was expected and what came; never a credential, a UID or a patient identifier.
+    url : str or None, optional
+        The PACS base URL (never a resource path: paths carry UIDs).
+    status : int or None, optional
+        The HTTP status, when there was a response.
+    """
 
 
 class ModelArtifactError(VigilError):

@@ -12,6 +12,15 @@ Adapter layer beside :mod:`vigil.fhir_adapter`: imports :mod:`vigil.core`,
   / DX instances), :func:`missing_required` (Type 1 / Type 2 check);
 - :mod:`~vigil.dicom_adapter.sites`: the scanner-site scheme and :func:`write_sites`;
 - :mod:`~vigil.dicom_adapter.parity`: the parity variants, negative controls and stand-in scorer.
+- :mod:`~vigil.dicom_adapter.sr` (imported on its own: it loads highdicom): the imaging
+  write-back as a DICOM Comprehensive SR (TID 1500), :class:`~vigil.dicom_adapter.sr.SRStudySink`
+  and :func:`~vigil.dicom_adapter.sr.is_own_output`.
+- :mod:`~vigil.dicom_adapter.orthanc`: :class:`OrthancClient` and :class:`OrthancSource`
+  (the PACS: change feed, WADO-RS, store), with :mod:`~vigil.dicom_adapter.dicomweb`
+  (multipart parsing), :mod:`~vigil.dicom_adapter.send` (``vigil imaging send``) and
+  :mod:`~vigil.dicom_adapter.orthanc_local` (a private Orthanc for tests, bench, demo).
+  Not imported here: they use httpx and the runtime's study contracts; import them by
+  module.
 
 See ``docs/imaging.md``.
 """

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from vigil.core.errors import ConfigError, DataError
 from vigil.data.medmnist import load_medmnist
 from vigil.dicom_adapter.fundus import FundusCamera, build_fundus_instance
+from vigil.dicom_adapter.headers import HeaderRecord, header_record
 from vigil.dicom_adapter.reading import prepare_batch
 from vigil.dicom_adapter.scanners import Scanner, build_instance
 from vigil.imaging import Photometric
@@ -159,6 +160,9 @@ class SiteInputs:
         Each input's image index in the source array.
     quarantined : int
         Instances the reader refused (not in ``inputs``).
+    headers : tuple of HeaderRecord
+        The watched acquisition headers of each input's instance, shape (n,)
+        (:func:`~vigil.dicom_adapter.header_record`; the imaging reference profile).
     """
 
     site: str
@@ -166,6 +170,7 @@ class SiteInputs:
     labels: NDArray[np.int64]
     index: NDArray[np.int64]
     quarantined: int
+    headers: tuple[HeaderRecord, ...] = ()
 
 
 def assign_sites(
@@ -282,8 +287,9 @@ def site_inputs(
             datasets.append(pydicom.dcmread(buffer))
         batch = prepare_batch(datasets, channels=site.channels)
         kept = np.asarray(indices, dtype=np.int64)[list(batch.accepted)]
+        headers = tuple(header_record(datasets[i]) for i in batch.accepted)
         out.append(SiteInputs(site.scanner.name, batch.inputs, y[kept].astype(np.int64), kept,
-                              len(batch.quarantined)))
+                              len(batch.quarantined), headers))
     return out
 
 

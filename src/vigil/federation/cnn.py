@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from vigil.federation.image_task import CNNSpec
+from vigil.federation.image_task import GROUP_NORM_GROUPS, CNNSpec
 from vigil.federation.model import get_weights
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "BN_TENSORS",
     "SmallCNN",
     "bn_entries",
+    "norm_name",
     "shared_weights",
 ]
 
@@ -61,6 +62,11 @@ BN_POLICY: dict[str, dict[str, str]] = {
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU ×3 (max-pool after blocks 1 and 2), global average pool, linear logit.
 
+    With ``spec.norm == "group"`` each BatchNorm ``bn{i}`` is a GroupNorm ``gn{i}``
+    (:data:`~vigil.federation.image_task.GROUP_NORM_GROUPS` groups, affine): no running
+    statistics, each image normalized on its own, so DP-SGD's per-image gradients are
+    defined (:mod:`vigil.federation.privacy`).
+
     Parameters
     ----------
     spec : CNNSpec, optional
@@ -70,9 +76,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.spec = spec or CNNSpec()
         channels = (self.spec.channels, *self.spec.widths)
+        self.norms = tuple(norm_name(self.spec, i + 1) for i in range(3))
         for i in range(3):
             self.add_module(f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1))
-            self.add_module(f"bn{i + 1}", nn.BatchNorm2d(channels[i + 1]))
+            self.add_module(self.norms[i], nn.GroupNorm(GROUP_NORM_GROUPS, channels[i + 1])
+                            if self.spec.norm == "group" else nn.BatchNorm2d(channels[i + 1]))
         self.fc = nn.Linear(channels[-1], self.spec.outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +92,7 @@ class SmallCNN(nn.Module):
         h = x.reshape(x.shape[0], self.spec.channels, side, side)
         for i in range(3):
             conv: nn.Module = getattr(self, f"conv{i + 1}")
-            bn: nn.Module = getattr(self, f"bn{i + 1}")
+            bn: nn.Module = getattr(self, self.norms[i])
             h = torch.relu(bn(conv(h)))
             if i < 2:
                 h = torch.nn.functional.max_pool2d(h, 2)
@@ -92,14 +100,25 @@ class SmallCNN(nn.Module):
         return logits.squeeze(-1) if self.spec.outputs == 1 else logits
 
     def config(self) -> dict[str, object]:
-        """Architecture for a manifest (``channels`` and ``classes`` only when not 1 and 2)."""
-        extra: dict[str, object] = {}
+        """Architecture for a manifest.
+
+        ``norm``, ``channels`` and ``classes`` appear only when not ``"batch"``, 1 and 2:
+        binary grayscale BatchNorm packages keep their manifest as it was.
+        """
+        out: dict[str, object] = {"size": self.spec.size, "widths": list(self.spec.widths),
+                                  "parameters": sum(p.numel() for p in self.parameters())}
+        if self.spec.norm != "batch":
+            out["norm"] = self.spec.norm
         if self.spec.channels != 1:
-            extra["channels"] = self.spec.channels
+            out["channels"] = self.spec.channels
         if self.spec.multiclass:
-            extra["classes"] = self.spec.classes
-        return {"size": self.spec.size, "widths": list(self.spec.widths),
-                "parameters": sum(p.numel() for p in self.parameters()), **extra}
+            out["classes"] = self.spec.classes
+        return out
+
+
+def norm_name(spec: CNNSpec, block: int) -> str:
+    """Name of block ``block``'s (1-based) normalization layer: ``bn{block}`` or ``gn{block}``."""
+    return f"{'gn' if spec.norm == 'group' else 'bn'}{block}"
 
 
 def bn_entries(model: nn.Module) -> dict[str, str]:

@@ -7,6 +7,9 @@ sepsis network), not ``torch.onnx``: every BatchNorm stays a named
 shared tensors of two FedBN site packages can be compared byte for byte
 (``architecture.shared_sha256`` in the manifest) and only the BatchNorm entries differ.
 
+The GroupNorm CNN of DP-SGD (``CNNSpec(norm="group")``) writes each GroupNorm as
+opset-17 operators (:func:`_group_norm_nodes`) with its affine tensors ``gn1.weight``, ...
+
 Graph: ``image`` (N, 1, size, size), the pixel chain's model input
 (:func:`vigil.imaging.to_model_input`) → ``probability`` (N, 1) (sigmoid) for the
 binary model; for a multi-class colour model ``image`` (N, 3, size, size)
@@ -34,6 +37,7 @@ __all__ = [
     "cnn_to_onnx",
     "image_parity",
     "input_schema",
+    "onnx_probabilities",
     "shared_sha256",
 ]
 
@@ -46,7 +50,7 @@ IMAGE_OUTPUT_CLASSES = "probabilities"
 PARITY_IMAGES = 1000
 """Images the parity check scores (issue 15: 1,000)."""
 BN_EPS = 1e-5
-"""``torch.nn.BatchNorm2d``'s default epsilon."""
+"""``torch.nn.BatchNorm2d``'s and ``torch.nn.GroupNorm``'s default epsilon."""
 
 
 def input_schema(spec: CNNSpec) -> dict[str, Any]:
@@ -98,23 +102,29 @@ def cnn_to_onnx(weights: Mapping[str, NDArray[np.floating]], spec: CNNSpec) -> b
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    group = spec.norm == "group"
+    norm_tensors = ("weight", "bias") if group else ("weight", "bias", "running_mean",
+                                                     "running_var")
     needed = [f"{layer}{i}.{t}" for i in (1, 2, 3) for layer, ts in
-              (("conv", ("weight", "bias")),
-               ("bn", ("weight", "bias", "running_mean", "running_var"))) for t in ts]
+              (("conv", ("weight", "bias")), ("gn" if group else "bn", norm_tensors)) for t in ts]
     needed += ["fc.weight", "fc.bias"]
     missing = [k for k in needed if k not in weights]
     if missing:
         raise ModelArtifactError(f"expected complete CNN weights; missing {missing}")
-    inits = [numpy_helper.from_array(np.asarray(weights[k], dtype=np.float32), k) for k in needed]
+    inits = [numpy_helper.from_array(
+        np.asarray(weights[k], dtype=np.float32).reshape(-1, 1, 1) if k.startswith("gn")
+        else np.asarray(weights[k], dtype=np.float32), k) for k in needed]
+    if group:
+        inits += _group_norm_constants()
     nodes = []
     h = IMAGE_INPUT
     for i in (1, 2, 3):
         nodes.append(helper.make_node("Conv", [h, f"conv{i}.weight", f"conv{i}.bias"],
                                       [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-        nodes.append(helper.make_node(
+        nodes += _group_norm_nodes(f"c{i}", f"gn{i}", f"n{i}") if group else [helper.make_node(
             "BatchNormalization", [f"c{i}", f"bn{i}.weight", f"bn{i}.bias",
                                    f"bn{i}.running_mean", f"bn{i}.running_var"],
-            [f"n{i}"], epsilon=BN_EPS))
+            [f"n{i}"], epsilon=BN_EPS)]
         nodes.append(helper.make_node("Relu", [f"n{i}"], [f"r{i}"]))
         h = f"r{i}"
         if i < 3:
@@ -145,6 +155,70 @@ def cnn_to_onnx(weights: Mapping[str, NDArray[np.floating]], spec: CNNSpec) -> b
     return proto.SerializeToString()
 
 
+def onnx_probabilities(onnx_bytes: bytes, inputs: NDArray[np.float32],
+                       spec: CNNSpec | None = None) -> NDArray[np.float64]:
+    """Probabilities of :func:`cnn_to_onnx`'s model, onnxruntime on one thread, batches of 512.
+
+    Parameters
+    ----------
+    onnx_bytes : bytes
+    inputs : ndarray of float32, shape (n, size, size) or (n, channels, size, size)
+        Model inputs; flat rows (n, channels*size*size) also for a colour ``spec``.
+    spec : CNNSpec, optional
+        The architecture (default: the binary grayscale model).
+
+    Returns
+    -------
+    ndarray of float64
+        Shape (n,) (probability of class 1) for a binary model, (n, classes) (softmax) for
+        a multi-class one.
+    """
+    import onnxruntime as ort
+
+    spec = spec or CNNSpec()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(inputs, dtype=np.float32).reshape(
+        len(inputs), spec.channels, spec.size, spec.size)
+    if not len(x):
+        return np.zeros((0, spec.classes) if spec.multiclass else 0)
+    name = IMAGE_OUTPUT_CLASSES if spec.multiclass else IMAGE_OUTPUT
+    out = np.concatenate([session.run([name], {IMAGE_INPUT: x[lo:lo + 512]})[0]
+                          for lo in range(0, len(x), 512)]).astype(np.float64)
+    return out if spec.multiclass else out[:, 0]
+
+
+def _group_norm_constants() -> list[Any]:
+    from onnx import numpy_helper
+
+    from vigil.federation.image_task import GROUP_NORM_GROUPS
+
+    return [numpy_helper.from_array(np.array([0, GROUP_NORM_GROUPS, -1], np.int64), "gn.groups"),
+            numpy_helper.from_array(np.ones(GROUP_NORM_GROUPS, np.float32), "gn.one"),
+            numpy_helper.from_array(np.zeros(GROUP_NORM_GROUPS, np.float32), "gn.zero")]
+
+
+def _group_norm_nodes(x: str, layer: str, out: str) -> list[Any]:
+    """GroupNorm in opset-17 operators (GroupNormalization is opset 18, redefined in 21).
+
+    ``(N, C, H, W)`` → ``(N, G, C/G·H·W)``, InstanceNormalization over the last axis
+    (mean and biased variance of each image's group, ε = 1e-5 as ``torch.nn.GroupNorm``;
+    Wu & He, ECCV 2018, eq. 1), back to ``(N, C, H, W)``, then ``γ_c · x + β_c``.
+    """
+    from onnx import helper
+
+    return [
+        helper.make_node("Shape", [x], [f"{out}.shape"]),
+        helper.make_node("Reshape", [x, "gn.groups"], [f"{out}.grouped"]),
+        helper.make_node("InstanceNormalization", [f"{out}.grouped", "gn.one", "gn.zero"],
+                         [f"{out}.normed"], epsilon=BN_EPS),
+        helper.make_node("Reshape", [f"{out}.normed", f"{out}.shape"], [f"{out}.back"]),
+        helper.make_node("Mul", [f"{out}.back", f"{layer}.weight"], [f"{out}.scaled"]),
+        helper.make_node("Add", [f"{out}.scaled", f"{layer}.bias"], [out]),
+    ]
+
+
 def image_parity(
     weights: Mapping[str, NDArray[np.floating]], onnx_bytes: bytes, inputs: NDArray[np.float32],
     spec: CNNSpec, *, tolerance: float = PARITY_TOLERANCE,
@@ -171,8 +245,6 @@ def image_parity(
     ModelArtifactError
         If it exceeds ``tolerance``.
     """
-    import onnxruntime as ort
-
     from vigil.federation.cnn import SmallCNN
     from vigil.federation.image_task import predict_images
     from vigil.federation.model import set_weights
@@ -180,18 +252,11 @@ def image_parity(
     net = SmallCNN(spec)
     set_weights(net, weights, strict=False)
     expected = predict_images(net, inputs)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    x = np.ascontiguousarray(inputs, dtype=np.float32).reshape(
-        len(inputs), spec.channels, spec.size, spec.size)
-    name = IMAGE_OUTPUT_CLASSES if spec.multiclass else IMAGE_OUTPUT
-    runs = [session.run([name], {IMAGE_INPUT: x[lo:lo + 512]})[0] for lo in range(0, len(x), 512)]
-    got = np.concatenate(runs).reshape(expected.shape) if len(x) else np.zeros(0)
-    diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if len(x) else 0.0
+    got = onnx_probabilities(onnx_bytes, inputs, spec).reshape(expected.shape)
+    diff = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     if not diff <= tolerance:
         raise ModelArtifactError(
-            f"ONNX parity failed: max |onnxruntime - torch| = {diff:.3g} on {len(x)} images, "
+            f"ONNX parity failed: max |onnxruntime - torch| = {diff:.3g} on {len(got)} images, "
             f"expected <= {tolerance:g}; the package was not written"
         )
     return diff

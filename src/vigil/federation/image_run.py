@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,16 +30,29 @@ from vigil.core.package import ModelPackage, write_package
 from vigil.federation.driver import FederationResult, Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.history import RoundRecord, Status
-from vigil.federation.image_task import CNNSpec, ImageSet, ImagingSite, ImagingTask
+from vigil.federation.image_task import (
+    CNNSpec,
+    ImageSet,
+    ImagingSite,
+    ImagingTask,
+    check_imaging_options,
+)
+from vigil.federation.privacy import DPSettings, manifest_section
 from vigil.federation.strategies import Strategy
+
+if TYPE_CHECKING:
+    from vigil.dicom_adapter.headers import HeaderRecord
 
 __all__ = [
     "THRESHOLD_RULE",
     "ImagingRun",
+    "ProfileData",
     "SiteArrays",
+    "dp_spec",
     "export_imaging_run",
     "federate_images",
     "imaging_summary",
+    "public_check_inputs",
     "spec_for",
 ]
 
@@ -56,6 +69,9 @@ MULTICLASS_DECISION = (
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""
 
+ProfileData = tuple[NDArray[np.float32], Sequence["HeaderRecord"]]
+"""``(validation model inputs (n, size, size), training instances' headers)`` of the profile."""
+
 
 @dataclass(frozen=True, eq=False)
 class ImagingRun:
@@ -70,7 +86,12 @@ class ImagingRun:
     data : str
         Name of the data file (for the manifest).
     sites : list of ImagingSite
-        Kept so that a FedBN package can carry one site's BatchNorm.
+        Kept so that a FedBN package can carry one site's BatchNorm (empty for a run on
+        Flower, whose sites stay at the SuperNodes).
+    dp : DPSettings or None
+        Every site's DP-SGD budget.
+    method : str
+        How it ran (the manifest's ``training.method``).
     """
 
     result: FederationResult
@@ -79,11 +100,14 @@ class ImagingRun:
     spec: CNNSpec
     data: str
     sites: list[ImagingSite]
+    dp: DPSettings | None = None
+    method: str = "federated (in-process simulation)"
 
     def site_weights(self, name: str | None) -> OrderedDict[str, NDArray[np.float32]]:
         """Return the complete weights a site runs (its BatchNorm under FedBN)."""
-        site = self.sites[0] if name is None else next(
-            (s for s in self.sites if s.name == name), None)
+        if not self.strategy.keeps_norm_local:
+            return OrderedDict(self.result.weights)  # complete: BatchNorm is averaged
+        site = next((s for s in self.sites if s.name == name), None)
         if site is None:
             raise ConfigError(f"expected --export-site among {[s.name for s in self.sites]}, "
                               f"got {name!r}", key="export_site")
@@ -106,6 +130,7 @@ def federate_images(
     data: str = "",
     threads: int = 1,
     on_round: Callable[[RoundRecord], None] | None = None,
+    dp: DPSettings | None = None,
 ) -> ImagingRun:
     """Train the imaging CNN across sites in this process.
 
@@ -121,6 +146,9 @@ def federate_images(
     threads : int, optional
         torch threads (1 is bit-reproducible).
     on_round : callable, optional
+    dp : DPSettings or None, optional
+        DP-SGD at every site (one image is the unit of privacy); needs the GroupNorm CNN,
+        which is the default ``spec`` under DP.
 
     Returns
     -------
@@ -129,11 +157,13 @@ def federate_images(
     Raises
     ------
     ConfigError
-        If the site names of ``train`` and ``valid`` differ.
+        If the site names of ``train`` and ``valid`` differ, or DP-SGD is asked with FedBN
+        or a BatchNorm CNN (:func:`~vigil.federation.image_task.check_imaging_options`).
     """
     import torch
 
-    spec = spec or spec_for(train)
+    spec = spec or spec_for(train, norm=dp_spec(dp).norm)
+    check_imaging_options(dp=dp, spec=spec, keeps_norm_local=strategy.keeps_norm_local)
     held = {name: (x, y) for name, x, y in valid}
     if sorted(held) != sorted(name for name, _, _ in train):
         raise ConfigError(f"expected the same sites in train and valid, got "
@@ -142,7 +172,7 @@ def federate_images(
         ImagingSite(name, ImageSet(np.asarray(x, np.float32), np.asarray(y).astype(np.int8)),
                     ImageSet(np.asarray(held[name][0], np.float32),
                              np.asarray(held[name][1]).astype(np.int8)),
-                    spec=spec, keep_bn_local=strategy.keeps_norm_local)
+                    spec=spec, keep_bn_local=strategy.keeps_norm_local, dp=dp)
         for name, x, y in train
     ]
     previous = torch.get_num_threads()
@@ -152,17 +182,37 @@ def federate_images(
     finally:
         torch.set_num_threads(previous)
     return ImagingRun(result=result, strategy=strategy, plan=plan, spec=spec, data=data,
-                      sites=sorted(sites, key=lambda s: s.name))
+                      sites=sorted(sites, key=lambda s: s.name), dp=dp)
+
+
+def public_check_inputs(spec: CNNSpec) -> NDArray[np.float32]:
+    """Model inputs for the ONNX parity check where no site's images are at hand (Flower).
+
+    The coordinator of a Flower run holds no image; the parity check scores the bundled,
+    public PneumoniaMNIST sample instead (600 images, train then test,
+    :func:`vigil.imaging.training_inputs`), shape (600, size, size).
+    """
+    from vigil.data.medmnist import load_medmnist
+    from vigil.imaging import training_inputs
+
+    images = np.concatenate([load_medmnist("sample", split).images for split in ("train", "test")])
+    return training_inputs(images, size=spec.size)
+
+
+def dp_spec(dp: DPSettings | None) -> CNNSpec:
+    """Return the default CNN: GroupNorm under DP-SGD (per-image gradients), BatchNorm otherwise."""
+    return CNNSpec(norm="group") if dp is not None else CNNSpec()
 
 
 def _training(run: ImagingRun) -> dict[str, Any]:
     r = run.result
     evaluations = {e.site: e for e in r.evaluations}
     return {
-        "method": "federated (in-process simulation)",
+        "method": run.method,
         "task": "imaging",
         "strategy": {**run.strategy.describe(),
-                     "normalization": "BatchNorm site-local (FedBN)" if
+                     "normalization": "GroupNorm (no running statistics), averaged" if
+                     run.spec.norm == "group" else "BatchNorm site-local (FedBN)" if
                      run.strategy.keeps_norm_local else "BatchNorm averaged"},
         "rounds": run.plan.rounds,
         "rounds_aggregated": sum(rec.aggregated for rec in r.history.rounds),
@@ -176,20 +226,23 @@ def _training(run: ImagingRun) -> dict[str, Any]:
                          else None} for name, s in r.statistics.items()},
         "rejections": len(r.history.events(Status.REJECTED)),
         "dropouts": len(r.history.events(Status.DROPPED)),
+        "differential_privacy": manifest_section(run.dp, r.privacy,
+                                                 unit="one image of a site's training data"),
         "threshold_rule": THRESHOLD_RULE,
     }
 
 
-def spec_for(train: Sequence[SiteArrays]) -> CNNSpec:
+def spec_for(train: Sequence[SiteArrays], norm: str = "batch") -> CNNSpec:
     """Return the CNN for the sites' data: input channels from the inputs, classes from the labels.
 
     Inputs (n, size, size) are greyscale, (n, 3, size, size) colour; labels beyond 0/1
-    make a multi-class (softmax) model with ``max label + 1`` classes.
+    make a multi-class (softmax) model with ``max label + 1`` classes. ``norm`` is the
+    CNN's normalization (``"group"`` under DP-SGD, :func:`dp_spec`).
     """
     x = np.asarray(train[0][1]) if train else np.zeros((0, 28, 28))
     top = max((int(np.max(y)) for _, _, y in train if len(y)), default=1)
     return CNNSpec(size=int(x.shape[-1]), channels=1 if x.ndim == 3 else int(x.shape[1]),
-                   classes=max(2, top + 1))
+                   classes=max(2, top + 1), norm=norm)
 
 
 def _card(name: str, version: str, site: str | None, threshold: float,
@@ -199,6 +252,17 @@ def _card(name: str, version: str, site: str | None, threshold: float,
 
     scope = (f"the BatchNorm statistics and affine parameters of **{site}** (FedBN: one "
              "package per site)" if site else "BatchNorm averaged across the sites")
+    group = architecture.get("norm") == "group"
+    norm, node = ("GroupNorm", "GroupNorm") if group else ("BatchNorm", "BatchNormalization")
+    if group:
+        scope = "GroupNorm affine parameters averaged across the sites"
+    dp = training.get("differential_privacy")
+    privacy = ("- No DP-SGD: BatchNorm mixes the images of a batch (the GroupNorm CNN does "
+               "not; `--dp-epsilon`)." if dp is None else
+               f"- DP-SGD at every site, target ε = {dp['target_epsilon']:g} per site (one image "
+               "is the unit of privacy; (ε, δ) per site above). The site statistics before "
+               "round 1 (image counts, pixel sums) and the validation histograms are not "
+               "privatized.")
     return f"""# {name} {version}
 
 ## Intended use
@@ -210,12 +274,12 @@ most. Each site must check it on its own images and pick its own threshold.
 
 ## Model
 
-SmallCNN (3 × conv3×3-BatchNorm-ReLU, widths {architecture["widths"]}, max-pool after
+SmallCNN (3 × conv3×3-{norm}-ReLU, widths {architecture["widths"]}, max-pool after
 the first two, global average pool, linear; {architecture["parameters"]:,} parameters),
 federated with {training["strategy"]["name"]}; this package carries {scope}.
 Input: the pixel chain's model input (`vigil.imaging.to_model_input`: modality LUT,
 VOI window, presentation, resize to {architecture["size"]}×{architecture["size"]},
-`(x - 0.5) / 0.5`), exported to ONNX with named BatchNormalization nodes.
+`(x - 0.5) / 0.5`), exported to ONNX with named {node} nodes.
 Shared (non-BatchNorm) tensors: sha256 `{architecture["shared_sha256"][:16]}`.
 
 ## Training data
@@ -245,7 +309,7 @@ An image is flagged when the probability is at least **{threshold:.4f}**
 - Sites are simulated from one public data set; real scanner shift is larger.
 - A hospital that did not train has no BatchNorm statistics of its own under
   FedBN: use the FedAvg package or recompute BatchNorm statistics locally.
-- No DP-SGD: BatchNorm mixes the images of a batch.
+{privacy}
 """
 
 
@@ -284,6 +348,7 @@ def export_imaging_run(
     check_inputs: NDArray[np.float32],
     private_key_pem: bytes | None = None,
     export_site: str | None = None,
+    profile_data: ProfileData | None = None,
 ) -> list[ModelPackage]:
     """Write the run as signed model package(s), after checking ONNX parity.
 
@@ -299,6 +364,11 @@ def export_imaging_run(
     private_key_pem : bytes or None, optional
     export_site : str or None, optional
         FedBN only.
+    profile_data : ProfileData or None, optional
+        The sites' validation inputs and training headers: each package then carries
+        ``image_profile`` (:func:`vigil.imaging.profile.build_image_profile`, its own
+        probabilities of the validation inputs); None: no profile. A multi-class model gets
+        none (the profile and the monitor are of the binary probability).
 
     Returns
     -------
@@ -307,7 +377,7 @@ def export_imaging_run(
     Raises
     ------
     ConfigError
-        For ``export_site`` without FedBN.
+        For ``export_site`` without FedBN, or FedBN without the sites (a run on Flower).
     ModelArtifactError
         If parity fails (nothing is written).
     """
@@ -319,11 +389,15 @@ def export_imaging_run(
         cnn_to_onnx,
         image_parity,
         input_schema,
+        onnx_probabilities,
         shared_sha256,
     )
     from vigil.federation.image_task import batchnorm_names
     from vigil.federation.simulation import package_targets
 
+    if run.strategy.keeps_norm_local and not run.sites:
+        raise ConfigError("a FedBN package carries one site's own BatchNorm, which stays at "
+                          "the site on Flower; use fedavg or fedprox here", key="strategy")
     targets, extra = package_targets(run.strategy, [s.name for s in run.sites], out,
                                      export_site=export_site, history=run.result.history,
                                      private_key_pem=private_key_pem)
@@ -357,6 +431,15 @@ def export_imaging_run(
         }
         if run.spec.multiclass or run.spec.channels != 1:
             manifest |= _multiclass_fields(run.spec, schema)
+        if profile_data is not None and not run.spec.multiclass:
+            # the drift/calibration profile is of the binary probability (docs/imaging.md)
+            from vigil.imaging import input_histogram
+            from vigil.imaging.profile import build_image_profile
+
+            inputs, headers = profile_data
+            manifest["image_profile"] = build_image_profile(
+                input_histogram(inputs), headers,
+                onnx_probabilities(onnx_bytes, inputs, run.spec))
         card = _card(full, version, site, float(threshold), training, validation, architecture)
         if run.spec.multiclass:
             card = _multiclass_card(card)
@@ -385,5 +468,6 @@ def imaging_summary(run: ImagingRun, packages: Sequence[ModelPackage]) -> dict[s
         "site_thresholds": run.thresholds(),
         "sites": {e.site: {"images": e.n_rows, "auroc": e.auroc}
                   for e in run.result.evaluations},
+        "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
         **history_events(history),
     }

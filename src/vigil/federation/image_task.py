@@ -16,6 +16,11 @@ validation accuracy (at its best threshold).
 
 Under FedBN (``keep_bn_local``) a site keeps every BatchNorm tensor
 (:data:`vigil.federation.cnn.BN_POLICY`) between rounds and never sends them.
+
+Under DP-SGD (``dp``) a site trains the GroupNorm CNN (``CNNSpec(norm="group")``) with the
+sepsis sites' mechanism and accountant (:class:`vigil.federation.privacy.PrivateSite`); one
+image is the unit of privacy. :func:`check_imaging_options` refuses DP-SGD with BatchNorm
+or FedBN.
 """
 
 from __future__ import annotations
@@ -31,23 +36,31 @@ from numpy.typing import NDArray
 from vigil.core.errors import ConfigError, DataError
 from vigil.federation.evaluation import SCORE_EDGES, evaluate_scores, score_bins
 from vigil.federation.messages import FitConfig, SiteEvaluation, SiteStatistics, Update
+from vigil.federation.privacy import DPSettings, PrivateSite, SiteAccountant, quiet_hooks
 from vigil.federation.site import site_seed
 from vigil.federation.strategies import Weights
 
 __all__ = [
     "PREDICT_BATCH",
+    "TASKS",
     "CNNSpec",
     "ImageSet",
     "ImagingSite",
     "ImagingTask",
     "batchnorm_names",
     "check_imaging_options",
+    "check_task",
     "image_evaluation",
     "predict_images",
 ]
 
 PREDICT_BATCH = 512
 """Images per forward pass when scoring (bounds the activations' memory)."""
+NORMS = ("batch", "group")
+"""The CNN's normalization layers (:class:`CNNSpec`)."""
+GROUP_NORM_GROUPS = 8
+"""Groups of each GroupNorm layer (Wu & He 2018 use 32 at ImageNet widths; 8 keeps 4 to 16
+channels per group at widths 32/64/128)."""
 
 
 @dataclass(frozen=True)
@@ -60,18 +73,32 @@ class CNNSpec:
         Side of the square input.
     widths : tuple of int, optional
         Channels of the three conv blocks.
+    norm : str, optional
+        ``"batch"`` (BatchNorm, the default) or ``"group"`` (GroupNorm of
+        :data:`GROUP_NORM_GROUPS` groups, Wu & He, ECCV 2018): normalizes each image on
+        its own, so per-image gradients, and hence DP-SGD, are well-defined.
     channels : int, optional
         Input channels: 1 (greyscale) or 3 (RGB).
     classes : int, optional
         2: one logit, sigmoid (the binary model, unchanged); more: one logit per class, softmax.
+
+    Every combination works: the norm acts on the conv blocks' outputs, the channels on
+    the first convolution's input and the classes on the last linear layer.
     """
 
     size: int = 28
     widths: tuple[int, int, int] = (32, 64, 128)
+    norm: str = "batch"
     channels: int = 1
     classes: int = 2
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"expected the CNN's norm to be one of {NORMS}, got {self.norm!r}",
+                              key="norm")
+        if self.norm == "group" and any(w % GROUP_NORM_GROUPS for w in self.widths):
+            raise ConfigError(f"expected widths divisible by {GROUP_NORM_GROUPS} for GroupNorm, "
+                              f"got {self.widths}", key="widths")
         if self.channels not in (1, 3) or self.classes < 2:
             raise ConfigError(f"expected 1 or 3 input channels and at least 2 classes, got "
                               f"{self.channels} and {self.classes}", key="spec")
@@ -215,7 +242,7 @@ class ImagingTask:
 
 
 @dataclass(eq=False)
-class ImagingSite:
+class ImagingSite(PrivateSite):
     """A scanner site of the imaging federation.
 
     Parameters
@@ -226,6 +253,9 @@ class ImagingSite:
     spec : CNNSpec, optional
     keep_bn_local : bool, optional
         FedBN: keep every BatchNorm tensor here (:data:`~vigil.federation.cnn.BN_POLICY`).
+    dp : DPSettings or None, optional
+        Train with DP-SGD within this budget (the unit of privacy is one image); needs
+        ``spec.norm == "group"`` (:func:`check_imaging_options`).
     """
 
     name: str
@@ -233,10 +263,13 @@ class ImagingSite:
     valid: ImageSet
     spec: CNNSpec = field(default_factory=CNNSpec)
     keep_bn_local: bool = False
+    dp: DPSettings | None = None
     _local: dict[int, OrderedDict[str, NDArray[np.float32]]] = field(
         default_factory=dict, init=False, repr=False)
+    _accountant: SiteAccountant | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_imaging_options(dp=self.dp, spec=self.spec, keeps_norm_local=self.keep_bn_local)
         shape = ((self.spec.size, self.spec.size) if self.spec.channels == 1 else
                  (self.spec.channels, self.spec.size, self.spec.size))
         for part in (self.train, self.valid):
@@ -266,6 +299,14 @@ class ImagingSite:
             set_weights(net, self._local[max(kept)], strict=False)
         set_weights(net, weights, strict=False)
         return net
+
+    def kept_batchnorm(self) -> dict[int, OrderedDict[str, NDArray[np.float32]]]:
+        """FedBN: this site's BatchNorm after each round's training (round → tensors)."""
+        return dict(self._local)
+
+    def resume_batchnorm(self, kept: dict[int, OrderedDict[str, NDArray[np.float32]]]) -> None:
+        """Go on from the BatchNorm kept after earlier rounds (a site rebuilt per message)."""
+        self._local = dict(kept)
 
     def local_weights(
         self, global_weights: Weights, round_: int | None = None
@@ -303,26 +344,28 @@ class ImagingSite:
         from vigil.federation.training import train_local
 
         net = self._network(global_weights)
-        hook = None
+        hook = self.privacy_hook(self.train.n, config)
         if self.spec.multiclass:
             from vigil.federation.multiclass import cross_entropy_hook
 
-            hook = cross_entropy_hook(self.spec.classes)
+            hook = cross_entropy_hook(self.spec.classes, then=hook)
         # FedProx pulls towards the start of the round: the global entries and,
         # under FedBN, the site's own BatchNorm (train_local's default anchor)
-        result = train_local(
-            net, self.train.rows, self.train.y.astype(np.float32), epochs=config.local_epochs,
-            batch_size=config.batch_size, lr=config.lr,
-            seed=site_seed(config.seed, config.round, self.name),
-            weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
-            optimizer_hook=hook,
-        )
+        with quiet_hooks():
+            result = train_local(
+                net, self.train.rows, self.train.y.astype(np.float32),
+                epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
+                seed=site_seed(config.seed, config.round, self.name),
+                weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
+                optimizer_hook=hook,
+            )
         if self.keep_bn_local:
             bn = bn_entries(net)
             self._local[config.round] = OrderedDict(
                 (k, v) for k, v in get_weights(net).items() if k in bn)
         return Update(site=self.name, weights=shared_weights(net, keep_bn_local=self.keep_bn_local),
-                      num_examples=self.train.n, loss=float(result.loss))
+                      num_examples=self.train.n, loss=float(result.loss),
+                      privacy=self.privacy_spent())
 
     def evaluate(self, global_weights: Weights) -> SiteEvaluation:
         """Score the site's validation images with the model and summarize them."""
@@ -330,17 +373,62 @@ class ImagingSite:
         return image_evaluation(self.name, self.valid.y, probability)
 
 
-def check_imaging_options(*, dp: object | None) -> None:
-    """Refuse the options the imaging task cannot honour (DP-SGD with BatchNorm).
+def check_imaging_options(
+    *, dp: object | None, spec: CNNSpec | None = None, keeps_norm_local: bool = False
+) -> None:
+    """Refuse the imaging options that do not go together.
+
+    DP-SGD needs per-image gradients: BatchNorm mixes the images of a batch, GroupNorm
+    does not. FedBN is refused under DP-SGD: it keeps BatchNorm at the sites, and the
+    GroupNorm CNN has no BatchNorm (its affine parameters are averaged as any weight).
+
+    Parameters
+    ----------
+    dp : DPSettings or None
+    spec : CNNSpec or None, optional
+        The CNN; None checks only what does not depend on it.
+    keeps_norm_local : bool, optional
+        FedBN.
 
     Raises
     ------
     ConfigError
-        For DP-SGD: per-image gradients are undefined when BatchNorm mixes the images of a batch.
+        For DP-SGD with FedBN or with a BatchNorm CNN.
     """
-    if dp is not None:
+    if dp is None:
+        return
+    if keeps_norm_local:
         raise ConfigError(
-            "expected no --dp-epsilon with --task imaging: DP-SGD needs per-image gradients and "
-            "the imaging CNN's BatchNorm mixes the images of a batch; got a DP budget",
-            key="dp_epsilon",
+            "expected --strategy fedavg or fedprox with --dp-epsilon for --task imaging: the "
+            "DP-SGD CNN uses GroupNorm, which has no BatchNorm for FedBN to keep; got fedbn",
+            key="strategy",
         )
+    if spec is not None and spec.norm != "group":
+        raise ConfigError(
+            "expected the GroupNorm CNN with --dp-epsilon for --task imaging: DP-SGD needs "
+            f"per-image gradients and BatchNorm mixes the images of a batch; got norm "
+            f"{spec.norm!r}", key="dp_epsilon",
+        )
+
+
+TASKS = ("sepsis", "imaging")
+"""What a federation trains: the sepsis network on feature rows, or the imaging CNN on images."""
+
+
+def check_task(task: str, *, dp: object | None, spec: CNNSpec, keeps_norm_local: bool,
+               trees: bool) -> None:
+    """Refuse an unknown task, and for imaging the options it cannot honour.
+
+    Raises
+    ------
+    ConfigError
+        For a task not in :data:`TASKS`; for imaging, boosted trees (they are for feature
+        rows) and what :func:`check_imaging_options` refuses.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"expected task {' or '.join(TASKS)}, got {task!r}", key="task")
+    if task == "imaging":
+        if trees:
+            raise ConfigError("expected no boosted trees with the imaging task (trees are for "
+                              "feature rows)", key="trees")
+        check_imaging_options(dp=dp, spec=spec, keeps_norm_local=keeps_norm_local)

@@ -10,19 +10,27 @@ manifest lists and, given a key, the Ed25519 signature over the manifest.
   ``public_key.pem`` it ships (this proves integrity, not origin: pin the
   publisher's key with ``--public-key`` for that);
 - a signature that does not verify names both files it involves.
+
+:func:`sign_package` (re-)signs an intact package with a publisher's key: a release
+engineer signs what a federation run wrote with a development key, or re-signs after
+a key rotation, without retraining; ``model.onnx`` and every other file stay as they are.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from vigil.core.errors import ModelArtifactError
+from vigil.core.files import replace_durably
 from vigil.core.package import MANIFEST, SIGNATURE, ModelPackage, read_package
-from vigil.core.signing import generate_keypair
+from vigil.core.signing import generate_keypair, public_key_of, sign
 
-__all__ = ["PUBLIC_KEY_FILE", "IntegrityReport", "verify_package", "write_keypair"]
+__all__ = ["PUBLIC_KEY_FILE", "IntegrityReport", "sign_package", "verify_package",
+           "write_keypair"]
 
 PUBLIC_KEY_FILE = "public_key.pem"
 
@@ -109,3 +117,42 @@ def write_keypair(private_path: str | Path, public_path: str | Path) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(private)
     Path(public_path).write_bytes(public)
+
+
+def sign_package(path: str | Path, private_key_pem: bytes) -> IntegrityReport:
+    """Sign an intact package with ``private_key_pem`` (replacing any earlier signature).
+
+    The package is verified first (every file against the manifest, no unlisted file,
+    the signature under its included key if it has one), so only what was verified is
+    signed. The included ``public_key.pem`` becomes the signer's, its hash in the
+    manifest follows, and ``manifest.sig`` is the Ed25519 signature of the new manifest
+    (RFC 8032). Every other file is unchanged.
+
+    Parameters
+    ----------
+    path : str or Path
+        The package directory.
+    private_key_pem : bytes
+        The publisher's PEM Ed25519 private key.
+
+    Returns
+    -------
+    IntegrityReport
+        The package verified under the new key (``signature == "publisher key"``).
+
+    Raises
+    ------
+    ModelArtifactError
+        If the package is not intact or the key is not an Ed25519 private key.
+    """
+    root = Path(path)
+    verify_package(root)
+    public = public_key_of(private_key_pem)
+    body = json.loads((root / MANIFEST).read_bytes())
+    body["files"][PUBLIC_KEY_FILE] = hashlib.sha256(public).hexdigest()
+    body["files"] = dict(sorted(body["files"].items()))
+    raw = json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+    replace_durably(root / PUBLIC_KEY_FILE, public)
+    replace_durably(root / MANIFEST, raw)
+    replace_durably(root / SIGNATURE, sign(raw, private_key_pem))
+    return verify_package(root, public_key=root / PUBLIC_KEY_FILE)

@@ -57,13 +57,19 @@ class WeightedCrossEntropy(nn.Module):
         return per_row.sum() / max(int(per_row.shape[0]), 1)
 
 
-def cross_entropy_hook(classes: int) -> Callable[..., tuple[Any, Any, Any, Any]]:
-    """Return a ``train_local`` ``optimizer_hook`` training on :class:`WeightedCrossEntropy`."""
+def cross_entropy_hook(classes: int, then: Callable[..., tuple[Any, Any, Any, Any]] | None = None
+                       ) -> Callable[..., tuple[Any, Any, Any, Any]]:
+    """Return a ``train_local`` ``optimizer_hook`` training on :class:`WeightedCrossEntropy`.
+
+    ``then`` (e.g. the DP-SGD hook of :meth:`~vigil.federation.privacy.PrivateSite.privacy_hook`)
+    runs after the swap, so it wraps the cross-entropy instead of the binary loss.
+    """
 
     def hook(model: Any, optimizer: Any, loader: Any, criterion: Any
              ) -> tuple[Any, Any, Any, Any]:
         del criterion  # the binary loss is replaced
-        return model, optimizer, loader, WeightedCrossEntropy()
+        swapped = (model, optimizer, loader, WeightedCrossEntropy())
+        return swapped if then is None else then(*swapped)
 
     hook.classes = classes  # type: ignore[attr-defined]
     return hook

@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vigil.core.errors import ConfigError
-from vigil.federation.messages import PrivacySpent
+from vigil.federation.messages import FitConfig, PrivacySpent
 
 if TYPE_CHECKING:
     from vigil.federation.training import OptimizerHook
 
-__all__ = ["ALPHAS", "DPSettings", "SiteAccountant", "quiet_hooks"]
+__all__ = ["ALPHAS", "DPSettings", "PrivateSite", "SiteAccountant", "manifest_section",
+           "quiet_hooks"]
 
 ALPHAS: list[float] = [1 + x / 10.0 for x in range(1, 100)] + [
     float(a) for a in (*range(12, 64), *range(64, 256, 8), 256, 384, 512, 1024, 2048, 4096)
@@ -166,3 +167,73 @@ class SiteAccountant:
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.settings.max_grad_norm, sample_rate=self.sample_rate, steps=steps,
         )
+
+
+class PrivateSite:
+    """What every task's site does for DP-SGD: one accountant for all its rounds.
+
+    A mixin for the sites' dataclasses (:class:`vigil.federation.site.Site`,
+    :class:`vigil.federation.image_task.ImagingSite`), which declare the two fields
+    ``dp`` (the budget, or None) and ``_accountant`` (None until the first round).
+    """
+
+    dp: DPSettings | None
+    _accountant: SiteAccountant | None
+
+    @property
+    def accountant(self) -> SiteAccountant | None:
+        """The site's privacy accountant: None until the first DP-SGD round has run."""
+        return self._accountant
+
+    def resume_accountant(self, accountant: SiteAccountant) -> None:
+        """Go on spending from an accountant saved after an earlier round.
+
+        For a site rebuilt for every round (the Flower ClientApp), so that ε
+        accumulates over the run instead of restarting at 0.
+        """
+        self._accountant = accountant
+
+    def privacy_hook(self, n_rows: int, config: FitConfig) -> OptimizerHook | None:
+        """Return this round's DP-SGD hook for ``train_local`` (None without a budget).
+
+        The first call calibrates the noise for the whole plan (``config.total_rounds``
+        rounds of ``config.local_epochs`` epochs over ``n_rows`` training rows).
+        """
+        if self.dp is None:
+            return None
+        if self._accountant is None:
+            self._accountant = SiteAccountant(
+                self.dp, n_rows=n_rows, batch_size=config.batch_size,
+                local_epochs=config.local_epochs, total_rounds=config.total_rounds,
+            )
+        return self._accountant.hook()
+
+    def privacy_spent(self) -> PrivacySpent | None:
+        """Return the privacy spent so far, or None if no DP-SGD round has run."""
+        return None if self._accountant is None else self._accountant.spent()
+
+
+def manifest_section(
+    settings: DPSettings | None, spent: Mapping[str, PrivacySpent], *, unit: str
+) -> dict[str, Any] | None:
+    """Return a manifest's ``training.differential_privacy``: the budget and each site's (ε, δ).
+
+    Parameters
+    ----------
+    settings : DPSettings or None
+        None (no DP-SGD) gives None.
+    spent : mapping of str to PrivacySpent
+        Each site's privacy spent over the run.
+    unit : str
+        The unit of privacy (one hourly row, one image).
+    """
+    if settings is None:
+        return None
+    return {
+        "mechanism": "DP-SGD (Opacus), Poisson sampling, per-row clipping, RDP accountant",
+        "unit": unit,
+        "target_epsilon": settings.target_epsilon,
+        "delta_rule": "1/n per site (n = its training rows)" if settings.delta is None
+        else f"{settings.delta:g}",
+        "sites": {name: p.to_dict() for name, p in sorted(spent.items())},
+    }

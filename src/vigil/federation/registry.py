@@ -108,13 +108,17 @@ def next_version(previous: str | None) -> str:
 
 def _summary(package: ModelPackage) -> tuple[dict[str, Any], dict[str, Any]]:
     m = package.manifest
-    metrics = {k: m.validation.get(k) for k in _METRICS}
+    # sepsis manifests hold the pooled metrics at the top of `validation`, imaging ones
+    # under `pooled`; a site's training rows are `train_rows` or `train_images`
+    pooled = m.validation.get("pooled", m.validation)
+    metrics = {k: pooled.get(k) for k in _METRICS}
     sites = m.training.get("sites") or {}
     training = {
         "method": m.training.get("method"),
         "strategy": (m.training.get("strategy") or {}).get("name"),
         "rounds": m.training.get("rounds"),
-        "sites": {name: (s or {}).get("train_rows") for name, s in sorted(sites.items())},
+        "sites": {name: (s or {}).get("train_rows", (s or {}).get("train_images"))
+                  for name, s in sorted(sites.items())},
     }
     return metrics, training
 

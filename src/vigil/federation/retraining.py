@@ -45,6 +45,16 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     [in_process]                  # engine = "in-process"
     data = "sample"
     sites = "hospital-unit"
+
+The imaging task (``task = "imaging"``) retrains the imaging CNN the same way: on
+Flower each SuperNode holds a scanner site prepared with ``vigil federation site --task
+imaging``; in process ``[in_process] data`` is a MedMNIST ``.npz`` (or ``"sample"``)
+dealt to the four scanner sites through DICOM (:func:`vigil.dicom_adapter.sites.medmnist_sites`,
+site assignment seeded with ``plan.seed``). ``[plan]`` then defaults to the imaging recipe
+(:data:`IMAGING_PLAN`), ``[dp]`` trains the GroupNorm CNN, FedBN and ``[trees]`` are
+refused, and the package is written by
+:func:`vigil.federation.image_run.export_imaging_run` (ONNX parity checked on the bundled
+public PneumoniaMNIST sample, :func:`~vigil.federation.image_run.public_check_inputs`).
 """
 
 from __future__ import annotations
@@ -61,6 +71,8 @@ from vigil.core.errors import ConfigError, VigilError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
+from vigil.federation.image_run import dp_spec
+from vigil.federation.image_task import check_task
 from vigil.federation.privacy import DPSettings
 from vigil.federation.registry import Registry, Release
 from vigil.federation.site import ModelSpec
@@ -71,6 +83,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CRON",
+    "IMAGING_PLAN",
     "Engine",
     "FlowerTarget",
     "InProcessTarget",
@@ -85,6 +98,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CRON = "0 2 1 1,7 *"
 """02:00 on the first of January and of July: every six months."""
+IMAGING_PLAN = {"batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4}
+"""``[plan]`` defaults of ``task = "imaging"`` (``vigil federate --task imaging``'s)."""
 
 
 class Engine(StrEnum):
@@ -152,6 +167,8 @@ class RetrainConfig:
         Grow boosted trees across the sites after the rounds and ship them
         fused with the network (:mod:`vigil.federation.hybrid`), on either
         engine; not with FedBN or DP-SGD.
+    task : str, optional
+        ``"sepsis"`` or ``"imaging"`` (module docstring).
     """
 
     registry: Path
@@ -167,8 +184,15 @@ class RetrainConfig:
     cron: str = DEFAULT_CRON
     timezone: str = "UTC"
     trees: BoostingPlan | None = None
+    task: str = "sepsis"
 
     def __post_init__(self) -> None:
+        if self.task == "imaging" and self.strategy.keeps_norm_local:
+            raise ConfigError("a FedBN imaging model is one package per site, with each site's "
+                              "BatchNorm; release fedavg or fedprox models from the schedule",
+                              key="strategy")
+        check_task(self.task, dp=self.dp, spec=dp_spec(self.dp), trees=self.trees is not None,
+                   keeps_norm_local=self.strategy.keeps_norm_local)
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.engine is Engine.FLOWER and self.flower is None:
@@ -207,7 +231,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"expected a readable TOML file: {exc}", key="config") from None
     known = {"cron", "timezone", "registry", "name", "private_key", "engine", "strategy", "plan",
-             "model", "dp", "flower", "in_process", "trees"}
+             "model", "dp", "flower", "in_process", "trees", "task"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown settings {unknown}; expected some of {sorted(known)}",
@@ -218,7 +242,9 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     def here(p: Any) -> Path:
         return (path.parent / str(p)).resolve()
 
+    task = str(raw.get("task", "sepsis"))
     strategy = {"name": "fedavg", **raw.get("strategy", {})}
+    plan = {**(IMAGING_PLAN if task == "imaging" else {}), **raw.get("plan", {"rounds": 10})}
     model = dict(raw.get("model", {}))
     if "hidden" in model:
         model["hidden"] = tuple(model["hidden"])
@@ -235,15 +261,17 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     return RetrainConfig(
         registry=here(raw["registry"]),
         strategy=_section(make_strategy, strategy, "strategy"),
-        plan=_section(Plan, raw.get("plan", {"rounds": 10}), "plan"),
+        plan=_section(Plan, plan, "plan"),
         model=_section(ModelSpec, model, "model"),
         dp=_section(DPSettings, raw["dp"], "dp") if "dp" in raw else None,
         engine=engine, flower=flower,
         in_process=_in_process(raw.get("in_process", {}), here),
-        name=str(raw.get("name", "sepsis-federated")),
+        name=str(raw.get("name", "imaging-federated" if task == "imaging" else
+                         "sepsis-federated")),
         private_key=here(raw["private_key"]) if "private_key" in raw else None,
         cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
         trees=_section(BoostingPlan, raw["trees"], "trees") if "trees" in raw else None,
+        task=task,
     )
 
 
@@ -255,7 +283,10 @@ def _in_process(values: Any, here: Any) -> InProcessTarget:
 
 
 def _train(config: RetrainConfig, version: str) -> Any:
-    """Run the federated training; return a :class:`~vigil.federation.simulation.FederatedRun`."""
+    """Run the federated training; return a :class:`~vigil.federation.simulation.FederatedRun`.
+
+    For the imaging task an :class:`~vigil.federation.image_run.ImagingRun`.
+    """
     if config.engine is Engine.FLOWER:
         from vigil.federation.flower.launch import Coordinator
         from vigil.federation.flower.runner import train_on_flower
@@ -267,8 +298,10 @@ def _train(config: RetrainConfig, version: str) -> Any:
                                              port=target.port)
         settings = RunSettings(plan=config.plan, strategy=config.strategy, sites=target.sites,
                                model=config.model, dp=config.dp, wait=target.wait,
-                               trees=config.trees)
+                               trees=config.trees, task=config.task, image=dp_spec(config.dp))
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
+    if config.task == "imaging":
+        return _train_images(config)
     from vigil.data import load_physionet, resolve_data_path
     from vigil.federation.simulation import federate
 
@@ -276,6 +309,30 @@ def _train(config: RetrainConfig, version: str) -> Any:
     return federate(load_physionet(data), scheme=config.in_process.sites,
                     strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
                     data=resolve_data_path(data).name, trees=config.trees)
+
+
+def _train_images(config: RetrainConfig) -> Any:
+    from vigil.dicom_adapter.sites import medmnist_sites
+    from vigil.federation.image_run import federate_images
+
+    data = config.in_process.data
+    parts = medmnist_sites(data, seed=config.plan.seed, splits=("train", "val"))
+    train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
+    return federate_images(list(train), list(valid), strategy=config.strategy, plan=config.plan,
+                           data=Path(data).name, dp=config.dp)
+
+
+def _export(config: RetrainConfig, run: Any, staging: Path, version: str,
+            key: bytes | None) -> None:
+    if config.task == "imaging":
+        from vigil.federation.image_run import export_imaging_run, public_check_inputs
+
+        export_imaging_run(run, staging, name=config.name, version=version, private_key_pem=key,
+                           check_inputs=public_check_inputs(run.spec))
+        return
+    from vigil.federation.simulation import export_run
+
+    export_run(run, staging, name=config.name, version=version, private_key_pem=key)
 
 
 def retrain_once(config: RetrainConfig) -> Release:
@@ -292,7 +349,6 @@ def retrain_once(config: RetrainConfig) -> Release:
         If the training, the export or the release fails (nothing is released).
     """
     from vigil.core.signing import public_key_of
-    from vigil.federation.simulation import export_run
 
     registry = Registry(config.registry)
     version = registry.next_version()
@@ -300,7 +356,7 @@ def retrain_once(config: RetrainConfig) -> Release:
     run = _train(config, version)
     key = None if config.private_key is None else config.private_key.read_bytes()
     staging = registry.staging(version)
-    export_run(run, staging, name=config.name, version=version, private_key_pem=key)
+    _export(config, run, staging, version, key)
     release = registry.add(staging, public_key=None if key is None else public_key_of(key))
     log.info("released %s %s: validation AUROC %s, utility %s", release.name, release.version,
              release.metrics.get("auroc"), release.metrics.get("utility"))

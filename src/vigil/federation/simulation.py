@@ -33,7 +33,7 @@ from vigil.federation.history import HISTORY_FILE, History, RoundRecord, Status
 from vigil.federation.hybrid import HybridResult, grow_hybrid, refuse_trees
 from vigil.federation.integrity import PUBLIC_KEY_FILE
 from vigil.federation.messages import SiteEvaluation
-from vigil.federation.privacy import DPSettings
+from vigil.federation.privacy import DPSettings, manifest_section
 from vigil.federation.profile import reference_profile
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights
@@ -213,16 +213,7 @@ def training_section(run: FederatedRun) -> dict[str, Any]:
                "valid_rows": evaluations[name].n_rows if name in evaluations else None}
         for name, s in r.statistics.items()
     }
-    dp: dict[str, Any] | None = None
-    if run.dp is not None:
-        dp = {
-            "mechanism": "DP-SGD (Opacus), Poisson sampling, per-row clipping, RDP accountant",
-            "unit": "one hourly row of a site's training data",
-            "target_epsilon": run.dp.target_epsilon,
-            "delta_rule": "1/n per site (n = its training rows)" if run.dp.delta is None
-            else f"{run.dp.delta:g}",
-            "sites": {name: p.to_dict() for name, p in sorted(r.privacy.items())},
-        }
+    dp = manifest_section(run.dp, r.privacy, unit="one hourly row of a site's training data")
     return {
         "method": run.method,
         "strategy": run.strategy.describe(),

@@ -29,7 +29,7 @@ from vigil.federation.messages import (
     SiteStatistics,
     Update,
 )
-from vigil.federation.privacy import DPSettings, SiteAccountant, quiet_hooks
+from vigil.federation.privacy import DPSettings, PrivateSite, SiteAccountant, quiet_hooks
 from vigil.federation.profile import variable_histograms
 from vigil.federation.strategies import Weights
 
@@ -90,7 +90,7 @@ def site_seed(seed: int, round_: int, site: str) -> int:
 
 
 @dataclass(eq=False)
-class Site:
+class Site(PrivateSite):
     """A hospital in the federation.
 
     Parameters
@@ -149,19 +149,6 @@ class Site:
     def __repr__(self) -> str:
         return f"Site({self.name!r}, train={self.train!r}, valid={self.valid!r})"
 
-    @property
-    def accountant(self) -> SiteAccountant | None:
-        """The site's privacy accountant: None until the first DP-SGD round has run."""
-        return self._accountant
-
-    def resume_accountant(self, accountant: SiteAccountant) -> None:
-        """Go on spending from an accountant saved after an earlier round.
-
-        For a site rebuilt for every round (the Flower ClientApp), so that ε
-        accumulates over the run instead of restarting at 0.
-        """
-        self._accountant = accountant
-
     def statistics(self) -> SiteStatistics:
         """Aggregate statistics of the training rows (sent once, before round 1)."""
         from vigil.federation.model import feature_sums
@@ -216,14 +203,7 @@ class Site:
         from vigil.federation.training import train_local
 
         net = self._network(global_weights)
-        hook = None
-        if self.dp is not None:
-            if self._accountant is None:
-                self._accountant = SiteAccountant(
-                    self.dp, n_rows=self.train.n_rows, batch_size=config.batch_size,
-                    local_epochs=config.local_epochs, total_rounds=config.total_rounds,
-                )
-            hook = self._accountant.hook()
+        hook = self.privacy_hook(self.train.n_rows, config)
         y, weight = training_targets(self.train.y, self.train.starts, target=self.target)
         with quiet_hooks():
             result = train_local(
@@ -235,9 +215,8 @@ class Site:
                 optimizer_hook=hook,
             )
         trained = OrderedDict((k, v) for k, v in get_weights(net).items() if not is_norm_key(k))
-        privacy = None if self._accountant is None else self._accountant.spent()
         return Update(site=self.name, weights=trained, num_examples=result.n_examples,
-                      loss=float(result.loss), privacy=privacy)
+                      loss=float(result.loss), privacy=self.privacy_spent())
 
     def quantiles(self, n_bins: int) -> NDArray[np.float32]:
         """Per-feature quantiles of the training rows, shape (n_features, n_bins - 1)."""

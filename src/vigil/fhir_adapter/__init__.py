@@ -58,6 +58,11 @@ Write-back
     (:class:`RESTWriter`: ``PUT RiskAssessment/{id}``; :class:`NDJSONWriter`)
     writes it idempotently.
 
+Imaging write-back
+    :func:`imaging_report` builds the DiagnosticReport + Observation of one study's
+    score (deterministic ids: :func:`imaging_report_ids`); :class:`FhirStudySink`
+    (a ``StudySink`` of the imaging runtime) PUTs them, or keeps them in NDJSON files.
+
 Synthetic data
     :func:`write_synth` turns PhysioNet rows into FHIR NDJSON and transaction
     Bundles (``vigil fhir synth``); its time rule is in :mod:`vigil.fhir_adapter.synth`.
@@ -69,6 +74,7 @@ from vigil.fhir_adapter.census import build_census
 from vigil.fhir_adapter.fast import parse_fast, parse_ndjson
 from vigil.fhir_adapter.hourly import grid_from_observations, hours_until
 from vigil.fhir_adapter.http import FHIRHttp
+from vigil.fhir_adapter.imaging_report import FhirStudySink, imaging_report, imaging_report_ids
 from vigil.fhir_adapter.mapping import MappingOptions
 from vigil.fhir_adapter.protocols import Capabilities, Source, Writer, WriteReport
 from vigil.fhir_adapter.records import (
@@ -105,6 +111,7 @@ __all__ = [
     "Deletion",
     "FHIRHttp",
     "FHIRSettings",
+    "FhirStudySink",
     "IngestCounts",
     "IngestResult",
     "MappedObservation",
@@ -129,6 +136,8 @@ __all__ = [
     "grid_from_observations",
     "hours_until",
     "icu_admission",
+    "imaging_report",
+    "imaging_report_ids",
     "ndjson_files",
     "parse_fast",
     "parse_ndjson",

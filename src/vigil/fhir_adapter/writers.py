@@ -38,11 +38,13 @@ __all__ = ["NDJSONWriter", "RESTWriter"]
 log = logging.getLogger(__name__)
 
 
-def _check(resource: Mapping[str, Any]) -> str:
+def _check(resource: Mapping[str, Any], resource_type: str = "RiskAssessment") -> str:
     rid = resource.get("id")
-    if resource.get("resourceType") != "RiskAssessment" or not isinstance(rid, str) or not rid:
-        raise DataError("expected RiskAssessment resources with an id; build them with "
-                        "vigil.fhir_adapter.risk_assessment")
+    if resource.get("resourceType") != resource_type or not isinstance(rid, str) or not rid:
+        builder = ("vigil.fhir_adapter.risk_assessment" if resource_type == "RiskAssessment"
+                   else "vigil.fhir_adapter.imaging_report")
+        raise DataError(f"expected {resource_type} resources with an id; build them with "
+                        f"{builder}")
     return rid
 
 
@@ -87,23 +89,27 @@ class RESTWriter:
 
 
 class NDJSONWriter:
-    """RiskAssessments in one NDJSON file, one line per id.
+    """Resources of one type (RiskAssessments by default) in one NDJSON file, one line per id.
 
     A write returns only once its lines are on disk (:func:`~vigil.core.files.append_durably`:
     ``fsync``, and a failed append is cut back), so a caller that records a resource as
     written after :meth:`write` returned never loses it. Opening the file moves a torn
     last line (a process killed during an append) and any line that is not a
-    RiskAssessment with an id to ``<file>.quarantine``, and keeps the rest.
+    resource of its type with an id to ``<file>.quarantine``, and keeps the rest.
 
     Parameters
     ----------
     path : Path
-        The file, or a directory that gets ``RiskAssessment.ndjson``.
+        The file, or a directory that gets ``<resource_type>.ndjson``.
+    resource_type : str, optional
+        The one resource type the file holds (the imaging write-back keeps
+        ``DiagnosticReport`` and ``Observation`` files).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, resource_type: str = "RiskAssessment") -> None:
         path = Path(path)
-        self.path = path / "RiskAssessment.ndjson" if path.is_dir() else path
+        self.resource_type = resource_type
+        self.path = path / f"{resource_type}.ndjson" if path.is_dir() else path
         self.quarantine_path = self.path.with_name(self.path.name + ".quarantine")
         self._lines: dict[str, bytes] = {}
         if self.path.exists():
@@ -119,7 +125,7 @@ class NDJSONWriter:
                 continue
             try:
                 doc = orjson.loads(line)
-                rid = _check(doc)
+                rid = _check(doc, self.resource_type)
             except (orjson.JSONDecodeError, DataError, AttributeError):
                 rejected.append(line)
                 numbers.append(number)
@@ -132,9 +138,10 @@ class NDJSONWriter:
             append_durably(self.quarantine_path, b"".join(r + b"\n" for r in rejected))
             replace_durably(self.path, b"".join(v + b"\n" for v in self._lines.values()))
             log.warning("%s: moved %d torn or malformed line(s) (line %s) to %s; a "
-                        "RiskAssessment whose write was not confirmed stays queued and is "
+                        "%s whose write was not confirmed stays queued and is "
                         "written again", self.path, len(rejected),
-                        ", ".join(map(str, numbers)), self.quarantine_path.name)
+                        ", ".join(map(str, numbers)), self.quarantine_path.name,
+                        self.resource_type)
 
     def __repr__(self) -> str:
         return f"NDJSONWriter(path={str(self.path)!r}, resources={len(self._lines)})"
@@ -155,7 +162,7 @@ class NDJSONWriter:
         written = unchanged = 0
         rewrite = False
         for a in assessments:
-            rid = _check(a)
+            rid = _check(a, self.resource_type)
             line = orjson.dumps(dict(a), option=orjson.OPT_SORT_KEYS)
             old = lines.get(rid, self._lines.get(rid))
             if old == line:

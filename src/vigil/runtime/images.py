@@ -1,7 +1,8 @@
 """Scoring images with an imaging model package: onnxruntime and the pixel chain, never torch.
 
 This is the code the runtime runs on images, and what ``vigil evaluate --images``
-runs: DICOM files are read by :mod:`vigil.dicom_adapter` (an instance the chain
+runs: :func:`read_instances` (the imaging cycle's and ``load_images``' one reader) reads
+DICOM files or Part 10 bytes by :mod:`vigil.dicom_adapter` (an instance the chain
 cannot handle is quarantined with its reason, counted, and never scored), turned
 into model inputs by :func:`vigil.imaging.to_model_input`, and scored by the
 package's ONNX model. A MedMNIST ``.npz`` is scored on its test split, its 8-bit
@@ -14,10 +15,12 @@ Labels: a folder's ``labels.csv`` files (``sop_instance_uid,label``, as
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,9 +28,18 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import DataError, DICOMError, ModelArtifactError, ScoringError
 from vigil.core.package import ModelPackage
+from vigil.dicom_adapter.headers import HeaderRecord
 from vigil.runtime.scoring import Scorer
 
-__all__ = ["ImageBatch", "ImageScorer", "evaluate_images", "load_images"]
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "UNREAD_HEADERS", "ImageBatch", "ImageScorer", "InstanceBatch", "evaluate_images",
+    "load_images", "read_instances"]
+
+UNREAD_HEADERS = HeaderRecord("", "", "", 0, "", float("nan"), "")
+"""The headers recorded for an instance that could not be read as DICOM."""
 
 
 class ImageScorer(Scorer):
@@ -104,6 +116,9 @@ class ImageBatch:
         ``"sop_instance_uid"`` or ``"image_index"``.
     quarantined : dict of str to int
         Reason → number of files refused (never scored).
+    study_uids, study_times : list of str
+        Per image (DICOM only; empty for an ``.npz``): its StudyInstanceUID and
+        StudyDate + StudyTime (``""`` when absent), to group images into studies.
     """
 
     inputs: NDArray[np.float32]
@@ -111,6 +126,93 @@ class ImageBatch:
     labels: NDArray[np.float64]
     key_name: str
     quarantined: dict[str, int]
+    study_uids: list[str] = field(default_factory=list)
+    study_times: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class InstanceBatch:
+    """What :func:`read_instances` made of a set of instances.
+
+    Attributes
+    ----------
+    inputs : ndarray of float32, shape (n_accepted, size, size) or (n_accepted, 3, size, size)
+        Model inputs of the accepted instances, in order (colour: ``channels=3``).
+    keys : list of str
+        Key (SOPInstanceUID) of each accepted instance.
+    datasets : list of pydicom.Dataset
+        The accepted instances (the sinks reference them).
+    quarantined : list of (str, str)
+        ``(key, reason)`` of each instance refused (unreadable, or by the pixel chain).
+    headers : dict of str to HeaderRecord
+        Watched headers of every instance read (accepted and quarantined).
+    skipped : int
+        Instances left out by ``skip`` (not images: the runtime's own outputs).
+    """
+
+    inputs: NDArray[np.float32]
+    keys: list[str]
+    datasets: list[Dataset]
+    quarantined: list[tuple[str, str]]
+    headers: dict[str, HeaderRecord]
+    skipped: int = 0
+
+
+def _dataset(item: bytes | Path) -> Dataset:
+    from vigil.dicom_adapter.reading import read_file
+
+    return read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
+
+
+def read_instances(
+    items: Iterable[tuple[str, bytes | Path]], *, size: int, channels: int = 1,
+    skip: Callable[[Dataset], bool] | None = None,
+) -> InstanceBatch:
+    """Read instances and turn the acceptable ones into model inputs (the runtime's reader).
+
+    Parameters
+    ----------
+    items : iterable of (str, bytes or Path)
+        A key for each instance (its SOPInstanceUID, or a file's position when
+        unknown) and its DICOM Part 10 bytes or file.
+    size : int
+        Side of the model input (the package's).
+    channels : int, optional
+        The package's input channels (1 grayscale, 3 colour): an instance of the other
+        kind is quarantined with its reason.
+    skip : callable or None, optional
+        Instances for which it returns True are neither scored nor quarantined.
+
+    Returns
+    -------
+    InstanceBatch
+        An unreadable instance is quarantined under its given key; a readable one is
+        keyed by its SOPInstanceUID when it has one.
+    """
+    from vigil.dicom_adapter.headers import header_record
+    from vigil.dicom_adapter.reading import prepare_batch
+
+    quarantined: list[tuple[str, str]] = []
+    datasets, keys = [], []
+    skipped = 0
+    for key, item in items:
+        try:
+            ds = _dataset(item)
+        except DICOMError as exc:
+            quarantined.append((key, str(exc)))
+            continue
+        if skip is not None and skip(ds):
+            skipped += 1
+            continue
+        datasets.append(ds)
+        keys.append(str(getattr(ds, "SOPInstanceUID", "") or key))
+    batch = prepare_batch(datasets, size=size, channels=channels)
+    quarantined.extend((keys[i], reason) for i, reason in batch.quarantined)
+    return InstanceBatch(
+        inputs=batch.inputs, keys=[keys[i] for i in batch.accepted],
+        datasets=[datasets[i] for i in batch.accepted], quarantined=quarantined,
+        headers={k: header_record(ds) for k, ds in zip(keys, datasets, strict=True)},
+        skipped=skipped)
 
 
 def _labels(folder: Path) -> dict[str, int]:
@@ -148,7 +250,6 @@ def load_images(source: str | Path, *, size: int, channels: int = 1) -> ImageBat
     DataError
         If ``source`` is neither a folder nor an ``.npz`` file, or holds no image.
     """
-    from vigil.dicom_adapter.reading import prepare_batch, read_file
     from vigil.imaging import colour_training_inputs, training_inputs
 
     path = Path(source)
@@ -170,22 +271,15 @@ def load_images(source: str | Path, *, size: int, channels: int = 1) -> ImageBat
     files = sorted(path.rglob("*.dcm"))
     if not files:
         raise DataError(f"expected *.dcm files below {path}, found none", source=str(path))
-    reasons: Counter[str] = Counter()
-    datasets, keys = [], []
-    for file in files:
-        try:
-            ds = read_file(file)
-        except DICOMError as exc:
-            reasons[str(exc)] += 1
-            continue
-        datasets.append(ds)
-        keys.append(str(getattr(ds, "SOPInstanceUID", "")))
-    batch = prepare_batch(datasets, size=size, channels=channels)
-    reasons.update(reason for _, reason in batch.quarantined)
+    batch = read_instances(((str(i), f) for i, f in enumerate(files)), size=size,
+                           channels=channels)
+    reasons = Counter(reason for _, reason in batch.quarantined)
     known = _labels(path)
-    kept = [keys[i] for i in batch.accepted]
-    labels = np.array([known.get(k, np.nan) for k in kept], dtype=np.float64)
-    return ImageBatch(batch.inputs, kept, labels, "sop_instance_uid", dict(reasons))
+    labels = np.array([known.get(k, np.nan) for k in batch.keys], dtype=np.float64)
+    return ImageBatch(batch.inputs, batch.keys, labels, "sop_instance_uid", dict(reasons),
+                      [str(ds.get("StudyInstanceUID", "")) for ds in batch.datasets],
+                      [f"{ds.get('StudyDate', '')}{ds.get('StudyTime', '')}"
+                       for ds in batch.datasets])
 
 
 def _ratio(a: int, b: int) -> float:
@@ -194,9 +288,14 @@ def _ratio(a: int, b: int) -> float:
 
 def evaluate_images(
     package: ModelPackage, source: str | Path, *, threshold: float | None = None,
-    threads: int = 1,
+    threads: int = 1, site_id: str | None = None, calibration: Any = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Score every image of ``source`` and compute the metrics of the labelled ones.
+
+    A DICOM folder goes through the runtime's imaging cycle
+    (:func:`vigil.runtime.image_replay.replay_folder`: the same reader, chain, scorer,
+    calibration and threshold as ``vigil serve``); a MedMNIST ``.npz`` through
+    :func:`vigil.imaging.training_inputs` and the same scorer.
 
     Parameters
     ----------
@@ -205,18 +304,24 @@ def evaluate_images(
     source : str or Path
         A DICOM folder or a MedMNIST ``.npz`` (its test split).
     threshold : float or None, optional
-        Default the package's.
+        Overrides the threshold the runtime would apply.
     threads : int, optional
+    site_id : str or None, optional
+        The site whose threshold of a federated package applies (DICOM folders).
+    calibration : Calibration or None, optional
+        A site calibration record to apply (DICOM folders).
 
     Returns
     -------
     summary : dict
         ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``, ``threshold``,
-        ``n_images`` (scored), ``n_labelled``, ``quarantined`` (count) and
-        ``quarantine_reasons`` (reason → count). A multi-class package gives
-        ``auroc`` (macro one-vs-rest), ``accuracy`` (arg-max), ``classes``,
-        ``label_counts`` and ``prediction_counts`` (per class) instead of the
-        threshold metrics.
+        ``n_images`` (scored), ``n_labelled``, ``quarantined`` (count),
+        ``quarantine_reasons`` (reason → count) and ``skipped`` (not images). A
+        multi-class package gives ``auroc`` (macro one-vs-rest), ``accuracy`` (arg-max),
+        ``classes``, ``label_counts`` and ``prediction_counts`` (per class) instead of
+        the threshold metrics; its DICOM folder is read by :func:`load_images` (the same
+        reader and chain), not through the imaging cycle, which scores binary packages
+        only (:func:`vigil.runtime.imaging_cycle.binary_only`).
     predictions : DataFrame
         One row per scored image: the key column, ``probability``, ``prediction``;
         multi-class: ``probability`` of the predicted class, ``prediction`` the class
@@ -224,12 +329,27 @@ def evaluate_images(
     """
     from vigil.features.metrics import auroc
 
+    path = Path(source)
+    skipped = 0
     scorer = ImageScorer(package, threads=threads)
-    batch = load_images(source, size=scorer.size, channels=scorer.channels)
     if scorer.multiclass:
-        return _evaluate_classes(package, scorer, batch)
-    cut = package.manifest.threshold if threshold is None else float(threshold)
-    probability = scorer.predict_images(batch.inputs)
+        return _evaluate_classes(package, scorer,
+                                 load_images(source, size=scorer.size, channels=scorer.channels))
+    if path.is_dir():
+        from vigil.runtime.image_replay import replay_folder
+
+        run = replay_folder(package, path, calibration=calibration, site_id=site_id,
+                            threads=threads)
+        known = _labels(path)
+        batch = ImageBatch(np.zeros((0, 0, 0), dtype=np.float32), run.keys,
+                           np.array([known.get(k, np.nan) for k in run.keys], dtype=np.float64),
+                           "sop_instance_uid", run.quarantined)
+        probability, skipped = run.probability, run.skipped
+        cut = run.threshold if threshold is None else float(threshold)
+    else:
+        batch = load_images(source, size=scorer.size, channels=scorer.channels)
+        cut = package.manifest.threshold if threshold is None else float(threshold)
+        probability = scorer.predict_images(batch.inputs)
     prediction = (probability >= cut).astype(np.int8)
     known = ~np.isnan(batch.labels)
     y, p = batch.labels[known] > 0, prediction[known] > 0
@@ -246,6 +366,7 @@ def evaluate_images(
         "n_labelled": int(known.sum()),
         "quarantined": int(sum(batch.quarantined.values())),
         "quarantine_reasons": batch.quarantined,
+        "skipped": skipped,
     }
     frame = pd.DataFrame({batch.key_name: batch.keys, "probability": probability,
                           "prediction": prediction})

@@ -19,10 +19,15 @@ so that whoever can write both the models directory and the state store still
 cannot forge one. Re-installing an installed package (same name, version and
 ``model.onnx``) keeps its role; the same name and version with other bytes is
 refused.
+
+Roles are per task (``sepsis`` or ``imaging``, from the manifest): a site runs one
+active (and one shadow) sepsis model and, beside them, one active (and one shadow)
+imaging model; installing or promoting one never touches the other task's roles.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -46,6 +51,7 @@ from vigil.runtime.store import ModelRow, StateStore
 
 __all__ = [
     "ROLES",
+    "TASKS",
     "Calibration",
     "LiveModel",
     "LiveModels",
@@ -55,6 +61,7 @@ __all__ = [
     "load_live_models",
     "model_summary",
     "promote_model",
+    "task_of",
     "verify_package",
 ]
 
@@ -66,6 +73,21 @@ _UNSIGNED_WARNING = (
 )
 ROLES = ("active", "shadow", "installed", "retired")
 """Roles of an installed model; ``retired`` is what a replaced active or shadow model gets."""
+TASKS = ("sepsis", "imaging")
+"""The registry's tasks; roles are held per task."""
+
+
+def task_of(manifest_task: str) -> str:
+    """Return the registry task of a manifest's ``task`` (``imaging``, else ``sepsis``)."""
+    return "imaging" if manifest_task == "imaging" else "sepsis"
+
+
+def _declared_task(path: str | Path) -> str:
+    """Return the task a manifest declares (read before verification, to pick the checks)."""
+    try:
+        return task_of(str(json.loads((Path(path) / MANIFEST).read_text()).get("task", "")))
+    except (OSError, ValueError, AttributeError):
+        return "sepsis"  # read_package then names what is wrong
 
 
 class Calibration(Protocol):
@@ -161,11 +183,17 @@ def verify_package(
 ) -> tuple[ModelPackage, Scorer]:
     """Check a package as :func:`install_model` does, without installing it.
 
+    A sepsis package must implement this vigil's feature schema and score a feature
+    row; an imaging package (manifest task ``imaging``) must score a batch of model
+    inputs of its ``feature_schema.size`` (:class:`~vigil.runtime.images.ImageScorer`).
+
     Raises
     ------
     ModelArtifactError
         Naming what failed: a hash, the signature, the feature schema, or inference.
     """
+    if _declared_task(path) == "imaging":
+        return _verify_imaging(path, public_key=public_key, threads=threads)
     package = read_package(
         path, public_key=public_key, expected_schema_sha256=FEATURE_SCHEMA.sha256
     )
@@ -189,6 +217,29 @@ def verify_package(
             f"input named {package.manifest.input_name!r}: {exc}",
             path=str(package.model_path),
         ) from exc
+    return package, scorer
+
+
+def _verify_imaging(
+    path: str | Path, *, public_key: Path | None, threads: int
+) -> tuple[ModelPackage, Scorer]:
+    from vigil.runtime.images import ImageScorer
+
+    package = read_package(path, public_key=public_key)
+    scorer = ImageScorer(package, threads=threads)
+    shape = (scorer.size, scorer.size) if scorer.channels == 1 else (
+        scorer.channels, scorer.size, scorer.size)
+    try:
+        scorer.predict_images(np.zeros((2, *shape), dtype=np.float32))
+    except VigilError as exc:
+        raise ModelArtifactError(f"the model does not score an image: {exc}",
+                                 path=str(package.model_path)) from exc
+    except Exception as exc:  # onnxruntime raises untyped errors on wrong names or shapes
+        raise ModelArtifactError(
+            f"onnxruntime could not run the model on a (2, {scorer.channels}, {scorer.size}, "
+            f"{scorer.size}) "
+            f"float32 input named {package.manifest.input_name!r}: {exc}",
+            path=str(package.model_path)) from exc
     return package, scorer
 
 
@@ -264,9 +315,11 @@ def install_model(
     if data is not None and record is not None:
         install_record(record, data, calibration_key=calibration_key)
         _load_calibration(record, read_package(target))
+    task = task_of(m.task)
     if role is None:
         role = existing.role if existing is not None else (
-            "installed" if any(r.role == "active" for r in store.models()) else "active")
+            "installed" if any(r.role == "active" and r.task == task for r in store.models())
+            else "active")
     row = ModelRow(
         name=m.name,
         version=m.version,
@@ -275,6 +328,7 @@ def install_model(
         calibration=str(record.resolve()) if record is not None else None,
         role=existing.role if existing is not None else "installed",
         installed=existing.installed if existing is not None else time.time(),
+        task=task,
     )
     store.put_model(row)
     if role != row.role:
@@ -357,15 +411,19 @@ def load_live_models(
     public_key: Path | None = None,
     threads: int = 1,
     calibration_key: Path | None = None,
+    task: str = "sepsis",
+    name: str | None = None,
 ) -> LiveModels:
-    """Load the active and shadow models (verifying them again) from the registry.
+    """Load the active and shadow models of a task (verifying them again) from the registry.
 
-    ``public_key=None`` is the unsigned opt-out (logged as a warning); installed
-    calibration records are checked as :func:`check_records` does.
+    ``name`` keeps only the models of that package name. ``public_key=None`` is the
+    unsigned opt-out (logged as a warning); installed calibration records are checked
+    as :func:`check_records` does.
     """
     live: dict[str, LiveModel] = {}
     for row in store.models():
-        if row.role not in ("active", "shadow"):
+        if row.role not in ("active", "shadow") or row.task != task or name not in (None,
+                                                                                    row.name):
             continue
         if public_key is None:
             log.warning(_UNSIGNED_WARNING, row.key)
@@ -392,7 +450,7 @@ def live_model(
     row = ModelRow(
         name=m.name, version=m.version, path=str(package.path), model_sha256=m.model_sha256,
         calibration=str(calibration) if calibration is not None else None, role="active",
-        installed=time.time(),
+        installed=time.time(), task=task_of(m.task),
     )
     return LiveModel(row=row, scorer=scorer, calibration=record)
 
@@ -402,6 +460,7 @@ def model_summary(row: ModelRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "version": row.version,
+        "task": row.task,
         "role": row.role,
         "calibrated": row.calibration is not None,
         "model_sha256": row.model_sha256,

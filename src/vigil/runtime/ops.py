@@ -9,7 +9,8 @@ A standard-library HTTP server in a daemon thread, bound to loopback by default:
     enough, else 503; the JSON body says why.
 ``/metrics``
     Prometheus text exposition: cycle duration, cycles by status, patients
-    scored, alerts, quarantined resources, FHIR errors.
+    scored, alerts, quarantined resources, FHIR errors; with ``[imaging]`` on, the
+    imaging loop's (:class:`vigil.runtime.imaging_service.ImagingMetrics`).
 ``/patients/{id}/scores``
     The patient's recent scores (JSON), for the site team: patient data, so it
     answers only a request with ``Authorization: Bearer TOKEN`` (``ops.token``,
@@ -29,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
@@ -87,15 +88,21 @@ class Readiness:
     model: str | None
     last_good_cycle_age_s: float | None
     reason: str
+    imaging: dict[str, Any] | None = field(default=None)
+    """The imaging loop's health (``status``: ok, starting, degraded); None when off.
+    Readiness follows the sepsis cycle; a degraded imaging loop is reported, not fatal."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {
+        out = {
             "ready": self.ready,
             "model": self.model,
             "last_good_cycle_age_s": self.last_good_cycle_age_s,
             "reason": self.reason,
         }
+        if self.imaging is not None:
+            out["imaging"] = self.imaging
+        return out
 
 
 def readiness(

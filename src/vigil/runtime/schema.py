@@ -12,7 +12,10 @@ roles). Migration 2 adds the monitor's tables
 keeps what orders the versions of a resource (:mod:`vigil.fhir_adapter.versions`):
 ``version`` and ``issued`` beside ``last_updated`` on ``observations``, and
 ``deletions``, the newest version of each resource that was entered in error, so
-that an older version arriving later does not bring it back. A migration is never edited once
+that an older version arriving later does not bring it back. Migration 4
+(:data:`~vigil.runtime.imaging_store.IMAGING_MIGRATION`) adds the imaging runtime's
+``imaging_studies`` and ``imaging_instances`` and a ``task`` column on ``models`` (an
+imaging package never replaces the sepsis model's role). A migration is never edited once
 released; a change is a new one.
 """
 
@@ -22,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from vigil.core.errors import ConfigError
+from vigil.runtime.imaging_store import IMAGING_MIGRATION
 from vigil.runtime.monitoring.alarms import MONITOR_MIGRATION
 
 __all__ = [
@@ -158,6 +162,8 @@ MIGRATIONS: tuple[str, ...] = (
     MONITOR_MIGRATION,
     # 3: what orders the versions of a resource, and the deleted resources.
     VERSIONS_MIGRATION,
+    # 4: the imaging runtime (scored studies, instance records) and models keyed by task.
+    IMAGING_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 """Schema version this vigil writes; older databases are migrated on open."""
@@ -188,7 +194,7 @@ class CycleRow:
 
 @dataclass(frozen=True)
 class ModelRow:
-    """An installed model package."""
+    """An installed model package (``task``: the manifest's, ``sepsis`` or ``imaging``)."""
 
     name: str
     version: str
@@ -197,6 +203,7 @@ class ModelRow:
     calibration: str | None
     role: str
     installed: float
+    task: str = "sepsis"
 
     @property
     def key(self) -> str:

@@ -8,6 +8,13 @@ that is skipped; the next one catches up from the watermark). SIGTERM or
 SIGINT stop the scheduler, let a running cycle finish, close the endpoint and
 the store, and return.
 
+With ``[imaging]`` enabled, the imaging loop (:mod:`vigil.runtime.imaging_service`)
+runs in the same scheduler as an interval job every ``imaging.poll_seconds``
+(``max_instances=1``), on a store connection of its own; a stop ends a running poll
+after its current page. Its metrics share ``/metrics``; ``/readyz`` reports its
+health under ``imaging`` (a degraded imaging source does not make the sepsis
+service unready).
+
 Missed ticks: a cycle that finds ticks between the latest committed one and its
 own (the service was stopped, or runs were skipped) first scores them, oldest
 first, at most ``scheduler.backfill_ticks`` of the latest, within the store's
@@ -19,12 +26,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from vigil.core.errors import ConfigError
 from vigil.runtime import heap
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
+from vigil.runtime.imaging_cycle import ImagingResult
+from vigil.runtime.imaging_service import ImagingLoop, build_imaging
 from vigil.runtime.models import LiveModels, check_records, load_live_models
 from vigil.runtime.monitoring import AlarmCollector, Monitor
 from vigil.runtime.monitoring.outcomes import (
@@ -161,12 +171,15 @@ class Service:
             retention_hours=settings.store.retention_hours,
         )
         self._stop = threading.Event()
+        memory = sqlite_path(settings.store.url) == ":memory:"  # one connection: share it
+        self.imaging: ImagingLoop | None = build_imaging(
+            settings, registry=self.metrics.registry, store=self.store if memory else None)
 
     def _reload_models(self) -> LiveModels:
         wanted = tuple(
             (r.key, r.role, r.calibration)
             for r in self.store.models()
-            if r.role in ("active", "shadow")
+            if r.role in ("active", "shadow") and r.task == "sepsis"
         )
         m = self.settings.models
         if wanted != self._models.signature:
@@ -217,14 +230,24 @@ class Service:
         )
         return result
 
+    def poll_imaging(self) -> ImagingResult | None:
+        """Run the imaging loop once (its scheduler job); None when imaging is off."""
+        if self.imaging is None:
+            return None
+        if self.imaging.owns_store:
+            return self.imaging.poll()
+        with self._lock:  # an in-memory store: the cycle's own connection
+            return self.imaging.poll()
+
     def readiness(self) -> Readiness:
-        """Answer ``/readyz``."""
+        """Answer ``/readyz`` (with the imaging loop's health when it runs)."""
         active = self._models.active
-        return readiness(
+        ready = readiness(
             model=active.key if active is not None else None,
             last_good_end=self._last_good_end,
             max_age_s=self.settings.ops.ready_max_age_s,
         )
+        return ready if self.imaging is None else replace(ready, imaging=self.imaging.health())
 
     def patient_scores(self, patient_key: str) -> list[dict[str, object]]:
         """Recent scores of one patient, read on a connection of its own."""
@@ -238,6 +261,8 @@ class Service:
         if signum is not None:
             log.info("received signal %d; stopping after the running cycle", signum)
         self._stop.set()
+        if self.imaging is not None:
+            self.imaging.stopping.set()
 
     def serve(self) -> None:
         """Run until :meth:`stop` or SIGTERM/SIGINT; then shut down cleanly."""
@@ -265,11 +290,18 @@ class Service:
             self.run_cycle, self.trigger, id="cycle", name="scoring cycle", max_instances=1,
             coalesce=True, misfire_grace_time=s.scheduler.misfire_grace_s, **extra,
         )
+        if self.imaging is not None:
+            scheduler.add_job(
+                self.poll_imaging, "interval", seconds=s.imaging.poll_seconds, id="imaging",
+                name="imaging poll", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
         scheduler.start()
-        log.info("serving: cycles at minute %s (%s)", s.scheduler.minute, s.scheduler.timezone)
+        log.info("serving: cycles at minute %s (%s)%s", s.scheduler.minute, s.scheduler.timezone,
+                 f"; imaging polls every {s.imaging.poll_seconds:g} s" if self.imaging else "")
         try:
             while not self._stop.wait(1.0):
                 pass
@@ -281,7 +313,10 @@ class Service:
             log.info("stopped")
 
     def close(self) -> None:
-        """Close the store, the source, the write-back target and the outcome feed."""
+        """Close the store, the source, the write-back target, the outcome feed and imaging."""
+        if getattr(self, "imaging", None) is not None:
+            assert self.imaging is not None
+            self.imaging.close()
         self.store.close()
         for part in (self.runner.source, self.runner.sink, self.outcomes):
             close = getattr(part, "close", None)

@@ -35,6 +35,7 @@ from vigil.core.errors import ConfigError
 from vigil.core.signing import RELEASE_PUBLIC_KEY
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.fhir_adapter.settings import FHIRSettings
+from vigil.runtime.imaging_settings import ImagingSettings, check_imaging
 
 __all__ = [
     "AlertSettings",
@@ -277,6 +278,7 @@ class VigilSettings(BaseSettings):
     models: ModelSettings = ModelSettings()
     ops: OpsSettings = OpsSettings()
     outcomes: OutcomeSettings = OutcomeSettings()
+    imaging: ImagingSettings = ImagingSettings()
 
 
 def check_serving(settings: VigilSettings) -> None:
@@ -300,6 +302,7 @@ def check_serving(settings: VigilSettings) -> None:
                           key="data.writeback_dir")
     check_public_key(settings.models.public_key, key="models.public_key")
     _check_outcomes(settings)
+    check_imaging(settings.imaging)
 
 
 def check_public_key(path: Path | None, *, key: str) -> None:

@@ -561,23 +561,31 @@ class StateStore:
 
     def models(self) -> list[ModelRow]:
         """Return the installed models, newest first."""
-        rows = self.conn.execute("SELECT * FROM models ORDER BY installed DESC, name, version")
-        return [ModelRow(n, v, p, s, c, r, float(i)) for n, v, p, s, c, r, i in rows]
+        rows = self.conn.execute(
+            "SELECT name, version, path, model_sha256, calibration, role, installed, task "
+            "FROM models ORDER BY installed DESC, name, version")
+        return [ModelRow(n, v, p, s, c, r, float(i), t) for n, v, p, s, c, r, i, t in rows]
 
     def put_model(self, row: ModelRow) -> None:
         """Add or replace an installed model."""
         with self.transaction() as tx:
             tx.execute(
-                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO models (name, version, path, model_sha256, calibration, "
+                "role, installed, task) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.name, row.version, row.path, row.model_sha256, row.calibration, row.role,
-                 row.installed),
+                 row.installed, row.task),
             )
 
     def set_role(self, name: str, version: str, role: str) -> None:
-        """Give a model a role; the model that held it (``active`` or ``shadow``) retires."""
+        """Give a model a role; the model of its task that held it (``active``, ``shadow``) retires.
+
+        Roles are per task: promoting an imaging model leaves the sepsis model's role alone.
+        """
         with self.transaction() as tx:
             if role in ("active", "shadow"):
-                tx.execute("UPDATE models SET role = 'retired' WHERE role = ?", (role,))
+                tx.execute(
+                    "UPDATE models SET role = 'retired' WHERE role = ? AND task = (SELECT task "
+                    "FROM models WHERE name = ? AND version = ?)", (role, name, version))
             tx.execute(
                 "UPDATE models SET role = ? WHERE name = ? AND version = ?", (role, name, version)
             )

@@ -25,6 +25,7 @@ from rt_support import (  # noqa: E402
     make_package,
     make_record,
     move_to_now,
+    ndjson_site_toml,
     wait_ready,
     write_trusted_key,
 )
@@ -125,21 +126,8 @@ TAMPERS = {
 def _site(root: Path) -> Path:
     (root / "export").mkdir(parents=True, exist_ok=True)
     config = root / "site.toml"
-    config.write_text(f"""
-site_id = "fault-site"
-[data]
-source = "ndjson"
-ndjson_dir = "{root / 'export'}"
-writeback = "ndjson"
-writeback_dir = "{root / 'out'}"
-[store]
-url = "sqlite:///{root / 'state.db'}"
-[models]
-dir = "{root / 'models'}"
-public_key = "{write_trusted_key(root)}"
-[ops]
-enabled = false
-""")
+    config.write_text(ndjson_site_toml(root, site_id="fault-site", port=None)
+                      + f'public_key = "{write_trusted_key(root)}"\n')
     return config
 
 

@@ -12,9 +12,13 @@ run (:class:`~vigil.federation.flower.settings.RunSettings`), and answers:
   (:func:`~vigil.federation.flower.treewire.answer_trees`), whose state
   between tree levels is kept in ``context.state`` too.
 
-The one piece of a site's state that lives across rounds, its DP-SGD
-accountant, is kept in the run's ``context.state`` on the SuperNode, so the
-privacy spent adds up over all rounds as in the in-process driver. Any
+The pieces of a site's state that live across rounds, its DP-SGD accountant
+and, for the imaging task under FedBN, its BatchNorm tensors after each round
+(:meth:`~vigil.federation.image_task.ImagingSite.kept_batchnorm`), are kept in
+the run's ``context.state`` on the SuperNode, so the privacy spent adds up over
+all rounds and the BatchNorm stays at the site, as in the in-process driver.
+The run's task (``RunSettings.task``) decides which site is loaded
+(:func:`~vigil.federation.flower.imagesite.load_task_site`). Any
 exception becomes an error reply; the coordinator drops the site for that
 request.
 """
@@ -22,13 +26,15 @@ request.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from vigil.core.errors import ConfigError
+from vigil.federation.flower.imagesite import load_task_site
 from vigil.federation.flower.settings import RunSettings
-from vigil.federation.flower.sitedata import SITE_DIR_KEY, load_site
+from vigil.federation.flower.sitedata import SITE_DIR_KEY
 from vigil.federation.flower.treewire import ACTION, answer_trees
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -39,6 +45,7 @@ from vigil.federation.flower.wire import (
     update_to_content,
     weights_from_record,
 )
+from vigil.federation.image_task import ImagingSite
 from vigil.federation.site import Site
 
 __all__ = ["app"]
@@ -60,12 +67,14 @@ def _site(context: Context, network: bool = True) -> Site:
         import torch
 
         torch.set_num_threads(settings.threads)
-    site = load_site(site_dir, **settings.site_options())
+    site: Any = load_task_site(site_dir, settings)
     saved = context.state.config_records.get(_STATE)
+    # the state is written by this ClientApp only, into this run's state on this SuperNode
     if saved is not None and "accountant" in saved:
-        # the accountant is written by this ClientApp only, into this run's state
         site.resume_accountant(pickle.loads(saved["accountant"]))  # noqa: S301
-    return site
+    if saved is not None and "batchnorm" in saved:
+        site.resume_batchnorm(pickle.loads(saved["batchnorm"]))  # noqa: S301
+    return site  # type: ignore[no-any-return]
 
 
 @app.query()
@@ -80,8 +89,13 @@ def train(msg: Message, context: Context) -> Message:
     site = _site(context)
     update = site.fit(weights_from_record(msg.content.array_records[ARRAYS]),
                       config_from_record(msg.content.config_records[CONFIG]))
+    state: dict[str, bytes] = {}
     if site.accountant is not None:
-        context.state[_STATE] = ConfigRecord({"accountant": pickle.dumps(site.accountant)})
+        state["accountant"] = pickle.dumps(site.accountant)
+    if isinstance(site, ImagingSite) and site.keep_bn_local:
+        state["batchnorm"] = pickle.dumps(site.kept_batchnorm())
+    if state:
+        context.state[_STATE] = ConfigRecord(state)
     return Message(update_to_content(update), reply_to=msg)
 
 

@@ -24,11 +24,13 @@ from vigil.federation.flower.results import EVENTS_FILE, RunOutput, load_result
 from vigil.federation.flower.settings import RunSettings, app_pyproject
 
 if TYPE_CHECKING:
+    from vigil.federation.image_run import ImagingRun
     from vigil.federation.simulation import FederatedRun
 
 __all__ = [
     "FLOWER_METHOD",
     "federated_run",
+    "imaging_run",
     "read_events",
     "run_on_flower",
     "train_on_flower",
@@ -145,8 +147,11 @@ def train_on_flower(
     *,
     timeout: float | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
-) -> FederatedRun:
-    """Run :func:`run_on_flower`; wrap the result for :func:`.simulation.export_run`.
+) -> FederatedRun | ImagingRun:
+    """Run :func:`run_on_flower`; wrap the result for the exporter of the run's task.
+
+    The sepsis task's for :func:`.simulation.export_run`, imaging's for
+    :func:`~vigil.federation.image_run.export_imaging_run`.
 
     Raises
     ------
@@ -158,7 +163,21 @@ def train_on_flower(
         raise ConfigError("a FedBN package carries one site's own normalization, which stays "
                           "at the site on Flower; use fedavg or fedprox here", key="strategy")
     out = run_on_flower(coordinator, settings, run_dir, timeout=timeout, on_event=on_event)
-    return federated_run(settings, out)
+    return imaging_run(settings, out) if settings.task == "imaging" else \
+        federated_run(settings, out)
+
+
+def imaging_run(settings: RunSettings, out: RunOutput) -> ImagingRun:
+    """Wrap a finished imaging run on Flower for its export (``export_imaging_run``).
+
+    The run holds no site (their images and, under FedBN, their BatchNorm stay at the
+    SuperNodes): only FedAvg / FedProx runs can be exported by the coordinator.
+    """
+    from vigil.federation.image_run import ImagingRun
+
+    return ImagingRun(result=out.result, strategy=settings.strategy, plan=settings.plan,
+                      spec=settings.image, data="each site's own images", sites=[],
+                      dp=settings.dp, method=FLOWER_METHOD)
 
 
 def federated_run(settings: RunSettings, out: RunOutput) -> FederatedRun:

@@ -70,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
         round_seconds.append(time.monotonic() - t0)  # connecting counts as "round 0"
         result = run_federation(
             sites, settings.strategy, settings.plan, model=settings.model, on_round=on_round,
-            transport=transport,
+            transport=transport, task=settings.driver_task(),
         )
         network_traffic = {name: asdict(t) for name, t in sorted(transport.traffic.items())}
         hybrid, tree_seconds = None, []

@@ -30,11 +30,12 @@ from vigil.core.errors import ConfigError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
+from vigil.federation.image_task import TASKS, CNNSpec, ImagingTask, check_task
 from vigil.federation.privacy import DPSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy
 
-__all__ = ["APP_NAME", "RunSettings", "app_pyproject"]
+__all__ = ["APP_NAME", "TASKS", "RunSettings", "app_pyproject"]
 
 APP_NAME = "vigil-federation"
 SERVERAPP = "vigil.federation.flower.serverapp:app"
@@ -68,6 +69,11 @@ class RunSettings:
         After the rounds, grow these boosted trees across the same sites and
         fuse them with the kept network (:mod:`vigil.federation.flower.treewire`).
         Not with FedBN or DP-SGD.
+    task : str, optional
+        ``"sepsis"`` (default) or ``"imaging"``: every SuperNode must hold a site
+        prepared for it (:mod:`vigil.federation.flower.imagesite`).
+    image : CNNSpec, optional
+        The imaging CNN (GroupNorm under DP-SGD); unused for sepsis.
     """
 
     plan: Plan
@@ -79,8 +85,12 @@ class RunSettings:
     out_dir: str = ""
     threads: int = 1
     trees: BoostingPlan | None = None
+    task: str = "sepsis"
+    image: CNNSpec = field(default_factory=CNNSpec)
 
     def __post_init__(self) -> None:
+        check_task(self.task, dp=self.dp, spec=self.image, trees=self.trees is not None,
+                   keeps_norm_local=self.strategy.keeps_norm_local)
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.plan.time_budget is None:
@@ -98,9 +108,20 @@ class RunSettings:
         return float(self.plan.time_budget)  # type: ignore[arg-type]
 
     def site_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~vigil.federation.site.Site` for every site."""
+        """Return the keyword arguments of every site of the run's task.
+
+        :class:`~vigil.federation.site.Site`'s, or
+        :class:`~vigil.federation.image_task.ImagingSite`'s for the imaging task.
+        """
+        if self.task == "imaging":
+            return {"spec": self.image, "keep_bn_local": self.strategy.keeps_norm_local,
+                    "dp": self.dp}
         return {"model": self.model, "keep_norm_local": self.strategy.keeps_norm_local,
                 "dp": self.dp}
+
+    def driver_task(self) -> ImagingTask | None:
+        """Return the driver's ``task``: the imaging CNN, or None (the sepsis network)."""
+        return ImagingTask(self.image) if self.task == "imaging" else None
 
     def to_run_config(self) -> dict[str, Any]:
         """Nested TOML-ready values (``{"plan": {"rounds": 2, ...}, "sites": 3, ...}``)."""

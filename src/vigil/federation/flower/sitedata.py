@@ -10,6 +10,7 @@ site's own rows and never leaves the site.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from vigil.core.errors import ConfigError, DataError
+from vigil.core.files import replace_durably
 from vigil.data import load_physionet, partition
 from vigil.federation.site import Site, SiteData
 
-__all__ = ["SITE_DIR_KEY", "SITE_FILE", "SITE_INFO", "load_site", "prepare_site", "site_name"]
+__all__ = ["SITE_DIR_KEY", "SITE_FILE", "SITE_INFO", "load_site", "prepare_site", "site_name",
+           "store_site"]
 
 SITE_DIR_KEY = "site-dir"
 """The SuperNode's ``--node-config`` key naming the prepared site's directory."""
@@ -66,18 +69,37 @@ def prepare_site(
         table = table.select(parts[name])
     site = Site.from_table(name, table)
     out = Path(site_dir)
-    out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"histograms": site.histograms, "missing": site.missing}
     for part in _PARTS:
         rows: SiteData = getattr(site, part)
         arrays |= {f"{part}_X": rows.X, f"{part}_y": rows.y, f"{part}_starts": rows.starts}
-    tmp = out / (SITE_FILE + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out / SITE_FILE)
     info = {"name": name, "prepared": time.time(), "train_rows": site.train.n_rows,
             "valid_rows": site.valid.n_rows}
-    (out / SITE_INFO).write_text(json.dumps(info, indent=1) + "\n")
-    return out / SITE_FILE
+    return store_site(out, arrays, info)
+
+
+def store_site(site_dir: Path, arrays: dict[str, Any], info: dict[str, Any]) -> Path:
+    """Write a prepared site's ``site.npz`` and then its ``site.json``, each atomically.
+
+    Parameters
+    ----------
+    site_dir : Path
+        Created if missing.
+    arrays : dict of str to ndarray
+    info : dict
+        JSON-ready; ``name`` is the site's name (:func:`site_name`).
+
+    Returns
+    -------
+    Path
+        The written ``site.npz``.
+    """
+    site_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    replace_durably(site_dir / SITE_FILE, buffer.getvalue())
+    replace_durably(site_dir / SITE_INFO, (json.dumps(info, indent=1) + "\n").encode())
+    return site_dir / SITE_FILE
 
 
 def site_name(site_dir: str | Path) -> str:

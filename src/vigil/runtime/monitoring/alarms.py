@@ -78,6 +78,7 @@ class AlarmKind(StrEnum):
     CALIBRATION = "calibration"
     CYCLE_INPUTS = "cycle_inputs"
     FEED_COVERAGE = "feed_coverage"
+    HEADER_DRIFT = "header_drift"
 
 
 class Severity(StrEnum):

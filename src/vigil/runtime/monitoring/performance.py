@@ -43,7 +43,39 @@ from vigil.core.errors import DataError
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
 from vigil.runtime.monitoring.detectors import Adwin
 
-__all__ = ["FrameLabels", "LabelSource", "PerformanceMonitor", "WindowMetrics", "clustered_auroc"]
+__all__ = ["SEPSIS_WORDING", "FrameLabels", "LabelSource", "PerformanceMonitor", "WindowMetrics",
+           "Wording", "clustered_auroc"]
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How a performance alarm names its rows, clusters and events (sepsis hours, studies).
+
+    Attributes
+    ----------
+    variable : str
+        The alarms' variable (``score``; ``image_score`` for the imaging model).
+    rows, row : str
+        Plural and singular of a labelled row (``labelled hours``, ``hour``).
+    positives : str
+        Clusters with a positive row (``septic patients``).
+    events : str
+        Positive rows (``sepsis hours``).
+    clusters : str
+        What the rows come in (``patients``).
+    """
+
+    variable: str
+    rows: str
+    row: str
+    positives: str
+    events: str
+    clusters: str
+
+
+SEPSIS_WORDING = Wording("score", "labelled hours", "hour", "septic patients", "sepsis hours",
+                         "patients")
+"""The sepsis runtime's wording (one row per patient-hour, patients as clusters)."""
 
 
 class LabelSource(Protocol):
@@ -205,6 +237,8 @@ class PerformanceMonitor:
         Confidence of the calibration-drift detector.
     min_events : int, optional
         Events per parameter of the site's calibration map (it has two).
+    wording : Wording, optional
+        How the alarms name rows and events (:data:`SEPSIS_WORDING`).
     """
 
     def __init__(
@@ -217,8 +251,10 @@ class PerformanceMonitor:
         z_alarm: float = 2.33,
         adwin_delta: float = 0.002,
         min_events: int = 10,
+        wording: Wording = SEPSIS_WORDING,
     ) -> None:
         self.reference_auroc = reference_auroc
+        self.wording = wording
         self.window_hours, self.min_patients = window_hours, min_patients
         self.auroc_margin, self.z_alarm, self.min_events = auroc_margin, z_alarm, min_events
         self.adwin = Adwin(delta=adwin_delta)
@@ -296,13 +332,14 @@ class PerformanceMonitor:
         m = self.metrics()
         if m is None:
             return [], []
-        kind = str(AlarmKind.DISCRIMINATION)
+        kind, w = str(AlarmKind.DISCRIMINATION), self.wording
+        var = w.variable
         stats = [
-            (kind, "score", "auroc", m.auroc),
-            (kind, "score", "labelled_hours", float(m.n)),
-            (str(AlarmKind.CALIBRATION), "score", "observed_expected", m.observed_expected),
-            (str(AlarmKind.CALIBRATION), "score", "intercept", m.intercept),
-            (str(AlarmKind.CALIBRATION), "score", "slope", m.slope),
+            (kind, var, "auroc", m.auroc),
+            (kind, var, w.rows.replace(" ", "_"), float(m.n)),
+            (str(AlarmKind.CALIBRATION), var, "observed_expected", m.observed_expected),
+            (str(AlarmKind.CALIBRATION), var, "intercept", m.intercept),
+            (str(AlarmKind.CALIBRATION), var, "slope", m.slope),
         ]
         findings: list[Finding] = []
         full = self._started is not None and now - self._started >= self.window_hours * 3600.0
@@ -313,21 +350,22 @@ class PerformanceMonitor:
         if ref is not None and np.isfinite(m.auroc) and m.patients_pos >= self.min_patients:
             drop = ref - m.auroc
             z = drop / m.auroc_se if m.auroc_se > 0 else math.inf
-            stats.append((kind, "score", "auroc_drop_z", z))
+            stats.append((kind, var, "auroc_drop_z", z))
             if drop > self.auroc_margin and z > self.z_alarm:
                 severity = Severity.CRITICAL if drop > 2 * self.auroc_margin else Severity.WARNING
                 findings.append(Finding(
-                    AlarmKind.DISCRIMINATION, "score", severity, m.auroc, ref - self.auroc_margin,
-                    f"AUROC {m.auroc:.3f} over the last {m.n} labelled hours "
-                    f"({m.patients_pos} septic patients) against {ref:.3f} expected "
-                    f"(drop {drop:.3f}, z = {z:.1f}); the model ranks patients worse here",
+                    AlarmKind.DISCRIMINATION, var, severity, m.auroc, ref - self.auroc_margin,
+                    f"AUROC {m.auroc:.3f} over the last {m.n} {w.rows} "
+                    f"({m.patients_pos} {w.positives}) against {ref:.3f} expected "
+                    f"(drop {drop:.3f}, z = {z:.1f}); the model ranks {w.clusters} "
+                    "worse here",
                 ))
         if self._recalibrate is not None:
             width, shift = self._recalibrate
             findings.append(Finding(
-                AlarmKind.CALIBRATION, "score", Severity.WARNING, shift, 0.0,
-                f"calibration drift: observed minus expected sepsis hours changed by {shift:+.4f} "
-                f"per hour (O/E now {m.observed_expected:.2f}, slope {m.slope:.2f}); "
-                f"recalibration recommended, on the last {width} labelled hours",
+                AlarmKind.CALIBRATION, var, Severity.WARNING, shift, 0.0,
+                f"calibration drift: observed minus expected {w.events} changed by {shift:+.4f} "
+                f"per {w.row} (O/E now {m.observed_expected:.2f}, slope {m.slope:.2f}); "
+                f"recalibration recommended, on the last {width} {w.rows}",
             ))
         return findings, stats
