@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from vigil.cli.main import app
+from vigil.core.errors import DataError
 from vigil.core.package import read_package
 from vigil.core.signing import generate_keypair
 from vigil.data.medmnist import MEDMNIST_SAMPLE_PATH, RETINA_SAMPLE_PATH, load_medmnist
@@ -29,14 +30,20 @@ from vigil.federation.image_export import (
     cnn_to_onnx,
     image_parity,
     input_schema,
+    onnx_probabilities,
 )
 from vigil.federation.image_run import export_imaging_run, federate_images, spec_for
 from vigil.federation.image_task import CNNSpec, predict_images
 from vigil.federation.model import get_weights, set_weights
-from vigil.federation.multiclass import WeightedCrossEntropy, multiclass_evaluation
+from vigil.federation.multiclass import (
+    WeightedCrossEntropy,
+    cross_entropy_hook,
+    multiclass_evaluation,
+)
 from vigil.federation.strategies import make_strategy
 from vigil.imaging import colour_training_inputs
-from vigil.runtime.images import evaluate_images
+from vigil.runtime.image_replay import replay_folder
+from vigil.runtime.images import evaluate_images, load_images
 
 RETINA = CNNSpec(channels=3, classes=5)
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imaging-federated"
@@ -83,6 +90,39 @@ def test_colour_five_class_cnn():
     x = np.zeros((4, 3, 28, 28), np.float32)
     assert spec_for([("a", x, y)]) == RETINA
     assert spec_for([("a", x[:, 0], np.array([0, 1, 1, 0]))]) == CNNSpec()
+
+
+def test_group_norm_colour_five_class_cnn_exports_with_parity():
+    """GroupNorm (the DP-SGD CNN) with 3 channels and 5 classes: torch and ONNX agree."""
+    spec = CNNSpec(norm="group", channels=3, classes=5)
+    net = SmallCNN(spec)
+    assert net.norms == ("gn1", "gn2", "gn3") and net.fc.weight.shape == (5, 128)
+    assert net.config()["norm"] == "group" and net.config()["classes"] == 5
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    weights = get_weights(net)
+    x = colour_training_inputs(load_medmnist("retina-sample", "test").images)
+    blob = cnn_to_onnx(weights, spec)
+    assert image_parity(weights, blob, x, spec) <= 1e-5
+    assert onnx_probabilities(blob, x[:7], spec).shape == (7, 5)
+    assert spec_for([("a", x, np.array([0, 4] * 50))], norm="group") == spec
+
+
+def test_cross_entropy_hook_hands_the_swapped_loss_to_the_next_hook():
+    """Under DP-SGD the privacy hook wraps the cross-entropy, not the binary loss."""
+    seen = []
+
+    def then(model, optimizer, loader, criterion):
+        seen.append(criterion)
+        return model, optimizer, loader, "wrapped"
+
+    assert cross_entropy_hook(5, then=then)("m", "o", "l", "bce") == ("m", "o", "l", "wrapped")
+    assert len(seen) == 1 and isinstance(seen[0], WeightedCrossEntropy)
+    assert isinstance(cross_entropy_hook(5)("m", "o", "l", "bce")[3], WeightedCrossEntropy)
 
 
 def test_weighted_cross_entropy_is_torchs():
@@ -170,10 +210,18 @@ def test_federate_export_and_score_through_dicom(retina_sites, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(by_uid["prediction"], probs.argmax(axis=1))
     np.testing.assert_allclose(by_uid["probability"], probs.max(axis=1))
-    # the binary pneumonia package refuses every colour file, with the reason
+    # the binary pneumonia package, through the imaging cycle, skips every colour (XC) file
+    # as not an image it scores (the service does the same), and the reader quarantines
+    # colour files for a greyscale model with the reason
     grey = evaluate_images(read_package(SHIPPED), site.folder)[0]
-    assert grey["n_images"] == 0 and grey["quarantined"] == site.n
-    assert grey["quarantine_reasons"] == {"expected Modality CR or DX, got 'XC'": site.n}
+    assert grey["n_images"] == 0 and grey["skipped"] == site.n and grey["quarantined"] == 0
+    refused = load_images(site.folder, size=28, channels=1)
+    assert refused.quarantined == {"expected Modality CR or DX, got 'XC'": site.n}
+    # the imaging cycle (vigil serve) refuses the multi-class package in one line
+    with pytest.raises(DataError, match=r"^expected a binary imaging model for the imaging "
+                       r"cycle \(one probability per image\), got retina-camera-b 0.0.1 with 5 "
+                       r"classes; score it with `vigil evaluate --images` instead$"):
+        replay_folder(package, site.folder)
 
 
 @pytest.mark.slow
