@@ -188,7 +188,10 @@ def test_federate_export_and_score_through_dicom(retina_sites, tmp_path):
     assert m.output_name == "probabilities" and m.model_extra["classes"] == 5
     assert m.model_extra["preprocessing"]["channels"] == 3
     assert m.model_extra["decision"].startswith("the arg-max class")
-    assert "diabetic-retinopathy" in (packages[1].path / "MODEL_CARD.md").read_text()
+    card = (packages[1].path / "MODEL_CARD.md").read_text()
+    assert "diabetic-retinopathy" in card and "## Threshold" not in card
+    assert card.endswith("- No DP-SGD: BatchNorm mixes the images of a batch (the GroupNorm CNN "
+                         "does not; `--dp-epsilon`).\n")
     test = load_medmnist("retina-sample", "test")
     site = write_sites(test.images, test.labels, tmp_path / "dcm", split="test", seed=0)[1]
     summary, frame = evaluate_images(package, site.folder)

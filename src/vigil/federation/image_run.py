@@ -326,7 +326,11 @@ def _multiclass_fields(spec: CNNSpec, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _multiclass_card(card: str) -> str:
-    """Adapt the binary model card's wording to a multi-class colour model."""
+    """Adapt the binary model card's wording to a multi-class colour model.
+
+    The card's last line, its privacy limitation (no DP-SGD, or the DP-SGD budget), is kept.
+    """
+    privacy = card.rstrip("\n").rsplit("\n", 1)[-1]
     return (card.replace("probability that a\n28×28 chest X-ray (PneumoniaMNIST-like) shows "
                          "pneumonia", "softmax probabilities of the five diabetic-retinopathy "
                          "grades\nof a 28×28 colour fundus photograph (RetinaMNIST-like)")
@@ -336,7 +340,7 @@ def _multiclass_card(card: str) -> str:
             + f"## Decision\n\n{MULTICLASS_DECISION}; `threshold` is not used.\n\n"
             "## Limitations\n\n- 28×28 images: far below clinical resolution.\n"
             "- Sites are simulated from one public data set.\n"
-            "- No DP-SGD: BatchNorm mixes the images of a batch.\n")
+            f"{privacy}\n")
 
 
 def export_imaging_run(
