@@ -44,6 +44,7 @@ from vigil.federation.strategies import make_strategy
 from vigil.imaging import colour_training_inputs
 from vigil.runtime.image_replay import replay_folder
 from vigil.runtime.images import evaluate_images, load_images
+from vigil.runtime.models import verify_package
 
 RETINA = CNNSpec(channels=3, classes=5)
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imaging-federated"
@@ -220,7 +221,10 @@ def test_federate_export_and_score_through_dicom(retina_sites, tmp_path):
     assert grey["n_images"] == 0 and grey["skipped"] == site.n and grey["quarantined"] == 0
     refused = load_images(site.folder, size=28, channels=1)
     assert refused.quarantined == {"expected Modality CR or DX, got 'XC'": site.n}
-    # the imaging cycle (vigil serve) refuses the multi-class package in one line
+    # it installs (the runtime's check scores colour inputs), but the imaging cycle
+    # (vigil serve) refuses the multi-class package in one line
+    (tmp_path / "k.pub").write_bytes(public)
+    assert verify_package(packages[1].path, public_key=tmp_path / "k.pub")[1].channels == 3
     with pytest.raises(DataError, match=r"^expected a binary imaging model for the imaging "
                        r"cycle \(one probability per image\), got retina-camera-b 0.0.1 with 5 "
                        r"classes; score it with `vigil evaluate --images` instead$"):
