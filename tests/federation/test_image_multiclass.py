@@ -258,3 +258,34 @@ def test_cli_federate_retina_then_evaluate(tmp_path):
                                  str(MEDMNIST_SAMPLE_PATH), "--json"])
     assert result.exit_code == 2
     assert "expected images of 3 channel(s) for this model" in result.stderr
+
+
+@pytest.mark.slow
+def test_dp_sgd_group_norm_five_class_package(retina_sites, tmp_path):
+    """DP-SGD wraps the cross-entropy: each camera spends at most its budget; no image_profile."""
+    from vigil.federation.privacy import DPSettings
+
+    train, valid = ([(s.site, s.inputs, s.labels) for s in retina_sites[k]]
+                    for k in ("train", "val"))
+    run = federate_images(train, valid, strategy=make_strategy("fedavg"),
+                          plan=Plan(rounds=1, batch_size=32, lr=1e-3),
+                          dp=DPSettings(target_epsilon=8.0))
+    assert run.spec == CNNSpec(norm="group", channels=3, classes=5)
+    check = np.concatenate([x for _, x, _ in train + valid])
+    profile = (np.concatenate([s.inputs for s in retina_sites["val"]]),
+               [h for s in retina_sites["train"] for h in s.headers])
+    private, _ = generate_keypair()
+    (package,) = export_imaging_run(run, tmp_path / "pkg", name="retina-dp", version="0.0.1",
+                                    check_inputs=check, private_key_pem=private,
+                                    profile_data=profile)
+    manifest = json.loads((package.path / "manifest.json").read_text())
+    assert "image_profile" not in manifest  # the profile is of the binary probability
+    assert manifest["architecture"]["norm"] == "group"
+    spent = manifest["training"]["differential_privacy"]["sites"]
+    assert sorted(spent) == ["camera-a", "camera-b", "camera-c"]
+    assert all(0 < s["epsilon"] <= 8.0 and s["steps"] > 0 for s in spent.values())
+    card = (package.path / "MODEL_CARD.md").read_text()
+    assert card.rstrip().endswith("the validation histograms are not privatized.")
+    summary, frame = evaluate_images(package, RETINA_SAMPLE_PATH)
+    assert summary["n_images"] == 100 and sum(summary["prediction_counts"]) == 100
+    assert list(frame.columns)[3:] == [f"p_{k}" for k in range(5)]
