@@ -258,6 +258,11 @@ def test_cli_federate_retina_then_evaluate(tmp_path):
                                  str(MEDMNIST_SAMPLE_PATH), "--json"])
     assert result.exit_code == 2
     assert "expected images of 3 channel(s) for this model" in result.stderr
+    result = runner.invoke(app, ["evaluate", "--model", str(out), "--images",
+                                 str(RETINA_SAMPLE_PATH), "--threshold", "0.3", "--json"])
+    assert result.exit_code == 2
+    assert ("expected no --threshold with a multi-class package (its decision is the arg-max "
+            "class), got --threshold") in result.stderr
 
 
 @pytest.mark.slow

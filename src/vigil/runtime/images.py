@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from vigil.core.errors import DataError, DICOMError, ModelArtifactError, ScoringError
+from vigil.core.errors import ConfigError, DataError, DICOMError, ModelArtifactError, ScoringError
 from vigil.core.package import ModelPackage
 from vigil.dicom_adapter.headers import HeaderRecord
 from vigil.runtime.scoring import Scorer
@@ -304,7 +304,8 @@ def evaluate_images(
     source : str or Path
         A DICOM folder or a MedMNIST ``.npz`` (its test split).
     threshold : float or None, optional
-        Overrides the threshold the runtime would apply.
+        Overrides the threshold the runtime would apply (binary packages only, as are
+        ``site_id`` and ``calibration``: a multi-class package raises ``ConfigError``).
     threads : int, optional
     site_id : str or None, optional
         The site whose threshold of a federated package applies (DICOM folders).
@@ -333,6 +334,12 @@ def evaluate_images(
     skipped = 0
     scorer = ImageScorer(package, threads=threads)
     if scorer.multiclass:
+        given = [k for k, v in (("--threshold", threshold), ("--calibration", calibration),
+                                ("--site-id", site_id)) if v is not None]
+        if given:
+            raise ConfigError(f"expected no {', '.join(given)} with a multi-class package "
+                              f"(its decision is the arg-max class), got {', '.join(given)}",
+                              key="threshold")
         return _evaluate_classes(package, scorer,
                                  load_images(source, size=scorer.size, channels=scorer.channels))
     if path.is_dir():
