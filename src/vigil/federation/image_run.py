@@ -98,6 +98,7 @@ def federate_images(
     data: str = "",
     threads: int = 1,
     on_round: Callable[[RoundRecord], None] | None = None,
+    max_shift: int = 0,
 ) -> ImagingRun:
     """Train the imaging CNN across sites in this process.
 
@@ -112,6 +113,9 @@ def federate_images(
     threads : int, optional
         torch threads (1 is bit-reproducible).
     on_round : callable, optional
+    max_shift : int, optional
+        Training augmentation: random translations of up to this many pixels
+        (:attr:`ImagingSite.max_shift <vigil.federation.image_task.ImagingSite>`).
 
     Returns
     -------
@@ -133,7 +137,7 @@ def federate_images(
         ImagingSite(name, ImageSet(np.asarray(x, np.float32), np.asarray(y).astype(np.int8)),
                     ImageSet(np.asarray(held[name][0], np.float32),
                              np.asarray(held[name][1]).astype(np.int8)),
-                    spec=spec, keep_bn_local=strategy.keeps_norm_local)
+                    spec=spec, keep_bn_local=strategy.keeps_norm_local, max_shift=max_shift)
         for name, x, y in train
     ]
     previous = torch.get_num_threads()

@@ -188,6 +188,10 @@ class ImagingSite:
     spec : CNNSpec, optional
     keep_bn_local : bool, optional
         FedBN: keep every BatchNorm tensor here (:data:`~vigil.federation.cnn.BN_POLICY`).
+    max_shift : int, optional
+        Augmentation: each round, the training images are translated by random offsets of
+        up to this many pixels (:func:`~vigil.federation.augment.random_shifts`, drawn
+        with the round's site seed); 0 trains on the images as they are.
     """
 
     name: str
@@ -195,6 +199,7 @@ class ImagingSite:
     valid: ImageSet
     spec: CNNSpec = field(default_factory=CNNSpec)
     keep_bn_local: bool = False
+    max_shift: int = 0
     _local: dict[int, OrderedDict[str, NDArray[np.float32]]] = field(
         default_factory=dict, init=False, repr=False)
 
@@ -263,12 +268,18 @@ class ImagingSite:
         from vigil.federation.training import train_local
 
         net = self._network(global_weights)
+        seed = site_seed(config.seed, config.round, self.name)
+        rows = self.train.rows
+        if self.max_shift:
+            from vigil.federation.augment import random_shifts
+
+            rng = np.random.default_rng([seed, 1])
+            rows = random_shifts(self.train.x, rng, self.max_shift).reshape(self.train.n, -1)
         # FedProx pulls towards the start of the round: the global entries and,
         # under FedBN, the site's own BatchNorm (train_local's default anchor)
         result = train_local(
-            net, self.train.rows, self.train.y.astype(np.float32), epochs=config.local_epochs,
-            batch_size=config.batch_size, lr=config.lr,
-            seed=site_seed(config.seed, config.round, self.name),
+            net, rows, self.train.y.astype(np.float32), epochs=config.local_epochs,
+            batch_size=config.batch_size, lr=config.lr, seed=seed,
             weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
         )
         if self.keep_bn_local:
