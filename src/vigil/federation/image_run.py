@@ -34,6 +34,7 @@ from vigil.federation.image_task import CNNSpec, ImageSet, ImagingSite, ImagingT
 from vigil.federation.strategies import Strategy
 
 __all__ = [
+    "IMAGING_RECIPE",
     "THRESHOLD_RULE",
     "ImagingRun",
     "SiteArrays",
@@ -46,6 +47,11 @@ THRESHOLD_RULE = (
     "score-bin edge maximizing the validation accuracy of the site's images (site calibration); "
     "pooled over the sites' histograms for the pooled threshold"
 )
+
+IMAGING_RECIPE: dict[str, Any] = {"rounds": 10, "local_epochs": 1, "batch_size": 128,
+                                   "lr": 1e-3, "weight_decay": 1e-4, "max_shift": 0}
+"""The imaging training recipe of the measurement and the shipped model (``docs/imaging.md``):
+local AdamW settings, rounds and the training augmentation (``max_shift`` pixels)."""
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""
