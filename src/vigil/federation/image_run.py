@@ -171,6 +171,7 @@ def _training(run: ImagingRun) -> dict[str, Any]:
         "best_round_rule": "pooled validation accuracy at its best threshold",
         "plan": {k: v for k, v in asdict(run.plan).items() if k != "rule"},
         "update_screening": asdict(run.plan.rule),
+        "augmentation": {"random_shift_pixels": run.sites[0].max_shift if run.sites else 0},
         "data": run.data,
         "sites": {name: {"train_images": s.count, "train_positives": s.positives,
                          "valid_images": evaluations[name].n_rows if name in evaluations
