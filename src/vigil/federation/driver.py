@@ -302,6 +302,9 @@ def run_federation(
     privacy: dict[str, PrivacySpent] = {}
     best: tuple[float, int, OrderedDict[str, NDArray[np.float32]], list[SiteEvaluation]] | None
     best = None
+    # the change of the global trainable weights over the last aggregated round:
+    # the direction rule's reference (checks.py)
+    previous_step: OrderedDict[str, NDArray[np.float32]] | None = None
     for r in range(1, plan.rounds + 1):
         config = FitConfig(
             round=r, total_rounds=plan.rounds, seed=plan.seed, local_epochs=plan.local_epochs,
@@ -335,12 +338,14 @@ def run_federation(
                 privacy[site.name] = update.privacy
             updates.append(update)
         accepted, rejections = screen_updates(updates, trainable, rule=plan.rule,
-                                              declared_rows=declared)
+                                              declared_rows=declared,
+                                              previous_step=previous_step)
         aggregated = len(accepted) >= plan.min_sites
         if aggregated:
             new = strategy.aggregate([u.weights for u in accepted],
                                      [u.num_examples for u in accepted], is_local=task.is_local)
             weights = OrderedDict((k, new.get(k, v)) for k, v in weights.items())
+            previous_step = OrderedDict((k, weights[k] - v) for k, v in trainable.items())
         else:
             log.warning("round %d not aggregated: %d accepted updates < min_sites %d", r,
                         len(accepted), plan.min_sites)
