@@ -1,0 +1,183 @@
+"""The arithmetic of secure aggregation: settings, fixed-point quantization, masks.
+
+A site's float vector ``x`` (shape ``(d,)``) is clipped to ``[-c, c]`` and
+quantized to integers ``q = round((x + c) * L / (2c))`` in ``[0, L]``
+(``c`` the clipping range, ``L`` the quantization range), as in Bonawitz et al.,
+"Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
+section 3 (inputs in ``Z_R``), and Flower's ``flwr.common.secure_aggregation.quantization``
+(which rounds stochastically; vigil rounds to the nearest level, so a run is
+reproducible). Masks and sums live in ``Z_M`` with ``M = 2**32``: numpy's
+``uint32`` addition wraps around, which is exactly addition modulo ``M``. With
+``n`` sites and ``n * L < M`` the sum of the ``q`` never wraps, so the
+coordinator recovers ``sum(q)`` exactly and
+
+    ``sum(x) ~= sum(q) * 2c / L - n * c``
+
+with an error of at most ``n * c / L`` per element for values inside ``[-c, c]``
+(half a quantization step per site). Values outside are clipped: that is the
+bound on any one site's influence (``c`` per element), see
+:mod:`vigil.federation.secagg`.
+
+Masks are pseudo-random ``uint32`` streams from ChaCha20 (RFC 8439) keyed by a
+32-byte seed, with the sum's index as the nonce: a fresh stream per seed and
+sum, 256-bit seeds. (Flower's ``pseudo_rand_gen`` folds the seed into 32 bits for
+numpy's Mersenne twister, few enough to try them all; vigil does not use it.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from numpy.typing import NDArray
+
+from vigil.core.errors import ConfigError
+
+__all__ = [
+    "MODULUS",
+    "SecureSumSettings",
+    "dequantize_sum",
+    "mask_stream",
+    "quantization_error",
+    "quantize",
+]
+
+MODULUS = 2**32
+"""Masked vectors and their sums are ``uint32``: arithmetic modulo ``2**32``."""
+
+
+@dataclass(frozen=True)
+class SecureSumSettings:
+    """How sites' vectors are summed without showing any one of them.
+
+    Parameters
+    ----------
+    num_shares : int or None, optional
+        How many sites (itself included) each site shares its secrets with and
+        masks against: the SecAgg+ graph's degree (Bell et al., "Secure
+        Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020).
+        None: every site (SecAgg, the right choice for a few hospitals).
+    reconstruction_threshold : int or None, optional
+        Shares needed to rebuild a site's secret: the fewest sites that must
+        answer to unmask a sum. None: a strict majority of ``num_shares``.
+    clipping_range : float, optional
+        ``c``: each element a site contributes is clipped to ``[-c, c]``
+        (after vigil's scaling: network deltas times ``n_i / N``; histograms
+        and score sums divided by the rows declared across the sites).
+    quantization_range : int, optional
+        ``L``: levels over ``[-c, c]``; ``n_sites * L`` must stay below ``2**32``.
+    """
+
+    num_shares: int | None = None
+    reconstruction_threshold: int | None = None
+    clipping_range: float = 1.0
+    quantization_range: int = 2**24
+
+    def resolve(self, n_sites: int) -> tuple[int, int]:
+        """Check the settings for ``n_sites`` sites and return ``(num_shares, threshold)``.
+
+        Raises
+        ------
+        ConfigError
+            If the settings are unsafe or impossible for ``n_sites`` (one line,
+            naming the setting, what was expected and what came).
+        """
+        if n_sites < 3:
+            raise ConfigError(f"secure aggregation needs at least 3 sites (with 2, each site's "
+                              f"vector is the sum minus its own); got {n_sites}", key="sites")
+        k = n_sites if self.num_shares is None else int(self.num_shares)
+        if not 3 <= k <= n_sites or (k < n_sites and k % 2 == 0):
+            raise ConfigError(f"expected num_shares odd between 3 and the {n_sites} sites (or "
+                              f"equal to it); got {k}", key="num_shares")
+        t = k // 2 + 1 if self.reconstruction_threshold is None else int(
+            self.reconstruction_threshold)
+        if not 2 * t > k or t > k:
+            raise ConfigError(f"expected reconstruction_threshold above half of num_shares "
+                              f"({k}) and at most {k}; got {t}: with fewer, a coordinator "
+                              "could collect both secrets of one site", key="reconstruction_threshold")
+        if not (np.isfinite(self.clipping_range) and self.clipping_range > 0):
+            raise ConfigError(f"expected clipping_range > 0, got {self.clipping_range}",
+                              key="clipping_range")
+        if not 2 <= self.quantization_range or n_sites * self.quantization_range >= MODULUS:
+            raise ConfigError(f"expected 2 <= quantization_range and sites x quantization_range "
+                              f"< 2**32; got {self.quantization_range} with {n_sites} sites",
+                              key="quantization_range")
+        return k, t
+
+    def step(self) -> float:
+        """Width of one quantization level, ``2c / L``."""
+        return 2.0 * self.clipping_range / self.quantization_range
+
+
+def quantize(x: NDArray[np.floating], settings: SecureSumSettings) -> NDArray[np.uint32]:
+    """Clip to ``[-c, c]`` and round to the nearest of the ``L + 1`` levels.
+
+    Parameters
+    ----------
+    x : ndarray of shape (d,)
+    settings : SecureSumSettings
+
+    Returns
+    -------
+    ndarray of uint32, shape (d,)
+        Values in ``[0, L]``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` holds NaN or infinity.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("expected finite values to sum securely, got NaN or infinity")
+    c = settings.clipping_range
+    q = np.rint((np.clip(x, -c, c) + c) / settings.step())
+    return np.clip(q, 0, settings.quantization_range).astype(np.uint32)
+
+
+def dequantize_sum(total: NDArray[np.uint32], n_sites: int,
+                   settings: SecureSumSettings) -> NDArray[np.float64]:
+    """Turn the unmasked sum of ``n_sites`` quantized vectors back into floats.
+
+    Parameters
+    ----------
+    total : ndarray of uint32, shape (d,)
+        ``sum(q) mod 2**32`` (exact while ``n_sites * L < 2**32``).
+    n_sites : int
+    settings : SecureSumSettings
+
+    Returns
+    -------
+    ndarray of float64, shape (d,)
+        ``total * 2c / L - n_sites * c``.
+    """
+    return total.astype(np.float64) * settings.step() - n_sites * settings.clipping_range
+
+
+def quantization_error(n_sites: int, settings: SecureSumSettings) -> float:
+    """Largest error per element of a dequantized sum of unclipped values: ``n * c / L``."""
+    return n_sites * settings.step() / 2.0
+
+
+def mask_stream(seed: bytes, index: int, size: int) -> NDArray[np.uint32]:
+    """A pseudo-random ``uint32`` mask: ChaCha20 (RFC 8439) keystream of ``seed`` and ``index``.
+
+    Parameters
+    ----------
+    seed : bytes
+        32 bytes (a pairwise secret or a site's own fresh seed).
+    index : int
+        Which sum (the nonce): the same seed gives an unrelated mask for each sum.
+    size : int
+        Elements.
+
+    Returns
+    -------
+    ndarray of uint32, shape (size,)
+    """
+    if len(seed) != 32:
+        raise ValueError(f"expected a 32-byte mask seed, got {len(seed)} bytes")
+    nonce = int(index).to_bytes(16, "little")
+    encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
+    return np.frombuffer(encryptor.update(bytes(4 * size)), dtype="<u4").astype(np.uint32)
