@@ -243,7 +243,8 @@ class SecAggClient:
             for src, ct in sealed.items():
                 src = int(src)
                 if src not in wanted or src not in mine:
-                    raise ValueError(f"expected {kind} shares of {kind == 'seeds' and 'surviving' or 'dropped'} "
+                    raise ValueError(f"expected {kind} shares of the sum's "
+                                     f"{'surviving' if kind == 'seeds' else 'dropped'} "
                                      "neighbours only")
                 plain = decrypt(self._enc_key(src), ct)
                 if plain[:24] != _sealed(src, me, idx, b""):
@@ -309,7 +310,9 @@ class SecureAggregator:
         self.group = list(range(self.n))
         return list(self.group)
 
-    def sum(self, requests: Mapping[int, Message], size: int) -> tuple[NDArray[np.float64], list[int]]:
+    def sum(self, requests: Mapping[int, Message], size: int) -> tuple[
+        NDArray[np.float64], list[int]
+    ]:
         """Stages 3-4: the sum of the vectors of the sites that answered.
 
         Parameters

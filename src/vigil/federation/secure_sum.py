@@ -67,12 +67,16 @@ class SecureSumSettings:
         and score sums divided by the rows declared across the sites).
     quantization_range : int, optional
         ``L``: levels over ``[-c, c]``; ``n_sites * L`` must stay below ``2**32``.
+    norm_bound : float or None, optional
+        ``B``: each site scales its network update to an L2 norm of at most
+        ``B`` before masking (:mod:`vigil.federation.secure_screening`); None: not bounded.
     """
 
     num_shares: int | None = None
     reconstruction_threshold: int | None = None
     clipping_range: float = 1.0
     quantization_range: int = 2**24
+    norm_bound: float | None = None
 
     def resolve(self, n_sites: int) -> tuple[int, int]:
         """Check the settings for ``n_sites`` sites and return ``(num_shares, threshold)``.
@@ -95,7 +99,8 @@ class SecureSumSettings:
         if not 2 * t > k or t > k:
             raise ConfigError(f"expected reconstruction_threshold above half of num_shares "
                               f"({k}) and at most {k}; got {t}: with fewer, a coordinator "
-                              "could collect both secrets of one site", key="reconstruction_threshold")
+                              "could collect both secrets of one site",
+                              key="reconstruction_threshold")
         if not (np.isfinite(self.clipping_range) and self.clipping_range > 0):
             raise ConfigError(f"expected clipping_range > 0, got {self.clipping_range}",
                               key="clipping_range")
@@ -103,6 +108,8 @@ class SecureSumSettings:
             raise ConfigError(f"expected 2 <= quantization_range and sites x quantization_range "
                               f"< 2**32; got {self.quantization_range} with {n_sites} sites",
                               key="quantization_range")
+        if self.norm_bound is not None and not self.norm_bound > 0:
+            raise ConfigError(f"expected norm_bound > 0, got {self.norm_bound}", key="norm_bound")
         return k, t
 
     def step(self) -> float:
@@ -161,7 +168,7 @@ def quantization_error(n_sites: int, settings: SecureSumSettings) -> float:
 
 
 def mask_stream(seed: bytes, index: int, size: int) -> NDArray[np.uint32]:
-    """A pseudo-random ``uint32`` mask: ChaCha20 (RFC 8439) keystream of ``seed`` and ``index``.
+    """Return a ``uint32`` mask: the ChaCha20 (RFC 8439) keystream of ``seed`` and ``index``.
 
     Parameters
     ----------

@@ -31,6 +31,7 @@ from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
 from vigil.federation.privacy import DPSettings
+from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy
 
@@ -68,6 +69,10 @@ class RunSettings:
         After the rounds, grow these boosted trees across the same sites and
         fuse them with the kept network (:mod:`vigil.federation.flower.treewire`).
         Not with FedBN or DP-SGD.
+    secure : SecureSumSettings or None, optional
+        Secure aggregation of the training rounds
+        (:mod:`vigil.federation.flower.secure`): FedAvg or FedProx without a
+        robust aggregator, no DP-SGD, at least 3 sites.
     """
 
     plan: Plan
@@ -79,8 +84,19 @@ class RunSettings:
     out_dir: str = ""
     threads: int = 1
     trees: BoostingPlan | None = None
+    secure: SecureSumSettings | None = None
 
     def __post_init__(self) -> None:
+        if self.secure is not None:
+            self.secure.resolve(self.sites)
+            if self.strategy.robust is not None or self.strategy.keeps_norm_local:
+                raise ConfigError("expected FedAvg or FedProx without a robust aggregator under "
+                                  "secure aggregation (the coordinator sees only the sum), got "
+                                  f"{self.strategy.name.value} robust={self.strategy.robust}",
+                                  key="secure")
+            if self.dp is not None:
+                raise ConfigError("expected no DP-SGD under secure aggregation (not supported "
+                                  "yet: each site's accountant), got dp", key="secure")
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.plan.time_budget is None:
