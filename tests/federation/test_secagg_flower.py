@@ -30,3 +30,35 @@ def test_secure_rounds_equal_the_plain_driver_within_the_quantization_error(site
     print("max weight diff", diff)
     print(result.history)
     print({n: t for n, t in plain.traffic.items()})
+
+
+from flwr.app import Context, RecordDict  # noqa: E402
+from test_flower_trees import TREES, Grid, _in_process  # noqa: E402
+
+from vigil.federation.flower import serverapp  # noqa: E402
+from vigil.federation.flower.results import load_result  # noqa: E402
+from vigil.federation.flower.runner import federated_run  # noqa: E402
+from vigil.federation.flower.settings import RunSettings  # noqa: E402
+from vigil.federation.driver import Plan  # noqa: E402
+from vigil.federation.site import ModelSpec  # noqa: E402
+from vigil.federation.strategies import make_strategy  # noqa: E402
+from test_flower_transport import _run_config  # noqa: E402
+
+
+def test_trees_over_secure_sums(site_dirs, task, tmp_path) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
+    plain = RunSettings(plan=Plan(rounds=1, seed=3, time_budget=30.0),
+                        strategy=make_strategy("fedavg"), sites=3, model=ModelSpec(hidden=(8,)),
+                        trees=TREES, out_dir=str(tmp_path / "result"), wait=1.0)
+    settings = dataclasses.replace(plain, secure=SECURE)
+    grid = Grid(site_dirs, settings)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=_run_config(settings))
+    serverapp.main(grid, context)  # type: ignore[arg-type]
+    out = load_result(tmp_path / "result")
+    flower = federated_run(settings, out)
+    reference = _in_process(site_dirs, plain)
+    for x, y in zip(flower.hybrid.part.trees, reference.hybrid.part.trees):
+        print(x.feature, y.feature)
+        print(np.abs(x.value - y.value).max() if x.value.shape == y.value.shape else "shape")
+    print(flower.hybrid.part.standardization, reference.hybrid.part.standardization)
+    print(out.info["traffic"], out.info["network_traffic"])

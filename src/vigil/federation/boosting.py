@@ -445,6 +445,7 @@ def check_histograms(
     *,
     parents: NDArray[np.float64] | None = None,
     label_sums: tuple[float, float] | None = None,
+    atol: float = _ATOL,
 ) -> tuple[ExclusionReason, str] | None:
     """Screen one site's histograms of one tree level (rules in the module docstring).
 
@@ -459,6 +460,9 @@ def check_histograms(
         (their children are ``hist``'s nodes, in pairs); None at the root.
     label_sums : tuple of float, optional
         The site's weighted positives ``P`` and rows ``W``; checked at the root.
+    atol : float, optional
+        Absolute tolerance of the totals' agreement (larger for quantized sums,
+        :mod:`vigil.federation.secure_sum`).
 
     Returns
     -------
@@ -475,18 +479,18 @@ def check_histograms(
         return ExclusionReason.HESSIAN, f"hessian sum {float(hist[..., 1].min()):.3g} < 0"
     per_feature = hist.sum(axis=2)  # (n_nodes, n_features, 2)
     totals = per_feature[:, 0]
-    if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=_ATOL):
+    if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=atol):
         gap = float(np.abs(per_feature - totals[:, None]).max())
         return ExclusionReason.INCONSISTENT, f"features disagree on a node's totals by {gap:.3g}"
     if parents is not None:
         pairs = totals.reshape(-1, 2, 2).sum(axis=1)
-        if not np.allclose(pairs, parents, rtol=_RTOL, atol=_ATOL):
+        if not np.allclose(pairs, parents, rtol=_RTOL, atol=atol):
             gap = float(np.abs(pairs - parents).max())
             return ExclusionReason.INCONSISTENT, f"children differ from their parent by {gap:.3g}"
     if label_sums is not None:
         positives, rows = label_sums
         g, h = totals[0]
-        tol = _ATOL + _RTOL * rows
+        tol = atol + _RTOL * rows
         if not (-positives - tol <= g <= rows - positives + tol and h <= rows / 4 + tol):
             return ExclusionReason.BOUNDS, (f"root sums G={g:.4g}, H={h:.4g} outside "
                                             f"[-{positives:.4g}, {rows - positives:.4g}] and "

@@ -37,6 +37,7 @@ from vigil.core.errors import ConfigError
 __all__ = [
     "MODULUS",
     "SecureSumSettings",
+    "check_range",
     "dequantize_sum",
     "mask_stream",
     "quantization_error",
@@ -141,6 +142,20 @@ def quantize(x: NDArray[np.floating], settings: SecureSumSettings) -> NDArray[np
     c = settings.clipping_range
     q = np.rint((np.clip(x, -c, c) + c) / settings.step())
     return np.clip(q, 0, settings.quantization_range).astype(np.uint32)
+
+
+def check_range(x: NDArray[np.floating], settings: SecureSumSettings, what: str) -> None:
+    """Refuse a vector that quantization would clip (sums that must come out exact).
+
+    Raises
+    ------
+    ValueError
+        Naming ``what``, the largest value and the clipping range.
+    """
+    top = float(np.max(np.abs(x), initial=0.0))
+    if not top <= settings.clipping_range:
+        raise ValueError(f"expected {what} scaled within the clipping range "
+                         f"{settings.clipping_range}, got {top:.4g}; raise clipping_range")
 
 
 def dequantize_sum(total: NDArray[np.uint32], n_sites: int,

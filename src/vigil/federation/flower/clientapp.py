@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from vigil.core.errors import ConfigError
 from vigil.federation.flower.secure import ACTION as SECURE_ACTION
 from vigil.federation.flower.secure import answer_secure, fit_vector
+from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, load_site
 from vigil.federation.flower.treewire import ACTION, answer_trees
@@ -116,7 +117,8 @@ def secure(msg: Message, context: Context) -> Message:
     def vector(what: str, content: RecordDict) -> NDArray[np.floating]:
         if what == "fit":
             return fit_vector(_site(context), content, norm_bound)
-        raise ValueError(f"expected a secure sum of fit, got {what!r}")
+        return tree_vector(what, content, context.state,
+                           lambda network: _site(context, network), settings.secure)
 
     content = answer_secure(msg.content, context.state, settings.secure, vector)
     return Message(content, reply_to=msg)

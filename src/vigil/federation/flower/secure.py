@@ -52,7 +52,7 @@ from vigil.federation.site import Site
 from vigil.federation.strategies import Weights
 
 __all__ = ["ACTION", "FlowerSecureSum", "SecureTransport", "answer_secure", "decode", "encode",
-           "fit_vector"]
+           "fit_vector", "open_secure"]
 
 ACTION = "secagg"
 """The ClientApp's query action of secure aggregation (message type ``query.secagg``)."""
@@ -338,18 +338,46 @@ class SecureTransport:
     def secure_fit(self, sites: Sequence[Any], weights: Weights, config: FitConfig,
                    keys: Sequence[str], shares: Mapping[str, float]) -> SecureFit:
         """One round whose updates the coordinator sees only as their weighted mean."""
-        names = sorted(s.name for s in sites)
-        gone: dict[str, Exception] = {}
-        if self.secure is None or self.secure.group != names:
-            self.secure = FlowerSecureSum(self.transport, sites, self.settings)
-            try:
-                self.secure.setup()
-            except AggregationError:  # once more without the sites that failed it
-                gone = dict(self.secure.failures)
-                sites = [s for s in sites if s.name not in gone]
-                self.secure = FlowerSecureSum(self.transport, sites, self.settings)
-                self.secure.setup()
+        self.secure, gone = open_secure(self.transport, sites, self.settings, self.secure)
         kept = {n: shares[n] for n in self.secure.group}
         fit = self.secure.fit(weights, config, keys, kept)
         fit.dropped |= gone
         return fit
+
+
+def open_secure(transport: FlowerTransport, sites: Sequence[RemoteSite],
+                settings: SecureSumSettings, current: FlowerSecureSum | None = None) -> tuple[
+    FlowerSecureSum, dict[str, Exception]
+]:
+    """Return a set-up :class:`FlowerSecureSum` over ``sites`` (``current`` if its group is theirs).
+
+    A new set-up runs when the group changed (a site that dropped out of a sum
+    comes back with new keys); if a site fails it, it runs once more without it.
+
+    Returns
+    -------
+    secure : FlowerSecureSum
+    gone : dict of str to Exception
+        The sites left out because they failed the set-up.
+
+    Raises
+    ------
+    AggregationError
+        If the second set-up fails too, or too few sites remain (naming the threshold).
+    """
+    names = sorted(s.name for s in sites)
+    if current is not None and current.group == names:
+        return current, {}
+    secure = FlowerSecureSum(transport, sites, settings)
+    try:
+        secure.setup()
+        return secure, {}
+    except AggregationError:
+        gone = dict(secure.failures)
+    kept = [s for s in sites if s.name not in gone]
+    if len(kept) < 3:
+        raise AggregationError(f"secure aggregation needs at least 3 sites; {len(kept)} of "
+                               f"{len(sites)} completed the set-up")
+    secure = FlowerSecureSum(transport, kept, settings)
+    secure.setup()
+    return secure, gone
