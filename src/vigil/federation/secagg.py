@@ -196,16 +196,16 @@ class SecAggClient:
                              f"whose mask key was revealed; got {len(active)}")
         q = quantize(np.asarray(vector).ravel(), settings)
         seed = os.urandom(32)
-        y = q + mask_stream(seed, index, q.size)
+        y = q + mask_stream(seed, index, q.size, q.dtype.type)
         for v in neighbours(me, g["n"], g["k"]):
             if v != me and v in active:
-                pairwise = mask_stream(self._pair(v), index, q.size)
+                pairwise = mask_stream(self._pair(v), index, q.size, q.dtype.type)
                 y = y + pairwise if v > me else y - pairwise
         mine = neighbours(me, g["n"], g["k"])
         shares = create_shares(seed, g["t"], len(mine))
         sums[str(index)] = {"active": active, "unmasked": False}
         self._put("sums", sums)
-        return {"masked": y.astype(np.uint32),
+        return {"masked": y,
                 "shares": {v: encrypt(self._enc_key(v), _sealed(me, v, index, s))
                            for v, s in zip(mine, shares, strict=True)}}
 
@@ -310,7 +310,7 @@ class SecureAggregator:
         self.group = list(range(self.n))
         return list(self.group)
 
-    def sum(self, requests: Mapping[int, Message], size: int) -> tuple[
+    def sum(self, requests: Mapping[int, Message], size: int, *, wide: bool = False) -> tuple[
         NDArray[np.float64], list[int]
     ]:
         """Stages 3-4: the sum of the vectors of the sites that answered.
@@ -321,6 +321,8 @@ class SecureAggregator:
             What each site in the group is asked to sum (passed to its ``mask`` stage).
         size : int
             Elements of each vector.
+        wide : bool, optional
+            Sum on 64 bits (:meth:`SecureSumSettings.widened`; the sites are told).
 
         Returns
         -------
@@ -339,10 +341,12 @@ class SecureAggregator:
         self.index += 1
         active = [i for i in self.group if i in requests]
         self._fail_below(len(active), "are asked")
-        masked = self.exchange("mask", {i: {**requests[i], "index": self.index, "active": active}
-                                        for i in active})
+        settings = self.settings.widened() if wide else self.settings
+        masked = self.exchange("mask", {i: {**requests[i], "index": self.index, "active": active,
+                                            "wide": wide} for i in active})
         alive = [i for i in active if not isinstance(masked.get(i, KeyError()), Exception)
-                 and np.shape(masked[i]["masked"]) == (size,)]  # type: ignore[index]
+                 and np.shape(masked[i]["masked"]) == (size,)  # type: ignore[index]
+                 and np.asarray(masked[i]["masked"]).dtype == settings.dtype]  # type: ignore[index]
         self._fail_below(len(alive), f"of {len(active)} sent a masked vector")
         gone = [i for i in active if i not in alive]
         unmask = {}
@@ -356,18 +360,20 @@ class SecureAggregator:
         ok = {h: a for h, a in answers.items() if not isinstance(a, Exception)}
         self._fail_below(len(ok), f"of {len(alive)} survivors answered the unmask stage")
         self.group = [i for i in self.group if i not in gone]
-        total = np.zeros(size, dtype=np.uint32)
+        dtype = settings.dtype
+        total = np.zeros(size, dtype=dtype)
         for u in alive:
-            total += masked[u]["masked"]  # type: ignore[index]
-            total -= mask_stream(self._rebuild(u, "seeds", ok), self.index, size)
+            total += np.asarray(masked[u]["masked"], dtype=dtype)  # type: ignore[index]
+            total -= mask_stream(self._rebuild(u, "seeds", ok), self.index, size, dtype)
         for v in gone:
             key = self._rebuild(v, "keys", ok)
             for w in alive:
                 if w in neighbours(v, self.n, self.k):
-                    pairwise = mask_stream(_pair_secret(key, self._public[w][1]), self.index, size)
+                    pairwise = mask_stream(_pair_secret(key, self._public[w][1]), self.index,
+                                           size, dtype)
                     # w added +PRG(s_wv) when v > w and -PRG when v < w: take it back
                     total = total - pairwise if v > w else total + pairwise
-        return dequantize_sum(total, len(alive), self.settings), alive
+        return dequantize_sum(total, len(alive), settings), alive
 
     def _rebuild(self, site: int, kind: str, answers: Mapping[int, Message]) -> bytes:
         shares = [a[kind][site] for a in answers.values() if site in a[kind]]

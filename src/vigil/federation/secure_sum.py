@@ -6,10 +6,10 @@ quantized to integers ``q = round((x + c) * L / (2c))`` in ``[0, L]``
 "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
 section 3 (inputs in ``Z_R``), and Flower's ``flwr.common.secure_aggregation.quantization``
 (which rounds stochastically; vigil rounds to the nearest level, so a run is
-reproducible). Masks and sums live in ``Z_M`` with ``M = 2**32``: numpy's
-``uint32`` addition wraps around, which is exactly addition modulo ``M``. With
-``n`` sites and ``n * L < M`` the sum of the ``q`` never wraps, so the
-coordinator recovers ``sum(q)`` exactly and
+reproducible). Masks and sums live in ``Z_M`` with ``M = 2**32`` (or ``2**64``,
+``modulus_bits``): numpy's ``uint32`` (``uint64``) addition wraps around, which is
+exactly addition modulo ``M``. With ``n`` sites and ``n * L < M`` the sum of the
+``q`` never wraps, so the coordinator recovers ``sum(q)`` exactly and
 
     ``sum(x) ~= sum(q) * 2c / L - n * c``
 
@@ -18,7 +18,7 @@ with an error of at most ``n * c / L`` per element for values inside ``[-c, c]``
 bound on any one site's influence (``c`` per element), see
 :mod:`vigil.federation.secagg`.
 
-Masks are pseudo-random ``uint32`` streams from ChaCha20 (RFC 8439) keyed by a
+Masks are pseudo-random ``uint32`` (``uint64``) streams from ChaCha20 (RFC 8439) keyed by a
 32-byte seed, with the sum's index as the nonce: a fresh stream per seed and
 sum, 256-bit seeds. (Flower's ``pseudo_rand_gen`` folds the seed into 32 bits for
 numpy's Mersenne twister, few enough to try them all; vigil does not use it.)
@@ -26,7 +26,7 @@ numpy's Mersenne twister, few enough to try them all; vigil does not use it.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 MODULUS = 2**32
-"""Masked vectors and their sums are ``uint32``: arithmetic modulo ``2**32``."""
+"""The default modulus: masked vectors and their sums are ``uint32``."""
+_EXACT = 2**53
+"""Integers a float64 holds exactly: a sum ``n * L`` must stay below it."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,13 @@ class SecureSumSettings:
         (after vigil's scaling: network deltas times ``n_i / N``; histograms
         and score sums divided by the rows declared across the sites).
     quantization_range : int, optional
-        ``L``: levels over ``[-c, c]``; ``n_sites * L`` must stay below ``2**32``.
+        ``L``: levels over ``[-c, c]``; ``n_sites * L`` must stay below ``M``.
     norm_bound : float or None, optional
         ``B``: each site scales its network update to an L2 norm of at most
         ``B`` before masking (:mod:`vigil.federation.secure_screening`); None: not bounded.
+    modulus_bits : int, optional
+        32 (``uint32``, 4 bytes per element) or 64 (``uint64``: 8 bytes, and
+        room for ``L`` up to ``2**53 / n_sites``).
     """
 
     num_shares: int | None = None
@@ -78,6 +83,7 @@ class SecureSumSettings:
     clipping_range: float = 1.0
     quantization_range: int = 2**24
     norm_bound: float | None = None
+    modulus_bits: int = 32
 
     def resolve(self, n_sites: int) -> tuple[int, int]:
         """Check the settings for ``n_sites`` sites and return ``(num_shares, threshold)``.
@@ -105,20 +111,33 @@ class SecureSumSettings:
         if not (np.isfinite(self.clipping_range) and self.clipping_range > 0):
             raise ConfigError(f"expected clipping_range > 0, got {self.clipping_range}",
                               key="clipping_range")
-        if not 2 <= self.quantization_range or n_sites * self.quantization_range >= MODULUS:
+        if self.modulus_bits not in (32, 64):
+            raise ConfigError(f"expected modulus_bits 32 or 64, got {self.modulus_bits}",
+                              key="modulus_bits")
+        top = min(2**self.modulus_bits, _EXACT)
+        if not 2 <= self.quantization_range or n_sites * self.quantization_range >= top:
             raise ConfigError(f"expected 2 <= quantization_range and sites x quantization_range "
-                              f"< 2**32; got {self.quantization_range} with {n_sites} sites",
+                              f"< {top}; got {self.quantization_range} with {n_sites} sites",
                               key="quantization_range")
         if self.norm_bound is not None and not self.norm_bound > 0:
             raise ConfigError(f"expected norm_bound > 0, got {self.norm_bound}", key="norm_bound")
         return k, t
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        """``np.uint32`` or ``np.uint64``."""
+        return np.uint32 if self.modulus_bits == 32 else np.uint64
+
+    def widened(self) -> SecureSumSettings:
+        """Return the same clipping on 64 bits with ``L = 2**40`` (short, precise sums)."""
+        return replace(self, modulus_bits=64, quantization_range=2**40)
 
     def step(self) -> float:
         """Width of one quantization level, ``2c / L``."""
         return 2.0 * self.clipping_range / self.quantization_range
 
 
-def quantize(x: NDArray[np.floating], settings: SecureSumSettings) -> NDArray[np.uint32]:
+def quantize(x: NDArray[np.floating], settings: SecureSumSettings) -> NDArray[np.unsignedinteger]:
     """Clip to ``[-c, c]`` and round to the nearest of the ``L + 1`` levels.
 
     Parameters
@@ -128,7 +147,7 @@ def quantize(x: NDArray[np.floating], settings: SecureSumSettings) -> NDArray[np
 
     Returns
     -------
-    ndarray of uint32, shape (d,)
+    ndarray of ``settings.dtype``, shape (d,)
         Values in ``[0, L]``.
 
     Raises
@@ -141,7 +160,7 @@ def quantize(x: NDArray[np.floating], settings: SecureSumSettings) -> NDArray[np
         raise ValueError("expected finite values to sum securely, got NaN or infinity")
     c = settings.clipping_range
     q = np.rint((np.clip(x, -c, c) + c) / settings.step())
-    return np.clip(q, 0, settings.quantization_range).astype(np.uint32)
+    return np.clip(q, 0, settings.quantization_range).astype(settings.dtype)
 
 
 def check_range(x: NDArray[np.floating], settings: SecureSumSettings, what: str) -> None:
@@ -158,14 +177,14 @@ def check_range(x: NDArray[np.floating], settings: SecureSumSettings, what: str)
                          f"{settings.clipping_range}, got {top:.4g}; raise clipping_range")
 
 
-def dequantize_sum(total: NDArray[np.uint32], n_sites: int,
+def dequantize_sum(total: NDArray[np.unsignedinteger], n_sites: int,
                    settings: SecureSumSettings) -> NDArray[np.float64]:
     """Turn the unmasked sum of ``n_sites`` quantized vectors back into floats.
 
     Parameters
     ----------
-    total : ndarray of uint32, shape (d,)
-        ``sum(q) mod 2**32`` (exact while ``n_sites * L < 2**32``).
+    total : ndarray of ``settings.dtype``, shape (d,)
+        ``sum(q) mod M`` (exact while ``n_sites * L < M``).
     n_sites : int
     settings : SecureSumSettings
 
@@ -182,8 +201,9 @@ def quantization_error(n_sites: int, settings: SecureSumSettings) -> float:
     return n_sites * settings.step() / 2.0
 
 
-def mask_stream(seed: bytes, index: int, size: int) -> NDArray[np.uint32]:
-    """Return a ``uint32`` mask: the ChaCha20 (RFC 8439) keystream of ``seed`` and ``index``.
+def mask_stream(seed: bytes, index: int, size: int,
+                dtype: type[np.unsignedinteger] = np.uint32) -> NDArray[np.unsignedinteger]:
+    """Return a mask: the ChaCha20 (RFC 8439) keystream of ``seed`` and ``index`` as integers.
 
     Parameters
     ----------
@@ -193,13 +213,16 @@ def mask_stream(seed: bytes, index: int, size: int) -> NDArray[np.uint32]:
         Which sum (the nonce): the same seed gives an unrelated mask for each sum.
     size : int
         Elements.
+    dtype : np.uint32 or np.uint64, optional
 
     Returns
     -------
-    ndarray of uint32, shape (size,)
+    ndarray of ``dtype``, shape (size,)
     """
     if len(seed) != 32:
         raise ValueError(f"expected a 32-byte mask seed, got {len(seed)} bytes")
     nonce = int(index).to_bytes(16, "little")
     encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(bytes(4 * size)), dtype="<u4").astype(np.uint32)
+    width = np.dtype(dtype).itemsize
+    stream = encryptor.update(bytes(width * size))
+    return np.frombuffer(stream, dtype=f"<u{width}").astype(dtype)

@@ -142,7 +142,8 @@ def answer_secure(
         answer = client.share(message["public"])
     elif stage == "mask":
         values = vector(str(message["what"]), content)
-        answer = client.mask(int(message["index"]), message["active"], values, settings)
+        chosen = settings.widened() if message.get("wide") else settings
+        answer = client.mask(int(message["index"]), message["active"], values, chosen)
     elif stage == "unmask":
         answer = client.unmask(int(message["index"]), message["survivors"], message["dropped"],
                                message.get("seed_shares", {}), message.get("key_shares", {}))
@@ -232,9 +233,8 @@ class FlowerSecureSum:
                 self.failures[self.sites[i].name] = answer
         return out
 
-    def sum(self, inner: Mapping[str, tuple[Message, RecordDict]], size: int) -> tuple[
-        NDArray[np.float64], list[str]
-    ]:
+    def sum(self, inner: Mapping[str, tuple[Message, RecordDict]], size: int, *,
+            wide: bool = False) -> tuple[NDArray[np.float64], list[str]]:
         """Sum the vectors the named sites make from their requests.
 
         Parameters
@@ -244,6 +244,8 @@ class FlowerSecureSum:
             ``secagg`` record) and the records of the request it answers.
         size : int
             Elements of each vector.
+        wide : bool, optional
+            On 64 bits (:meth:`SecureSumSettings.widened`).
 
         Returns
         -------
@@ -257,7 +259,7 @@ class FlowerSecureSum:
         """
         self.failures = {}
         self._inner = {self.number[n]: c for n, c in inner.items()}
-        total, alive = self.aggregator.sum({self.number[n]: {} for n in inner}, size)
+        total, alive = self.aggregator.sum({self.number[n]: {} for n in inner}, size, wide=wide)
         return total, [self.sites[i].name for i in alive]
 
     def fit(self, weights: Weights, config: FitConfig, keys: Sequence[str],

@@ -161,12 +161,13 @@ class SecureFlowerTrees(FlowerTrees):
         return answers
 
     def _sum(self, names: Sequence[str], what: str, content: RecordDict,
-             extra: Mapping[str, Any], size: int) -> tuple[NDArray[np.float64], list[str],
-                                                          dict[str, Exception]]:
+             extra: Mapping[str, Any], size: int, wide: bool = False) -> tuple[
+        NDArray[np.float64], list[str], dict[str, Exception]
+    ]:
         self.secure, gone = open_secure(self.transport, [self.sites[n] for n in names],
                                         self.settings, self.secure)
         inner = {n: ({"what": what, **extra}, content) for n in self.secure.group}
-        total, alive = self.secure.sum(inner, size)
+        total, alive = self.secure.sum(inner, size, wide=wide)
         failed = dict(gone) | {n: self.secure.failures.get(n, ConnectionError("no answer"))
                                for n in inner if n not in alive}
         return total, alive, failed
@@ -217,7 +218,7 @@ class SecureFlowerTrees(FlowerTrees):
                   trees: Sequence[Tree]) -> tuple[LogitSums, list[str]]:
         """Sum the sites' score sums: a :class:`LogitSums` of ``"(sum)"``, and who is in it."""
         total, alive, _ = self._sum(names, "score-sums", score_sums_content(weights, base, trees),
-                                    {"scale": self.rows}, 5)
+                                    {"scale": self.rows}, 5, wide=True)
         n, r = self.rows, LOGIT_BOUND
         sums = LogitSums(site="(sum)", n_rows=int(round(total[0] * n)),
                          net_sum=float(total[1] * r * n), net_sq=float(total[2] * r * r * n),
