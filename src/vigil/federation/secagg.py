@@ -45,7 +45,8 @@ sites plus the coordinator learns nothing about an honest site's vector beyond
 the sum (Bonawitz et al., theorem 6.2). Not protected: a coordinator that
 fakes sites or lies about dropouts to different sites (the malicious-server
 version needs signatures and a consistency round); nothing here checks that a
-site's vector is honest (see :mod:`vigil.federation.secure_screening`).
+site's vector is honest (see :mod:`vigil.federation.secure_screening`); a sum
+outside ``[0, n L]`` proves a site sent out-of-range integers and is refused.
 """
 
 from __future__ import annotations
@@ -336,7 +337,8 @@ class SecureAggregator:
         ------
         AggregationError
             If fewer than the threshold of sites sent a masked vector or
-            answered the unmask stage.
+            answered the unmask stage, or the sum is out of range (a site
+            sent integers above ``L``: no honest site can).
         """
         self.index += 1
         active = [i for i in self.group if i in requests]
@@ -373,6 +375,11 @@ class SecureAggregator:
                                            size, dtype)
                     # w added +PRG(s_wv) when v > w and -PRG when v < w: take it back
                     total = total - pairwise if v > w else total + pairwise
+        top = len(alive) * settings.quantization_range
+        if (total > top).any():
+            raise AggregationError(f"the unmasked sum has {int((total > top).sum())} elements "
+                                   f"above what {len(alive)} sites can send ({top}): a site sent "
+                                   "values outside the quantization range; sum refused")
         return dequantize_sum(total, len(alive), settings), alive
 
     def _rebuild(self, site: int, kind: str, answers: Mapping[int, Message]) -> bytes:

@@ -11,15 +11,18 @@ replaces them by three bounds, one per party that can still act:
    Backdoor Federated Learning?", 2019, section 4; the clipping step of
    DP-FedAvg, McMahan et al., ICLR 2018. It stops a site whose own training
    went wrong (bad data, a diverging optimizer) from dominating the round.
-2. **The protocol bounds any site, honest or not** (the quantization's clipping
-   range ``c``, :mod:`vigil.federation.secure_sum`): whatever a site puts in,
-   each element of its term ``s_i d_i`` is clipped to ``[-c, c]`` by the
-   site-side code; a site that runs modified code can still send any value in
-   ``[0, L]`` per element, which is ``[-c, c]`` after dequantization, and
-   nothing larger: the modulus cannot be used to wrap around while ``n * L < 2**32``.
-   So one site moves the mean by at most ``c / S`` per element
-   (:func:`influence_bound`; ``S`` the survivors' summed shares), and at most
-   ``min(s_i B, c sqrt(d)) / S`` in L2 norm if it runs vigil's code.
+2. **The quantization bounds every site** (the clipping range ``c``,
+   :mod:`vigil.federation.secure_sum`): vigil's site-side code clips each
+   element of its term ``s_i d_i`` to ``[-c, c]``, so a site running it moves
+   the mean by at most ``c / S`` per element and ``min(s_i B, c sqrt(d)) / S``
+   in L2 norm (:func:`influence_bound`; ``S`` the survivors' summed shares).
+   A site running *modified* code can send any integer; the coordinator
+   refuses a sum outside ``[0, n L]`` (no ``n`` honest sites can produce one,
+   :class:`~vigil.federation.secagg.SecureAggregator`), so the most it can do
+   unseen is move each element of the sum within ``[-n c, n c]``: at most
+   ``2 n c / S`` per element. Tighter bounds against modified code need
+   zero-knowledge range proofs on the masked inputs (e.g. Lycklama et al.,
+   "RoFL", IEEE S&P 2023), which neither Flower nor vigil has.
 3. **The coordinator screens the aggregate's history** (:func:`aggregate_outlier`):
    a round whose mean update's norm is a robust outlier against the previous
    aggregated rounds (rule 4 of :mod:`vigil.federation.checks` applied to

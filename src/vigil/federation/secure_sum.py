@@ -221,7 +221,10 @@ def mask_stream(seed: bytes, index: int, size: int,
     """
     if len(seed) != 32:
         raise ValueError(f"expected a 32-byte mask seed, got {len(seed)} bytes")
-    nonce = int(index).to_bytes(16, "little")
+    # cryptography's 16-byte ChaCha20 nonce is the 4-byte block counter, then RFC 8439's
+    # 12-byte nonce: the counter starts at 0 and the sum's index is the nonce, so the
+    # streams of two sums never overlap
+    nonce = bytes(4) + int(index).to_bytes(12, "little")
     encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
     width = np.dtype(dtype).itemsize
     stream = encryptor.update(bytes(width * size))

@@ -351,10 +351,13 @@ def open_secure(transport: FlowerTransport, sites: Sequence[RemoteSite],
                 settings: SecureSumSettings, current: FlowerSecureSum | None = None) -> tuple[
     FlowerSecureSum, dict[str, Exception]
 ]:
-    """Return a set-up :class:`FlowerSecureSum` over ``sites`` (``current`` if its group is theirs).
+    """Return a set-up :class:`FlowerSecureSum` over ``sites`` (``current`` if still whole).
 
-    A new set-up runs when the group changed (a site that dropped out of a sum
-    comes back with new keys); if a site fails it, it runs once more without it.
+    A new set-up runs when the group changed since the last one: a site that
+    dropped out of a sum comes back with new keys, and after a dropout the
+    survivors get a new SecAgg+ graph (on a sparse one, a site's neighbours
+    holding its shares may be gone). If a site fails the set-up, it runs once
+    more without it.
 
     Returns
     -------
@@ -368,8 +371,8 @@ def open_secure(transport: FlowerTransport, sites: Sequence[RemoteSite],
         If the second set-up fails too, or too few sites remain (naming the threshold).
     """
     names = sorted(s.name for s in sites)
-    if current is not None and current.group == names:
-        return current, {}
+    if current is not None and current.group == names and len(names) == current.aggregator.n:
+        return current, {}  # nobody dropped out since the set-up (a sparse graph needs all)
     secure = FlowerSecureSum(transport, sites, settings)
     try:
         secure.setup()
