@@ -132,14 +132,15 @@ def test_below_the_reconstruction_threshold_the_sum_is_refused_naming_it() -> No
     sites = Sites(x)
     agg = SecureAggregator(3, SETTINGS, sites)  # threshold 2 of 3
     agg.setup()
-    sites.silent_at["mask"] = {0, 2}
-    with pytest.raises(AggregationError, match=r"threshold of 2 sites; 1 of 3 sent a masked"):
+    sites.silent_at["mask"] = {2}
+    with pytest.raises(AggregationError, match=r"at least 3 sites \(the reconstruction threshold "
+                       r"2, never fewer than 3\); 2 of 3 sent a masked"):
         agg.sum({i: {} for i in range(3)}, 100)
     sites2 = Sites(x)
     agg2 = SecureAggregator(3, SETTINGS, sites2)
     agg2.setup()
     sites2.silent_at["unmask"] = {0, 1}
-    with pytest.raises(AggregationError, match=r"threshold of 2 sites; 1 of 3 survivors answered"):
+    with pytest.raises(AggregationError, match=r"at least 2 sites .*; 1 of 3 survivors answered"):
         agg2.sum({i: {} for i in range(3)}, 100)
 
 
@@ -203,7 +204,7 @@ def test_a_coordinator_lying_about_the_group_is_refused() -> None:
     sites = Sites(x)
     agg = SecureAggregator(3, SETTINGS, sites)
     agg.setup()
-    with pytest.raises(ValueError, match="at least 2 active sites including me"):
+    with pytest.raises(ValueError, match="at least 3 active sites including me"):
         SecAggClient(sites.states[0]).mask(1, [0], x[0], SETTINGS)
 
 

@@ -36,8 +36,9 @@ Per sum ``j`` (:meth:`SecureAggregator.sum`):
 A site in ``D`` has had its ``mask`` key rebuilt: it is out of the group for the
 rest of the run (the sites refuse to mask with it or to unmask it as a
 survivor), as the trees' dropout rule already leaves it out. Fewer than ``t``
-survivors, or fewer than ``t`` unmask answers, is a clear refusal
-(:class:`~vigil.core.errors.AggregationError` naming the threshold and the count).
+survivors (and never fewer than :data:`MIN_SUMMED`, 3: a sum of two sites is
+each one's vector to the other), or fewer than ``t`` unmask answers, is a clear
+refusal (:class:`~vigil.core.errors.AggregationError` naming the threshold and the count).
 
 What is protected: against a coordinator (or SuperLink operator) that follows
 the protocol and sees every message, any set of fewer than ``t`` colluding
@@ -80,8 +81,10 @@ from vigil.federation.secure_sum import (
     quantize,
 )
 
-__all__ = ["Exchange", "SecAggClient", "SecureAggregator", "neighbours"]
+__all__ = ["MIN_SUMMED", "Exchange", "SecAggClient", "SecureAggregator", "neighbours"]
 
+MIN_SUMMED = 3
+"""No sum of fewer sites is revealed: a sum of two is each one's vector to the other."""
 _KEY_SHARE = 2**64 - 1
 """The sum index written into the plaintext of a ``mask``-key share."""
 
@@ -192,8 +195,9 @@ class SecAggClient:
         me, active = g["me"], sorted(int(a) for a in active)
         if str(index) in sums:
             raise ValueError(f"sum {index} was already masked: refusing to mask it twice")
-        if me not in active or revealed & set(active) or len(active) < g["t"]:
-            raise ValueError(f"expected at least {g['t']} active sites including me and none "
+        floor = max(g["t"], MIN_SUMMED)
+        if me not in active or revealed & set(active) or len(active) < floor:
+            raise ValueError(f"expected at least {floor} active sites including me and none "
                              f"whose mask key was revealed; got {len(active)}")
         q = quantize(np.asarray(vector).ravel(), settings)
         seed = os.urandom(32)
@@ -232,8 +236,9 @@ class SecAggClient:
             raise ValueError(f"expected one unmask request after masking sum {index}")
         if alive & gone or alive | gone != set(this["active"]) or me not in alive:
             raise ValueError("expected survivors and dropped sites to split the sum's sites")
-        if len(alive) < g["t"]:
-            raise ValueError(f"refusing to unmask: {len(alive)} survivors < threshold {g['t']}")
+        if len(alive) < max(g["t"], MIN_SUMMED):
+            raise ValueError(f"refusing to unmask: {len(alive)} survivors < "
+                             f"{max(g['t'], MIN_SUMMED)}")
         this["unmasked"] = True
         self._put("sums", sums)
         mine = set(neighbours(me, g["n"], g["k"]))
@@ -277,10 +282,12 @@ class SecureAggregator:
         self._public: dict[int, tuple[bytes, bytes]] = {}
         self._key_shares: dict[int, dict[int, bytes]] = {}  # holder -> source -> ciphertext
 
-    def _fail_below(self, count: int, what: str) -> None:
-        if count < self.t:
-            raise AggregationError(f"secure aggregation needs at least the reconstruction "
-                                   f"threshold of {self.t} sites; {count} {what}")
+    def _fail_below(self, count: int, what: str, floor: int | None = None) -> None:
+        need = max(self.t, MIN_SUMMED) if floor is None else floor
+        if count < need:
+            raise AggregationError(f"secure aggregation needs at least {need} sites (the "
+                                   f"reconstruction threshold {self.t}, never fewer than "
+                                   f"{MIN_SUMMED}); {count} {what}")
 
     def setup(self) -> list[int]:
         """Stages 1-2; return the sites in the group (all must answer both stages).
@@ -360,7 +367,7 @@ class SecureAggregator:
                                         if v in mine and v in self._key_shares[h]}}
         answers = self.exchange("unmask", unmask)
         ok = {h: a for h, a in answers.items() if not isinstance(a, Exception)}
-        self._fail_below(len(ok), f"of {len(alive)} survivors answered the unmask stage")
+        self._fail_below(len(ok), f"of {len(alive)} survivors answered the unmask stage", self.t)
         self.group = [i for i in self.group if i not in gone]
         dtype = settings.dtype
         total = np.zeros(size, dtype=dtype)
