@@ -320,3 +320,40 @@ def test_bound_norm_scales_to_the_bound_only_above_it() -> None:
     assert bound_norm(v, 10.0).tolist() == [3.0, 4.0]
     np.testing.assert_allclose(bound_norm(v, 1.0), [0.6, 0.8])
     assert bound_norm(v, None).tolist() == [3.0, 4.0]
+
+
+# -- settings: the run's, the schedule's --------------------------------------------------
+
+def test_run_settings_carry_secure_aggregation_and_refuse_what_it_cannot_do(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    from vigil.federation.driver import Plan
+    from vigil.federation.flower.settings import RunSettings, app_pyproject
+    from vigil.federation.privacy import DPSettings
+    from vigil.federation.retraining import load_retrain_config
+    from vigil.federation.strategies import make_strategy
+
+    secure = SecureSumSettings(num_shares=5, reconstruction_threshold=4, clipping_range=0.5,
+                               norm_bound=2.0, modulus_bits=64, quantization_range=2**40)
+    settings = RunSettings(plan=Plan(rounds=2, time_budget=60.0),
+                           strategy=make_strategy("fedprox", mu=0.1), sites=7, secure=secure)
+    flat = flatten_dict(tomllib.loads(app_pyproject(settings))["tool"]["flwr"]["app"]["config"])
+    assert RunSettings.from_run_config(flat) == settings
+    with pytest.raises(ConfigError, match="without a robust aggregator"):
+        RunSettings(plan=Plan(rounds=1, time_budget=5.0), sites=3, secure=SETTINGS,
+                    strategy=make_strategy("fedavg", robust="median"))
+    with pytest.raises(ConfigError, match="no DP-SGD under secure aggregation"):
+        RunSettings(plan=Plan(rounds=1, time_budget=5.0), sites=3, secure=SETTINGS,
+                    strategy=make_strategy("fedavg"), dp=DPSettings(8.0))
+    with pytest.raises(ConfigError, match="above half of num_shares"):
+        RunSettings(plan=Plan(rounds=1, time_budget=5.0), sites=5, strategy=make_strategy(
+            "fedavg"), secure=SecureSumSettings(reconstruction_threshold=2))
+    (tmp_path / "r.toml").write_text(
+        'registry = "reg"\nengine = "flower"\n[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n'
+        "[secure]\nnum_shares = 3\n")
+    assert load_retrain_config(tmp_path / "r.toml").secure == SecureSumSettings(num_shares=3)
+    (tmp_path / "s.toml").write_text('registry = "reg"\n[secure]\n')
+    with pytest.raises(ConfigError, match="secure aggregation runs on Flower only"):
+        load_retrain_config(tmp_path / "s.toml")

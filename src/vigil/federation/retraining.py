@@ -37,6 +37,8 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     target_epsilon = 8.0
     [trees]                       # BoostingPlan(...), optional; either engine, no [dp]
     n_trees = 25
+    [secure]                      # SecureSumSettings(...), optional; engine = "flower"
+    num_shares = 3                # (an empty [secure] table: the defaults)
     [flower]                      # engine = "flower"
     work = "/srv/vigil/coordinator"
     certs = "/srv/vigil/pki"
@@ -63,6 +65,7 @@ from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
 from vigil.federation.privacy import DPSettings
 from vigil.federation.registry import Registry, Release
+from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, make_strategy
 
@@ -152,6 +155,8 @@ class RetrainConfig:
         Grow boosted trees across the sites after the rounds and ship them
         fused with the network (:mod:`vigil.federation.hybrid`), on either
         engine; not with FedBN or DP-SGD.
+    secure : SecureSumSettings or None, optional
+        Secure aggregation (:mod:`vigil.federation.flower.secure`); Flower only.
     """
 
     registry: Path
@@ -167,8 +172,12 @@ class RetrainConfig:
     cron: str = DEFAULT_CRON
     timezone: str = "UTC"
     trees: BoostingPlan | None = None
+    secure: SecureSumSettings | None = None
 
     def __post_init__(self) -> None:
+        if self.secure is not None and self.engine is not Engine.FLOWER:
+            raise ConfigError("secure aggregation runs on Flower only; set engine = \"flower\" "
+                              "or remove [secure]", key="secure")
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.engine is Engine.FLOWER and self.flower is None:
@@ -207,7 +216,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"expected a readable TOML file: {exc}", key="config") from None
     known = {"cron", "timezone", "registry", "name", "private_key", "engine", "strategy", "plan",
-             "model", "dp", "flower", "in_process", "trees"}
+             "model", "dp", "flower", "in_process", "trees", "secure"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown settings {unknown}; expected some of {sorted(known)}",
@@ -244,6 +253,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         private_key=here(raw["private_key"]) if "private_key" in raw else None,
         cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
         trees=_section(BoostingPlan, raw["trees"], "trees") if "trees" in raw else None,
+        secure=_section(SecureSumSettings, raw["secure"], "secure") if "secure" in raw else None,
     )
 
 
@@ -267,7 +277,7 @@ def _train(config: RetrainConfig, version: str) -> Any:
                                              port=target.port)
         settings = RunSettings(plan=config.plan, strategy=config.strategy, sites=target.sites,
                                model=config.model, dp=config.dp, wait=target.wait,
-                               trees=config.trees)
+                               trees=config.trees, secure=config.secure)
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
     from vigil.data import load_physionet, resolve_data_path
     from vigil.federation.simulation import federate
