@@ -226,7 +226,7 @@ def test_trees_over_secure_sums_match_the_in_process_model(site_dirs, task, tmp_
     X = np.concatenate([s.valid.X for s in reference.sites])
     dp = np.abs(hybrid_proba(nets[0], flower.hybrid.part, X)
                 - hybrid_proba(nets[1], reference.hybrid.part, X))
-    assert dp.max() < 1e-3  # measured 1.5e-4 (150 rows per site, the error grows as rows shrink)
+    assert dp.max() < 2e-3  # measured 4.7e-4 (150 rows per site: 32-bit sums, fewer rows per leaf)
 
     # the levels' vectors: left children only below the root, no empty bins, uint32
     edges = None
