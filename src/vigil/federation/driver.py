@@ -29,7 +29,6 @@ every SuperNode at once. The round logic above is the same for both.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -51,7 +50,7 @@ from vigil.federation.messages import (
     SiteStatistics,
     Update,
 )
-from vigil.federation.secure_round import SecureRounds, secure_round
+from vigil.federation.secure_round import SecureRounds, secure_round, with_evaluation
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, Weights
 from vigil.federation.tasks import SepsisTask, Task
@@ -358,7 +357,7 @@ def run_federation(
         pooled = pool_evaluations(evaluations)
         record = RoundRecord(
             round=r, aggregated=aggregated,
-            sites=tuple(_with_evaluation(secured[s.name], by_site.get(s.name))
+            sites=tuple(with_evaluation(secured[s.name], by_site.get(s.name))
                         if isinstance(transport, SecureRounds) else
                         _site_round(s.name, updates, accepted, rejections, dropped, seconds,
                                     by_site.get(s.name)) for s in sites if s.name in statistics),
@@ -380,12 +379,6 @@ def run_federation(
         weights=chosen, best_round=best_round, history=History(tuple(records)),
         statistics=statistics, evaluations=final, pooled=pool_evaluations(final), privacy=privacy,
     )
-
-
-def _with_evaluation(record: SiteRound, evaluation: SiteEvaluation | None) -> SiteRound:
-    if evaluation is None:
-        return record
-    return dataclasses.replace(record, valid_loss=evaluation.loss, valid_auroc=evaluation.auroc)
 
 
 def _site_round(

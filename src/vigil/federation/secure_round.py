@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,11 +27,11 @@ from numpy.typing import NDArray
 from vigil.core.errors import AggregationError
 from vigil.federation.checks import ScreenRule
 from vigil.federation.history import SiteRound, Status
-from vigil.federation.messages import FitConfig
+from vigil.federation.messages import FitConfig, SiteEvaluation
 from vigil.federation.secure_screening import aggregate_outlier
 from vigil.federation.strategies import Strategy, Weights, example_shares
 
-__all__ = ["SecureFit", "SecureRounds", "secure_round"]
+__all__ = ["SecureFit", "SecureRounds", "secure_round", "with_evaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +144,10 @@ def secure_round(
         (k, (v.astype(np.float64) + fit.delta[k]).astype(v.dtype) if k in fit.delta else v)
         for k, v in weights.items())
     return True, new, records
+
+
+def with_evaluation(record: SiteRound, evaluation: SiteEvaluation | None) -> SiteRound:
+    """Add a site's validation loss and AUROC after the round to its record."""
+    if evaluation is None:
+        return record
+    return replace(record, valid_loss=evaluation.loss, valid_auroc=evaluation.auroc)
