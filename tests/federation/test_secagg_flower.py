@@ -23,11 +23,10 @@ from test_flower_transport import (  # noqa: F401
     site_dirs,
     task,
 )
-from test_flower_trees import TREES, _in_process
+from test_flower_trees import TREES, _in_process, fail_after
 
 from vigil.core.errors import AggregationError
 from vigil.data import PhysioNetTable, partition
-from vigil.federation.boosting import BoostingSite
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.flower import clientapp, serverapp
 from vigil.federation.flower.results import load_result
@@ -36,7 +35,7 @@ from vigil.federation.flower.secure import SecureTransport, decode
 from vigil.federation.flower.securetrees import SecureFlowerTrees, valid_bins
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import load_site, prepare_site
-from vigil.federation.flower.transport import FlowerTransport
+from vigil.federation.flower.transport import FlowerTransport, RemoteSite
 from vigil.federation.flower.wire import config_from_record, weights_from_record
 from vigil.federation.history import Status
 from vigil.federation.hybrid import grow_trees, hybrid_proba
@@ -90,6 +89,14 @@ class Grid(FakeGrid):
         return super().pull_messages(ids)
 
 
+def _connected(dirs: dict[str, Path], settings: RunSettings) -> tuple[
+    Grid, FlowerTransport, list[RemoteSite]
+]:
+    grid = Grid(dirs, settings)
+    transport = FlowerTransport(grid, timeout=settings.timeout)  # type: ignore[arg-type]
+    return grid, transport, transport.connect(expected=len(dirs), min_sites=2, wait=1.0)
+
+
 def _secure(**plan: object) -> RunSettings:
     return dataclasses.replace(_settings(**plan), secure=SECURE)
 
@@ -98,9 +105,7 @@ def test_secure_rounds_equal_the_plain_driver_and_the_superlink_sees_no_site_vec
     site_dirs, task  # noqa: F811
 ) -> None:  # type: ignore[no-untyped-def]
     settings = _secure()
-    grid = Grid(site_dirs, settings)
-    plain = FlowerTransport(grid, timeout=settings.timeout)  # type: ignore[arg-type]
-    sites = plain.connect(expected=3, min_sites=2, wait=1.0)
+    grid, plain, sites = _connected(site_dirs, settings)
     result = run_federation(sites, settings.strategy, settings.plan, model=settings.model,
                             transport=SecureTransport(plain, SECURE))
     reference = _reference(site_dirs, settings)
@@ -157,16 +162,12 @@ def four_sites(sample: PhysioNetTable, tmp_path_factory: pytest.TempPathFactory)
 
 def test_a_site_dropping_out_mid_round_and_below_the_threshold(four_sites, site_dirs, task) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
     settings = dataclasses.replace(_secure(time_budget=1.0), sites=4)  # threshold 3 of 4
-    grid = Grid(four_sites, settings)
-    plain = FlowerTransport(grid, timeout=settings.timeout)  # type: ignore[arg-type]
-    sites = plain.connect(expected=4, min_sites=2, wait=1.0)
+    grid, plain, sites = _connected(four_sites, settings)
     grid.quiet = {sites[2].node_id}  # answers the set-up, then nothing from its masked vector on
     result = run_federation(sites, settings.strategy, settings.plan, model=settings.model,
                             transport=SecureTransport(plain, SECURE))
     # the same site gone from round 1's training in the plain driver
-    grid2 = Grid(four_sites, settings)
-    plain2 = FlowerTransport(grid2, timeout=settings.timeout)  # type: ignore[arg-type]
-    sites2 = plain2.connect(expected=4, min_sites=2, wait=1.0)
+    grid2, plain2, sites2 = _connected(four_sites, settings)
     grid2.silent = {sites2[2].node_id}
     reference = run_federation(sites2, settings.strategy, settings.plan, model=settings.model,
                                transport=plain2)
@@ -181,9 +182,7 @@ def test_a_site_dropping_out_mid_round_and_below_the_threshold(four_sites, site_
 
     # one of three gone: below 3, the round is refused, naming the threshold and the count
     settings = _secure(time_budget=1.0)
-    grid3 = Grid(site_dirs, settings)
-    plain3 = FlowerTransport(grid3, timeout=settings.timeout)  # type: ignore[arg-type]
-    sites3 = plain3.connect(expected=3, min_sites=2, wait=1.0)
+    grid3, plain3, sites3 = _connected(site_dirs, settings)
     grid3.quiet = {sites3[2].node_id}
     records = []
     with pytest.raises(AggregationError, match="no round had 2 acceptable updates"):
@@ -249,9 +248,7 @@ def test_trees_over_secure_sums_match_the_in_process_model(site_dirs, task, tmp_
 
 def test_a_site_gone_between_secure_tree_levels_is_left_out(four_sites, site_dirs, task) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
     settings = dataclasses.replace(_tree_settings(time_budget=1.0), sites=4)
-    grid = Grid(four_sites, settings)
-    transport = FlowerTransport(grid, timeout=settings.timeout)  # type: ignore[arg-type]
-    sites = transport.connect(expected=4, min_sites=2, wait=1.0)
+    grid, transport, sites = _connected(four_sites, settings)
     counts = {s.name: transport.statistics([s])[s.name].count for s in sites}  # type: ignore[union-attr]
     gone = sites[1]
     grid.quiet, grid.quiet_at = {gone.node_id}, ("mask", 6)  # tree 0's 4 levels, tree 1's root
@@ -263,23 +260,7 @@ def test_a_site_gone_between_secure_tree_levels_is_left_out(four_sites, site_dir
 
     # in process, the site raising at the same level: the same trees (to the quantization)
     local = [load_site(p, **settings.site_options()) for p in four_sites.values()]
-    failing = next(s for s in local if s.name == gone.name)
-    honest = failing.boosting
-
-    class Gone(BoostingSite):
-        levels = 0
-
-        def histograms(self, nodes, n_bins):  # type: ignore[no-untyped-def]
-            Gone.levels += 1
-            if Gone.levels > 5:
-                raise ConnectionError("gone")
-            return super().histograms(nodes, n_bins)
-
-    def boosting(edges):  # type: ignore[no-untyped-def]
-        b = honest(edges)
-        return Gone(b.name, b.binned, b.y, b.weight)
-
-    failing.boosting = boosting  # type: ignore[method-assign]
+    fail_after(local, gone.name, 5)
     reference, _ = grow_trees(local, TREES, counts=counts, min_sites=2)
     assert [(e.site, e.tree, e.depth) for e in reference.exclusions] == [(gone.name, 1, 1)]
     for mine, theirs in zip(boosted.trees, reference.trees, strict=True):
@@ -287,9 +268,7 @@ def test_a_site_gone_between_secure_tree_levels_is_left_out(four_sites, site_dir
         np.testing.assert_allclose(mine.value, theirs.value, rtol=0, atol=2e-3)
 
     # three sites: one gone leaves a sum of two, which is refused (and the boosting stops)
-    grid3 = Grid(site_dirs, settings)
-    transport3 = FlowerTransport(grid3, timeout=settings.timeout)  # type: ignore[arg-type]
-    sites3 = transport3.connect(expected=3, min_sites=2, wait=1.0)
+    grid3, transport3, sites3 = _connected(site_dirs, settings)
     counts3 = {s.name: transport3.statistics([s])[s.name].count for s in sites3}  # type: ignore[union-attr]
     grid3.quiet, grid3.quiet_at = {sites3[0].node_id}, ("mask", 2)
     with pytest.raises(AggregationError, match=r"at least 3 sites .*; 2 of 3 sent a masked"):
