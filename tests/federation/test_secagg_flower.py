@@ -242,7 +242,7 @@ def test_trees_over_secure_sums_match_the_in_process_model(site_dirs, task, tmp_
         assert edges is not None
         n_valid = int(valid_bins(edges, TREES.n_bins).sum())
         expected = 1 if nodes.size == 1 else nodes.size // 2
-        assert sent.shape == (expected * n_valid * 2,) and sent.dtype == np.uint32
+        assert sent.shape == (expected * n_valid * 2,) and sent.dtype == np.uint64
         assert n_valid < 0.7 * len(edges) * TREES.n_bins
 
 

@@ -202,7 +202,8 @@ def bin_rows(x: NDArray[np.floating], edges: Sequence[NDArray[np.float32]]) -> N
 
 
 def best_splits(
-    histograms: NDArray[np.float64], *, l2: float, min_child_weight: float
+    histograms: NDArray[np.float64], *, l2: float, min_child_weight: float,
+    tie_rtol: float = _TIE_RTOL,
 ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
     """Find the best split of every node from its summed histograms.
 
@@ -212,13 +213,16 @@ def best_splits(
         Per node, feature and bin: sums of gradients and of hessians.
     l2 : float
     min_child_weight : float
+    tie_rtol : float, optional
+        Gains within this relative distance of the best tie (1e-9; larger for
+        quantized sums, whose rounding is larger, :mod:`vigil.federation.secure_sum`).
 
     Returns
     -------
     gain, feature, bin : ndarray of shape (n_nodes,)
         ``gain <= 0`` (and feature/bin -1) where no split is allowed. Of cuts
-        whose gains agree to a relative 1e-9, the first (lowest feature, then
-        lowest bin) wins.
+        whose gains agree to a relative ``tie_rtol``, the first (lowest feature,
+        then lowest bin) wins.
     """
     cum = np.cumsum(histograms, axis=2)[:, :, :-1, :]
     total = histograms.sum(axis=2)[:, :, None, :]
@@ -233,7 +237,7 @@ def best_splits(
     # features splitting the rows alike, tie exactly in exact arithmetic; rounding
     # (summation order, the subtraction trick) must not decide between them
     top = flat.max(axis=1)
-    best = np.argmax(flat >= (top - (_TIE_RTOL * np.abs(top) + 1e-12))[:, None], axis=1)
+    best = np.argmax(flat >= (top - (tie_rtol * np.abs(top) + 1e-12))[:, None], axis=1)
     best_gain = flat[np.arange(n_nodes), best]
     ok = best_gain > 1e-12
     feature = np.where(ok, best // n_cuts, -1)

@@ -350,9 +350,9 @@ class SecureAggregator:
         self.index += 1
         active = [i for i in self.group if i in requests]
         self._fail_below(len(active), "are asked")
-        settings = self.settings.widened() if wide else self.settings
+        settings = self.settings.widened(self.n) if wide else self.settings
         masked = self.exchange("mask", {i: {**requests[i], "index": self.index, "active": active,
-                                            "wide": wide} for i in active})
+                                            "wide": wide, "n": self.n} for i in active})
         alive = [i for i in active if not isinstance(masked.get(i, KeyError()), Exception)
                  and np.shape(masked[i]["masked"]) == (size,)  # type: ignore[index]
                  and np.asarray(masked[i]["masked"]).dtype == settings.dtype]  # type: ignore[index]

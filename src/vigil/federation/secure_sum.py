@@ -128,9 +128,16 @@ class SecureSumSettings:
         """``np.uint32`` or ``np.uint64``."""
         return np.uint32 if self.modulus_bits == 32 else np.uint64
 
-    def widened(self) -> SecureSumSettings:
-        """Return the same clipping on 64 bits with ``L = 2**40`` (short, precise sums)."""
-        return replace(self, modulus_bits=64, quantization_range=2**40)
+    def widened(self, n_sites: int) -> SecureSumSettings:
+        """Return the same clipping on 64 bits with the finest ``L`` a float64 sum holds.
+
+        ``L`` is the largest power of two with ``n_sites * L < 2**53`` (``2**51`` for 3
+        sites): an error of ``n c / L``, about ``1e-15 c`` per element (the trees'
+        histograms and the score sums, whose split gains and standardization must
+        come out as the plain sums' do).
+        """
+        top = 1 << ((_EXACT // (n_sites + 1)).bit_length() - 1)
+        return replace(self, modulus_bits=64, quantization_range=top)
 
     def step(self) -> float:
         """Width of one quantization level, ``2c / L``."""

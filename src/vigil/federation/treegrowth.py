@@ -50,6 +50,7 @@ __all__ = [
     "LevelRequest",
     "LevelTransport",
     "LocalLevels",
+    "SECURE_TIE_RTOL",
     "SummedLevels",
     "answer_level",
     "boost",
@@ -60,6 +61,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _LEAF = -1
+SECURE_TIE_RTOL = 1e-6
+"""Gains this close tie when the histograms are securely summed (their rounding, about
+``1e-15`` of all rows per bin, moves gains by up to about 1e-7 of a small node's gain):
+features that cut a node's rows alike then resolve to the first, as in plain sums."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,7 +285,9 @@ def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: Boosting
             hist = np.sum([sent[n] for n in fed.active], axis=0)
         totals = hist[:, 0].sum(axis=1)  # (n_active, 2), the same from any feature
         if depth < plan.max_depth:
-            _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight)
+            tie = {"tie_rtol": SECURE_TIE_RTOL} if isinstance(fed.transport, SummedLevels) else {}
+            _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight,
+                                       **tie)
         else:
             feat = cut = np.full(active.size, _LEAF)
         split = feat >= 0

@@ -142,7 +142,7 @@ def answer_secure(
         answer = client.share(message["public"])
     elif stage == "mask":
         values = vector(str(message["what"]), content)
-        chosen = settings.widened() if message.get("wide") else settings
+        chosen = settings.widened(int(message["n"])) if message.get("wide") else settings
         answer = client.mask(int(message["index"]), message["active"], values, chosen)
     elif stage == "unmask":
         answer = client.unmask(int(message["index"]), message["survivors"], message["dropped"],
