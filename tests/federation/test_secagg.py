@@ -57,7 +57,8 @@ class Sites:
                 elif stage == "share":
                     out[i] = client.share(m["public"])
                 elif stage == "mask":
-                    out[i] = client.mask(m["index"], m["active"], self.vectors[i], self.settings)
+                    chosen = self.settings.widened(m["n"]) if m["wide"] else self.settings
+                    out[i] = client.mask(m["index"], m["active"], self.vectors[i], chosen)
                 else:
                     out[i] = client.unmask(m["index"], m["survivors"], m["dropped"],
                                            m["seed_shares"], m["key_shares"])
@@ -91,6 +92,35 @@ def test_the_secure_sum_is_the_plain_sum_within_the_documented_quantization_erro
     # a second sum with the same keys: fresh masks, still right
     total, _ = agg.sum({i: {} for i in range(n)}, d)
     assert np.abs(total - x.sum(axis=0)).max() <= quantization_error(n, SETTINGS) + 1e-12
+
+
+def test_split_ties_at_the_quantizations_scale_resolve_to_the_first_feature() -> None:
+    from vigil.federation.boosting import best_splits
+    from vigil.federation.treegrowth import SECURE_TIE_RTOL
+
+    rng = np.random.default_rng(3)
+    hist = np.zeros((1, 3, 8, 2))
+    hist[0, :, :, 0] = rng.normal(0, 5, 8)  # three features cutting the rows alike
+    hist[0, :, :, 1] = rng.uniform(1, 3, 8)
+    noisy = hist + rng.normal(0, 1e-9, hist.shape)  # a secure sum's rounding
+    assert best_splits(hist, l2=1.0, min_child_weight=1.0)[1][0] == 0
+    features = {int(best_splits(noisy + rng.normal(0, 1e-9, hist.shape), l2=1.0,
+                                min_child_weight=1.0, tie_rtol=SECURE_TIE_RTOL)[1][0])
+                for _ in range(20)}
+    assert features == {0}
+
+
+def test_wide_sums_use_the_finest_levels_a_float64_sum_holds() -> None:
+    assert SETTINGS.widened(3).quantization_range == 2**51
+    assert SETTINGS.widened(4).quantization_range == 2**50
+    for n in (3, 7, 100):
+        assert SETTINGS.widened(n).resolve(n)  # no overflow of 2**53
+    x = _vectors(3, 500)
+    sites = Sites(x)
+    agg = SecureAggregator(3, SETTINGS, sites)
+    agg.setup()
+    total, _ = agg.sum({i: {} for i in range(3)}, 500, wide=True)
+    assert np.abs(total - x.sum(axis=0)).max() <= quantization_error(3, SETTINGS.widened(3))
 
 
 def test_sixty_four_bit_sums_are_a_million_times_finer() -> None:
