@@ -47,10 +47,10 @@ from vigil.federation.boosting import (
 )
 
 __all__ = [
+    "SECURE_TIE_RTOL",
     "LevelRequest",
     "LevelTransport",
     "LocalLevels",
-    "SECURE_TIE_RTOL",
     "SummedLevels",
     "answer_level",
     "boost",
