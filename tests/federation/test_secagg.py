@@ -387,3 +387,13 @@ def test_run_settings_carry_secure_aggregation_and_refuse_what_it_cannot_do(tmp_
     (tmp_path / "s.toml").write_text('registry = "reg"\n[secure]\n')
     with pytest.raises(ConfigError, match="secure aggregation runs on Flower only"):
         load_retrain_config(tmp_path / "s.toml")
+
+
+def test_settings_that_no_longer_fit_the_sites_left_refuse_the_sum() -> None:
+    from types import SimpleNamespace
+
+    from vigil.federation.flower.secure import open_secure
+
+    four = [SimpleNamespace(name=f"site{i}") for i in range(4)]  # one of five is gone
+    with pytest.raises(AggregationError, match="cannot go on with 4 sites: expected num_shares"):
+        open_secure(None, four, SecureSumSettings(num_shares=5))  # type: ignore[arg-type]

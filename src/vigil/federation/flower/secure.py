@@ -33,7 +33,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
 from numpy.typing import NDArray
 
-from vigil.core.errors import AggregationError
+from vigil.core.errors import AggregationError, ConfigError
 from vigil.federation.flower.transport import FlowerTransport, RemoteSite
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -356,8 +356,8 @@ def open_secure(transport: FlowerTransport, sites: Sequence[RemoteSite],
     A new set-up runs when the group changed since the last one: a site that
     dropped out of a sum comes back with new keys, and after a dropout the
     survivors get a new SecAgg+ graph (on a sparse one, a site's neighbours
-    holding its shares may be gone). If a site fails the set-up, it runs once
-    more without it.
+    holding its shares may be gone). If sites fail the set-up, it runs again
+    without them.
 
     Returns
     -------
@@ -368,21 +368,27 @@ def open_secure(transport: FlowerTransport, sites: Sequence[RemoteSite],
     Raises
     ------
     AggregationError
-        If the second set-up fails too, or too few sites remain (naming the threshold).
+        If fewer than 3 sites complete the set-up, or the settings do
+        not fit the sites left (``num_shares`` or the threshold above their number).
     """
     names = sorted(s.name for s in sites)
     if current is not None and current.group == names and len(names) == current.aggregator.n:
         return current, {}  # nobody dropped out since the set-up (a sparse graph needs all)
-    secure = FlowerSecureSum(transport, sites, settings)
+    try:
+        secure = FlowerSecureSum(transport, sites, settings)
+    except ConfigError as exc:  # the settings fitted the run's sites, not the ones left
+        raise AggregationError(f"secure aggregation cannot go on with {len(sites)} sites: "
+                               f"{exc}") from None
     try:
         secure.setup()
         return secure, {}
     except AggregationError:
         gone = dict(secure.failures)
+        if not gone:
+            raise
     kept = [s for s in sites if s.name not in gone]
     if len(kept) < 3:
         raise AggregationError(f"secure aggregation needs at least 3 sites; {len(kept)} of "
                                f"{len(sites)} completed the set-up")
-    secure = FlowerSecureSum(transport, kept, settings)
-    secure.setup()
-    return secure, gone
+    secure, more = open_secure(transport, kept, settings)  # fewer sites each time
+    return secure, gone | more
