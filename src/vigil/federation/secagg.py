@@ -74,12 +74,7 @@ from flwr.supercore.primitives.asymmetric import (
 from numpy.typing import NDArray
 
 from vigil.core.errors import AggregationError
-from vigil.federation.secure_sum import (
-    SecureSumSettings,
-    dequantize_sum,
-    mask_stream,
-    quantize,
-)
+from vigil.federation.secure_sum import SecureSumSettings, dequantize_sum, mask_stream, quantize
 
 __all__ = ["MIN_SUMMED", "Exchange", "SecAggClient", "SecureAggregator", "neighbours"]
 
