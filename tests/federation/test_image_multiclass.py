@@ -294,3 +294,16 @@ def test_dp_sgd_group_norm_five_class_package(retina_sites, tmp_path):
     summary, frame = evaluate_images(package, RETINA_SAMPLE_PATH)
     assert summary["n_images"] == 100 and sum(summary["prediction_counts"]) == 100
     assert list(frame.columns)[3:] == [f"p_{k}" for k in range(5)]
+
+
+def test_random_shifts_move_every_channel_of_a_colour_image_together():
+    from vigil.federation.augment import random_shifts
+
+    x = colour_training_inputs(load_medmnist("retina-sample", "test").images[:20])
+    out = random_shifts(x, np.random.default_rng(3), 2)
+    assert out.shape == x.shape and not np.array_equal(out, x)
+    for k in range(3):  # each channel as the greyscale shift with the same offsets
+        grey = random_shifts(x[:, k], np.random.default_rng(3), 2)
+        np.testing.assert_array_equal(out[:, k], grey)
+    with pytest.raises(ValueError, match="expected images"):
+        random_shifts(x[:, :, :, :, None], np.random.default_rng(0), 2)
