@@ -81,7 +81,7 @@ def _read_labels(studies: Path) -> dict[str, int]:
 
 
 def _site_toml(root: Path, *, studies: Path, public_key: Path, pacs: Any) -> Path:
-    """The demo site's ``site.toml``: NDJSON write-back, SQLite store, imaging on."""
+    """Write the demo site's ``site.toml`` (NDJSON write-back, SQLite store, imaging on)."""
     (root / "export").mkdir(parents=True, exist_ok=True)
     if pacs is None:
         imaging = f'source = "folder"\nfolder = "{studies}"\nstable_seconds = 0\n' \
@@ -230,7 +230,8 @@ def _score_on_pacs(settings: Any, pacs: Any, studies: Path, n: int, log: Log) ->
             sent = send_folder(client, studies)
             log(f"  sent {sent.stored} DICOM files to Orthanc ({len(sent.refused)} refused)")
             totals = _poll_all(loop, n)
-            time.sleep(pacs.stable_age + 1.5)  # the SRs change their studies: skipped, not re-scored
+            # the SRs stored back change their studies again: skipped, never re-scored
+            time.sleep(pacs.stable_age + 1.5)
             again = loop.poll()
             srs = client.count_instances("SR")
     finally:
@@ -316,6 +317,8 @@ def run_imaging_demo(out: Path, *, rounds: int, private_key: bytes, public_key: 
     timings["imaging_score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    log("8/8 imaging: the scored studies vs their labels; parity of the training path and "
+        "the DICOM path")
     uids, probability, threshold, n_studies = _scored(settings.store.url)
     unknown = [u for u in uids if u not in labels]
     if unknown:
@@ -328,7 +331,7 @@ def run_imaging_demo(out: Path, *, rounds: int, private_key: bytes, public_key: 
     timings["imaging_parity"] = time.perf_counter() - t0
     return {
         "model": f"{package.manifest.name}-{package.manifest.version}",
-        "validation_auroc": package.manifest.validation.get("auroc"),
+        "validation_auroc": (package.manifest.validation.get("pooled") or {}).get("auroc"),
         "pacs": pacs is not None, "pacs_skipped_reason": missing,
         "studies_sent": counts["sent"] or len(labels), "studies_scored": n_studies,
         "studies_rescored": counts["rescored"], "instances_scored": len(uids),
@@ -342,7 +345,7 @@ def run_imaging_demo(out: Path, *, rounds: int, private_key: bytes, public_key: 
 
 
 def imaging_report(s: dict[str, Any]) -> str:
-    """The ``## Imaging`` section of ``REPORT.md``."""
+    """Return the ``## Imaging`` section of ``REPORT.md``."""
     p, t = s["parity"], s["timings_s"]
     where = ("sent to a private Orthanc (`imaging-site/pacs/`, its own network namespace, "
              "auth on) and scored by the imaging loop `vigil serve` runs (Orthanc change feed "
