@@ -23,6 +23,7 @@ The steps are library calls; this module sequences them and reads the results ba
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,33 +85,28 @@ def _site_toml(root: Path, *, studies: Path, public_key: Path, pacs: Any) -> Pat
     """Write the demo site's ``site.toml`` (NDJSON write-back, SQLite store, imaging on)."""
     (root / "export").mkdir(parents=True, exist_ok=True)
     if pacs is None:
-        imaging = f'source = "folder"\nfolder = "{studies}"\nstable_seconds = 0\n' \
-                  "[imaging.writeback]\nfhir = true\nsr = false\n"
+        source: dict[str, Any] = {"source": "folder", "folder": str(studies), "stable_seconds": 0}
     else:
         secret = root / "orthanc.pw"
         secret.write_text(pacs.password + "\n")
         secret.chmod(0o600)
-        imaging = (f'source = "orthanc"\nurl = "{pacs.url}"\nusername = "{pacs.username}"\n'
-                   f'password_file = "{secret}"\nstart = "now"\n'
-                   "[imaging.writeback]\nfhir = true\nsr = true\n")
+        source = {"source": "orthanc", "url": pacs.url, "username": pacs.username,
+                  "password_file": str(secret), "start": "now"}
+    sections: dict[str, dict[str, Any]] = {
+        "": {"site_id": _SITE},
+        "data": {"source": "ndjson", "ndjson_dir": str(root / "export"),
+                 "writeback": "ndjson", "writeback_dir": str(root / "out")},
+        "store": {"url": f"sqlite:///{root / 'state.db'}"},
+        "ops": {"enabled": False},
+        "models": {"dir": str(root / "models"), "public_key": str(public_key)},
+        "imaging": {"enabled": True, "page_limit": 100, **source},
+        "imaging.writeback": {"fhir": True, "sr": pacs is not None},
+    }
     config = root / "site.toml"
-    config.write_text(f"""site_id = "{_SITE}"
-[data]
-source = "ndjson"
-ndjson_dir = "{root / 'export'}"
-writeback = "ndjson"
-writeback_dir = "{root / 'out'}"
-[store]
-url = "sqlite:///{root / 'state.db'}"
-[ops]
-enabled = false
-[models]
-dir = "{root / 'models'}"
-public_key = "{public_key}"
-[imaging]
-enabled = true
-page_limit = 100
-{imaging}""")
+    config.write_text("".join(
+        (f"[{name}]\n" if name else "") + "".join(f"{k} = {json.dumps(v)}\n"
+                                                 for k, v in table.items())
+        for name, table in sections.items()))  # JSON strings, numbers, booleans are TOML's
     return config
 
 
