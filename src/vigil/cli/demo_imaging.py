@@ -365,8 +365,8 @@ PneumoniaMNIST sample (train split; its held-out part chooses the round and thre
 | | |
 |---|---|
 | model | {s['model']} (pooled validation AUROC {_fmt(s['validation_auroc'])}) |
-| studies sent / scored / scored again | {s['studies_sent']} / {s['studies_scored']} / \
-{s['studies_rescored']} |
+| studies {'sent' if s['pacs'] else 'in the folder'} / scored / scored again | \
+{s['studies_sent']} / {s['studies_scored']} / {s['studies_rescored']} |
 | instances scored / quarantined | {s['instances_scored']} / {s['instances_quarantined']} |
 | FHIR DiagnosticReports written | {s['fhir_reports']} |
 | DICOM SRs stored back into Orthanc | {s['sr_stored']} |
