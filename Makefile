@@ -40,8 +40,10 @@ $(FHIR_STAMP): requirements-fhir-server.txt
 	$(FHIR_VENV)/bin/python -m pip check
 	@touch $(FHIR_STAMP)
 
-# The demo needs only the main venv (no FHIR server): NDJSON + SQLite on the bundled sample.
-demo: $(STAMP)
+# The demo needs the main venv and the PACS (no FHIR server): sepsis on NDJSON + SQLite, imaging
+# through a private Orthanc (`pacs`; without root it cannot install, and the demo scores the
+# same DICOM through the folder source, saying so in its report).
+demo: $(STAMP) pacs
 	$(BIN)/vigil demo
 
 test: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import socket
 
@@ -174,6 +175,21 @@ def test_httpx_request_log_shows_no_uid(caplog):
         c.retrieve_study(uid)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "http://pacs.test:8042/dicom-web/…" in text and uid not in text
+
+
+def test_count_instances_sums_the_series_of_the_modality():
+    asked = []
+
+    def answer(request):
+        asked.append(json.loads(request.content))
+        return httpx.Response(200, json=[{"Instances": ["a", "b"]}, {"Instances": ["c"]}])
+
+    c, _ = client_with(answer)
+    assert c.count_instances("SR") == 3
+    assert asked == [{"Level": "Series", "Query": {"Modality": "SR"}, "Expand": True}]
+    c, _ = client_with(lambda r: httpx.Response(200, json=[{"ID": "x"}]))
+    with pytest.raises(PACSError, match="lacks the series' Instances"):
+        c.count_instances("SR")
 
 
 # --- the source's walk over the change feed (a fake client) ------------------------------------

@@ -60,9 +60,7 @@ def _poll_until(loop, n: int, timeout: float = 30.0) -> int:  # type: ignore[no-
 
 
 def _sr_count(client) -> int:  # type: ignore[no-untyped-def]
-    resp = client._request("POST", "/tools/find", "find",
-                           json={"Level": "Series", "Query": {"Modality": "SR"}, "Expand": True})
-    return sum(len(series["Instances"]) for series in resp.json())
+    return client.count_instances("SR")
 
 
 @pytest.fixture()

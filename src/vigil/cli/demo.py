@@ -1,4 +1,4 @@
-"""``vigil demo`` (``make demo``): the whole job end to end on the bundled sample, no server.
+"""``vigil demo`` (``make demo``): both models end to end on the bundled samples.
 
 1. Federated training (FedAvg) across the sample's hospital units, a few rounds,
    on the training patients only, then boosted trees grown across the same sites
@@ -16,8 +16,13 @@
    vigil on, it finds an ICU already holding patients of every stay age up to
    two days, not an empty one that fills with first ICU hours.
 5. Summary (patients, cycles, alerts per patient-day, AUROC, utility, monitor
-   alarms by kind), a check that the replayed probabilities equal the offline
-   ones, and ``REPORT.md``.
+   alarms by kind) and a check that the replayed probabilities equal the offline
+   ones.
+6.-8. The imaging model (:mod:`vigil.cli.demo_imaging`): FedAvg across the four
+   scanner sites of the PneumoniaMNIST sample, its test images sent as DICOM to a
+   private Orthanc and scored by the imaging loop of ``vigil serve`` (FHIR and DICOM
+   SR write-back; the folder source when Orthanc is not installed), AUC, accuracy,
+   sensitivity, specificity and training-path vs DICOM-path parity; then ``REPORT.md``.
 
 The steps are library calls; this module only sequences them and reports.
 """
@@ -93,11 +98,13 @@ def _equality(package: Any, record: Any, test: Any, scores: Any) -> float:
     return float(np.max(diffs)) if diffs else float("nan")
 
 
-def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20) -> dict[str, Any]:
-    """Run the five steps into ``out``; returns the summary."""
+def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20,
+             imaging_rounds: int = 3) -> dict[str, Any]:
+    """Run the eight steps into ``out``; returns the summary (imaging under ``"imaging"``)."""
     import numpy as np
 
     from vigil.calibration.record import load_record
+    from vigil.cli.demo_imaging import imaging_report, run_imaging_demo
     from vigil.core.signing import generate_keypair
     from vigil.data import load_physionet, patient_split
     from vigil.fhir_adapter.synth import write_synth
@@ -121,7 +128,7 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     ids = table.grid.patient_ids
     test = table.select(np.flatnonzero(patient_split(ids, "test")))
     valid = table.select(np.flatnonzero(patient_split(ids, "valid")))
-    log(f"1/5 federated training: {rounds} rounds of FedAvg across the sample's hospital units"
+    log(f"1/8 federated training: {rounds} rounds of FedAvg across the sample's hospital units"
         + (f", then {trees} trees" if trees else "") + "; the package signed with a demo key")
     # The demo is its own publisher: it signs with a fresh key and trusts only that key,
     # as a site trusts its federation's (never the unsigned opt-out).
@@ -132,14 +139,14 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log(f"2/5 site calibration on {valid.grid.n_patients} validation patients")
+    log(f"2/8 site calibration on {valid.grid.n_patients} validation patients")
     record_path = out / "calibration.json"
     _calibrate(package, valid, record_path)
     record = load_record(record_path, package=package)
     timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log(f"3/5 vigil fhir synth: {test.grid.n_patients} test patients to FHIR NDJSON")
+    log(f"3/8 vigil fhir synth: {test.grid.n_patients} test patients to FHIR NDJSON")
     write_synth(test.frame, out / "fhir")
     source, quarantined = load_ndjson(out / "fhir", stack_admissions=True,
                                       stack_days=ADMISSION_DAYS)
@@ -147,7 +154,7 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
 
     t0 = time.perf_counter()
     start = go_live_start(source, ADMISSION_DAYS)
-    log(f"4/5 replay: the runtime cycle every 15 simulated minutes for {hours:g} hours, "
+    log(f"4/8 replay: the runtime cycle every 15 simulated minutes for {hours:g} hours, "
         f"admissions on {ADMISSION_DAYS} days, from the start of the last")
     active = live_model(package.path, calibration=record_path,
                         public_key=out / "demo-release.pub")
@@ -163,7 +170,7 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
     scores.to_parquet(out / "scores.parquet", index=False)
     timings["replay"] = time.perf_counter() - t0
 
-    log("5/5 summary and report")
+    log("5/8 sepsis summary")
     summary = summarize(scores, cycles=result.cycles, threshold=active.threshold,
                         labels=test.frame.loc[:, ["patient_id", "ICULOS", "SepsisLabel"]])
     summary.update({
@@ -179,7 +186,12 @@ def run_demo(out: Path, *, rounds: int, hours: float, log: Log, trees: int = 20)
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "out": str(out),
     })
-    (out / "REPORT.md").write_text(_report(summary, test.grid.n_patients))
+    summary["imaging"] = run_imaging_demo(
+        out, rounds=imaging_rounds, private_key=private_key,
+        public_key=out / "demo-release.pub", log=log)
+    summary["timings_s"].update(summary["imaging"]["timings_s"])
+    (out / "REPORT.md").write_text(_report(summary, test.grid.n_patients)
+                                   + imaging_report(summary["imaging"]))
     return summary
 
 
@@ -191,7 +203,8 @@ def _report(s: dict[str, Any], n_test: int) -> str:
     t = s["timings_s"]
     return f"""# vigil demo
 
-The whole job on the bundled PhysioNet 2019 sample, with no server.
+Both models on the bundled samples: sepsis on PhysioNet 2019 (replayed FHIR NDJSON, no
+server), imaging on PneumoniaMNIST (DICOM through a private Orthanc; see "Imaging").
 
 | step | what | seconds |
 |---|---|---:|
@@ -251,7 +264,10 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path(
         "runs/demo"
     ),
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds (sepsis).")] = 3,
+    imaging_rounds: Annotated[
+        int, typer.Option(min=1, help="Federated rounds of the imaging CNN.")
+    ] = 3,
     boost_trees: Annotated[
         int, typer.Option(min=0, help="Boosted trees grown across the sites after the rounds.")
     ] = 20,
@@ -260,12 +276,13 @@ def demo(
     ] = 48.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Train across sites, calibrate, synthesize FHIR, replay the runtime, report."""
+    """Both models: train across sites, calibrate, replay FHIR; imaging through a PACS; report."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     started = time.perf_counter()
     summary = run_demo(out, rounds=rounds, hours=hours, trees=boost_trees,
+                       imaging_rounds=imaging_rounds,
                        log=lambda line: err_console.print(line, highlight=False))
     summary["total_s"] = round(time.perf_counter() - started, 1)
     if json_out:
@@ -276,7 +293,16 @@ def demo(
         f"{summary['alerts_per_patient_day']:.3f} alerts per patient-day, AUROC "
         f"{summary['auroc']:.4f}, utility {summary['utility']:.4f}; replay vs offline max "
         f"|diff| {summary['max_abs_diff_vs_offline']:.1e}; monitor alarms "
-        f"{summary['monitor']['alarms'] or 'none'}; {summary['total_s']} s; "
-        f"report: {out / 'REPORT.md'}",
+        f"{summary['monitor']['alarms'] or 'none'}",
+        highlight=False,
+    )
+    img = summary["imaging"]
+    err_console.print(
+        f"imaging: {img['studies_scored']} of {img['studies_sent']} test studies scored "
+        f"{'through Orthanc' if img['pacs'] else 'from the folder (PACS skipped)'}, AUC "
+        f"{img['auc']:.4f}, accuracy {img['accuracy']:.4f}, sensitivity "
+        f"{img['sensitivity']:.4f}, specificity {img['specificity']:.4f}; SRs stored "
+        f"{img['sr_stored']}; parity max |dp| {img['parity']['max_abs_probability']:.1e}, "
+        f"{img['parity']['flips']} flips; {summary['total_s']} s; report: {out / 'REPORT.md'}",
         highlight=False,
     )

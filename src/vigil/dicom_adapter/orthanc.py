@@ -214,6 +214,17 @@ class OrthancClient:
             raise PACSError("Orthanc's change feed lacks Changes/Seq/ChangeType/ID/Last/Done",
                             url=self.base_url) from exc
 
+    def count_instances(self, modality: str) -> int:
+        """Count the instances of the series of ``modality`` (``POST /tools/find``, expanded)."""
+        resp = self._request("POST", "/tools/find", f"the {modality} series query",
+                             json={"Level": "Series", "Query": {"Modality": modality},
+                                   "Expand": True})
+        try:
+            return sum(len(series["Instances"]) for series in resp.json())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PACSError("Orthanc's /tools/find answer lacks the series' Instances",
+                            url=self.base_url) from exc
+
     def latest_seq(self) -> int:
         """Return the ``Seq`` of the newest change (0 when the feed is empty)."""
         doc = self._json("/changes", "the change feed", params={"last": ""})
