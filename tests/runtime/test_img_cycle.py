@@ -28,6 +28,10 @@ from vigil.runtime.imaging_store import cursor_key, instance_records
 from vigil.runtime.models import install_model, load_live_models
 from vigil.runtime.store import StateStore
 
+_SHIPPED_VERSION = json.loads((SHIPPED / "manifest.json").read_text())["version"]
+SHIPPED_MODEL = f"imaging-federated@{_SHIPPED_VERSION}"
+"""The shipped package's registry key (its version is bumped when it is rebuilt)."""
+
 
 @pytest.fixture()
 def site(tmp_path):
@@ -93,7 +97,7 @@ def test_a_study_with_new_images_is_scored_again(site):
         assert (later.scored, later.studies) == (1, 1)
         (row,) = [r for r in studies(store) if r[0] == uid]
     assert row[5] == 2 and row[8] == 2  # two instances now; the row replaced, not added
-    written = sink.written[(uid, "imaging-federated@1.0.0")]
+    written = sink.written[(uid, SHIPPED_MODEL)]
     assert sorted(written["instances"]) == sorted(written["sources"])
     assert len(written["instances"]) == 2 and sink.writes == 13
 
@@ -111,9 +115,9 @@ def test_active_and_shadow_both_scored_only_active_written(site):
         rows = studies(store)
         records = instance_records(store.conn)
     assert sorted({(r[1], r[2]) for r in rows}) == [
-        ("imaging-federated@1.0.0", "active"), ("imaging-federated@shadow-1", "shadow")]
+        (SHIPPED_MODEL, "active"), ("imaging-federated@shadow-1", "shadow")]
     assert len(rows) == 24 and sink.writes == 12
-    assert {k[1] for k in sink.written} == {"imaging-federated@1.0.0"}
+    assert {k[1] for k in sink.written} == {SHIPPED_MODEL}
     by_model = {}
     for r in rows:
         by_model.setdefault(r[0], {})[r[2]] = r[3]
@@ -294,5 +298,5 @@ def test_promoting_an_imaging_model_leaves_the_sepsis_roles(site):
         promote_model(store, "2.0.0")
         roles = {(r.task, r.key): r.role for r in store.models()}
     assert roles == {("sepsis", "sepsis-tiny@1.0.0"): "active",
-                     ("imaging", "imaging-federated@1.0.0"): "retired",
+                     ("imaging", SHIPPED_MODEL): "retired",
                      ("imaging", "imaging-federated@2.0.0"): "active"}
