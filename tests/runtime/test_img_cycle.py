@@ -13,6 +13,7 @@ from img_support import (
     FAR_FUTURE,
     SHIPPED,
     SHIPPED_KEY,
+    SHIPPED_MODEL,
     RecordingSink,
     add_instance,
     shadow_package,
@@ -93,7 +94,7 @@ def test_a_study_with_new_images_is_scored_again(site):
         assert (later.scored, later.studies) == (1, 1)
         (row,) = [r for r in studies(store) if r[0] == uid]
     assert row[5] == 2 and row[8] == 2  # two instances now; the row replaced, not added
-    written = sink.written[(uid, "imaging-federated@1.0.0")]
+    written = sink.written[(uid, SHIPPED_MODEL)]
     assert sorted(written["instances"]) == sorted(written["sources"])
     assert len(written["instances"]) == 2 and sink.writes == 13
 
@@ -111,9 +112,9 @@ def test_active_and_shadow_both_scored_only_active_written(site):
         rows = studies(store)
         records = instance_records(store.conn)
     assert sorted({(r[1], r[2]) for r in rows}) == [
-        ("imaging-federated@1.0.0", "active"), ("imaging-federated@shadow-1", "shadow")]
+        (SHIPPED_MODEL, "active"), ("imaging-federated@shadow-1", "shadow")]
     assert len(rows) == 24 and sink.writes == 12
-    assert {k[1] for k in sink.written} == {"imaging-federated@1.0.0"}
+    assert {k[1] for k in sink.written} == {SHIPPED_MODEL}
     by_model = {}
     for r in rows:
         by_model.setdefault(r[0], {})[r[2]] = r[3]
@@ -294,5 +295,5 @@ def test_promoting_an_imaging_model_leaves_the_sepsis_roles(site):
         promote_model(store, "2.0.0")
         roles = {(r.task, r.key): r.role for r in store.models()}
     assert roles == {("sepsis", "sepsis-tiny@1.0.0"): "active",
-                     ("imaging", "imaging-federated@1.0.0"): "retired",
+                     ("imaging", SHIPPED_MODEL): "retired",
                      ("imaging", "imaging-federated@2.0.0"): "active"}
