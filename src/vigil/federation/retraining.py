@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -135,10 +136,15 @@ class FlowerTarget:
 
 @dataclass(frozen=True)
 class InProcessTarget:
-    """Data and site scheme of an in-process retraining (development, demos)."""
+    """Data and site scheme of an in-process retraining (development, demos).
+
+    ``ledgers``, when set, is the directory of the simulated sites' own privacy
+    budgets and ledgers (``LEDGERS/NAME``, :mod:`vigil.federation.budget`).
+    """
 
     data: str = "sample"
     sites: str = "hospital-unit"
+    ledgers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -277,9 +283,10 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
 
 def _in_process(values: Any, here: Any) -> InProcessTarget:
     target: InProcessTarget = _section(InProcessTarget, values, "in_process")
+    ledgers = None if target.ledgers is None else str(here(target.ledgers))
     if target.data == "sample":
-        return target
-    return InProcessTarget(data=str(here(target.data)), sites=target.sites)
+        return InProcessTarget(data=target.data, sites=target.sites, ledgers=ledgers)
+    return InProcessTarget(data=str(here(target.data)), sites=target.sites, ledgers=ledgers)
 
 
 def _train(config: RetrainConfig, version: str) -> Any:
@@ -308,7 +315,8 @@ def _train(config: RetrainConfig, version: str) -> Any:
     data = config.in_process.data
     return federate(load_physionet(data), scheme=config.in_process.sites,
                     strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
-                    data=resolve_data_path(data).name, trees=config.trees)
+                    data=resolve_data_path(data).name, trees=config.trees,
+                    ledgers=config.in_process.ledgers, run_id=f"{version}-{uuid.uuid4().hex[:12]}")
 
 
 def _train_images(config: RetrainConfig) -> Any:
