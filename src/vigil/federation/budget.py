@@ -299,6 +299,10 @@ class PrivacyLedger:
         entry = LedgerEntry(run=run, task=task, epsilon=None if cost is None else cost[0],
                             delta=None if cost is None else cost[1], time=time.time())
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():  # a torn last line (killed mid-append) was never charged: cut it
+            good, torn = split_torn_tail(self.path.read_bytes())
+            if torn:
+                replace_durably(self.path, good)
         append_durably(self.path, (json.dumps(asdict(entry)) + "\n").encode())
         return entry
 
