@@ -84,7 +84,8 @@ def test_two_retrains_pulled_and_promoted_then_a_site_refuses_the_third(
         pulled = _cli("federation", "pull", "--registry", registry, "--config", str(site))
         assert (pulled["release"], pulled["model"]["role"]) == (version, "shadow")
         _cli("model", "promote", version, "--config", str(site))
-    roles = {m["version"]: m["role"] for m in _cli("model", "list", "--config", str(site))["models"]}
+    listed = _cli("model", "list", "--config", str(site))["models"]
+    roles = {m["version"]: m["role"] for m in listed}
     assert roles["1.1.0"] == "active" and "1.0.0" in roles and roles["1.0.0"] != "active"
     assert (tmp_path / "models" / "sepsis-test-1.0.0" / "model.onnx").is_file()  # v1 kept
 

@@ -21,6 +21,7 @@ from vigil.federation.budget import (
     PrivacyLedger,
     SiteBudget,
     budgeted,
+    check_planned_rounds,
     compose,
     read_budget,
     run_cost,
@@ -114,6 +115,28 @@ def test_a_torn_last_line_was_never_charged_and_a_bad_line_stops_training(tmp_pa
     (tmp_path / LEDGER_FILE).write_text('{"run": "a"}\nnot json\n')
     with pytest.raises(DataError, match="line 1"):
         ledger.admit("d", "sepsis", (1.0, 1e-5))
+
+
+def test_a_round_past_the_runs_plan_is_refused() -> None:
+    class Accountant:
+        planned_steps = 6
+
+        def __init__(self, steps: int) -> None:
+            self.steps = steps
+
+        def spent(self) -> Accountant:
+            return self
+
+    class Site:
+        name = "site1"
+
+        def __init__(self, accountant: Accountant | None) -> None:
+            self.accountant = accountant
+
+    check_planned_rounds(Site(None))  # the first round: nothing spent yet
+    check_planned_rounds(Site(Accountant(5)))
+    with pytest.raises(PrivacyBudgetError, match="taken the 6 noisy steps this run was charged"):
+        check_planned_rounds(Site(Accountant(6)))
 
 
 @pytest.mark.parametrize(("epsilon", "delta", "key"), [

@@ -50,13 +50,14 @@ from vigil.core.files import append_durably, replace_durably, split_torn_tail
 __all__ = [
     "BUDGET_FILE",
     "BUDGET_REASON",
-    "BudgetedSite",
     "LEDGER_FILE",
+    "BudgetedSite",
     "LedgerEntry",
     "PrivacyLedger",
     "SiteBudget",
     "Spent",
     "budgeted",
+    "check_planned_rounds",
     "compose",
     "read_budget",
     "run_cost",
@@ -332,6 +333,29 @@ def training_rows(site: Any) -> int:
     return int(train.n_rows if hasattr(train, "n_rows") else train.n)
 
 
+def check_planned_rounds(site: Any) -> None:
+    """Refuse a round past the run's plan: its ε would exceed what the run was charged.
+
+    The noise is calibrated once, for ``total_rounds`` of the first round's config
+    (:class:`~vigil.federation.privacy.SiteAccountant`); a coordinator asking for
+    more rounds would make the site spend past its charge.
+
+    Raises
+    ------
+    PrivacyBudgetError
+        If the site's accountant has taken every planned noisy step.
+    """
+    accountant = getattr(site, "accountant", None)
+    if accountant is None:
+        return
+    done = accountant.spent().steps
+    if done >= accountant.planned_steps:
+        raise PrivacyBudgetError(
+            f"{BUDGET_REASON}: site {site.name} has taken the {accountant.planned_steps} noisy "
+            f"steps this run was charged for ({done} done); a further round would spend past "
+            "the charged ε", site=site.name)
+
+
 class BudgetedSite:
     """A site that admits the run in its ledger before it trains (the in-process driver).
 
@@ -362,6 +386,7 @@ class BudgetedSite:
     def fit(self, global_weights: Any, config: Any) -> Any:
         """Admit the run (or raise :class:`PrivacyBudgetError`), then train."""
         self.ledger.admit(self.run, self.task, run_cost(self.site.dp, training_rows(self.site)))
+        check_planned_rounds(self.site)
         return self.site.fit(global_weights, config)
 
 

@@ -38,10 +38,15 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from vigil.core.errors import ConfigError, PrivacyBudgetError
-from vigil.federation.budget import PrivacyLedger, run_cost, training_rows
+from vigil.federation.budget import (
+    PrivacyLedger,
+    check_planned_rounds,
+    run_cost,
+    training_rows,
+)
 from vigil.federation.flower.imagesite import load_task_site
 from vigil.federation.flower.settings import RunSettings
-from vigil.federation.flower.sitedata import SITE_DIR_KEY
+from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
 from vigil.federation.flower.treewire import ACTION, answer_trees
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -96,6 +101,7 @@ def _admit(site: Any, context: Context) -> str | None:
     ledger = PrivacyLedger(site.name, str(context.node_config[SITE_DIR_KEY]))
     try:
         ledger.admit(str(context.run_id), settings.task, run_cost(settings.dp, training_rows(site)))
+        check_planned_rounds(site)
     except PrivacyBudgetError as exc:
         return str(exc)  # starts with BUDGET_REASON: the coordinator's transport reads it
     return None
@@ -132,5 +138,12 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(ACTION)
 def trees(msg: Message, context: Context) -> Message:
     """Answer one step of the boosted trees grown across the sites."""
+    site_dir = str(context.node_config.get(SITE_DIR_KEY, ""))
+    try:  # the trees' histograms are not DP: charged as a run without DP
+        PrivacyLedger(site_name(site_dir), site_dir).admit(
+            str(context.run_id), RunSettings.from_run_config(context.run_config).task, None)
+    except PrivacyBudgetError as exc:
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
+                       reply_to=msg)
     content = answer_trees(msg.content, context.state, lambda network: _site(context, network))
     return Message(content, reply_to=msg)
