@@ -308,7 +308,7 @@ def _train(config: RetrainConfig, version: str) -> Any:
                                trees=config.trees, task=config.task, image=dp_spec(config.dp))
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
     if config.task == "imaging":
-        return _train_images(config)
+        return _train_images(config, version)
     from vigil.data import load_physionet, resolve_data_path
     from vigil.federation.simulation import federate
 
@@ -316,10 +316,15 @@ def _train(config: RetrainConfig, version: str) -> Any:
     return federate(load_physionet(data), scheme=config.in_process.sites,
                     strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
                     data=resolve_data_path(data).name, trees=config.trees,
-                    ledgers=config.in_process.ledgers, run_id=f"{version}-{uuid.uuid4().hex[:12]}")
+                    ledgers=config.in_process.ledgers, run_id=_run_id(version))
 
 
-def _train_images(config: RetrainConfig) -> Any:
+def _run_id(version: str) -> str:
+    """Return a run's id in the simulated ledgers, unique even when a version is retried."""
+    return f"{version}-{uuid.uuid4().hex[:12]}"
+
+
+def _train_images(config: RetrainConfig, version: str) -> Any:
     from vigil.dicom_adapter.sites import medmnist_sites
     from vigil.federation.image_run import federate_images
 
@@ -327,7 +332,8 @@ def _train_images(config: RetrainConfig) -> Any:
     parts = medmnist_sites(data, seed=config.plan.seed, splits=("train", "val"))
     train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
     return federate_images(list(train), list(valid), strategy=config.strategy, plan=config.plan,
-                           data=Path(data).name, dp=config.dp)
+                           data=Path(data).name, dp=config.dp,
+                           ledgers=config.in_process.ledgers, run_id=_run_id(version))
 
 
 def _export(config: RetrainConfig, run: Any, staging: Path, version: str,
