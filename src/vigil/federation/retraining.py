@@ -45,6 +45,7 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     [in_process]                  # engine = "in-process"
     data = "sample"
     sites = "hospital-unit"
+    ledgers = "ledgers"           # optional: each simulated site's budget and ledger
 
 The imaging task (``task = "imaging"``) retrains the imaging CNN the same way: on
 Flower each SuperNode holds a scanner site prepared with ``vigil federation site --task
