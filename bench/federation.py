@@ -31,13 +31,21 @@ tree, the trees' bytes per site apart from the network's (in process the raw
 array bytes of each request and answer), and whether the fused models are the
 same (trees bit for bit, ``max |delta p|`` on the sites' validation rows).
 
+With ``--secure``, a second Flower run on the same SuperLink trains with secure
+aggregation (:mod:`vigil.federation.flower.secure`, default
+:class:`~vigil.federation.secure_sum.SecureSumSettings`; ``--bits 64`` for the
+64-bit sums): its seconds, bytes per site (network and trees) and its distance to
+the in-process model (``max |delta w|``, trees' structure, ``max |delta p|``) are
+printed beside the plain run's.
+
 Usage: ``.venv/bin/python bench/federation.py [--data sample] [--sites random:3] [--rounds 2]
-[--trees 0] [--depth 6] [--json]``
+[--trees 0] [--depth 6] [--secure] [--bits 32] [--json]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import socket
 import tempfile
@@ -63,6 +71,7 @@ from vigil.federation.flower.runner import run_on_flower
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import load_site, prepare_site
 from vigil.federation.hybrid import InProcessTrees, grow_hybrid, hybrid_proba
+from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import make_strategy
 
@@ -164,6 +173,44 @@ class CountingTrees(InProcessTrees):
         return self._count(super().evaluate(names, weights, part), down, lambda a: a.payload())
 
 
+def _secure_report(out: Any, local: Any, local_hybrid: Any, sites: Any, bits: int) -> dict[
+    str, Any
+]:
+    """The secure run against the in-process one: time, bytes per site, model distance."""
+    from vigil.federation.model import SepsisNet, set_weights
+
+    weights = out.result.weights
+    report: dict[str, Any] = {
+        "modulus_bits": bits,
+        "max_abs_diff_weights": max(float(np.max(np.abs(weights[k] - local.weights[k])))
+                                    for k in weights),
+        "connect_seconds": out.info["connect_seconds"], "round_seconds": out.info["round_seconds"],
+        "network_traffic": out.info.get("network_traffic", out.info["traffic"]),
+    }
+    if out.hybrid is not None and local_hybrid is not None:
+        network = report["network_traffic"]
+        same = [np.array_equal(a.feature, b.feature) and np.array_equal(a.bin, b.bin)
+                for a, b in zip(out.hybrid.part.trees, local_hybrid.part.trees, strict=True)]
+        X = np.concatenate([s.valid.X for s in sites])
+        nets = []
+        for w in (weights, local.weights):
+            net = SepsisNet(int(np.shape(w["norm.mean"])[0]))
+            set_weights(net, w)
+            nets.append(net)
+        dp = float(np.max(np.abs(hybrid_proba(nets[0], out.hybrid.part, X)
+                                 - hybrid_proba(nets[1], local_hybrid.part, X))))
+        report |= {
+            "same_tree_structure": same, "max_abs_diff_probability": dp,
+            "max_abs_diff_leaf": max(float(np.max(np.abs(a.value - b.value))) for a, b in zip(
+                out.hybrid.part.trees, local_hybrid.part.trees, strict=True)
+                if a.value.shape == b.value.shape),
+            "tree_seconds": out.info["tree_seconds"],
+            "trees_traffic": {n: {k: t[k] - network[n][k] for k in t}
+                              for n, t in out.info["traffic"].items()},
+        }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="sample")
@@ -172,6 +219,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--trees", type=int, default=0)
     parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--secure", action="store_true")
+    parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -226,6 +275,11 @@ def main() -> None:
                     root / "sites" / key.name, coordinator.address, pki.ca_cert,
                     key.private_key, port=_port())))
             out = run_on_flower(coordinator, settings, root / "run")
+            secure_out = None
+            if args.secure:
+                secure_settings = dataclasses.replace(
+                    settings, secure=SecureSumSettings(modulus_bits=args.bits))
+                secure_out = run_on_flower(coordinator, secure_settings, root / "secure-run")
         finally:
             for proc in procs:
                 proc.stop()
@@ -271,10 +325,14 @@ def main() -> None:
         "raw_over_update": {n: {k: raw[n][k] / update_bytes for k in
                                 ("parquet_bytes", "grid_bytes", "feature_bytes")} for n in raw},
         "trees": trees_report,
+        "secure": None if secure_out is None else _secure_report(
+            secure_out, local, local_hybrid, sites, args.bits),
     }
     if args.json:
         print(json.dumps(report, indent=1))
         return
+    if report["secure"] is not None:
+        print("secure aggregation:", json.dumps(report["secure"], indent=1))
     print(f"sepsis model, {report['model_parameters']:,} parameters ({update_bytes:,} bytes as "
           f"float32); {args.sites} on {args.data}, {args.rounds} rounds; max |flower - "
           f"in-process| = {diff:.2g}")

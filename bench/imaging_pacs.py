@@ -9,21 +9,20 @@ left to turn stable. Then:
 
 (a) **PACS**: WADO-RS *Retrieve Study* of every study (raw HTTP: the request and the
     whole ``multipart/related`` body, nothing parsed): Orthanc's own retrieval rate;
-(b) **runtime path**, study by study as the imaging cycle does it: ``poll`` (the change
-    feed + study lookups, :class:`~vigil.dicom_adapter.orthanc.OrthancSource`),
-    ``fetch`` (WADO-RS + multipart + UIDs), ``read_chain`` (pydicom decode, quarantine
-    checks, the pixel chain: :func:`vigil.dicom_adapter.prepare_batch`), ``score``
-    (:class:`vigil.runtime.images.ImageScorer`, ``models/imaging-federated``, one
-    onnxruntime thread), ``sr_build`` + ``sr_store`` (write-back of one SR per study by
-    ``OrthancClient.store``). The SR is a **stand-in** (a minimal Basic Text SR with a
-    deterministic UID, about 1 kB) until the TID 1500 builder is merged;
+(b) **runtime path**: the imaging loop ``vigil serve`` runs
+    (:func:`vigil.runtime.imaging_service.build_imaging` from a ``site.toml``: Orthanc's
+    change feed, WADO-RS, pydicom decode and quarantine, the pixel chain, onnxruntime
+    with ``models/imaging-federated`` on one thread, the state store, and the write-back:
+    a TID 1500 SR per study stored back into Orthanc and a FHIR DiagnosticReport +
+    Observation to NDJSON), until every study is scored. PACS I/O is the wall time
+    inside the Orthanc client's HTTP requests;
 (a) runs twice before (b) (after (b) every study also holds its SR, so a retrieval then
     would move twice the instances); the mean of both runs is the PACS rate.
 
 Printed: both rates, their ratio, and the runtime's share beyond PACS I/O two ways:
-``share_beyond_fetch`` = (runtime − fetch) / runtime (the issue's target ≤ 0.25,
-counting poll and write-back as runtime), and ``share_beyond_pacs_io`` = (runtime −
-fetch − poll − sr_store) / runtime (every request to the PACS counted as PACS I/O).
+``share_beyond_pacs_io`` = (runtime − time in PACS requests) / runtime (the issue's
+target ≤ 0.25), and the stricter ``share_beyond_fetch`` = (runtime − WADO-RS fetch) /
+runtime (counting the change feed and the SR store as the runtime's).
 Wall-clock times (``time.perf_counter``): the work is I/O; the machine is shared.
 
 Usage: ``nice -n 10 .venv/bin/python bench/imaging_pacs.py [--data NPZ|sample] [--json]``
@@ -32,7 +31,6 @@ Usage: ``nice -n 10 .venv/bin/python bench/imaging_pacs.py [--data NPZ|sample] [
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import time
@@ -40,52 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
-from vigil.core.package import read_package
 from vigil.data.medmnist import load_medmnist
-from vigil.dicom_adapter import prepare_batch
 from vigil.dicom_adapter.orthanc import OrthancClient, OrthancSource
 from vigil.dicom_adapter.orthanc_local import LocalOrthanc
-from vigil.dicom_adapter.scanners import deterministic_uid
 from vigil.dicom_adapter.sites import write_sites
-from vigil.runtime.images import ImageScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_NPZ = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 MODEL = ROOT / "models" / "imaging-federated"
 TARGET_SHARE = 0.25
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-
-
-def stand_in_sr(source: Dataset, probability: float) -> bytes:
-    """A minimal Basic Text SR in the source's study (deterministic UIDs): the stand-in."""
-    ds = Dataset()
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = deterministic_uid("bench-sr", str(source.SOPInstanceUID))
-    ds.SeriesInstanceUID = deterministic_uid("bench-sr-series", str(source.StudyInstanceUID))
-    ds.StudyInstanceUID = source.StudyInstanceUID
-    ds.PatientID = source.PatientID
-    ds.PatientName = source.PatientName
-    ds.Modality = "SR"
-    ds.Manufacturer = "vigil"
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    item = Dataset()
-    item.RelationshipType = "CONTAINS"
-    item.ValueType = "TEXT"
-    item.TextValue = f"pneumonia probability {probability:.4f}"
-    ds.ContentSequence = [item]
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def wait_stable(source: OrthancSource, cursor: str, n: int, timeout: float = 120.0) -> list:
@@ -116,45 +79,93 @@ def pacs_rate(server: LocalOrthanc, uids: list[str]) -> dict[str, float]:
     return {"seconds": seconds, "studies_per_s": len(uids) / seconds, "bytes": n_bytes}
 
 
-def runtime_path(client: OrthancClient, cursor: str, scorer: ImageScorer) -> dict[str, Any]:
-    source = OrthancSource(client, modalities=("CR", "DX"))
-    stages = dict.fromkeys(("poll", "fetch", "read_chain", "score", "sr_build", "sr_store"), 0.0)
-    n_studies = n_instances = n_quarantined = 0
-    probabilities: list[float] = []
-    start = time.perf_counter()
-    while True:
+def _timed(obj: Any, name: str, bucket: dict[str, float], key: str) -> None:
+    """Wrap ``obj.name`` so its wall time accumulates in ``bucket[key]``."""
+    inner = getattr(obj, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
-        page = source.poll(cursor, limit=50)
-        stages["poll"] += time.perf_counter() - t
-        for ref in page.studies:
-            t0 = time.perf_counter()
-            instances = source.fetch(ref)
-            t1 = time.perf_counter()
-            datasets = [pydicom.dcmread(io.BytesIO(i.data)) for i in instances]
-            batch = prepare_batch(datasets)
-            t2 = time.perf_counter()
-            p = scorer.predict_images(batch.inputs)
-            t3 = time.perf_counter()
-            scored = [datasets[i] for i in batch.accepted]
-            srs = [stand_in_sr(scored[int(np.argmax(p))], float(p.max()))] if len(p) else []
-            t4 = time.perf_counter()
-            for sr in srs:
-                client.store(sr)
-            t5 = time.perf_counter()
-            for key, a, b in (("fetch", t0, t1), ("read_chain", t1, t2), ("score", t2, t3),
-                              ("sr_build", t3, t4), ("sr_store", t4, t5)):
-                stages[key] += b - a
-            n_studies += 1
-            n_instances += len(instances)
-            n_quarantined += len(batch.quarantined)
-            probabilities.extend(p.tolist())
-        cursor = page.cursor or cursor
-        if page.done:
-            break
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "studies": n_studies, "instances": n_instances,
-            "quarantined": n_quarantined, "studies_per_s": n_studies / seconds,
-            "stages_s": stages, "mean_probability": float(np.mean(probabilities))}
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            bucket[key] += time.perf_counter() - t
+
+    setattr(obj, name, timed)
+
+
+def runtime_path(server: LocalOrthanc, work: Path, n: int, *, sr: bool = True) -> dict[str, Any]:
+    """The imaging loop ``vigil serve`` runs, built from a site.toml, until ``n`` studies scored.
+
+    Orthanc source from the feed's beginning, FHIR DiagnosticReport + Observation to NDJSON
+    and a TID 1500 SR stored back into Orthanc per study. PACS I/O = wall time inside the
+    client's HTTP requests (change feed, study lookups, WADO-RS, SR store); the rest is the
+    runtime's own work (decode, chain, scoring, SR and FHIR building, the state store).
+    """
+    from vigil.runtime.imaging_service import build_imaging
+    from vigil.runtime.models import install_model
+    from vigil.runtime.settings import load_settings
+    from vigil.runtime.store import StateStore
+
+    secret = work / "orthanc.pw"
+    secret.write_text(server.password)
+    config = work / "site.toml"
+    config.write_text(f"""site_id = "bench"
+[data]
+source = "ndjson"
+ndjson_dir = "{work / 'export'}"
+writeback = "ndjson"
+writeback_dir = "{work / 'out'}"
+[store]
+url = "sqlite:///{work / 'state.db'}"
+[ops]
+enabled = false
+[models]
+dir = "{work / 'models'}"
+[imaging]
+enabled = true
+source = "orthanc"
+url = "{server.url}"
+username = "{server.username}"
+password_file = "{secret}"
+start = "beginning"
+page_limit = 50
+[imaging.writeback]
+fhir = true
+sr = {"true" if sr else "false"}
+""")
+    (work / "export").mkdir()
+    settings = load_settings(config, environ=False)
+    with StateStore.open(settings.store.url) as store:
+        install_model(store, MODEL, models_dir=work / "models")
+    loop = build_imaging(settings, registry=None)
+    if sr:  # highdicom's first import (about 1 s) is start-up, not per-study work
+        import highdicom  # noqa: F401
+    io_s = {"pacs_io": 0.0, "fetch": 0.0}
+    client = loop.source.client
+    _timed(client, "_request", io_s, "pacs_io")
+    _timed(client, "retrieve_study", io_s, "fetch")
+    scored = instances = skipped = 0
+    quarantined = 0
+    start = time.perf_counter()
+    try:
+        while scored < n:
+            result = loop.poll()
+            if not result.ok:
+                raise SystemExit(f"imaging poll failed: {result.error}")
+            scored += result.scored
+            instances += result.instances_scored
+            skipped += result.skipped
+            quarantined += sum(result.quarantine_reasons.values())
+            if result.studies == 0 and time.perf_counter() - start > 300:
+                raise SystemExit(f"only {scored} of {n} studies scored in 300 s")
+    finally:
+        seconds = time.perf_counter() - start
+        loop.close()
+    return {"seconds": seconds, "studies": scored, "instances": instances,
+            "quarantined": quarantined, "studies_per_s": scored / seconds,
+            "pacs_io_s": io_s["pacs_io"], "fetch_s": io_s["fetch"],
+            "fhir_reports": len((work / "out" / "DiagnosticReport.ndjson").read_text()
+                                .splitlines())}
 
 
 def main() -> None:
@@ -162,9 +173,10 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED_NPZ) if SHARED_NPZ.is_file() else "sample",
                     help="PneumoniaMNIST .npz, or 'sample' (default: the shared file)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--no-sr", action="store_true",
+                    help="write back FHIR only (no DICOM SR stored to the PACS)")
     args = ap.parse_args()
     images = load_medmnist(args.data, "test")
-    scorer = ImageScorer(read_package(MODEL), threads=1)
     with tempfile.TemporaryDirectory() as tmp:
         write_sites(images.images, images.labels, Path(tmp) / "dicom", split="test")
         files = sorted((Path(tmp) / "dicom").rglob("*.dcm"))
@@ -181,13 +193,13 @@ def main() -> None:
             uids = [s.study_uid for s in studies]
             before = pacs_rate(server, uids)
             after = pacs_rate(server, uids)
-            runtime = runtime_path(client, cursor, scorer)
+            (Path(tmp) / "site").mkdir()
+            runtime = runtime_path(server, Path(tmp) / "site", len(uids), sr=not args.no_sr)
     pacs_s = (before["seconds"] + after["seconds"]) / 2
     pacs_per_s = len(uids) / pacs_s
-    st = runtime["stages_s"]
     total = runtime["seconds"]
-    beyond_fetch = (total - st["fetch"]) / total
-    beyond_io = (total - st["fetch"] - st["poll"] - st["sr_store"]) / total
+    beyond_fetch = (total - runtime["fetch_s"]) / total
+    beyond_io = (total - runtime["pacs_io_s"]) / total
     out = {
         "data": Path(args.data).name if args.data != "sample" else "sample",
         "n_studies": len(uids), "n_instances": runtime["instances"],
@@ -203,14 +215,16 @@ def main() -> None:
         "target_share": TARGET_SHARE,
         "met_beyond_fetch": beyond_fetch <= TARGET_SHARE,
         "met_beyond_pacs_io": beyond_io <= TARGET_SHARE,
-        "sr": "stand-in Basic Text SR (not yet the TID 1500 builder)",
+        "writeback": ("FHIR DiagnosticReport/Observation (NDJSON)" if args.no_sr else
+                      "TID 1500 SR stored to Orthanc + FHIR DiagnosticReport/Observation (NDJSON)"),
     }
     if args.json:
         print(json.dumps(out, indent=2))
         return
     print(f"{len(uids)} studies: PACS WADO-RS {pacs_per_s:.1f} studies/s, runtime path "
           f"{runtime['studies_per_s']:.1f} studies/s ({out['runtime_over_pacs']:.2f}x)")
-    print("runtime stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))
+    print(f"runtime {total:.1f} s, of which PACS requests {runtime['pacs_io_s']:.1f} s "
+          f"(WADO-RS fetch {runtime['fetch_s']:.1f} s)")
     print(f"share beyond fetch {beyond_fetch:.1%}, beyond all PACS I/O {beyond_io:.1%} "
           f"(target <= {TARGET_SHARE:.0%})")
 

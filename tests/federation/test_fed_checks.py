@@ -108,3 +108,57 @@ def test_near_orthogonal_honest_updates_are_kept():
             ups.append(Update(site=f"s{i}", weights=w, num_examples=100, loss=0.1))
         _, rejections = screen_updates(ups, glob)
         assert rejections == [], trial
+
+
+def label_skew_round(seed, flip=None):
+    """Late-training updates with label skew: site s0 has the opposite class mix.
+
+    Every site follows the federation's common descent ``c`` (the previous step
+    points along it); s0's class mix adds a component ``+k`` the three others
+    answer with ``-k / 3``, larger than ``c``, so s0 opposes each peer while
+    still following ``c``: the situation of PneumoniaMNIST site-a
+    (``docs/imaging.md``).
+    """
+    rng = np.random.default_rng(seed)
+    glob = OrderedDict(w=rng.normal(size=(60, 50)).astype(np.float32))
+    c = rng.normal(size=(60, 50))
+    k = rng.normal(size=(60, 50))
+    k -= (k * c).sum() / (c * c).sum() * c  # the skew is orthogonal to the common direction
+    k *= 4.0 * np.linalg.norm(c) / np.linalg.norm(k)
+    previous = OrderedDict(w=(0.1 * (c + 0.3 * rng.normal(size=c.shape))).astype(np.float32))
+    ups = []
+    for i in range(4):
+        step = c + (k if i == 0 else -k / 3) + 0.8 * rng.normal(size=c.shape)
+        step = -step if flip == i else step
+        ups.append(Update(site=f"s{i}", weights=OrderedDict(w=(glob["w"] + 0.1 * step).astype(
+            np.float32)), num_examples=100, loss=0.3))
+    return glob, ups, previous
+
+
+def test_label_skewed_honest_site_follows_the_previous_step_and_is_kept():
+    for seed in range(20):
+        glob, ups, previous = label_skew_round(seed)
+        # the peers' rule (no previous step) calls the skewed site an attacker ...
+        _, by_peers = screen_updates(ups, glob)
+        assert [(r.site, r.reason) for r in by_peers] == [("s0", Reason.DIRECTION)], seed
+        # ... the previous accepted step does not
+        accepted, rejections = screen_updates(ups, glob, previous_step=previous)
+        assert rejections == [] and len(accepted) == 4, seed
+
+
+@pytest.mark.parametrize("flipped", [1, 2, 3])
+def test_a_sign_flipped_site_is_rejected_against_the_previous_step(flipped):
+    for seed in range(20):
+        glob, ups, previous = label_skew_round(seed, flip=flipped)
+        accepted, rejections = screen_updates(ups, glob, previous_step=previous)
+        assert [(r.site, r.reason) for r in rejections] == [(f"s{flipped}", Reason.DIRECTION)]
+        assert "cosine with the previous accepted step" in rejections[0].detail
+
+
+def test_a_zero_previous_step_falls_back_to_the_peers():
+    glob, ups = make_round(seed=1)
+    ups[2] = with_weights(ups[2], {k: glob[k] - (v - glob[k]) for k, v in ups[2].weights.items()})
+    zero = OrderedDict((k, np.zeros_like(v)) for k, v in glob.items())
+    _, rejections = screen_updates(ups, glob, previous_step=zero)
+    assert [(r.site, r.reason) for r in rejections] == [("s2", Reason.DIRECTION)]
+    assert "median cosine with the other updates" in rejections[0].detail

@@ -77,6 +77,27 @@ def _in_process(dirs, settings):  # type: ignore[no-untyped-def]
                         hybrid=hybrid)
 
 
+def fail_after(sites, name: str, levels: int) -> None:  # type: ignore[no-untyped-def]
+    """Make the in-process site ``name`` raise from its ``levels + 1``-th tree level on."""
+    failing = next(s for s in sites if s.name == name)
+    honest = failing.boosting
+
+    class Gone(BoostingSite):
+        count = 0
+
+        def histograms(self, nodes, n_bins):  # type: ignore[no-untyped-def]
+            Gone.count += 1
+            if Gone.count > levels:
+                raise ConnectionError("gone")
+            return super().histograms(nodes, n_bins)
+
+    def boosting(edges):  # type: ignore[no-untyped-def]
+        b = honest(edges)
+        return Gone(b.name, b.binned, b.y, b.weight)
+
+    failing.boosting = boosting
+
+
 def _same_trees(a: tuple[Tree, ...], b: tuple[Tree, ...]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
@@ -135,23 +156,7 @@ def test_a_site_gone_between_two_tree_levels_is_left_out_and_the_tree_finished_w
 
     # the same rule in process: the site raising at the same level gives the same trees
     local = [load_site(p, **settings.site_options()) for p in site_dirs.values()]
-    failing = next(s for s in local if s.name == gone.name)
-    honest = failing.boosting
-
-    class Gone(BoostingSite):
-        levels = 0
-
-        def histograms(self, nodes, n_bins):  # type: ignore[no-untyped-def]
-            Gone.levels += 1
-            if Gone.levels > 5:
-                raise ConnectionError("gone")
-            return super().histograms(nodes, n_bins)
-
-    def boosting(edges):  # type: ignore[no-untyped-def]
-        b = honest(edges)
-        return Gone(b.name, b.binned, b.y, b.weight)
-
-    failing.boosting = boosting  # type: ignore[method-assign]
+    fail_after(local, gone.name, 5)
     reference, _ = grow_trees(local, TREES, counts=counts, min_sites=2)
     assert [(e.site, e.tree, e.depth) for e in reference.exclusions] == [(gone.name, 1, 1)]
     _same_trees(boosted.trees, reference.trees)

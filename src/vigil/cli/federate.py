@@ -64,7 +64,12 @@ def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: 
 
     from vigil.dicom_adapter.sites import medmnist_sites
     from vigil.federation.image_export import PARITY_IMAGES
-    from vigil.federation.image_run import export_imaging_run, federate_images, imaging_summary
+    from vigil.federation.image_run import (
+        IMAGING_RECIPE,
+        export_imaging_run,
+        federate_images,
+        imaging_summary,
+    )
 
     parts = medmnist_sites(data, seed=plan.seed, splits=("train", "val"))
     train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
@@ -75,7 +80,8 @@ def _federate_images(*, data: str, strategy: Any, plan: Any, threads: int, out: 
                           f"{_fmt(record.valid_auroc)}", highlight=False)
 
     run = federate_images(train, valid, strategy=strategy, plan=plan, data=Path(data).name,
-                          threads=threads, on_round=on_round, dp=dp)
+                          threads=threads, on_round=on_round, dp=dp,
+                          max_shift=IMAGING_RECIPE["max_shift"])
     check = np.concatenate([x for _, x, _ in train + valid])[:PARITY_IMAGES]
     key = None if private_key is None else private_key.read_bytes()
     profile = (np.concatenate([s.inputs for s in parts["val"]]),
@@ -182,6 +188,7 @@ def federate(
     if task not in ("sepsis", "imaging"):
         raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
     if task == "imaging":
+        from vigil.federation.image_run import IMAGING_RECIPE
         from vigil.federation.image_task import check_imaging_options
         from vigil.federation.privacy import DPSettings
 
@@ -193,8 +200,10 @@ def federate(
             raise ConfigError("expected --boost-trees 0 with --task imaging (trees are for "
                               f"feature rows); got {boost_trees}", key="boost_trees")
         _federate_images(data=data, strategy=chosen, dp=dp,
-                         plan=_plan(rounds, local_epochs, batch_size or 128, lr or 1e-3, seed,
-                                    min_sites, time_budget, weight_decay=1e-4),
+                         plan=_plan(rounds, local_epochs,
+                                    batch_size or IMAGING_RECIPE["batch_size"],
+                                    lr or IMAGING_RECIPE["lr"], seed, min_sites, time_budget,
+                                    weight_decay=IMAGING_RECIPE["weight_decay"]),
                          threads=threads, out=out, export_site=export_site,
                          private_key=private_key,
                          name="imaging-federated" if name == "sepsis-federated" else name,

@@ -317,6 +317,20 @@ def run(
         help="sepsis or imaging (every SuperNode prepared with `site --task imaging`; "
              "defaults then: --batch-size 128, --lr 1e-3; GroupNorm CNN under DP-SGD).")
     ] = "sepsis",
+    secure_aggregation: Annotated[bool, typer.Option(
+        "--secure-aggregation", help="The coordinator sees only sums across the sites "
+                                     "(SecAgg+; docs/federation.md).")] = False,
+    secagg_shares: Annotated[int | None, typer.Option(
+        help="SecAgg+ neighbours per site, itself included (default: all sites).")] = None,
+    secagg_threshold: Annotated[int | None, typer.Option(
+        help="Shares needed to unmask (default: a majority of the neighbours).")] = None,
+    secagg_clip: Annotated[float, typer.Option(
+        help="Clipping range c of each summed element (after scaling).")] = 1.0,
+    secagg_levels: Annotated[int, typer.Option(
+        help="Quantization levels L over [-c, c].")] = 2**24,
+    secagg_bits: Annotated[int, typer.Option(help="Modulus bits: 32 or 64.")] = 32,
+    secagg_norm_bound: Annotated[float | None, typer.Option(
+        help="L2 bound each site puts on its own network update.")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Train across the connected SuperNodes and write the model package (``--out``)."""
@@ -332,6 +346,7 @@ def run(
         public_check_inputs,
     )
     from vigil.federation.privacy import DPSettings
+    from vigil.federation.secure_sum import SecureSumSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.strategies import make_strategy
 
@@ -346,6 +361,11 @@ def run(
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
         dp=dp, sites=sites, wait=wait, trees=_boosting(boost_trees, boost_depth, boost_lr),
         task=task, image=dp_spec(dp),
+        secure=SecureSumSettings(
+            num_shares=secagg_shares, reconstruction_threshold=secagg_threshold,
+            clipping_range=secagg_clip, quantization_range=secagg_levels,
+            norm_bound=secagg_norm_bound, modulus_bits=secagg_bits,
+        ) if secure_aggregation else None,
     )
     coord = _coordinator(work, certs, "127.0.0.1", port)
     run_dir = coord.work_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")

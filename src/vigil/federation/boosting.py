@@ -202,7 +202,8 @@ def bin_rows(x: NDArray[np.floating], edges: Sequence[NDArray[np.float32]]) -> N
 
 
 def best_splits(
-    histograms: NDArray[np.float64], *, l2: float, min_child_weight: float
+    histograms: NDArray[np.float64], *, l2: float, min_child_weight: float,
+    tie_rtol: float = _TIE_RTOL,
 ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
     """Find the best split of every node from its summed histograms.
 
@@ -212,13 +213,16 @@ def best_splits(
         Per node, feature and bin: sums of gradients and of hessians.
     l2 : float
     min_child_weight : float
+    tie_rtol : float, optional
+        Gains within this relative distance of the best tie (1e-9; larger for
+        quantized sums, whose rounding is larger, :mod:`vigil.federation.secure_sum`).
 
     Returns
     -------
     gain, feature, bin : ndarray of shape (n_nodes,)
         ``gain <= 0`` (and feature/bin -1) where no split is allowed. Of cuts
-        whose gains agree to a relative 1e-9, the first (lowest feature, then
-        lowest bin) wins.
+        whose gains agree to a relative ``tie_rtol``, the first (lowest feature,
+        then lowest bin) wins.
     """
     cum = np.cumsum(histograms, axis=2)[:, :, :-1, :]
     total = histograms.sum(axis=2)[:, :, None, :]
@@ -233,7 +237,7 @@ def best_splits(
     # features splitting the rows alike, tie exactly in exact arithmetic; rounding
     # (summation order, the subtraction trick) must not decide between them
     top = flat.max(axis=1)
-    best = np.argmax(flat >= (top - (_TIE_RTOL * np.abs(top) + 1e-12))[:, None], axis=1)
+    best = np.argmax(flat >= (top - (tie_rtol * np.abs(top) + 1e-12))[:, None], axis=1)
     best_gain = flat[np.arange(n_nodes), best]
     ok = best_gain > 1e-12
     feature = np.where(ok, best // n_cuts, -1)
@@ -445,6 +449,7 @@ def check_histograms(
     *,
     parents: NDArray[np.float64] | None = None,
     label_sums: tuple[float, float] | None = None,
+    atol: float = _ATOL,
 ) -> tuple[ExclusionReason, str] | None:
     """Screen one site's histograms of one tree level (rules in the module docstring).
 
@@ -459,6 +464,9 @@ def check_histograms(
         (their children are ``hist``'s nodes, in pairs); None at the root.
     label_sums : tuple of float, optional
         The site's weighted positives ``P`` and rows ``W``; checked at the root.
+    atol : float, optional
+        Absolute tolerance of the totals' agreement (larger for quantized sums,
+        :mod:`vigil.federation.secure_sum`).
 
     Returns
     -------
@@ -475,18 +483,18 @@ def check_histograms(
         return ExclusionReason.HESSIAN, f"hessian sum {float(hist[..., 1].min()):.3g} < 0"
     per_feature = hist.sum(axis=2)  # (n_nodes, n_features, 2)
     totals = per_feature[:, 0]
-    if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=_ATOL):
+    if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=atol):
         gap = float(np.abs(per_feature - totals[:, None]).max())
         return ExclusionReason.INCONSISTENT, f"features disagree on a node's totals by {gap:.3g}"
     if parents is not None:
         pairs = totals.reshape(-1, 2, 2).sum(axis=1)
-        if not np.allclose(pairs, parents, rtol=_RTOL, atol=_ATOL):
+        if not np.allclose(pairs, parents, rtol=_RTOL, atol=atol):
             gap = float(np.abs(pairs - parents).max())
             return ExclusionReason.INCONSISTENT, f"children differ from their parent by {gap:.3g}"
     if label_sums is not None:
         positives, rows = label_sums
         g, h = totals[0]
-        tol = _ATOL + _RTOL * rows
+        tol = atol + _RTOL * rows
         if not (-positives - tol <= g <= rows - positives + tol and h <= rows / 4 + tol):
             return ExclusionReason.BOUNDS, (f"root sums G={g:.4g}, H={h:.4g} outside "
                                             f"[-{positives:.4g}, {rows - positives:.4g}] and "

@@ -51,6 +51,7 @@ from vigil.federation.messages import (
     SiteStatistics,
     Update,
 )
+from vigil.federation.secure_round import SecureRounds, secure_round, with_evaluation
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, Weights
 from vigil.federation.tasks import SepsisTask, Task
@@ -303,6 +304,10 @@ def run_federation(
     privacy: dict[str, PrivacySpent] = {}
     best: tuple[float, int, OrderedDict[str, NDArray[np.float32]], list[SiteEvaluation]] | None
     best = None
+    # the change of the global trainable weights over the last aggregated round:
+    # the direction rule's reference (checks.py)
+    previous_step: OrderedDict[str, NDArray[np.float32]] | None = None
+    norms: list[float] = []  # the mean updates' norms under secure aggregation
     for r in range(1, plan.rounds + 1):
         config = FitConfig(
             round=r, total_rounds=plan.rounds, seed=plan.seed, local_epochs=plan.local_epochs,
@@ -314,46 +319,58 @@ def run_federation(
         dropped: dict[str, SiteRound] = {}
         seconds: dict[str, float] = {}
         taking_part = [s for s in sites if s.name in statistics]
-        fitted = transport.fit(taking_part, weights, config)
-        for site in taking_part:
-            update, elapsed = fitted.get(site.name, (ConnectionError("no answer"), 0.0))
-            if isinstance(update, Exception):
-                log.warning("round %d: site %s dropped: %s", r, site.name, type(update).__name__)
-                reason = ("timeout" if isinstance(update, TimeoutError) else BUDGET_REASON
-                          if isinstance(update, PrivacyBudgetError) else "error")
-                # a refusal's message is the site's budget arithmetic (no patient data)
-                detail = (str(update) if isinstance(update, PrivacyBudgetError)
-                          else type(update).__name__)
-                dropped[site.name] = SiteRound(site.name, Status.DROPPED, reason, detail,
-                                               seconds=elapsed)
-                continue
-            seconds[site.name] = elapsed
-            if plan.time_budget is not None and elapsed > plan.time_budget:
-                log.warning("round %d: site %s dropped: %.1f s > budget %.1f s", r, site.name,
-                            elapsed, plan.time_budget)
-                dropped[site.name] = SiteRound(
-                    site.name, Status.DROPPED, "timeout",
-                    f"{elapsed:.1f} s > budget {plan.time_budget:.1f} s", seconds=elapsed,
-                )
-                continue
-            if update.privacy is not None:
-                privacy[site.name] = update.privacy
-            updates.append(update)
-        accepted, rejections = screen_updates(updates, trainable, rule=plan.rule,
-                                              declared_rows=declared)
-        aggregated = len(accepted) >= plan.min_sites
-        if aggregated:
-            new = strategy.aggregate([u.weights for u in accepted],
-                                     [u.num_examples for u in accepted], is_local=task.is_local)
-            weights = OrderedDict((k, new.get(k, v)) for k, v in weights.items())
+        if isinstance(transport, SecureRounds):  # the coordinator sees the mean update only
+            aggregated, weights, secured = secure_round(
+                transport, taking_part, weights, config, keys=list(trainable),
+                declared=declared, strategy=strategy, history=norms, min_sites=plan.min_sites,
+                rule=plan.rule)
         else:
-            log.warning("round %d not aggregated: %d accepted updates < min_sites %d", r,
-                        len(accepted), plan.min_sites)
+            fitted = transport.fit(taking_part, weights, config)
+            for site in taking_part:
+                update, elapsed = fitted.get(site.name, (ConnectionError("no answer"), 0.0))
+                if isinstance(update, Exception):
+                    log.warning("round %d: site %s dropped: %s", r, site.name,
+                                type(update).__name__)
+                    reason = ("timeout" if isinstance(update, TimeoutError) else BUDGET_REASON
+                              if isinstance(update, PrivacyBudgetError) else "error")
+                    # a refusal's message is the site's budget arithmetic (no patient data)
+                    detail = (str(update) if isinstance(update, PrivacyBudgetError)
+                              else type(update).__name__)
+                    dropped[site.name] = SiteRound(site.name, Status.DROPPED, reason, detail,
+                                                   seconds=elapsed)
+                    continue
+                seconds[site.name] = elapsed
+                if plan.time_budget is not None and elapsed > plan.time_budget:
+                    log.warning("round %d: site %s dropped: %.1f s > budget %.1f s", r, site.name,
+                                elapsed, plan.time_budget)
+                    dropped[site.name] = SiteRound(
+                        site.name, Status.DROPPED, "timeout",
+                        f"{elapsed:.1f} s > budget {plan.time_budget:.1f} s", seconds=elapsed,
+                    )
+                    continue
+                if update.privacy is not None:
+                    privacy[site.name] = update.privacy
+                updates.append(update)
+            accepted, rejections = screen_updates(updates, trainable, rule=plan.rule,
+                                                  declared_rows=declared,
+                                                  previous_step=previous_step)
+            aggregated = len(accepted) >= plan.min_sites
+            if aggregated:
+                new = strategy.aggregate([u.weights for u in accepted],
+                                         [u.num_examples for u in accepted], is_local=task.is_local)
+                weights = OrderedDict((k, new.get(k, v)) for k, v in weights.items())
+            else:
+                log.warning("round %d not aggregated: %d accepted updates < min_sites %d", r,
+                            len(accepted), plan.min_sites)
+        if aggregated:
+            previous_step = OrderedDict((k, weights[k] - v) for k, v in trainable.items())
         evaluations, by_site = _evaluate(taking_part, weights, transport)
         pooled = pool_evaluations(evaluations)
         record = RoundRecord(
             round=r, aggregated=aggregated,
-            sites=tuple(_site_round(s.name, updates, accepted, rejections, dropped, seconds,
+            sites=tuple(with_evaluation(secured[s.name], by_site.get(s.name))
+                        if isinstance(transport, SecureRounds) else
+                        _site_round(s.name, updates, accepted, rejections, dropped, seconds,
                                     by_site.get(s.name)) for s in sites if s.name in statistics),
             valid_auroc=pooled.auroc, valid_utility=pooled.utility, valid_loss=pooled.loss,
         )

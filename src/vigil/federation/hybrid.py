@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -80,6 +80,7 @@ __all__ = [
     "HybridTrees",
     "InProcessTrees",
     "Standardization",
+    "SummedScores",
     "TreeTransport",
     "fuse",
     "fuse_trees",
@@ -350,6 +351,16 @@ class TreeTransport(LevelTransport, Protocol):
         ...
 
 
+@runtime_checkable
+class SummedScores(Protocol):
+    """A transport that returns the score sums summed over the sites (secure aggregation)."""
+
+    def score_sum(self, names: Sequence[str], weights: Weights, base: float,
+                  trees: Sequence[Tree]) -> tuple[LogitSums, list[str]]:
+        """Return the sites' summed score sums and the sites in the sum."""
+        ...
+
+
 class InProcessTrees:
     """The in-process :class:`TreeTransport`: each site's method, in turn.
 
@@ -495,12 +506,17 @@ def fuse_trees(
     """
     transport = transport or InProcessTrees(sites)
     names = sorted(s.name for s in sites)
-    sums = _answered(names, transport.score_sums(names, weights, boosted.base, boosted.trees),
-                     "score sums")
+    if isinstance(transport, SummedScores):
+        total, summed = transport.score_sum(names, weights, boosted.base, boosted.trees)
+        sums = {n: total for n in summed}
+        pooled = [total]
+    else:
+        sums = _answered(names, transport.score_sums(names, weights, boosted.base,
+                                                     boosted.trees), "score sums")
+        pooled = [sums[n] for n in sorted(sums)]
     if len(sums) < min_sites:
         raise AggregationError(f"expected score sums from {min_sites} sites, got {len(sums)}")
-    fused = HybridTrees(boosted.base, boosted.trees,
-                        Standardization.from_sums([sums[n] for n in sorted(sums)]), plan)
+    fused = HybridTrees(boosted.base, boosted.trees, Standardization.from_sums(pooled), plan)
     first = _evaluations(transport, names, weights, fused, min_sites)
     a, b = platt_from_histograms(np.sum([e.positive_hist for e in first], axis=0),
                                  np.sum([e.negative_hist for e in first], axis=0))

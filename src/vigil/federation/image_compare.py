@@ -35,14 +35,17 @@ ARMS = ("fedavg", "fedprox", "fedbn", "centralized", "alone")
 
 
 def _scores(models: dict[str, Any], thresholds: dict[str, float],
-            test: Sequence[SiteArrays]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+            test: Sequence[SiteArrays], keep: bool) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     every_y, every_p, every_hit = [], [], []
     for name, x, y in test:
         p = predict_images(models[name], x)
         hit = (p >= thresholds[name]) == (np.asarray(y) > 0)
         out[name] = {"auc": auroc(np.asarray(y), p), "accuracy": float(hit.mean()),
                      "n": int(len(y))}
+        if keep:
+            out[name] |= {"threshold": float(thresholds[name]),
+                          "probability": [float(v) for v in p]}
         every_y.append(np.asarray(y))
         every_p.append(p)
         every_hit.append(hit)
@@ -75,7 +78,9 @@ def compare_images(
     arms: Sequence[str] = ARMS,
     mu: float | None = None,
     threads: int = 1,
-) -> dict[str, dict[str, dict[str, float]]]:
+    max_shift: int = 0,
+    keep_predictions: bool = False,
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Train every arm with ``plan`` (one seed) and score the test images.
 
     Parameters
@@ -88,18 +93,26 @@ def compare_images(
     mu : float or None, optional
         FedProx proximal strength.
     threads : int, optional
+    max_shift : int, optional
+        Training augmentation of every arm (:func:`~vigil.federation.augment.random_shifts`).
+    keep_predictions : bool, optional
+        Also keep, per site, its ``"threshold"`` and each test image's ``"probability"``
+        (in the order of ``test``), for the paired intervals of
+        :mod:`vigil.federation.image_intervals`.
 
     Returns
     -------
     dict
-        arm → site (and ``"pooled"``) → ``{"auc", "accuracy", "n"}``.
+        arm → site (and ``"pooled"``) → ``{"auc", "accuracy", "n"}`` (and, per site, the
+        kept predictions).
     """
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     single = replace(plan, min_sites=1)
     for arm in arms:
         if arm in ("fedavg", "fedprox", "fedbn"):
             run = federate_images(train, valid, strategy=make_strategy(
-                arm, mu=mu if arm == "fedprox" else None), plan=plan, threads=threads)
+                arm, mu=mu if arm == "fedprox" else None), plan=plan, threads=threads,
+                max_shift=max_shift)
             thresholds = run.thresholds()
             models = {name: _net(run, name) for name, _, _ in train}
         elif arm == "centralized":
@@ -108,7 +121,7 @@ def compare_images(
             held: SiteArrays = ("pooled", np.concatenate([x for _, x, _ in valid]),
                                 np.concatenate([y for _, _, y in valid]))
             run = federate_images([pooled], [held], strategy=make_strategy("fedavg"),
-                                  plan=single, threads=threads)
+                                  plan=single, threads=threads, max_shift=max_shift)
             net = _net(run, "pooled")
             thresholds = _site_thresholds(net, valid)
             models = dict.fromkeys((name for name, _, _ in train), net)
@@ -116,10 +129,10 @@ def compare_images(
             models, thresholds = {}, {}
             for site, held_site in zip(train, valid, strict=True):
                 run = federate_images([site], [held_site], strategy=make_strategy("fedavg"),
-                                      plan=single, threads=threads)
+                                      plan=single, threads=threads, max_shift=max_shift)
                 models[site[0]] = _net(run, site[0])
                 thresholds |= run.thresholds()
-        results[arm] = _scores(models, thresholds, test)
+        results[arm] = _scores(models, thresholds, test, keep_predictions)
     return results
 
 

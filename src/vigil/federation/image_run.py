@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from vigil.dicom_adapter.headers import HeaderRecord
 
 __all__ = [
+    "IMAGING_RECIPE",
     "THRESHOLD_RULE",
     "ImagingRun",
     "ProfileData",
@@ -61,6 +62,11 @@ THRESHOLD_RULE = (
     "score-bin edge maximizing the validation accuracy of the site's images (site calibration); "
     "pooled over the sites' histograms for the pooled threshold"
 )
+
+IMAGING_RECIPE: dict[str, Any] = {"rounds": 10, "local_epochs": 1, "batch_size": 128,
+                                   "lr": 1e-3, "weight_decay": 1e-4, "max_shift": 0}
+"""The imaging training recipe of the measurement and the shipped model (``docs/imaging.md``):
+local AdamW settings, rounds and the training augmentation (``max_shift`` pixels)."""
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""
@@ -125,6 +131,7 @@ def federate_images(
     threads: int = 1,
     on_round: Callable[[RoundRecord], None] | None = None,
     dp: DPSettings | None = None,
+    max_shift: int = 0,
     ledgers: str | Path | None = None,
     run_id: str | None = None,
 ) -> ImagingRun:
@@ -144,6 +151,9 @@ def federate_images(
     dp : DPSettings or None, optional
         DP-SGD at every site (one image is the unit of privacy); needs the GroupNorm CNN,
         which is the default ``spec`` under DP.
+    max_shift : int, optional
+        Training augmentation: random translations of up to this many pixels
+        (:attr:`ImagingSite.max_shift <vigil.federation.image_task.ImagingSite>`).
     ledgers : str or Path or None, optional
         The simulated sites' own privacy budgets and ledgers, ``LEDGERS/NAME``
         (:mod:`vigil.federation.budget`).
@@ -172,7 +182,8 @@ def federate_images(
         ImagingSite(name, ImageSet(np.asarray(x, np.float32), np.asarray(y).astype(np.int8)),
                     ImageSet(np.asarray(held[name][0], np.float32),
                              np.asarray(held[name][1]).astype(np.int8)),
-                    spec=spec, keep_bn_local=strategy.keeps_norm_local, dp=dp)
+                    spec=spec, keep_bn_local=strategy.keeps_norm_local, dp=dp,
+                    max_shift=max_shift)
         for name, x, y in train
     ]
     previous = torch.get_num_threads()
@@ -222,6 +233,7 @@ def _training(run: ImagingRun) -> dict[str, Any]:
         "best_round_rule": "pooled validation accuracy at its best threshold",
         "plan": {k: v for k, v in asdict(run.plan).items() if k != "rule"},
         "update_screening": asdict(run.plan.rule),
+        "augmentation": {"random_shift_pixels": run.sites[0].max_shift if run.sites else 0},
         "data": run.data,
         "sites": {name: {"train_images": s.count, "train_positives": s.positives,
                          "valid_images": evaluations[name].n_rows if name in evaluations

@@ -217,6 +217,10 @@ class ImagingSite(PrivateSite):
     dp : DPSettings or None, optional
         Train with DP-SGD within this budget (the unit of privacy is one image); needs
         ``spec.norm == "group"`` (:func:`check_imaging_options`).
+    max_shift : int, optional
+        Augmentation: each round, the training images are translated by random offsets of
+        up to this many pixels (:func:`~vigil.federation.augment.random_shifts`, drawn
+        with the round's site seed); 0 trains on the images as they are.
     """
 
     name: str
@@ -225,6 +229,7 @@ class ImagingSite(PrivateSite):
     spec: CNNSpec = field(default_factory=CNNSpec)
     keep_bn_local: bool = False
     dp: DPSettings | None = None
+    max_shift: int = 0
     _local: dict[int, OrderedDict[str, NDArray[np.float32]]] = field(
         default_factory=dict, init=False, repr=False)
     _accountant: SiteAccountant | None = field(default=None, init=False, repr=False)
@@ -303,15 +308,21 @@ class ImagingSite(PrivateSite):
         from vigil.federation.training import train_local
 
         net = self._network(global_weights)
+        seed = site_seed(config.seed, config.round, self.name)
+        rows = self.train.rows
+        if self.max_shift:
+            from vigil.federation.augment import random_shifts
+
+            rng = np.random.default_rng([seed, 1])
+            rows = random_shifts(self.train.x, rng, self.max_shift).reshape(self.train.n, -1)
         hook = self.privacy_hook(self.train.n, config)
         # FedProx pulls towards the start of the round: the global entries and,
         # under FedBN, the site's own BatchNorm (train_local's default anchor)
         with quiet_hooks():
             result = train_local(
-                net, self.train.rows, self.train.y.astype(np.float32),
+                net, rows, self.train.y.astype(np.float32),
                 epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
-                seed=site_seed(config.seed, config.round, self.name),
-                weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
+                seed=seed, weight_decay=config.weight_decay, proximal_mu=config.proximal_mu,
                 optimizer_hook=hook,
             )
         if self.keep_bn_local:

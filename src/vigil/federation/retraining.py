@@ -37,6 +37,8 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     target_epsilon = 8.0
     [trees]                       # BoostingPlan(...), optional; either engine, no [dp]
     n_trees = 25
+    [secure]                      # SecureSumSettings(...), optional; engine = "flower"
+    num_shares = 3                # (an empty [secure] table: the defaults)
     [flower]                      # engine = "flower"
     work = "/srv/vigil/coordinator"
     certs = "/srv/vigil/pki"
@@ -77,6 +79,7 @@ from vigil.federation.image_run import dp_spec
 from vigil.federation.image_task import check_task
 from vigil.federation.privacy import DPSettings
 from vigil.federation.registry import Registry, Release
+from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, make_strategy
 
@@ -176,6 +179,8 @@ class RetrainConfig:
         engine; not with FedBN or DP-SGD.
     task : str, optional
         ``"sepsis"`` or ``"imaging"`` (module docstring).
+    secure : SecureSumSettings or None, optional
+        Secure aggregation (:mod:`vigil.federation.flower.secure`); Flower only.
     """
 
     registry: Path
@@ -192,6 +197,7 @@ class RetrainConfig:
     timezone: str = "UTC"
     trees: BoostingPlan | None = None
     task: str = "sepsis"
+    secure: SecureSumSettings | None = None
 
     def __post_init__(self) -> None:
         if self.task == "imaging" and self.strategy.keeps_norm_local:
@@ -200,6 +206,9 @@ class RetrainConfig:
                               key="strategy")
         check_task(self.task, dp=self.dp, spec=dp_spec(self.dp), trees=self.trees is not None,
                    keeps_norm_local=self.strategy.keeps_norm_local)
+        if self.secure is not None and self.engine is not Engine.FLOWER:
+            raise ConfigError("secure aggregation runs on Flower only; set engine = \"flower\" "
+                              "or remove [secure]", key="secure")
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.engine is Engine.FLOWER and self.flower is None:
@@ -238,7 +247,8 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"expected a readable TOML file: {exc}", key="config") from None
     known = {"cron", "timezone", "registry", "name", "private_key", "engine", "strategy", "plan",
-             "model", "dp", "flower", "in_process", "trees", "task"}
+             "model", "dp", "flower", "in_process", "trees", "task",
+             "secure"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown settings {unknown}; expected some of {sorted(known)}",
@@ -279,6 +289,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
         trees=_section(BoostingPlan, raw["trees"], "trees") if "trees" in raw else None,
         task=task,
+        secure=_section(SecureSumSettings, raw["secure"], "secure") if "secure" in raw else None,
     )
 
 
@@ -306,7 +317,8 @@ def _train(config: RetrainConfig, version: str) -> Any:
                                              port=target.port)
         settings = RunSettings(plan=config.plan, strategy=config.strategy, sites=target.sites,
                                model=config.model, dp=config.dp, wait=target.wait,
-                               trees=config.trees, task=config.task, image=dp_spec(config.dp))
+                               trees=config.trees, task=config.task, image=dp_spec(config.dp),
+                               secure=config.secure)
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
     if config.task == "imaging":
         return _train_images(config, version)

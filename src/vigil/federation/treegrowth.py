@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,9 +47,11 @@ from vigil.federation.boosting import (
 )
 
 __all__ = [
+    "SECURE_TIE_RTOL",
     "LevelRequest",
     "LevelTransport",
     "LocalLevels",
+    "SummedLevels",
     "answer_level",
     "boost",
     "boost_over",
@@ -59,6 +61,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _LEAF = -1
+SECURE_TIE_RTOL = 1e-6
+"""Gains this close tie when the histograms are securely summed (their rounding, about
+``1e-15`` of all rows per bin, moves gains by up to about 1e-7 of a small node's gain):
+features that cut a node's rows alike then resolve to the first, as in plain sums."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +154,26 @@ def outcome(call: Callable[[], T]) -> T | Exception:
         return exc
 
 
+@runtime_checkable
+class SummedLevels(Protocol):
+    """A transport that returns each level's histograms summed over the sites (secure aggregation).
+
+    The coordinator then screens the sum, not each site
+    (:func:`~vigil.federation.boosting.check_histograms` on the total): a
+    failure cannot be traced to a site and stops the boosting.
+    """
+
+    def level_sum(self, names: Sequence[str], request: LevelRequest) -> tuple[
+        NDArray[np.float64], dict[str, Exception]
+    ]:
+        """Return the sites' summed histograms and the sites that failed to take part."""
+        ...
+
+    def tolerance(self, depth: int, n_bins: int) -> float:
+        """Absolute error the sums' totals may have at ``depth`` (for the screening)."""
+        ...
+
+
 class LocalLevels:
     """The in-process :class:`LevelTransport`: :func:`answer_level` on each site in turn.
 
@@ -203,6 +229,24 @@ class _Federation:
         """Send one level's request to every active site."""
         return self.keep(self.transport.level(list(self.active), request))
 
+    def level_sum(self, request: LevelRequest, shape: tuple[int, int, int, int],
+                  parents: NDArray[np.float64] | None,
+                  label_sums: tuple[float, float] | None) -> NDArray[np.float64]:
+        """Send one level's request; return the histograms summed over the sites, screened."""
+        assert isinstance(self.transport, SummedLevels)
+        hist, failed = self.transport.level_sum(list(self.active), request)
+        for name, error in sorted(failed.items()):
+            self.exclude(name, ExclusionReason.ERROR, type(error).__name__)
+        if failed:  # the totals declared and summed one level up included the sites gone
+            parents = label_sums = None
+        problem = check_histograms(hist, shape, parents=parents, label_sums=label_sums,
+                                   atol=self.transport.tolerance(request.depth, request.n_bins))
+        if problem is not None:
+            raise AggregationError(f"boosting tree {self.tree} depth {self.depth}: the summed "
+                                   f"histograms fail the {problem[0].value} rule ({problem[1]}); "
+                                   "under secure aggregation no site can be singled out")
+        return hist
+
 
 def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: BoostingPlan,
           label_sums: Mapping[str, tuple[float, float]], *, base: float | None,
@@ -221,20 +265,29 @@ def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: Boosting
     for depth in range(plan.max_depth + 1):
         fed.depth = depth
         shape = (active.size, len(edges), plan.n_bins, 2)
-        sent = fed.level(LevelRequest(
+        request = LevelRequest(
             tree=fed.tree, depth=depth, nodes=active, n_bins=plan.n_bins,
             grown=tree if depth else None, split=splitting,
             finished=finished if depth == 0 else None, base=base if depth == 0 else None,
-        ))
-        for name in list(fed.active):
-            problem = check_histograms(sent[name], shape, parents=parents.get(name),
-                                       label_sums=label_sums[name] if depth == 0 else None)
-            if problem is not None:
-                fed.exclude(name, *problem)
-        hist = np.sum([sent[n] for n in fed.active], axis=0)
+        )
+        if isinstance(fed.transport, SummedLevels):
+            declared = np.sum([label_sums[n] for n in fed.active], axis=0)
+            hist = fed.level_sum(request, shape, parents.get("", None),
+                                 (float(declared[0]), float(declared[1])) if depth == 0 else None)
+            sent = {"": hist}
+        else:
+            sent = fed.level(request)
+            for name in list(fed.active):
+                problem = check_histograms(sent[name], shape, parents=parents.get(name),
+                                           label_sums=label_sums[name] if depth == 0 else None)
+                if problem is not None:
+                    fed.exclude(name, *problem)
+            hist = np.sum([sent[n] for n in fed.active], axis=0)
         totals = hist[:, 0].sum(axis=1)  # (n_active, 2), the same from any feature
         if depth < plan.max_depth:
-            _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight)
+            tie = {"tie_rtol": SECURE_TIE_RTOL} if isinstance(fed.transport, SummedLevels) else {}
+            _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight,
+                                       **tie)
         else:
             feat = cut = np.full(active.size, _LEAF)
         split = feat >= 0
@@ -249,7 +302,7 @@ def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: Boosting
             used += 2
         if splitting.size == 0:
             break
-        parents = {n: sent[n][split, 0].sum(axis=1) for n in fed.active}
+        parents = {n: sent[n][split, 0].sum(axis=1) for n in sent if n in fed.active or not n}
         active = np.concatenate([[left[n], right[n]] for n in splitting])
     keep = slice(0, used)
     return Tree(feature[keep], bin_[keep], threshold[keep], left[keep], right[keep],

@@ -33,9 +33,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Error, Message
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
+from numpy.typing import NDArray
 
 from vigil.core.errors import ConfigError, PrivacyBudgetError
 from vigil.federation.budget import (
@@ -45,6 +47,9 @@ from vigil.federation.budget import (
     training_rows,
 )
 from vigil.federation.flower.imagesite import load_task_site
+from vigil.federation.flower.secure import ACTION as SECURE_ACTION
+from vigil.federation.flower.secure import answer_secure, fit_vector
+from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
 from vigil.federation.flower.treewire import ACTION, answer_trees
@@ -146,4 +151,27 @@ def trees(msg: Message, context: Context) -> Message:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
                        reply_to=msg)
     content = answer_trees(msg.content, context.state, lambda network: _site(context, network))
+    return Message(content, reply_to=msg)
+
+
+@app.query(SECURE_ACTION)
+def secure(msg: Message, context: Context) -> Message:
+    """Answer one stage of secure aggregation (the vector to sum is made here, at ``mask``)."""
+    settings = RunSettings.from_run_config(context.run_config)
+    if settings.secure is None:
+        raise ConfigError("expected secure aggregation in the run's settings, got none",
+                          key="secure")
+    norm_bound = settings.secure.norm_bound
+
+    def vector(what: str, content: RecordDict) -> NDArray[np.floating]:
+        if what == "fit":
+            site = _site(context)
+            refusal = _admit(site, context)
+            if refusal is not None:  # under SecAgg+ the coordinator records it as an error
+                raise PrivacyBudgetError(refusal, site=site.name)
+            return fit_vector(site, content, norm_bound)
+        return tree_vector(what, content, context.state,
+                           lambda network: _site(context, network), settings.secure)
+
+    content = answer_secure(msg.content, context.state, settings.secure, vector)
     return Message(content, reply_to=msg)

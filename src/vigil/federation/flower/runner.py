@@ -185,8 +185,15 @@ def federated_run(settings: RunSettings, out: RunOutput) -> FederatedRun:
     from vigil.federation.simulation import FederatedRun
 
     n = len(out.result.statistics)
+    method = FLOWER_METHOD
+    if settings.secure is not None:
+        s = settings.secure
+        method += (f"; secure aggregation (SecAgg+: the coordinator saw sums only; "
+                   f"num_shares={s.num_shares or n}, clipping_range={s.clipping_range}, "
+                   f"quantization_range={s.quantization_range}, {s.modulus_bits}-bit, "
+                   f"norm_bound={s.norm_bound})")
     return FederatedRun(
         result=out.result, strategy=settings.strategy, plan=settings.plan, model=settings.model,
         dp=settings.dp, scheme=f"{n} SuperNodes", data="each site's own data", sites=[],
-        method=FLOWER_METHOD, hybrid=out.hybrid,
+        method=method, hybrid=out.hybrid,
     )

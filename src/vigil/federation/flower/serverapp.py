@@ -29,6 +29,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from vigil.federation.driver import run_federation
 from vigil.federation.flower.results import EVENTS_FILE, save_result
+from vigil.federation.flower.secure import SecureTransport
+from vigil.federation.flower.securetrees import SecureFlowerTrees
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.transport import EventLog, FlowerTransport
 from vigil.federation.flower.treewire import FlowerTrees
@@ -53,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     events = EventLog(out / EVENTS_FILE)
     events.write("start", run_id=grid.run.run_id, settings=settings.to_run_config())
     transport = FlowerTransport(grid, timeout=settings.timeout, events=events)
+    rounds = transport if settings.secure is None else SecureTransport(transport, settings.secure)
     t0 = time.monotonic()
     round_seconds: list[float] = []
 
@@ -70,7 +73,7 @@ def main(grid: Grid, context: Context) -> None:
         round_seconds.append(time.monotonic() - t0)  # connecting counts as "round 0"
         result = run_federation(
             sites, settings.strategy, settings.plan, model=settings.model, on_round=on_round,
-            transport=transport, task=settings.driver_task(),
+            transport=rounds, task=settings.driver_task(),
         )
         network_traffic = {name: asdict(t) for name, t in sorted(transport.traffic.items())}
         hybrid, tree_seconds = None, []
@@ -81,11 +84,12 @@ def main(grid: Grid, context: Context) -> None:
                 tree_seconds.append(time.monotonic() - t_trees - sum(tree_seconds))
                 events.write("tree", tree=done, seconds=tree_seconds[-1])
 
+            counts = {n: s.count for n, s in result.statistics.items()}
+            trees = FlowerTrees(transport, sites) if settings.secure is None else (
+                SecureFlowerTrees(transport, sites, settings.secure, counts))
             hybrid = grow_hybrid(
-                sites, result.weights, settings.trees,
-                counts={n: s.count for n, s in result.statistics.items()},
-                min_sites=settings.plan.min_sites, on_tree=on_tree,
-                transport=FlowerTrees(transport, sites),
+                sites, result.weights, settings.trees, counts=counts,
+                min_sites=settings.plan.min_sites, on_tree=on_tree, transport=trees,
             )
             events.write("trees", sites=list(hybrid.boosted.sites),
                          exclusions=len(hybrid.boosted.exclusions),

@@ -32,6 +32,7 @@ from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
 from vigil.federation.image_task import TASKS, CNNSpec, ImagingTask, check_task
 from vigil.federation.privacy import DPSettings
+from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy
 
@@ -74,6 +75,10 @@ class RunSettings:
         prepared for it (:mod:`vigil.federation.flower.imagesite`).
     image : CNNSpec, optional
         The imaging CNN (GroupNorm under DP-SGD); unused for sepsis.
+    secure : SecureSumSettings or None, optional
+        Secure aggregation of the training rounds
+        (:mod:`vigil.federation.flower.secure`): FedAvg or FedProx without a
+        robust aggregator, no DP-SGD, at least 3 sites.
     """
 
     plan: Plan
@@ -87,10 +92,21 @@ class RunSettings:
     trees: BoostingPlan | None = None
     task: str = "sepsis"
     image: CNNSpec = field(default_factory=CNNSpec)
+    secure: SecureSumSettings | None = None
 
     def __post_init__(self) -> None:
         check_task(self.task, dp=self.dp, spec=self.image, trees=self.trees is not None,
                    keeps_norm_local=self.strategy.keeps_norm_local)
+        if self.secure is not None:
+            self.secure.resolve(self.sites)
+            if self.strategy.robust is not None or self.strategy.keeps_norm_local:
+                raise ConfigError("expected FedAvg or FedProx without a robust aggregator under "
+                                  "secure aggregation (the coordinator sees only the sum), got "
+                                  f"{self.strategy.name.value} robust={self.strategy.robust}",
+                                  key="secure")
+            if self.dp is not None:
+                raise ConfigError("expected no DP-SGD under secure aggregation (not supported "
+                                  "yet: each site's accountant), got dp", key="secure")
         if self.trees is not None:
             refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
         if self.plan.time_budget is None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -247,14 +247,25 @@ class FlowerTransport:
         answers = self._ask(kind, sites, content, quiet=True)
         return {name: _decode(reply, decode) for name, (reply, _) in answers.items()}
 
+    def request_each(
+        self, kind: str, contents: Mapping[FederatedSite, RecordDict],
+        decode: Callable[[RecordDict], T],
+    ) -> dict[str, T | Exception]:
+        """:meth:`request` with a message of its own for each site (secure aggregation)."""
+        answers = self._ask(kind, list(contents), None, quiet=True,
+                            each={_node(s): c for s, c in contents.items()})
+        return {name: _decode(reply, decode) for name, (reply, _) in answers.items()}
+
     def _ask(
-        self, kind: str, sites: Sequence[FederatedSite], content: RecordDict, *,
+        self, kind: str, sites: Sequence[FederatedSite], content: RecordDict | None, *,
         round_: int | None = None, quiet: bool = False,
+        each: Mapping[int, RecordDict] | None = None,
     ) -> dict[str, tuple[Message | Exception, float]]:
         nodes = {_node(s): s.name for s in sites}
         if not quiet:
             self._event(f"{kind}-sent", round=round_, sites=sorted(nodes.values()))
-        answers = self._exchange(kind, dict.fromkeys(nodes, content))
+        answers = self._exchange(kind, dict(each) if each is not None
+                                 else dict.fromkeys(nodes, content))
         for node, name in nodes.items():
             got = self._pending_traffic.pop(node)
             mine = self.traffic.setdefault(name, SiteTraffic())

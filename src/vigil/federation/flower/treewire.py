@@ -52,7 +52,15 @@ from vigil.federation.site import Site
 from vigil.federation.strategies import Weights
 from vigil.federation.treegrowth import LevelRequest, answer_level
 
-__all__ = ["ACTION", "FlowerTrees", "answer_trees", "level_from_content", "level_to_content"]
+__all__ = [
+    "ACTION",
+    "FlowerTrees",
+    "answer_trees",
+    "level_from_content",
+    "level_to_content",
+    "score_sums_content",
+    "stored_edges",
+]
 
 ACTION = "trees"
 """The ClientApp's query action of the trees (message type ``query.trees``)."""
@@ -123,6 +131,24 @@ def _part_from_content(content: RecordDict) -> HybridTrees:
     plan = BoostingPlan(**{f.name: config[f"plan.{f.name}"] for f in fields(BoostingPlan)})  # type: ignore[arg-type]
     return HybridTrees(float(config["base"]), trees_from_arrays(_arrays(content)), st,  # type: ignore[arg-type]
                        plan, float(config["intercept"]), float(config["slope"]))  # type: ignore[arg-type]
+
+
+def stored_edges(state: RecordDict) -> list[NDArray[np.float32]]:
+    """Return the bin edges a site keeps in the run's state since ``begin``.
+
+    Raises
+    ------
+    ValueError
+        If ``begin`` has not come yet.
+    """
+    if _STATE not in state.array_records:
+        raise ValueError("expected the bin edges (`begin`) before a tree level")
+    return _state(state)[0]
+
+
+def score_sums_content(weights: Weights, base: float, trees: Sequence[Tree]) -> RecordDict:
+    """Make the message content of a ``score-sums`` request."""
+    return _content("score-sums", {"base": float(base)}, trees_to_arrays(trees), weights)
 
 
 def _state(state: RecordDict) -> tuple[list[NDArray[np.float32]], dict[str, NDArray[Any]]]:
@@ -255,8 +281,7 @@ class FlowerTrees:
     def score_sums(self, names: Sequence[str], weights: Weights, base: float,
                    trees: Sequence[Tree]) -> Answers:
         """Send the network and the trees; each site answers its score sums."""
-        content = _content("score-sums", {"base": float(base)}, trees_to_arrays(trees), weights)
-        return self._ask(names, content, _logit_sums)
+        return self._ask(names, score_sums_content(weights, base, trees), _logit_sums)
 
     def evaluate(self, names: Sequence[str], weights: Weights, part: HybridTrees) -> Answers:
         """Send the fused model; each site answers its evaluation."""

@@ -1,0 +1,93 @@
+"""Paired bootstrap intervals of the imaging comparison, on synthetic kept predictions."""
+
+import numpy as np
+import pytest
+
+from vigil.core.errors import DataError
+from vigil.features.bootstrap import weighted_auroc
+from vigil.federation.image_intervals import (
+    comparison_markdown,
+    paired_interval,
+    resampled_auroc,
+    standard_comparisons,
+)
+
+
+def test_resampled_auroc_equals_the_weighted_auroc_of_each_resample():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 60) > 0
+    p = np.round(rng.random(60), 1)  # many ties
+    counts = rng.multinomial(60, np.full(60, 1 / 60), size=30).astype(float)
+    counts[0] = np.where(y, 0, counts[0])  # a resample without positives
+    got = resampled_auroc(y, p, counts)
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], [weighted_auroc(y, p, c) for c in counts[1:]])
+
+
+def _run(rng, labels, quality):
+    """One seed's compare_images result: arm -> site -> kept threshold and probabilities."""
+    out = {}
+    for arm, q in quality.items():
+        out[arm] = {}
+        for site, y in labels.items():
+            p = 1 / (1 + np.exp(-(q * (2 * y - 1) + rng.normal(size=y.size))))
+            out[arm][site] = {"threshold": 0.5, "probability": list(p)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    labels = {"site-a": rng.integers(0, 2, 150), "site-b": rng.integers(0, 2, 170)}
+    runs = [_run(rng, labels, {"good": 2.0, "same": 2.0, "poor": 0.3}) for _ in range(3)]
+    return labels, runs
+
+
+def test_an_arms_value_is_its_seed_mean_and_its_interval_that_of_a_proportion(data):
+    labels, runs = data
+    est = paired_interval(labels, runs, "good", site="site-a", n_boot=200)
+    y = labels["site-a"]
+    p = [np.array(r["good"]["site-a"]["probability"]) for r in runs]
+    one_auc = [weighted_auroc(y, q, np.ones(y.size)) for q in p]
+    assert est["auc"].value == pytest.approx(np.mean(one_auc))
+    acc = np.mean([((q >= 0.5) == (y > 0)).mean() for q in p])
+    assert est["accuracy"].value == pytest.approx(acc)
+    # one seed's accuracy is a proportion of n = 150: its percentile interval is
+    # close to the normal one, +-1.96 SE
+    one = paired_interval(labels, runs[:1], "good", site="site-a", n_boot=2000)["accuracy"]
+    se = np.sqrt(one.value * (1 - one.value) / y.size)
+    assert one.high - one.low == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert one.low < one.value < one.high
+
+
+def test_a_paired_difference_separates_a_clear_gap_and_not_an_equal_arm(data):
+    labels, runs = data
+    gap = paired_interval(labels, runs, "good", "poor", n_boot=500)
+    assert gap["auc"].low > 0.1 and gap["accuracy"].low > 0.05
+    tie = paired_interval(labels, runs, "good", "same", n_boot=500)
+    assert tie["auc"].low < 0 < tie["auc"].high and abs(tie["auc"].value) < 0.05
+    # pairing: the difference of an arm with itself is exactly 0 on every resample
+    self_ = paired_interval(labels, runs, "good", "good", n_boot=200)
+    assert (self_["auc"].low, self_["auc"].high) == (0.0, 0.0)
+    scaled = paired_interval(labels, runs, "good", "good", factor=0.98, n_boot=200)
+    whole = paired_interval(labels, runs, "good", n_boot=200)
+    assert scaled["auc"].value == pytest.approx(0.02 * whole["auc"].value)
+
+
+def test_missing_predictions_are_a_clear_error(data):
+    labels, runs = data
+    stripped = [{"good": {"site-a": {"auc": 0.9}}, "poor": runs[0]["poor"]}]
+    with pytest.raises(DataError, match="expected kept test predictions of arm 'good'"):
+        paired_interval(labels, stripped, "good", "poor", site="site-a")
+
+
+def test_standard_comparisons_skip_absent_arms_and_render():
+    rng = np.random.default_rng(1)
+    labels = {"site-a": rng.integers(0, 2, 40), "site-b": rng.integers(0, 2, 40)}
+    runs = [_run(rng, labels, {"fedavg": 1.0, "alone": 1.0, "centralized": 1.2})]
+    rows = standard_comparisons(labels, runs, n_boot=50)
+    got = {(r["arm"], r["versus"]) for r in rows}
+    assert got == {("fedavg", None), ("fedavg", "alone"), ("fedavg", "centralized")}
+    assert len(rows) == 3 * 3  # two sites and pooled
+    table = comparison_markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "fedavg − 0.98 × centralized" in table
