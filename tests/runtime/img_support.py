@@ -17,6 +17,9 @@ from vigil.dicom_adapter.sites import write_sites
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imaging-federated"
 """The imaging package vigil ships (FedAvg SmallCNN), signed with the release key."""
+SHIPPED_MODEL = "imaging-federated@" + json.loads(
+    (SHIPPED / "manifest.json").read_text())["version"]
+"""The shipped package's ``name@version`` (the store's model key)."""
 SHIPPED_KEY = SHIPPED / "public_key.pem"
 """The key the shipped imaging package verifies with (models/README.md)."""
 FAR_FUTURE = 4_102_444_800.0

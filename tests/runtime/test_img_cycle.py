@@ -13,6 +13,7 @@ from img_support import (
     FAR_FUTURE,
     SHIPPED,
     SHIPPED_KEY,
+    SHIPPED_MODEL,
     RecordingSink,
     add_instance,
     shadow_package,
@@ -27,10 +28,6 @@ from vigil.runtime.imaging_cycle import ImagingRunner, site_threshold
 from vigil.runtime.imaging_store import cursor_key, instance_records
 from vigil.runtime.models import install_model, load_live_models
 from vigil.runtime.store import StateStore
-
-_SHIPPED_VERSION = json.loads((SHIPPED / "manifest.json").read_text())["version"]
-SHIPPED_MODEL = f"imaging-federated@{_SHIPPED_VERSION}"
-"""The shipped package's registry key (its version is bumped when it is rebuilt)."""
 
 
 @pytest.fixture()

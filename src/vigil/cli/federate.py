@@ -172,6 +172,9 @@ def federate(
     ] = None,
     name: Annotated[str, typer.Option(help="Model package name.")] = "sepsis-federated",
     version: Annotated[str, typer.Option(help="Model package version.")] = "0.1.0",
+    ledgers: Annotated[Path | None, typer.Option(
+        help="Sepsis: the simulated sites' own privacy budgets and ledgers, LEDGERS/SITE "
+             "(`vigil federation budget`); a site refuses the run past its budget.")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Train across sites in one process and write the model package (``--out``).
@@ -241,7 +244,7 @@ def federate(
         finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
                                  model=_spec(hidden, dropout), threads=threads,
                                  data=resolve_data_path(data).name, on_round=on_round,
-                                 trees=trees, on_tree=on_tree)
+                                 trees=trees, on_tree=on_tree, ledgers=ledgers)
     key = None if private_key is None else private_key.read_bytes()
     packages = export_run(finished, out, name=name, version=version, private_key_pem=key,
                           export_site=export_site)

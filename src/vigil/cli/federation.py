@@ -1,7 +1,7 @@
 """``vigil federation``: the multi-site path on Flower, and the periodic retraining.
 
 Coordinator: ``certs``, ``coordinator``, ``register``, ``nodes``, ``run``,
-``schedule``, ``releases``. Hospital: ``site-key``, ``site``, ``pull``.
+``schedule``, ``releases``. Hospital: ``site-key``, ``site``, ``budget``, ``pull``.
 """
 
 from __future__ import annotations
@@ -188,6 +188,13 @@ def site(
              "with --name site1).")] = None,
     prepare_only: Annotated[bool, typer.Option(
         "--prepare-only", help="Build the site's features and exit.")] = False,
+    budget_epsilon: Annotated[float | None, typer.Option(
+        help="This site's lifetime privacy budget ε over all runs (with --budget-delta); "
+             "runs past it are refused.")] = None,
+    budget_delta: Annotated[float | None, typer.Option(
+        help="This site's lifetime δ over all runs.")] = None,
+    allow_non_private: Annotated[bool, typer.Option(
+        "--allow-non-private", help="With a budget: still train in runs without DP.")] = False,
 ) -> None:
     """Prepare this hospital's site and run its SuperNode in the foreground (outbound only)."""
     from vigil.core.errors import ConfigError
@@ -206,6 +213,8 @@ def site(
     else:
         raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
     err_console.print(f"prepared site {name} in {path}")
+    if budget_epsilon is not None or budget_delta is not None:
+        _set_budget(work, budget_epsilon, budget_delta, allow_non_private)
     if prepare_only:
         return
     if superlink is None or ca is None or key is None:
@@ -216,6 +225,57 @@ def site(
     proc = start_supernode(SiteNode(work, superlink, ca, key, port=port))
     err_console.print(f"SuperNode of {name} dialing {superlink} (log {proc.log_path})")
     _until_signal(proc)
+
+
+def _set_budget(site_dir: Path, epsilon: float | None, delta: float | None,
+                allow_non_private: bool) -> None:
+    from vigil.core.errors import ConfigError
+    from vigil.federation.budget import SiteBudget, write_budget
+
+    if epsilon is None or delta is None:
+        raise ConfigError("expected both a lifetime epsilon and delta (--budget-epsilon and "
+                          "--budget-delta, or --epsilon and --delta)", key="budget")
+    path = write_budget(site_dir, SiteBudget(epsilon, delta, allow_non_private))
+    err_console.print(f"lifetime privacy budget ε={epsilon:g}, δ={delta:g} written to {path}")
+
+
+@app.command("budget")
+@guarded
+def budget(
+    site_dir: Annotated[Path, typer.Option(help="The site's directory (`vigil federation site "
+                                                "--work`, or LEDGERS/SITE in process).")],
+    epsilon: Annotated[float | None, typer.Option(help="Set the lifetime ε.")] = None,
+    delta: Annotated[float | None, typer.Option(help="Set the lifetime δ.")] = None,
+    allow_non_private: Annotated[bool, typer.Option(
+        "--allow-non-private", help="With --epsilon/--delta: still train in runs without DP.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Show (or set) this site's lifetime privacy budget and the runs its ledger charged."""
+    import time
+    from dataclasses import asdict
+
+    from vigil.federation.budget import PrivacyLedger
+
+    if epsilon is not None or delta is not None:
+        _set_budget(site_dir, epsilon, delta, allow_non_private)
+    ledger = PrivacyLedger(site_dir.name, site_dir)
+    entries, spent = ledger.entries(), ledger.spent()
+    limit = None if ledger.budget is None else asdict(ledger.budget)
+    if json_out:
+        print_json({"budget": limit, "spent": spent.to_dict(),
+                    "runs": [asdict(e) for e in entries]})
+        return
+    out = Table(title=f"privacy ledger: budget {'none' if limit is None else limit}")
+    for col in ("run", "task", "ε", "δ", "charged (UTC)"):
+        out.add_column(col)
+    for e in entries:
+        out.add_row(e.run, e.task, "no DP" if e.epsilon is None else f"{e.epsilon:g}",
+                    "—" if e.delta is None else f"{e.delta:.3g}",
+                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.time)))
+    out.add_row("total", "", f"{spent.epsilon:g}", f"{spent.delta:.3g}",
+                f"{spent.runs} DP runs, {spent.non_private_runs} without DP")
+    print_table(out)
 
 
 @app.command("run")
@@ -393,6 +453,21 @@ def releases(
                     _fmt(r.metrics.get("threshold")), str(len(r.training.get("sites", {}))),
                     "—" if moved is None else f"{moved:.1%}", "yes" if r.signed else "no")
     print_table(out)
+    privacy = Table(title="privacy per site: this run, refusals, cumulative charge")
+    for col in ("version", "site", "ε run", "δ run", "ε cumulative", "δ cumulative", "refused"):
+        privacy.add_column(col)
+    for r in items:
+        p = r.training.get("privacy") or {}
+        for s, total in (p.get("cumulative") or {}).items():
+            run = (p.get("sites") or {}).get(s) or {}
+            privacy.add_row(r.version, s, _fmt(run.get("epsilon")), _fmt(run.get("delta")),
+                            _fmt(total["epsilon"]), _fmt(total["delta"]),
+                            (p.get("refused") or {}).get(s, ""))
+        for s, reason in (p.get("refused") or {}).items():
+            if s not in (p.get("cumulative") or {}):
+                privacy.add_row(r.version, s, "—", "—", "—", "—", reason)
+    if privacy.row_count:
+        print_table(privacy)
 
 
 def _fmt(v: Any) -> str:

@@ -13,6 +13,7 @@
     ├── ModelArtifactError     a model package or calibration record is missing, changed or unfit
     ├── ScoringError           inference failed
     ├── AggregationError       a federated round could not be aggregated
+    ├── PrivacyBudgetError     a site refuses a run past its lifetime privacy budget
     └── NotFittedError         an estimator was used before ``fit`` (also a ``ValueError``)
 
 Messages say what was expected, what came, and what to do. They never contain a
@@ -32,6 +33,7 @@ __all__ = [
     "ModelArtifactError",
     "NotFittedError",
     "PACSError",
+    "PrivacyBudgetError",
     "ScoringError",
     "VigilError",
 ]
@@ -181,6 +183,22 @@ class AggregationError(VigilError):
     def __init__(self, message: str, *, round_: int | None = None) -> None:
         super().__init__(message)
         self.round_ = round_
+
+
+class PrivacyBudgetError(VigilError):
+    """A site refuses a training run that would take it past its lifetime privacy budget.
+
+    Parameters
+    ----------
+    message : str
+        The budget, what is spent and what the run would spend.
+    site : str or None, optional
+        The refusing site's name (a hospital, never a patient).
+    """
+
+    def __init__(self, message: str, *, site: str | None = None) -> None:
+        super().__init__(message)
+        self.site = site
 
 
 class NotFittedError(VigilError, ValueError):

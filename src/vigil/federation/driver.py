@@ -39,7 +39,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.core.errors import AggregationError, ConfigError
+from vigil.core.errors import AggregationError, ConfigError, PrivacyBudgetError
+from vigil.federation.budget import BUDGET_REASON
 from vigil.federation.checks import Rejection, ScreenRule, screen_updates
 from vigil.federation.evaluation import PooledMetrics, pool_evaluations
 from vigil.federation.history import History, RoundRecord, SiteRound, Status
@@ -330,9 +331,13 @@ def run_federation(
                 if isinstance(update, Exception):
                     log.warning("round %d: site %s dropped: %s", r, site.name,
                                 type(update).__name__)
-                    reason = "timeout" if isinstance(update, TimeoutError) else "error"
-                    dropped[site.name] = SiteRound(site.name, Status.DROPPED, reason,
-                                                   type(update).__name__, seconds=elapsed)
+                    reason = ("timeout" if isinstance(update, TimeoutError) else BUDGET_REASON
+                              if isinstance(update, PrivacyBudgetError) else "error")
+                    # a refusal's message is the site's budget arithmetic (no patient data)
+                    detail = (str(update) if isinstance(update, PrivacyBudgetError)
+                              else type(update).__name__)
+                    dropped[site.name] = SiteRound(site.name, Status.DROPPED, reason, detail,
+                                                   seconds=elapsed)
                     continue
                 seconds[site.name] = elapsed
                 if plan.time_budget is not None and elapsed > plan.time_budget:

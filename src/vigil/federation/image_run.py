@@ -16,6 +16,7 @@ the package's ``threshold`` is the site's (FedBN) or the pooled one, and
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import ConfigError
 from vigil.core.package import ModelPackage, write_package
+from vigil.federation.budget import budgeted
 from vigil.federation.driver import FederationResult, Plan, run_federation
 from vigil.federation.evaluation import pool_evaluations
 from vigil.federation.history import RoundRecord, Status
@@ -138,6 +140,8 @@ def federate_images(
     on_round: Callable[[RoundRecord], None] | None = None,
     dp: DPSettings | None = None,
     max_shift: int = 0,
+    ledgers: str | Path | None = None,
+    run_id: str | None = None,
 ) -> ImagingRun:
     """Train the imaging CNN across sites in this process.
 
@@ -159,6 +163,11 @@ def federate_images(
     max_shift : int, optional
         Training augmentation: random translations of up to this many pixels
         (:attr:`ImagingSite.max_shift <vigil.federation.image_task.ImagingSite>`).
+    ledgers : str or Path or None, optional
+        The simulated sites' own privacy budgets and ledgers, ``LEDGERS/NAME``
+        (:mod:`vigil.federation.budget`).
+    run_id : str or None, optional
+        The run's id in the ledgers (default: a fresh random one).
 
     Returns
     -------
@@ -189,7 +198,9 @@ def federate_images(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = run_federation(sites, strategy, plan, task=ImagingTask(spec), on_round=on_round)
+        taking_part = budgeted(sites, ledgers, run=run_id or uuid.uuid4().hex, task="imaging")
+        result = run_federation(taking_part, strategy, plan, task=ImagingTask(spec),
+                                on_round=on_round)
     finally:
         torch.set_num_threads(previous)
     return ImagingRun(result=result, strategy=strategy, plan=plan, spec=spec, data=data,

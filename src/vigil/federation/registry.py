@@ -38,6 +38,7 @@ from vigil.core.package import (
     file_sha256,
     read_package,
 )
+from vigil.federation.release_privacy import cumulative_privacy, run_privacy
 
 __all__ = [
     "INDEX",
@@ -70,7 +71,10 @@ class Release:
         Pooled validation metrics of the manifest (AUROC, utility, loss,
         threshold, rows).
     training : dict
-        Strategy, rounds, method and rows per site.
+        Strategy, rounds, method, rows per site, and ``privacy``: each site's
+        (ε, δ) in this run, the sites that refused it (privacy budget) and
+        every site's cumulative charge over the releases so far
+        (:mod:`vigil.federation.release_privacy`).
     diff : dict or None
         Difference from the previous release (None for the first).
     """
@@ -119,6 +123,7 @@ def _summary(package: ModelPackage) -> tuple[dict[str, Any], dict[str, Any]]:
         "rounds": m.training.get("rounds"),
         "sites": {name: (s or {}).get("train_rows", (s or {}).get("train_images"))
                   for name, s in sorted(sites.items())},
+        "privacy": run_privacy(package),
     }
     return metrics, training
 
@@ -287,6 +292,8 @@ class Registry:
         if previous is not None:
             diff = _diff(read_package(self.path / previous.version), package, previous)
         metrics, training = _summary(package)
+        training["privacy"]["cumulative"] = cumulative_privacy(
+            None if previous is None else previous.training.get("privacy"), training["privacy"])
         release = Release(
             name=m.name, version=m.version, created=time.time(),
             manifest_sha256=file_sha256(package.path / MANIFEST), model_sha256=m.model_sha256,

@@ -47,6 +47,7 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     [in_process]                  # engine = "in-process"
     data = "sample"
     sites = "hospital-unit"
+    ledgers = "ledgers"           # optional: each simulated site's budget and ledger
 
 The imaging task (``task = "imaging"``) retrains the imaging CNN the same way: on
 Flower each SuperNode holds a scanner site prepared with ``vigil federation site --task
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -138,10 +140,15 @@ class FlowerTarget:
 
 @dataclass(frozen=True)
 class InProcessTarget:
-    """Data and site scheme of an in-process retraining (development, demos)."""
+    """Data and site scheme of an in-process retraining (development, demos).
+
+    ``ledgers``, when set, is the directory of the simulated sites' own privacy
+    budgets and ledgers (``LEDGERS/NAME``, :mod:`vigil.federation.budget`).
+    """
 
     data: str = "sample"
     sites: str = "hospital-unit"
+    ledgers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,9 +295,10 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
 
 def _in_process(values: Any, here: Any) -> InProcessTarget:
     target: InProcessTarget = _section(InProcessTarget, values, "in_process")
+    ledgers = None if target.ledgers is None else str(here(target.ledgers))
     if target.data == "sample":
-        return target
-    return InProcessTarget(data=str(here(target.data)), sites=target.sites)
+        return InProcessTarget(data=target.data, sites=target.sites, ledgers=ledgers)
+    return InProcessTarget(data=str(here(target.data)), sites=target.sites, ledgers=ledgers)
 
 
 def _train(config: RetrainConfig, version: str) -> Any:
@@ -313,17 +321,23 @@ def _train(config: RetrainConfig, version: str) -> Any:
                                secure=config.secure)
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
     if config.task == "imaging":
-        return _train_images(config)
+        return _train_images(config, version)
     from vigil.data import load_physionet, resolve_data_path
     from vigil.federation.simulation import federate
 
     data = config.in_process.data
     return federate(load_physionet(data), scheme=config.in_process.sites,
                     strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
-                    data=resolve_data_path(data).name, trees=config.trees)
+                    data=resolve_data_path(data).name, trees=config.trees,
+                    ledgers=config.in_process.ledgers, run_id=_run_id(version))
 
 
-def _train_images(config: RetrainConfig) -> Any:
+def _run_id(version: str) -> str:
+    """Return a run's id in the simulated ledgers, unique even when a version is retried."""
+    return f"{version}-{uuid.uuid4().hex[:12]}"
+
+
+def _train_images(config: RetrainConfig, version: str) -> Any:
     from vigil.dicom_adapter.sites import medmnist_sites
     from vigil.federation.image_run import federate_images
 
@@ -331,7 +345,8 @@ def _train_images(config: RetrainConfig) -> Any:
     parts = medmnist_sites(data, seed=config.plan.seed, splits=("train", "val"))
     train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
     return federate_images(list(train), list(valid), strategy=config.strategy, plan=config.plan,
-                           data=Path(data).name, dp=config.dp)
+                           data=Path(data).name, dp=config.dp,
+                           ledgers=config.in_process.ledgers, run_id=_run_id(version))
 
 
 def _export(config: RetrainConfig, run: Any, staging: Path, version: str,

@@ -16,6 +16,7 @@ profile are the fused model's.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from vigil.core.errors import ConfigError
 from vigil.core.package import ModelPackage
 from vigil.data import PhysioNetTable, partition
 from vigil.federation.boosting import BoostingPlan
+from vigil.federation.budget import budgeted
 from vigil.federation.driver import FederationResult, Plan, pooled_statistics, run_federation
 from vigil.federation.evaluation import SCORE_EDGES, PooledMetrics, site_utility
 from vigil.federation.history import HISTORY_FILE, History, RoundRecord, Status
@@ -144,6 +146,8 @@ def federate(
     threads: int = 1,
     trees: BoostingPlan | None = None,
     on_tree: Callable[[int], None] | None = None,
+    ledgers: str | Path | None = None,
+    run_id: str | None = None,
 ) -> FederatedRun:
     """Partition, train across the sites, and return the run.
 
@@ -170,6 +174,12 @@ def federate(
         DP-SGD (the histograms are not private).
     on_tree : callable, optional
         Progress callback of the trees.
+    ledgers : str or Path or None, optional
+        The simulated sites' own privacy ledgers and budgets, one directory per
+        site (``LEDGERS/NAME``, :mod:`vigil.federation.budget`): each site charges
+        the run before it trains and refuses it past its budget.
+    run_id : str or None, optional
+        The run's id in the ledgers (default: a fresh random one).
 
     Returns
     -------
@@ -193,7 +203,8 @@ def federate(
             f"--sites {scheme} gives {len(sites)} sites, fewer than min_sites={plan.min_sites}",
             key="sites",
         )
-    result = run_federation(sites, strategy, plan, model=spec, on_round=on_round)
+    taking_part = budgeted(sites, ledgers, run=run_id or uuid.uuid4().hex, task="sepsis")
+    result = run_federation(taking_part, strategy, plan, model=spec, on_round=on_round)
     hybrid = None
     if trees is not None:
         hybrid = grow_hybrid(sites, result.weights, trees,

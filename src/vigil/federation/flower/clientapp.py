@@ -17,6 +17,11 @@ and, for the imaging task under FedBN, its BatchNorm tensors after each round
 (:meth:`~vigil.federation.image_task.ImagingSite.kept_batchnorm`), are kept in
 the run's ``context.state`` on the SuperNode, so the privacy spent adds up over
 all rounds and the BatchNorm stays at the site, as in the in-process driver.
+Before it trains, the site charges the run in its privacy ledger
+(:class:`~vigil.federation.budget.PrivacyLedger`, in the site directory, keyed by
+Flower's run id); a run past the site's lifetime budget gets an error reply whose
+reason starts with ``"privacy budget exhausted"``, which the coordinator records
+as that reason.
 The run's task (``RunSettings.task``) decides which site is loaded
 (:func:`~vigil.federation.flower.imagesite.load_task_site`). Any
 exception becomes an error reply; the coordinator drops the site for that
@@ -29,17 +34,24 @@ import pickle
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from numpy.typing import NDArray
 
-from vigil.core.errors import ConfigError
+from vigil.core.errors import ConfigError, PrivacyBudgetError
+from vigil.federation.budget import (
+    PrivacyLedger,
+    check_planned_rounds,
+    run_cost,
+    training_rows,
+)
 from vigil.federation.flower.imagesite import load_task_site
 from vigil.federation.flower.secure import ACTION as SECURE_ACTION
 from vigil.federation.flower.secure import answer_secure, fit_vector
 from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
-from vigil.federation.flower.sitedata import SITE_DIR_KEY
+from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
 from vigil.federation.flower.treewire import ACTION, answer_trees
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -88,10 +100,26 @@ def statistics(msg: Message, context: Context) -> Message:
     return Message(statistics_to_content(_site(context).statistics()), reply_to=msg)
 
 
+def _admit(site: Any, context: Context) -> str | None:
+    """Charge this run in the site's ledger; return the refusal's reason, or None to train."""
+    settings = RunSettings.from_run_config(context.run_config)
+    ledger = PrivacyLedger(site.name, str(context.node_config[SITE_DIR_KEY]))
+    try:
+        ledger.admit(str(context.run_id), settings.task, run_cost(settings.dp, training_rows(site)))
+        check_planned_rounds(site)
+    except PrivacyBudgetError as exc:
+        return str(exc)  # starts with BUDGET_REASON: the coordinator's transport reads it
+    return None
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on the site's rows and answer the update."""
     site = _site(context)
+    refusal = _admit(site, context)
+    if refusal is not None:
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=refusal),
+                       reply_to=msg)
     update = site.fit(weights_from_record(msg.content.array_records[ARRAYS]),
                       config_from_record(msg.content.config_records[CONFIG]))
     state: dict[str, bytes] = {}
@@ -115,6 +143,13 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(ACTION)
 def trees(msg: Message, context: Context) -> Message:
     """Answer one step of the boosted trees grown across the sites."""
+    site_dir = str(context.node_config.get(SITE_DIR_KEY, ""))
+    try:  # the trees' histograms are not DP: charged as a run without DP
+        PrivacyLedger(site_name(site_dir), site_dir).admit(
+            str(context.run_id), RunSettings.from_run_config(context.run_config).task, None)
+    except PrivacyBudgetError as exc:
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
+                       reply_to=msg)
     content = answer_trees(msg.content, context.state, lambda network: _site(context, network))
     return Message(content, reply_to=msg)
 
@@ -130,7 +165,11 @@ def secure(msg: Message, context: Context) -> Message:
 
     def vector(what: str, content: RecordDict) -> NDArray[np.floating]:
         if what == "fit":
-            return fit_vector(_site(context), content, norm_bound)
+            site = _site(context)
+            refusal = _admit(site, context)
+            if refusal is not None:  # under SecAgg+ the coordinator records it as an error
+                raise PrivacyBudgetError(refusal, site=site.name)
+            return fit_vector(site, content, norm_bound)
         return tree_vector(what, content, context.state,
                            lambda network: _site(context, network), settings.secure)
 

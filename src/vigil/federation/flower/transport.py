@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from vigil.core.errors import AggregationError, ConfigError
+from vigil.core.errors import AggregationError, ConfigError, PrivacyBudgetError
+from vigil.federation.budget import BUDGET_REASON
 from vigil.federation.driver import FederatedSite
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -322,12 +323,15 @@ def _content(reply: Message | Exception) -> RecordDict:
     if isinstance(reply, Exception):
         raise reply
     if reply.has_error():
-        raise ConnectionError(f"the site answered an error: {reply.error.reason}")
+        reason = reply.error.reason or ""
+        if reason.startswith(BUDGET_REASON):  # the site refused the run (vigil.federation.budget)
+            raise PrivacyBudgetError(reason)
+        raise ConnectionError(f"the site answered an error: {reason}")
     return reply.content
 
 
 def _decode(reply: Message | Exception, decode: Any) -> Any:
     try:
         return decode(_content(reply))
-    except (ValueError, ConnectionError, TimeoutError) as exc:
+    except (ValueError, ConnectionError, TimeoutError, PrivacyBudgetError) as exc:
         return exc
