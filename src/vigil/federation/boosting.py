@@ -445,6 +445,7 @@ def check_histograms(
     *,
     parents: NDArray[np.float64] | None = None,
     label_sums: tuple[float, float] | None = None,
+    exact: bool = True,
 ) -> tuple[ExclusionReason, str] | None:
     """Screen one site's histograms of one tree level (rules in the module docstring).
 
@@ -459,6 +460,9 @@ def check_histograms(
         (their children are ``hist``'s nodes, in pairs); None at the root.
     label_sums : tuple of float, optional
         The site's weighted positives ``P`` and rows ``W``; checked at the root.
+    exact : bool, optional
+        False for noisy (differentially private) sums: only rules 1-3 apply,
+        since noise breaks the equalities of rules 4 and 5.
 
     Returns
     -------
@@ -473,6 +477,8 @@ def check_histograms(
         return ExclusionReason.NON_FINITE, f"{int((~np.isfinite(hist)).sum())} non-finite sums"
     if (hist[..., 1] < 0).any():
         return ExclusionReason.HESSIAN, f"hessian sum {float(hist[..., 1].min()):.3g} < 0"
+    if not exact:
+        return None
     per_feature = hist.sum(axis=2)  # (n_nodes, n_features, 2)
     totals = per_feature[:, 0]
     if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=_ATOL):
