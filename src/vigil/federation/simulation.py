@@ -238,7 +238,7 @@ def federate(
 
 def _tree_noise(site: Site, dp: DPSettings, trees: BoostingPlan,
                 settings: TreeDPSettings) -> TreeNoise:
-    """Calibrate a site's tree noise against its network's planned DP-SGD (none if it never trained)."""
+    """Calibrate a site's tree noise against its network's planned DP-SGD (if it trained)."""
     acc = site.accountant
     delta = dp.delta if dp.delta is not None else 1.0 / site.train.n_rows
     return site_tree_noise(

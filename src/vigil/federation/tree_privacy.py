@@ -146,7 +146,7 @@ def rdp_epsilon(rdp: NDArray[np.float64], orders: Sequence[float], delta: float)
     from opacus.accountants.analysis.rdp import get_privacy_spent
 
     with warnings.catch_warnings():  # a valid bound at any order
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message="Optimal order is the")
         eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
 
@@ -194,7 +194,7 @@ def calibrate_tree_noise(*, epsilon: float, delta: float, releases: int,
 
 
 def tree_features(seed: int, tree: int, n_features: int, k: int) -> NDArray[np.int64]:
-    """The public draw of tree ``tree``'s features: ``k`` of ``n_features``, sorted."""
+    """Draw tree ``tree``'s features publicly: ``k`` of ``n_features``, sorted."""
     rng = np.random.default_rng([seed, tree])
     return np.sort(rng.choice(n_features, size=min(k, n_features), replace=False))
 
@@ -277,7 +277,7 @@ class NoisyBoostingSite(BoostingSite):
                                        self.noise.features_per_tree)
 
     def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
-        """The exact sums of the tree's features plus Gaussian noise; zeros elsewhere.
+        """Return the exact sums of the tree's features plus Gaussian noise; zeros elsewhere.
 
         Returns
         -------
@@ -305,7 +305,8 @@ def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
     epsilon, delta : float
         The site's whole budget (``--dp-epsilon``) and its delta.
     sample_rate, network_noise : float
-        DP-SGD's Poisson rate and noise multiplier (:class:`~vigil.federation.privacy.SiteAccountant`).
+        DP-SGD's Poisson rate and noise multiplier
+        (:class:`~vigil.federation.privacy.SiteAccountant`).
     network_steps : int
         DP-SGD's planned noisy steps.
     plan : BoostingPlan
@@ -328,7 +329,7 @@ def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
 
 
 def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise]) -> BoostingPlan:
-    """The plan the coordinator grows noisy trees with: a child's hessian floor above the noise.
+    """Return the plan for noisy trees: a child's hessian floor above the noise.
 
     ``min_child_weight`` becomes at least twice the standard deviation of the
     noise on a hessian sum over all ``n_bins`` bins of one feature, summed over

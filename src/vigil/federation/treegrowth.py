@@ -281,6 +281,7 @@ def boost(
     *,
     min_sites: int = 1,
     on_tree: Callable[[int], None] | None = None,
+    exact: bool = True,
 ) -> Boosted:
     """Grow ``plan.n_trees`` trees across in-process sites, screening what each sends.
 
@@ -292,7 +293,7 @@ def boost(
         raise ConfigError("expected distinct site names", key="sites")
     declared = {s.name: outcome(s.label_sums) for s in sites}
     return boost_over(LocalLevels({s.name: s for s in sites}), declared, edges, plan,
-                      min_sites=min_sites, on_tree=on_tree)
+                      min_sites=min_sites, on_tree=on_tree, exact=exact)
 
 
 def boost_over(
