@@ -102,6 +102,8 @@ def test_federate_accepts_dp_with_trees_and_states_the_composed_epsilon(tmp_path
         assert summary["privacy"][name]["epsilon"] <= 4.0 + 1e-6 < eps <= 8.0 + 1e-9
         assert summary["tree_privacy"][name]["epsilon"] == eps
     assert dp["split"]["tree_share"] == 0.5 and dp["trees"]["features_per_tree"] == 8
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.count("network + trees (delta") == 4
 
 
 def test_federate_with_trees_ships_the_fused_model(tmp_path):

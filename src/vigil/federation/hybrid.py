@@ -36,7 +36,9 @@ The coordinator's steps (:func:`grow_hybrid`: :func:`grow_trees`, then :func:`fu
    of ``s``: AUROC and utility differ from step 4's only by the binning).
 
 A site that fails step 1 is left out of the trees; one that fails a later
-step is left out of that step's sums (each logged).
+step is left out of that step's sums (each logged). With public edges (and
+always under DP, :mod:`vigil.federation.tree_privacy`) step 1 uses
+:func:`vigil.federation.public_edges.public_edges` and asks no quantiles.
 
 Measured on the shared data (docs/federation.md): the trees add 0.017 AUROC and
 0.035 utility to the federated network on test patients (100 trees, depth 6).

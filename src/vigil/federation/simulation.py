@@ -9,7 +9,9 @@ with sample counts, DP epsilon/delta per site, pooled validation metrics and
 the drift reference profile, plus ``history.json``.
 
 With ``trees`` (``--boost-trees``), trees are grown across the same sites after
-the rounds and fused with the kept network (:mod:`vigil.federation.hybrid`);
+the rounds and fused with the kept network (:mod:`vigil.federation.hybrid`); with
+``dp`` too, from noisy histograms and public edges, and each site's epsilon is
+the composition of both (:mod:`vigil.federation.tree_privacy`);
 the package then holds both, and its threshold, validation metrics and score
 profile are the fused model's.
 """
@@ -355,8 +357,12 @@ def _card(run: FederatedRun, site: str | None) -> str:
     for name, s in run.result.statistics.items():
         eps = run.result.privacy.get(name)
         auc = valid[name].auroc if name in valid else float("nan")
-        lines.append(f"| {name} | {s.count:,} | {auc:.3f} | "
-                     f"{'—' if eps is None else f'{eps.epsilon:.2f} (delta {eps.delta:.1e})'} |")
+        noise = run.tree_noise.get(name)
+        shown = ("—" if eps is None else f"{eps.epsilon:.2f} (delta {eps.delta:.1e})") \
+            if noise is None else (f"{noise.epsilon:.2f} network + trees (delta "
+                                   f"{noise.delta:.1e}; network alone {eps.epsilon:.2f})"
+                                   if eps is not None else f"{noise.epsilon:.2f} trees")
+        lines.append(f"| {name} | {s.count:,} | {auc:.3f} | {shown} |")
     history = run.result.history
     lines += ["", f"Rejected updates: {len(history.events(Status.REJECTED))}; dropped site "
               f"rounds: {len(history.events(Status.DROPPED))} (see `{HISTORY_FILE}`).", ""]
