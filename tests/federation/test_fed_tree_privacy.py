@@ -185,3 +185,32 @@ def test_dp_with_trees_in_process_gives_a_package_with_the_composed_epsilon(samp
         assert dp["trees"]["sites"][name]["releases"] == 1 + 2 * 3
     assert training_section(run)["boosting"]["edges"] == "public"
     json.dumps(dp)  # plain values for the manifest
+
+
+class _NoQuantiles:
+    """A site whose quantiles must not be asked (public edges)."""
+
+    def __init__(self, name, x, y):
+        self.name, self.x, self.y = name, x, y
+
+    def quantiles(self, n_bins):
+        raise AssertionError("quantiles asked with public edges")
+
+    def boosting(self, edges):
+        return BoostingSite(self.name, bin_rows(self.x, edges), self.y, np.ones_like(self.y))
+
+
+def test_with_public_edges_no_site_sends_quantiles_and_thresholds_are_public_edges():
+    from vigil.federation.hybrid import grow_trees
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-2 * x[:, 0]))).astype(float)
+    edges = [np.linspace(-2, 2, 9, dtype=np.float32)] * 3
+    sites = [_NoQuantiles(f"s{i}", x[i::2], y[i::2]) for i in range(2)]
+    boosted, _ = grow_trees(sites, BoostingPlan(n_trees=3, max_depth=2, n_bins=16),
+                            counts={"s0": 1500, "s1": 1500}, edges=edges)
+    assert boosted.exclusions == ()
+    for tree in boosted.trees:
+        inner = tree.feature >= 0
+        assert inner.any() and np.isin(tree.threshold[inner], edges[0]).all()
