@@ -40,7 +40,13 @@ from vigil.federation.profile import reference_profile
 from vigil.federation.public_edges import public_edges
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights
-from vigil.federation.tree_privacy import TreeDPSettings, TreeNoise, private_plan, site_tree_noise
+from vigil.federation.tree_privacy import (
+    TreeDPSettings,
+    TreeNoise,
+    manifest_trees,
+    private_plan,
+    site_tree_noise,
+)
 
 __all__ = [
     "FederatedRun",
@@ -262,23 +268,9 @@ def training_section(run: FederatedRun) -> dict[str, Any]:
         for name, s in r.statistics.items()
     }
     dp = manifest_section(run.dp, r.privacy, unit="one hourly row of a site's training data")
-    if dp is not None and run.tree_dp is not None:
-        dp |= {
-            "mechanism": dp["mechanism"] + "; trees: Gaussian noise on every released histogram "
-                         "and label sum, public bin edges (vigil.federation.tree_privacy)",
-            "split": {"rule": "network DP-SGD calibrated to (1 - tree_share) * epsilon; tree "
-                              "noise the smallest whose RDP composition with the network's "
-                              "planned steps stays within epsilon; converted to (epsilon, delta) "
-                              "once",
-                      "tree_share": run.tree_dp.tree_share,
-                      "network_target_epsilon": run.dp.target_epsilon  # type: ignore[union-attr]
-                      * (1.0 - run.tree_dp.tree_share)},
-            "trees": {"features_per_tree": run.tree_dp.features_per_tree,
-                      "sensitivity": "per level sqrt(k (1 + 1/16)), k features; label sums "
-                                     "sqrt(2); one row = one unit",
-                      "sites": {n: t.to_dict() for n, t in sorted(run.tree_noise.items())}},
-            "composed_epsilon": {n: t.epsilon for n, t in sorted(run.tree_noise.items())},
-        }
+    if dp is not None and run.tree_dp is not None and run.dp is not None:
+        dp |= manifest_trees(dp["mechanism"], run.dp.target_epsilon, run.tree_dp,
+                             run.tree_noise)
     return {
         "method": run.method,
         "strategy": run.strategy.describe(),

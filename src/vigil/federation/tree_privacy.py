@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,6 +68,7 @@ __all__ = [
     "calibrate_tree_noise",
     "gaussian_rdp",
     "level_sensitivity",
+    "manifest_trees",
     "network_rdp",
     "private_plan",
     "rdp_epsilon",
@@ -339,3 +340,33 @@ def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise]) -> BoostingPla
     var = sum((n.noise_multiplier * level_sensitivity(n.features_per_tree)) ** 2 for n in noises)
     floor = 2.0 * math.sqrt(plan.n_bins * var)
     return replace(plan, min_child_weight=max(plan.min_child_weight, floor))
+
+
+def manifest_trees(mechanism: str, epsilon: float, settings: TreeDPSettings,
+                   noises: Mapping[str, TreeNoise]) -> dict[str, Any]:
+    """Return what the trees add to the manifest's ``training.differential_privacy``.
+
+    Parameters
+    ----------
+    mechanism : str
+        The network's mechanism line, extended.
+    epsilon : float
+        The per-site target (``--dp-epsilon``).
+    settings : TreeDPSettings
+    noises : mapping of str to TreeNoise
+        Each site's calibration.
+    """
+    return {
+        "mechanism": mechanism + "; trees: Gaussian noise on every released histogram and "
+                     "label sum, public bin edges (vigil.federation.tree_privacy)",
+        "split": {"rule": "network DP-SGD calibrated to (1 - tree_share) * epsilon; tree noise "
+                          "the smallest whose RDP composition with the network's planned steps "
+                          "stays within epsilon; converted to (epsilon, delta) once",
+                  "tree_share": settings.tree_share,
+                  "network_target_epsilon": epsilon * (1.0 - settings.tree_share)},
+        "trees": {"features_per_tree": settings.features_per_tree,
+                  "sensitivity": "per level sqrt(k (1 + 1/16)), k features; label sums "
+                                 "sqrt(2); one row = one unit",
+                  "sites": {n: t.to_dict() for n, t in sorted(noises.items())}},
+        "composed_epsilon": {n: t.epsilon for n, t in sorted(noises.items())},
+    }
