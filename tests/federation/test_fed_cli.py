@@ -76,9 +76,34 @@ def test_option_errors_exit_2_with_a_message(tmp_path):
     fedbn = runner.invoke(app, ["federate", "--strategy", "fedbn", "--boost-trees", "3",
                                 "--out", str(tmp_path / "x")])
     assert fedbn.exit_code == 2 and "FedBN keeps a network per site" in fedbn.stderr
-    dp = runner.invoke(app, ["federate", "--dp-epsilon", "8", "--boost-trees", "3",
-                             "--out", str(tmp_path / "x")])
-    assert dp.exit_code == 2 and "not differentially private" in dp.stderr
+    edges = runner.invoke(app, ["federate", "--data", "sample", "--boost-trees", "3",
+                                "--boost-edges", "mine", "--out", str(tmp_path / "x")])
+    assert edges.exit_code == 2 and "expected --boost-edges quantiles or public" in edges.stderr
+    share = runner.invoke(app, ["federate", "--data", "sample", "--dp-epsilon", "8",
+                                "--boost-trees", "3", "--dp-tree-share", "1",
+                                "--out", str(tmp_path / "x")])
+    assert share.exit_code == 2 and "expected 0 < tree share < 1" in share.stderr
+
+
+@pytest.mark.slow
+def test_federate_accepts_dp_with_trees_and_states_the_composed_epsilon(tmp_path):
+    out = tmp_path / "dp"
+    result = runner.invoke(app, [
+        "federate", "--data", "sample", "--strategy", "fedavg", "--rounds", "1", "--hidden", "8",
+        "--dropout", "0", "--lr", "1e-3", "--dp-epsilon", "8", "--dp-clip", "10",
+        "--boost-trees", "2", "--boost-depth", "2", "--boost-bins", "16",
+        "--dp-tree-features", "8", "--out", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    dp = json.loads((out / "manifest.json").read_text())["training"]["differential_privacy"]
+    assert set(dp["composed_epsilon"]) == set(summary["privacy"]) and len(summary["privacy"]) == 4
+    for name, eps in dp["composed_epsilon"].items():
+        assert summary["privacy"][name]["epsilon"] <= 4.0 + 1e-6 < eps <= 8.0 + 1e-9
+        assert summary["tree_privacy"][name]["epsilon"] == eps
+    assert dp["split"]["tree_share"] == 0.5 and dp["trees"]["features_per_tree"] == 8
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.count("network + trees (delta") == 4
 
 
 def test_federate_with_trees_ships_the_fused_model(tmp_path):

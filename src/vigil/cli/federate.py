@@ -162,6 +162,19 @@ def federate(
     ] = 0,
     boost_depth: BoostDepthOption = 6,
     boost_lr: BoostLrOption = 0.1,
+    boost_bins: Annotated[int, typer.Option(min=2, max=256, help="Bins per feature.")] = 64,
+    boost_edges: Annotated[
+        str, typer.Option(help="Bin edges: 'quantiles' (the sites' averaged quantiles) or "
+                               "'public' (catalog ranges, no site data; always under DP).")
+    ] = "quantiles",
+    dp_tree_share: Annotated[
+        float, typer.Option(help="With --dp-epsilon and --boost-trees: share of epsilon the "
+                                 "network gives up for the trees.")
+    ] = 0.5,
+    dp_tree_features: Annotated[
+        int, typer.Option(min=1, help="With --dp-epsilon and --boost-trees: features each "
+                                      "tree draws (publicly) and the sites send noisy.")
+    ] = 16,
     out: Annotated[Path | None, typer.Option(help="Model package directory to write.")] = None,
     export_site: Annotated[
         str | None, typer.Option(help="FedBN: write only this site's package (with its "
@@ -223,6 +236,14 @@ def federate(
                                                     max_grad_norm=dp_clip)
     plan = _plan(rounds, local_epochs, batch_size, lr, seed, min_sites, time_budget)
     trees = _boosting(boost_trees, boost_depth, boost_lr)
+    if trees is not None:
+        from dataclasses import replace
+
+        trees = replace(trees, n_bins=boost_bins)
+    from vigil.federation.tree_privacy import TreeDPSettings
+
+    tree_dp = TreeDPSettings(tree_share=dp_tree_share, features_per_tree=dp_tree_features,
+                             seed=seed)
     table = load_physionet(data)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
@@ -244,7 +265,8 @@ def federate(
         finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
                                  model=_spec(hidden, dropout), threads=threads,
                                  data=resolve_data_path(data).name, on_round=on_round,
-                                 trees=trees, on_tree=on_tree, ledgers=ledgers)
+                                 trees=trees, on_tree=on_tree, ledgers=ledgers, tree_dp=tree_dp,
+                                 tree_edges=boost_edges)
     key = None if private_key is None else private_key.read_bytes()
     packages = export_run(finished, out, name=name, version=version, private_key_pem=key,
                           export_site=export_site)

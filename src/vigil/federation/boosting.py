@@ -450,6 +450,7 @@ def check_histograms(
     parents: NDArray[np.float64] | None = None,
     label_sums: tuple[float, float] | None = None,
     atol: float = _ATOL,
+    exact: bool = True,
 ) -> tuple[ExclusionReason, str] | None:
     """Screen one site's histograms of one tree level (rules in the module docstring).
 
@@ -467,6 +468,9 @@ def check_histograms(
     atol : float, optional
         Absolute tolerance of the totals' agreement (larger for quantized sums,
         :mod:`vigil.federation.secure_sum`).
+    exact : bool, optional
+        False for noisy (differentially private) sums: only rules 1-3 apply,
+        since noise breaks the equalities of rules 4 and 5.
 
     Returns
     -------
@@ -481,6 +485,8 @@ def check_histograms(
         return ExclusionReason.NON_FINITE, f"{int((~np.isfinite(hist)).sum())} non-finite sums"
     if (hist[..., 1] < 0).any():
         return ExclusionReason.HESSIAN, f"hessian sum {float(hist[..., 1].min()):.3g} < 0"
+    if not exact:
+        return None
     per_feature = hist.sum(axis=2)  # (n_nodes, n_features, 2)
     totals = per_feature[:, 0]
     if not np.allclose(per_feature, totals[:, None], rtol=_RTOL, atol=atol):

@@ -36,7 +36,9 @@ The coordinator's steps (:func:`grow_hybrid`: :func:`grow_trees`, then :func:`fu
    of ``s``: AUROC and utility differ from step 4's only by the binning).
 
 A site that fails step 1 is left out of the trees; one that fails a later
-step is left out of that step's sums (each logged).
+step is left out of that step's sums (each logged). With public edges (and
+always under DP, :mod:`vigil.federation.tree_privacy`) step 1 uses
+:func:`vigil.federation.public_edges.public_edges` and asks no quantiles.
 
 Measured on the shared data (docs/federation.md): the trees add 0.017 AUROC and
 0.035 utility to the federated network on test patients (100 trees, depth 6).
@@ -101,16 +103,18 @@ def refuse_trees(*, keeps_norm_local: bool, dp: bool) -> None:
     Raises
     ------
     ConfigError
-        Under FedBN (no single network to fuse with) or DP-SGD (the gradient
-        histograms are not differentially private).
+        Under FedBN (no single network to fuse with) or, with ``dp``, DP-SGD
+        where the histograms are not noised (Flower and retraining; ``vigil
+        federate`` passes ``dp=False`` and grows noisy trees instead).
     """
     if keeps_norm_local:
         raise ConfigError("--boost-trees needs one global network to fuse with; FedBN keeps a "
                           "network per site. Use --strategy fedavg or fedprox", key="boost_trees")
     if dp:
-        raise ConfigError("--boost-trees with --dp-epsilon: the gradient histograms are not "
-                          "differentially private, so the package could not state its epsilon. "
-                          "Drop one of them", key="boost_trees")
+        raise ConfigError("--boost-trees with --dp-epsilon runs in process only (vigil federate: "
+                          "noisy histograms, vigil.federation.tree_privacy); here the gradient "
+                          "histograms are not differentially private. Drop one of them",
+                          key="boost_trees")
 
 
 def sigmoid(s: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -426,6 +430,8 @@ def grow_trees(
     min_sites: int = 2,
     on_tree: Callable[[int], None] | None = None,
     transport: TreeTransport | None = None,
+    edges: Sequence[NDArray[np.float32]] | None = None,
+    exact: bool = True,
 ) -> tuple[Boosted, float]:
     """Grow the trees across the sites (steps 1 and 2 of the module docstring).
 
@@ -442,6 +448,11 @@ def grow_trees(
         Progress callback, called with the number of finished trees.
     transport : TreeTransport or None, optional
         How the requests reach the sites; default :class:`InProcessTrees` of ``sites``.
+    edges : list of ndarray, optional
+        Bin edges to use instead of the sites' quantiles (public edges,
+        :func:`vigil.federation.public_edges.public_edges`); no quantiles are asked.
+    exact : bool, optional
+        False when the sites send noisy sums (:func:`~vigil.federation.treegrowth.boost_over`).
 
     Returns
     -------
@@ -457,14 +468,16 @@ def grow_trees(
     transport = transport or InProcessTrees(sites)
     names = sorted(s.name for s in sites if s.name in counts)
     t0 = time.perf_counter()
-    quantiles = _answered(names, transport.quantiles(names, plan.n_bins), "quantiles")
-    if len(quantiles) < min_sites:
-        raise AggregationError(f"boosting needs at least {min_sites} sites, {len(quantiles)} "
-                               "sent quantiles")
-    names = sorted(quantiles)
-    edges = bin_edges([quantiles[n] for n in names], [counts[n] for n in names])
+    if edges is None:
+        quantiles = _answered(names, transport.quantiles(names, plan.n_bins), "quantiles")
+        if len(quantiles) < min_sites:
+            raise AggregationError(f"boosting needs at least {min_sites} sites, "
+                                   f"{len(quantiles)} sent quantiles")
+        names = sorted(quantiles)
+        edges = bin_edges([quantiles[n] for n in names], [counts[n] for n in names])
     declared = transport.begin(names, edges)
-    boosted = boost_over(transport, declared, edges, plan, min_sites=min_sites, on_tree=on_tree)
+    boosted = boost_over(transport, declared, edges, plan, min_sites=min_sites, on_tree=on_tree,
+                         exact=exact)
     return boosted, time.perf_counter() - t0
 
 
@@ -543,6 +556,8 @@ def grow_hybrid(
     min_sites: int = 2,
     on_tree: Callable[[int], None] | None = None,
     transport: TreeTransport | None = None,
+    edges: Sequence[NDArray[np.float32]] | None = None,
+    exact: bool = True,
 ) -> HybridResult:
     """Grow the trees across the sites and fuse them with the network ``weights``.
 
@@ -560,7 +575,7 @@ def grow_hybrid(
     """
     transport = transport or InProcessTrees(sites)
     boosted, seconds = grow_trees(sites, plan, counts=counts, min_sites=min_sites,
-                                  on_tree=on_tree, transport=transport)
+                                  on_tree=on_tree, transport=transport, edges=edges, exact=exact)
     return fuse_trees(sites, weights, boosted, plan, min_sites=min_sites, seconds=seconds,
                       transport=transport)
 

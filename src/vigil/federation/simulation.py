@@ -9,7 +9,9 @@ with sample counts, DP epsilon/delta per site, pooled validation metrics and
 the drift reference profile, plus ``history.json``.
 
 With ``trees`` (``--boost-trees``), trees are grown across the same sites after
-the rounds and fused with the kept network (:mod:`vigil.federation.hybrid`);
+the rounds and fused with the kept network (:mod:`vigil.federation.hybrid`); with
+``dp`` too, from noisy histograms and public edges, and each site's epsilon is
+the composition of both (:mod:`vigil.federation.tree_privacy`);
 the package then holds both, and its threshold, validation metrics and score
 profile are the fused model's.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,18 @@ from vigil.federation.history import HISTORY_FILE, History, RoundRecord, Status
 from vigil.federation.hybrid import HybridResult, grow_hybrid, refuse_trees
 from vigil.federation.integrity import PUBLIC_KEY_FILE
 from vigil.federation.messages import SiteEvaluation
-from vigil.federation.privacy import DPSettings, manifest_section
+from vigil.federation.privacy import ALPHAS, DPSettings, manifest_section
 from vigil.federation.profile import reference_profile
+from vigil.federation.public_edges import public_edges
 from vigil.federation.site import ModelSpec, Site
 from vigil.federation.strategies import Strategy, Weights
+from vigil.federation.tree_privacy import (
+    TreeDPSettings,
+    TreeNoise,
+    manifest_trees,
+    private_plan,
+    site_tree_noise,
+)
 
 __all__ = [
     "FederatedRun",
@@ -109,6 +119,9 @@ class FederatedRun:
     sites: list[Site]
     method: str = "federated (in-process simulation)"
     hybrid: HybridResult | None = None
+    tree_dp: TreeDPSettings | None = None
+    tree_noise: dict[str, TreeNoise] = field(default_factory=dict)
+    tree_edges: str = "quantiles"
 
     @property
     def evaluations(self) -> list[SiteEvaluation]:
@@ -148,6 +161,8 @@ def federate(
     on_tree: Callable[[int], None] | None = None,
     ledgers: str | Path | None = None,
     run_id: str | None = None,
+    tree_dp: TreeDPSettings | None = None,
+    tree_edges: str = "quantiles",
 ) -> FederatedRun:
     """Partition, train across the sites, and return the run.
 
@@ -170,8 +185,11 @@ def federate(
         torch intra-op threads (1 keeps runs bitwise reproducible and shares the machine).
     trees : BoostingPlan or None, optional
         Grow these trees across the sites after the rounds and fuse them with
-        the network. Not with FedBN (no single network to fuse with) nor
-        DP-SGD (the histograms are not private).
+        the network. Not with FedBN (no single network to fuse with). With
+        ``dp`` the trees are differentially private too
+        (:mod:`vigil.federation.tree_privacy`): the network's DP-SGD gets
+        ``(1 - tree_share) * epsilon``, the trees' histogram noise the rest of
+        each site's epsilon (composed in RDP), and the edges are public.
     on_tree : callable, optional
         Progress callback of the trees.
     ledgers : str or Path or None, optional
@@ -180,6 +198,11 @@ def federate(
         the run before it trains and refuses it past its budget.
     run_id : str or None, optional
         The run's id in the ledgers (default: a fresh random one).
+    tree_dp : TreeDPSettings or None, optional
+        The split and feature draw of the DP trees; default ``TreeDPSettings()``.
+    tree_edges : str, optional
+        ``"quantiles"`` (the sites' averaged quantiles) or ``"public"``
+        (:func:`~vigil.federation.public_edges.public_edges`); always public under DP.
 
     Returns
     -------
@@ -192,12 +215,19 @@ def federate(
     """
     import torch
 
+    if tree_edges not in ("quantiles", "public"):
+        raise ConfigError(f"expected --boost-edges quantiles or public, got {tree_edges!r}",
+                          key="boost_edges")
     if trees is not None:
-        refuse_trees(keeps_norm_local=strategy.keeps_norm_local, dp=dp is not None)
+        refuse_trees(keeps_norm_local=strategy.keeps_norm_local, dp=False)
+    private_trees = trees is not None and dp is not None
+    tree_dp = (tree_dp or TreeDPSettings(seed=plan.seed)) if private_trees else None
+    net_dp = dp if tree_dp is None or dp is None else replace(
+        dp, target_epsilon=dp.target_epsilon * (1.0 - tree_dp.tree_share))
     torch.set_num_threads(threads)
     spec = model or ModelSpec()
     sites = build_sites(table, scheme, seed=plan.seed, model=spec,
-                        keep_norm_local=strategy.keeps_norm_local, dp=dp)
+                        keep_norm_local=strategy.keeps_norm_local, dp=net_dp)
     if len(sites) < plan.min_sites:
         raise ConfigError(
             f"--sites {scheme} gives {len(sites)} sites, fewer than min_sites={plan.min_sites}",
@@ -205,13 +235,37 @@ def federate(
         )
     taking_part = budgeted(sites, ledgers, run=run_id or uuid.uuid4().hex, task="sepsis")
     result = run_federation(taking_part, strategy, plan, model=spec, on_round=on_round)
-    hybrid = None
+    hybrid, noises = None, {}
     if trees is not None:
-        hybrid = grow_hybrid(sites, result.weights, trees,
+        edges = public_edges(trees.n_bins) if tree_dp is not None or tree_edges == "public" \
+            else None
+        grown = trees
+        if tree_dp is not None and dp is not None:
+            noises = {s.name: _tree_noise(s, dp, trees, tree_dp) for s in sites}
+            for s in sites:
+                s.tree_noise = noises[s.name]
+            grown = private_plan(trees, list(noises.values()))
+        hybrid = grow_hybrid(sites, result.weights, grown,
                              counts={n: s.count for n, s in result.statistics.items()},
-                             min_sites=plan.min_sites, on_tree=on_tree)
+                             min_sites=plan.min_sites, on_tree=on_tree, edges=edges,
+                             exact=tree_dp is None)
     return FederatedRun(result=result, strategy=strategy, plan=plan, model=spec, dp=dp,
-                        scheme=scheme, data=data, sites=sites, hybrid=hybrid)
+                        scheme=scheme, data=data, sites=sites, hybrid=hybrid, tree_dp=tree_dp,
+                        tree_noise=noises,
+                        tree_edges="public" if tree_dp is not None else tree_edges)
+
+
+def _tree_noise(site: Site, dp: DPSettings, trees: BoostingPlan,
+                settings: TreeDPSettings) -> TreeNoise:
+    """Calibrate a site's tree noise against its network's planned DP-SGD (if it trained)."""
+    acc = site.accountant
+    delta = dp.delta if dp.delta is not None else 1.0 / site.train.n_rows
+    return site_tree_noise(
+        epsilon=dp.target_epsilon, delta=acc.delta if acc is not None else delta,
+        sample_rate=acc.sample_rate if acc is not None else 1.0,
+        network_noise=acc.noise_multiplier if acc is not None else 1.0,
+        network_steps=acc.planned_steps if acc is not None else 0, plan=trees,
+        settings=settings, orders=ALPHAS)
 
 
 def training_section(run: FederatedRun) -> dict[str, Any]:
@@ -225,6 +279,9 @@ def training_section(run: FederatedRun) -> dict[str, Any]:
         for name, s in r.statistics.items()
     }
     dp = manifest_section(run.dp, r.privacy, unit="one hourly row of a site's training data")
+    if dp is not None and run.tree_dp is not None and run.dp is not None:
+        dp |= manifest_trees(dp["mechanism"], run.dp.target_epsilon, run.tree_dp,
+                             run.tree_noise)
     return {
         "method": run.method,
         "strategy": run.strategy.describe(),
@@ -240,7 +297,8 @@ def training_section(run: FederatedRun) -> dict[str, Any]:
         "rejections": len(history.events(Status.REJECTED)),
         "dropouts": len(history.events(Status.DROPPED)),
         "differential_privacy": dp,
-        "boosting": None if run.hybrid is None else run.hybrid.describe(),
+        "boosting": None if run.hybrid is None else {**run.hybrid.describe(),
+                                                     "edges": run.tree_edges},
         "threshold_rule": THRESHOLD_RULE,
     }
 
@@ -302,8 +360,12 @@ def _card(run: FederatedRun, site: str | None) -> str:
     for name, s in run.result.statistics.items():
         eps = run.result.privacy.get(name)
         auc = valid[name].auroc if name in valid else float("nan")
-        lines.append(f"| {name} | {s.count:,} | {auc:.3f} | "
-                     f"{'—' if eps is None else f'{eps.epsilon:.2f} (delta {eps.delta:.1e})'} |")
+        noise = run.tree_noise.get(name)
+        shown = ("—" if eps is None else f"{eps.epsilon:.2f} (delta {eps.delta:.1e})") \
+            if noise is None else (f"{noise.epsilon:.2f} network + trees (delta "
+                                   f"{noise.delta:.1e}; network alone {eps.epsilon:.2f})"
+                                   if eps is not None else f"{noise.epsilon:.2f} trees")
+        lines.append(f"| {name} | {s.count:,} | {auc:.3f} | {shown} |")
     history = run.result.history
     lines += ["", f"Rejected updates: {len(history.events(Status.REJECTED))}; dropped site "
               f"rounds: {len(history.events(Status.DROPPED))} (see `{HISTORY_FILE}`).", ""]
@@ -425,6 +487,7 @@ def run_summary(run: FederatedRun, packages: list[ModelPackage]) -> dict[str, An
         "validation": run.pooled.to_dict(),
         "network_validation": run.result.pooled.to_dict(),
         "privacy": {k: v.to_dict() for k, v in sorted(run.result.privacy.items())},
+        "tree_privacy": {k: v.to_dict() for k, v in sorted(run.tree_noise.items())},
         **history_events(history),
         "boosting": None if run.hybrid is None else run.hybrid.describe(),
     }

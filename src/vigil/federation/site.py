@@ -32,6 +32,7 @@ from vigil.federation.messages import (
 from vigil.federation.privacy import DPSettings, PrivateSite, SiteAccountant, quiet_hooks
 from vigil.federation.profile import variable_histograms
 from vigil.federation.strategies import Weights
+from vigil.federation.tree_privacy import NoisyBoostingSite, TreeNoise
 
 __all__ = ["ModelSpec", "Site", "SiteData", "site_data", "site_seed"]
 
@@ -127,6 +128,8 @@ class Site(PrivateSite):
     _norm: tuple[NDArray[np.float32], NDArray[np.float32]] | None = field(
         default=None, init=False, repr=False
     )
+    tree_noise: TreeNoise | None = field(default=None, init=False, repr=False)
+    """Set before the trees under DP: :meth:`boosting` then sends noisy sums only."""
 
     @classmethod
     def from_table(cls, name: str, table: PhysioNetTable, **options: object) -> Site:
@@ -225,6 +228,10 @@ class Site(PrivateSite):
     def boosting(self, edges: Sequence[NDArray[np.float32]]) -> BoostingSite:
         """Return the site's side of the boosting: training rows binned, target ``SepsisLabel``."""
         y = (self.train.y > 0).astype(np.float64)
+        if self.tree_noise is not None:  # DP: noisy sums (vigil.federation.tree_privacy)
+            return NoisyBoostingSite(self.name, bin_rows(self.train.X, edges), y,
+                                     np.ones_like(y), noise=self.tree_noise,
+                                     n_edges=[len(e) for e in edges])
         return BoostingSite(self.name, bin_rows(self.train.X, edges), y, np.ones_like(y))
 
     def logit_sums(self, weights: Weights, base: float, trees: Sequence[Tree]) -> LogitSums:

@@ -250,7 +250,7 @@ class _Federation:
 
 def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: BoostingPlan,
           label_sums: Mapping[str, tuple[float, float]], *, base: float | None,
-          finished: Tree | None) -> Tree:
+          finished: Tree | None, exact: bool = True) -> Tree:
     capacity = 2 ** (plan.max_depth + 1) - 1
     feature = np.full(capacity, _LEAF, dtype=np.int64)
     bin_ = np.full(capacity, _LEAF, dtype=np.int64)
@@ -279,11 +279,14 @@ def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: Boosting
             sent = fed.level(request)
             for name in list(fed.active):
                 problem = check_histograms(sent[name], shape, parents=parents.get(name),
-                                           label_sums=label_sums[name] if depth == 0 else None)
+                                           label_sums=label_sums[name] if depth == 0 else None,
+                                           exact=exact)
                 if problem is not None:
                     fed.exclude(name, *problem)
             hist = np.sum([sent[n] for n in fed.active], axis=0)
         totals = hist[:, 0].sum(axis=1)  # (n_active, 2), the same from any feature
+        if not exact:  # noisy sums: every feature sent is an estimate; average them
+            totals = _mean_totals(hist)
         if depth < plan.max_depth:
             tie = {"tie_rtol": SECURE_TIE_RTOL} if isinstance(fed.transport, SummedLevels) else {}
             _, feat, cut = best_splits(hist, l2=plan.l2, min_child_weight=plan.min_child_weight,
@@ -309,6 +312,21 @@ def _grow(fed: _Federation, edges: Sequence[NDArray[np.float32]], plan: Boosting
                 value[keep])
 
 
+def _mean_totals(hist: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Node totals of noisy histograms: the mean over the features sent (not all zero).
+
+    Each sent feature's bins add up to an independent noisy estimate of the same
+    totals; their mean (post-processing) has the noise variance divided by their
+    number. Returns shape (n_nodes, 2), hessians clipped at 0.
+    """
+    per_feature = hist.sum(axis=2)  # (n_nodes, n_features, 2)
+    sent = np.any(hist != 0, axis=(2, 3))  # (n_nodes, n_features)
+    count = np.maximum(sent.sum(axis=1), 1)[:, None]
+    totals = (per_feature * sent[..., None]).sum(axis=1) / count
+    totals[:, 1] = np.maximum(totals[:, 1], 0.0)
+    return totals
+
+
 def boost(
     sites: Sequence[BoostingSite],
     edges: Sequence[NDArray[np.float32]],
@@ -316,6 +334,7 @@ def boost(
     *,
     min_sites: int = 1,
     on_tree: Callable[[int], None] | None = None,
+    exact: bool = True,
 ) -> Boosted:
     """Grow ``plan.n_trees`` trees across in-process sites, screening what each sends.
 
@@ -327,7 +346,7 @@ def boost(
         raise ConfigError("expected distinct site names", key="sites")
     declared = {s.name: outcome(s.label_sums) for s in sites}
     return boost_over(LocalLevels({s.name: s for s in sites}), declared, edges, plan,
-                      min_sites=min_sites, on_tree=on_tree)
+                      min_sites=min_sites, on_tree=on_tree, exact=exact)
 
 
 def boost_over(
@@ -338,6 +357,7 @@ def boost_over(
     *,
     min_sites: int = 1,
     on_tree: Callable[[int], None] | None = None,
+    exact: bool = True,
 ) -> Boosted:
     """Grow ``plan.n_trees`` trees across the sites a transport reaches (one request per level).
 
@@ -357,6 +377,10 @@ def boost_over(
     plan : BoostingPlan
     min_sites : int, optional
     on_tree : callable, optional
+    exact : bool, optional
+        False when the sites send noisy (differentially private) sums
+        (:mod:`vigil.federation.tree_privacy`): screening keeps only the rules
+        noise cannot break, and node totals are averaged over the features sent.
 
     Returns
     -------
@@ -385,7 +409,7 @@ def boost_over(
     for t in range(plan.n_trees):
         fed.tree = t
         trees.append(_grow(fed, edges, plan, sums_of, base=base if t == 0 else None,
-                           finished=trees[-1] if trees else None))
+                           finished=trees[-1] if trees else None, exact=exact))
         if on_tree is not None:
             on_tree(t + 1)
     # the sites add the last tree to their scores (no histograms asked)
