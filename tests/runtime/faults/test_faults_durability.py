@@ -179,7 +179,9 @@ def test_a_full_disk_queues_write_back_and_the_next_run_catches_up(world, refere
 
 def test_a_full_disk_under_the_store_fails_the_cycle_cleanly_and_the_next_catches_up(
         world, tmp_path):
-    with small_tmpfs(tmp_path / "disk", "200k") as disk:
+    # room for the store as installed (about 160 kB with the imaging tables, and its
+    # rollback journal), not for a cycle's observations
+    with small_tmpfs(tmp_path / "disk", "260k") as disk:
         config = site_toml(world, tmp_path / "site.toml", store=disk / "state.db")
         assert vigil("model", "install", world / "pkg", "--config", config).returncode == 0
         full = vigil("serve", "--config", config, "--once")
