@@ -175,7 +175,7 @@ def test_dp_privacy_adds_up_over_rounds_in_the_node_state(site_dirs, task) -> No
 def test_a_silent_node_is_dropped_after_the_timeout(site_dirs, task) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    settings = _settings(rounds=1, time_budget=0.6)
+    settings = _settings(rounds=1, time_budget=6.0)  # long enough for a loaded machine
     grid = FakeGrid(site_dirs, settings)
     transport = FlowerTransport(grid, timeout=settings.timeout)  # type: ignore[arg-type]
     sites = transport.connect(expected=3, min_sites=2, wait=1.0)
@@ -189,7 +189,7 @@ def test_a_silent_node_is_dropped_after_the_timeout(site_dirs, task) -> None:  #
     late = {s.site: s for s in record.sites}[sites[2].name]
     assert record.aggregated
     assert (late.status, late.reason, late.detail) == (Status.DROPPED, "timeout", "TimeoutError")
-    assert 0.6 <= elapsed < 30
+    assert 6.0 <= elapsed < 60
     assert [e.site for e in result.evaluations] == [s.name for s in sites[:2]]
     # the late site was not asked to evaluate: 1 query + 1 train request only
     assert transport.traffic[sites[2].name].messages == 2
