@@ -13,13 +13,15 @@ import json
 from datetime import timedelta
 
 import pytest
-from mon_img_support import START, feed, shipped
+from mon_img_support import SHIPPED, START, feed, shipped
 from test_img_service import site  # noqa: F401 - the fixture
+from typer.testing import CliRunner
 
+from vigil.cli.main import app
 from vigil.runtime.monitoring.alarms import AlarmKind, load_alarms
 from vigil.runtime.service import build_service
 from vigil.runtime.settings import load_settings
-from vigil.runtime.store import StateStore
+from vigil.runtime.store import StateStore, sqlite_path
 from vigil.runtime.study_contracts import InstanceRecord
 
 
@@ -99,6 +101,15 @@ def test_serve_names_a_scanner_switch_and_exports_it(site, shared_pneumoniamnist
         assert ids["BitsStored"] == stored["BitsStored"].alarm_id
     finally:
         again.close()
+    # one code path: `vigil monitor images` over the same store (its default table) finds the
+    # same alarms at the same checks
+    replay = CliRunner(mix_stderr=False).invoke(app, [
+        "monitor", "images", "--records", sqlite_path(settings.store.url), "--model",
+        str(SHIPPED), "--json"])
+    assert replay.exit_code == 0, replay.output
+    offline = {a["variable"]: a["first_seen"] for a in json.loads(replay.stdout)["alarms"]
+               if a["kind"] == "header_drift"}
+    assert offline == {v: a.first_seen for v, a in headers.items()}
 
 
 def test_a_failing_imaging_monitor_stops_nothing(site, monkeypatch):  # noqa: F811
