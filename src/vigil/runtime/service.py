@@ -180,10 +180,15 @@ class Service:
             settings, registry=self.metrics.registry, store=self.store if memory else None)
         self.image_monitor: ImagingMonitor | None = None
         if self.imaging is not None:
+            try:
+                own = self.store if memory else StateStore.open(settings.store.url)
+            except BaseException:
+                self.imaging.close()  # a failed start holds no connection
+                raise
+            loop = self.imaging
             self.image_monitor = ImagingMonitor(
-                store=self.store if memory else StateStore.open(settings.store.url),
-                owns_store=not memory, active=lambda: self.imaging.active_model
-                if self.imaging is not None else None, registry=self.metrics.registry)
+                store=own, owns_store=not memory, active=lambda: loop.active_model,
+                registry=self.metrics.registry)
 
     def _reload_models(self) -> LiveModels:
         wanted = tuple(
