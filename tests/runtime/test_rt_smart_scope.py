@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
+import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from vigil.cli.main import app
 from vigil.core.errors import ConfigError
+from vigil.fhir_adapter.auth import SMARTBackendAuth
 from vigil.runtime.settings import check_serving, load_settings
 from vigil.runtime.smart_scope import missing_scopes
 
@@ -35,6 +41,8 @@ auth = "smart"
 [fhir.smart]
 client_id = "vigil-a"
 key_id = "k1"
+algorithm = "ES384"
+token_url = "http://127.0.0.1:1/token"
 private_key_path = "{tmp_path / 'key.pem'}"
 {line}[imaging]
 enabled = true
@@ -69,6 +77,27 @@ def test_the_requested_scope_is_what_the_settings_use(config, kwargs, expected):
     settings = load_settings(config(**kwargs))
     assert settings.fhir.smart.scope == expected  # what the token request sends
     check_serving(settings)
+
+
+def test_the_token_request_asks_for_the_derived_scope(config, tmp_path):
+    path = config()
+    (tmp_path / "key.pem").write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    settings = load_settings(path)
+    forms: list[dict[str, list[str]]] = []
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        forms.append(parse_qs(request.content.decode()))
+        return httpx.Response(200, json={"access_token": "t", "token_type": "bearer",
+                                         "expires_in": 300})
+
+    auth = SMARTBackendAuth(settings.fhir.smart, settings.fhir.base_url)
+    with httpx.Client(transport=httpx.MockTransport(token_endpoint)) as client:
+        assert auth.authorization(client) == "Bearer t"
+    (form,) = forms
+    assert form["scope"] == [settings.fhir.smart.scope]
+    assert "system/DiagnosticReport.cu system/Observation.cu" in form["scope"][0]
 
 
 def test_an_explicit_scope_is_the_override(config, monkeypatch):
