@@ -10,6 +10,7 @@ scanner (16-bit, MONOCHROME1). The service's own job function checks it hour by 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 import pytest
@@ -112,7 +113,8 @@ def test_serve_names_a_scanner_switch_and_exports_it(site, shared_pneumoniamnist
     assert offline == {v: a.first_seen for v, a in headers.items()}
 
 
-def test_a_failing_imaging_monitor_stops_nothing(site, monkeypatch):  # noqa: F811
+def test_a_failing_imaging_monitor_stops_nothing(site, monkeypatch, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO)
     config, _, _ = site
     service = build_service(load_settings(config, environ=False))
     try:
@@ -132,6 +134,8 @@ def test_a_failing_imaging_monitor_stops_nothing(site, monkeypatch):  # noqa: F8
         assert "1.2.826" not in json.dumps(monitor)
         text = service.metrics.exposition().decode()
         assert 'vigil_imaging_monitor_checks_total{status="failed"} 1.0' in text
+        assert "imaging monitor failed (RuntimeError)" in caplog.text
+        assert "1.2.826" not in caplog.text
         # the next hour the monitor is back; nothing half-written stays from the failure
         monkeypatch.undo()
         back = service.monitor_imaging(START + timedelta(hours=1))

@@ -153,7 +153,10 @@ class ImagingMonitor:
                 result = self._check(model, now)
             except Exception as exc:  # noqa: BLE001 - the monitor must not stop serve's jobs
                 self.errors += 1
-                log.exception("the imaging monitor failed; its alarms stay as last stored")
+                # the type only: an exception's text may quote a value of the records
+                log.error("the imaging monitor failed (%s); its alarms stay as last stored",
+                          type(exc).__name__)
+                log.debug("imaging monitor failure", exc_info=True)
                 self._book = self._stored_book()  # what the last good check stored
                 return self._done(ImagingCheck(now, "failed", model.key,
                                                error=f"imaging monitor failed: "
