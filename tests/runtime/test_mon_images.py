@@ -15,7 +15,7 @@ from vigil.core.errors import ConfigError, DataError
 from vigil.dicom_adapter.headers import HeaderRecord
 from vigil.imaging.histogram import N_BINS
 from vigil.imaging.profile import ImageProfile, build_image_profile
-from vigil.runtime.monitoring.alarms import AlarmKind, Severity
+from vigil.runtime.monitoring.alarms import AlarmKind, Severity, put_stats
 from vigil.runtime.monitoring.image_records import (
     HIST_COLUMNS,
     load_instance_records,
@@ -207,7 +207,7 @@ def test_records_load_from_a_store_table_and_parquet(tmp_path):
         histogram=[json.dumps(r) for r in frame[list(HIST_COLUMNS)].to_numpy().tolist()])
     rows.to_sql("image_instances", conn, index=False)
     conn.close()
-    back = load_instance_records(db)
+    back = load_instance_records(db, table="image_instances")
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)
     frame.to_parquet(tmp_path / "r.parquet")
     pd.testing.assert_frame_equal(load_instance_records(tmp_path / "r.parquet"), frame,
@@ -261,9 +261,12 @@ def test_monitor_report_adds_imaging_drift_when_the_store_has_records(tmp_path):
     assert plain.exit_code == 0, plain.output
     assert "imaging" not in json.loads(plain.stdout)
     frame = records_frame(records(96) + records(48, start=T0 + timedelta(hours=48), header=B))
-    conn = sqlite3.connect(path)
-    frame.assign(scored_at=frame["scored_at"].map(lambda t: t.timestamp())).to_sql(
-        "image_instances", conn, index=False)
+    conn = sqlite3.connect(path)  # the runtime's table, as the imaging cycle fills it
+    frame.drop(columns=list(HIST_COLUMNS)).assign(
+        study_uid=[f"1.2.3.{i}" for i in range(len(frame))], sop_instance_uid="1.2.4",
+        scored_at=frame["scored_at"].map(lambda t: t.timestamp()),
+        histogram=[json.dumps(r) for r in frame[list(HIST_COLUMNS)].to_numpy().tolist()],
+    ).to_sql("imaging_instances", conn, index=False, if_exists="append")
     conn.close()
     result = CliRunner(mix_stderr=False).invoke(
         app, ["monitor", "report", "--db", str(path), "--out", str(tmp_path / "r"), "--json"])
@@ -271,6 +274,14 @@ def test_monitor_report_adds_imaging_drift_when_the_store_has_records(tmp_path):
     imaging = json.loads(result.stdout)["imaging"]
     assert "no image profile" in imaging["notes"][0]  # no --image-model: the baseline only
     assert {a["variable"] for a in imaging["alarms"]} >= {"BitsStored", "Manufacturer"}
+    # `vigil serve` monitored them (its imaging statistics are stored): its stored alarms
+    # are the report's, no replay lists them a second time
+    with StateStore.open(f"sqlite:///{path}") as store, store.transaction() as tx:
+        put_stats(tx, T0.timestamp(), [("input_drift", "image_intensity", "psi", 0.01)])
+    served = CliRunner(mix_stderr=False).invoke(
+        app, ["monitor", "report", "--db", str(path), "--out", str(tmp_path / "r2"), "--json"])
+    assert served.exit_code == 0, served.output
+    assert "imaging" not in json.loads(served.stdout)
 
 
 def test_a_quiet_site_baseline_waits_for_enough_studies():

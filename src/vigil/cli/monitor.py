@@ -9,8 +9,8 @@ import typer
 
 from vigil.cli._common import err_console, guarded, print_json
 
-IMAGE_TABLE = "image_instances"
-"""The state store's table of imaging instance records (columns: InstanceRecord's fields)."""
+IMAGE_TABLE = "imaging_instances"
+"""The state store's table of imaging instance records (:mod:`vigil.runtime.imaging_store`)."""
 
 app = typer.Typer(help="Drift and performance monitoring of the deployed model.",
                   no_args_is_help=True)
@@ -33,7 +33,8 @@ def report(
     """Write the monitoring report: every alarm, and a chart per drifting variable over time.
 
     When the store holds imaging instance records, their drift is checked too (as
-    ``vigil monitor images``) and reported after the sepsis alarms.
+    ``vigil monitor images``) and reported after the sepsis alarms, unless ``vigil serve``
+    already monitored them: its imaging alarms are then among the stored alarms.
     """
     from vigil.runtime.monitoring.report import load_report, write_report
 
@@ -68,14 +69,30 @@ def _print_imaging(run: Any) -> None:
 
 
 def _stored_imaging(db: Path, model: Path | None) -> Any:
-    """Replay the imaging monitor on a store's instance records; None when it has none."""
+    """Replay the imaging monitor on a store's instance records; None when it has none.
+
+    None too when ``vigil serve`` monitored them (imaging statistics in ``monitor_stats``):
+    its alarms are the stored ones, and a replay would list them twice.
+    """
     import sqlite3
+
+    from vigil.runtime.monitoring.images import IMAGING_VARIABLES
 
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                         (IMAGE_TABLE,)).fetchone() is None:
             return None
+        if conn.execute(f"SELECT 1 FROM {IMAGE_TABLE} LIMIT 1").fetchone() is None:  # noqa: S608
+            return None  # a store of a site without imaging
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        ("monitor_stats",)).fetchone() is not None:
+            marks = ", ".join("?" * len(IMAGING_VARIABLES))
+            served = conn.execute(
+                f"SELECT 1 FROM monitor_stats WHERE variable IN ({marks}) LIMIT 1",  # noqa: S608
+                tuple(sorted(IMAGING_VARIABLES))).fetchone()
+            if served is not None:
+                return None
     finally:
         conn.close()
     return _image_run(db, table=IMAGE_TABLE, model=model)
@@ -117,7 +134,7 @@ def images(
         help="Imaging package: its image profile (headers never trained on) and its records.")
     ] = None,
     table: Annotated[str, typer.Option(help="The store's table of instance records.")
-                     ] = "image_instances",
+                     ] = IMAGE_TABLE,
     reference: Annotated[str, typer.Option(
         help="Intensities and scores against the site's 'baseline' or the package 'profile'.")
     ] = "baseline",

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from vigil.core.errors import ConfigError
 from vigil.runtime.imaging_cycle import ImagingResult, ImagingRunner
-from vigil.runtime.models import LiveModels, check_records, load_live_models
+from vigil.runtime.models import LiveModel, LiveModels, check_records, load_live_models
 from vigil.runtime.settings import VigilSettings
 from vigil.runtime.store import StateStore
 from vigil.runtime.study_contracts import (
@@ -163,6 +163,11 @@ class ImagingLoop:
         else:
             check_records(self._models, calibration_key=m.calibration_key)
         return self._models
+
+    @property
+    def active_model(self) -> LiveModel | None:
+        """The active imaging model as last loaded by a poll (None before; no store access)."""
+        return self._models.active
 
     def poll(self, *, max_pages: int | None = None) -> ImagingResult:
         """One run of the imaging cycle (the scheduler's job); never raises on source errors."""

@@ -13,7 +13,10 @@ runs in the same scheduler as an interval job every ``imaging.poll_seconds``
 (``max_instances=1``), on a store connection of its own; a stop ends a running poll
 after its current page. Its metrics share ``/metrics``; ``/readyz`` reports its
 health under ``imaging`` (a degraded imaging source does not make the sepsis
-service unready).
+service unready). The imaging drift monitor (:mod:`vigil.runtime.imaging_monitor`) is a
+job of its own on the cycle's trigger and checks once an hour, as the sepsis monitor
+does; its alarms join the sepsis monitor's in the store and ``/metrics``, its status is
+``imaging.monitor`` in ``/readyz``, and its failures reach neither the cycle nor the polls.
 
 Missed ticks: a cycle that finds ticks between the latest committed one and its
 own (the service was stopped, or runs were skipped) first scores them, oldest
@@ -34,9 +37,10 @@ from vigil.core.errors import ConfigError
 from vigil.runtime import heap
 from vigil.runtime.cycle import CycleResult, CycleRunner, CycleSink, CycleSource
 from vigil.runtime.imaging_cycle import ImagingResult
+from vigil.runtime.imaging_monitor import ImagingCheck, ImagingMonitor
 from vigil.runtime.imaging_service import ImagingLoop, build_imaging
 from vigil.runtime.models import LiveModels, check_records, load_live_models
-from vigil.runtime.monitoring import AlarmCollector, Monitor
+from vigil.runtime.monitoring import Alarm, AlarmCollector, Monitor
 from vigil.runtime.monitoring.outcomes import (
     FHIRConditionOutcomes,
     FileOutcomes,
@@ -158,7 +162,7 @@ class Service:
             self.metrics.last_good.set(self._last_good_end)
         self.outcomes = open_outcomes(settings, self.store)
         self.monitor = Monitor(labels=self.outcomes)
-        self.metrics.registry.register(AlarmCollector(self.monitor.open_alarms))
+        self.metrics.registry.register(AlarmCollector(self.open_alarms))
         self.runner = CycleRunner(
             monitor=self.monitor,
             store=self.store,
@@ -174,6 +178,17 @@ class Service:
         memory = sqlite_path(settings.store.url) == ":memory:"  # one connection: share it
         self.imaging: ImagingLoop | None = build_imaging(
             settings, registry=self.metrics.registry, store=self.store if memory else None)
+        self.image_monitor: ImagingMonitor | None = None
+        if self.imaging is not None:
+            try:
+                own = self.store if memory else StateStore.open(settings.store.url)
+            except BaseException:
+                self.imaging.close()  # a failed start holds no connection
+                raise
+            loop = self.imaging
+            self.image_monitor = ImagingMonitor(
+                store=own, owns_store=not memory, active=lambda: loop.active_model,
+                registry=self.metrics.registry)
 
     def _reload_models(self) -> LiveModels:
         wanted = tuple(
@@ -239,6 +254,26 @@ class Service:
         with self._lock:  # an in-memory store: the cycle's own connection
             return self.imaging.poll()
 
+    def monitor_imaging(self, now: datetime | None = None) -> ImagingCheck | None:
+        """Run the imaging drift check of the latest tick (its scheduler job; hourly).
+
+        None when imaging is off. Never raises (:mod:`vigil.runtime.imaging_monitor`).
+        """
+        if self.image_monitor is None:
+            return None
+        now = datetime.now(UTC) if now is None else now
+        tick = last_fire_time(self.trigger, now)
+        if self.image_monitor.owns_store:
+            return self.image_monitor.run(tick)
+        with self._lock:  # an in-memory store: the cycle's own connection
+            return self.image_monitor.run(tick)
+
+    def open_alarms(self) -> list[Alarm]:
+        """Open alarms of the sepsis monitor and of the imaging monitor (``/metrics``)."""
+        found = self.monitor.open_alarms()
+        image = getattr(self, "image_monitor", None)
+        return found if image is None else found + image.open_alarms()
+
     def readiness(self) -> Readiness:
         """Answer ``/readyz`` (with the imaging loop's health when it runs)."""
         active = self._models.active
@@ -247,7 +282,12 @@ class Service:
             last_good_end=self._last_good_end,
             max_age_s=self.settings.ops.ready_max_age_s,
         )
-        return ready if self.imaging is None else replace(ready, imaging=self.imaging.health())
+        if self.imaging is None:
+            return ready
+        health = self.imaging.health()
+        if self.image_monitor is not None:
+            health["monitor"] = self.image_monitor.health()
+        return replace(ready, imaging=health)
 
     def patient_scores(self, patient_key: str) -> list[dict[str, object]]:
         """Recent scores of one patient, read on a connection of its own."""
@@ -296,6 +336,12 @@ class Service:
                 name="imaging poll", max_instances=1, coalesce=True,
                 next_run_time=datetime.now(UTC),
             )
+        if self.image_monitor is not None:  # the sepsis monitor's cadence: hourly, on ticks
+            scheduler.add_job(
+                self.monitor_imaging, self.trigger, id="imaging-monitor",
+                name="imaging drift monitor", max_instances=1, coalesce=True,
+                misfire_grace_time=s.scheduler.misfire_grace_s,
+            )
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
@@ -317,6 +363,9 @@ class Service:
         if getattr(self, "imaging", None) is not None:
             assert self.imaging is not None
             self.imaging.close()
+        if getattr(self, "image_monitor", None) is not None:
+            assert self.image_monitor is not None
+            self.image_monitor.close()
         self.store.close()
         for part in (self.runner.source, self.runner.sink, self.outcomes):
             close = getattr(part, "close", None)

@@ -36,6 +36,7 @@ from vigil.core.signing import RELEASE_PUBLIC_KEY
 from vigil.features.builder import LOOKBACK_HOURS
 from vigil.fhir_adapter.settings import FHIRSettings
 from vigil.runtime.imaging_settings import ImagingSettings, check_imaging
+from vigil.runtime.smart_scope import check_scope, with_derived_scope
 
 __all__ = [
     "AlertSettings",
@@ -303,6 +304,7 @@ def check_serving(settings: VigilSettings) -> None:
     check_public_key(settings.models.public_key, key="models.public_key")
     _check_outcomes(settings)
     check_imaging(settings.imaging)
+    check_scope(settings)
 
 
 def check_public_key(path: Path | None, *, key: str) -> None:
@@ -372,6 +374,8 @@ def load_settings(
     Returns
     -------
     VigilSettings
+        With ``fhir.smart.scope`` derived from what the settings read and write when the
+        site sets none (:mod:`vigil.runtime.smart_scope`).
 
     Raises
     ------
@@ -393,7 +397,7 @@ def load_settings(
     try:
         env_values = EnvSettingsSource(VigilSettings)() if environ else {}
         values = _deep_merge(_deep_merge(file_values, env_values), overrides)
-        return VigilSettings(**values)
+        return with_derived_scope(VigilSettings(**values))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         key = _error_key(first["loc"])

@@ -110,7 +110,7 @@ def _normalized(frame: pd.DataFrame, *, where: str) -> pd.DataFrame:
 
 
 def load_instance_records(source: str | Path | sqlite3.Connection, *,
-                          table: str = "image_instances") -> pd.DataFrame:
+                          table: str = "imaging_instances") -> pd.DataFrame:
     """Read instance records from a state store table or a Parquet file.
 
     Parameters
@@ -118,7 +118,8 @@ def load_instance_records(source: str | Path | sqlite3.Connection, *,
     source : str, Path or sqlite3.Connection
         A ``.parquet`` file, a SQLite state store (path), or an open connection.
     table : str, optional
-        The store's table of instance records (an SQL identifier).
+        The store's table of instance records (an SQL identifier; the runtime's
+        ``imaging_instances`` by default).
 
     Returns
     -------

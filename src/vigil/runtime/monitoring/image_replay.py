@@ -21,17 +21,19 @@ import pandas as pd
 
 from vigil.core.errors import DataError
 from vigil.runtime.monitoring.alarms import Alarm, AlarmBook, AlarmKind
-from vigil.runtime.monitoring.images import IMAGE_SCORE, ImageDriftMonitor
+from vigil.runtime.monitoring.images import IMAGE_SCORE, ImageDriftMonitor, Stat
 from vigil.runtime.monitoring.performance import PerformanceMonitor, Wording
 
-__all__ = ["IMAGE_WORDING", "ImageMonitorRun", "replay_image_monitor", "study_outcomes"]
+__all__ = ["IMAGE_KINDS", "IMAGE_WORDING", "ImageMonitorRun", "check_images",
+           "replay_image_monitor", "study_outcomes"]
 
 IMAGE_WORDING = Wording(IMAGE_SCORE, "labelled studies", "study", "positive studies",
                         "positive studies", "studies")
 """How imaging performance alarms read (one row per study, each study its own cluster)."""
 
-_KINDS = (AlarmKind.HEADER_DRIFT, AlarmKind.INPUT_DRIFT, AlarmKind.SCORE_DRIFT,
-          AlarmKind.QUARANTINE)
+IMAGE_KINDS = (AlarmKind.HEADER_DRIFT, AlarmKind.INPUT_DRIFT, AlarmKind.SCORE_DRIFT,
+               AlarmKind.QUARANTINE)
+"""The alarm kinds every imaging drift check judges (performance only with labels)."""
 
 
 @dataclass
@@ -96,6 +98,54 @@ def study_outcomes(scores: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("known_at", kind="stable").reset_index(drop=True)
 
 
+def check_images(
+    frame: pd.DataFrame, monitor: ImageDriftMonitor, book: AlarmBook, *, now: pd.Timestamp,
+    model: str, performance: PerformanceMonitor | None = None,
+    labelled: pd.DataFrame | None = None,
+) -> tuple[list[Alarm], list[Alarm], list[Stat]]:
+    """Run one imaging check at ``now`` and apply its findings to ``book``.
+
+    The one code path of the imaging monitor: :func:`replay_image_monitor` calls it at
+    every check time, ``vigil serve`` once an hour (:mod:`vigil.runtime.imaging_monitor`).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Instance records (:func:`~.image_records.records_frame`), one model's.
+    monitor : ImageDriftMonitor
+    book : AlarmBook
+        The open imaging alarms (updated in place).
+    now : Timestamp
+        The check time (UTC).
+    model : str
+        ``name@version`` written into new alarms.
+    performance : PerformanceMonitor or None, optional
+    labelled : DataFrame or None, optional
+        Studies whose label became known since the previous check (:func:`study_outcomes`
+        rows); with ``performance``, they are added and the performance checks run.
+
+    Returns
+    -------
+    changed : list of Alarm
+        New, extended and resolved alarms (to store).
+    raised : list of Alarm
+        The new ones.
+    stats : list of (kind, variable, statistic, value)
+    """
+    findings, stats = monitor.check(frame, now=now)
+    checked: list[str] = [str(k) for k in IMAGE_KINDS]
+    tick = pd.Timestamp(now).timestamp()
+    if performance is not None and labelled is not None:
+        performance.add(now=tick, patient_keys=labelled["study_key"].to_numpy(dtype=object),
+                        probability=labelled["probability"].to_numpy(dtype=np.float64),
+                        labels=labelled["label"].to_numpy(dtype=np.float64))
+        f, s = performance.check(now=tick)
+        findings, stats = findings + f, stats + s
+        checked += [str(AlarmKind.DISCRIMINATION), str(AlarmKind.CALIBRATION)]
+    changed, raised = book.update(findings, tick=tick, model=model, checked=checked)
+    return changed, raised, stats
+
+
 def replay_image_monitor(
     frame: pd.DataFrame, monitor: ImageDriftMonitor, *, every_hours: float = 1.0,
     outcomes: pd.DataFrame | None = None, performance: PerformanceMonitor | None = None,
@@ -139,20 +189,14 @@ def replay_image_monitor(
     where: dict[tuple[str, str], int] = {}
     fed = 0
     for now in ticks:
-        findings, stats = monitor.check(frame, now=now)
-        checked = list(_KINDS)
-        tick = now.timestamp()
+        batch = None
         if performance is not None and outcomes is not None:
             upto = int(outcomes["known_at"].searchsorted(now, side="right"))
             batch = outcomes.iloc[fed:upto]
             fed = upto
-            performance.add(now=tick, patient_keys=batch["study_key"].to_numpy(dtype=object),
-                            probability=batch["probability"].to_numpy(dtype=np.float64),
-                            labels=batch["label"].to_numpy(dtype=np.float64))
-            f, s = performance.check(now=tick)
-            findings, stats = findings + f, stats + s
-            checked += [AlarmKind.DISCRIMINATION, AlarmKind.CALIBRATION]
-        changed, _ = book.update(findings, tick=tick, model=model, checked=checked)
+        changed, _, stats = check_images(frame, monitor, book, now=now, model=model,
+                                         performance=performance, labelled=batch)
+        tick = now.timestamp()
         for alarm in changed:
             index = where.get(alarm.key)
             if index is None:

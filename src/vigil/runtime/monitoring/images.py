@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 from vigil.core.errors import ConfigError
 from vigil.imaging.histogram import INPUT_EDGES
 from vigil.imaging.profile import WATCHED_HEADERS, ImageProfile
-from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
+from vigil.runtime.monitoring.alarms import Alarm, AlarmKind, Finding, Severity
 from vigil.runtime.monitoring.image_records import HIST_COLUMNS
 from vigil.runtime.monitoring.reference import Histogram
 from vigil.runtime.monitoring.stats import (
@@ -59,7 +59,8 @@ from vigil.runtime.monitoring.stats import (
     quantile_edges,
 )
 
-__all__ = ["IMAGE_INTENSITY", "IMAGE_SCORE", "ImageDriftMonitor", "Stat", "categories"]
+__all__ = ["IMAGE_INTENSITY", "IMAGE_SCORE", "IMAGING_VARIABLES", "ImageDriftMonitor", "Stat",
+           "categories", "is_imaging_alarm"]
 
 IMAGE_INTENSITY = "image_intensity"
 """Variable of the input-histogram alarm."""
@@ -67,6 +68,17 @@ IMAGE_SCORE = "image_score"
 """Variable of the imaging score-drift and performance alarms."""
 _QUARANTINE = "image"
 Stat = tuple[str, str, str, float]
+
+IMAGING_VARIABLES: frozenset[str] = frozenset(
+    {*WATCHED_HEADERS.values(), IMAGE_INTENSITY, IMAGE_SCORE, _QUARANTINE})
+"""The variables of imaging alarms: the DICOM keywords, ``image_intensity``, ``image_score``
+and ``image``. The sepsis and imaging monitors share the store's ``monitor_alarms`` table;
+an alarm belongs to the imaging monitor by its variable (no sepsis variable has these names)."""
+
+
+def is_imaging_alarm(alarm: Alarm) -> bool:
+    """Whether a stored alarm is the imaging monitor's (:data:`IMAGING_VARIABLES`)."""
+    return alarm.variable in IMAGING_VARIABLES
 
 
 def categories(frame: pd.DataFrame, field: str) -> NDArray[np.object_]:

@@ -60,6 +60,7 @@ from vigil.runtime.monitoring.alarms import (
     put_stats,
 )
 from vigil.runtime.monitoring.feed import FeedHealth
+from vigil.runtime.monitoring.images import is_imaging_alarm
 from vigil.runtime.monitoring.performance import LabelSource, PerformanceMonitor
 from vigil.runtime.monitoring.reference import Histogram, Reference
 from vigil.runtime.monitoring.stats import (
@@ -316,7 +317,9 @@ class Monitor:
     def _start(self, tx: sqlite3.Connection, now: float) -> None:
         self._started = now
         self.feed.start(now)
-        self.book = AlarmBook(load_alarms(tx, open_only=True), clear_after=self.book.clear_after)
+        # the imaging monitor's alarms share the table: not this monitor's to extend or resolve
+        mine = [a for a in load_alarms(tx, open_only=True) if not is_imaging_alarm(a)]
+        self.book = AlarmBook(mine, clear_after=self.book.clear_after)
         # stats already stored: this process restarts a running site, so the patients' earlier
         # hours were counted before; only hours completing from now on are new
         self._restarted = tx.execute("SELECT 1 FROM monitor_stats LIMIT 1").fetchone() is not None
