@@ -30,9 +30,9 @@ from pydicom.dataset import Dataset
 
 from vigil.core.errors import ConfigError, DataError
 from vigil.data.medmnist import load_medmnist
+from vigil.dicom_adapter.batches import prepare_batch
 from vigil.dicom_adapter.fundus import FundusCamera, build_fundus_instance
 from vigil.dicom_adapter.headers import HeaderRecord, header_record
-from vigil.dicom_adapter.reading import prepare_batch
 from vigil.dicom_adapter.scanners import Scanner, build_instance
 from vigil.imaging import Photometric
 
