@@ -142,3 +142,20 @@ def test_arrays_of_the_wrong_length_are_refused():
         metric_intervals(labels, starts, (a, a > 0.5), (b[:-1], b[:-1] > 0.5))
     with pytest.raises(DataError, match="expected patient offsets from 0"):
         metric_intervals(labels, starts[:-1], (a, a > 0.5), (b, b > 0.5))
+
+
+@pytest.mark.parametrize(("paired", "seed", "expected"), [
+    (False, 5, {"auroc": (0.8049494013927481, 0.7836313299937524, 0.8286660821986213),
+                "utility": (0.4026850120224416, 0.2895621562750814, 0.4746911655675417)}),
+    (True, 6, {"auroc": (0.12644128846351754, 0.10208157925210459, 0.1523780198197852),
+               "utility": (0.15084157093240697, 0.08491154983571103, 0.2251460295222273)}),
+])
+def test_intervals_are_those_of_the_code_before_the_shared_bootstrap_helper(
+        paired, seed, expected):
+    """Golden values printed by ``metric_intervals`` when it still drew its own resamples
+    (commit 985d8af): :func:`bootstrap_estimates` must not move them, to the last bit."""
+    labels, starts, a, b = _patients(3, 200)
+    versus = (b, (b > 0.7).astype(int)) if paired else None
+    got = metric_intervals(labels, starts, (a, (a > 0.7).astype(int)), versus,
+                           n_boot=200, seed=seed)
+    assert {k: (e.value, e.low, e.high) for k, e in got.items()} == expected

@@ -127,3 +127,21 @@ def test_federate_with_trees_ships_the_fused_model(tmp_path):
                                 "--boost-trees", "1", "--boost-depth", "1",
                                 "--out", str(tmp_path / "h2")])
     assert shown.exit_code == 0 and "with 1 trees" in shown.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["federate", "--task", "sepsis"],
+    ["federate", "--task", "imaging"],
+    ["federation", "run", "--work", "w", "--certs", "c", "--sites", "2"],
+])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--dp-epsilon", "0"], "expected --dp-epsilon > 0, got 0.0"),
+    (["--dp-epsilon", "1", "--dp-clip", "0"], "expected a clipping norm > 0, got 0.0"),
+])
+def test_every_training_command_builds_dp_settings_alike(tmp_path, command, args, message):
+    """One builder (``cli.federate._dp``) behind the three commands: the same refusal,
+    one line, exit 2, before any data, site or coordinator is touched."""
+    result = runner.invoke(app, [*command, *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "o").exists()

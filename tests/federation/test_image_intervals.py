@@ -91,3 +91,24 @@ def test_standard_comparisons_skip_absent_arms_and_render():
     assert len(rows) == 3 * 3  # two sites and pooled
     table = comparison_markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "fedavg − 0.98 × centralized" in table
+
+
+@pytest.mark.parametrize(("arms", "options", "expected"), [
+    (("good", "poor"), {"n_boot": 300, "seed": 7},
+     {"auc": (0.33184190902311705, 0.2980238699993952, 0.3695513601230153),
+      "accuracy": (0.35833333333333334, 0.324453125, 0.3885416666666666)}),
+    (("good",), {"site": "site-b", "n_boot": 300, "seed": 1},
+     {"auc": (0.999260901699926, 0.9981816347597597, 0.9999538575119971),
+      "accuracy": (0.9784313725490197, 0.9647058823529412, 0.9921568627450981)}),
+    (("good", "same"), {"factor": 0.98, "n_boot": 300, "seed": 2},
+     {"auc": (0.020473069325065058, 0.018310227838938337, 0.023373928038187327),
+      "accuracy": (0.018520833333333358, 0.00708333333333333, 0.03196927083333334)}),
+])
+def test_intervals_are_those_of_the_code_before_the_shared_bootstrap_helper(
+        data, arms, options, expected):
+    """Golden values printed by ``paired_interval`` when it still drew its own resamples
+    (commit 985d8af): calling :func:`vigil.features.bootstrap.bootstrap_estimates` must
+    not move them, to the last bit."""
+    labels, runs = data
+    got = paired_interval(labels, runs, *arms, **options)
+    assert {k: (e.value, e.low, e.high) for k, e in got.items()} == expected

@@ -24,6 +24,13 @@ DropoutOption = Annotated[float, typer.Option(help="Dropout after each hidden la
 ThreadsOption = Annotated[int, typer.Option(min=1, help="torch threads (1: reproducible).")]
 BoostDepthOption = Annotated[int, typer.Option(min=1, help="Depth of each boosted tree.")]
 BoostLrOption = Annotated[float, typer.Option(help="Learning rate of the boosted trees.")]
+DpEpsilonOption = Annotated[
+    float | None, typer.Option(help="DP-SGD budget epsilon per site (record level).")
+]
+DpDeltaOption = Annotated[
+    float | None, typer.Option(help="DP delta (default 1/n, n = a site's training rows).")
+]
+DpClipOption = Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")]
 
 
 def _spec(hidden: str, dropout: float) -> Any:
@@ -41,6 +48,13 @@ def _boosting(n_trees: int, depth: int, lr: float) -> Any:
 
     return None if n_trees == 0 else BoostingPlan(n_trees=n_trees, max_depth=depth,
                                                   learning_rate=lr)
+
+
+def _dp(epsilon: float | None, delta: float | None, clip: float) -> Any:
+    """Build the run's DP-SGD settings from ``--dp-epsilon/--dp-delta/--dp-clip`` (None: no DP)."""
+    from vigil.federation.privacy import DPSettings
+
+    return None if epsilon is None else DPSettings(epsilon, delta=delta, max_grad_norm=clip)
 
 
 def _strategy(strategy: Any, mu: float | None, robust: Any, max_share: float | None) -> Any:
@@ -133,13 +147,9 @@ def federate(
     max_share: Annotated[
         float | None, typer.Option(help="Cap on any one site's share of the average.")
     ] = None,
-    dp_epsilon: Annotated[
-        float | None, typer.Option(help="DP-SGD budget epsilon per site (record level).")
-    ] = None,
-    dp_delta: Annotated[
-        float | None, typer.Option(help="DP delta (default 1/n, n = a site's training rows).")
-    ] = None,
-    dp_clip: Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")] = 1.0,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = None,
+    dp_clip: DpClipOption = 1.0,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[
@@ -201,14 +211,12 @@ def federate(
         raise ConfigError("expected --out DIR for the model package", key="out")
     if task not in ("sepsis", "imaging"):
         raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
+    chosen = _strategy(strategy, mu, robust, max_share)
+    dp = _dp(dp_epsilon, dp_delta, dp_clip)
     if task == "imaging":
         from vigil.federation.image_run import IMAGING_RECIPE
         from vigil.federation.image_task import check_imaging_options
-        from vigil.federation.privacy import DPSettings
 
-        chosen = _strategy(strategy, mu, robust, max_share)
-        dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
-                                                        max_grad_norm=dp_clip)
         check_imaging_options(dp=dp, keeps_norm_local=chosen.keeps_norm_local)
         if boost_trees:
             raise ConfigError("expected --boost-trees 0 with --task imaging (trees are for "
@@ -227,13 +235,9 @@ def federate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vigil.data import load_physionet, resolve_data_path
-    from vigil.federation.privacy import DPSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.simulation import federate as run_federated
 
-    chosen = _strategy(strategy, mu, robust, max_share)
-    dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
-                                                    max_grad_norm=dp_clip)
     plan = _plan(rounds, local_epochs, batch_size, lr, seed, min_sites, time_budget)
     trees = _boosting(boost_trees, boost_depth, boost_lr)
     if trees is not None:

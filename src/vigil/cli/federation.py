@@ -14,7 +14,15 @@ import typer
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
-from vigil.cli.federate import BoostDepthOption, BoostLrOption, _boosting
+from vigil.cli.federate import (
+    BoostDepthOption,
+    BoostLrOption,
+    DpClipOption,
+    DpDeltaOption,
+    DpEpsilonOption,
+    _boosting,
+    _dp,
+)
 from vigil.federation.strategies import Robust, StrategyName
 
 app = typer.Typer(
@@ -290,9 +298,9 @@ def run(
     mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
     robust: Annotated[Robust | None, typer.Option(help="Robust aggregation.")] = None,
     max_share: Annotated[float | None, typer.Option(help="Cap on one site's share.")] = None,
-    dp_epsilon: Annotated[float | None, typer.Option(help="DP-SGD epsilon per site.")] = None,
-    dp_delta: Annotated[float | None, typer.Option(help="DP delta (default 1/n).")] = None,
-    dp_clip: Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")] = 1.0,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = None,
+    dp_clip: DpClipOption = 1.0,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int | None, typer.Option(
@@ -345,14 +353,12 @@ def run(
         imaging_summary,
         public_check_inputs,
     )
-    from vigil.federation.privacy import DPSettings
     from vigil.federation.secure_sum import SecureSumSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.strategies import make_strategy
 
     imaging = task == "imaging"
-    dp = None if dp_epsilon is None else DPSettings(dp_epsilon, delta=dp_delta,
-                                                    max_grad_norm=dp_clip)
+    dp = _dp(dp_epsilon, dp_delta, dp_clip)
     settings = RunSettings(
         plan=Plan(rounds=rounds, local_epochs=local_epochs,
                   batch_size=batch_size or (128 if imaging else 2048),

@@ -57,7 +57,7 @@ def check_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Say, for each file, whether the pixel chain accepts it, or why it would be quarantined."""
-    from vigil.dicom_adapter.reading import check_files
+    from vigil.dicom_adapter.batches import check_files
 
     if channels not in (1, 3):
         raise ConfigError(f"expected --channels 1 or 3, got {channels}", key="channels")

@@ -24,6 +24,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from vigil.core.errors import ConfigError
+from vigil.dicom_adapter.devices import SimulatedDevice, code_item
 from vigil.dicom_adapter.scanners import synthetic_instance
 
 __all__ = [
@@ -44,7 +45,7 @@ JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
-class FundusCamera:
+class FundusCamera(SimulatedDevice):
     """How one simulated fundus camera acquires and stores a colour photograph.
 
     Parameters
@@ -57,20 +58,23 @@ class FundusCamera:
         Pillow ``subsampling=1``), VL Photographic.
     gain : tuple of float
         Per-channel (R, G, B) gain: the camera's colour cast.
-    gamma, noise : float
-        Acquisition: ``p_c → clip(gain_c · p_c ** gamma + N(0, noise²), 0, 1)``.
+    gamma, noise : float, keyword-only
+        Acquisition (:class:`~vigil.dicom_adapter.devices.SimulatedDevice`):
+        ``p_c → clip(gain_c · p_c ** gamma + N(0, noise²), 0, 1)``.
     """
 
-    name: str
     storage: Literal["rgb", "rgb-planar", "jpeg-baseline"] = "rgb"
     gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    gamma: float = 1.0
-    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.gain) <= 0 or self.gamma <= 0 or self.noise < 0:
             raise ConfigError(f"expected positive gains and gamma and noise >= 0 in camera "
                               f"{self.name!r}, got {self.gain}, {self.gamma}, {self.noise}")
+
+    @property
+    def kind(self) -> str:
+        """What the device is called in messages."""
+        return "camera"
 
     @property
     def modality(self) -> str:
@@ -95,18 +99,8 @@ def shift_colour(image: NDArray[np.uint8], camera: FundusCamera, *,
         ``round(255 · clip(gain · p ** gamma + noise))``.
     """
     p = np.asarray(image, dtype=np.float64) / 255.0
-    p = np.asarray(camera.gain, dtype=np.float64) * p**camera.gamma
-    if camera.noise > 0:
-        if rng is None:
-            raise ConfigError(f"camera {camera.name!r} adds noise: pass a seeded rng")
-        p = p + rng.normal(0.0, camera.noise, size=p.shape)
+    p = camera.add_noise(np.asarray(camera.gain, dtype=np.float64) * p**camera.gamma, rng)
     return np.rint(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
-    return item
 
 
 def build_fundus_instance(image: NDArray[np.uint8], camera: FundusCamera, *, key: str,
@@ -141,7 +135,7 @@ def build_fundus_instance(image: NDArray[np.uint8], camera: FundusCamera, *, key
     else:
         ds.ImageLaterality = "U"
         ds.AcquisitionContextSequence = DicomSequence([])
-        ds.AnatomicRegionSequence = DicomSequence([_code("81745001", "SCT", "Eye")])
+        ds.AnatomicRegionSequence = DicomSequence([code_item("81745001", "SCT", "Eye")])
     ds.SamplesPerPixel = 3
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

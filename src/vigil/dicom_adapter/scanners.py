@@ -39,6 +39,7 @@ from pydicom.uid import (
 )
 
 from vigil.core.errors import ConfigError
+from vigil.dicom_adapter.devices import SimulatedDevice, code_item
 from vigil.imaging import Photometric, PresentationShape
 
 __all__ = [
@@ -98,7 +99,7 @@ SIGMOID_SPAN_WIDTHS = 5.0
 
 
 @dataclass(frozen=True)
-class Scanner:
+class Scanner(SimulatedDevice):
     """How one simulated scanner stores a displayed image.
 
     Parameters
@@ -127,11 +128,12 @@ class Scanner:
         Transfer syntax: Explicit VR Little Endian, RLE Lossless, JPEG-LS Lossless.
     signed : bool
         Pixel Representation 1 (two's complement); CR only, not with JPEG-LS.
-    gamma, contrast, noise : float
-        Acquisition shift: ``p → clip(contrast · (p ** gamma - 0.5) + 0.5 + N(0, noise²))``.
+    contrast : float
+        With ``gamma`` and ``noise`` (keyword-only, from
+        :class:`~vigil.dicom_adapter.devices.SimulatedDevice`), the acquisition shift:
+        ``p → clip(contrast · (p ** gamma - 0.5) + 0.5 + N(0, noise²))``.
     """
 
-    name: str
     modality: Literal["CR", "DX"]
     bits_stored: int
     photometric: Photometric
@@ -143,9 +145,7 @@ class Scanner:
     presentation_shape: PresentationShape | None = None
     syntax: Syntax = "explicit"
     signed: bool = False
-    gamma: float = 1.0
     contrast: float = 1.0
-    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bits_stored not in (8, 12, 16) or not self.high > self.low or self.slope == 0:
@@ -159,6 +159,11 @@ class Scanner:
             raise ConfigError(
                 f"expected unsigned pixels for DX or JPEG-LS scanner {self.name!r}, got signed"
             )
+
+    @property
+    def kind(self) -> str:
+        """What the device is called in messages."""
+        return "scanner"
 
     @property
     def inverts(self) -> bool:
@@ -200,11 +205,7 @@ def encode_stored(
     """
     p = np.clip(np.asarray(display, dtype=np.float64), 0.0, 1.0)
     if scanner.acquisition_shift:
-        p = scanner.contrast * (p**scanner.gamma - 0.5) + 0.5
-        if scanner.noise > 0:
-            if rng is None:
-                raise ConfigError(f"scanner {scanner.name!r} adds noise: pass a seeded rng")
-            p = p + rng.normal(0.0, scanner.noise, size=p.shape)
+        p = scanner.add_noise(scanner.contrast * (p**scanner.gamma - 0.5) + 0.5, rng)
         p = np.clip(p, 0.0, 1.0)
     y = 1.0 - p if scanner.inverts else p
     span = scanner.high - scanner.low
@@ -344,10 +345,8 @@ def build_instance(
         ds.ImageLaterality, ds.ImagerPixelSpacing, ds.DetectorType = "U", [0.1, 0.1], "DIRECT"
         ds.PatientOrientation = ["L", "F"]  # Type 1C in DX Image: AP chest, rows to the left
         ds.AcquisitionContextSequence, ds.PositionerType = DicomSequence([]), ""
-        chest = Dataset()  # PS3.16 CID 4031: Chest
-        chest.CodeValue, chest.CodingSchemeDesignator = "51185008", "SCT"
-        chest.CodeMeaning = "Chest"
-        ds.AnatomicRegionSequence = DicomSequence([chest])
+        # PS3.16 CID 4031: Chest
+        ds.AnatomicRegionSequence = DicomSequence([code_item("51185008", "SCT", "Chest")])
         del ds.ViewPosition  # Type 3 in DX Positioning; it would call for a View Code Sequence
     ds.LossyImageCompression, ds.BurnedInAnnotation = "00", "NO"
     kind = "int" if scanner.signed else "uint"

@@ -30,9 +30,9 @@ from pydicom.dataset import Dataset
 
 from vigil.core.errors import ConfigError, DataError
 from vigil.data.medmnist import load_medmnist
+from vigil.dicom_adapter.batches import prepare_batch
 from vigil.dicom_adapter.fundus import FundusCamera, build_fundus_instance
 from vigil.dicom_adapter.headers import HeaderRecord, header_record
-from vigil.dicom_adapter.reading import prepare_batch
 from vigil.dicom_adapter.scanners import Scanner, build_instance
 from vigil.imaging import Photometric
 
@@ -222,6 +222,23 @@ def _check_images(images: NDArray[np.uint8], labels: NDArray[np.integer]) -> NDA
     return arr
 
 
+def _deal(
+    images: NDArray[np.uint8],
+    labels: NDArray[np.integer],
+    *,
+    seed: int,
+    sites: tuple[ScannerSite, ...] | None,
+) -> tuple[NDArray[np.uint8], NDArray[np.integer], tuple[ScannerSite, ...], NDArray[np.int64]]:
+    """Check the images and deal them to the sites: images, labels, scheme, site index of each.
+
+    The scheme defaults to :func:`sites_for` the images; the deal is :func:`assign_sites`'s.
+    """
+    images = _check_images(images, labels)
+    y = np.asarray(labels).reshape(-1)
+    sites = sites or sites_for(images)
+    return images, y, sites, assign_sites(y, seed=seed, sites=sites)
+
+
 def _instances(
     images: NDArray[np.uint8],
     site_of: NDArray[np.int64],
@@ -272,10 +289,7 @@ def site_inputs(
     list of SiteInputs
         One per site, in scheme order.
     """
-    images = _check_images(images, labels)
-    y = np.asarray(labels).reshape(-1)
-    sites = sites or sites_for(images)
-    site_of = assign_sites(y, seed=seed, sites=sites)
+    images, y, sites, site_of = _deal(images, labels, seed=seed, sites=sites)
     out = []
     for index, site in enumerate(sites):
         indices, datasets = [], []
@@ -318,17 +332,13 @@ def write_sites(
         Seed of the site assignment and of the noise.
     sites : tuple of ScannerSite or None, optional
         The scheme; default :func:`sites_for` the images (colour: :data:`FUNDUS_SITES`).
-        The scheme.
 
     Returns
     -------
     list of SiteFiles
         One per site, in scheme order.
     """
-    images = _check_images(images, labels)
-    y = np.asarray(labels).reshape(-1)
-    sites = sites or sites_for(images)
-    site_of = assign_sites(y, seed=seed, sites=sites)
+    images, y, sites, site_of = _deal(images, labels, seed=seed, sites=sites)
     written = []
     for index, site in enumerate(sites):
         name = site.scanner.name

@@ -19,6 +19,7 @@ over inaction to summed best gains (:mod:`vigil.features.utility`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "INTERVAL_METRICS",
     "Estimate",
     "Scored",
+    "bootstrap_estimates",
     "metric_intervals",
     "metric_intervals_by_hospital",
     "patient_utility_terms",
@@ -83,6 +85,67 @@ def percentile_interval(
         low[ok] = np.nanquantile(reps[:, ok], alpha, axis=0)
         high[ok] = np.nanquantile(reps[:, ok], 1.0 - alpha, axis=0)
     return low, high
+
+
+def bootstrap_estimates(
+    statistic: Callable[[NDArray[np.float64]], NDArray[np.float64]],
+    n_units: int,
+    names: Sequence[str],
+    *,
+    n_boot: int,
+    level: float,
+    seed: int,
+    batched: bool = False,
+) -> dict[str, Estimate]:
+    """Point values and percentile intervals of statistics of resampled units.
+
+    Each resample draws ``n_units`` units with replacement (Efron & Tibshirani,
+    1993, ch. 13) and hands ``statistic`` the multiplicity of every unit; every
+    arm of a paired comparison is scored inside ``statistic`` on the same
+    multiplicities. Unbatched, the resamples are drawn one by one
+    (``rng.integers``), which keeps memory at one weight vector for large
+    cohorts; batched, all at once (``rng.multinomial``), for a statistic that
+    scores a whole ``(n_boot, n_units)`` matrix in one call. Both draw the same
+    distribution, from different random streams.
+
+    Parameters
+    ----------
+    statistic : callable
+        Unit weights of shape ``(n_units,)`` to values of shape ``(n_metrics,)``;
+        batched, weights of shape ``(n_boot, n_units)`` to ``(n_boot, n_metrics)``.
+    n_units : int
+        Units resampled (patients, images).
+    names : sequence of str, length n_metrics
+        Metric names, in the order ``statistic`` returns them.
+    n_boot : int
+        Resamples (0: no interval, bounds NaN).
+    level : float
+        Coverage, e.g. 0.95.
+    seed : int
+        Seeds the resampling.
+    batched : bool, optional
+
+    Returns
+    -------
+    dict of str to Estimate
+        The statistic on all units once each, and its percentile interval.
+    """
+    ones = np.ones((1, n_units) if batched else n_units)
+    point = statistic(ones)[0] if batched else statistic(ones)
+    low = high = np.full(len(names), np.nan)
+    if n_boot > 0 and n_units > 0:
+        rng = np.random.default_rng(seed)
+        if batched:
+            counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot)
+            reps = statistic(counts.astype(np.float64))
+        else:
+            reps = np.empty((n_boot, len(names)))
+            for b in range(n_boot):
+                reps[b] = statistic(np.bincount(rng.integers(0, n_units, n_units),
+                                                minlength=n_units).astype(np.float64))
+        low, high = percentile_interval(reps, level)
+    return {name: Estimate(float(point[i]), float(low[i]), float(high[i]))
+            for i, name in enumerate(names)}
 
 
 def patient_utility_terms(
@@ -226,17 +289,8 @@ def metric_intervals(
                         gain / best if best > 0 else np.nan))
         return np.asarray(out[0]) - (np.asarray(out[1]) if len(out) > 1 else 0.0)
 
-    point = metrics(np.ones(n_pat))
-    low = high = np.full(point.shape, np.nan)
-    if n_boot > 0 and n_pat > 0:
-        rng = np.random.default_rng(seed)
-        reps = np.empty((n_boot, point.size))
-        for b in range(n_boot):
-            reps[b] = metrics(np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)
-                              .astype(np.float64))
-        low, high = percentile_interval(reps, level)
-    return {name: Estimate(float(point[i]), float(low[i]), float(high[i]))
-            for i, name in enumerate(INTERVAL_METRICS)}
+    return bootstrap_estimates(metrics, n_pat, INTERVAL_METRICS, n_boot=n_boot, level=level,
+                               seed=seed)
 
 
 def metric_intervals_by_hospital(

@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from vigil.federation.image_task import GROUP_NORM_GROUPS, CNNSpec
+from vigil.federation.image_spec import GROUP_NORM_GROUPS, CNNSpec
 from vigil.federation.model import get_weights
 
 __all__ = [
@@ -63,7 +63,7 @@ class SmallCNN(nn.Module):
     """Conv-BN-ReLU ×3 (max-pool after blocks 1 and 2), global average pool, linear logit.
 
     With ``spec.norm == "group"`` each BatchNorm ``bn{i}`` is a GroupNorm ``gn{i}``
-    (:data:`~vigil.federation.image_task.GROUP_NORM_GROUPS` groups, affine): no running
+    (:data:`~vigil.federation.image_spec.GROUP_NORM_GROUPS` groups, affine): no running
     statistics, each image normalized on its own, so DP-SGD's per-image gradients are
     defined (:mod:`vigil.federation.privacy`).
 

@@ -192,7 +192,7 @@ def onnx_probabilities(onnx_bytes: bytes, inputs: NDArray[np.float32],
 def _group_norm_constants() -> list[Any]:
     from onnx import numpy_helper
 
-    from vigil.federation.image_task import GROUP_NORM_GROUPS
+    from vigil.federation.image_spec import GROUP_NORM_GROUPS
 
     return [numpy_helper.from_array(np.array([0, GROUP_NORM_GROUPS, -1], np.int64), "gn.groups"),
             numpy_helper.from_array(np.ones(GROUP_NORM_GROUPS, np.float32), "gn.one"),

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.core.errors import DataError
-from vigil.features.bootstrap import Estimate, percentile_interval
+from vigil.features.bootstrap import Estimate, bootstrap_estimates
 
 __all__ = [
     "COMPARISONS",
@@ -162,12 +162,8 @@ def paired_interval(
                     for per_run in scored]
         return np.mean(per_seed, axis=0)
 
-    value = difference(np.ones((1, y.size)))[0]
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(y.size, np.full(y.size, 1.0 / y.size), size=n_boot)
-    low, high = percentile_interval(difference(counts.astype(np.float64)), level)
-    return {m: Estimate(float(value[i]), float(low[i]), float(high[i]))
-            for i, m in enumerate(METRICS)}
+    return bootstrap_estimates(difference, y.size, METRICS, n_boot=n_boot, level=level,
+                               seed=seed, batched=True)
 
 
 def standard_comparisons(

@@ -189,8 +189,8 @@ def read_instances(
         An unreadable instance is quarantined under its given key; a readable one is
         keyed by its SOPInstanceUID when it has one.
     """
+    from vigil.dicom_adapter.batches import prepare_batch
     from vigil.dicom_adapter.headers import header_record
-    from vigil.dicom_adapter.reading import prepare_batch
 
     quarantined: list[tuple[str, str]] = []
     datasets, keys = [], []
