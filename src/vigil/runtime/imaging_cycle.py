@@ -16,7 +16,9 @@ works through the source from its stored cursor, one page at a time:
    site (``site_thresholds`` of a federated package), else the package's threshold;
 3. the active model's :class:`~vigil.runtime.study_contracts.StudyScore` goes to every
    sink (the shadow's is only stored);
-4. the page's studies, their instance records and the cursor commit in **one
+4. sinks that hold a page's writes (``begin_page``/``end_page``: the FHIR NDJSON
+   write-back, one durable append per file and page) make them durable;
+5. the page's studies, their instance records and the cursor commit in **one
    transaction** (:mod:`vigil.runtime.imaging_store`).
 
 When a study is scored again: a study already recorded by a model is fetched again
@@ -234,13 +236,15 @@ class ImagingRunner:
             retry = retry_studies(self.store.conn, limit=self.retry_limit)
             for lo in range(0, len(retry), self.page_limit):
                 part = retry[lo:lo + self.page_limit]
-                self._commit([self._study(ref, models, result, force=True) for ref in part],
-                             None, result)
+                self._begin_page()
+                done = [self._study(ref, models, result, force=True) for ref in part]
+                self._commit(self._end_page(done, result), None, result)
                 result.retried += len(part)
             while (max_pages is None or result.pages < max_pages) and not (stop and stop()):
                 page = self.source.poll(result.cursor, limit=self.page_limit)
+                self._begin_page()
                 done = [self._study(ref, models, result) for ref in page.studies]
-                self._commit(done, page.cursor, result)
+                self._commit(self._end_page(done, result), page.cursor, result)
                 result.pages += 1
                 result.studies += len(page.studies)
                 result.cursor = page.cursor
@@ -254,6 +258,45 @@ class ImagingRunner:
             log.warning("%s; the cursor stays at the last recorded page", result.error)
         result.duration_s = time.monotonic() - started
         return result
+
+    def _begin_page(self) -> None:
+        for sink in self.sinks:
+            begin = getattr(sink, "begin_page", None)
+            if begin is not None:
+                begin()
+
+    def _end_page(self, done: list[list[_Recorded]], result: ImagingResult
+                  ) -> list[list[_Recorded]]:
+        """Make the sinks' held writes durable (before the page's record); mark failures.
+
+        A sink that fails here failed for every study it was handed in this page: those
+        studies are recorded ``retry`` (their score counted once) and written again at
+        the next run, as for a failed :meth:`StudySink.write`.
+        """
+        failed = None
+        for sink in self.sinks:
+            end = getattr(sink, "end_page", None)
+            if end is None:
+                continue
+            try:
+                end()
+            except Exception as exc:  # noqa: BLE001 - as a failed write: retried
+                failed = failed or f"sink {sink.name!r} failed: {type(exc).__name__}"
+                log.warning("imaging sink %r failed at the end of a page (%s); the page's "
+                            "studies are retried at the next poll", sink.name,
+                            type(exc).__name__)
+        if failed is None:
+            return done
+        out = []
+        for recorded in done:
+            kept = []
+            for r in recorded:
+                if r.error is None and r.score.role == "active" and r.score.sop_instance_uids:
+                    r = _Recorded(r.score, r.records, r.digest, failed)
+                    result.sink_failures += 1
+                kept.append(r)
+            out.append(kept)
+        return out
 
     def _commit(self, done: list[list[_Recorded]], cursor: str | None,
                 result: ImagingResult) -> None:
