@@ -26,6 +26,10 @@ def varied_study(k: int, n: int, scanner=CR, *, series: int = 1) -> list[Dataset
         ds.PatientName = f"Doe^{'J' * (1 + k % 4)}"
         ds.AccessionNumber = f"A{k}" * (1 + k % 3)
         ds.StudyDate, ds.StudyTime = f"2026030{1 + k % 9}", "1415" if k % 2 else "141507.25"
+        if k % 4 == 3:  # Latin-1 names: the character set is copied, the names re-encoded
+            ds.SpecificCharacterSet = "ISO_IR 100"
+            ds.PatientName = f"Müller^Zoë{k}"
+            ds.StudyDescription = "Thorax ä.p."
         ds.StudyInstanceUID = deterministic_uid("tpl", str(k), "study")
         ds.SeriesInstanceUID = deterministic_uid("tpl", str(k), "series", str(i % series))
         buffer = io.BytesIO()

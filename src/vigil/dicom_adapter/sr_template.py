@@ -132,6 +132,28 @@ def _encode(elem: DataElement, encodings: Any) -> bytes:
     return fp.getvalue()
 
 
+_ASCII_VRS = {"UI": b"\0", "CS": b" ", "DA": b" ", "TM": b" ", "DT": b" ", "LO": b" ",
+              "SH": b" ", "AE": b" ", "AS": b" "}
+"""Short-length string VRs and their padding byte (PS3.5 6.2): encoded here when ASCII."""
+
+
+def _encode_slot(slot: _Slot, value: Any) -> bytes:
+    """Encode one slot element as pydicom's writer does (a plain ASCII string directly).
+
+    ``value``: the slot's value, or a source's element (copied as it is, its VR kept).
+    """
+    elem = value if isinstance(value, DataElement) else None
+    vr, v = (str(elem.VR), elem.value) if elem is not None else (slot.vr, value)
+    pad = _ASCII_VRS.get(vr)
+    if pad is not None and type(v) is str and v.isascii():
+        data = v.encode("ascii")
+        if len(data) % 2:
+            data += pad
+        tag = slot.tag
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data
+    return _encode(elem if elem is not None else DataElement(slot.tag, vr, v), slot.encodings)
+
+
 def _merge(parts: list[Part]) -> list[Part]:
     out: list[Part] = []
     for p in parts:
@@ -188,9 +210,7 @@ def _render(parts: Sequence[Part], values: dict[Hashable, Any]) -> bytes:
         if isinstance(p, bytes):
             out.append(p)
         elif isinstance(p, _Slot):
-            v = values[p.name]
-            elem = v if isinstance(v, DataElement) else DataElement(p.tag, p.vr, v)
-            out.append(_encode(elem, p.encodings))
+            out.append(_encode_slot(p, values[p.name]))
         else:
             body = []
             for item_parts, undefined in p.items:
