@@ -382,3 +382,27 @@ def test_a_page_whose_durable_append_fails_is_retried_whole(site, monkeypatch):
         assert second.retried == 5 and {r[7] for r in studies(store)} == {"done"}
     ids = _ndjson_ids(tmp_path / "out")
     assert len(ids["DiagnosticReport"]) == len(set(ids["DiagnosticReport"])) == 12
+
+
+def test_a_page_is_scored_in_one_onnx_call_per_model_and_the_pixels_are_let_go(site,
+                                                                               monkeypatch):
+    tmp_path, url, _ = site
+    calls = []
+    real = ImageScorer.predict_images
+
+    def counted(self, inputs, **kw):
+        calls.append(len(inputs))
+        return real(self, inputs, **kw)
+
+    monkeypatch.setattr(ImageScorer, "predict_images", counted)
+    sink = RecordingSink()
+    seen = []
+    sink_write = sink.write
+    sink.write = lambda score, sources: (seen.extend(sources), sink_write(score, sources))[1]
+    with StateStore.open(url) as store:
+        result = runner(store, tmp_path / "in", sink).run()
+        rows = studies(store)
+    # loading checks the package on a (2, 1, 28, 28) batch; then pages of 5, 5, 2: one call each
+    assert result.scored == 12 and calls == [2, 5, 5, 2]
+    assert len(seen) == 12 and not any("PixelData" in ds for ds in seen)  # headers only
+    assert len(rows) == 12 and {r[7] for r in rows} == {"done"}
