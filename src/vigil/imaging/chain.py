@@ -80,9 +80,9 @@ def display_values(stored: NDArray[np.integer], params: DisplayParameters) -> ND
     Parameters
     ----------
     stored : ndarray of integers, shape (rows, columns)
-        Stored pixel values.
+        One image's stored values, within its Bits Stored.
     params : DisplayParameters
-        The image's parameters.
+        Its Modality LUT or rescale, VOI and presentation.
 
     Returns
     -------
