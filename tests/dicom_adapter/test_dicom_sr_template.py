@@ -49,7 +49,7 @@ def golden(score, sources, sink: SRStudySink) -> bytes:
 def test_templated_srs_are_byte_identical_to_highdicoms(scanner, n: int, series: int) -> None:
     sink = SRStudySink(lambda _: None, site="hospital-a", institution_name="General")
     rng = np.random.default_rng(n * 10 + series)
-    for k in range(8):
+    for k in range(6):  # the four probability edges, a Latin-1 study (k = 3)
         sources = varied_study(k, n, scanner, series=series)
         p = rng.random(n)
         p[0] = [0.0, 1.0, 1 / 3, 0.5][k % 4]  # edges and a DS that needs rounding
@@ -58,7 +58,7 @@ def test_templated_srs_are_byte_identical_to_highdicoms(scanner, n: int, series:
                         + timedelta(seconds=float(rng.random() * 1e6)))
         assert sink.encode(score, sources) == golden(score, sources, sink), k
     t = sink.templates
-    assert t.refused == 0 and t.compiled >= 1 and t.hits >= 8 - t.compiled
+    assert t.refused == 0 and t.compiled >= 1 and t.hits >= 6 - t.compiled
 
 
 def test_a_new_shape_is_built_by_highdicom_and_then_templated() -> None:
