@@ -206,6 +206,7 @@ class FakeClient:
                 seq += 1
                 rows.append(Change(seq, kind, "Study" if kind == "NewStudy" else "x", sid))
         self.rows = rows
+        self.lookups: list[list[str]] = []
 
     def changes(self, since: int, limit: int) -> ChangesPage:
         after = [r for r in self.rows if r.seq > since][:limit]
@@ -213,8 +214,9 @@ class FakeClient:
         done = not after or after[-1].seq == self.rows[-1].seq
         return ChangesPage(tuple(after), last, done)
 
-    def study(self, orthanc_id: str) -> StudyInfo | None:
-        return self.info[orthanc_id]
+    def studies(self, orthanc_ids) -> dict[str, StudyInfo | None]:
+        self.lookups.append(list(orthanc_ids))
+        return {i: self.info[i] for i in orthanc_ids}
 
 
 def info(sid: str, *, stable: bool = True, modalities=("CR",)) -> StudyInfo:
@@ -236,6 +238,17 @@ def test_walk_reports_each_kept_study_once_and_holds_at_an_unstable_one():
     fake.info["e"] = info("e")
     page = source.poll(page.cursor, limit=10)
     assert [s.source_id for s in page.studies] == ["e", "f"] and page.cursor == "24" and page.done
+
+
+def test_the_walk_looks_up_a_page_of_new_studies_together():
+    fake = FakeClient({k: info(k, modalities=("SR",) if k == "b" else ("CR",)) for k in "abcdefg"})
+    source = OrthancSource(fake, modalities=("CR",))  # type: ignore[arg-type]
+    page = source.poll(None, limit=3)
+    assert [s.source_id for s in page.studies] == ["a", "c", "d"]
+    assert fake.lookups == [["a", "b", "c"], ["d"]]  # b (an SR study) left one place open
+    fake.lookups.clear()
+    assert [s.source_id for s in source.poll(page.cursor, limit=10).studies] == ["e", "f", "g"]
+    assert fake.lookups == [["e", "f", "g"]]
 
 
 def test_cursor_beyond_the_feed_rereads_from_zero_with_a_warning(caplog):

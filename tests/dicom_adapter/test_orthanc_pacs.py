@@ -119,6 +119,22 @@ def test_walk_reports_each_study_once_and_fetch_returns_what_was_sent(source, tm
         assert np.array_equal(back.pixel_array, ds.pixel_array)
 
 
+def test_the_bulk_lookup_matches_the_per_study_lookup(source, tmp_path):
+    files = write_studies(tmp_path, 3, tag="bulk")
+    cursor = source.latest_cursor()
+    for f in files:
+        source.client.store(f.read_bytes())
+    source.client.store(sr_instance(generate_uid(), "SR-ONLY"))
+    walk_until(source, cursor, 3)  # all stable
+    ids = [c.resource_id for c in source.client.changes(int(cursor), 500).changes
+           if c.change_type == "NewStudy"]
+    assert len(ids) == 4
+    bulk = source.client.studies([*reversed(ids), "0" * 44])  # order kept; unknown: None
+    assert list(bulk) == [*reversed(ids), "0" * 44] and bulk["0" * 44] is None
+    assert all(bulk[i] == source.client.study(i) for i in ids)
+    assert sorted(bulk[i].ref.modalities for i in ids) == [("CR",)] * 3 + [("SR",)]
+
+
 def test_sr_only_studies_and_added_srs_are_not_reported(source, tmp_path):
     (image,) = write_studies(tmp_path, 1, tag="sr")
     ds = pydicom.dcmread(image)

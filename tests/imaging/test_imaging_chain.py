@@ -22,6 +22,7 @@ from vigil.imaging import (
     apply_modality,
     apply_presentation,
     apply_voi,
+    chain,
     normalize,
     resize,
     to_model_input,
@@ -198,3 +199,53 @@ def test_input_histogram_counts_every_value_in_its_bin() -> None:
     assert h.shape == (5, N_BINS) and (h.sum(axis=1) == 28 * 28).all()
     for i in range(5):  # independent reference: numpy's own histogram on the same edges
         assert h[i].tolist() == np.histogram(x[i], bins=INPUT_EDGES)[0].tolist()
+
+
+def _direct(stored, p):
+    return apply_presentation(apply_voi(apply_modality(stored, p), p), p)
+
+
+@pytest.mark.parametrize("case", ["linear-m1", "exact", "sigmoid-signed", "voi-lut", "modality-lut",
+                                  "8-bit"])
+def test_display_values_tabulated_for_a_film_equal_the_direct_chain_bit_for_bit(case):
+    from vigil.imaging import display_values
+
+    rng = np.random.default_rng(16)
+    lut12 = LookupTable(first_mapped=100, bits=16, data=rng.integers(0, 65536, size=3000))
+    kw = {
+        "linear-m1": dict(photometric=M1, slope=0.5, intercept=-1024.0,
+                          window=Window(-300.5, 1500.0, VOIFunction.LINEAR)),
+        "exact": dict(window=Window(2000.0, 1000.0, VOIFunction.LINEAR_EXACT),
+                      presentation_shape=PresentationShape.INVERSE),
+        "sigmoid-signed": dict(bits_stored=16, signed=True, slope=-2.0, intercept=70000.0,
+                               window=Window(3000.0, 9000.0, VOIFunction.SIGMOID)),
+        "voi-lut": dict(voi_lut=lut12),
+        "modality-lut": dict(modality_lut=LookupTable(first_mapped=0, bits=12,
+                                                      data=rng.integers(0, 4096, size=4096))),
+        "8-bit": dict(bits_stored=8, window=Window(127.5, 256.0)),
+    }[case]
+    p = params(**kw)
+    low, high = p.stored_range
+    dtype = np.int16 if p.signed else (np.uint8 if p.bits_stored == 8 else np.uint16)
+    film = rng.integers(low, high + 1, size=(600, 500)).astype(dtype)  # > 4 px per value
+    film[0, :2] = low, high
+    tabulated = display_values(film, p)
+    assert tabulated.dtype == np.float64 and tabulated.shape == film.shape
+    assert np.array_equal(tabulated, _direct(film, p))  # the same bits
+    small = film[:20, :20]  # too few pixels: the direct chain itself
+    assert np.array_equal(display_values(small, p), _direct(small, p))
+    with pytest.raises(DataError, match="expected stored values in"):
+        display_values(np.full((600, 500), 5000, dtype=np.uint16), params())
+
+
+@pytest.mark.parametrize("shape", [(2520, 2520), (2048, 2500), (113, 3001), (3000, 112)])
+def test_banded_resize_of_a_film_equals_the_full_product(shape):
+    rng = np.random.default_rng(17)
+    image = rng.random(shape)
+    rows, cols = chain._box_weights(shape[0], 28), chain._box_weights(shape[1], 28)
+    full = rows @ image @ cols.T
+    out = resize(image)
+    assert out.shape == (28, 28)
+    np.testing.assert_allclose(out, full, rtol=0, atol=1e-12)
+    block = np.kron(rng.random((28, 28)), np.ones((90, 90)))  # an integer factor: block means
+    np.testing.assert_allclose(resize(block), block[::90, ::90], rtol=0, atol=1e-12)

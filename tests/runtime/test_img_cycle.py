@@ -297,3 +297,112 @@ def test_promoting_an_imaging_model_leaves_the_sepsis_roles(site):
     assert roles == {("sepsis", "sepsis-tiny@1.0.0"): "active",
                      ("imaging", SHIPPED_MODEL): "retired",
                      ("imaging", "imaging-federated@2.0.0"): "active"}
+
+
+def _ndjson_ids(out):
+    return {kind: [json.loads(line)["id"] for line in
+                   (out / f"{kind}.ndjson").read_text().splitlines()]
+            for kind in ("Observation", "DiagnosticReport")}
+
+
+def test_a_page_of_fhir_ndjson_is_one_durable_append_per_file(site, monkeypatch):
+    from vigil.fhir_adapter import writers
+    from vigil.fhir_adapter.imaging_report import FhirStudySink
+
+    tmp_path, url, _ = site
+    appends = []
+    real = writers.append_durably
+    monkeypatch.setattr(writers, "append_durably",
+                        lambda path, data: (appends.append(path.name), real(path, data))[1])
+    sink = FhirStudySink(tmp_path / "out", site="site-b", deployment="d")
+    with StateStore.open(url) as store:
+        result = runner(store, tmp_path / "in", sink).run()
+    assert result.scored == 12 and result.pages == 3  # pages of 5, 5, 2
+    assert appends == ["Observation.ndjson", "DiagnosticReport.ndjson"] * 3
+    ids = _ndjson_ids(tmp_path / "out")
+    assert len(ids["Observation"]) == len(set(ids["Observation"])) == 12
+    assert len(ids["DiagnosticReport"]) == len(set(ids["DiagnosticReport"])) == 12
+
+
+def test_a_kill_after_the_page_is_durable_but_before_its_record_replays_it_once(site,
+                                                                               monkeypatch):
+    from vigil.fhir_adapter.imaging_report import FhirStudySink
+
+    tmp_path, url, _ = site
+    out = tmp_path / "out"
+    real_commit = ImagingRunner._commit
+    commits = []
+
+    def dying_commit(self, done, cursor, result):
+        commits.append(cursor)
+        if len(commits) == 2:  # the second page's lines are on disk, its record is not
+            raise KeyboardInterrupt("killed between the sink's append and the record")
+        return real_commit(self, done, cursor, result)
+
+    monkeypatch.setattr(ImagingRunner, "_commit", dying_commit)
+    with StateStore.open(url) as store, pytest.raises(KeyboardInterrupt):
+        runner(store, tmp_path / "in", FhirStudySink(out, site="site-b", deployment="d")).run()
+    crashed = _ndjson_ids(out)
+    assert len(crashed["DiagnosticReport"]) == 10  # two pages written, one recorded
+    monkeypatch.setattr(ImagingRunner, "_commit", real_commit)
+    with StateStore.open(url) as store:
+        assert len(studies(store)) == 5
+        result = runner(store, tmp_path / "in",
+                        FhirStudySink(out, site="site-b", deployment="d")).run()
+        rows = studies(store)
+    assert result.scored == 7 and len(rows) == 12
+    ids = _ndjson_ids(out)  # the replayed page replaced its lines: no id twice
+    for kind in ("Observation", "DiagnosticReport"):
+        assert len(ids[kind]) == len(set(ids[kind])) == 12
+        assert set(crashed[kind]) <= set(ids[kind])
+
+
+def test_a_page_whose_durable_append_fails_is_retried_whole(site, monkeypatch):
+    from vigil.fhir_adapter import writers
+    from vigil.fhir_adapter.imaging_report import FhirStudySink
+
+    tmp_path, url, _ = site
+    real = writers.append_durably
+    calls = []
+
+    def full_disk(path, data):
+        calls.append(path.name)
+        if len(calls) == 3:  # the second page's Observations
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(writers, "append_durably", full_disk)
+    with StateStore.open(url) as store:
+        first = runner(store, tmp_path / "in",
+                       FhirStudySink(tmp_path / "out", site="site-b", deployment="d")).run()
+        assert first.ok and first.scored == 12 and first.sink_failures == 5
+        assert [r[7] for r in studies(store)].count("retry") == 5
+        second = runner(store, tmp_path / "in",
+                        FhirStudySink(tmp_path / "out", site="site-b", deployment="d")).run()
+        assert second.retried == 5 and {r[7] for r in studies(store)} == {"done"}
+    ids = _ndjson_ids(tmp_path / "out")
+    assert len(ids["DiagnosticReport"]) == len(set(ids["DiagnosticReport"])) == 12
+
+
+def test_a_page_is_scored_in_one_onnx_call_per_model_and_the_pixels_are_let_go(site,
+                                                                               monkeypatch):
+    tmp_path, url, _ = site
+    calls = []
+    real = ImageScorer.predict_images
+
+    def counted(self, inputs, **kw):
+        calls.append(len(inputs))
+        return real(self, inputs, **kw)
+
+    monkeypatch.setattr(ImageScorer, "predict_images", counted)
+    sink = RecordingSink()
+    seen = []
+    sink_write = sink.write
+    sink.write = lambda score, sources: (seen.extend(sources), sink_write(score, sources))[1]
+    with StateStore.open(url) as store:
+        result = runner(store, tmp_path / "in", sink).run()
+        rows = studies(store)
+    # loading checks the package on a (2, 1, 28, 28) batch; then pages of 5, 5, 2: one call each
+    assert result.scored == 12 and calls == [2, 5, 5, 2]
+    assert len(seen) == 12 and not any("PixelData" in ds for ds in seen)  # headers only
+    assert len(rows) == 12 and {r[7] for r in rows} == {"done"}

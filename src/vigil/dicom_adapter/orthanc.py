@@ -7,7 +7,9 @@
   of), so every request is retried on transport errors and 502/503/504.
 - :class:`OrthancSource` is a :class:`~vigil.runtime.study_contracts.StudySource`: it
   walks the change feed from a cursor (the last ``Seq`` read, a string the runtime
-  stores) and reports each study once it is stable; :meth:`OrthancSource.fetch` returns
+  stores) and reports each study once it is stable (the ``NewStudy`` rows of a feed
+  chunk are looked up together: two ``/tools/bulk-content`` requests for up to a page
+  of studies, not two requests per study); :meth:`OrthancSource.fetch` returns
   its instances as Part 10 bytes by WADO-RS, exactly as stored.
 
 Why ``NewStudy`` and not ``StableStudy``: Orthanc 1.10 keeps the unstable studies in
@@ -242,19 +244,48 @@ class OrthancClient:
                                ok=(200, 404))
         if series.status_code == 404:
             return None
+        return _study_info(resp.json(), series.json(), self.base_url)
+
+    def studies(self, orthanc_ids: Sequence[str]) -> dict[str, StudyInfo | None]:
+        """Look up several studies in two requests; None for a study that is gone (deleted).
+
+        ``POST /tools/bulk-content`` (Orthanc 1.9.5+) with ``Level`` Study (the studies'
+        ``IsStable``, MainDicomTags and PatientMainDicomTags, as ``GET /studies/{id}``)
+        and ``Level`` Series (their series, each with ``ParentStudy`` and its Modality, as
+        ``GET /studies/{id}/series``). Orthanc leaves unknown ids out of its answer and
+        does not keep the request's order; the answer is matched by ``ID``.
+        """
+        ids = list(dict.fromkeys(orthanc_ids))
+        if not ids:
+            return {}
+        docs = self._bulk(ids, "Study")
+        rows = self._bulk(ids, "Series")
+        out: dict[str, StudyInfo | None] = dict.fromkeys(ids)
         try:
-            doc, rows = resp.json(), series.json()
-            tags, patient = doc["MainDicomTags"], doc.get("PatientMainDicomTags") or {}
-            modalities = tuple(sorted({str(s["MainDicomTags"].get("Modality", ""))
-                                       for s in rows} - {""}))
-            ref = StudyRef(study_uid=str(tags["StudyInstanceUID"]), source_id=orthanc_id,
-                           patient_key=str(patient.get("PatientID", "")),
-                           modalities=modalities,
-                           accession=str(tags.get("AccessionNumber") or "") or None)
-            return StudyInfo(ref, bool(doc.get("IsStable", False)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PACSError("Orthanc's study lookup lacks MainDicomTags/StudyInstanceUID or "
-                            "the series' Modality", url=self.base_url) from exc
+            series: dict[str, list[Any]] = {}
+            for row in rows:
+                series.setdefault(str(row["ParentStudy"]), []).append(row)
+            for doc in docs:
+                sid = str(doc["ID"])
+                if sid in out and doc.get("Type", "Study") == "Study":
+                    out[sid] = _study_info(doc, series.get(sid, []), self.base_url)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PACSError("Orthanc's bulk study lookup lacks ID/ParentStudy",
+                            url=self.base_url) from exc
+        return out
+
+    def _bulk(self, ids: list[str], level: str) -> list[Any]:
+        resp = self._request("POST", "/tools/bulk-content", f"the bulk {level.lower()} lookup",
+                             json={"Resources": ids, "Level": level})
+        try:
+            rows = resp.json()
+        except ValueError as exc:
+            raise PACSError(f"Orthanc answered the bulk {level.lower()} lookup with a body that "
+                            "is not JSON", url=self.base_url) from exc
+        if not isinstance(rows, list):
+            raise PACSError(f"Orthanc's bulk {level.lower()} lookup is not a JSON list",
+                            url=self.base_url)
+        return rows
 
     def retrieve_study(self, study_uid: str) -> list[StudyInstance]:
         """Every instance of a study by WADO-RS, as stored (``transfer-syntax=*``: no transcoding).
@@ -292,6 +323,21 @@ class OrthancClient:
     def store(self, data: bytes) -> None:
         """Store one instance; storing one already there is success (idempotent)."""
         self.store_status(data)
+
+
+def _study_info(doc: Any, rows: Any, url: str) -> StudyInfo:
+    """Return a study's :class:`StudyInfo` from its Orthanc document and its series'."""
+    try:
+        tags, patient = doc["MainDicomTags"], doc.get("PatientMainDicomTags") or {}
+        modalities = tuple(sorted({str(s["MainDicomTags"].get("Modality", ""))
+                                   for s in rows} - {""}))
+        ref = StudyRef(study_uid=str(tags["StudyInstanceUID"]), source_id=str(doc["ID"]),
+                       patient_key=str(patient.get("PatientID", "")), modalities=modalities,
+                       accession=str(tags.get("AccessionNumber") or "") or None)
+        return StudyInfo(ref, bool(doc.get("IsStable", False)))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PACSError("Orthanc's study lookup lacks MainDicomTags/StudyInstanceUID or "
+                        "the series' Modality", url=url) from exc
 
 
 def _orthanc_error(resp: httpx.Response) -> str:
@@ -360,9 +406,15 @@ class OrthancSource:
                             since, page.last)
                 since = 0
                 continue
+            new = [c.resource_id for c in page.changes if c.change_type == "NewStudy"]
+            infos: dict[str, StudyInfo | None] = {}
             for i, change in enumerate(page.changes):
                 if change.change_type == "NewStudy":
-                    info = self.client.study(change.resource_id)
+                    if change.resource_id not in infos:  # the next ones, in one lookup
+                        at = new.index(change.resource_id)
+                        infos.update(self.client.studies(
+                            new[at:at + max(limit - len(studies), 1)]))
+                    info = infos[change.resource_id]
                     if info is not None and not info.stable:
                         return StudyPage(tuple(studies), str(since), done=True)
                     self._keep(info, studies, seen)

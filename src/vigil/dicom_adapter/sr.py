@@ -48,6 +48,7 @@ from pydicom.sr.coding import Code
 from vigil.core.errors import DataError, ScoringError
 from vigil.dicom_adapter.own_output import OWN_MANUFACTURER, is_own_output
 from vigil.dicom_adapter.scanners import deterministic_uid
+from vigil.dicom_adapter.sr_template import SRTemplates, shape_key
 
 if TYPE_CHECKING:
     from vigil.runtime.study_contracts import StudyScore
@@ -81,6 +82,11 @@ def sr_uids(*, site: str, study_uid: str, model_name: str, model_version: str,
     return str(deterministic_uid(*parts, "series")), str(deterministic_uid(*parts, "instance"))
 
 
+def _tracking_uid(score: StudyScore, site: str) -> str:
+    return str(deterministic_uid("sr-tracking", site, score.model_name, score.model_version,
+                                 score.role, score.study.study_uid))
+
+
 def _quiet_highdicom() -> None:
     """Keep highdicom's INFO/WARNING records (they quote SOP Instance UIDs and patient names)."""
     logging.getLogger("highdicom").setLevel(logging.ERROR)
@@ -108,6 +114,21 @@ def _scored_sources(score: StudyScore, sources: Sequence[Dataset]) -> list[Datas
     return scored
 
 
+def _checked(score: StudyScore, sources: Sequence[Dataset]) -> list[Dataset]:
+    """Check a score for an SR and return its scored instances (see :func:`build_sr`)."""
+    if not score.sop_instance_uids:
+        raise DataError("expected at least one scored instance for a DICOM SR, got none "
+                        "(every instance of the study was quarantined)")
+    p, threshold = score.study_probability, score.threshold
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0 and math.isfinite(threshold)
+            and 0.0 <= threshold <= 1.0):
+        raise ScoringError(f"expected a study probability and threshold in [0, 1], got {p!r} "
+                           f"and {threshold!r}")
+    if score.scored_at.tzinfo is None:
+        raise DataError("expected a tz-aware scoring time, got a naive one")
+    return _scored_sources(score, sources)
+
+
 def _content(score: StudyScore, scored: Sequence[Dataset], *, site: str,
              probability: float) -> Dataset:
     """Build the TID 1500 content tree (the root CONTAINER) of a score."""
@@ -116,8 +137,7 @@ def _content(score: StudyScore, scored: Sequence[Dataset], *, site: str,
                                               manufacturer=OWN_MANUFACTURER)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=str(deterministic_uid("sr-tracking", site, score.model_name,
-                                      score.model_version, score.role, score.study.study_uid)),
+            uid=_tracking_uid(score, site),
             identifier=TRACKING_NAME),
         finding_type=PNEUMONIA,
         algorithm_id=algorithm,
@@ -172,17 +192,7 @@ def build_sr(score: StudyScore, sources: Sequence[Dataset], *, site: str,
         If no instance was scored, a scored instance is missing from ``sources`` or
         belongs to another study, or the instances lack what the SR copies.
     """
-    if not score.sop_instance_uids:
-        raise DataError("expected at least one scored instance for a DICOM SR, got none "
-                        "(every instance of the study was quarantined)")
-    p, threshold = score.study_probability, score.threshold
-    if not (math.isfinite(p) and 0.0 <= p <= 1.0 and math.isfinite(threshold)
-            and 0.0 <= threshold <= 1.0):
-        raise ScoringError(f"expected a study probability and threshold in [0, 1], got {p!r} "
-                           f"and {threshold!r}")
-    if score.scored_at.tzinfo is None:
-        raise DataError("expected a tz-aware scoring time, got a naive one")
-    scored = _scored_sources(score, sources)
+    scored = _checked(score, sources)
     when = score.scored_at.astimezone(UTC)
     day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
     series_uid, sop_uid = sr_uids(site=site, study_uid=score.study.study_uid,
@@ -192,7 +202,8 @@ def build_sr(score: StudyScore, sources: Sequence[Dataset], *, site: str,
     _quiet_highdicom()
     try:
         sr = hd.sr.ComprehensiveSR(
-            evidence=scored, content=_content(score, scored, site=site, probability=p),
+            evidence=scored, content=_content(score, scored, site=site,
+                                                     probability=score.study_probability),
             series_instance_uid=series_uid,
             series_number=SERIES_NUMBERS.get(score.role, 9903), sop_instance_uid=sop_uid,
             instance_number=1, manufacturer=OWN_MANUFACTURER, is_complete=True,
@@ -252,19 +263,36 @@ class SRStudySink:
         self.site = site
         self.institution_name = institution_name
         self.include_shadow = include_shadow
+        self.templates = SRTemplates()
+        """Compiled SRs by shape (:mod:`vigil.dicom_adapter.sr_template`)."""
 
     def __repr__(self) -> str:
         return f"SRStudySink(include_shadow={self.include_shadow})"
 
     def encode(self, score: StudyScore, sources: Sequence[Dataset]) -> bytes | None:
-        """Return the Part 10 bytes :meth:`write` stores for ``score`` (None: nothing to write)."""
+        """Return the Part 10 bytes :meth:`write` stores for ``score`` (None: nothing to write).
+
+        The bytes are :func:`sr_bytes` of :func:`build_sr`; the first SR of each shape is
+        built so, later ones are rendered from its compiled template (the same bytes).
+        """
         if (score.role != "active" and not self.include_shadow) or not score.sop_instance_uids:
             return None
-        return sr_bytes(build_sr(score, sources, site=self.site,
-                                 institution_name=self.institution_name))
+        scored = _checked(score, sources)
+        series_uid, sop_uid = sr_uids(site=self.site, study_uid=score.study.study_uid,
+                                      model_name=score.model_name,
+                                      model_version=score.model_version, role=score.role)
+        uids = {"series": series_uid, "sop": sop_uid, "tracking": _tracking_uid(score, self.site)}
+        key = shape_key(score, scored)
+        data = self.templates.render(key, score, scored, uids)
+        if data is None:
+            sr = build_sr(score, sources, site=self.site, institution_name=self.institution_name)
+            data = sr_bytes(sr)
+            if not self.templates.known(key):
+                self.templates.learn(key, sr, data, score, scored, uids)
+        return data
 
     def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
-        """Build the SR of ``score`` and store it (errors of ``store`` propagate)."""
+        """Encode the SR of ``score`` and store it (errors of ``store`` propagate)."""
         data = self.encode(score, sources)
         if data is not None:
             self.store(data)

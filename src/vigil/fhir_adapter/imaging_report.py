@@ -329,6 +329,7 @@ class FhirStudySink:
                  accession_system: str | None = None, include_shadow: bool = False) -> None:
         self.http: FHIRHttp | None = None
         self.files: dict[str, NDJSONWriter] = {}
+        self._page: dict[str, list[dict[str, Any]]] | None = None
         if isinstance(target, FHIRSettings):
             self.http = FHIRHttp(target, client=client, credentials=credentials, sleep=sleep)
         else:
@@ -370,8 +371,42 @@ class FhirStudySink:
         if self.http is not None:
             _put_all(self.http, resources)
             return
-        for resource in resources:
-            self.files[resource["resourceType"]].write([resource])
+        if self._page is not None:
+            for resource in resources:
+                self._page[resource["resourceType"]].append(resource)
+            return
+        for kind in ("Observation", "DiagnosticReport"):
+            batch = [r for r in resources if r["resourceType"] == kind]
+            if batch:
+                self.files[kind].write(batch)
+
+    def begin_page(self) -> None:
+        """Hold the NDJSON lines of the following writes until :meth:`end_page`.
+
+        The imaging cycle writes a page's studies, then makes them durable with one
+        append (one ``fsync``) per file, then records the page; a crash before the
+        record replays the page, whose ids are deterministic. A FHIR server gets each
+        write at once, as before.
+        """
+        if self.files:
+            self._page = {kind: [] for kind in self.files}
+
+    def end_page(self) -> None:
+        """Append the held lines, Observations before the reports that refer to them.
+
+        Raises
+        ------
+        OSError
+            When a file cannot be written: that file holds none of the page's lines
+            (the Observations may be on disk without their reports; the page is
+            written again, in full, when it is retried).
+        """
+        page, self._page = self._page, None
+        if page is None:
+            return
+        for kind in ("Observation", "DiagnosticReport"):
+            if page[kind]:
+                self.files[kind].write(page[kind])
 
     def __enter__(self) -> FhirStudySink:
         return self

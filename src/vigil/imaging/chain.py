@@ -2,6 +2,8 @@
 
 Order (PS3.4 N.2.1):
 
+Steps 1-3 together are :func:`display_values` (one table lookup for a large image).
+
 1. :func:`apply_modality` - Modality LUT or Rescale Slope/Intercept (PS3.3 C.11.1);
 2. :func:`apply_voi` - VOI LUT or window (PS3.3 C.11.2), output in ``[0, 1]``;
 3. :func:`apply_presentation` - MONOCHROME1 / Presentation LUT Shape INVERSE:
@@ -30,6 +32,7 @@ __all__ = [
     "apply_modality",
     "apply_presentation",
     "apply_voi",
+    "display_values",
     "normalize",
     "resize",
     "to_model_input",
@@ -38,6 +41,68 @@ __all__ = [
 
 MODEL_SIZE = 28
 """Side of the square model input (MedMNIST 28×28)."""
+
+
+_LUT_MIN_PIXELS_PER_ENTRY = 4
+"""Pixels per possible stored value above which :func:`display_values` tabulates the chain."""
+_BAND_MIN_FACTOR = 4
+"""Input side / output side above which :func:`resize` sums each output cell's band only."""
+
+
+def _checked_stored(stored: NDArray[np.integer], params: DisplayParameters) -> NDArray[np.integer]:
+    arr = np.asarray(stored)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(
+            f"expected a 2-D integer array of stored values, got {arr.ndim}-D {arr.dtype}"
+        )
+    low, high = params.stored_range
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < low or hi > high:
+            raise DataError(
+                f"expected stored values in [{low}, {high}] for {params.bits_stored} bits "
+                f"stored, got [{lo}, {hi}]"
+            )
+    return arr
+
+
+def display_values(stored: NDArray[np.integer], params: DisplayParameters) -> NDArray[np.float64]:
+    """Run steps 1-3 of the chain: stored values → presentation values in ``[0, 1]``.
+
+    ``apply_presentation(apply_voi(apply_modality(stored)))``. Each step maps every
+    pixel on its own (PS3.3 C.11: the Modality LUT, the VOI LUT or window and the
+    Presentation LUT are functions of the one value), so for an image with many more
+    pixels than possible stored values (a 2,500-px film of 12 to 16 bits) the three
+    steps run once on every possible stored value and the image is one table lookup:
+    the same float64 operations on the same values, hence the same bits, in one pass
+    over the image instead of about ten.
+
+    Parameters
+    ----------
+    stored : ndarray of integers, shape (rows, columns)
+        One image's stored values, within its Bits Stored.
+    params : DisplayParameters
+        Its Modality LUT or rescale, VOI and presentation.
+
+    Returns
+    -------
+    ndarray of float64, shape (rows, columns)
+        Presentation values, 0 black and 1 white.
+
+    Raises
+    ------
+    DataError
+        As :func:`apply_modality`.
+    """
+    arr = _checked_stored(stored, params)
+    low, high = params.stored_range
+    entries = high - low + 1
+    if arr.size < _LUT_MIN_PIXELS_PER_ENTRY * entries or entries > 2**16:
+        return apply_presentation(apply_voi(apply_modality(arr, params), params), params)
+    every = np.arange(low, high + 1, dtype=np.int64).reshape(1, entries)
+    table = apply_presentation(apply_voi(apply_modality(every, params), params), params)[0]
+    index = arr if low == 0 else arr.astype(np.int32) - low
+    return table[index]
 
 
 def apply_modality(stored: NDArray[np.integer], params: DisplayParameters) -> NDArray[np.float64]:
@@ -69,17 +134,7 @@ def apply_modality(stored: NDArray[np.integer], params: DisplayParameters) -> ND
     >>> apply_modality(np.array([[0, 10]]), p).tolist()
     [[100.0, 80.0]]
     """
-    arr = np.asarray(stored)
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(
-            f"expected a 2-D integer array of stored values, got {arr.ndim}-D {arr.dtype}"
-        )
-    low, high = params.stored_range
-    if arr.size and (int(arr.min()) < low or int(arr.max()) > high):
-        raise DataError(
-            f"expected stored values in [{low}, {high}] for {params.bits_stored} bits stored, "
-            f"got [{int(arr.min())}, {int(arr.max())}]"
-        )
+    arr = _checked_stored(stored, params)
     if params.modality_lut is not None:
         return params.modality_lut.lookup(arr)
     return arr.astype(np.float64) * params.slope + params.intercept
@@ -170,7 +225,11 @@ def resize(image: NDArray[np.floating], size: int = MODEL_SIZE) -> NDArray[np.fl
     area they share with it; for an integer factor this is the block mean (the same
     as Pillow's ``Image.BOX``). Separable: rows, then columns. The aspect ratio
     is not kept (MedMNIST resized its sources the same way). An image already of
-    the size is returned unchanged (as float64), bit for bit. Deterministic.
+    the size is returned unchanged (as float64), bit for bit. Deterministic. For an
+    image of at least four times the output's rows (a film), each output row sums
+    only its band of input rows (~28x fewer operations for a 2,500-px film); this
+    equals the full product ``rows @ image @ cols.T`` up to float64 rounding (the
+    summation order differs; tests bound the difference by 1e-12 on ``[0, 1]``).
 
     Parameters
     ----------
@@ -193,7 +252,16 @@ def resize(image: NDArray[np.floating], size: int = MODEL_SIZE) -> NDArray[np.fl
         return arr.copy()
     rows = _box_weights(arr.shape[0], size)
     cols = _box_weights(arr.shape[1], size)
-    return np.asarray(rows @ arr @ cols.T, dtype=np.float64)
+    if arr.shape[0] < _BAND_MIN_FACTOR * size:
+        return np.asarray(rows @ arr @ cols.T, dtype=np.float64)
+    # A large image: each output row is the weighted sum of its own band of input rows
+    # (about rows / size of them), not a product with a mostly-zero (size, rows) matrix.
+    banded = np.empty((size, arr.shape[1]), dtype=np.float64)
+    for i, weights in enumerate(rows):
+        (nonzero,) = np.nonzero(weights)
+        lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
+        banded[i] = weights[lo:hi] @ arr[lo:hi]
+    return np.asarray(banded @ cols.T, dtype=np.float64)
 
 
 def normalize(image: NDArray[np.floating]) -> NDArray[np.float32]:
@@ -220,8 +288,7 @@ def to_model_input(
     ndarray of float32, shape (size, size)
         The model input, in ``[-1, 1]``.
     """
-    display = apply_presentation(apply_voi(apply_modality(stored, params), params), params)
-    return normalize(resize(display, size))
+    return normalize(resize(display_values(stored, params), size))
 
 
 def training_inputs(

@@ -8,15 +8,18 @@ works through the source from its stored cursor, one page at a time:
 1. each study of the page is fetched and read by :func:`vigil.runtime.images.read_instances`
    (the reader ``vigil evaluate --images`` uses); an instance the pixel chain refuses is
    quarantined with its reason and counted, and instances that are not images (the
-   runtime's own Structured Reports among them; :func:`skip_instance`) are skipped;
-2. each live model (``name@version`` and role) that has not recorded this study with
-   the same image instances scores it (:meth:`ImageScorer.predict_images
+   runtime's own Structured Reports among them; :func:`skip_instance`) are skipped; the
+   pixels are dropped once read (the sinks need headers only);
+2. each live model (``name@version`` and role) scores the page's studies it has not
+   recorded with the same image instances, in one call (:meth:`ImageScorer.predict_images
    <vigil.runtime.images.ImageScorer.predict_images>`), then the site calibration
    record (probability and threshold) applies, else the package's threshold for this
    site (``site_thresholds`` of a federated package), else the package's threshold;
 3. the active model's :class:`~vigil.runtime.study_contracts.StudyScore` goes to every
    sink (the shadow's is only stored);
-4. the page's studies, their instance records and the cursor commit in **one
+4. sinks that hold a page's writes (``begin_page``/``end_page``: the FHIR NDJSON
+   write-back, one durable append per file and page) make them durable;
+5. the page's studies, their instance records and the cursor commit in **one
    transaction** (:mod:`vigil.runtime.imaging_store`).
 
 When a study is scored again: a study already recorded by a model is fetched again
@@ -151,6 +154,14 @@ class ImagingResult:
 
 
 @dataclass(frozen=True, eq=False)
+class _Pending:
+    ref: StudyRef
+    reads: dict[int, tuple[InstanceBatch, np.ndarray]]
+    digest: str
+    wanted: list[LiveModel]
+
+
+@dataclass(frozen=True, eq=False)
 class _Recorded:
     score: StudyScore
     records: list[tuple[str, InstanceRecord]]
@@ -234,13 +245,15 @@ class ImagingRunner:
             retry = retry_studies(self.store.conn, limit=self.retry_limit)
             for lo in range(0, len(retry), self.page_limit):
                 part = retry[lo:lo + self.page_limit]
-                self._commit([self._study(ref, models, result, force=True) for ref in part],
-                             None, result)
+                self._begin_page()
+                done = self._page(part, models, result, force=True)
+                self._commit(self._end_page(done, result), None, result)
                 result.retried += len(part)
             while (max_pages is None or result.pages < max_pages) and not (stop and stop()):
                 page = self.source.poll(result.cursor, limit=self.page_limit)
-                done = [self._study(ref, models, result) for ref in page.studies]
-                self._commit(done, page.cursor, result)
+                self._begin_page()
+                done = self._page(page.studies, models, result)
+                self._commit(self._end_page(done, result), page.cursor, result)
                 result.pages += 1
                 result.studies += len(page.studies)
                 result.cursor = page.cursor
@@ -254,6 +267,45 @@ class ImagingRunner:
             log.warning("%s; the cursor stays at the last recorded page", result.error)
         result.duration_s = time.monotonic() - started
         return result
+
+    def _begin_page(self) -> None:
+        for sink in self.sinks:
+            begin = getattr(sink, "begin_page", None)
+            if begin is not None:
+                begin()
+
+    def _end_page(self, done: list[list[_Recorded]], result: ImagingResult
+                  ) -> list[list[_Recorded]]:
+        """Make the sinks' held writes durable (before the page's record); mark failures.
+
+        A sink that fails here failed for every study it was handed in this page: those
+        studies are recorded ``retry`` (their score counted once) and written again at
+        the next run, as for a failed :meth:`StudySink.write`.
+        """
+        failed = None
+        for sink in self.sinks:
+            end = getattr(sink, "end_page", None)
+            if end is None:
+                continue
+            try:
+                end()
+            except Exception as exc:  # noqa: BLE001 - as a failed write: retried
+                failed = failed or f"sink {sink.name!r} failed: {type(exc).__name__}"
+                log.warning("imaging sink %r failed at the end of a page (%s); the page's "
+                            "studies are retried at the next poll", sink.name,
+                            type(exc).__name__)
+        if failed is None:
+            return done
+        out = []
+        for recorded in done:
+            kept = []
+            for r in recorded:
+                if r.error is None and r.score.role == "active" and r.score.sop_instance_uids:
+                    r = _Recorded(r.score, r.records, r.digest, failed)
+                    result.sink_failures += 1
+                kept.append(r)
+            out.append(kept)
+        return out
 
     def _commit(self, done: list[list[_Recorded]], cursor: str | None,
                 result: ImagingResult) -> None:
@@ -271,20 +323,60 @@ class ImagingRunner:
                 if self.on_study is not None:
                     self.on_study(r.score, r.error)
 
-    def _study(self, ref: StudyRef, models: list[LiveModel], result: ImagingResult, *,
-               force: bool = False) -> list[_Recorded]:
-        """Score one study with every model that has not recorded it as it is now."""
+    def _page(self, refs: Sequence[StudyRef], models: list[LiveModel], result: ImagingResult,
+              *, force: bool = False) -> list[list[_Recorded]]:
+        """Score a page: read each study, one ONNX call per model for the page, then write."""
+        pending = [p for ref in refs
+                   if (p := self._prepare(ref, models, result, force=force)) is not None]
+        raw: dict[tuple[int, int], np.ndarray] = {}
+        for j, m in enumerate(models):
+            users = [i for i, p in enumerate(pending) if any(w is m for w in p.wanted)]
+            if not users:
+                continue
+            scorer = m.scorer
+            assert isinstance(scorer, ImageScorer)
+            inputs = [pending[i].reads[scorer.size][0].inputs for i in users]
+            out = scorer.predict_images(np.concatenate(inputs))
+            bounds = np.cumsum([0, *(len(x) for x in inputs)])
+            for k, i in enumerate(users):
+                raw[(i, j)] = out[bounds[k]:bounds[k + 1]]
+        now = self.clock()
+        done = []
+        for i, p in enumerate(pending):
+            recorded = []
+            for j, m in enumerate(models):
+                if not any(w is m for w in p.wanted):
+                    continue
+                batch, histogram = p.reads[_size(m)]
+                score, records = self._score(p.ref, m, batch, histogram, raw[(i, j)], now)
+                result.instances_scored += len(score.sop_instance_uids)
+                error = self._write(score, batch.datasets) if m.row.role == "active" else None
+                result.sink_failures += error is not None
+                recorded.append(_Recorded(score, records, p.digest, error))
+            done.append(recorded)
+        return done
+
+    def _prepare(self, ref: StudyRef, models: list[LiveModel], result: ImagingResult, *,
+                 force: bool = False) -> _Pending | None:
+        """Fetch and read a study for every model that has not recorded it as it is now.
+
+        None when no model needs it (``unchanged``). The instances' pixel data are
+        dropped once read (the sinks need their headers only), so a page of films
+        holds its model inputs, not its pixels.
+        """
         rows = study_rows(self.store.conn, ref.study_uid)
         instances = self.source.fetch(ref)
-        batches: dict[int, tuple[InstanceBatch, np.ndarray]] = {}
+        reads: dict[int, tuple[InstanceBatch, np.ndarray]] = {}
 
         def read(size: int) -> tuple[InstanceBatch, np.ndarray]:
-            if size not in batches:
+            if size not in reads:
                 b = read_instances(((i.sop_instance_uid, i.data) for i in instances), size=size,
                                    skip=lambda ds: skip_instance(ds, modalities=self.modalities))
-                batches[size] = (b, input_histogram(b.inputs) if b.keys
-                                 else np.zeros((0, N_BINS), dtype=np.int64))
-            return batches[size]
+                for ds in b.datasets:
+                    _drop_pixels(ds)
+                reads[size] = (b, input_histogram(b.inputs) if b.keys
+                               else np.zeros((0, N_BINS), dtype=np.int64))
+            return reads[size]
 
         batch, _ = read(_size(models[0]))
         digest = instances_digest([*batch.keys, *(k for k, _ in batch.quarantined)])
@@ -295,28 +387,18 @@ class ImagingRunner:
                 wanted.append(m)
         if not wanted:
             result.unchanged += 1
-            return []
+            return None
         result.skipped += batch.skipped
         result.quarantine_reasons.update(reason for _, reason in batch.quarantined)
         if not batch.keys:
             result.empty += 1
-        now = self.clock()
-        out = []
         for m in wanted:
-            batch, histogram = read(_size(m))
-            score, records = self._score(ref, m, batch, histogram, now)
-            result.instances_scored += len(score.sop_instance_uids)
-            error = self._write(score, batch.datasets) if m.row.role == "active" else None
-            result.sink_failures += error is not None
-            out.append(_Recorded(score, records, digest, error))
-        return out
+            read(_size(m))
+        return _Pending(ref, reads, digest, wanted)
 
     def _score(self, ref: StudyRef, m: LiveModel, batch: InstanceBatch,
-               histogram: np.ndarray, now: datetime
+               histogram: np.ndarray, raw: np.ndarray, now: datetime
                ) -> tuple[StudyScore, list[tuple[str, InstanceRecord]]]:
-        scorer = m.scorer
-        assert isinstance(scorer, ImageScorer)
-        raw = scorer.predict_images(batch.inputs)
         calibrated = raw if m.calibration is None else np.asarray(
             m.calibration.transform(raw), dtype=np.float64)
         score = StudyScore(
@@ -346,6 +428,13 @@ class ImagingRunner:
                 log.warning("imaging sink %r failed (%s); the study is retried at the next poll",
                             sink.name, type(exc).__name__)
         return failed
+
+
+def _drop_pixels(ds: Dataset) -> None:
+    """Free an instance's pixels (its Pixel Data and pydicom's decoded copy); headers stay."""
+    if "PixelData" in ds:
+        del ds.PixelData
+    ds._pixel_array = None
 
 
 def _size(model: LiveModel) -> int:
