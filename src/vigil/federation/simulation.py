@@ -244,7 +244,7 @@ def federate(
             noises = {s.name: _tree_noise(s, dp, trees, tree_dp) for s in sites}
             for s in sites:
                 s.tree_noise = noises[s.name]
-            grown = private_plan(trees, list(noises.values()))
+            grown = private_plan(trees, list(noises.values()), tree_dp.hessian_floor)
         hybrid = grow_hybrid(sites, result.weights, grown,
                              counts={n: s.count for n, s in result.statistics.items()},
                              min_sites=plan.min_sites, on_tree=on_tree, edges=edges,

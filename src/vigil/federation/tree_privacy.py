@@ -92,13 +92,24 @@ class TreeDPSettings:
     features_per_tree : int, optional
         Features each tree may split on (and the sites send), >= 1.
     seed : int, optional
-        Seed of the public feature draws and of the noise (noise from a seeded
-        generator keeps runs reproducible; a deployment would draw it from the OS).
+        Seed of the public feature draws.
+    hessian_floor : float, optional
+        ``min_child_weight`` is raised to this many standard deviations of the
+        noise on a hessian sum over all bins of a feature, summed over the
+        sites (:func:`private_plan`), > 0.
+    seeded_noise : bool, optional
+        Draw each release's noise from a generator seeded by ``seed``, the
+        site's name and the release (reproducible runs: the in-process
+        simulation, tests). False draws it from the operating system's entropy,
+        as a deployment must: with a seed the coordinator knows, the noise
+        could be subtracted.
     """
 
     tree_share: float = 0.5
     features_per_tree: int = 16
     seed: int = 0
+    hessian_floor: float = 2.0
+    seeded_noise: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.tree_share < 1:
@@ -107,6 +118,9 @@ class TreeDPSettings:
         if self.features_per_tree < 1:
             raise ConfigError(f"expected features per tree >= 1, got {self.features_per_tree}",
                               key="dp_tree_features")
+        if not (math.isfinite(self.hessian_floor) and self.hessian_floor > 0):
+            raise ConfigError(f"expected a hessian floor > 0 noise SDs, got {self.hessian_floor}",
+                              key="dp_tree_floor")
 
 
 def level_sensitivity(features: int) -> float:
@@ -209,11 +223,14 @@ class TreeNoise:
     noise_multiplier : float
     features_per_tree : int
     seed : int
+        Seed of the public feature draws.
     epsilon, delta : float
         The site's composed guarantee (network and trees).
     network_epsilon : float
         The network's DP-SGD alone, at the same delta.
     releases : int
+    seeded_noise : bool, optional
+        Noise from generators seeded by ``seed`` (reproducible), else from the OS.
     """
 
     noise_multiplier: float
@@ -223,6 +240,7 @@ class TreeNoise:
     delta: float
     network_epsilon: float
     releases: int
+    seeded_noise: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Manifest form, with the per-release noise standard deviations."""
@@ -233,12 +251,19 @@ class TreeNoise:
             "histogram_sigma": self.noise_multiplier * level_sensitivity(self.features_per_tree),
             "label_sums_sigma": self.noise_multiplier * math.sqrt(2.0),
             "releases": self.releases,
+            "noise_source": "seeded (reproducible simulation)" if self.seeded_noise
+            else "operating system entropy",
         }
 
 
 @dataclass(eq=False)
 class NoisyBoostingSite(BoostingSite):
     """A :class:`BoostingSite` that releases only Gaussian-noised sums (module docstring).
+
+    Each release draws its noise from its own generator: seeded by the tree
+    noise's seed, the site's name and the release's place (tree, level), so a
+    site rebuilt for every message (Flower) gives the same noise as one kept in
+    process; or, without ``seeded_noise``, from the operating system.
 
     Parameters
     ----------
@@ -250,32 +275,58 @@ class NoisyBoostingSite(BoostingSite):
     noise: TreeNoise | None = None
     n_edges: Sequence[int] = ()
     _tree: int = field(default=-1, init=False, repr=False)
+    _level: int = field(default=0, init=False, repr=False)
     _features: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64),
                                          init=False, repr=False)
-    _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.noise is None or len(self.n_edges) != self.binned.shape[1]:
             raise ConfigError(f"site {self.name}: expected the tree noise and the edges of "
                               f"{self.binned.shape[1]} features", key="dp_epsilon")
-        self._rng = np.random.default_rng([self.noise.seed, *self.name.encode()])
+
+    def _release_rng(self, tree: int, level: int) -> np.random.Generator:
+        assert self.noise is not None
+        if not self.noise.seeded_noise:
+            return np.random.default_rng()
+        return np.random.default_rng([self.noise.seed, *self.name.encode(), tree + 1, level])
 
     def label_sums(self) -> tuple[float, float]:
         """Noisy weighted positives and rows, clipped to ``1 <= W``, ``0 <= P <= W``."""
         positives, rows = super().label_sums()
         assert self.noise is not None
         sigma = self.noise.noise_multiplier * math.sqrt(2.0)
-        rows_n = max(1.0, rows + float(self._rng.normal(0.0, sigma)))
-        return float(np.clip(positives + self._rng.normal(0.0, sigma), 0.0, rows_n)), rows_n
+        rng = self._release_rng(-1, 0)
+        rows_n = max(1.0, rows + float(rng.normal(0.0, sigma)))
+        return float(np.clip(positives + rng.normal(0.0, sigma), 0.0, rows_n)), rows_n
 
     def begin_tree(self) -> None:
         """Start a tree: gradients, and the tree's public feature draw."""
         super().begin_tree()
-        assert self.noise is not None
         self._tree += 1
+        self._level = 0
+        self._draw()
+
+    def _draw(self) -> None:
+        assert self.noise is not None
         self._features = tree_features(self.noise.seed, self._tree, self.binned.shape[1],
                                        self.noise.features_per_tree)
+
+    def _direct(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
+        """Sum the tree's features only (the others are never released); zeros elsewhere."""
+        slot = np.full(max(int(self._node.max(initial=0)), int(nodes.max())) + 1, -1,
+                       dtype=np.int64)
+        slot[nodes] = np.arange(nodes.size)
+        rows = np.flatnonzero(slot[self._node] >= 0)
+        base = slot[self._node[rows]] * n_bins
+        size = len(nodes) * n_bins
+        out = np.zeros((self.binned.shape[1], 2, size))
+        g, h = self._g[rows], self._h[rows]
+        for f in self._features:
+            idx = base + self._columns[f, rows]
+            out[f, 0] = np.bincount(idx, weights=g, minlength=size)
+            out[f, 1] = np.bincount(idx, weights=h, minlength=size)
+        return out.reshape(-1, 2, len(nodes), n_bins).transpose(2, 0, 3, 1)
 
     def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
         """Return the exact sums of the tree's features plus Gaussian noise; zeros elsewhere.
@@ -287,13 +338,27 @@ class NoisyBoostingSite(BoostingSite):
         exact = super().histograms(nodes, n_bins)
         assert self.noise is not None
         sigma = self.noise.noise_multiplier * level_sensitivity(self.noise.features_per_tree)
+        rng = self._release_rng(self._tree, self._level)
+        self._level += 1
         out = np.zeros_like(exact)
         for f in self._features:
             used = min(int(self.n_edges[f]) + 1, n_bins)
-            out[:, f, :used] = exact[:, f, :used] + self._rng.normal(
+            out[:, f, :used] = exact[:, f, :used] + rng.normal(
                 0.0, sigma, size=(exact.shape[0], used, 2))
         np.maximum(out[..., 1], 0.0, out=out[..., 1])
         return out
+
+    def state(self) -> dict[str, NDArray[Any]]:
+        """:meth:`BoostingSite.state` plus the tree and the level being released."""
+        return super().state() | {"release": np.array([self._tree, self._level], np.int64)}
+
+    def restore(self, state: Mapping[str, NDArray[Any]]) -> None:
+        """Take up the running state :meth:`state` returned."""
+        super().restore(state)
+        if "release" in state:
+            self._tree, self._level = (int(v) for v in state["release"])
+            if self._tree >= 0:
+                self._draw()
 
 
 def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
@@ -326,19 +391,22 @@ def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
                                        network=net, orders=orders)
     return TreeNoise(noise_multiplier=z, features_per_tree=settings.features_per_tree,
                      seed=settings.seed, epsilon=composed, delta=delta,
-                     network_epsilon=rdp_epsilon(net, orders, delta), releases=releases)
+                     network_epsilon=rdp_epsilon(net, orders, delta), releases=releases,
+                     seeded_noise=settings.seeded_noise)
 
 
-def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise]) -> BoostingPlan:
+def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise],
+                 hessian_floor: float = 2.0) -> BoostingPlan:
     """Return the plan for noisy trees: a child's hessian floor above the noise.
 
-    ``min_child_weight`` becomes at least twice the standard deviation of the
-    noise on a hessian sum over all ``n_bins`` bins of one feature, summed over
-    the sites (``2 sqrt(n_bins * sum_s sigma_s^2)``), so that no split is made
-    on noise alone; it depends on the noise only, not on the data.
+    ``min_child_weight`` becomes at least ``hessian_floor`` (default 2) standard
+    deviations of the noise on a hessian sum over all ``n_bins`` bins of one
+    feature, summed over the sites (``c sqrt(n_bins * sum_s sigma_s^2)``), so
+    that no split is made on noise alone; it depends on the noise only, not on
+    the data.
     """
     var = sum((n.noise_multiplier * level_sensitivity(n.features_per_tree)) ** 2 for n in noises)
-    floor = 2.0 * math.sqrt(plan.n_bins * var)
+    floor = hessian_floor * math.sqrt(plan.n_bins * var)
     return replace(plan, min_child_weight=max(plan.min_child_weight, floor))
 
 
@@ -365,6 +433,7 @@ def manifest_trees(mechanism: str, epsilon: float, settings: TreeDPSettings,
                   "tree_share": settings.tree_share,
                   "network_target_epsilon": epsilon * (1.0 - settings.tree_share)},
         "trees": {"features_per_tree": settings.features_per_tree,
+                  "hessian_floor_sds": settings.hessian_floor,
                   "sensitivity": "per level sqrt(k (1 + 1/16)), k features; label sums "
                                  "sqrt(2); one row = one unit",
                   "sites": {n: t.to_dict() for n, t in sorted(noises.items())}},
