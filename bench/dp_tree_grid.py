@@ -22,7 +22,9 @@ Usage: ``nice -n 10 .venv/bin/python bench/dp_tree_grid.py --shares 0.5 --plans 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -45,25 +47,28 @@ RECIPE = {"rounds": 10, "batch_size": 4096, "lr": 1e-3, "mu": 0.01, "clip": 10.0
 
 
 def _network(sites: list[Any], share: float, epsilon: float, cache: Path) -> Any:
-    """Train (or load) the DP network at ``(1 - share) * epsilon``; return its weights."""
-    from collections import OrderedDict
-
-    from vigil.federation.driver import Plan, run_federation
+    """Train (or load) the DP network at ``(1 - share) * epsilon``; return the driver's result."""
+    from vigil.federation.driver import run_federation
     from vigil.federation.site import ModelSpec
     from vigil.federation.strategies import make_strategy
 
-    path = cache / f"net-eps{epsilon:g}-share{share:g}.npz"
+    path = cache / f"net-eps{epsilon:g}-share{share:g}.pkl"
     if path.exists():
-        with np.load(path) as f:
-            return OrderedDict((k, f[k]) for k in f.files)
-    plan = Plan(rounds=RECIPE["rounds"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=0)
-    result = run_federation(sites, make_strategy("fedprox", mu=RECIPE["mu"]), plan,
+        return pickle.loads(path.read_bytes())  # noqa: S301 - written by this script
+    result = run_federation(sites, make_strategy("fedprox", mu=RECIPE["mu"]), network_plan(),
                             model=ModelSpec(dropout=0.0))
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **result.weights)
+    path.write_bytes(pickle.dumps(result))
     print(json.dumps({"share": share, "network_valid_auroc": result.pooled.auroc,
                       "network_valid_utility": result.pooled.utility}), flush=True)
-    return result.weights
+    return result
+
+
+def network_plan() -> Any:
+    """The full-data DP network's plan (docs/federation.md, "Differentially private trees")."""
+    from vigil.federation.driver import Plan
+
+    return Plan(rounds=RECIPE["rounds"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=0)
 
 
 def main() -> None:
@@ -84,6 +89,7 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--shares", default="0.3,0.5,0.7")
     parser.add_argument("--plans", default="base")
+    parser.add_argument("--base", default="{}", help="JSON overrides of the base plan")
     parser.add_argument("--cache", default="/tmp/dp-tree-grid")
     parser.add_argument("--out", default="dp-tree-grid.jsonl")
     args = parser.parse_args()
@@ -92,10 +98,11 @@ def main() -> None:
     for share in (float(s) for s in args.shares.split(",")):
         net_dp = DPSettings(args.epsilon * (1 - share), max_grad_norm=RECIPE["clip"])
         sites = build_sites(table, args.sites, model=ModelSpec(dropout=0.0), dp=net_dp)
-        weights = _network(sites, share, args.epsilon, Path(args.cache))
+        result = _network(sites, share, args.epsilon, Path(args.cache))
+        weights = result.weights
         counts = {s.name: s.train.n_rows for s in sites}
         for name in args.plans.split(","):
-            cfg = BASE | PLANS[name]
+            cfg = BASE | json.loads(args.base) | PLANS[name]
             plan = BoostingPlan(n_trees=cfg["n_trees"], max_depth=cfg["max_depth"],
                                 learning_rate=cfg["learning_rate"], n_bins=cfg["n_bins"])
             tree_dp = TreeDPSettings(tree_share=share, features_per_tree=cfg["features"],
@@ -124,6 +131,11 @@ def main() -> None:
                    "leaves": sum(int((t.feature < 0).sum()) for t in hybrid.part.trees),
                    "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps(row), flush=True)
+            key = f"eps{args.epsilon:g}-share{share:g}-{name}-" + hashlib.sha256(
+                args.base.encode()).hexdigest()[:8]
+            (Path(args.cache) / f"trees-{key}.pkl").write_bytes(
+                pickle.dumps({"key": key, "row": row, "hybrid": hybrid, "noise": noise,
+                              "tree_dp": tree_dp}))
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             for s in sites:

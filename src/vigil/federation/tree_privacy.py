@@ -69,9 +69,13 @@ __all__ = [
     "gaussian_rdp",
     "level_sensitivity",
     "manifest_trees",
+    "network_dp",
     "network_rdp",
+    "planned_noise",
+    "planned_noises",
     "private_plan",
     "rdp_epsilon",
+    "site_noise",
     "site_tree_noise",
     "tree_features",
     "tree_releases",
@@ -393,6 +397,79 @@ def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
                      seed=settings.seed, epsilon=composed, delta=delta,
                      network_epsilon=rdp_epsilon(net, orders, delta), releases=releases,
                      seeded_noise=settings.seeded_noise)
+
+
+def network_dp(dp: Any, settings: TreeDPSettings) -> Any:
+    """Return the network's DP-SGD settings: ``dp`` at ``(1 - tree_share) * epsilon``."""
+    return replace(dp, target_epsilon=dp.target_epsilon * (1.0 - settings.tree_share))
+
+
+def site_noise(*, n_rows: int, accountant: Any, dp: Any, plan: BoostingPlan,
+               settings: TreeDPSettings) -> TreeNoise:
+    """Calibrate a site's tree noise against its network's DP-SGD plan (its accountant).
+
+    Parameters
+    ----------
+    n_rows : int
+        The site's training rows (``delta = 1 / n_rows`` unless ``dp`` sets it).
+    accountant : SiteAccountant or None
+        The site's DP-SGD accountant (:class:`~vigil.federation.privacy.SiteAccountant`);
+        None if the site trained no noisy step, and then the trees get all of epsilon.
+    dp : DPSettings
+        The whole per-site budget (``--dp-epsilon``).
+    plan : BoostingPlan
+    settings : TreeDPSettings
+
+    Returns
+    -------
+    TreeNoise
+    """
+    from vigil.federation.privacy import ALPHAS
+
+    delta = dp.delta if dp.delta is not None else 1.0 / n_rows
+    acc = accountant
+    return site_tree_noise(
+        epsilon=dp.target_epsilon, delta=acc.delta if acc is not None else delta,
+        sample_rate=acc.sample_rate if acc is not None else 1.0,
+        network_noise=acc.noise_multiplier if acc is not None else 1.0,
+        network_steps=acc.planned_steps if acc is not None else 0, plan=plan,
+        settings=settings, orders=ALPHAS)
+
+
+def planned_noise(*, n_rows: int, dp: Any, rounds: int, local_epochs: int, batch_size: int,
+                  plan: BoostingPlan, settings: TreeDPSettings) -> TreeNoise:
+    """Return the tree noise a site of ``n_rows`` training rows calibrates (:func:`site_noise`).
+
+    What the coordinator computes from the rows each site declared before round 1
+    (on Flower the sites calibrate their own noise): the site's DP-SGD plan at
+    ``(1 - tree_share) * epsilon`` for the run's rounds, epochs and batch size.
+    """
+    from vigil.federation.privacy import SiteAccountant
+
+    acc = SiteAccountant(network_dp(dp, settings), n_rows=n_rows, batch_size=batch_size,
+                         local_epochs=local_epochs, total_rounds=rounds)
+    return site_noise(n_rows=n_rows, accountant=acc, dp=dp, plan=plan, settings=settings)
+
+
+def planned_noises(counts: Mapping[str, int], *, dp: Any, plan: Any, trees: BoostingPlan,
+                   settings: TreeDPSettings) -> dict[str, TreeNoise]:
+    """Return :func:`planned_noise` of every site, from the training rows it declared.
+
+    Parameters
+    ----------
+    counts : mapping of str to int
+        Each site's training rows (its statistics before round 1).
+    dp : DPSettings
+        The whole per-site budget.
+    plan : Plan
+        The run's rounds, local epochs and batch size (:class:`~vigil.federation.driver.Plan`).
+    trees : BoostingPlan
+    settings : TreeDPSettings
+    """
+    return {name: planned_noise(n_rows=n, dp=dp, rounds=plan.rounds,
+                                local_epochs=plan.local_epochs, batch_size=plan.batch_size,
+                                plan=trees, settings=settings)
+            for name, n in sorted(counts.items())}
 
 
 def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise],
