@@ -42,6 +42,8 @@ PLANS: dict[str, dict[str, Any]] = {
     "bins16": {"n_bins": 16}, "bins64": {"n_bins": 64},
     "floor1": {"floor": 1.0}, "floor4": {"floor": 4.0},
     "trees25-lr0.2": {"n_trees": 25, "learning_rate": 0.2},
+    "depth2": {"max_depth": 2}, "depth4": {"max_depth": 4},
+    "k4": {"features": 4}, "k16": {"features": 16}, "bins32": {"n_bins": 32},
 }
 RECIPE = {"rounds": 10, "batch_size": 4096, "lr": 1e-3, "mu": 0.01, "clip": 10.0}
 

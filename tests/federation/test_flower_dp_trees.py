@@ -54,7 +54,7 @@ pytestmark = [
 
 
 def _settings(out_dir: Path | str = "", tree_dp: TreeDPSettings | None = SEEDED) -> RunSettings:
-    return RunSettings(plan=Plan(rounds=1, seed=3, time_budget=30.0, batch_size=4096),
+    return RunSettings(plan=Plan(rounds=1, seed=3, time_budget=600.0, batch_size=4096),
                        strategy=make_strategy("fedavg"), sites=3, model=ModelSpec(hidden=(8,)),
                        dp=DPSettings(8.0), trees=TREES, tree_dp=tree_dp, out_dir=str(out_dir),
                        wait=1.0)
@@ -124,7 +124,7 @@ def test_a_site_past_its_budget_refuses_the_rounds_and_the_trees(
     refusing = sorted(dirs)[0]
     write_budget(dirs[refusing], SiteBudget(5.0, 1e-4))  # 8 > 5: refused
     settings = dataclasses.replace(_settings(tmp_path / "result"), plan=Plan(
-        rounds=1, seed=3, time_budget=30.0, batch_size=4096, min_sites=2))
+        rounds=1, seed=3, time_budget=600.0, batch_size=4096, min_sites=2))
     grid = Grid(dirs, settings)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                       run_config=_run_config(settings))
