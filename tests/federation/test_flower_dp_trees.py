@@ -16,15 +16,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 from test_flower_transport import FakeGrid, _run_config, site_dirs, task  # noqa: F401
-from test_flower_trees import Grid, _same_trees
+from test_flower_trees import run_serverapp, same_trees_both_ways
 
 from vigil.core.errors import ConfigError, PrivacyBudgetError
 from vigil.federation.boosting import BoostingPlan, BoostingSite, bin_rows
 from vigil.federation.budget import BUDGET_REASON, PrivacyLedger, SiteBudget, write_budget
 from vigil.federation.driver import Plan, run_federation
-from vigil.federation.flower import clientapp, serverapp
-from vigil.federation.flower.results import load_result
-from vigil.federation.flower.runner import federated_run
+from vigil.federation.flower import clientapp
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import load_site
 from vigil.federation.history import Status
@@ -85,17 +83,7 @@ def test_dp_trees_over_flower_give_the_in_process_model_for_the_same_seed(
     site_dirs, task, tmp_path  # noqa: F811
 ) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(tmp_path / "result")
-    grid = Grid(site_dirs, settings)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=_run_config(settings))
-    serverapp.main(grid, context)  # type: ignore[arg-type]
-    flower = federated_run(settings, load_result(tmp_path / "result"))
-    reference = _in_process(site_dirs, settings)
-
-    assert flower.hybrid is not None and reference.hybrid is not None
-    assert flower.hybrid.boosted.exclusions == () and len(flower.hybrid.boosted.sites) == 3
-    _same_trees(flower.hybrid.part.trees, reference.hybrid.part.trees)
-    assert flower.hybrid.part.base == reference.hybrid.part.base
+    grid, _, flower, reference = same_trees_both_ways(site_dirs, settings, _in_process)
     # the coordinator's planned noise (from the declared rows) is each site's own
     assert flower.tree_noise == reference.tree_noise
     (a,) = export_run(flower, tmp_path / "flower", name="m", version="1")
@@ -125,11 +113,7 @@ def test_a_site_past_its_budget_refuses_the_rounds_and_the_trees(
     write_budget(dirs[refusing], SiteBudget(5.0, 1e-4))  # 8 > 5: refused
     settings = dataclasses.replace(_settings(tmp_path / "result"), plan=Plan(
         rounds=1, seed=3, time_budget=600.0, batch_size=4096, min_sites=2))
-    grid = Grid(dirs, settings)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=_run_config(settings))
-    serverapp.main(grid, context)  # type: ignore[arg-type]
-    out = load_result(tmp_path / "result")
+    _, out = run_serverapp(dirs, settings)
     (record,) = out.result.history.rounds
     (dropped,) = record.by_status(Status.DROPPED)
     assert (dropped.site, dropped.reason) == (refusing, BUDGET_REASON)

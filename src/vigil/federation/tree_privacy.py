@@ -316,21 +316,9 @@ class NoisyBoostingSite(BoostingSite):
         self._features = tree_features(self.noise.seed, self._tree, self.binned.shape[1],
                                        self.noise.features_per_tree)
 
-    def _direct(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
-        """Sum the tree's features only (the others are never released); zeros elsewhere."""
-        slot = np.full(max(int(self._node.max(initial=0)), int(nodes.max())) + 1, -1,
-                       dtype=np.int64)
-        slot[nodes] = np.arange(nodes.size)
-        rows = np.flatnonzero(slot[self._node] >= 0)
-        base = slot[self._node[rows]] * n_bins
-        size = len(nodes) * n_bins
-        out = np.zeros((self.binned.shape[1], 2, size))
-        g, h = self._g[rows], self._h[rows]
-        for f in self._features:
-            idx = base + self._columns[f, rows]
-            out[f, 0] = np.bincount(idx, weights=g, minlength=size)
-            out[f, 1] = np.bincount(idx, weights=h, minlength=size)
-        return out.reshape(-1, 2, len(nodes), n_bins).transpose(2, 0, 3, 1)
+    def _summed_features(self) -> NDArray[np.int64]:
+        """Only the tree's features are summed (the others are never released)."""
+        return self._features
 
     def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
         """Return the exact sums of the tree's features plus Gaussian noise; zeros elsewhere.
