@@ -20,7 +20,14 @@ from test_flower_trees import run_serverapp, same_trees_both_ways
 
 from vigil.core.errors import ConfigError, PrivacyBudgetError
 from vigil.federation.boosting import BoostingPlan, BoostingSite, bin_rows
-from vigil.federation.budget import BUDGET_REASON, PrivacyLedger, SiteBudget, write_budget
+from vigil.federation.budget import (
+    BUDGET_REASON,
+    PrivacyLedger,
+    SiteBudget,
+    admitted,
+    budgeted,
+    write_budget,
+)
 from vigil.federation.driver import Plan, run_federation
 from vigil.federation.flower import clientapp
 from vigil.federation.flower.settings import RunSettings
@@ -201,3 +208,30 @@ def test_run_settings_carry_the_dp_tree_settings_and_default_to_os_noise() -> No
                             trees=TREES, settings=SEEDED)
     assert noises["a"].delta == 1 / 20_000 and noises["b"].delta == 1 / 5_000
     assert all(7.9 < n.epsilon <= 8.0 + 1e-9 for n in noises.values())
+
+
+def test_in_process_a_run_is_charged_its_whole_epsilon_and_a_refusing_site_grows_no_tree(
+        tmp_path: Path) -> None:
+    @dataclasses.dataclass
+    class Rows:
+        n_rows: int
+
+    @dataclasses.dataclass
+    class Simulated:  # what the ledger reads of a site
+        name: str
+        train: Rows
+        dp: DPSettings
+
+    network = DPSettings(4.0)  # the network's half of epsilon 8
+    sites = [Simulated(n, Rows(1000), network) for n in ("a", "b")]
+    write_budget(tmp_path / "a", SiteBudget(6.0, 1e-2))  # fits the network's 4, not the run's 8
+    wrapped = budgeted(sites, tmp_path, run="r1", task="sepsis", charge=DPSettings(8.0))
+    assert admitted(wrapped) == [sites[1]]
+    assert not PrivacyLedger("a", tmp_path / "a").entries()
+    (entry,) = PrivacyLedger("b", tmp_path / "b").entries()
+    assert (entry.run, entry.epsilon, entry.delta) == ("r1", 8.0, 1e-3)
+    assert admitted(wrapped) == [sites[1]]  # charged once per run
+    assert len(PrivacyLedger("b", tmp_path / "b").entries()) == 1
+    with pytest.raises(PrivacyBudgetError, match=BUDGET_REASON):
+        wrapped[0].admit()
+    assert admitted(sites) == sites  # no ledgers: every site
