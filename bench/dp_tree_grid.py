@@ -17,6 +17,13 @@ One JSON line per result is appended to ``--out`` as it comes.
 
 Usage: ``nice -n 10 .venv/bin/python bench/dp_tree_grid.py --shares 0.5 --plans base,trees100
 --out grid.jsonl``
+
+``--export KEY --package DIR`` then writes the model package of one grid cell (``KEY``
+as in the cache, e.g. ``eps8-share0.5-base-44136fa3``) from the cached network and
+trees, for ``vigil evaluate --split test``: the same package ``vigil federate`` writes
+for that recipe and seed (the network, the trees and their seeded noise are
+deterministic), without training it again. Only the chosen cell is ever scored on
+test patients.
 """
 
 from __future__ import annotations
@@ -73,6 +80,30 @@ def network_plan() -> Any:
     return Plan(rounds=RECIPE["rounds"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], seed=0)
 
 
+def _export(cache: Path, key: str, package: Path, data: str) -> None:
+    """Write the package of the grid cell ``key`` (module docstring)."""
+    from vigil.data import load_physionet
+    from vigil.federation.privacy import DPSettings
+    from vigil.federation.simulation import FederatedRun, build_sites, export_run, run_summary
+    from vigil.federation.site import ModelSpec
+    from vigil.federation.strategies import make_strategy
+
+    cell = pickle.loads((cache / f"trees-{key}.pkl").read_bytes())  # noqa: S301 - ours
+    row, tree_dp = cell["row"], cell["tree_dp"]
+    result = pickle.loads((cache / f"net-eps{row['epsilon']:g}-share{row['share']:g}.pkl")
+                          .read_bytes())  # noqa: S301 - written by this script
+    dp = DPSettings(row["epsilon"], max_grad_norm=RECIPE["clip"])
+    sites = build_sites(load_physionet(data), "hospital-unit", model=ModelSpec(dropout=0.0))
+    run = FederatedRun(result=result, strategy=make_strategy("fedprox", mu=RECIPE["mu"]),
+                       plan=network_plan(), model=ModelSpec(dropout=0.0), dp=dp,
+                       scheme="hospital-unit", data=Path(data).name, sites=sites,
+                       hybrid=cell["hybrid"], tree_dp=tree_dp, tree_noise=cell["noise"],
+                       tree_edges="public")
+    packages = export_run(run, package, name="sepsis-dp-trees", version="0.1.0")
+    print(json.dumps({"row": row, "validation": run_summary(run, packages)["validation"]},
+                     default=str))
+
+
 def main() -> None:
     import torch
 
@@ -94,7 +125,12 @@ def main() -> None:
     parser.add_argument("--base", default="{}", help="JSON overrides of the base plan")
     parser.add_argument("--cache", default="/tmp/dp-tree-grid")
     parser.add_argument("--out", default="dp-tree-grid.jsonl")
+    parser.add_argument("--export", default=None, help="grid cell to write as a package")
+    parser.add_argument("--package", default=None)
     args = parser.parse_args()
+    if args.export is not None:
+        _export(Path(args.cache), args.export, Path(args.package), args.data)
+        return
     torch.set_num_threads(1)
     table = load_physionet(args.data)
     for share in (float(s) for s in args.shares.split(",")):

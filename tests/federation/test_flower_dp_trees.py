@@ -185,12 +185,13 @@ def test_the_site_refuses_quantiles_and_releases_past_the_charged_plan() -> None
                       run_config={})
     context.state["vigil-tree-noise"] = ConfigRecord({"released": 0})
     with pytest.raises(PrivacyBudgetError, match="sends no quantiles"):
-        clientapp._private_release("quantiles", noise, context, "a")
-    clientapp._private_release("begin", noise, context, "a")
-    clientapp._private_release("level", noise, context, "a")
-    clientapp._private_release("score-sums", noise, context, "a")  # not a histogram release
+        clientapp._private_release("quantiles", False, noise, context, "a")
+    clientapp._private_release("begin", True, noise, context, "a")
+    clientapp._private_release("level", True, noise, context, "a")
+    clientapp._private_release("score-sums", False, noise, context, "a")  # no histogram
+    clientapp._private_release("level", False, noise, context, "a")  # finishes the last tree
     with pytest.raises(PrivacyBudgetError, match="the 2 noisy tree releases this run was"):
-        clientapp._private_release("level", noise, context, "a")
+        clientapp._private_release("level", True, noise, context, "a")
 
 
 def test_run_settings_carry_the_dp_tree_settings_and_default_to_os_noise() -> None:

@@ -58,7 +58,7 @@ from vigil.federation.flower.secure import answer_secure, fit_vector
 from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
-from vigil.federation.flower.treewire import ACTION, answer_trees
+from vigil.federation.flower.treewire import ACTION, answer_trees, level_from_content
 from vigil.federation.flower.wire import (
     ARRAYS,
     CONFIG,
@@ -165,8 +165,12 @@ def _tree_noise(site: Site, context: Context, settings: RunSettings) -> TreeNois
     return noise
 
 
-def _private_release(ask: object, noise: TreeNoise, context: Context, name: str) -> None:
+def _private_release(ask: object, releases: bool, noise: TreeNoise, context: Context,
+                     name: str) -> None:
     """Refuse what DP trees must not send; count the noisy releases against the charged plan.
+
+    ``releases``: the request is answered with noisy sums (``begin``, or a ``level``
+    with nodes to split; the request that only finishes the last tree has none).
 
     Raises
     ------
@@ -177,7 +181,7 @@ def _private_release(ask: object, noise: TreeNoise, context: Context, name: str)
     if ask == "quantiles":
         raise PrivacyBudgetError(f"{BUDGET_REASON}: site {name} sends no quantiles under DP "
                                  "trees (public bin edges only)", site=name)
-    if ask not in ("begin", "level"):
+    if not releases:
         return
     record = context.state.config_records[_NOISE]
     released = int(record["released"])  # type: ignore[arg-type]
@@ -204,7 +208,9 @@ def trees(msg: Message, context: Context) -> Message:
             PrivacyLedger(me.name, site_dir).admit(
                 str(context.run_id), settings.task, run_cost(settings.dp, training_rows(me)))
             noise = _tree_noise(me, context, settings)
-            _private_release(ask, noise, context, me.name)
+            releases = ask == "begin" or (
+                ask == "level" and level_from_content(msg.content).nodes.size > 0)
+            _private_release(ask, releases, noise, context, me.name)
 
             def noisy(network: bool) -> Site:
                 site = me if not network else _site(context, True)
