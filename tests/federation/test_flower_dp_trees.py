@@ -236,3 +236,31 @@ def test_in_process_a_run_is_charged_its_whole_epsilon_and_a_refusing_site_grows
     with pytest.raises(PrivacyBudgetError, match=BUDGET_REASON):
         wrapped[0].admit()
     assert admitted(sites) == sites  # no ledgers: every site
+
+
+@pytest.mark.slow
+def test_the_retraining_job_releases_dp_trees_charged_their_composed_epsilon(
+        sample, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from vigil.data import partition
+    from vigil.federation.retraining import load_retrain_config, retrain_once
+
+    torch.set_num_threads(1)
+    small = sample.select(list(range(400)))
+    small.frame.to_parquet(tmp_path / "small.parquet")
+    (tmp_path / "retrain.toml").write_text(
+        'registry = "registry"\nname = "sepsis-test"\n'
+        '[plan]\nrounds = 1\nbatch_size = 4096\n[model]\nhidden = [8]\n'
+        '[dp]\ntarget_epsilon = 8.0\n[trees]\nn_trees = 2\nmax_depth = 2\nn_bins = 16\n'
+        '[tree_dp]\nfeatures_per_tree = 8\n'
+        '[in_process]\ndata = "small.parquet"\nsites = "random:2"\nledgers = "ledgers"\n')
+    release = retrain_once(load_retrain_config(tmp_path / "retrain.toml"))
+    privacy = release.training["privacy"]
+    names = sorted(partition(small, "random:2"))
+    assert privacy["trained"] == names and privacy["refused"] == {}
+    for name in names:
+        site = privacy["sites"][name]
+        assert 7.9 < site["epsilon"] <= 8.0 + 1e-9 and site["charged_epsilon"] == 8.0
+        (entry,) = PrivacyLedger(name, tmp_path / "ledgers" / name).entries()
+        assert entry.epsilon == 8.0
