@@ -22,6 +22,7 @@ from vigil.core.errors import ConfigError, PrivacyBudgetError
 from vigil.federation.boosting import BoostingPlan, BoostingSite, bin_rows
 from vigil.federation.budget import (
     BUDGET_REASON,
+    LEDGER_FILE,
     PrivacyLedger,
     SiteBudget,
     admitted,
@@ -116,6 +117,8 @@ def test_a_site_past_its_budget_refuses_the_rounds_and_the_trees(
     site_dirs, task, tmp_path  # noqa: F811
 ) -> None:  # type: ignore[no-untyped-def]
     dirs = {n: Path(shutil.copytree(p, tmp_path / n)) for n, p in site_dirs.items()}
+    for path in dirs.values():  # fresh ledgers (another test may have charged run 1)
+        (path / LEDGER_FILE).unlink(missing_ok=True)
     refusing = sorted(dirs)[0]
     write_budget(dirs[refusing], SiteBudget(5.0, 1e-4))  # 8 > 5: refused
     settings = dataclasses.replace(_settings(tmp_path / "result"), plan=Plan(
@@ -127,7 +130,8 @@ def test_a_site_past_its_budget_refuses_the_rounds_and_the_trees(
     assert out.hybrid is not None
     # refused at `begin`, before any histogram: the trees are grown by the other two
     assert out.hybrid.boosted.sites == tuple(sorted(dirs)[1:])
-    assert out.hybrid.boosted.exclusions == ()
+    (left_out,) = out.hybrid.boosted.exclusions
+    assert (left_out.site, left_out.tree, left_out.detail) == (refusing, -1, "PrivacyBudgetError")
     assert not PrivacyLedger(refusing, dirs[refusing]).entries()
     for name in sorted(dirs)[1:]:
         assert [(e.run, e.epsilon) for e in PrivacyLedger(name, dirs[name]).entries()] == [
