@@ -123,7 +123,8 @@ def main() -> None:
     parser.add_argument("--shares", default="0.3,0.5,0.7")
     parser.add_argument("--plans", default="base")
     parser.add_argument("--base", default="{}", help="JSON overrides of the base plan")
-    parser.add_argument("--cache", default="/tmp/dp-tree-grid")
+    parser.add_argument("--cache", default="/tmp/dp-tree-grid",
+                        help="networks and trees of the grid; one directory per data file")
     parser.add_argument("--out", default="dp-tree-grid.jsonl")
     parser.add_argument("--export", default=None, help="grid cell to write as a package")
     parser.add_argument("--package", default=None)
