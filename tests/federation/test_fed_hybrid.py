@@ -173,13 +173,13 @@ def test_a_site_sending_bad_histograms_is_left_out_of_the_trees_with_a_record(ha
         grow_hybrid(sites, run.result.weights, TREES, counts=counts, min_sites=4)
 
 
-def test_trees_are_refused_with_fedbn_and_unnoised_with_dp(half):
+def test_trees_are_refused_with_fedbn(half):
     with pytest.raises(ConfigError, match="FedBN keeps a network per site"):
         federate(half, scheme="hospital-unit", strategy=make_strategy("fedbn"), plan=PLAN,
                  model=SPEC, trees=TREES)
-    # in process DP trees are noisy (test_fed_tree_privacy); where they are not, refused
-    with pytest.raises(ConfigError, match="gradient histograms are not differentially private"):
-        refuse_trees(keeps_norm_local=False, dp=True)
+    with pytest.raises(ConfigError, match="FedBN keeps a network per site"):
+        refuse_trees(keeps_norm_local=True)
+    refuse_trees(keeps_norm_local=False)  # with or without DP (noisy trees, tree_privacy)
 
 
 def test_sigmoid_is_the_logistic_function():

@@ -37,11 +37,12 @@ def test_site_without_the_coordinator_details_is_refused(tmp_path: Path) -> None
     assert missing.exit_code == 2 and "expected --superlink HOST:PORT" in missing.output
 
 
-def test_run_with_trees_and_dp_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_run_with_dp_trees_refuses_a_bad_split_in_one_line(tmp_path: Path) -> None:
+    # trees with DP run on Flower (noisy at each site, test_flower_dp_trees); a bad split not
     result = CliRunner().invoke(app, [
         "federation", "run", "--work", str(tmp_path / "w"), "--certs", str(tmp_path / "c"),
         "--sites", "3", "--out", str(tmp_path / "pkg"), "--boost-trees", "5",
-        "--dp-epsilon", "8"])
+        "--dp-epsilon", "8", "--dp-tree-share", "1"])
     assert result.exit_code == 2, result.output
-    assert "gradient histograms are not differentially private" in result.output
+    assert "expected 0 < tree share < 1" in result.output
     assert "Traceback" not in result.output

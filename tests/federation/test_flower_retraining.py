@@ -59,6 +59,13 @@ def test_the_schedule_is_configurable(tmp_path: Path) -> None:
         'registry = "reg"\nengine = "flower"\n[trees]\nn_trees = 30\n'
         '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n')))
     assert on_flower.trees is not None and on_flower.trees.n_trees == 30
+    # and DP trees, on either engine: [trees] with [dp], the split in [tree_dp]
+    private = load_retrain_config(_write(tmp_path / "p.toml", (
+        'registry = "reg"\nengine = "flower"\n[trees]\nn_trees = 30\nn_bins = 32\n'
+        '[dp]\ntarget_epsilon = 8.0\n[tree_dp]\ntree_share = 0.3\nfeatures_per_tree = 8\n'
+        '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n')))
+    assert private.tree_dp is not None and private.dp is not None
+    assert (private.tree_dp.tree_share, private.tree_dp.features_per_tree) == (0.3, 8)
     job = schedule(config, blocking=False).get_job("retrain")
     assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 86400)
 
@@ -71,8 +78,10 @@ def test_the_schedule_is_configurable(tmp_path: Path) -> None:
     ('registry = "r"\n[plan]\nrounds = 2\nspeed = 3\n', "plan", "speed"),
     ('registry = "r"\nengine = "flower"\n[strategy]\nname = "fedbn"\n'
      '[flower]\nwork = "w"\ncerts = "c"\nsites = 3\n', "strategy", "FedBN"),
-    ('registry = "r"\n[trees]\nn_trees = 5\n[dp]\ntarget_epsilon = 8.0\n', "boost_trees",
-     "not differentially private"),
+    ('registry = "r"\n[tree_dp]\ntree_share = 0.3\n[dp]\ntarget_epsilon = 8.0\n', "tree_dp",
+     "only with \\[trees\\] and \\[dp\\]"),
+    ('registry = "r"\n[trees]\nn_trees = 5\n[dp]\ntarget_epsilon = 8.0\n[tree_dp]\n'
+     'tree_share = 1.5\n', "dp_tree_share", "expected 0 < tree share < 1"),
     ('registry = "r"\n[trees]\nn_trees = 0\n', "n_trees", "expected n_trees and max_depth >= 1"),
 ])
 def test_bad_settings_name_their_key(tmp_path: Path, text: str, key: str, match: str) -> None:

@@ -66,6 +66,29 @@ class Grid(FakeGrid):
         return super().push_messages(messages)
 
 
+def run_serverapp(dirs, settings):  # type: ignore[no-untyped-def]
+    """Run the ServerApp over the fake grid; return the grid and the run's result."""
+    grid = Grid(dirs, settings)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=_run_config(settings))
+    serverapp.main(grid, context)  # type: ignore[arg-type]
+    return grid, load_result(settings.out_dir)
+
+
+def same_trees_both_ways(dirs, settings, in_process):  # type: ignore[no-untyped-def]
+    """Run the ServerApp and ``in_process(dirs, settings)``; check every site grew the same trees.
+
+    Returns the grid, the Flower run's result, and both runs (``FederatedRun``).
+    """
+    grid, out = run_serverapp(dirs, settings)
+    flower, reference = federated_run(settings, out), in_process(dirs, settings)
+    assert flower.hybrid is not None and reference.hybrid is not None
+    assert flower.hybrid.boosted.exclusions == () and len(flower.hybrid.boosted.sites) == 3
+    _same_trees(flower.hybrid.part.trees, reference.hybrid.part.trees)
+    assert flower.hybrid.part.base == reference.hybrid.part.base
+    return grid, out, flower, reference
+
+
 def _in_process(dirs, settings):  # type: ignore[no-untyped-def]
     sites = [load_site(p, **settings.site_options()) for p in dirs.values()]
     result = run_federation(sites, settings.strategy, settings.plan, model=settings.model)
@@ -109,18 +132,7 @@ def test_the_serverapp_with_trees_writes_the_in_process_model_onnx_byte_for_byte
     site_dirs, task, tmp_path  # noqa: F811
 ) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(tmp_path / "result")
-    grid = Grid(site_dirs, settings)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=_run_config(settings))
-    serverapp.main(grid, context)  # type: ignore[arg-type]
-    out = load_result(tmp_path / "result")
-    flower = federated_run(settings, out)
-    reference = _in_process(site_dirs, settings)
-
-    assert flower.hybrid is not None and reference.hybrid is not None
-    assert flower.hybrid.boosted.exclusions == () and len(flower.hybrid.boosted.sites) == 3
-    _same_trees(flower.hybrid.part.trees, reference.hybrid.part.trees)
-    assert flower.hybrid.part.base == reference.hybrid.part.base
+    _, out, flower, reference = same_trees_both_ways(site_dirs, settings, _in_process)
     assert flower.hybrid.part.standardization == reference.hybrid.part.standardization
     assert (flower.hybrid.part.intercept, flower.hybrid.part.slope) == (
         reference.hybrid.part.intercept, reference.hybrid.part.slope)

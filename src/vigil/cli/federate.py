@@ -31,6 +31,16 @@ DpDeltaOption = Annotated[
     float | None, typer.Option(help="DP delta (default 1/n, n = a site's training rows).")
 ]
 DpClipOption = Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")]
+BoostBinsOption = Annotated[int, typer.Option(min=2, max=256, help="Bins per feature.")]
+DPTreeShareOption = Annotated[float, typer.Option(
+    help="With --dp-epsilon and --boost-trees: share of epsilon the network gives up for the "
+         "trees.")]
+DPTreeFeaturesOption = Annotated[int, typer.Option(
+    min=1, help="With --dp-epsilon and --boost-trees: features each tree draws (publicly) and "
+                "the sites send noisy.")]
+DPTreeFloorOption = Annotated[float, typer.Option(
+    help="With --dp-epsilon and --boost-trees: a child's hessian floor, in noise standard "
+         "deviations of a feature's summed hessians.")]
 
 
 def _spec(hidden: str, dropout: float) -> Any:
@@ -172,19 +182,14 @@ def federate(
     ] = 0,
     boost_depth: BoostDepthOption = 6,
     boost_lr: BoostLrOption = 0.1,
-    boost_bins: Annotated[int, typer.Option(min=2, max=256, help="Bins per feature.")] = 64,
+    boost_bins: BoostBinsOption = 64,
     boost_edges: Annotated[
         str, typer.Option(help="Bin edges: 'quantiles' (the sites' averaged quantiles) or "
                                "'public' (catalog ranges, no site data; always under DP).")
     ] = "quantiles",
-    dp_tree_share: Annotated[
-        float, typer.Option(help="With --dp-epsilon and --boost-trees: share of epsilon the "
-                                 "network gives up for the trees.")
-    ] = 0.5,
-    dp_tree_features: Annotated[
-        int, typer.Option(min=1, help="With --dp-epsilon and --boost-trees: features each "
-                                      "tree draws (publicly) and the sites send noisy.")
-    ] = 16,
+    dp_tree_share: DPTreeShareOption = 0.5,
+    dp_tree_features: DPTreeFeaturesOption = 16,
+    dp_tree_floor: DPTreeFloorOption = 2.0,
     out: Annotated[Path | None, typer.Option(help="Model package directory to write.")] = None,
     export_site: Annotated[
         str | None, typer.Option(help="FedBN: write only this site's package (with its "
@@ -247,7 +252,7 @@ def federate(
     from vigil.federation.tree_privacy import TreeDPSettings
 
     tree_dp = TreeDPSettings(tree_share=dp_tree_share, features_per_tree=dp_tree_features,
-                             seed=seed)
+                             hessian_floor=dp_tree_floor, seed=seed)
     table = load_physionet(data)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())

@@ -15,11 +15,15 @@ from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
 from vigil.cli.federate import (
+    BoostBinsOption,
     BoostDepthOption,
     BoostLrOption,
     DpClipOption,
     DpDeltaOption,
     DpEpsilonOption,
+    DPTreeFeaturesOption,
+    DPTreeFloorOption,
+    DPTreeShareOption,
     _boosting,
     _dp,
 )
@@ -321,6 +325,10 @@ def run(
     ] = 0,
     boost_depth: BoostDepthOption = 6,
     boost_lr: BoostLrOption = 0.1,
+    boost_bins: BoostBinsOption = 64,
+    dp_tree_share: DPTreeShareOption = 0.5,
+    dp_tree_features: DPTreeFeaturesOption = 16,
+    dp_tree_floor: DPTreeFloorOption = 2.0,
     task: Annotated[str, typer.Option(
         help="sepsis or imaging (every SuperNode prepared with `site --task imaging`; "
              "defaults then: --batch-size 128, --lr 1e-3; GroupNorm CNN under DP-SGD).")
@@ -343,6 +351,7 @@ def run(
 ) -> None:
     """Train across the connected SuperNodes and write the model package (``--out``)."""
     import time
+    from dataclasses import replace
 
     from vigil.federation.driver import Plan
     from vigil.federation.flower.runner import train_on_flower
@@ -356,8 +365,12 @@ def run(
     from vigil.federation.secure_sum import SecureSumSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.strategies import make_strategy
+    from vigil.federation.tree_privacy import TreeDPSettings
 
     imaging = task == "imaging"
+    trees = _boosting(boost_trees, boost_depth, boost_lr)
+    if trees is not None:
+        trees = replace(trees, n_bins=boost_bins)
     dp = _dp(dp_epsilon, dp_delta, dp_clip)
     settings = RunSettings(
         plan=Plan(rounds=rounds, local_epochs=local_epochs,
@@ -365,8 +378,10 @@ def run(
                   lr=lr or (1e-3 if imaging else 3e-4), seed=seed, min_sites=min_sites,
                   time_budget=timeout, **({"weight_decay": 1e-4} if imaging else {})),
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
-        dp=dp, sites=sites, wait=wait, trees=_boosting(boost_trees, boost_depth, boost_lr),
-        task=task, image=dp_spec(dp),
+        dp=dp, sites=sites, wait=wait, trees=trees, task=task, image=dp_spec(dp),
+        tree_dp=None if trees is None or dp is None else TreeDPSettings(
+            tree_share=dp_tree_share, features_per_tree=dp_tree_features,
+            hessian_floor=dp_tree_floor, seed=seed, seeded_noise=False),
         secure=SecureSumSettings(
             num_shares=secagg_shares, reconstruction_threshold=secagg_threshold,
             clipping_range=secagg_clip, quantization_range=secagg_levels,

@@ -306,11 +306,15 @@ class BoostingSite:
         out = np.zeros((n_features, 2, size))
         g, h = self._g[rows], self._h[rows]
         columns = self._columns[:, rows] if rows.size < self._columns.shape[1] else self._columns
-        for f in range(n_features):
+        for f in self._summed_features():
             idx = base + columns[f]
             out[f, 0] = np.bincount(idx, weights=g, minlength=size)
             out[f, 1] = np.bincount(idx, weights=h, minlength=size)
         return out.reshape(n_features, 2, len(nodes), n_bins).transpose(2, 0, 3, 1)
+
+    def _summed_features(self) -> Sequence[int] | NDArray[np.int64]:
+        """Features whose histograms are summed (all; a subclass may send fewer)."""
+        return range(self.binned.shape[1])
 
     def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
         """Per-bin gradient and hessian sums of the rows in ``nodes``.

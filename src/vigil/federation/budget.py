@@ -37,6 +37,7 @@ A site without a budget file records every run it trains and refuses none.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ from typing import Any
 from vigil.core.errors import ConfigError, DataError, PrivacyBudgetError
 from vigil.core.files import append_durably, replace_durably, split_torn_tail
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "BUDGET_FILE",
     "BUDGET_REASON",
@@ -56,6 +59,7 @@ __all__ = [
     "PrivacyLedger",
     "SiteBudget",
     "Spent",
+    "admitted",
     "budgeted",
     "check_planned_rounds",
     "compose",
@@ -369,13 +373,19 @@ class BudgetedSite:
     run : str
         The run's id, unique per training run.
     task : str
+    charge : DPSettings or None, optional
+        What the run is charged: its whole per-site budget when the network's
+        DP-SGD has only part of it (DP trees, :mod:`vigil.federation.tree_privacy`);
+        default the site's own DP settings.
     """
 
-    def __init__(self, site: Any, ledger: PrivacyLedger, *, run: str, task: str) -> None:
+    def __init__(self, site: Any, ledger: PrivacyLedger, *, run: str, task: str,
+                 charge: Any = None) -> None:
         self.site = site
         self.ledger = ledger
         self.run = run
         self.task = task
+        self.charge = charge
 
     def __repr__(self) -> str:
         return f"BudgetedSite({self.site!r}, run={self.run!r})"
@@ -383,17 +393,47 @@ class BudgetedSite:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.site, name)
 
+    def admit(self) -> None:
+        """Charge the run in the ledger (once per run); past the budget raise PrivacyBudgetError."""
+        charge = self.charge if self.charge is not None else self.site.dp
+        self.ledger.admit(self.run, self.task, run_cost(charge, training_rows(self.site)))
+
     def fit(self, global_weights: Any, config: Any) -> Any:
         """Admit the run (or raise :class:`PrivacyBudgetError`), then train."""
-        self.ledger.admit(self.run, self.task, run_cost(self.site.dp, training_rows(self.site)))
+        self.admit()
         check_planned_rounds(self.site)
         return self.site.fit(global_weights, config)
 
 
 def budgeted(sites: Sequence[Any], ledgers: str | Path | None, *, run: str,
-             task: str) -> list[Any]:
-    """Wrap simulated sites so each keeps its ledger in ``ledgers/NAME`` (None: unwrapped)."""
+             task: str, charge: Any = None) -> list[Any]:
+    """Wrap simulated sites so each keeps its ledger in ``ledgers/NAME`` (None: unwrapped).
+
+    ``charge``: the DP settings each site is charged for (:class:`BudgetedSite`).
+    """
     if ledgers is None:
         return list(sites)
-    return [BudgetedSite(s, PrivacyLedger(s.name, Path(ledgers) / s.name), run=run, task=task)
+    return [BudgetedSite(s, PrivacyLedger(s.name, Path(ledgers) / s.name), run=run, task=task,
+                         charge=charge)
             for s in sites]
+
+
+def admitted(sites: Sequence[Any]) -> list[Any]:
+    """Return the sites that admit the run (the unwrapped sites), for a step after the rounds.
+
+    A :class:`BudgetedSite` admits it again (a no-op if it trained in the run); one
+    past its budget is left out (the trees must not use a site that refused to
+    train). Sites without a ledger all take part.
+    """
+    out = []
+    for s in sites:
+        if not isinstance(s, BudgetedSite):
+            out.append(s)
+            continue
+        try:
+            s.admit()
+        except PrivacyBudgetError:
+            log.warning("site %s left out of the trees: %s", s.site.name, BUDGET_REASON)
+            continue
+        out.append(s.site)
+    return out

@@ -97,24 +97,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def refuse_trees(*, keeps_norm_local: bool, dp: bool) -> None:
+def refuse_trees(*, keeps_norm_local: bool) -> None:
     """Refuse trees where the package could not hold them honestly.
 
     Raises
     ------
     ConfigError
-        Under FedBN (no single network to fuse with) or, with ``dp``, DP-SGD
-        where the histograms are not noised (Flower and retraining; ``vigil
-        federate`` passes ``dp=False`` and grows noisy trees instead).
+        Under FedBN (no single network to fuse with). With DP-SGD the trees
+        are grown from noisy histograms (:mod:`vigil.federation.tree_privacy`).
     """
     if keeps_norm_local:
         raise ConfigError("--boost-trees needs one global network to fuse with; FedBN keeps a "
                           "network per site. Use --strategy fedavg or fedprox", key="boost_trees")
-    if dp:
-        raise ConfigError("--boost-trees with --dp-epsilon runs in process only (vigil federate: "
-                          "noisy histograms, vigil.federation.tree_privacy); here the gradient "
-                          "histograms are not differentially private. Drop one of them",
-                          key="boost_trees")
 
 
 def sigmoid(s: NDArray[np.floating]) -> NDArray[np.float64]:

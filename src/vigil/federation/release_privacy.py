@@ -4,8 +4,9 @@ The registry's view (:class:`~vigil.federation.registry.Registry`) of what each
 site spent is built from the released packages alone:
 
 - ``sites``: each site's (ε, δ) in this run, from the manifest's
-  ``training.differential_privacy`` (the achieved ε of the accountant, and the
-  ε the site was charged: the run's target, see :mod:`vigil.federation.budget`);
+  ``training.differential_privacy`` (the achieved ε of the accountant, or with DP
+  trees the network and trees composed, and the ε the site was charged: the
+  run's target, see :mod:`vigil.federation.budget`);
 - ``refused``: the sites that refused the run for their privacy budget, with
   their reason, from the package's round history (``history.json``);
 - ``cumulative``: per site, the charges summed over every release so far by
@@ -65,9 +66,10 @@ def run_privacy(package: ModelPackage) -> dict[str, Any]:
     sites: dict[str, dict[str, float]] = {}
     if dp:
         target = float(dp["target_epsilon"])
+        composed = dp.get("composed_epsilon") or {}  # DP trees: network and trees together
         for name, spent in sorted((dp.get("sites") or {}).items()):
-            sites[name] = {"epsilon": float(spent["epsilon"]), "delta": float(spent["delta"]),
-                           "charged_epsilon": target}
+            sites[name] = {"epsilon": float(composed.get(name, spent["epsilon"])),
+                           "delta": float(spent["delta"]), "charged_epsilon": target}
     return {"dp": bool(dp), "trained": trained, "sites": sites, "refused": refused}
 
 

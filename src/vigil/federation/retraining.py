@@ -35,8 +35,10 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     hidden = [128, 64]
     [dp]                          # DPSettings(...), optional
     target_epsilon = 8.0
-    [trees]                       # BoostingPlan(...), optional; either engine, no [dp]
+    [trees]                       # BoostingPlan(...), optional; either engine
     n_trees = 25
+    [tree_dp]                     # TreeDPSettings(...), optional, with [trees] and [dp]:
+    tree_share = 0.5              # the DP trees' split of epsilon, features, hessian floor
     [secure]                      # SecureSumSettings(...), optional; engine = "flower"
     num_shares = 3                # (an empty [secure] table: the defaults)
     [flower]                      # engine = "flower"
@@ -82,6 +84,7 @@ from vigil.federation.registry import Registry, Release
 from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy, make_strategy
+from vigil.federation.tree_privacy import TreeDPSettings
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -176,11 +179,17 @@ class RetrainConfig:
     trees : BoostingPlan or None, optional
         Grow boosted trees across the sites after the rounds and ship them
         fused with the network (:mod:`vigil.federation.hybrid`), on either
-        engine; not with FedBN or DP-SGD.
+        engine; not with FedBN. With ``dp`` the trees are differentially private
+        (:mod:`vigil.federation.tree_privacy`), each site charged the whole
+        epsilon in its ledger.
     task : str, optional
         ``"sepsis"`` or ``"imaging"`` (module docstring).
     secure : SecureSumSettings or None, optional
         Secure aggregation (:mod:`vigil.federation.flower.secure`); Flower only.
+    tree_dp : TreeDPSettings or None, optional
+        The DP trees' settings (``[tree_dp]``); default: in process
+        ``TreeDPSettings(seed=plan.seed)``, on Flower the same with each site's
+        noise from its OS.
     """
 
     registry: Path
@@ -198,6 +207,7 @@ class RetrainConfig:
     trees: BoostingPlan | None = None
     task: str = "sepsis"
     secure: SecureSumSettings | None = None
+    tree_dp: TreeDPSettings | None = None
 
     def __post_init__(self) -> None:
         if self.task == "imaging" and self.strategy.keeps_norm_local:
@@ -210,7 +220,9 @@ class RetrainConfig:
             raise ConfigError("secure aggregation runs on Flower only; set engine = \"flower\" "
                               "or remove [secure]", key="secure")
         if self.trees is not None:
-            refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
+            refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local)
+        if self.tree_dp is not None and (self.trees is None or self.dp is None):
+            raise ConfigError("expected [tree_dp] only with [trees] and [dp]", key="tree_dp")
         if self.engine is Engine.FLOWER and self.flower is None:
             raise ConfigError("engine = \"flower\" needs a [flower] section (work, certs, sites)",
                               key="flower")
@@ -248,7 +260,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         raise ConfigError(f"expected a readable TOML file: {exc}", key="config") from None
     known = {"cron", "timezone", "registry", "name", "private_key", "engine", "strategy", "plan",
              "model", "dp", "flower", "in_process", "trees", "task",
-             "secure"}
+             "secure", "tree_dp"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown settings {unknown}; expected some of {sorted(known)}",
@@ -290,6 +302,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         trees=_section(BoostingPlan, raw["trees"], "trees") if "trees" in raw else None,
         task=task,
         secure=_section(SecureSumSettings, raw["secure"], "secure") if "secure" in raw else None,
+        tree_dp=_section(TreeDPSettings, raw["tree_dp"], "tree_dp") if "tree_dp" in raw else None,
     )
 
 
@@ -318,7 +331,7 @@ def _train(config: RetrainConfig, version: str) -> Any:
         settings = RunSettings(plan=config.plan, strategy=config.strategy, sites=target.sites,
                                model=config.model, dp=config.dp, wait=target.wait,
                                trees=config.trees, task=config.task, image=dp_spec(config.dp),
-                               secure=config.secure)
+                               secure=config.secure, tree_dp=config.tree_dp)
         return train_on_flower(coordinator, settings, target.work / "runs" / version)
     if config.task == "imaging":
         return _train_images(config, version)
@@ -329,7 +342,8 @@ def _train(config: RetrainConfig, version: str) -> Any:
     return federate(load_physionet(data), scheme=config.in_process.sites,
                     strategy=config.strategy, plan=config.plan, model=config.model, dp=config.dp,
                     data=resolve_data_path(data).name, trees=config.trees,
-                    ledgers=config.in_process.ledgers, run_id=_run_id(version))
+                    ledgers=config.in_process.ledgers, run_id=_run_id(version),
+                    tree_dp=config.tree_dp)
 
 
 def _run_id(version: str) -> str:

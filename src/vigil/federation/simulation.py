@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigil.core.errors import ConfigError
 from vigil.data import PhysioNetTable, partition
 from vigil.federation.boosting import BoostingPlan
-from vigil.federation.budget import budgeted
+from vigil.federation.budget import admitted, budgeted
 from vigil.federation.driver import FederationResult, Plan, run_federation
 from vigil.federation.evaluation import PooledMetrics
 from vigil.federation.history import RoundRecord
 from vigil.federation.hybrid import HybridResult, grow_hybrid, refuse_trees
 from vigil.federation.messages import SiteEvaluation
-from vigil.federation.privacy import ALPHAS, DPSettings
+from vigil.federation.privacy import DPSettings
 from vigil.federation.public_edges import public_edges
 from vigil.federation.run_export import (
     export_run,
@@ -48,8 +48,9 @@ from vigil.federation.strategies import Strategy, Weights
 from vigil.federation.tree_privacy import (
     TreeDPSettings,
     TreeNoise,
+    network_dp,
     private_plan,
-    site_tree_noise,
+    site_noise,
 )
 
 __all__ = [
@@ -215,11 +216,10 @@ def federate(
         raise ConfigError(f"expected --boost-edges quantiles or public, got {tree_edges!r}",
                           key="boost_edges")
     if trees is not None:
-        refuse_trees(keeps_norm_local=strategy.keeps_norm_local, dp=False)
+        refuse_trees(keeps_norm_local=strategy.keeps_norm_local)
     private_trees = trees is not None and dp is not None
     tree_dp = (tree_dp or TreeDPSettings(seed=plan.seed)) if private_trees else None
-    net_dp = dp if tree_dp is None or dp is None else replace(
-        dp, target_epsilon=dp.target_epsilon * (1.0 - tree_dp.tree_share))
+    net_dp = dp if tree_dp is None or dp is None else network_dp(dp, tree_dp)
     torch.set_num_threads(threads)
     spec = model or ModelSpec()
     sites = build_sites(table, scheme, seed=plan.seed, model=spec,
@@ -229,7 +229,8 @@ def federate(
             f"--sites {scheme} gives {len(sites)} sites, fewer than min_sites={plan.min_sites}",
             key="sites",
         )
-    taking_part = budgeted(sites, ledgers, run=run_id or uuid.uuid4().hex, task="sepsis")
+    taking_part = budgeted(sites, ledgers, run=run_id or uuid.uuid4().hex, task="sepsis",
+                           charge=dp)
     result = run_federation(taking_part, strategy, plan, model=spec, on_round=on_round)
     hybrid, noises = None, {}
     if trees is not None:
@@ -237,11 +238,12 @@ def federate(
             else None
         grown = trees
         if tree_dp is not None and dp is not None:
-            noises = {s.name: _tree_noise(s, dp, trees, tree_dp) for s in sites}
+            noises = {s.name: site_noise(n_rows=s.train.n_rows, accountant=s.accountant, dp=dp,
+                                         plan=trees, settings=tree_dp) for s in sites}
             for s in sites:
                 s.tree_noise = noises[s.name]
-            grown = private_plan(trees, list(noises.values()))
-        hybrid = grow_hybrid(sites, result.weights, grown,
+            grown = private_plan(trees, list(noises.values()), tree_dp.hessian_floor)
+        hybrid = grow_hybrid(admitted(taking_part), result.weights, grown,
                              counts={n: s.count for n, s in result.statistics.items()},
                              min_sites=plan.min_sites, on_tree=on_tree, edges=edges,
                              exact=tree_dp is None)
@@ -249,16 +251,3 @@ def federate(
                         scheme=scheme, data=data, sites=sites, hybrid=hybrid, tree_dp=tree_dp,
                         tree_noise=noises,
                         tree_edges="public" if tree_dp is not None else tree_edges)
-
-
-def _tree_noise(site: Site, dp: DPSettings, trees: BoostingPlan,
-                settings: TreeDPSettings) -> TreeNoise:
-    """Calibrate a site's tree noise against its network's planned DP-SGD (if it trained)."""
-    acc = site.accountant
-    delta = dp.delta if dp.delta is not None else 1.0 / site.train.n_rows
-    return site_tree_noise(
-        epsilon=dp.target_epsilon, delta=acc.delta if acc is not None else delta,
-        sample_rate=acc.sample_rate if acc is not None else 1.0,
-        network_noise=acc.noise_multiplier if acc is not None else 1.0,
-        network_steps=acc.planned_steps if acc is not None else 0, plan=trees,
-        settings=settings, orders=ALPHAS)

@@ -69,9 +69,13 @@ __all__ = [
     "gaussian_rdp",
     "level_sensitivity",
     "manifest_trees",
+    "network_dp",
     "network_rdp",
+    "planned_noise",
+    "planned_noises",
     "private_plan",
     "rdp_epsilon",
+    "site_noise",
     "site_tree_noise",
     "tree_features",
     "tree_releases",
@@ -92,13 +96,24 @@ class TreeDPSettings:
     features_per_tree : int, optional
         Features each tree may split on (and the sites send), >= 1.
     seed : int, optional
-        Seed of the public feature draws and of the noise (noise from a seeded
-        generator keeps runs reproducible; a deployment would draw it from the OS).
+        Seed of the public feature draws.
+    hessian_floor : float, optional
+        ``min_child_weight`` is raised to this many standard deviations of the
+        noise on a hessian sum over all bins of a feature, summed over the
+        sites (:func:`private_plan`), > 0.
+    seeded_noise : bool, optional
+        Draw each release's noise from a generator seeded by ``seed``, the
+        site's name and the release (reproducible runs: the in-process
+        simulation, tests). False draws it from the operating system's entropy,
+        as a deployment must: with a seed the coordinator knows, the noise
+        could be subtracted.
     """
 
     tree_share: float = 0.5
     features_per_tree: int = 16
     seed: int = 0
+    hessian_floor: float = 2.0
+    seeded_noise: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.tree_share < 1:
@@ -107,6 +122,9 @@ class TreeDPSettings:
         if self.features_per_tree < 1:
             raise ConfigError(f"expected features per tree >= 1, got {self.features_per_tree}",
                               key="dp_tree_features")
+        if not (math.isfinite(self.hessian_floor) and self.hessian_floor > 0):
+            raise ConfigError(f"expected a hessian floor > 0 noise SDs, got {self.hessian_floor}",
+                              key="dp_tree_floor")
 
 
 def level_sensitivity(features: int) -> float:
@@ -209,11 +227,14 @@ class TreeNoise:
     noise_multiplier : float
     features_per_tree : int
     seed : int
+        Seed of the public feature draws.
     epsilon, delta : float
         The site's composed guarantee (network and trees).
     network_epsilon : float
         The network's DP-SGD alone, at the same delta.
     releases : int
+    seeded_noise : bool, optional
+        Noise from generators seeded by ``seed`` (reproducible), else from the OS.
     """
 
     noise_multiplier: float
@@ -223,6 +244,7 @@ class TreeNoise:
     delta: float
     network_epsilon: float
     releases: int
+    seeded_noise: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Manifest form, with the per-release noise standard deviations."""
@@ -233,12 +255,19 @@ class TreeNoise:
             "histogram_sigma": self.noise_multiplier * level_sensitivity(self.features_per_tree),
             "label_sums_sigma": self.noise_multiplier * math.sqrt(2.0),
             "releases": self.releases,
+            "noise_source": "seeded (reproducible simulation)" if self.seeded_noise
+            else "operating system entropy",
         }
 
 
 @dataclass(eq=False)
 class NoisyBoostingSite(BoostingSite):
     """A :class:`BoostingSite` that releases only Gaussian-noised sums (module docstring).
+
+    Each release draws its noise from its own generator: seeded by the tree
+    noise's seed, the site's name and the release's place (tree, level), so a
+    site rebuilt for every message (Flower) gives the same noise as one kept in
+    process; or, without ``seeded_noise``, from the operating system.
 
     Parameters
     ----------
@@ -250,32 +279,46 @@ class NoisyBoostingSite(BoostingSite):
     noise: TreeNoise | None = None
     n_edges: Sequence[int] = ()
     _tree: int = field(default=-1, init=False, repr=False)
+    _level: int = field(default=0, init=False, repr=False)
     _features: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64),
                                          init=False, repr=False)
-    _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.noise is None or len(self.n_edges) != self.binned.shape[1]:
             raise ConfigError(f"site {self.name}: expected the tree noise and the edges of "
                               f"{self.binned.shape[1]} features", key="dp_epsilon")
-        self._rng = np.random.default_rng([self.noise.seed, *self.name.encode()])
+
+    def _release_rng(self, tree: int, level: int) -> np.random.Generator:
+        assert self.noise is not None
+        if not self.noise.seeded_noise:
+            return np.random.default_rng()
+        return np.random.default_rng([self.noise.seed, *self.name.encode(), tree + 1, level])
 
     def label_sums(self) -> tuple[float, float]:
         """Noisy weighted positives and rows, clipped to ``1 <= W``, ``0 <= P <= W``."""
         positives, rows = super().label_sums()
         assert self.noise is not None
         sigma = self.noise.noise_multiplier * math.sqrt(2.0)
-        rows_n = max(1.0, rows + float(self._rng.normal(0.0, sigma)))
-        return float(np.clip(positives + self._rng.normal(0.0, sigma), 0.0, rows_n)), rows_n
+        rng = self._release_rng(-1, 0)
+        rows_n = max(1.0, rows + float(rng.normal(0.0, sigma)))
+        return float(np.clip(positives + rng.normal(0.0, sigma), 0.0, rows_n)), rows_n
 
     def begin_tree(self) -> None:
         """Start a tree: gradients, and the tree's public feature draw."""
         super().begin_tree()
-        assert self.noise is not None
         self._tree += 1
+        self._level = 0
+        self._draw()
+
+    def _draw(self) -> None:
+        assert self.noise is not None
         self._features = tree_features(self.noise.seed, self._tree, self.binned.shape[1],
                                        self.noise.features_per_tree)
+
+    def _summed_features(self) -> NDArray[np.int64]:
+        """Only the tree's features are summed (the others are never released)."""
+        return self._features
 
     def histograms(self, nodes: NDArray[np.int64], n_bins: int) -> NDArray[np.float64]:
         """Return the exact sums of the tree's features plus Gaussian noise; zeros elsewhere.
@@ -287,13 +330,27 @@ class NoisyBoostingSite(BoostingSite):
         exact = super().histograms(nodes, n_bins)
         assert self.noise is not None
         sigma = self.noise.noise_multiplier * level_sensitivity(self.noise.features_per_tree)
+        rng = self._release_rng(self._tree, self._level)
+        self._level += 1
         out = np.zeros_like(exact)
         for f in self._features:
             used = min(int(self.n_edges[f]) + 1, n_bins)
-            out[:, f, :used] = exact[:, f, :used] + self._rng.normal(
+            out[:, f, :used] = exact[:, f, :used] + rng.normal(
                 0.0, sigma, size=(exact.shape[0], used, 2))
         np.maximum(out[..., 1], 0.0, out=out[..., 1])
         return out
+
+    def state(self) -> dict[str, NDArray[Any]]:
+        """:meth:`BoostingSite.state` plus the tree and the level being released."""
+        return super().state() | {"release": np.array([self._tree, self._level], np.int64)}
+
+    def restore(self, state: Mapping[str, NDArray[Any]]) -> None:
+        """Take up the running state :meth:`state` returned."""
+        super().restore(state)
+        if "release" in state:
+            self._tree, self._level = (int(v) for v in state["release"])
+            if self._tree >= 0:
+                self._draw()
 
 
 def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
@@ -326,19 +383,95 @@ def site_tree_noise(*, epsilon: float, delta: float, sample_rate: float,
                                        network=net, orders=orders)
     return TreeNoise(noise_multiplier=z, features_per_tree=settings.features_per_tree,
                      seed=settings.seed, epsilon=composed, delta=delta,
-                     network_epsilon=rdp_epsilon(net, orders, delta), releases=releases)
+                     network_epsilon=rdp_epsilon(net, orders, delta), releases=releases,
+                     seeded_noise=settings.seeded_noise)
 
 
-def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise]) -> BoostingPlan:
+def network_dp(dp: Any, settings: TreeDPSettings) -> Any:
+    """Return the network's DP-SGD settings: ``dp`` at ``(1 - tree_share) * epsilon``."""
+    return replace(dp, target_epsilon=dp.target_epsilon * (1.0 - settings.tree_share))
+
+
+def site_noise(*, n_rows: int, accountant: Any, dp: Any, plan: BoostingPlan,
+               settings: TreeDPSettings) -> TreeNoise:
+    """Calibrate a site's tree noise against its network's DP-SGD plan (its accountant).
+
+    Parameters
+    ----------
+    n_rows : int
+        The site's training rows (``delta = 1 / n_rows`` unless ``dp`` sets it).
+    accountant : SiteAccountant or None
+        The site's DP-SGD accountant (:class:`~vigil.federation.privacy.SiteAccountant`);
+        None if the site trained no noisy step, and then the trees get all of epsilon.
+    dp : DPSettings
+        The whole per-site budget (``--dp-epsilon``).
+    plan : BoostingPlan
+    settings : TreeDPSettings
+
+    Returns
+    -------
+    TreeNoise
+    """
+    from vigil.federation.privacy import ALPHAS
+
+    delta = dp.delta if dp.delta is not None else 1.0 / n_rows
+    acc = accountant
+    return site_tree_noise(
+        epsilon=dp.target_epsilon, delta=acc.delta if acc is not None else delta,
+        sample_rate=acc.sample_rate if acc is not None else 1.0,
+        network_noise=acc.noise_multiplier if acc is not None else 1.0,
+        network_steps=acc.planned_steps if acc is not None else 0, plan=plan,
+        settings=settings, orders=ALPHAS)
+
+
+def planned_noise(*, n_rows: int, dp: Any, rounds: int, local_epochs: int, batch_size: int,
+                  plan: BoostingPlan, settings: TreeDPSettings) -> TreeNoise:
+    """Return the tree noise a site of ``n_rows`` training rows calibrates (:func:`site_noise`).
+
+    What the coordinator computes from the rows each site declared before round 1
+    (on Flower the sites calibrate their own noise): the site's DP-SGD plan at
+    ``(1 - tree_share) * epsilon`` for the run's rounds, epochs and batch size.
+    """
+    from vigil.federation.privacy import SiteAccountant
+
+    acc = SiteAccountant(network_dp(dp, settings), n_rows=n_rows, batch_size=batch_size,
+                         local_epochs=local_epochs, total_rounds=rounds)
+    return site_noise(n_rows=n_rows, accountant=acc, dp=dp, plan=plan, settings=settings)
+
+
+def planned_noises(counts: Mapping[str, int], *, dp: Any, plan: Any, trees: BoostingPlan,
+                   settings: TreeDPSettings) -> dict[str, TreeNoise]:
+    """Return :func:`planned_noise` of every site, from the training rows it declared.
+
+    Parameters
+    ----------
+    counts : mapping of str to int
+        Each site's training rows (its statistics before round 1).
+    dp : DPSettings
+        The whole per-site budget.
+    plan : Plan
+        The run's rounds, local epochs and batch size (:class:`~vigil.federation.driver.Plan`).
+    trees : BoostingPlan
+    settings : TreeDPSettings
+    """
+    return {name: planned_noise(n_rows=n, dp=dp, rounds=plan.rounds,
+                                local_epochs=plan.local_epochs, batch_size=plan.batch_size,
+                                plan=trees, settings=settings)
+            for name, n in sorted(counts.items())}
+
+
+def private_plan(plan: BoostingPlan, noises: Sequence[TreeNoise],
+                 hessian_floor: float = 2.0) -> BoostingPlan:
     """Return the plan for noisy trees: a child's hessian floor above the noise.
 
-    ``min_child_weight`` becomes at least twice the standard deviation of the
-    noise on a hessian sum over all ``n_bins`` bins of one feature, summed over
-    the sites (``2 sqrt(n_bins * sum_s sigma_s^2)``), so that no split is made
-    on noise alone; it depends on the noise only, not on the data.
+    ``min_child_weight`` becomes at least ``hessian_floor`` (default 2) standard
+    deviations of the noise on a hessian sum over all ``n_bins`` bins of one
+    feature, summed over the sites (``c sqrt(n_bins * sum_s sigma_s^2)``), so
+    that no split is made on noise alone; it depends on the noise only, not on
+    the data.
     """
     var = sum((n.noise_multiplier * level_sensitivity(n.features_per_tree)) ** 2 for n in noises)
-    floor = 2.0 * math.sqrt(plan.n_bins * var)
+    floor = hessian_floor * math.sqrt(plan.n_bins * var)
     return replace(plan, min_child_weight=max(plan.min_child_weight, floor))
 
 
@@ -365,6 +498,7 @@ def manifest_trees(mechanism: str, epsilon: float, settings: TreeDPSettings,
                   "tree_share": settings.tree_share,
                   "network_target_epsilon": epsilon * (1.0 - settings.tree_share)},
         "trees": {"features_per_tree": settings.features_per_tree,
+                  "hessian_floor_sds": settings.hessian_floor,
                   "sensitivity": "per level sqrt(k (1 + 1/16)), k features; label sums "
                                  "sqrt(2); one row = one unit",
                   "sites": {n: t.to_dict() for n, t in sorted(noises.items())}},

@@ -10,7 +10,11 @@ run (:class:`~vigil.federation.flower.settings.RunSettings`), and answers:
 - ``evaluate``: :meth:`Site.evaluate` of the global weights;
 - ``query.trees``: one step of the boosted trees
   (:func:`~vigil.federation.flower.treewire.answer_trees`), whose state
-  between tree levels is kept in ``context.state`` too.
+  between tree levels is kept in ``context.state`` too. Under DP trees
+  (``RunSettings.tree_dp``) the site calibrates its own tree noise against its
+  DP-SGD accountant once (:func:`~vigil.federation.tree_privacy.site_noise`,
+  kept in the run's state), adds it to every release, refuses to send
+  quantiles, and refuses a release past the number the run was charged for.
 
 The pieces of a site's state that live across rounds, its DP-SGD accountant
 and, for the imaging task under FedBN, its BatchNorm tensors after each round
@@ -31,6 +35,7 @@ request.
 from __future__ import annotations
 
 import pickle
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -41,6 +46,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import ConfigError, PrivacyBudgetError
 from vigil.federation.budget import (
+    BUDGET_REASON,
     PrivacyLedger,
     check_planned_rounds,
     run_cost,
@@ -52,7 +58,7 @@ from vigil.federation.flower.secure import answer_secure, fit_vector
 from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
-from vigil.federation.flower.treewire import ACTION, answer_trees
+from vigil.federation.flower.treewire import ACTION, answer_trees, level_from_content
 from vigil.federation.flower.wire import (
     ARRAYS,
     CONFIG,
@@ -64,10 +70,12 @@ from vigil.federation.flower.wire import (
 )
 from vigil.federation.image_task import ImagingSite
 from vigil.federation.site import Site
+from vigil.federation.tree_privacy import TreeNoise, site_noise
 
 __all__ = ["app"]
 
 _STATE = "vigil-site"
+_NOISE = "vigil-tree-noise"
 
 app = ClientApp()
 
@@ -87,7 +95,7 @@ def _site(context: Context, network: bool = True) -> Site:
     site: Any = load_task_site(site_dir, settings)
     saved = context.state.config_records.get(_STATE)
     # the state is written by this ClientApp only, into this run's state on this SuperNode
-    if saved is not None and "accountant" in saved:
+    if network and saved is not None and "accountant" in saved:
         site.resume_accountant(pickle.loads(saved["accountant"]))  # noqa: S301
     if saved is not None and "batchnorm" in saved:
         site.resume_batchnorm(pickle.loads(saved["batchnorm"]))  # noqa: S301
@@ -140,17 +148,79 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(evaluation_to_content(evaluation), reply_to=msg)
 
 
+def _tree_noise(site: Site, context: Context, settings: RunSettings) -> TreeNoise:
+    """Return the site's tree noise: calibrated once per run, then kept in the run's state."""
+    saved = context.state.config_records.get(_NOISE)
+    if saved is not None:
+        return TreeNoise(**{k: v for k, v in saved.items() if k != "released"})  # type: ignore[arg-type]
+    kept = context.state.config_records.get(_STATE)
+    # the accountant (Opacus, so torch) is read here only, not for every tree level
+    accountant = None
+    if kept is not None and "accountant" in kept:
+        accountant = pickle.loads(kept["accountant"])  # noqa: S301
+    assert settings.dp is not None and settings.trees is not None and settings.tree_dp is not None
+    noise = site_noise(n_rows=training_rows(site), accountant=accountant, dp=settings.dp,
+                       plan=settings.trees, settings=settings.tree_dp)
+    context.state[_NOISE] = ConfigRecord({**asdict(noise), "released": 0})
+    return noise
+
+
+def _private_release(ask: object, releases: bool, noise: TreeNoise, context: Context,
+                     name: str) -> None:
+    """Refuse what DP trees must not send; count the noisy releases against the charged plan.
+
+    ``releases``: the request is answered with noisy sums (``begin``, or a ``level``
+    with nodes to split; the request that only finishes the last tree has none).
+
+    Raises
+    ------
+    PrivacyBudgetError
+        For a quantiles request (raw quantiles are patients' values) or a
+        release past the ``1 + n_trees * (max_depth + 1)`` the run was charged for.
+    """
+    if ask == "quantiles":
+        raise PrivacyBudgetError(f"{BUDGET_REASON}: site {name} sends no quantiles under DP "
+                                 "trees (public bin edges only)", site=name)
+    if not releases:
+        return
+    record = context.state.config_records[_NOISE]
+    released = int(record["released"])  # type: ignore[arg-type]
+    if released >= noise.releases:
+        raise PrivacyBudgetError(f"{BUDGET_REASON}: site {name} has made the {noise.releases} "
+                                 "noisy tree releases this run was charged for", site=name)
+    record["released"] = released + 1
+
+
 @app.query(ACTION)
 def trees(msg: Message, context: Context) -> Message:
     """Answer one step of the boosted trees grown across the sites."""
     site_dir = str(context.node_config.get(SITE_DIR_KEY, ""))
-    try:  # the trees' histograms are not DP: charged as a run without DP
-        PrivacyLedger(site_name(site_dir), site_dir).admit(
-            str(context.run_id), RunSettings.from_run_config(context.run_config).task, None)
+    settings = RunSettings.from_run_config(context.run_config)
+    ask = msg.content.config_records[CONFIG].get("ask")
+    try:
+        if settings.tree_dp is None:  # the trees' histograms are not DP: a run without DP
+            PrivacyLedger(site_name(site_dir), site_dir).admit(
+                str(context.run_id), settings.task, None)
+            content = answer_trees(msg.content, context.state,
+                                   lambda network: _site(context, network))
+        else:  # charged the run's whole epsilon, as for training (a no-op if it trained)
+            me = _site(context, False)
+            PrivacyLedger(me.name, site_dir).admit(
+                str(context.run_id), settings.task, run_cost(settings.dp, training_rows(me)))
+            noise = _tree_noise(me, context, settings)
+            releases = ask == "begin" or (
+                ask == "level" and level_from_content(msg.content).nodes.size > 0)
+            _private_release(ask, releases, noise, context, me.name)
+
+            def noisy(network: bool) -> Site:
+                site = me if not network else _site(context, True)
+                site.tree_noise = noise
+                return site
+
+            content = answer_trees(msg.content, context.state, noisy)
     except PrivacyBudgetError as exc:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
                        reply_to=msg)
-    content = answer_trees(msg.content, context.state, lambda network: _site(context, network))
     return Message(content, reply_to=msg)
 
 

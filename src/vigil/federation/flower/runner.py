@@ -192,8 +192,16 @@ def federated_run(settings: RunSettings, out: RunOutput) -> FederatedRun:
                    f"num_shares={s.num_shares or n}, clipping_range={s.clipping_range}, "
                    f"quantization_range={s.quantization_range}, {s.modulus_bits}-bit, "
                    f"norm_bound={s.norm_bound})")
+    noises = {}
+    if settings.tree_dp is not None and out.hybrid is not None:
+        from vigil.federation.tree_privacy import planned_noises
+
+        noises = planned_noises({k: s.count for k, s in out.result.statistics.items()},
+                                dp=settings.dp, plan=settings.plan, trees=settings.trees,  # type: ignore[arg-type]
+                                settings=settings.tree_dp)
     return FederatedRun(
         result=out.result, strategy=settings.strategy, plan=settings.plan, model=settings.model,
         dp=settings.dp, scheme=f"{n} SuperNodes", data="each site's own data", sites=[],
-        method=method, hybrid=out.hybrid,
+        method=method, hybrid=out.hybrid, tree_dp=settings.tree_dp, tree_noise=noises,
+        tree_edges="public" if settings.tree_dp is not None else "quantiles",
     )

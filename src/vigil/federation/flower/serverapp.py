@@ -14,7 +14,11 @@ With ``trees`` in the settings, the boosted trees are then grown across the
 same SuperNodes and fused with the kept network
 (:func:`~vigil.federation.hybrid.grow_hybrid` over
 :class:`~vigil.federation.flower.treewire.FlowerTrees`), as ``vigil federate
---boost-trees`` does in process; one ``tree`` event per finished tree.
+--boost-trees`` does in process; one ``tree`` event per finished tree. With
+``dp`` too (``RunSettings.tree_dp``), the edges are public and each site noises
+its own histograms (:mod:`vigil.federation.tree_privacy`); the coordinator
+raises the hessian floor for the noise the sites' declared rows imply
+(:func:`~vigil.federation.tree_privacy.planned_noise`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from vigil.federation.flower.transport import EventLog, FlowerTransport
 from vigil.federation.flower.treewire import FlowerTrees
 from vigil.federation.history import RoundRecord
 from vigil.federation.hybrid import grow_hybrid
+from vigil.federation.public_edges import public_edges
+from vigil.federation.tree_privacy import planned_noises, private_plan
 
 __all__ = ["app", "main"]
 
@@ -87,9 +93,16 @@ def main(grid: Grid, context: Context) -> None:
             counts = {n: s.count for n, s in result.statistics.items()}
             trees = FlowerTrees(transport, sites) if settings.secure is None else (
                 SecureFlowerTrees(transport, sites, settings.secure, counts))
+            plan, edges = settings.trees, None
+            if settings.tree_dp is not None:
+                noises = planned_noises(counts, dp=settings.dp, plan=settings.plan,
+                                        trees=settings.trees, settings=settings.tree_dp)
+                plan = private_plan(plan, list(noises.values()), settings.tree_dp.hessian_floor)
+                edges = public_edges(plan.n_bins)
             hybrid = grow_hybrid(
-                sites, result.weights, settings.trees, counts=counts,
+                sites, result.weights, plan, counts=counts,
                 min_sites=settings.plan.min_sites, on_tree=on_tree, transport=trees,
+                edges=edges, exact=settings.tree_dp is None,
             )
             events.write("trees", sites=list(hybrid.boosted.sites),
                          exclusions=len(hybrid.boosted.exclusions),

@@ -35,6 +35,7 @@ from vigil.federation.privacy import DPSettings
 from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
 from vigil.federation.strategies import Strategy
+from vigil.federation.tree_privacy import TreeDPSettings, network_dp
 
 __all__ = ["APP_NAME", "TASKS", "RunSettings", "app_pyproject"]
 
@@ -69,7 +70,9 @@ class RunSettings:
     trees : BoostingPlan or None, optional
         After the rounds, grow these boosted trees across the same sites and
         fuse them with the kept network (:mod:`vigil.federation.flower.treewire`).
-        Not with FedBN or DP-SGD.
+        Not with FedBN. With ``dp`` the trees are differentially private
+        (:mod:`vigil.federation.tree_privacy`): public bin edges, each site
+        noises its own histograms, one composed epsilon per site.
     task : str, optional
         ``"sepsis"`` (default) or ``"imaging"``: every SuperNode must hold a site
         prepared for it (:mod:`vigil.federation.flower.imagesite`).
@@ -79,6 +82,10 @@ class RunSettings:
         Secure aggregation of the training rounds
         (:mod:`vigil.federation.flower.secure`): FedAvg or FedProx without a
         robust aggregator, no DP-SGD, at least 3 sites.
+    tree_dp : TreeDPSettings or None, optional
+        With ``trees`` and ``dp``: the epsilon split, features per tree and
+        hessian floor of the DP trees; default ``TreeDPSettings(seed=plan.seed,
+        seeded_noise=False)`` (each site draws its noise from its OS).
     """
 
     plan: Plan
@@ -93,6 +100,7 @@ class RunSettings:
     task: str = "sepsis"
     image: CNNSpec = field(default_factory=CNNSpec)
     secure: SecureSumSettings | None = None
+    tree_dp: TreeDPSettings | None = None
 
     def __post_init__(self) -> None:
         check_task(self.task, dp=self.dp, spec=self.image, trees=self.trees is not None,
@@ -108,7 +116,14 @@ class RunSettings:
                 raise ConfigError("expected no DP-SGD under secure aggregation (not supported "
                                   "yet: each site's accountant), got dp", key="secure")
         if self.trees is not None:
-            refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local, dp=self.dp is not None)
+            refuse_trees(keeps_norm_local=self.strategy.keeps_norm_local)
+        if self.trees is not None and self.dp is not None and self.tree_dp is None:
+            object.__setattr__(self, "tree_dp", TreeDPSettings(seed=self.plan.seed,
+                                                               seeded_noise=False))
+        if self.tree_dp is not None and (self.trees is None or self.dp is None):
+            raise ConfigError("expected DP tree settings only with trees and DP-SGD, got "
+                              f"trees={self.trees is not None}, dp={self.dp is not None}",
+                              key="tree_dp")
         if self.plan.time_budget is None:
             raise ConfigError("expected a time budget (seconds a site has to answer) for a "
                               "Flower run, got none", key="timeout")
@@ -133,7 +148,14 @@ class RunSettings:
             return {"spec": self.image, "keep_bn_local": self.strategy.keeps_norm_local,
                     "dp": self.dp}
         return {"model": self.model, "keep_norm_local": self.strategy.keeps_norm_local,
-                "dp": self.dp}
+                "dp": self.network_dp}
+
+    @property
+    def network_dp(self) -> DPSettings | None:
+        """The network's DP-SGD: ``dp``, or its ``1 - tree_share`` part under DP trees."""
+        if self.dp is None or self.tree_dp is None:
+            return self.dp
+        return network_dp(self.dp, self.tree_dp)  # type: ignore[no-any-return]
 
     def driver_task(self) -> ImagingTask | None:
         """Return the driver's ``task``: the imaging CNN, or None (the sepsis network)."""
