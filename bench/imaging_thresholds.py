@@ -10,6 +10,12 @@ again on ``--n-boot`` bootstrap resamples of the validation images (the
 threshold-selection noise that the paired test-set intervals of
 :mod:`vigil.federation.image_intervals` do not include). onnxruntime only.
 
+``--shift`` prints instead the shift that remains after the pixel chain: the
+official test images put through each site's acquisition map (gamma, contrast,
+noise; the chain undoes the rest exactly), as model inputs, against site-a's
+(none): the mean per-image brightness change, the input SD and the mean
+absolute per-pixel change, on the same images.
+
 Usage::
 
     .venv/bin/python bench/imaging_thresholds.py [--model models/imaging-federated] \
@@ -42,7 +48,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "imaging-federated")
     parser.add_argument("--sites-cache", type=Path)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--shift", action="store_true", help="print the residual site shift")
     args = parser.parse_args()
+    if args.shift:
+        _residual_shift(args.data)
+        return
 
     split = _site_inputs(args.data, args.sites_cache)
     options = ort.SessionOptions()
@@ -78,6 +88,27 @@ def main() -> None:
               f"{auroc(yt, pt):.3f} | {SCORE_EDGES[int(np.argmax(accuracy(yv, pv)))]:.3f} | "
               f"{chosen:.3f} | {on_test.max():.3f} | {spread.std():.3f} "
               f"({np.percentile(spread, 5):.3f}-{np.percentile(spread, 95):.3f}) |")
+
+
+def _residual_shift(data: str) -> None:
+    """Print each site's acquisition shift on the same test images, in model-input units."""
+    from vigil.data.medmnist import load_medmnist
+    from vigil.dicom_adapter.sites import SITES
+
+    images = load_medmnist(data, "test").images.astype(np.float64) / 255.0
+    base = (images - 0.5) / 0.5
+    rng = np.random.default_rng(0)
+    print("| site | gamma, contrast, noise sd | mean brightness change | input SD (site-a "
+          f"{base.std():.3f}) | mean \\|Δ\\| per pixel |")
+    print("|---|---|---|---|---|")
+    for site in SITES:
+        sc = site.scanner
+        p = sc.contrast * (images**sc.gamma - 0.5) + 0.5
+        if sc.noise:
+            p = p + rng.normal(0.0, sc.noise, images.shape)
+        x = (np.clip(p, 0.0, 1.0) - 0.5) / 0.5
+        print(f"| {sc.name} | {sc.gamma:g}, {sc.contrast:g}, {sc.noise:g} | "
+              f"{(x - base).mean():+.3f} | {x.std():.3f} | {np.abs(x - base).mean():.3f} |")
 
 
 if __name__ == "__main__":
