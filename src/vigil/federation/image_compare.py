@@ -4,8 +4,11 @@ Every arm runs through the same driver (:func:`~vigil.federation.image_run.feder
 *centralized* is one site holding every site's training images (the pooled data,
 FedAvg with a single site is plain training, round = epoch); *alone* is one site
 with its own images only. Every arm keeps the round with the best validation
-accuracy and, per site, the threshold that maximizes that site's validation
-accuracy (site calibration); the official test split is touched only to report.
+accuracy (by the plan's ``keep_by`` rule: ``"site"``, each site at its own
+threshold, in the imaging recipe) and, per site, the threshold that maximizes that
+site's validation accuracy (site calibration); the official test split is touched
+only to report. :func:`validation_scores` scores an arm the same way on the
+validation images, for choosing a recipe without the test split.
 
 Reported per site (its own test images, with its own model under FedBN) and pooled
 (all test images, each scored by its site's model at its site's threshold): AUC
