@@ -59,10 +59,10 @@ from vigil.federation.strategies import Strategy, Weights
 from vigil.federation.tasks import SepsisTask, Task
 
 __all__ = [
+    "KEEP_RULES",
     "FederatedSite",
     "FederationResult",
     "InProcess",
-    "KEEP_RULES",
     "Plan",
     "Transport",
     "pooled_statistics",
