@@ -100,7 +100,7 @@ def main() -> None:
             models, thresholds = train_arm(arm, split["train"], split["val"], plan=plan,
                                            mu=args.mu, threads=args.threads,
                                            max_shift=args.max_shift)
-            runs[-1]["validation"][arm] = validation_scores(models, split["val"])
+            runs[-1]["validation"][arm] = validation_scores(models, split["val"], keep=True)
             runs[-1]["results"][arm] = score_arm(models, thresholds, split["test"], keep=True)
             runs[-1]["seconds"] = time.perf_counter() - t
             pooled = runs[-1]["results"][arm]["pooled"]

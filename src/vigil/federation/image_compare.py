@@ -203,7 +203,7 @@ def train_arm(
     return models, thresholds
 
 
-def validation_scores(models: dict[str, Any], valid: Sequence[SiteArrays]
+def validation_scores(models: dict[str, Any], valid: Sequence[SiteArrays], keep: bool = False
                       ) -> dict[str, dict[str, Any]]:
     """Score an arm on the validation images, each site at its own validation-best threshold.
 
@@ -211,14 +211,23 @@ def validation_scores(models: dict[str, Any], valid: Sequence[SiteArrays]
     the accuracy after site calibration on the same images (the threshold is the score-bin
     edge maximizing the site's validation accuracy, as for the test report).
 
+    Parameters
+    ----------
+    models : dict of str to torch module
+        Site name → the network it runs (:func:`train_arm`).
+    valid : sequence of SiteArrays
+    keep : bool, optional
+        Also keep each site's threshold and each validation image's probability (so that
+        an interval can re-choose thresholds on resampled validation images).
+
     Returns
     -------
     dict
-        site (and ``"pooled"``) → ``{"auc", "accuracy", "n"}``.
+        site (and ``"pooled"``) → ``{"auc", "accuracy", "n"}`` (and the kept predictions).
     """
     thresholds = {name: pool_evaluations([image_evaluation(name, y, predict_images(
         models[name], x))]).threshold for name, x, y in valid}
-    return score_arm(models, thresholds, valid, keep=False)
+    return score_arm(models, thresholds, valid, keep=keep)
 
 
 def summarize_seeds(per_seed: Sequence[dict[str, dict[str, dict[str, float]]]]
