@@ -73,6 +73,8 @@ def main() -> None:
             labels = {k: np.asarray(v) for k, v in files[0]["labels"].items()}
             rows = standard_comparisons(labels, results, n_boot=args.n_boot)
             print("\n" + comparison_markdown(rows))
+            if "valid_labels" in files[0]:
+                print("\n" + _rechosen_markdown(files[0], runs, args.n_boot))
             if args.json_out:
                 args.json_out.write_text(json.dumps({"seeds": [r["seed"] for r in runs],
                                                      "comparisons": rows}, indent=1))
@@ -89,6 +91,7 @@ def main() -> None:
               "batch_size": args.batch_size, "lr": args.lr, "max_shift": args.max_shift,
               "mu": args.mu, "keep_by": IMAGING_RECIPE["keep_by"]}
     labels = {name: [int(v) for v in y] for name, _, y in split["test"]}
+    valid_labels = {name: [int(v) for v in y] for name, _, y in split["val"]}
     for seed in args.seeds:
         t = time.perf_counter()
         plan = Plan(rounds=args.rounds, local_epochs=args.local_epochs,
@@ -108,7 +111,8 @@ def main() -> None:
                               "pooled": pooled}), flush=True)
             if args.out:
                 args.out.write_text(json.dumps({"data": Path(args.data).name, "recipe": recipe,
-                                                "labels": labels, "runs": runs}))
+                                                "labels": labels, "valid_labels": valid_labels,
+                                                "runs": runs}))
 
 def _site_inputs(data: str, cache: Path | None) -> dict[str, list[tuple[str, Any, Any]]]:
     """Each split's (site, model inputs, labels), read through DICOM or from ``cache``."""
@@ -134,10 +138,32 @@ def _merge_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Merge runs of the same seed made as separate processes (one per arm or recipe)."""
     merged: dict[int, dict[str, Any]] = {}
     for r in runs:
-        m = merged.setdefault(r["seed"], {"seed": r["seed"], "seconds": 0.0, "results": {}})
+        m = merged.setdefault(r["seed"], {"seed": r["seed"], "seconds": 0.0, "results": {},
+                                          "validation": {}})
         m["seconds"] += r["seconds"]
         m["results"] |= r["results"]
+        m["validation"] |= r.get("validation", {})
     return [merged[s] for s in sorted(merged)]
+
+
+def _rechosen_markdown(file: dict[str, Any], runs: list[dict[str, Any]], n_boot: int) -> str:
+    """Accuracy differences whose intervals also re-choose each arm's thresholds."""
+    from vigil.federation.image_intervals import COMPARISONS, rechosen_accuracy_interval
+
+    labels = {k: np.asarray(v) for k, v in file["labels"].items()}
+    valid = {k: np.asarray(v) for k, v in file["valid_labels"].items()}
+    lines = ["| comparison | site | accuracy, thresholds re-chosen on resampled validation "
+             "(95 % interval) |", "|---|---|---|"]
+    for arm, versus, factor in COMPARISONS:
+        if versus is None or any(a not in r["validation"] for r in runs for a in (arm, versus)):
+            continue
+        for site in [*labels, "pooled"]:
+            e = rechosen_accuracy_interval(labels, [r["results"] for r in runs], valid,
+                                           [r["validation"] for r in runs], arm, versus,
+                                           site=site, factor=factor, n_boot=n_boot)
+            what = f"{arm} − {factor:g} × {versus}" if factor != 1 else f"{arm} − {versus}"
+            lines.append(f"| {what} | {site} | {e.value:+.3f} [{e.low:+.3f}, {e.high:+.3f}] |")
+    return "\n".join(lines)
 
 
 def _choose(paths: list[Path]) -> None:

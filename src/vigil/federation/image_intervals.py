@@ -30,11 +30,13 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import DataError
 from vigil.features.bootstrap import Estimate, percentile_interval
+from vigil.federation.evaluation import SCORE_EDGES
 
 __all__ = [
     "COMPARISONS",
     "comparison_markdown",
     "paired_interval",
+    "rechosen_accuracy_interval",
     "resampled_auroc",
     "standard_comparisons",
 ]
@@ -168,6 +170,94 @@ def paired_interval(
     low, high = percentile_interval(difference(counts.astype(np.float64)), level)
     return {m: Estimate(float(value[i]), float(low[i]), float(high[i]))
             for i, m in enumerate(METRICS)}
+
+
+def _correct_at_edges(y: NDArray[np.bool_], p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(n, len(SCORE_EDGES)): 1 where flagging at ``p >= edge`` is right for the image."""
+    return ((p[:, None] >= SCORE_EDGES[None, :]) == y[:, None]).astype(np.float64)
+
+
+def rechosen_accuracy_interval(
+    labels: Mapping[str, NDArray[np.integer]],
+    runs: Sequence[Mapping[str, Any]],
+    valid_labels: Mapping[str, NDArray[np.integer]],
+    valid_runs: Sequence[Mapping[str, Any]],
+    arm: str,
+    versus: str | None = None,
+    *,
+    site: str = "pooled",
+    factor: float = 1.0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Accuracy difference whose interval also counts the choice of each site's threshold.
+
+    As :func:`paired_interval` for the accuracy, except that on every resample each
+    site's **validation** images are resampled too (independently of the test images) and
+    each arm re-chooses, for every seed and site, the score-bin edge maximizing its
+    resampled validation accuracy (the site calibration of the runs, first maximum); the
+    test resample is then scored at that threshold. The point value uses the validation
+    images as they are. The validation resamples are the same for both arms (paired).
+
+    Parameters
+    ----------
+    labels, runs : as for :func:`paired_interval` (test labels and kept test predictions)
+    valid_labels : mapping of str to ndarray of shape (n_valid_site,)
+        Each site's validation labels, in the order of the kept validation predictions.
+    valid_runs : sequence of mapping
+        Per seed, in the order of ``runs``: arm → site → ``{"probability"}`` of the
+        validation images (``validation_scores(..., keep=True)``).
+    arm, versus, site, factor, n_boot, level, seed : as for :func:`paired_interval`
+
+    Returns
+    -------
+    Estimate
+        Seed mean of ``accuracy(arm) - factor * accuracy(versus)`` (or of ``arm``'s alone).
+
+    Raises
+    ------
+    DataError
+        If predictions are missing or their numbers differ from the labels'.
+    """
+    if len(valid_runs) != len(runs):
+        raise DataError(f"expected validation predictions for each of the {len(runs)} runs, "
+                        f"got {len(valid_runs)}")
+    sites = list(labels) if site == "pooled" else [site]
+    arms = [arm] if versus is None else [arm, versus]
+    signs = [1.0] if versus is None else [1.0, -factor]
+    rng = np.random.default_rng(seed)
+    n_test = sum(len(labels[s]) for s in sites)
+    # the same test resamples as paired_interval draws (over the sites' concatenated images)
+    test_counts = np.vstack([np.ones((1, n_test)), rng.multinomial(
+        n_test, np.full(n_test, 1.0 / n_test), size=n_boot)])
+    offsets = np.cumsum([0] + [len(labels[s]) for s in sites])
+    valid_counts = {}
+    for s in sites:
+        n_v = len(valid_labels[s])
+        valid_counts[s] = np.vstack([np.ones((1, n_v)), rng.multinomial(
+            n_v, np.full(n_v, 1.0 / n_v), size=n_boot)])
+    total = np.zeros(n_boot + 1)
+    for run, held in zip(runs, valid_runs, strict=True):
+        for sign, name in zip(signs, arms, strict=True):
+            correct = np.zeros(n_boot + 1)
+            for i, s in enumerate(sites):
+                y_t, y_v = np.asarray(labels[s]) > 0, np.asarray(valid_labels[s]) > 0
+                cells = (run.get(name, {}).get(s, {}), held.get(name, {}).get(s, {}))
+                if any("probability" not in c for c in cells):
+                    raise DataError(f"expected kept test and validation predictions of arm "
+                                    f"{name!r} at {s}, got none")
+                p_t, p_v = (np.asarray(c["probability"], np.float64) for c in cells)
+                if p_t.size != y_t.size or p_v.size != y_v.size:
+                    raise DataError(f"expected {y_t.size} test and {y_v.size} validation "
+                                    f"predictions at {s}, got {p_t.size} and {p_v.size}")
+                chosen = np.argmax(valid_counts[s] @ _correct_at_edges(y_v, p_v), axis=1)
+                hits = test_counts[:, offsets[i]:offsets[i + 1]] @ _correct_at_edges(y_t, p_t)
+                correct += hits[np.arange(n_boot + 1), chosen]
+            total += sign * correct / test_counts.sum(axis=1)
+    total /= len(runs)
+    low, high = percentile_interval(total[1:, None], level)
+    return Estimate(float(total[0]), float(low[0]), float(high[0]))
 
 
 def standard_comparisons(
