@@ -148,7 +148,7 @@ def _merge_seeds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _rechosen_markdown(file: dict[str, Any], runs: list[dict[str, Any]], n_boot: int) -> str:
     """Accuracy differences whose intervals also re-choose each arm's thresholds."""
-    from vigil.federation.image_intervals import COMPARISONS, rechosen_accuracy_interval
+    from vigil.federation.image_intervals import COMPARISONS, paired_interval
 
     labels = {k: np.asarray(v) for k, v in file["labels"].items()}
     valid = {k: np.asarray(v) for k, v in file["valid_labels"].items()}
@@ -158,9 +158,9 @@ def _rechosen_markdown(file: dict[str, Any], runs: list[dict[str, Any]], n_boot:
         if versus is None or any(a not in r["validation"] for r in runs for a in (arm, versus)):
             continue
         for site in [*labels, "pooled"]:
-            e = rechosen_accuracy_interval(labels, [r["results"] for r in runs], valid,
-                                           [r["validation"] for r in runs], arm, versus,
-                                           site=site, factor=factor, n_boot=n_boot)
+            e = paired_interval(labels, [r["results"] for r in runs], arm, versus, site=site,
+                                factor=factor, n_boot=n_boot, valid_labels=valid,
+                                valid_runs=[r["validation"] for r in runs])["accuracy"]
             what = f"{arm} − {factor:g} × {versus}" if factor != 1 else f"{arm} − {versus}"
             lines.append(f"| {what} | {site} | {e.value:+.3f} [{e.low:+.3f}, {e.high:+.3f}] |")
     return "\n".join(lines)

@@ -112,34 +112,30 @@ def _with_validation(rng, labels, n_valid, quality):
 
 
 def test_rechosen_thresholds_widen_the_accuracy_interval_and_keep_the_value():
-    from vigil.federation.image_intervals import rechosen_accuracy_interval
-
     rng = np.random.default_rng(5)
     labels = {"site-a": rng.integers(0, 2, 150), "site-b": rng.integers(0, 2, 160)}
     valid_labels, runs, held = _with_validation(rng, labels, 20, {"good": 1.5, "same": 1.5})
     fixed = paired_interval(labels, runs, "good", "same", n_boot=400)["accuracy"]
-    again = rechosen_accuracy_interval(labels, runs, valid_labels, held, "good", "same",
-                                       n_boot=400)
+    again = paired_interval(labels, runs, "good", "same", n_boot=400, valid_labels=valid_labels,
+                            valid_runs=held)["accuracy"]
     # unresampled, the re-chosen thresholds are the kept ones: the same value
     assert again.value == pytest.approx(fixed.value)
     # with 20 validation images per site the threshold's own noise shows in the interval
     # (about twice as wide here; 1.7 to 2.2 times over other data seeds)
     assert again.high - again.low > 1.5 * (fixed.high - fixed.low)
-    one = rechosen_accuracy_interval(labels, runs, valid_labels, held, "good", site="site-a",
-                                     n_boot=200)
+    one = paired_interval(labels, runs, "good", site="site-a", n_boot=200,
+                          valid_labels=valid_labels, valid_runs=held)["accuracy"]
     assert one.value == pytest.approx(paired_interval(labels, runs, "good", site="site-a",
                                                       n_boot=200)["accuracy"].value)
     assert one.low <= one.value <= one.high
 
 
 def test_rechosen_interval_needs_the_validation_predictions():
-    from vigil.federation.image_intervals import rechosen_accuracy_interval
-
     rng = np.random.default_rng(6)
     labels = {"site-a": rng.integers(0, 2, 40)}
     valid_labels, runs, held = _with_validation(rng, labels, 20, {"good": 1.0, "poor": 0.2})
     del held[0]["poor"]["site-a"]["probability"]
     with pytest.raises(DataError, match="expected kept test and validation predictions"):
-        rechosen_accuracy_interval(labels, runs, valid_labels, held, "good", "poor")
+        paired_interval(labels, runs, "good", "poor", valid_labels=valid_labels, valid_runs=held)
     with pytest.raises(DataError, match="for each of the 2 runs"):
-        rechosen_accuracy_interval(labels, runs, valid_labels, held[:1], "good")
+        paired_interval(labels, runs, "good", valid_labels=valid_labels, valid_runs=held[:1])

@@ -14,7 +14,12 @@ by its multiplicity (the Mann-Whitney form of
 once by :func:`resampled_auroc`); accuracy is the weighted share of right
 decisions at each site's own (validation-chosen) threshold.
 
-The interval is that of the test-set sampling of the seed-averaged difference:
+Given each arm's kept validation predictions, the accuracy's interval also
+counts the choice of each site's threshold: the validation images are resampled
+too and every threshold re-chosen on them (``paired_interval(valid_labels=,
+valid_runs=)``).
+
+Otherwise the interval is that of the test-set sampling of the seed-averaged difference:
 it answers whether 624 test images can tell the two arms apart, not how much a
 new training seed would move them (the seeds' spread is reported beside it). A
 difference whose interval contains 0 is read as "not worse" (and not better).
@@ -36,7 +41,6 @@ __all__ = [
     "COMPARISONS",
     "comparison_markdown",
     "paired_interval",
-    "rechosen_accuracy_interval",
     "resampled_auroc",
     "standard_comparisons",
 ]
@@ -116,6 +120,8 @@ def paired_interval(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    valid_labels: Mapping[str, NDArray[np.integer]] | None = None,
+    valid_runs: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Estimate]:
     """Seed-averaged ``metric(arm) - factor * metric(versus)`` with a paired bootstrap interval.
 
@@ -136,6 +142,13 @@ def paired_interval(
     level : float, optional
     seed : int, optional
         Seeds the resampling (the same resamples for both arms and every training seed).
+    valid_labels : mapping of str to ndarray of shape (n_valid_site,), optional
+        Each site's validation labels, in the order of the kept validation predictions.
+    valid_runs : sequence of mapping, optional
+        Per seed, in the order of ``runs``: arm → site → ``{"probability"}`` of the
+        validation images (``validation_scores(..., keep=True)``). With ``valid_labels``,
+        the accuracy's interval also counts the choice of each site's threshold
+        (:func:`_rechosen_accuracy`); its value is unchanged.
 
     Returns
     -------
@@ -168,8 +181,12 @@ def paired_interval(
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(y.size, np.full(y.size, 1.0 / y.size), size=n_boot)
     low, high = percentile_interval(difference(counts.astype(np.float64)), level)
-    return {m: Estimate(float(value[i]), float(low[i]), float(high[i]))
-            for i, m in enumerate(METRICS)}
+    out = {m: Estimate(float(value[i]), float(low[i]), float(high[i]))
+           for i, m in enumerate(METRICS)}
+    if valid_labels is not None and valid_runs is not None:
+        out["accuracy"] = _rechosen_accuracy(labels, runs, valid_labels, valid_runs, arms,
+                                             signs, sites, n_boot=n_boot, level=level, seed=seed)
+    return out
 
 
 def _correct_at_edges(y: NDArray[np.bool_], p: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -177,55 +194,31 @@ def _correct_at_edges(y: NDArray[np.bool_], p: NDArray[np.float64]) -> NDArray[n
     return ((p[:, None] >= SCORE_EDGES[None, :]) == y[:, None]).astype(np.float64)
 
 
-def rechosen_accuracy_interval(
+def _rechosen_accuracy(
     labels: Mapping[str, NDArray[np.integer]],
     runs: Sequence[Mapping[str, Any]],
     valid_labels: Mapping[str, NDArray[np.integer]],
     valid_runs: Sequence[Mapping[str, Any]],
-    arm: str,
-    versus: str | None = None,
+    arms: Sequence[str],
+    signs: Sequence[float],
+    sites: Sequence[str],
     *,
-    site: str = "pooled",
-    factor: float = 1.0,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
+    n_boot: int,
+    level: float,
+    seed: int,
 ) -> Estimate:
-    """Accuracy difference whose interval also counts the choice of each site's threshold.
+    """Seed mean of the signed accuracies, each site's threshold re-chosen on every resample.
 
-    As :func:`paired_interval` for the accuracy, except that on every resample each
-    site's **validation** images are resampled too (independently of the test images) and
-    each arm re-chooses, for every seed and site, the score-bin edge maximizing its
-    resampled validation accuracy (the site calibration of the runs, first maximum); the
-    test resample is then scored at that threshold. The point value uses the validation
-    images as they are. The validation resamples are the same for both arms (paired).
-
-    Parameters
-    ----------
-    labels, runs : as for :func:`paired_interval` (test labels and kept test predictions)
-    valid_labels : mapping of str to ndarray of shape (n_valid_site,)
-        Each site's validation labels, in the order of the kept validation predictions.
-    valid_runs : sequence of mapping
-        Per seed, in the order of ``runs``: arm → site → ``{"probability"}`` of the
-        validation images (``validation_scores(..., keep=True)``).
-    arm, versus, site, factor, n_boot, level, seed : as for :func:`paired_interval`
-
-    Returns
-    -------
-    Estimate
-        Seed mean of ``accuracy(arm) - factor * accuracy(versus)`` (or of ``arm``'s alone).
-
-    Raises
-    ------
-    DataError
-        If predictions are missing or their numbers differ from the labels'.
+    On every resample each site's **validation** images are resampled too (independently
+    of the test images, the same draws for both arms) and each arm re-chooses, for every
+    seed and site, the score-bin edge maximizing its resampled validation accuracy (the
+    runs' site calibration, first maximum); the test resample (the same draws as
+    :func:`paired_interval`'s) is scored at that threshold. The point value uses the
+    validation images as they are, so it is the kept thresholds' accuracy.
     """
     if len(valid_runs) != len(runs):
         raise DataError(f"expected validation predictions for each of the {len(runs)} runs, "
                         f"got {len(valid_runs)}")
-    sites = list(labels) if site == "pooled" else [site]
-    arms = [arm] if versus is None else [arm, versus]
-    signs = [1.0] if versus is None else [1.0, -factor]
     rng = np.random.default_rng(seed)
     n_test = sum(len(labels[s]) for s in sites)
     # the same test resamples as paired_interval draws (over the sites' concatenated images)
