@@ -72,3 +72,32 @@ def test_site_evaluation_sends_only_fixed_size_summaries():
         other = large.payload()[key]
         assert np.shape(value) == np.shape(other), key  # independent of the number of rows
         assert np.ndim(value) <= 1
+
+
+def _image_site(rng, n, prevalence, shift):
+    """Binary images' probabilities of one site, its scores on a site-specific scale."""
+    from vigil.federation.image_task import image_evaluation
+
+    y = (rng.random(n) < prevalence).astype(np.int8)
+    p = 1 / (1 + np.exp(-(rng.normal(size=n) + 2.0 * y + shift)))
+    return y, p, image_evaluation(f"s{shift}", y, p)
+
+
+def test_site_calibrated_utility_is_the_accuracy_after_each_site_picks_its_threshold():
+    from vigil.federation.evaluation import site_calibrated_utility
+
+    rng = np.random.default_rng(11)
+    sites = [_image_site(rng, n, prev, shift)
+             for n, prev, shift in ((150, 0.4, -2.0), (120, 0.75, 0.0), (90, 0.85, 2.5))]
+    correct = sum(max(int(((p >= t) == (y > 0)).sum()) for t in SCORE_EDGES)
+                  for y, p, _ in sites)
+    n_pos = sum(int(y.sum()) for y, _, _ in sites)
+    n_neg = sum(int((y == 0).sum()) for y, _, _ in sites)
+    evaluations = [e for _, _, e in sites]
+    got = site_calibrated_utility(evaluations)
+    assert got == pytest.approx((correct - n_neg) / n_pos)  # utility = (correct - n_neg) / n_pos
+    # the sites' scales differ: one pooled threshold does strictly worse here
+    assert pool_evaluations(evaluations).utility < got
+    assert site_calibrated_utility(evaluations[:1]) == pytest.approx(
+        pool_evaluations(evaluations[:1]).utility)
+    assert np.isnan(site_calibrated_utility([]))

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from vigil.core.errors import ModelArtifactError
+from vigil.core.errors import ConfigError, ModelArtifactError
 from vigil.core.package import read_package
 from vigil.core.signing import generate_keypair
 from vigil.data.medmnist import load_medmnist
@@ -23,6 +23,7 @@ from vigil.federation.image_task import (
     ImagingSite,
     ImagingTask,
     image_evaluation,
+    predict_images,
 )
 from vigil.federation.messages import FitConfig
 from vigil.federation.model import get_weights
@@ -197,3 +198,62 @@ def test_compare_scores_every_arm_on_the_test_images(parts):
     assert summary["fedbn"]["pooled"]["auc_mean"] == pytest.approx(result["fedbn"]["pooled"]["auc"])
     assert summary["fedbn"]["pooled"]["auc_sd"] == 0
     assert compare_markdown(summary, 2).count("\n") == len(ARMS) + 1
+
+
+class _Recording:
+    """A site that records each validation summary it sends (delegates the rest)."""
+
+    def __init__(self, site, log):
+        self._site, self._log, self.name = site, log, site.name
+
+    def statistics(self):
+        return self._site.statistics()
+
+    def fit(self, weights, config):
+        return self._site.fit(weights, config)
+
+    def evaluate(self, weights):
+        self._log.append(self._site.evaluate(weights))
+        return self._log[-1]
+
+
+@pytest.mark.parametrize("keep_by", ["pooled", "site"])
+def test_the_kept_round_is_the_best_by_the_plans_rule(parts, keep_by):
+    from dataclasses import replace
+
+    from vigil.federation.evaluation import site_calibrated_utility
+
+    log: list = []
+    sites = [_Recording(s, log) for s in _sites(parts, keep=True)]
+    plan = replace(PLAN, rounds=4, keep_by=keep_by)
+    result = run_federation(sites, make_strategy("fedbn"), plan, task=ImagingTask())
+    per_round = [log[i:i + 2] for i in range(0, len(log), 2)]
+    rule = site_calibrated_utility if keep_by == "site" else (
+        lambda e: pool_evaluations(e).utility)
+    scores = [rule(e) for e in per_round]
+    assert len(scores) == 4
+    assert result.best_round == int(np.argmax(scores)) + 1
+    assert result.evaluations == per_round[result.best_round - 1]
+
+
+def test_plan_refuses_an_unknown_keep_rule():
+    with pytest.raises(ConfigError, match="expected keep_by to be one of"):
+        Plan(rounds=1, keep_by="last")
+
+
+def test_validation_scores_calibrate_each_site_on_its_own_images(parts):
+    from vigil.federation.image_compare import score_arm, train_arm, validation_scores
+
+    train, valid = parts
+    models, thresholds = train_arm("fedbn", train, valid, plan=Plan(rounds=1, batch_size=32,
+                                                                    lr=1e-3))
+    assert models["site-a"] is not models["site-b"]  # each site its own BatchNorm
+    scores = validation_scores(models, valid)
+    for name, x, y in valid:
+        p = predict_images(models[name], x)
+        best = max(np.mean((p >= t) == (y > 0)) for t in SCORE_EDGES)
+        assert scores[name]["accuracy"] == pytest.approx(best)
+        # the run's thresholds are the same validation choice
+        assert score_arm(models, thresholds, valid)[name]["accuracy"] == pytest.approx(best)
+    with pytest.raises(ConfigError, match="expected an arm among"):
+        train_arm("ensemble", train, valid, plan=PLAN)

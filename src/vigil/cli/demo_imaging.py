@@ -56,7 +56,7 @@ def _train(out: Path, *, rounds: int, private_key: bytes, log: Log) -> Any:
     train = [(s.site, s.inputs, s.labels) for s in parts["train"]]
     valid = [(s.site, s.inputs, s.labels) for s in parts["val"]]
     plan = Plan(rounds=rounds, local_epochs=1, batch_size=128, lr=1e-3, seed=0,
-                weight_decay=1e-4)
+                weight_decay=1e-4, keep_by="site")
     run = federate_images(
         train, valid, strategy=make_strategy(StrategyName.FEDAVG), plan=plan, data="sample",
         on_round=lambda r: log(f"  round {r.round}: pooled validation AUROC "

@@ -376,7 +376,8 @@ def run(
         plan=Plan(rounds=rounds, local_epochs=local_epochs,
                   batch_size=batch_size or (128 if imaging else 2048),
                   lr=lr or (1e-3 if imaging else 3e-4), seed=seed, min_sites=min_sites,
-                  time_budget=timeout, **({"weight_decay": 1e-4} if imaging else {})),
+                  time_budget=timeout,
+                  **({"weight_decay": 1e-4, "keep_by": "site"} if imaging else {})),
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
         dp=dp, sites=sites, wait=wait, trees=trees, task=task, image=dp_spec(dp),
         tree_dp=None if trees is None or dp is None else TreeDPSettings(

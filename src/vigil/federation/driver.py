@@ -16,7 +16,9 @@ in one process, sites one after the other. A round:
 
 With ``keep_best`` the result is the global model of the round with the best
 pooled validation utility (validation patients only; the same rule the
-centralized reference uses to pick its epoch), else the last round's.
+centralized reference uses to pick its epoch), else the last round's; with
+``Plan.keep_by = "site"`` the utility is that of each site at its own best
+threshold (site calibration, the imaging recipe).
 
 Before round 1 every site sends its :class:`SiteStatistics`; for FedAvg and
 FedProx the global standardization is formed from their pooled sums.
@@ -42,7 +44,7 @@ from numpy.typing import NDArray
 from vigil.core.errors import AggregationError, ConfigError, PrivacyBudgetError
 from vigil.federation.budget import BUDGET_REASON
 from vigil.federation.checks import Rejection, ScreenRule, screen_updates
-from vigil.federation.evaluation import PooledMetrics, pool_evaluations
+from vigil.federation.evaluation import PooledMetrics, pool_evaluations, site_calibrated_utility
 from vigil.federation.history import History, RoundRecord, SiteRound, Status
 from vigil.federation.messages import (
     FitConfig,
@@ -57,6 +59,7 @@ from vigil.federation.strategies import Strategy, Weights
 from vigil.federation.tasks import SepsisTask, Task
 
 __all__ = [
+    "KEEP_RULES",
     "FederatedSite",
     "FederationResult",
     "InProcess",
@@ -68,6 +71,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+KEEP_RULES = ("pooled", "site")
+"""How :attr:`Plan.keep_by` ranks rounds: the pooled threshold's utility, or each site's own."""
 
 
 class FederatedSite(Protocol):
@@ -163,7 +169,14 @@ class Plan:
     rule : ScreenRule, optional
         Bad-update thresholds.
     keep_best : bool, optional
-        Return the round with the best pooled validation utility, not the last.
+        Return the round with the best validation utility, not the last.
+    keep_by : str, optional
+        Which validation utility ranks the rounds (:data:`KEEP_RULES`): ``"pooled"``, at
+        the one threshold best for the pooled histograms
+        (:func:`~vigil.federation.evaluation.pool_evaluations`), or ``"site"``, each
+        site at its own best threshold
+        (:func:`~vigil.federation.evaluation.site_calibrated_utility`), the rule of a
+        model whose sites each calibrate their threshold (the imaging recipe).
     """
 
     rounds: int
@@ -176,8 +189,12 @@ class Plan:
     time_budget: float | None = None
     rule: ScreenRule = field(default_factory=ScreenRule)
     keep_best: bool = True
+    keep_by: str = "pooled"
 
     def __post_init__(self) -> None:
+        if self.keep_by not in KEEP_RULES:
+            raise ConfigError(f"expected keep_by to be one of {KEEP_RULES}, got {self.keep_by!r}",
+                              key="keep_by")
         for key in ("rounds", "local_epochs", "batch_size", "min_sites"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"expected {key} >= 1, got {getattr(self, key)}", key=key)
@@ -377,7 +394,9 @@ def run_federation(
         records.append(record)
         if on_round is not None:
             on_round(record)
-        score = pooled.utility if np.isfinite(pooled.utility) else -np.inf
+        utility = (site_calibrated_utility(evaluations) if plan.keep_by == "site" else
+                   pooled.utility)
+        score = utility if np.isfinite(utility) else -np.inf
         if aggregated and (best is None or not plan.keep_best or score > best[0]):
             best = (score, r, weights, evaluations)
     if best is None:

@@ -14,7 +14,12 @@ by its multiplicity (the Mann-Whitney form of
 once by :func:`resampled_auroc`); accuracy is the weighted share of right
 decisions at each site's own (validation-chosen) threshold.
 
-The interval is that of the test-set sampling of the seed-averaged difference:
+Given each arm's kept validation predictions, the accuracy's interval also
+counts the choice of each site's threshold: the validation images are resampled
+too and every threshold re-chosen on them (``paired_interval(valid_labels=,
+valid_runs=)``).
+
+Otherwise the interval is that of the test-set sampling of the seed-averaged difference:
 it answers whether 624 test images can tell the two arms apart, not how much a
 new training seed would move them (the seeds' spread is reported beside it). A
 difference whose interval contains 0 is read as "not worse" (and not better).
@@ -29,7 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.core.errors import DataError
-from vigil.features.bootstrap import Estimate, bootstrap_estimates
+from vigil.features.bootstrap import Estimate, bootstrap_estimates, percentile_interval
+from vigil.federation.evaluation import SCORE_EDGES
 
 __all__ = [
     "COMPARISONS",
@@ -114,6 +120,8 @@ def paired_interval(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    valid_labels: Mapping[str, NDArray[np.integer]] | None = None,
+    valid_runs: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Estimate]:
     """Seed-averaged ``metric(arm) - factor * metric(versus)`` with a paired bootstrap interval.
 
@@ -134,6 +142,13 @@ def paired_interval(
     level : float, optional
     seed : int, optional
         Seeds the resampling (the same resamples for both arms and every training seed).
+    valid_labels : mapping of str to ndarray of shape (n_valid_site,), optional
+        Each site's validation labels, in the order of the kept validation predictions.
+    valid_runs : sequence of mapping, optional
+        Per seed, in the order of ``runs``: arm → site → ``{"probability"}`` of the
+        validation images (``validation_scores(..., keep=True)``). With ``valid_labels``,
+        the accuracy's interval also counts the choice of each site's threshold
+        (:func:`_rechosen_accuracy`); its value is unchanged.
 
     Returns
     -------
@@ -162,8 +177,76 @@ def paired_interval(
                     for per_run in scored]
         return np.mean(per_seed, axis=0)
 
-    return bootstrap_estimates(difference, y.size, METRICS, n_boot=n_boot, level=level,
-                               seed=seed, batched=True)
+    out = bootstrap_estimates(difference, y.size, METRICS, n_boot=n_boot, level=level,
+                              seed=seed, batched=True)
+    if valid_labels is not None and valid_runs is not None:
+        out["accuracy"] = _rechosen_accuracy(labels, runs, valid_labels, valid_runs, arms,
+                                             signs, sites, n_boot=n_boot, level=level, seed=seed)
+    return out
+
+
+def _correct_at_edges(y: NDArray[np.bool_], p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(n, len(SCORE_EDGES)): 1 where flagging at ``p >= edge`` is right for the image."""
+    return ((p[:, None] >= SCORE_EDGES[None, :]) == y[:, None]).astype(np.float64)
+
+
+def _rechosen_accuracy(
+    labels: Mapping[str, NDArray[np.integer]],
+    runs: Sequence[Mapping[str, Any]],
+    valid_labels: Mapping[str, NDArray[np.integer]],
+    valid_runs: Sequence[Mapping[str, Any]],
+    arms: Sequence[str],
+    signs: Sequence[float],
+    sites: Sequence[str],
+    *,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> Estimate:
+    """Seed mean of the signed accuracies, each site's threshold re-chosen on every resample.
+
+    On every resample each site's **validation** images are resampled too (independently
+    of the test images, the same draws for both arms) and each arm re-chooses, for every
+    seed and site, the score-bin edge maximizing its resampled validation accuracy (the
+    runs' site calibration, first maximum); the test resample (the same draws as
+    :func:`paired_interval`'s) is scored at that threshold. The point value uses the
+    validation images as they are, so it is the kept thresholds' accuracy.
+    """
+    if len(valid_runs) != len(runs):
+        raise DataError(f"expected validation predictions for each of the {len(runs)} runs, "
+                        f"got {len(valid_runs)}")
+    rng = np.random.default_rng(seed)
+    n_test = sum(len(labels[s]) for s in sites)
+    # the same test resamples as paired_interval draws (over the sites' concatenated images)
+    test_counts = np.vstack([np.ones((1, n_test)), rng.multinomial(
+        n_test, np.full(n_test, 1.0 / n_test), size=n_boot)])
+    offsets = np.cumsum([0] + [len(labels[s]) for s in sites])
+    valid_counts = {}
+    for s in sites:
+        n_v = len(valid_labels[s])
+        valid_counts[s] = np.vstack([np.ones((1, n_v)), rng.multinomial(
+            n_v, np.full(n_v, 1.0 / n_v), size=n_boot)])
+    total = np.zeros(n_boot + 1)
+    for run, held in zip(runs, valid_runs, strict=True):
+        for sign, name in zip(signs, arms, strict=True):
+            correct = np.zeros(n_boot + 1)
+            for i, s in enumerate(sites):
+                y_t, y_v = np.asarray(labels[s]) > 0, np.asarray(valid_labels[s]) > 0
+                cells = (run.get(name, {}).get(s, {}), held.get(name, {}).get(s, {}))
+                if any("probability" not in c for c in cells):
+                    raise DataError(f"expected kept test and validation predictions of arm "
+                                    f"{name!r} at {s}, got none")
+                p_t, p_v = (np.asarray(c["probability"], np.float64) for c in cells)
+                if p_t.size != y_t.size or p_v.size != y_v.size:
+                    raise DataError(f"expected {y_t.size} test and {y_v.size} validation "
+                                    f"predictions at {s}, got {p_t.size} and {p_v.size}")
+                chosen = np.argmax(valid_counts[s] @ _correct_at_edges(y_v, p_v), axis=1)
+                hits = test_counts[:, offsets[i]:offsets[i + 1]] @ _correct_at_edges(y_t, p_t)
+                correct += hits[np.arange(n_boot + 1), chosen]
+            total += sign * correct / test_counts.sum(axis=1)
+    total /= len(runs)
+    low, high = percentile_interval(total[1:, None], level)
+    return Estimate(float(total[0]), float(low[0]), float(high[0]))
 
 
 def standard_comparisons(

@@ -70,9 +70,12 @@ MULTICLASS_DECISION = (
 )
 
 IMAGING_RECIPE: dict[str, Any] = {"rounds": 10, "local_epochs": 1, "batch_size": 128,
-                                   "lr": 1e-3, "weight_decay": 1e-4, "max_shift": 0}
+                                   "lr": 1e-3, "weight_decay": 1e-4, "max_shift": 0,
+                                   "keep_by": "site"}
 """The imaging training recipe of the measurement and the shipped model (``docs/imaging.md``):
-local AdamW settings, rounds and the training augmentation (``max_shift`` pixels)."""
+local AdamW settings, rounds, the training augmentation (``max_shift`` pixels) and the
+round-keeping rule (:attr:`Plan.keep_by <vigil.federation.driver.Plan>`: the round with
+the best validation accuracy after site calibration)."""
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""
@@ -239,7 +242,9 @@ def _training(run: ImagingRun) -> dict[str, Any]:
         "rounds": run.plan.rounds,
         "rounds_aggregated": sum(rec.aggregated for rec in r.history.rounds),
         "best_round": r.best_round,
-        "best_round_rule": "pooled validation accuracy at its best threshold",
+        "best_round_rule": ("validation accuracy with each site at its own best threshold" if
+                            run.plan.keep_by == "site" else
+                            "pooled validation accuracy at its best threshold"),
         "plan": {k: v for k, v in asdict(run.plan).items() if k != "rule"},
         "update_screening": asdict(run.plan.rule),
         "augmentation": {"random_shift_pixels": run.sites[0].max_shift if run.sites else 0},

@@ -106,8 +106,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CRON = "0 2 1 1,7 *"
 """02:00 on the first of January and of July: every six months."""
-IMAGING_PLAN = {"batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4}
-"""``[plan]`` defaults of ``task = "imaging"`` (``vigil federate --task imaging``'s)."""
+IMAGING_PLAN = {"batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4, "keep_by": "site"}
+"""``[plan]`` defaults of ``task = "imaging"`` (``vigil federate --task imaging``'s: the
+rounds kept by validation accuracy after site calibration)."""
 
 
 class Engine(StrEnum):
