@@ -10,7 +10,9 @@ run (:class:`~vigil.federation.flower.settings.RunSettings`), and answers:
 - ``evaluate``: :meth:`Site.evaluate` of the global weights;
 - ``query.trees``: one step of the boosted trees
   (:func:`~vigil.federation.flower.treewire.answer_trees`), whose state
-  between tree levels is kept in ``context.state`` too.
+  between tree levels is kept on the site's disk
+  (:class:`~vigil.federation.flower.treecache.TreeCache`, ``SITE_DIR/tree-cache/``)
+  and stamped in ``context.state``.
 
 The pieces of a site's state that live across rounds, its DP-SGD accountant
 and, for the imaging task under FedBN, its BatchNorm tensors after each round
@@ -52,6 +54,7 @@ from vigil.federation.flower.secure import answer_secure, fit_vector
 from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
+from vigil.federation.flower.treecache import TreeCache
 from vigil.federation.flower.treewire import ACTION, answer_trees
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -150,7 +153,8 @@ def trees(msg: Message, context: Context) -> Message:
     except PrivacyBudgetError as exc:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
                        reply_to=msg)
-    content = answer_trees(msg.content, context.state, lambda network: _site(context, network))
+    content = answer_trees(msg.content, context.state, lambda network: _site(context, network),
+                           TreeCache(site_dir, str(context.run_id)))
     return Message(content, reply_to=msg)
 
 
@@ -171,7 +175,8 @@ def secure(msg: Message, context: Context) -> Message:
                 raise PrivacyBudgetError(refusal, site=site.name)
             return fit_vector(site, content, norm_bound)
         return tree_vector(what, content, context.state,
-                           lambda network: _site(context, network), settings.secure)
+                           lambda network: _site(context, network), settings.secure,
+                           TreeCache(str(context.node_config[SITE_DIR_KEY]), str(context.run_id)))
 
     content = answer_secure(msg.content, context.state, settings.secure, vector)
     return Message(content, reply_to=msg)

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 from vigil.federation.boosting import Tree
 from vigil.federation.flower.secure import FlowerSecureSum, decode, open_secure
 from vigil.federation.flower.transport import FlowerTransport, RemoteSite
+from vigil.federation.flower.treecache import TreeCache
 from vigil.federation.flower.treewire import (
     FlowerTrees,
     answer_trees,
@@ -79,8 +80,8 @@ def valid_bins(edges: Sequence[NDArray[np.float32]], n_bins: int) -> NDArray[np.
     return np.arange(n_bins)[None, :] <= np.array([len(e) for e in edges])[:, None]
 
 
-def level_vector(content: RecordDict, state: RecordDict,
-                 site: Callable[[bool], Site]) -> NDArray[np.float64]:
+def level_vector(content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
+                 cache: TreeCache | None = None) -> NDArray[np.float64]:
     """Answer a secure level: the site's histograms of the sent nodes and bins, over ``W``.
 
     Parameters
@@ -91,13 +92,15 @@ def level_vector(content: RecordDict, state: RecordDict,
     state : RecordDict
         The run's state on the SuperNode (the boosting state, the edges).
     site : callable
+    cache : TreeCache, optional
+        The site's tree cache (:func:`~vigil.federation.flower.treewire.answer_trees`).
 
     Returns
     -------
     ndarray of shape (len(send) * n_valid_bins * 2,)
     """
     message = decode(content)
-    hist = payload_from_content(answer_trees(content, state, site))[1]["histograms"]
+    hist = payload_from_content(answer_trees(content, state, site, cache))[1]["histograms"]
     valid = valid_bins(stored_edges(state), hist.shape[2])
     out = hist[np.asarray(message["send"], dtype=np.int64)][:, valid, :].ravel() / float(
         message["scale"])
@@ -115,7 +118,7 @@ def score_vector(content: RecordDict, state: RecordDict,
 
 
 def tree_vector(what: str, content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
-                settings: SecureSumSettings) -> NDArray[np.float64]:
+                settings: SecureSumSettings, cache: TreeCache | None = None) -> NDArray[np.float64]:
     """Make the vector of a secure ``level`` or ``score-sums`` (the ClientApp's ``mask`` stage).
 
     Raises
@@ -124,7 +127,7 @@ def tree_vector(what: str, content: RecordDict, state: RecordDict, site: Callabl
         If ``what`` is neither, or the scaled vector exceeds the clipping range.
     """
     if what == "level":
-        out = level_vector(content, state, site)
+        out = level_vector(content, state, site, cache)
     elif what == "score-sums":
         out = score_vector(content, state, site)
     else:
