@@ -111,6 +111,9 @@ def test_cached_levels_answer_the_in_memory_site_bit_for_bit_without_reading_the
     assert _state_bytes(uncached_state) > 10 * _state_bytes(state)
     assert sorted(p.name for p in (site_dir / CACHE_DIR).glob("state-7-*")) == [
         "state-7-4.npz", "state-7-5.npz"]  # the two newest
+    cache.clear()  # at the score sums: the run's state files go, the binning stays
+    assert [p.name for p in (site_dir / CACHE_DIR).glob("state-*")] == []
+    assert cache.binning(data_key(site_dir, edges)) is not None
 
 
 def test_a_binning_of_other_edges_or_other_data_is_never_read(site_dir: Path, task) -> None:  # noqa: F811  # type: ignore[no-untyped-def]

@@ -107,11 +107,11 @@ def level_vector(content: RecordDict, state: RecordDict, site: Callable[[bool], 
     return out
 
 
-def score_vector(content: RecordDict, state: RecordDict,
-                 site: Callable[[bool], Site]) -> NDArray[np.float64]:
+def score_vector(content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
+                 cache: TreeCache | None = None) -> NDArray[np.float64]:
     """Answer secure score sums: the site's over ``N``, ``R N``, ``R**2 N`` (shape (5,))."""
     message = decode(content)
-    _, sums = payload_from_content(answer_trees(content, state, site))
+    _, sums = payload_from_content(answer_trees(content, state, site, cache))
     n, r = float(message["scale"]), LOGIT_BOUND
     return np.array([sums["n_rows"] / n, sums["net_sum"] / (r * n), sums["net_sq"] / (r * r * n),
                      sums["tree_sum"] / (r * n), sums["tree_sq"] / (r * r * n)])
@@ -129,7 +129,7 @@ def tree_vector(what: str, content: RecordDict, state: RecordDict, site: Callabl
     if what == "level":
         out = level_vector(content, state, site, cache)
     elif what == "score-sums":
-        out = score_vector(content, state, site)
+        out = score_vector(content, state, site, cache)
     else:
         raise ValueError(f"expected a secure sum of level or score-sums, got {what!r}")
     check_range(out, settings, what)

@@ -267,7 +267,9 @@ def answer_trees(
         hist = answer_level(boosting, level_from_content(content))
         _save_state(state, edges, boosting.state())
         return payload_to_content(me.name, {"histograms": hist})
-    if ask == "score-sums":
+    if ask == "score-sums":  # the trees are grown: the run's state files are done with
+        if cache is not None:
+            cache.clear()
         me = site(True)
         weights = weights_from_record(content.array_records[_WEIGHTS])
         base = float(content.config_records[CONFIG]["base"])  # type: ignore[arg-type]
