@@ -35,13 +35,15 @@ the ClientApp's reply, vigil's ServerApp pulls replies every 0.25 s. They are
 the rest of the end-to-end ``bench/federation.py --trees`` per-tree seconds.
 
 Usage: ``.venv/bin/python bench/tree_levels.py [--data sample] [--sites random:3] [--depth 6]
-[--repeat 3] [--json]``
+[--repeat 3] [--prepared DIR] [--json]`` (``--prepared``: sites already prepared by
+``vigil federation site``, one per subdirectory of DIR, used in place of ``--data``)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,6 +146,9 @@ def main() -> None:
     parser.add_argument("--sites", default="random:3")
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--prepared", default=None,
+                        help="a directory of prepared sites (one per subdirectory) to use "
+                             "instead of partitioning --data")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -162,14 +167,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         report["fab_install"] = _fab_install(tmp)
-        table = load_physionet(args.data)
         dirs = {}
-        for name, positions in sorted(partition(table, args.sites).items()):
-            path = tmp / f"{name}.parquet"
-            table.select(positions).frame.to_parquet(path)
-            dirs[name] = tmp / name
-            prepare_site(name, path, dirs[name])
-        del table
+        if args.prepared is not None:  # copies: the cache is written beside site.npz
+            for source in sorted(p for p in Path(args.prepared).iterdir()
+                                 if (p / "site.npz").exists()):
+                dirs[source.name] = tmp / source.name
+                dirs[source.name].mkdir()
+                for f in ("site.npz", "site.json"):
+                    shutil.copy2(source / f, dirs[source.name] / f)
+            report["data"], report["sites"] = "prepared", str(args.prepared)
+        else:
+            table = load_physionet(args.data)
+            for name, positions in sorted(partition(table, args.sites).items()):
+                path = tmp / f"{name}.parquet"
+                table.select(positions).frame.to_parquet(path)
+                dirs[name] = tmp / name
+                prepare_site(name, path, dirs[name])
+            del table
         sites = [load_site(p) for p in dirs.values()]
         recording = Recording(sites)
         plan = BoostingPlan(n_trees=1, max_depth=args.depth)
