@@ -146,8 +146,9 @@ def test_a_binning_of_other_edges_or_other_data_is_never_read(site_dir: Path, ta
     assert cache.binning(key) is None  # the stale binning is gone
 
 
-def test_a_state_of_another_begin_another_run_or_other_data_is_refused(
-        site_dir: Path, task) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
+def _one_level_in(site_dir: Path) -> tuple[Site, list[np.ndarray], list[LevelRequest], _Sites,
+                                          RecordDict, TreeCache]:
+    """A run of the site (cache of run "1") after ``begin`` and the first level."""
     site = load_site(site_dir)
     edges = _edges(site)
     first, second = _requests(site, edges)[:2]
@@ -155,6 +156,12 @@ def test_a_state_of_another_begin_another_run_or_other_data_is_refused(
     cache = TreeCache(site_dir, "1")
     answer_trees(_begin(edges), state, sites, cache)
     answer_trees(level_to_content(first), state, sites, cache)
+    return site, edges, [first, second], sites, state, cache
+
+
+def test_a_state_of_another_begin_another_run_or_other_data_is_refused(
+        site_dir: Path, task) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
+    site, edges, (first, second), sites, state, cache = _one_level_in(site_dir)
     stale = state.config_records["vigil-trees-cache"].copy()
 
     # another begin in the same run: a new nonce, the old stamp names no file
@@ -192,13 +199,7 @@ def test_a_state_of_another_begin_another_run_or_other_data_is_refused(
 
 def test_a_level_retried_after_a_lost_context_reads_the_state_it_started_from(
         site_dir: Path, task) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
-    site = load_site(site_dir)
-    edges = _edges(site)
-    first, second = _requests(site, edges)[:2]
-    sites, state = _Sites(site_dir), RecordDict()
-    cache = TreeCache(site_dir, "1")
-    answer_trees(_begin(edges), state, sites, cache)
-    answer_trees(level_to_content(first), state, sites, cache)
+    site, edges, (first, second), sites, state, cache = _one_level_in(site_dir)
     before = state.config_records["vigil-trees-cache"].copy()
     once = _histograms(answer_trees(level_to_content(second), state, sites, cache))
     # the ClientApp died after writing its state, before Flower kept the context
