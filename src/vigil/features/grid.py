@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from vigil.core.catalog import MEASURED, variable
 from vigil.core.errors import DataError
+
+if TYPE_CHECKING:  # the frame's methods only: importing the grid needs no pandas
+    import pandas as pd
 
 __all__ = ["GRID_COLUMNS", "STATIC_COLUMNS", "HourlyGrid", "grid_from_frame"]
 

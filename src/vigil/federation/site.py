@@ -13,11 +13,11 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.data import PhysioNetTable, patient_split
 from vigil.features import build_features
 from vigil.federation.boosting import BoostingSite, Tree, bin_rows, predict_raw, site_quantiles
 from vigil.federation.evaluation import evaluate_scores
@@ -33,6 +33,9 @@ from vigil.federation.privacy import DPSettings, PrivateSite, SiteAccountant, qu
 from vigil.federation.profile import variable_histograms
 from vigil.federation.strategies import Weights
 from vigil.federation.tree_privacy import NoisyBoostingSite, TreeNoise
+
+if TYPE_CHECKING:  # pandas is imported by the table's loader only (a ClientApp needs none)
+    from vigil.data import PhysioNetTable
 
 __all__ = ["ModelSpec", "Site", "SiteData", "site_data", "site_seed"]
 
@@ -143,6 +146,8 @@ class Site(PrivateSite):
         **options
             :class:`Site` fields ``model``, ``keep_norm_local``, ``dp``, ``target``.
         """
+        from vigil.data import patient_split
+
         ids = table.grid.patient_ids
         train = table.select(np.flatnonzero(patient_split(ids, "train")))
         valid = table.select(np.flatnonzero(patient_split(ids, "valid")))

@@ -10,11 +10,14 @@ run (:class:`~vigil.federation.flower.settings.RunSettings`), and answers:
 - ``evaluate``: :meth:`Site.evaluate` of the global weights;
 - ``query.trees``: one step of the boosted trees
   (:func:`~vigil.federation.flower.treewire.answer_trees`), whose state
-  between tree levels is kept in ``context.state`` too. Under DP trees
-  (``RunSettings.tree_dp``) the site calibrates its own tree noise against its
-  DP-SGD accountant once (:func:`~vigil.federation.tree_privacy.site_noise`,
-  kept in the run's state), adds it to every release, refuses to send
-  quantiles, and refuses a release past the number the run was charged for.
+  between tree levels is kept on the site's disk
+  (:class:`~vigil.federation.flower.treecache.TreeCache`, ``SITE_DIR/tree-cache/``)
+  and stamped in ``context.state``. Under DP trees (``RunSettings.tree_dp``) the
+  site calibrates its own tree noise against its DP-SGD accountant once
+  (:func:`~vigil.federation.tree_privacy.site_noise`, kept in the run's state),
+  adds it to every release, refuses to send quantiles, and refuses a release
+  past the number the run was charged for; its tree state stays in
+  ``context.state`` (no disk cache).
 
 The pieces of a site's state that live across rounds, its DP-SGD accountant
 and, for the imaging task under FedBN, its BatchNorm tensors after each round
@@ -58,6 +61,7 @@ from vigil.federation.flower.secure import answer_secure, fit_vector
 from vigil.federation.flower.securetrees import tree_vector
 from vigil.federation.flower.settings import RunSettings
 from vigil.federation.flower.sitedata import SITE_DIR_KEY, site_name
+from vigil.federation.flower.treecache import TreeCache
 from vigil.federation.flower.treewire import ACTION, answer_trees, level_from_content
 from vigil.federation.flower.wire import (
     ARRAYS,
@@ -202,7 +206,8 @@ def trees(msg: Message, context: Context) -> Message:
             PrivacyLedger(site_name(site_dir), site_dir).admit(
                 str(context.run_id), settings.task, None)
             content = answer_trees(msg.content, context.state,
-                                   lambda network: _site(context, network))
+                                   lambda network: _site(context, network),
+                                   TreeCache(site_dir, str(context.run_id)))
         else:  # charged the run's whole epsilon, as for training (a no-op if it trained)
             me = _site(context, False)
             PrivacyLedger(me.name, site_dir).admit(
@@ -241,7 +246,8 @@ def secure(msg: Message, context: Context) -> Message:
                 raise PrivacyBudgetError(refusal, site=site.name)
             return fit_vector(site, content, norm_bound)
         return tree_vector(what, content, context.state,
-                           lambda network: _site(context, network), settings.secure)
+                           lambda network: _site(context, network), settings.secure,
+                           TreeCache(str(context.node_config[SITE_DIR_KEY]), str(context.run_id)))
 
     content = answer_secure(msg.content, context.state, settings.secure, vector)
     return Message(content, reply_to=msg)

@@ -8,6 +8,8 @@ ends the SuperExec and app processes it spawned) with this environment:
 - ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (and the SuperLink's
   ``--disable-runtime-dependency-installation``): the apps run on the
   installed ``vigil``; nothing is fetched at run time;
+- ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.2``: the SuperExec looks for a message
+  to start a ClientApp for every 0.2 s, not every 1 s (one message per tree level);
 - ``FLWR_HOME`` inside the process's own working directory.
 
 The coordinator runs the SuperLink (:func:`start_superlink`): TLS with the
@@ -64,6 +66,9 @@ FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    # the SuperExec looks for a message to start an app for every 1 s by default; each
+    # tree level is a message, so this wait adds up (docs/flower.md, "Trees over Flower")
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
 }
 
 

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 from vigil.federation.boosting import Tree
 from vigil.federation.flower.secure import FlowerSecureSum, decode, open_secure
 from vigil.federation.flower.transport import FlowerTransport, RemoteSite
+from vigil.federation.flower.treecache import TreeCache
 from vigil.federation.flower.treewire import (
     FlowerTrees,
     answer_trees,
@@ -79,8 +80,8 @@ def valid_bins(edges: Sequence[NDArray[np.float32]], n_bins: int) -> NDArray[np.
     return np.arange(n_bins)[None, :] <= np.array([len(e) for e in edges])[:, None]
 
 
-def level_vector(content: RecordDict, state: RecordDict,
-                 site: Callable[[bool], Site]) -> NDArray[np.float64]:
+def level_vector(content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
+                 cache: TreeCache | None = None) -> NDArray[np.float64]:
     """Answer a secure level: the site's histograms of the sent nodes and bins, over ``W``.
 
     Parameters
@@ -91,31 +92,33 @@ def level_vector(content: RecordDict, state: RecordDict,
     state : RecordDict
         The run's state on the SuperNode (the boosting state, the edges).
     site : callable
+    cache : TreeCache, optional
+        The site's tree cache (:func:`~vigil.federation.flower.treewire.answer_trees`).
 
     Returns
     -------
     ndarray of shape (len(send) * n_valid_bins * 2,)
     """
     message = decode(content)
-    hist = payload_from_content(answer_trees(content, state, site))[1]["histograms"]
+    hist = payload_from_content(answer_trees(content, state, site, cache))[1]["histograms"]
     valid = valid_bins(stored_edges(state), hist.shape[2])
     out = hist[np.asarray(message["send"], dtype=np.int64)][:, valid, :].ravel() / float(
         message["scale"])
     return out
 
 
-def score_vector(content: RecordDict, state: RecordDict,
-                 site: Callable[[bool], Site]) -> NDArray[np.float64]:
+def score_vector(content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
+                 cache: TreeCache | None = None) -> NDArray[np.float64]:
     """Answer secure score sums: the site's over ``N``, ``R N``, ``R**2 N`` (shape (5,))."""
     message = decode(content)
-    _, sums = payload_from_content(answer_trees(content, state, site))
+    _, sums = payload_from_content(answer_trees(content, state, site, cache))
     n, r = float(message["scale"]), LOGIT_BOUND
     return np.array([sums["n_rows"] / n, sums["net_sum"] / (r * n), sums["net_sq"] / (r * r * n),
                      sums["tree_sum"] / (r * n), sums["tree_sq"] / (r * r * n)])
 
 
 def tree_vector(what: str, content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
-                settings: SecureSumSettings) -> NDArray[np.float64]:
+                settings: SecureSumSettings, cache: TreeCache | None = None) -> NDArray[np.float64]:
     """Make the vector of a secure ``level`` or ``score-sums`` (the ClientApp's ``mask`` stage).
 
     Raises
@@ -124,9 +127,9 @@ def tree_vector(what: str, content: RecordDict, state: RecordDict, site: Callabl
         If ``what`` is neither, or the scaled vector exceeds the clipping range.
     """
     if what == "level":
-        out = level_vector(content, state, site)
+        out = level_vector(content, state, site, cache)
     elif what == "score-sums":
-        out = score_vector(content, state, site)
+        out = score_vector(content, state, site, cache)
     else:
         raise ValueError(f"expected a secure sum of level or score-sums, got {what!r}")
     check_range(out, settings, what)

@@ -20,7 +20,6 @@ import numpy as np
 
 from vigil.core.errors import ConfigError, DataError
 from vigil.core.files import replace_durably
-from vigil.data import load_physionet, partition
 from vigil.federation.site import Site, SiteData
 
 __all__ = ["SITE_DIR_KEY", "SITE_FILE", "SITE_INFO", "load_site", "prepare_site", "site_name",
@@ -60,6 +59,8 @@ def prepare_site(
     ConfigError
         If ``scheme`` has no site called ``name``.
     """
+    from vigil.data import load_physionet, partition  # pandas: not for a ClientApp
+
     table = load_physionet(data)
     if scheme is not None:
         parts = partition(table, scheme)

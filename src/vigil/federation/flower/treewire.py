@@ -18,8 +18,10 @@ request is a ``query.trees`` message whose ``config`` record names the step
 
 A ClientApp runs in a fresh process for every message, so a site's running
 scores, row-to-node assignment and the histograms the subtraction trick reuses
-(:meth:`BoostingSite.state`) are kept in the run's ``context.state`` on the
-SuperNode between two levels, never sent. The arrays cross the wire bit for
+(:meth:`BoostingSite.state`) are kept between two levels on the site's own
+disk, with its binned rows (:class:`~vigil.federation.flower.treecache.TreeCache`;
+the run's ``context.state`` on the SuperNode holds the edges and a stamp), or,
+without a cache, in ``context.state`` itself; never sent. The arrays cross the wire bit for
 bit and the site-side step is the in-process one, so the trees are the
 in-process trees.
 """
@@ -34,8 +36,16 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
 from numpy.typing import NDArray
 
-from vigil.federation.boosting import BoostingPlan, Tree, trees_from_arrays, trees_to_arrays
+from vigil.federation.boosting import (
+    BoostingPlan,
+    BoostingSite,
+    Tree,
+    trees_from_arrays,
+    trees_to_arrays,
+)
+from vigil.federation.flower.sitedata import site_name
 from vigil.federation.flower.transport import FlowerTransport, RemoteSite
+from vigil.federation.flower.treecache import Stamp, TreeCache, data_key
 from vigil.federation.flower.wire import (
     ARRAYS,
     CONFIG,
@@ -69,6 +79,7 @@ _WEIGHTS = "weights"
 _STATE = "vigil-trees"
 _EDGES = "edges/"
 _SITE_STATE = "state/"
+_STAMP = "vigil-trees-cache"
 
 
 def _content(ask: str, scalars: Mapping[str, Any] | None = None,
@@ -167,8 +178,31 @@ def _save_state(state: RecordDict, edges: Sequence[NDArray[np.float32]],
     state[_STATE] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
+def _cached_level(content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
+                  cache: TreeCache | None, edges: Sequence[NDArray[np.float32]]) -> RecordDict:
+    """Answer a level from the site's tree cache (no ``site.npz``, no binning, no torch)."""
+    if cache is None:
+        raise ValueError("expected the site's tree cache: `begin` kept the state there")
+    stamp = Stamp.from_mapping(state.config_records[_STAMP])
+    key = data_key(cache.site_dir, edges)
+    if key != stamp.key:
+        raise ValueError("expected the site's data of `begin`; it was prepared again since")
+    boosting = cache.boosting(site_name(cache.site_dir), key)
+    if boosting is None:  # the binning was removed: bin again (same data, same edges)
+        fresh = site(False).boosting(edges)
+        cache.store_binning(key, fresh.binned, fresh.y)
+        boosting = fresh
+    boosting.restore(cache.load_state(stamp))
+    hist = answer_level(boosting, level_from_content(content))
+    done = Stamp(stamp.key, stamp.nonce, stamp.answered + 1)
+    cache.save_state(done, boosting.state())
+    state[_STAMP] = ConfigRecord(done.to_dict())
+    return payload_to_content(boosting.name, {"histograms": hist})
+
+
 def answer_trees(
-    content: RecordDict, state: RecordDict, site: Callable[[bool], Site]
+    content: RecordDict, state: RecordDict, site: Callable[[bool], Site],
+    cache: TreeCache | None = None,
 ) -> RecordDict:
     """Answer one step of the trees on the site (the ClientApp's ``query.trees``).
 
@@ -181,6 +215,11 @@ def answer_trees(
         between levels are kept there.
     site : callable
         Builds the site; its argument says whether the network is needed (torch).
+    cache : TreeCache, optional
+        The site's tree cache on its disk (:mod:`~vigil.federation.flower.treecache`):
+        with it, ``begin`` keeps the binned rows and the running state there and a
+        level reads them back (the state record then holds only the edges and a
+        stamp); without it, the running state travels in ``state``.
 
     Returns
     -------
@@ -202,20 +241,35 @@ def answer_trees(
         arrays = _arrays(content)
         edges = [arrays[f"{_EDGES}{f}"] for f in range(len(arrays))]
         boosting = me.boosting(edges)
-        _save_state(state, edges, boosting.state())
+        if cache is not None and type(boosting) is BoostingSite:  # noqa: E721 (DP sites: no)
+            key = data_key(cache.site_dir, edges)
+            if cache.binning(key) is None:
+                cache.store_binning(key, boosting.binned, boosting.y)
+            stamp = cache.begin(key)
+            cache.save_state(stamp, boosting.state())
+            _save_state(state, edges, {})
+            state[_STAMP] = ConfigRecord(stamp.to_dict())
+        else:
+            _save_state(state, edges, boosting.state())
+            if _STAMP in state.config_records:
+                del state[_STAMP]
         positives, rows = boosting.label_sums()
         return payload_to_content(me.name, {"positives": positives, "rows": rows})
     if ask == "level":
         if _STATE not in state.array_records:
             raise ValueError("expected the bin edges (`begin`) before a tree level")
-        me = site(False)
         edges, saved = _state(state)
+        if _STAMP in state.config_records:
+            return _cached_level(content, state, site, cache, edges)
+        me = site(False)
         boosting = me.boosting(edges)
         boosting.restore(saved)
         hist = answer_level(boosting, level_from_content(content))
         _save_state(state, edges, boosting.state())
         return payload_to_content(me.name, {"histograms": hist})
-    if ask == "score-sums":
+    if ask == "score-sums":  # the trees are grown: the run's state files are done with
+        if cache is not None:
+            cache.clear()
         me = site(True)
         weights = weights_from_record(content.array_records[_WEIGHTS])
         base = float(content.config_records[CONFIG]["base"])  # type: ignore[arg-type]
