@@ -65,6 +65,25 @@ def test_missing_predictions_are_an_error(tmp_path):
     assert "10 of" in result.output and "rows have none" in result.output
 
 
+def test_a_comparator_that_is_no_predictions_parquet_is_a_one_line_error(tmp_path):
+    """A package directory or a non-parquet file given as --versus / --predictions: exit 2,
+    one line saying what was expected (not a pyarrow traceback)."""
+    package = tmp_path / "some-package"
+    package.mkdir()
+    (package / "MODEL_CARD.md").write_text("# card\n")
+    text = tmp_path / "notes.parquet"
+    text.write_text("not parquet")
+    for option, path, came in [("--versus", package, "got a directory: some-package"),
+                               ("--predictions", text, "got notes.parquet")]:
+        args = ["evaluate", "--split", "test", option, str(path)]
+        if option == "--versus":
+            args += ["--baseline", "sirs"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"expected {option} to be a predictions parquet file" in result.output
+        assert came in result.output and "Traceback" not in result.output
+
+
 def test_versus_reports_metric_intervalss(tmp_path):
     sirs = tmp_path / "sirs.parquet"
     alone = run_json("evaluate", "--baseline", "sirs", "--split", "test", "--out-predictions",

@@ -9,12 +9,14 @@ import typer
 from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
-from vigil.core.errors import ConfigError
+from vigil.core.errors import ConfigError, DataError
 from vigil.data.splits import Split
 from vigil.features.baselines import Rule
 from vigil.features.bootstrap import INTERVAL_METRICS, Scored
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from vigil.data.loader import PhysioNetTable
 
 METRICS = ("auroc", "auprc", "utility", "sensitivity", "specificity", "ppv")
@@ -133,11 +135,9 @@ def evaluate(
         cut = offline.rule_threshold(baseline)
         title = f"rule baseline {baseline.value}"
     else:
-        import pandas as pd
-
         assert predictions is not None
         probability, prediction = offline.scores_from_predictions(
-            table, pd.read_parquet(predictions)
+            table, _read_predictions(predictions, "--predictions")
         )
         cut = float("nan")
         title = f"predictions {predictions.name}"
@@ -206,8 +206,6 @@ def _add_intervals(
     n_boot: int,
 ) -> None:
     """Add ``intervals`` (the model's own) and, with a comparator, ``versus`` to a result."""
-    import pandas as pd
-
     from vigil.features.bootstrap import metric_intervals_by_hospital
     from vigil.runtime import offline
 
@@ -218,7 +216,7 @@ def _add_intervals(
     with err_console.status(f"bootstrapping {n_boot} patient resamples"):
         result["intervals"] = run()
         if versus is not None:
-            other = offline.scores_from_predictions(table, pd.read_parquet(versus))
+            other = offline.scores_from_predictions(table, _read_predictions(versus, "--versus"))
             result["versus"] = {"predictions": versus.name, **run(other)}
 
 
@@ -234,3 +232,25 @@ def show_intervals(intervals: dict[str, Any], title: str, *, signed: bool) -> No
         out.add_row(name, *(f"{est[m]['value']:{form}} [{est[m]['low']:{form}}, "
                             f"{est[m]['high']:{form}}]" for m in INTERVAL_METRICS))
     print_table(out)
+
+
+def _read_predictions(path: Path, option: str) -> pd.DataFrame:
+    """Read a predictions parquet, or raise a one-line error saying what was expected.
+
+    Raises
+    ------
+    DataError
+        If ``path`` is a directory (e.g. a model package) or not a readable parquet file.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    expected = (f"expected {option} to be a predictions parquet file (patient_id, ICULOS, "
+                "probability, prediction; e.g. another run's --out-predictions)")
+    if path.is_dir():
+        raise DataError(f"{expected}, got a directory: {path.name}", source=str(path))
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{expected}, got {path.name}: {type(exc).__name__}",
+                        source=str(path)) from exc
