@@ -53,6 +53,8 @@ PLANS: dict[str, dict[str, Any]] = {
     "k4": {"features": 4}, "k16": {"features": 16}, "bins32": {"n_bins": 32},
 }
 RECIPE = {"rounds": 10, "batch_size": 4096, "lr": 1e-3, "mu": 0.01, "clip": 10.0}
+"""The DP network of every cell; the chosen cell became :data:`vigil.federation.recipes.PRIVATE`
+(a test holds the two equal)."""
 
 
 def _network(sites: list[Any], share: float, epsilon: float, cache: Path) -> Any:

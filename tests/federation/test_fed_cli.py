@@ -90,8 +90,7 @@ def test_federate_accepts_dp_with_trees_and_states_the_composed_epsilon(tmp_path
     out = tmp_path / "dp"
     result = runner.invoke(app, [
         "federate", "--data", "sample", "--strategy", "fedavg", "--rounds", "1", "--hidden", "8",
-        "--dropout", "0", "--lr", "1e-3", "--dp-epsilon", "8", "--dp-clip", "10",
-        "--boost-trees", "2", "--boost-depth", "2", "--boost-bins", "16",
+        "--dp-epsilon", "8", "--boost-trees", "2", "--boost-depth", "2",
         "--dp-tree-features", "8", "--out", str(out), "--json",
     ])
     assert result.exit_code == 0, result.output
@@ -99,9 +98,17 @@ def test_federate_accepts_dp_with_trees_and_states_the_composed_epsilon(tmp_path
     dp = json.loads((out / "manifest.json").read_text())["training"]["differential_privacy"]
     assert set(dp["composed_epsilon"]) == set(summary["privacy"]) and len(summary["privacy"]) == 4
     for name, eps in dp["composed_epsilon"].items():
-        assert summary["privacy"][name]["epsilon"] <= 4.0 + 1e-6 < eps <= 8.0 + 1e-9
+        assert summary["privacy"][name]["epsilon"] <= 5.6 + 1e-6 < eps <= 8.0 + 1e-9
         assert summary["tree_privacy"][name]["epsilon"] == eps
-    assert dp["split"]["tree_share"] == 0.5 and dp["trees"]["features_per_tree"] == 8
+    assert dp["split"]["tree_share"] == 0.3 and dp["trees"]["features_per_tree"] == 8
+    # the options left unset took the private recipe's values (vigil.federation.recipes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    plan = manifest["training"]["plan"]
+    assert (plan["batch_size"], plan["lr"]) == (4096, 1e-3)
+    assert {s["max_grad_norm"] for s in dp["sites"].values()} == {10.0}
+    assert manifest["architecture"]["dropout"] == 0.0
+    trees = manifest["training"]["boosting"]["plan"]
+    assert (trees["max_depth"], trees["learning_rate"], trees["n_bins"]) == (2, 0.2, 32)
     card = (out / "MODEL_CARD.md").read_text()
     assert card.count("network + trees (delta") == 4
 

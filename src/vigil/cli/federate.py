@@ -10,6 +10,7 @@ from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
 from vigil.core.errors import ConfigError
+from vigil.federation.recipes import DP_TREE_SHARE, NON_PRIVATE, sepsis_recipe
 from vigil.federation.strategies import Robust, StrategyName
 
 app = typer.Typer(
@@ -20,18 +21,23 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 HiddenOption = Annotated[
     str, typer.Option(help="Hidden layer widths of the network, comma-separated.")
 ]
-DropoutOption = Annotated[float, typer.Option(help="Dropout after each hidden layer.")]
+DropoutOption = Annotated[float | None, typer.Option(
+    help="Dropout after each hidden layer [0.5; under --dp-epsilon 0].")]
 ThreadsOption = Annotated[int, typer.Option(min=1, help="torch threads (1: reproducible).")]
-BoostDepthOption = Annotated[int, typer.Option(min=1, help="Depth of each boosted tree.")]
-BoostLrOption = Annotated[float, typer.Option(help="Learning rate of the boosted trees.")]
+BoostDepthOption = Annotated[int | None, typer.Option(
+    min=1, help="Depth of each boosted tree [6; under --dp-epsilon 4].")]
+BoostLrOption = Annotated[float | None, typer.Option(
+    help="Learning rate of the boosted trees [0.1; under --dp-epsilon 0.2].")]
 DpEpsilonOption = Annotated[
     float | None, typer.Option(help="DP-SGD budget epsilon per site (record level).")
 ]
 DpDeltaOption = Annotated[
     float | None, typer.Option(help="DP delta (default 1/n, n = a site's training rows).")
 ]
-DpClipOption = Annotated[float, typer.Option(help="DP-SGD per-row clipping norm.")]
-BoostBinsOption = Annotated[int, typer.Option(min=2, max=256, help="Bins per feature.")]
+DpClipOption = Annotated[float | None, typer.Option(
+    help="DP-SGD per-row clipping norm [sepsis 10, imaging 1].")]
+BoostBinsOption = Annotated[int | None, typer.Option(
+    min=2, max=256, help="Bins per feature [64; under --dp-epsilon 32].")]
 DPTreeShareOption = Annotated[float, typer.Option(
     help="With --dp-epsilon and --boost-trees: share of epsilon the network gives up for the "
          "trees.")]
@@ -53,17 +59,31 @@ def _spec(hidden: str, dropout: float) -> Any:
     return ModelSpec(hidden=widths, dropout=dropout)
 
 
-def _boosting(n_trees: int, depth: int, lr: float) -> Any:
+def _boosting(n_trees: int, depth: int | None, lr: float | None, bins: int | None,
+              recipe: Any) -> Any:
+    """Build the trees' plan (None: no trees); unset options take the recipe's values."""
     from vigil.federation.boosting import BoostingPlan
 
-    return None if n_trees == 0 else BoostingPlan(n_trees=n_trees, max_depth=depth,
-                                                  learning_rate=lr)
+    if n_trees == 0:
+        return None
+    return BoostingPlan(n_trees=n_trees,
+                        max_depth=recipe.tree_depth if depth is None else depth,
+                        learning_rate=recipe.tree_lr if lr is None else lr,
+                        n_bins=recipe.tree_bins if bins is None else bins)
 
 
-def _dp(epsilon: float | None, delta: float | None, clip: float) -> Any:
-    """Build the run's DP-SGD settings from ``--dp-epsilon/--dp-delta/--dp-clip`` (None: no DP)."""
+def _dp(epsilon: float | None, delta: float | None, clip: float | None, *,
+        imaging: bool = False) -> Any:
+    """Build the run's DP-SGD settings from ``--dp-epsilon/--dp-delta/--dp-clip`` (None: no DP).
+
+    An unset clipping norm is the task's: 1 for imaging, the chosen sepsis
+    recipe's (:data:`vigil.federation.recipes.DP_CLIP`) for sepsis.
+    """
     from vigil.federation.privacy import DPSettings
+    from vigil.federation.recipes import DP_CLIP
 
+    if clip is None:
+        clip = 1.0 if imaging else DP_CLIP
     return None if epsilon is None else DPSettings(epsilon, delta=delta, max_grad_norm=clip)
 
 
@@ -159,17 +179,19 @@ def federate(
     ] = None,
     dp_epsilon: DpEpsilonOption = None,
     dp_delta: DpDeltaOption = None,
-    dp_clip: DpClipOption = 1.0,
+    dp_clip: DpClipOption = None,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Local batch size [sepsis 2048, imaging 128].")
+        int | None, typer.Option(min=1, help="Local batch size [sepsis 2048, under "
+                                             "--dp-epsilon 4096; imaging 128].")
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Local AdamW learning rate [sepsis 3e-4, imaging 1e-3].")
+        float | None, typer.Option(help="Local AdamW learning rate [sepsis 3e-4, under "
+                                        "--dp-epsilon 1e-3; imaging 1e-3].")
     ] = None,
     hidden: HiddenOption = "256,128",
-    dropout: DropoutOption = 0.5,
+    dropout: DropoutOption = None,
     threads: ThreadsOption = 1,
     min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
     time_budget: Annotated[
@@ -180,14 +202,14 @@ def federate(
         int, typer.Option(min=0, help="After the rounds, grow this many boosted trees across "
                                       "the sites and ship them fused with the network (0: none).")
     ] = 0,
-    boost_depth: BoostDepthOption = 6,
-    boost_lr: BoostLrOption = 0.1,
-    boost_bins: BoostBinsOption = 64,
+    boost_depth: BoostDepthOption = None,
+    boost_lr: BoostLrOption = None,
+    boost_bins: BoostBinsOption = None,
     boost_edges: Annotated[
         str, typer.Option(help="Bin edges: 'quantiles' (the sites' averaged quantiles) or "
                                "'public' (catalog ranges, no site data; always under DP).")
     ] = "quantiles",
-    dp_tree_share: DPTreeShareOption = 0.5,
+    dp_tree_share: DPTreeShareOption = DP_TREE_SHARE,
     dp_tree_features: DPTreeFeaturesOption = 16,
     dp_tree_floor: DPTreeFloorOption = 2.0,
     out: Annotated[Path | None, typer.Option(help="Model package directory to write.")] = None,
@@ -217,7 +239,7 @@ def federate(
     if task not in ("sepsis", "imaging"):
         raise ConfigError(f"expected --task sepsis or imaging; got {task!r}", key="task")
     chosen = _strategy(strategy, mu, robust, max_share)
-    dp = _dp(dp_epsilon, dp_delta, dp_clip)
+    dp = _dp(dp_epsilon, dp_delta, dp_clip, imaging=task == "imaging")
     if task == "imaging":
         from vigil.federation.image_run import IMAGING_RECIPE
         from vigil.federation.image_task import check_imaging_options
@@ -237,7 +259,9 @@ def federate(
                          name="imaging-federated" if name == "sepsis-federated" else name,
                          version=version, json_out=json_out)
         return
-    batch_size, lr = batch_size or 2048, lr or 3e-4
+    recipe = sepsis_recipe(private=dp is not None)
+    batch_size = recipe.batch_size if batch_size is None else batch_size
+    lr = recipe.lr if lr is None else lr
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vigil.data import load_physionet, resolve_data_path
@@ -245,11 +269,7 @@ def federate(
     from vigil.federation.simulation import federate as run_federated
 
     plan = _plan(rounds, local_epochs, batch_size, lr, seed, min_sites, time_budget)
-    trees = _boosting(boost_trees, boost_depth, boost_lr)
-    if trees is not None:
-        from dataclasses import replace
-
-        trees = replace(trees, n_bins=boost_bins)
+    trees = _boosting(boost_trees, boost_depth, boost_lr, boost_bins, recipe)
     from vigil.federation.tree_privacy import TreeDPSettings
 
     tree_dp = TreeDPSettings(tree_share=dp_tree_share, features_per_tree=dp_tree_features,
@@ -273,7 +293,8 @@ def federate(
             bar.update(tree_task, completed=n, status="")
 
         finished = run_federated(table, scheme=sites, strategy=chosen, plan=plan, dp=dp,
-                                 model=_spec(hidden, dropout), threads=threads,
+                                 model=_spec(hidden, recipe.dropout if dropout is None
+                                             else dropout), threads=threads,
                                  data=resolve_data_path(data).name, on_round=on_round,
                                  trees=trees, on_tree=on_tree, ledgers=ledgers, tree_dp=tree_dp,
                                  tree_edges=boost_edges)
@@ -347,7 +368,7 @@ def compare_cmd(
     lr: Annotated[float, typer.Option(help="Local AdamW learning rate.")] = 3e-4,
     mu: Annotated[float | None, typer.Option(help="FedProx proximal strength.")] = None,
     hidden: HiddenOption = "256,128",
-    dropout: DropoutOption = 0.5,
+    dropout: Annotated[float, typer.Option(help="Dropout after each hidden layer.")] = 0.5,
     threads: ThreadsOption = 1,
     dp_epsilon: Annotated[
         list[float] | None, typer.Option(help="Also FedAvg with DP-SGD at this epsilon "
@@ -361,8 +382,8 @@ def compare_cmd(
         int, typer.Option(min=0, help="Also each model (but FedBN, DP) with this many boosted "
                                       "trees grown across its sites (0: none).")
     ] = 0,
-    boost_depth: BoostDepthOption = 6,
-    boost_lr: BoostLrOption = 0.1,
+    boost_depth: BoostDepthOption = None,
+    boost_lr: BoostLrOption = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the tables here.")] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -375,7 +396,7 @@ def compare_cmd(
     result = compare(load_physionet(data), scheme=sites, plan=plan, mu=mu,
                      model=_spec(hidden, dropout), threads=threads,
                      dp_epsilons=tuple(dp_epsilon or ()), n_boot=bootstrap,
-                     trees=_boosting(boost_trees, boost_depth, boost_lr),
+                     trees=_boosting(boost_trees, boost_depth, boost_lr, None, NON_PRIVATE),
                      progress=lambda line: err_console.print(line, highlight=False))
     text = comparison_markdown(result)
     if markdown is not None:

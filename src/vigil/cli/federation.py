@@ -27,6 +27,7 @@ from vigil.cli.federate import (
     _boosting,
     _dp,
 )
+from vigil.federation.recipes import DP_TREE_SHARE
 from vigil.federation.strategies import Robust, StrategyName
 
 app = typer.Typer(
@@ -304,13 +305,15 @@ def run(
     max_share: Annotated[float | None, typer.Option(help="Cap on one site's share.")] = None,
     dp_epsilon: DpEpsilonOption = None,
     dp_delta: DpDeltaOption = None,
-    dp_clip: DpClipOption = 1.0,
+    dp_clip: DpClipOption = None,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int | None, typer.Option(
-        min=1, help="Local batch size [sepsis 2048, imaging 128].")] = None,
+        min=1, help="Local batch size [sepsis 2048, under --dp-epsilon 4096; imaging 128].")
+    ] = None,
     lr: Annotated[float | None, typer.Option(
-        help="Local AdamW learning rate [sepsis 3e-4, imaging 1e-3].")] = None,
+        help="Local AdamW learning rate [sepsis 3e-4, under --dp-epsilon 1e-3; imaging 1e-3].")
+    ] = None,
     min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds a site has to answer a request "
                                                 "before it is dropped from the round.")] = 600.0,
@@ -323,10 +326,10 @@ def run(
         int, typer.Option(min=0, help="After the rounds, grow this many boosted trees across "
                                       "the SuperNodes and ship them fused with the network.")
     ] = 0,
-    boost_depth: BoostDepthOption = 6,
-    boost_lr: BoostLrOption = 0.1,
-    boost_bins: BoostBinsOption = 64,
-    dp_tree_share: DPTreeShareOption = 0.5,
+    boost_depth: BoostDepthOption = None,
+    boost_lr: BoostLrOption = None,
+    boost_bins: BoostBinsOption = None,
+    dp_tree_share: DPTreeShareOption = DP_TREE_SHARE,
     dp_tree_features: DPTreeFeaturesOption = 16,
     dp_tree_floor: DPTreeFloorOption = 2.0,
     task: Annotated[str, typer.Option(
@@ -351,7 +354,6 @@ def run(
 ) -> None:
     """Train across the connected SuperNodes and write the model package (``--out``)."""
     import time
-    from dataclasses import replace
 
     from vigil.federation.driver import Plan
     from vigil.federation.flower.runner import train_on_flower
@@ -362,22 +364,26 @@ def run(
         imaging_summary,
         public_check_inputs,
     )
+    from vigil.federation.recipes import sepsis_recipe
     from vigil.federation.secure_sum import SecureSumSettings
     from vigil.federation.simulation import export_run, run_summary
+    from vigil.federation.site import ModelSpec
     from vigil.federation.strategies import make_strategy
     from vigil.federation.tree_privacy import TreeDPSettings
 
     imaging = task == "imaging"
-    trees = _boosting(boost_trees, boost_depth, boost_lr)
-    if trees is not None:
-        trees = replace(trees, n_bins=boost_bins)
-    dp = _dp(dp_epsilon, dp_delta, dp_clip)
+    dp = _dp(dp_epsilon, dp_delta, dp_clip, imaging=imaging)
+    recipe = sepsis_recipe(private=dp is not None)
+    trees = _boosting(boost_trees, boost_depth, boost_lr, boost_bins, recipe)
+    if batch_size is None:
+        batch_size = 128 if imaging else recipe.batch_size
+    if lr is None:
+        lr = 1e-3 if imaging else recipe.lr
     settings = RunSettings(
-        plan=Plan(rounds=rounds, local_epochs=local_epochs,
-                  batch_size=batch_size or (128 if imaging else 2048),
-                  lr=lr or (1e-3 if imaging else 3e-4), seed=seed, min_sites=min_sites,
-                  time_budget=timeout,
+        plan=Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
+                  seed=seed, min_sites=min_sites, time_budget=timeout,
                   **({"weight_decay": 1e-4, "keep_by": "site"} if imaging else {})),
+        model=ModelSpec(dropout=recipe.dropout),
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
         dp=dp, sites=sites, wait=wait, trees=trees, task=task, image=dp_spec(dp),
         tree_dp=None if trees is None or dp is None else TreeDPSettings(

@@ -38,7 +38,7 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     [trees]                       # BoostingPlan(...), optional; either engine
     n_trees = 25
     [tree_dp]                     # TreeDPSettings(...), optional, with [trees] and [dp]:
-    tree_share = 0.5              # the DP trees' split of epsilon, features, hessian floor
+    tree_share = 0.3              # the DP trees' split of epsilon, features, hessian floor
     [secure]                      # SecureSumSettings(...), optional; engine = "flower"
     num_shares = 3                # (an empty [secure] table: the defaults)
     [flower]                      # engine = "flower"

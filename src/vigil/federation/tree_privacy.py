@@ -60,6 +60,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import ConfigError
 from vigil.federation.boosting import BoostingPlan, BoostingSite
+from vigil.federation.recipes import DP_TREE_SHARE
 
 __all__ = [
     "NoisyBoostingSite",
@@ -109,7 +110,7 @@ class TreeDPSettings:
         could be subtracted.
     """
 
-    tree_share: float = 0.5
+    tree_share: float = DP_TREE_SHARE
     features_per_tree: int = 16
     seed: int = 0
     hessian_floor: float = 2.0
