@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
-from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+from vigil.cli._common import (
+    DATA_HELP,
+    err_console,
+    guarded,
+    print_json,
+    print_table,
+    read_table,
+)
 
 _SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
           ("calibration slope", "calibration", "slope"), ("AUROC", "calibration", "auroc"),
@@ -143,9 +150,9 @@ def calibrate(
             raise DataError(f"expected patients of hospital {hospital!r} in the data; found none")
         table = table.select(keep)
     if scores is not None:
-        import pandas as pd
-
-        hours = ScoredHours.from_scores(table.frame, pd.read_parquet(scores))
+        frame = read_table(scores, "--scores", what="a scores parquet file",
+                           columns=("patient_id", ("ICULOS", "iculos"), "probability"))
+        hours = ScoredHours.from_scores(table.frame, frame)
     else:
         from vigil.runtime.offline import score_table
 
