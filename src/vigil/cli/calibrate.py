@@ -9,14 +9,7 @@ import typer
 from rich.table import Table
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
-from vigil.cli._common import (
-    DATA_HELP,
-    err_console,
-    guarded,
-    print_json,
-    print_table,
-    read_table,
-)
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table, read_table
 
 _SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
           ("calibration slope", "calibration", "slope"), ("AUROC", "calibration", "auroc"),

@@ -8,14 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from vigil.cli._common import (
-    DATA_HELP,
-    err_console,
-    guarded,
-    print_json,
-    print_table,
-    read_table,
-)
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table, read_table
 from vigil.core.errors import ConfigError
 from vigil.data.splits import Split
 from vigil.features.baselines import Rule
