@@ -268,7 +268,8 @@ def test_cli_monitor_images_study_files_that_are_no_tables_are_a_one_line_error(
             ("--studies", garbled, labels, "got scores.parquet: ArrowInvalid"),
             ("--studies", bare, labels, "got bare.csv without scored_at"),
             ("--studies", tmp_path / "dir.parquet", labels, "got a directory: dir.parquet"),
-            ("--labels", bare, garbled, "got scores.parquet: ArrowInvalid")]:
+            ("--labels", bare, garbled, "got scores.parquet: ArrowInvalid"),
+            ("--labels", bare, tmp_path / "none.csv", "found nothing at")]:
         if option == "--labels":
             studies = tmp_path / "studies.csv"
             pd.DataFrame({"study_key": ["k"], "scored_at": [T0.isoformat()],

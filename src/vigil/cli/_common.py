@@ -116,8 +116,7 @@ def read_table(
     Parameters
     ----------
     path : Path
-        A ``.parquet`` file (or, with ``csv``, a ``.csv`` file: any other suffix is read
-        as parquet).
+        A parquet file; with ``csv``, a ``.parquet`` file or else a CSV file.
     option : str
         The option that named it (``"--scores"``), for the message.
     what : str
@@ -126,7 +125,7 @@ def read_table(
         Columns it must have; a tuple is satisfied by any one of its names (``("ICULOS",
         "iculos")``).
     csv : bool, optional
-        Also accept a ``.csv`` file.
+        Read a file whose suffix is not ``.parquet`` as CSV.
 
     Returns
     -------
@@ -149,7 +148,7 @@ def read_table(
     if not path.exists():
         raise DataError(f"{expected}, found nothing at {path}", source=str(path))
     try:
-        if csv and path.suffix.lower() == ".csv":
+        if csv and path.suffix.lower() != ".parquet":
             frame = pd.read_csv(path)
         else:
             frame = pd.read_parquet(path)
