@@ -180,8 +180,8 @@ def _calibrated(file: dict[str, Any], runs: list[dict[str, Any]], n_boot: int
     applied to its test images; the tables give every arm per site and pooled (mean ± SD
     over seeds) and the pooled comparisons with both intervals (calibrators fixed, re-fit).
     """
+    from vigil.calibration import DEFAULT_METHOD
     from vigil.federation.image_calibrated import (
-        DEFAULT_METHOD,
         calibrate_runs,
         calibrated_comparisons,
         calibrated_markdown,

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
+from vigil.calibration.methods import DEFAULT_METHOD
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table, read_table
 
 _SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
@@ -59,7 +60,7 @@ def calibrate(
     data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
     method: Annotated[
         str, typer.Option(help="in-the-large, logistic (also: platt, sigmoid), beta or isotonic.")
-    ] = "logistic",
+    ] = DEFAULT_METHOD.value,
     scores: Annotated[
         Path | None,
         typer.Option(help="Stored scores (patient_id, ICULOS or iculos, probability[, "

@@ -5,7 +5,8 @@ sites' probability scales line up as well as how well each site's images are ran
 site thresholds from 0.33 to 0.82, a negative of one site can outscore a positive of
 another. The product's answer is the site calibration each site fits on its own labelled
 studies (``vigil calibrate``, :mod:`vigil.calibration`). Here, for every arm, seed and
-site, the calibrator ``vigil calibrate`` fits by default (:data:`DEFAULT_METHOD`: logistic
+site, the calibrator ``vigil calibrate`` fits by default
+(:data:`~vigil.calibration.methods.DEFAULT_METHOD`: logistic
 recalibration on the logit, Cox 1958, Platt 1999) is fitted on that site's validation
 probabilities and labels and applied to its test probabilities; the pooled AUC and accuracy
 are taken over the sites' calibrated probabilities. Each site's decision threshold is chosen
@@ -47,7 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.calibration import CalibrationWarning, Method, make_calibrator
+from vigil.calibration import DEFAULT_METHOD, CalibrationWarning, Method, make_calibrator
 from vigil.core.errors import DataError
 from vigil.features.bootstrap import Estimate, percentile_interval, weighted_auroc
 from vigil.federation.evaluation import SCORE_EDGES
@@ -60,15 +61,11 @@ from vigil.federation.image_intervals import (
 
 __all__ = [
     "CALIBRATED_COMPARISONS",
-    "DEFAULT_METHOD",
     "calibrate_runs",
     "calibrated_comparisons",
     "calibrated_interval",
     "calibrated_markdown",
 ]
-
-DEFAULT_METHOD = Method.LOGISTIC
-"""``vigil calibrate --method``'s default, for imaging as for sepsis."""
 
 CALIBRATED_COMPARISONS: tuple[tuple[str, str | None, float], ...] = tuple(
     c for c in COMPARISONS if c[1] in (None, "fedavg", "centralized"))
