@@ -6,7 +6,10 @@ training seed, every arm of :func:`vigil.federation.image_compare.compare_images
 is trained (rounds kept and thresholds chosen on the validation split) and scored
 on the official test split. Results go to ``--out`` as JSON, one file per run, so
 seeds can run as separate processes; ``--summarize`` merges them into the
-mean ± SD table of ``docs/imaging.md``.
+mean ± SD table of ``docs/imaging.md``, the paired intervals and, where the runs kept
+their validation predictions, the same after site calibration
+(:mod:`vigil.federation.image_calibrated`: each site's ``vigil calibrate`` map fitted on
+its validation images, pooled over the sites' calibrated test probabilities).
 
 Every arm is also scored on the **validation** split (each site at its own
 validation-best threshold), stored under ``"validation"``: ``--choose`` reads only
@@ -73,11 +76,14 @@ def main() -> None:
             labels = {k: np.asarray(v) for k, v in files[0]["labels"].items()}
             rows = standard_comparisons(labels, results, n_boot=args.n_boot)
             print("\n" + comparison_markdown(rows))
+            calibrated: dict[str, Any] = {}
             if "valid_labels" in files[0]:
                 print("\n" + _rechosen_markdown(files[0], runs, args.n_boot))
+                calibrated = _calibrated(files[0], runs, args.n_boot)
             if args.json_out:
                 args.json_out.write_text(json.dumps({"seeds": [r["seed"] for r in runs],
-                                                     "comparisons": rows}, indent=1))
+                                                     "comparisons": rows, **calibrated},
+                                                    indent=1))
         return
 
     from vigil.federation.driver import Plan
@@ -164,6 +170,39 @@ def _rechosen_markdown(file: dict[str, Any], runs: list[dict[str, Any]], n_boot:
             what = f"{arm} − {factor:g} × {versus}" if factor != 1 else f"{arm} − {versus}"
             lines.append(f"| {what} | {site} | {e.value:+.3f} [{e.low:+.3f}, {e.high:+.3f}] |")
     return "\n".join(lines)
+
+
+def _calibrated(file: dict[str, Any], runs: list[dict[str, Any]], n_boot: int
+                ) -> dict[str, Any]:
+    """Print and return the pooled metrics after site calibration (``vigil calibrate``'s map).
+
+    Each arm's, seed's and site's calibrator is fitted on the site's validation images and
+    applied to its test images; the tables give every arm per site and pooled (mean ± SD
+    over seeds) and the pooled comparisons with both intervals (calibrators fixed, re-fit).
+    """
+    from vigil.calibration import DEFAULT_METHOD
+    from vigil.federation.image_calibrated import (
+        calibrate_runs,
+        calibrated_comparisons,
+        calibrated_markdown,
+    )
+    from vigil.federation.image_compare import compare_markdown, summarize_seeds
+
+    if any(not r["validation"] for r in runs):
+        return {}
+    labels = {k: np.asarray(v) for k, v in file["labels"].items()}
+    valid = {k: np.asarray(v) for k, v in file["valid_labels"].items()}
+    results, held = [r["results"] for r in runs], [r["validation"] for r in runs]
+    summary = summarize_seeds(calibrate_runs(labels, results, valid, held))
+    print(f"\nAfter site calibration ({DEFAULT_METHOD.value} map fitted on each site's "
+          "validation images, threshold re-chosen on them):\n")
+    print(compare_markdown(summary, len(runs)))
+    t = time.perf_counter()
+    rows = calibrated_comparisons(labels, results, valid, held, n_boot=n_boot)
+    print("\n" + calibrated_markdown(rows))
+    print(f"\n(intervals after site calibration: {time.perf_counter() - t:.0f} s)")
+    return {"calibration_method": DEFAULT_METHOD.value, "calibrated_summary": summary,
+            "calibrated_comparisons": rows}
 
 
 def _choose(paths: list[Path]) -> None:

@@ -159,3 +159,25 @@ def test_recalibration_meets_the_targets_on_the_full_data_of_hospital_b(work, sh
     assert out["metrics"]["after"]["calibration"]["ece"] <= 0.02
     assert abs(out["metrics"]["after"]["calibration"]["intercept"]) < abs(
         out["metrics"]["before"]["calibration"]["intercept"])
+
+
+def test_scores_that_are_no_scores_parquet_are_a_one_line_error(tmp_path):
+    """--scores naming a directory, a file that is not parquet, or a parquet without the
+    score columns: exit 2, one line saying what was expected and what came."""
+    tiny_package(tmp_path / "pkg")
+    text = tmp_path / "scores.parquet"
+    text.write_text("patient_id,ICULOS,probability\n")
+    other = tmp_path / "other.parquet"
+    pd.DataFrame({"patient_id": ["p1"], "hour": [1], "probability": [0.2]}).to_parquet(other)
+    for path, came in [(tmp_path / "pkg", "got a directory: pkg"),
+                       (text, "got scores.parquet: ArrowInvalid"),
+                       (other, "got other.parquet without ICULOS or iculos"),
+                       (tmp_path / "absent.parquet", "found nothing at")]:
+        result = run("calibrate", "--model", str(tmp_path / "pkg"), "--hospital", "B",
+                     "--scores", str(path), "--policy", "sensitivity=0.8", "--out",
+                     str(tmp_path / "c.json"), code=2)
+        assert "expected --scores to be a scores parquet file with columns patient_id, ICULOS "\
+               "or iculos, probability" in result.output
+        assert came in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "c.json").exists()

@@ -160,3 +160,37 @@ def test_rechosen_interval_needs_the_validation_predictions():
         paired_interval(labels, runs, "good", "poor", valid_labels=valid_labels, valid_runs=held)
     with pytest.raises(DataError, match="for each of the 2 runs"):
         paired_interval(labels, runs, "good", valid_labels=valid_labels, valid_runs=held[:1])
+
+
+def test_rechosen_accuracy_resamples_the_test_images_as_paired_interval_does():
+    """Pins ``_rechosen_accuracy``'s test draws to ``bootstrap_estimates``' (via
+    ``paired_interval``): with validation images separated far apart every resample
+    re-chooses the kept threshold, so the two intervals must be the same to the bit."""
+    from vigil.federation.evaluation import SCORE_EDGES
+
+    rng = np.random.default_rng(9)
+    labels = {"site-a": rng.integers(0, 2, 70), "site-b": rng.integers(0, 2, 90)}
+    y_v = np.array([0] * 40 + [1] * 40)
+    valid_labels = {s: y_v for s in labels}
+    # every resample keeps a negative at 0.01 (P(none) = 2**-80): the first edge above it
+    # is the first maximum of every resampled validation accuracy
+    edge = float(SCORE_EDGES[np.searchsorted(SCORE_EDGES, 0.01, side="right")])
+    held, runs = [], []
+    for _ in range(2):
+        held.append({arm: {s: {"probability": list(np.where(y_v > 0, 0.99, 0.01))}
+                           for s in labels} for arm in ("a", "b")})
+        # test scores around the edge, so that the decisions, hence the resamples, matter
+        runs.append({arm: {s: {"threshold": edge, "probability": list(0.02 * rng.random(y.size))}
+                           for s, y in labels.items()} for arm in ("a", "b")})
+    for site, arms in (("site-b", ("a",)), ("pooled", ("a",)), ("pooled", ("a", "b"))):
+        fixed = paired_interval(labels, runs, *arms, site=site, n_boot=300, seed=3)["accuracy"]
+        again = paired_interval(labels, runs, *arms, site=site, n_boot=300, seed=3,
+                                valid_labels=valid_labels, valid_runs=held)["accuracy"]
+        assert again.value == pytest.approx(fixed.value, abs=1e-12)
+        assert (again.low, again.high) == pytest.approx((fixed.low, fixed.high), abs=1e-12)
+        assert fixed.high - fixed.low > 0.05
+    # and a different seed's draws are not the same interval
+    fixed = paired_interval(labels, runs, "a", n_boot=300, seed=3)["accuracy"]
+    other = paired_interval(labels, runs, "a", n_boot=300, seed=4, valid_labels=valid_labels,
+                            valid_runs=held)["accuracy"]
+    assert (other.low, other.high) != pytest.approx((fixed.low, fixed.high), abs=1e-12)

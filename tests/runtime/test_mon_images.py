@@ -247,6 +247,41 @@ def test_cli_monitor_images_names_the_change(tmp_path):
     assert half.exit_code == 2 and "--studies and --labels together" in half.output
 
 
+def test_cli_monitor_images_study_files_that_are_no_tables_are_a_one_line_error(tmp_path):
+    """--studies / --labels naming a directory, a file that is no parquet / CSV, or a table
+    without the columns: exit 2, one line saying what was expected and what came."""
+    from typer.testing import CliRunner
+
+    from vigil.cli.main import app
+
+    runner = CliRunner()
+    records_frame(records(4)).to_parquet(tmp_path / "records.parquet")
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"study_key": ["k"], "label": [1], "known_at": [T0.isoformat()]}).to_csv(
+        labels, index=False)
+    garbled = tmp_path / "scores.parquet"
+    garbled.write_bytes(b"PAR1 not really")
+    bare = tmp_path / "bare.csv"
+    pd.DataFrame({"study_key": ["k"], "probability": [0.3]}).to_csv(bare, index=False)
+    (tmp_path / "dir.parquet").mkdir()
+    for option, studies, label_file, came in [
+            ("--studies", garbled, labels, "got scores.parquet: ArrowInvalid"),
+            ("--studies", bare, labels, "got bare.csv without scored_at"),
+            ("--studies", tmp_path / "dir.parquet", labels, "got a directory: dir.parquet"),
+            ("--labels", bare, garbled, "got scores.parquet: ArrowInvalid"),
+            ("--labels", bare, tmp_path / "none.csv", "found nothing at")]:
+        if option == "--labels":
+            studies = tmp_path / "studies.csv"
+            pd.DataFrame({"study_key": ["k"], "scored_at": [T0.isoformat()],
+                          "probability": [0.3]}).to_csv(studies, index=False)
+        result = runner.invoke(app, ["monitor", "images", "--records",
+                                     str(tmp_path / "records.parquet"), "--studies",
+                                     str(studies), "--labels", str(label_file)])
+        assert result.exit_code == 2, result.output
+        assert f"expected {option} to be " in result.output and came in result.output
+        assert "Traceback" not in result.output
+
+
 def test_monitor_report_adds_imaging_drift_when_the_store_has_records(tmp_path):
     from typer.testing import CliRunner
 

@@ -3,7 +3,13 @@
 from vigil.calibration._base import CalibrationWarning, Calibrator, MinimumSamples
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS, alert_events, alerts_per_patient_day
 from vigil.calibration.isotonic import IsotonicCalibration
-from vigil.calibration.methods import Method, calibrator_from_dict, make_calibrator, parse_method
+from vigil.calibration.methods import (
+    DEFAULT_METHOD,
+    Method,
+    calibrator_from_dict,
+    make_calibrator,
+    parse_method,
+)
 from vigil.calibration.metrics import CalibrationMetrics, calibration_metrics
 from vigil.calibration.operating import Estimate, OperatingPoint, operating_point
 from vigil.calibration.parametric import BetaCalibration, InTheLarge, LogisticCalibration
@@ -12,6 +18,7 @@ from vigil.calibration.record import CalibrationRecord, ModelRef, load_record, w
 from vigil.calibration.site import ScoredHours, SiteCalibration, calibrate_site
 
 __all__ = [
+    "DEFAULT_METHOD",
     "DEFAULT_SUPPRESSION_HOURS",
     "BetaCalibration",
     "CalibrationMetrics",

@@ -18,6 +18,7 @@ from vigil.core.errors import ConfigError
 __all__ = [
     "ALIASES",
     "CALIBRATORS",
+    "DEFAULT_METHOD",
     "Method",
     "calibrator_from_dict",
     "make_calibrator",
@@ -40,6 +41,10 @@ CALIBRATORS: dict[Method, type[Calibrator]] = {
     Method.BETA: BetaCalibration,
     Method.ISOTONIC: IsotonicCalibration,
 }
+
+
+DEFAULT_METHOD = Method.LOGISTIC
+"""``vigil calibrate --method``'s default, for the sepsis and the imaging model alike."""
 
 
 ALIASES: dict[str, Method] = {"platt": Method.LOGISTIC, "sigmoid": Method.LOGISTIC}

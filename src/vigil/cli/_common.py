@@ -6,15 +6,19 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from vigil.core.errors import VigilError
+from vigil.core.errors import DataError, VigilError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DATA_HELP",
@@ -23,6 +27,7 @@ __all__ = [
     "guarded",
     "print_json",
     "print_table",
+    "read_table",
     "setup_logging",
 ]
 
@@ -96,3 +101,64 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def read_table(
+    path: Path,
+    option: str,
+    *,
+    what: str,
+    columns: Sequence[str | tuple[str, ...]] = (),
+    csv: bool = False,
+) -> pd.DataFrame:
+    """Read a table a user named on the command line, or raise a one-line error.
+
+    Parameters
+    ----------
+    path : Path
+        A parquet file; with ``csv``, a ``.parquet`` file or else a CSV file.
+    option : str
+        The option that named it (``"--scores"``), for the message.
+    what : str
+        What the file should be (``"a predictions parquet file"``).
+    columns : sequence of str or tuple of str, optional
+        Columns it must have; a tuple is satisfied by any one of its names (``("ICULOS",
+        "iculos")``).
+    csv : bool, optional
+        Read a file whose suffix is not ``.parquet`` as CSV.
+
+    Returns
+    -------
+    DataFrame
+
+    Raises
+    ------
+    DataError
+        If ``path`` is missing, a directory (e.g. a model package), not a readable table of
+        that format, or lacks a required column. The message says what was expected and
+        what came, on one line; it names the file, never its content.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    names = ", ".join(c if isinstance(c, str) else " or ".join(c) for c in columns)
+    expected = f"expected {option} to be {what}" + (f" with columns {names}" if names else "")
+    if path.is_dir():
+        raise DataError(f"{expected}, got a directory: {path.name}", source=str(path))
+    if not path.exists():
+        raise DataError(f"{expected}, found nothing at {path}", source=str(path))
+    try:
+        if csv and path.suffix.lower() != ".parquet":
+            frame = pd.read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        # pandas' ParserError and EmptyDataError, and UnicodeDecodeError, are ValueErrors
+        raise DataError(f"{expected}, got {path.name}: {type(exc).__name__}",
+                        source=str(path)) from exc
+    missing = [c if isinstance(c, str) else " or ".join(c) for c in columns
+               if not any(name in frame.columns for name in ((c,) if isinstance(c, str) else c))]
+    if missing:
+        raise DataError(f"{expected}, got {path.name} without {', '.join(missing)}",
+                        source=str(path))
+    return frame

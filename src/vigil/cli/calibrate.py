@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
-from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
+from vigil.calibration.methods import DEFAULT_METHOD
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table, read_table
 
 _SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
           ("calibration slope", "calibration", "slope"), ("AUROC", "calibration", "auroc"),
@@ -59,7 +60,7 @@ def calibrate(
     data: Annotated[str, typer.Option(help=DATA_HELP, envvar="VIGIL_DATA")] = "sample",
     method: Annotated[
         str, typer.Option(help="in-the-large, logistic (also: platt, sigmoid), beta or isotonic.")
-    ] = "logistic",
+    ] = DEFAULT_METHOD.value,
     scores: Annotated[
         Path | None,
         typer.Option(help="Stored scores (patient_id, ICULOS or iculos, probability[, "
@@ -143,9 +144,9 @@ def calibrate(
             raise DataError(f"expected patients of hospital {hospital!r} in the data; found none")
         table = table.select(keep)
     if scores is not None:
-        import pandas as pd
-
-        hours = ScoredHours.from_scores(table.frame, pd.read_parquet(scores))
+        frame = read_table(scores, "--scores", what="a scores parquet file",
+                           columns=("patient_id", ("ICULOS", "iculos"), "probability"))
+        hours = ScoredHours.from_scores(table.frame, frame)
     else:
         from vigil.runtime.offline import score_table
 

@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
-from vigil.core.errors import ConfigError, DataError
+from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table, read_table
+from vigil.core.errors import ConfigError
 from vigil.data.splits import Split
 from vigil.features.baselines import Rule
 from vigil.features.bootstrap import INTERVAL_METRICS, Scored
 
+PREDICTIONS = "a predictions parquet file"
+"""What --predictions and --versus name: another run's --out-predictions."""
+
 if TYPE_CHECKING:
-    import pandas as pd
 
     from vigil.data.loader import PhysioNetTable
 
@@ -137,8 +139,8 @@ def evaluate(
     else:
         assert predictions is not None
         probability, prediction = offline.scores_from_predictions(
-            table, _read_predictions(predictions, "--predictions")
-        )
+            table, read_table(predictions, "--predictions", what=PREDICTIONS,
+                              columns=offline.PREDICTION_COLUMNS))
         cut = float("nan")
         title = f"predictions {predictions.name}"
     if threshold is not None:
@@ -216,7 +218,8 @@ def _add_intervals(
     with err_console.status(f"bootstrapping {n_boot} patient resamples"):
         result["intervals"] = run()
         if versus is not None:
-            other = offline.scores_from_predictions(table, _read_predictions(versus, "--versus"))
+            other = offline.scores_from_predictions(table, read_table(
+                versus, "--versus", what=PREDICTIONS, columns=offline.PREDICTION_COLUMNS))
             result["versus"] = {"predictions": versus.name, **run(other)}
 
 
@@ -233,24 +236,3 @@ def show_intervals(intervals: dict[str, Any], title: str, *, signed: bool) -> No
                             f"{est[m]['high']:{form}}]" for m in INTERVAL_METRICS))
     print_table(out)
 
-
-def _read_predictions(path: Path, option: str) -> pd.DataFrame:
-    """Read a predictions parquet, or raise a one-line error saying what was expected.
-
-    Raises
-    ------
-    DataError
-        If ``path`` is a directory (e.g. a model package) or not a readable parquet file.
-    """
-    import pandas as pd
-    import pyarrow as pa
-
-    expected = (f"expected {option} to be a predictions parquet file (patient_id, ICULOS, "
-                "probability, prediction; e.g. another run's --out-predictions)")
-    if path.is_dir():
-        raise DataError(f"{expected}, got a directory: {path.name}", source=str(path))
-    try:
-        return pd.read_parquet(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{expected}, got {path.name}: {type(exc).__name__}",
-                        source=str(path)) from exc

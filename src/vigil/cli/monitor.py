@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vigil.cli._common import err_console, guarded, print_json
+from vigil.cli._common import err_console, guarded, print_json, read_table
 
 IMAGE_TABLE = "imaging_instances"
 """The state store's table of imaging instance records (:mod:`vigil.runtime.imaging_store`)."""
@@ -117,10 +117,11 @@ def _image_run(records: Path, *, table: str, model: Path | None, **options: Any)
     studies, labels = options.pop("studies", None), options.pop("labels", None)
     outcomes = None
     if studies is not None and labels is not None:
-        import pandas as pd
-
-        outcomes = study_outcomes(pd.read_parquet(studies) if studies.suffix == ".parquet"
-                                  else pd.read_csv(studies), pd.read_csv(labels))
+        outcomes = study_outcomes(
+            read_table(studies, "--studies", what="study scores (.parquet or .csv)",
+                       columns=("study_key", "scored_at", "probability"), csv=True),
+            read_table(labels, "--labels", what="delayed study labels (.csv)",
+                       columns=("study_key", "label", "known_at"), csv=True))
     monitor = ImageDriftMonitor(profile, **options)
     return replay_image_monitor(frame, monitor, every_hours=every, outcomes=outcomes, model=name)
 

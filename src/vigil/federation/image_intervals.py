@@ -40,6 +40,7 @@ from vigil.federation.evaluation import SCORE_EDGES
 __all__ = [
     "COMPARISONS",
     "comparison_markdown",
+    "paired_draws",
     "paired_interval",
     "resampled_auroc",
     "standard_comparisons",
@@ -185,6 +186,42 @@ def paired_interval(
     return out
 
 
+def paired_draws(
+    n_test: int, valid_sizes: Sequence[int], *, n_boot: int, seed: int
+) -> tuple[NDArray[np.float64], list[NDArray[np.float64]]]:
+    """Draw the resamples of an interval that also resamples each site's validation images.
+
+    The test images' multiplicities are drawn first, from the same stream and in the same
+    way as :func:`~vigil.features.bootstrap.bootstrap_estimates` (batched) draws them for
+    :func:`paired_interval`, so an interval that re-chooses thresholds or re-fits
+    calibrators is paired with the fixed one resample by resample; then each site's
+    validation multiplicities, site after site, independently of the test draws.
+
+    Parameters
+    ----------
+    n_test : int
+        Test images, the sites' concatenated.
+    valid_sizes : sequence of int
+        Validation images of each site.
+    n_boot : int
+    seed : int
+
+    Returns
+    -------
+    test_counts : ndarray of shape (n_boot + 1, n_test)
+        Row 0 all ones (the point value), then one resample per row.
+    valid_counts : list of ndarray of shape (n_boot + 1, n_valid_site)
+        Per site, the same layout.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> NDArray[np.float64]:
+        return np.vstack([np.ones((1, n)), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
+
+    test_counts = draw(n_test)
+    return test_counts, [draw(n) for n in valid_sizes]
+
+
 def _correct_at_edges(y: NDArray[np.bool_], p: NDArray[np.float64]) -> NDArray[np.float64]:
     """(n, len(SCORE_EDGES)): 1 where flagging at ``p >= edge`` is right for the image."""
     return ((p[:, None] >= SCORE_EDGES[None, :]) == y[:, None]).astype(np.float64)
@@ -206,26 +243,20 @@ def _rechosen_accuracy(
     """Seed mean of the signed accuracies, each site's threshold re-chosen on every resample.
 
     On every resample each site's **validation** images are resampled too (independently
-    of the test images, the same draws for both arms) and each arm re-chooses, for every
-    seed and site, the score-bin edge maximizing its resampled validation accuracy (the
-    runs' site calibration, first maximum); the test resample (the same draws as
-    :func:`paired_interval`'s) is scored at that threshold. The point value uses the
-    validation images as they are, so it is the kept thresholds' accuracy.
+    of the test images, the same draws for both arms: :func:`paired_draws`) and each arm
+    re-chooses, for every seed and site, the score-bin edge maximizing its resampled
+    validation accuracy (the runs' site calibration, first maximum); the test resample
+    (the same draws as :func:`paired_interval`'s) is scored at that threshold. The point
+    value uses the validation images as they are, so it is the kept thresholds' accuracy.
     """
     if len(valid_runs) != len(runs):
         raise DataError(f"expected validation predictions for each of the {len(runs)} runs, "
                         f"got {len(valid_runs)}")
-    rng = np.random.default_rng(seed)
     n_test = sum(len(labels[s]) for s in sites)
-    # the same test resamples as paired_interval draws (over the sites' concatenated images)
-    test_counts = np.vstack([np.ones((1, n_test)), rng.multinomial(
-        n_test, np.full(n_test, 1.0 / n_test), size=n_boot)])
+    test_counts, drawn = paired_draws(n_test, [len(valid_labels[s]) for s in sites],
+                                      n_boot=n_boot, seed=seed)
     offsets = np.cumsum([0] + [len(labels[s]) for s in sites])
-    valid_counts = {}
-    for s in sites:
-        n_v = len(valid_labels[s])
-        valid_counts[s] = np.vstack([np.ones((1, n_v)), rng.multinomial(
-            n_v, np.full(n_v, 1.0 / n_v), size=n_boot)])
+    valid_counts = dict(zip(sites, drawn, strict=True))
     total = np.zeros(n_boot + 1)
     for run, held in zip(runs, valid_runs, strict=True):
         for sign, name in zip(signs, arms, strict=True):
