@@ -192,6 +192,7 @@ def test_minimum_events_rule_is_an_error(cls, need):
     with pytest.raises(DataError, match=message):
         cls().fit(p, y)
     y[-need:] = 1
+    y[[0, -1]] = 1, 0  # one positive among the lowest scores: not separated
     cls().fit(p, y)  # exactly at the rule: fine
     with pytest.raises(DataError, match=f"at least {need + 5}"):
         cls(min_events=need + 5).fit(p, y)
@@ -247,3 +248,29 @@ def test_from_dict_refuses_another_method_or_missing_state():
     del broken["state"]["slope_"]
     with pytest.raises(ConfigError, match="lacks slope_"):
         calibrator_from_dict(broken)
+
+
+def test_separated_is_no_negative_above_a_positive():
+    from vigil.calibration._logistic import separated
+
+    assert separated(np.array([0.1, 0.2, 0.2, 0.9]), np.array([0, 0, 1, 1]))  # quasi-complete
+    assert not separated(np.array([0.1, 0.3, 0.2, 0.9]), np.array([0, 0, 1, 1]))
+    assert separated(np.array([0.1, 0.3, 0.2, 0.9]), np.array([0, 0, 1, 1]),
+                     np.array([1.0, 0.0, 1.0, 1.0]))  # the overlapping row has no weight
+    assert not separated(np.array([0.1, 0.9]), np.array([1, 1]))  # one outcome only
+    assert not separated(np.array([0.9, 0.1]), np.array([0, 1]))  # reversed: slope 0, not a step
+
+
+@pytest.mark.parametrize("cls", [LogisticCalibration, BetaCalibration])
+def test_logistic_maps_on_separated_data_warn_of_a_near_step(cls):
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(60, dtype=np.int8), np.ones(60, dtype=np.int8)]
+    p = np.r_[rng.uniform(0.05, 0.45, 60), rng.uniform(0.55, 0.95, 60)]
+    with pytest.warns(CalibrationWarning, match="separate the outcomes of the fit data"):
+        cal = cls().fit(p, y)
+    step = cal.transform(np.array([0.46, 0.54]))
+    assert step[0] < 0.01 and step[1] > 0.99  # the near step the warning names
+    p[0] = 0.6  # one negative above a positive: a finite fit, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cls().fit(p, y)

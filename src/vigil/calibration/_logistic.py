@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import DataError
 
-__all__ = ["EPS", "LogisticFit", "fit_logistic", "logit", "sigmoid"]
+__all__ = ["EPS", "LogisticFit", "fit_logistic", "logit", "separated", "sigmoid"]
 
 EPS = 1e-7
 """Probabilities are clipped to ``[EPS, 1 - EPS]`` before any logarithm."""
@@ -45,6 +45,30 @@ def sigmoid(z: NDArray[np.floating]) -> NDArray[np.float64]:
     ez = np.exp(z[~pos])
     out[~pos] = ez / (1.0 + ez)
     return out
+
+
+def separated(score: NDArray[np.floating], y: NDArray[np.integer] | NDArray[np.floating],
+              sample_weight: NDArray[np.floating] | None = None) -> bool:
+    """Whether a non-decreasing map of ``score`` separates the outcomes perfectly.
+
+    True when no row with outcome 0 scores above any row with outcome 1
+    (complete or quasi-complete separation, rows of zero weight ignored). A
+    logistic fit increasing in the score then has no finite maximum-likelihood
+    estimate: its slope grows until the iterations stop, and the map is a
+    near step (Albert & Anderson, Biometrika 71:1-10, 1984).
+
+    Parameters
+    ----------
+    score : ndarray of shape (n_samples,)
+    y : ndarray of shape (n_samples,)
+        0/1 outcomes.
+    sample_weight : ndarray of shape (n_samples,), optional
+    """
+    s = np.asarray(score, dtype=np.float64)
+    yb = np.asarray(y) == 1
+    keep = np.ones_like(yb) if sample_weight is None else np.asarray(sample_weight) > 0
+    pos, neg = s[yb & keep], s[~yb & keep]
+    return bool(pos.size and neg.size and neg.max() <= pos.min())
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vigil.calibration._base import CalibrationWarning, Calibrator, MinimumSamples
-from vigil.calibration._logistic import EPS, fit_logistic, logit, sigmoid
+from vigil.calibration._logistic import EPS, fit_logistic, logit, separated, sigmoid
 
 __all__ = ["BetaCalibration", "InTheLarge", "LogisticCalibration"]
 
@@ -80,6 +80,19 @@ class InTheLarge(Calibrator):
         return sigmoid(self.intercept_ + logit(p))
 
 
+def _warn_if_separated(p: NDArray[np.float64], y: NDArray[np.int8],
+                       w: NDArray[np.float64] | None) -> None:
+    """Warn that the fit data are separated by the score (:func:`separated`): a near-step map."""
+    if separated(p, y, w):
+        warnings.warn(
+            "the model's scores separate the outcomes of the fit data perfectly (no negative "
+            "scores above a positive): the maximum-likelihood map has no finite slope and the "
+            "fitted one is a near step; fit on more labelled data, or use --method in-the-large",
+            CalibrationWarning,
+            stacklevel=4,
+        )
+
+
 class LogisticCalibration(Calibrator):
     """Logistic recalibration (Platt scaling on the logit): intercept and slope.
 
@@ -110,6 +123,7 @@ class LogisticCalibration(Calibrator):
     def _fit(
         self, p: NDArray[np.float64], y: NDArray[np.int8], w: NDArray[np.float64] | None
     ) -> None:
+        _warn_if_separated(p, y, w)
         fit = fit_logistic(logit(p)[:, None], y, sample_weight=w, nonnegative=(0,))
         self.intercept_ = fit.intercept
         self.slope_ = float(fit.coef[0])
@@ -158,6 +172,7 @@ class BetaCalibration(Calibrator):
     def _fit(
         self, p: NDArray[np.float64], y: NDArray[np.int8], w: NDArray[np.float64] | None
     ) -> None:
+        _warn_if_separated(p, y, w)
         fit = fit_logistic(self._columns(p), y, sample_weight=w, nonnegative=(0, 1))
         self.a_, self.b_ = float(fit.coef[0]), float(fit.coef[1])
         self.c_ = fit.intercept
