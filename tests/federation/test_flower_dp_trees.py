@@ -205,7 +205,7 @@ def test_run_settings_carry_the_dp_tree_settings_and_default_to_os_noise() -> No
     assert default.tree_dp == TreeDPSettings(seed=3, seeded_noise=False)
     assert RunSettings.from_run_config(_run_config(default)) == default
     # the network gets (1 - share) of epsilon; the site is built with it
-    assert default.site_options()["dp"].target_epsilon == pytest.approx(4.0)
+    assert default.site_options()["dp"].target_epsilon == pytest.approx(8.0 * (1 - 0.3))
     with pytest.raises(ConfigError, match="DP tree settings only with trees and DP-SGD"):
         dataclasses.replace(_settings(), trees=None)
     # the coordinator's floor needs only the declared rows
