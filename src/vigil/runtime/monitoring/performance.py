@@ -27,6 +27,7 @@ cycle. It keeps the last ``window_hours`` of them and measures:
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections import deque
@@ -37,11 +38,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from vigil.calibration import LogisticCalibration
+from vigil.calibration import CalibrationWarning, LogisticCalibration
 from vigil.calibration.metrics import calibration_intercept_slope
 from vigil.core.errors import DataError
 from vigil.runtime.monitoring.alarms import AlarmKind, Finding, Severity
 from vigil.runtime.monitoring.detectors import Adwin
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["SEPSIS_WORDING", "FrameLabels", "LabelSource", "PerformanceMonitor", "WindowMetrics",
            "Wording", "clustered_auroc"]
@@ -298,7 +301,12 @@ class PerformanceMonitor:
         y = np.concatenate([b[3] for b in self._batches])
         if min(int(y.sum()), int(y.size - y.sum())) < 2 * self.min_events:
             return
-        self.site_map = LogisticCalibration().fit(p, y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CalibrationWarning)
+            self.site_map = LogisticCalibration().fit(p, y)
+        if caught:  # e.g. a first window the scores separate: the map is a near step
+            _log.warning("performance monitor: the site's reference map on its first labelled "
+                         "window: %s", caught[0].message)
 
     def metrics(self) -> WindowMetrics | None:
         """Metrics of the current window (None before any labelled hour)."""
