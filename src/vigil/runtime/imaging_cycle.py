@@ -3,7 +3,10 @@
 Pure orchestration over a :class:`~vigil.runtime.study_contracts.StudySource`, the live
 imaging models (active and shadow, from the registry), and
 :class:`~vigil.runtime.study_contracts.StudySink` s; no torch. One :meth:`ImagingRunner.run`
-works through the source from its stored cursor, one page at a time:
+works through the source from its stored cursor, one page at a time, reading it through
+a page reader (:mod:`vigil.runtime.study_prefetch`: by default a worker thread polls the
+next page and fetches its studies while the current page is processed; it only reads
+the source, so nothing below changes):
 
 1. each study of the page is fetched and read by :func:`vigil.runtime.images.read_instances`
    (the reader ``vigil evaluate --images`` uses); an instance the pixel chain refuses is
@@ -33,7 +36,9 @@ page; the page is read again and its studies scored and written again, and sinks
 idempotent (deterministic ids), so the retry replaces what the crashed run wrote. A
 sink that fails marks the study ``retry`` (its score is recorded once, never counted
 twice); the next run fetches, scores and writes it again before polling. A failing
-source (the PACS is down) ends the run with ``error`` set and the cursor unmoved.
+source (the PACS is down) ends the run with ``error`` set and the cursor unmoved, whether
+the failing call ran ahead in the prefetch worker or not (its error is raised where the
+sequential cycle would have made the call); pages fetched ahead are never committed.
 """
 
 from __future__ import annotations
@@ -65,11 +70,13 @@ from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.store import StateStore
 from vigil.runtime.study_contracts import (
     InstanceRecord,
+    StudyInstance,
     StudyRef,
     StudyScore,
     StudySink,
     StudySource,
 )
+from vigil.runtime.study_prefetch import DEFAULT_MAX_BYTES, open_pages
 
 __all__ = ["ImagingResult", "ImagingRunner", "binary_only", "site_threshold", "skip_instance"]
 
@@ -193,6 +200,11 @@ class ImagingRunner:
         Called with each recorded score (metrics).
     clock : callable, optional
         Now, timezone-aware.
+    prefetch : bool, optional
+        Poll and fetch the next page while the current one is processed
+        (:mod:`vigil.runtime.study_prefetch`; default True).
+    prefetch_bytes : int, optional
+        Instance bytes fetched ahead at most (at least one study).
     """
 
     def __init__(
@@ -201,6 +213,7 @@ class ImagingRunner:
         page_limit: int = 50, retention_hours: float | None = None, site_id: str | None = None,
         on_study: Callable[[StudyScore, str | None], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        prefetch: bool = True, prefetch_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.store, self.source, self.sinks = store, source, tuple(sinks)
         self.models = models
@@ -211,6 +224,7 @@ class ImagingRunner:
         self.site_id = site_id
         self.on_study = on_study
         self.clock = clock
+        self.prefetch, self.prefetch_bytes = prefetch, prefetch_bytes
 
     @property
     def cursor(self) -> str | None:
@@ -249,16 +263,20 @@ class ImagingRunner:
                 done = self._page(part, models, result, force=True)
                 self._commit(self._end_page(done, result), None, result)
                 result.retried += len(part)
-            while (max_pages is None or result.pages < max_pages) and not (stop and stop()):
-                page = self.source.poll(result.cursor, limit=self.page_limit)
-                self._begin_page()
-                done = self._page(page.studies, models, result)
-                self._commit(self._end_page(done, result), page.cursor, result)
-                result.pages += 1
-                result.studies += len(page.studies)
-                result.cursor = page.cursor
-                if page.done or not page.studies:
-                    break
+            with open_pages(self.source, result.cursor, limit=self.page_limit,
+                            prefetch=self.prefetch, max_bytes=self.prefetch_bytes) as pages:
+                while ((max_pages is None or result.pages < max_pages)
+                       and not (stop and stop())):
+                    page = pages.next_page(more=max_pages is None
+                                           or result.pages + 1 < max_pages)
+                    self._begin_page()
+                    done = self._page(page.studies, models, result, fetch=pages.fetch)
+                    self._commit(self._end_page(done, result), page.cursor, result)
+                    result.pages += 1
+                    result.studies += len(page.studies)
+                    result.cursor = page.cursor
+                    if page.done or not page.studies:
+                        break
         except Exception as exc:  # noqa: BLE001 - a source failure ends the run, not the service
             # vigil's own messages carry no identifier; a library's may (a WADO URL holds UIDs)
             detail = f": {_first_line(exc)}" if isinstance(exc, VigilError) else ""
@@ -324,10 +342,18 @@ class ImagingRunner:
                     self.on_study(r.score, r.error)
 
     def _page(self, refs: Sequence[StudyRef], models: list[LiveModel], result: ImagingResult,
-              *, force: bool = False) -> list[list[_Recorded]]:
-        """Score a page: read each study, one ONNX call per model for the page, then write."""
+              *, force: bool = False,
+              fetch: Callable[[StudyRef], list[StudyInstance]] | None = None,
+              ) -> list[list[_Recorded]]:
+        """Score a page: read each study, one ONNX call per model for the page, then write.
+
+        ``fetch``: where the studies' instances come from (the page reader's, in page
+        order; default the source's).
+        """
+        fetch = fetch or self.source.fetch
         pending = [p for ref in refs
-                   if (p := self._prepare(ref, models, result, force=force)) is not None]
+                   if (p := self._prepare(ref, fetch(ref), models, result, force=force))
+                   is not None]
         raw: dict[tuple[int, int], np.ndarray] = {}
         for j, m in enumerate(models):
             users = [i for i, p in enumerate(pending) if any(w is m for w in p.wanted)]
@@ -356,16 +382,15 @@ class ImagingRunner:
             done.append(recorded)
         return done
 
-    def _prepare(self, ref: StudyRef, models: list[LiveModel], result: ImagingResult, *,
-                 force: bool = False) -> _Pending | None:
-        """Fetch and read a study for every model that has not recorded it as it is now.
+    def _prepare(self, ref: StudyRef, instances: list[StudyInstance], models: list[LiveModel],
+                 result: ImagingResult, *, force: bool = False) -> _Pending | None:
+        """Read a study's fetched instances for every model that has not recorded it as it is now.
 
         None when no model needs it (``unchanged``). The instances' pixel data are
         dropped once read (the sinks need their headers only), so a page of films
         holds its model inputs, not its pixels.
         """
         rows = study_rows(self.store.conn, ref.study_uid)
-        instances = self.source.fetch(ref)
         reads: dict[int, tuple[InstanceBatch, np.ndarray]] = {}
 
         def read(size: int) -> tuple[InstanceBatch, np.ndarray]:

@@ -143,6 +143,7 @@ class ImagingLoop:
             modalities=s.modalities, page_limit=s.page_limit,
             retention_hours=settings.store.retention_hours,
             site_id=s.site_id or settings.site_id, on_study=metrics.study,
+            prefetch=s.prefetch, prefetch_bytes=s.prefetch_mb * 2**20,
         )
 
     def live_models(self) -> LiveModels:
