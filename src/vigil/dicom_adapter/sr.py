@@ -288,8 +288,13 @@ class SRStudySink:
             sr = build_sr(score, sources, site=self.site, institution_name=self.institution_name)
             data = sr_bytes(sr)
             if not self.templates.known(key):
-                self.templates.learn(key, sr, data, score, scored, uids)
+                self.templates.learn(key, sr, data, score, scored, uids, build=self._build)
         return data
+
+    def _build(self, score: StudyScore, sources: Sequence[Dataset]) -> bytes:
+        """Highdicom + pydicom's bytes of a score's SR (the template's reference)."""
+        return sr_bytes(build_sr(score, sources, site=self.site,
+                                 institution_name=self.institution_name))
 
     def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
         """Encode the SR of ``score`` and store it (errors of ``store`` propagate)."""
