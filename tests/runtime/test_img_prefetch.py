@@ -1,4 +1,7 @@
-"""The imaging cycle with its PACS reads one page ahead: same results, same errors, no leftovers.
+"""The imaging cycle overlapping PACS I/O: same results, same errors, nothing left running.
+
+Reads run one page ahead (``imaging.prefetch``), SR stores behind the page
+(``imaging.writeback.sr_background``).
 
 A mock Orthanc (``httpx.MockTransport``: change feed, bulk lookups, WADO-RS) serves the
 sample studies to the real :class:`OrthancSource`, so the client's retries and backoff
@@ -26,6 +29,7 @@ from vigil.runtime.imaging_cycle import ImagingRunner
 from vigil.runtime.models import install_model, load_live_models
 from vigil.runtime.store import StateStore
 from vigil.runtime.study_prefetch import PrefetchedPages, SequentialPages, open_pages
+from vigil.runtime.write_behind import WriteBehind
 
 BOUNDARY = "vigil-test-boundary"
 
@@ -344,3 +348,74 @@ def test_errors_are_raised_where_the_sequential_reader_raises_them():
                 pages.fetch(page.studies[1])
     assert isinstance(open_pages(Failing(), None, limit=1, prefetch=False), SequentialPages)
     assert no_prefetch_thread()
+
+
+# --- the SR stores run behind the page (imaging.writeback.sr_background) ----------------------
+
+
+def test_write_behind_keeps_order_reports_failures_by_key_and_leaves_no_thread():
+    written: list[bytes] = []
+
+    def write(data: bytes) -> None:
+        time.sleep(0.002)
+        if data == b"bad":
+            raise PACSError("Orthanc answered HTTP 500 to storing an instance")
+        written.append(data)
+
+    behind = WriteBehind(write, name="vigil-test-writes")
+    for i in range(20):
+        behind.submit(f"k{i}", b"bad" if i in (3, 7) else b"%d" % i)
+    failures = behind.drain()
+    assert written == [b"%d" % i for i in range(20) if i not in (3, 7)]  # all done, in order
+    assert sorted(failures) == ["k3", "k7"] and isinstance(failures["k3"], PACSError)
+    assert behind.drain() == {}  # reported once
+    behind.submit("k", b"late")
+    behind.close()  # finishes what is queued
+    assert written[-1] == b"late"
+    assert not any(t.name == "vigil-test-writes" for t in threading.enumerate())
+
+
+@pytest.mark.slow  # four runs with SR building: about 9 s under load
+def test_background_sr_stores_fail_per_study_exactly_as_synchronous_ones(folder_site):
+    """One SR store fails: that study only is marked retry, and the next run writes it once."""
+    from vigil.dicom_adapter.sr import SRStudySink
+
+    tmp_path, _ = folder_site
+    target = str(pydicom.dcmread(sorted((tmp_path / "in").rglob("*.dcm"))[6],
+                                 stop_before_pixels=True).StudyInstanceUID)
+    outcomes = {}
+    for background in (True, False):
+        url = f"sqlite:///{tmp_path / f'sr-{background}.db'}"
+        with StateStore.open(url) as store:
+            install_model(store, SHIPPED, models_dir=tmp_path / f"sr-m-{background}",
+                          public_key=SHIPPED_KEY)
+            stored: list[bytes] = []
+            failing = [True]
+
+            def store_sr(data: bytes, stored=stored, failing=failing) -> None:
+                if failing[0] and target.encode() in data:
+                    raise PACSError("Orthanc answered HTTP 503 to storing an instance")
+                stored.append(data)
+
+            sink = SRStudySink(store_sr, site="s", background=background)
+            source = FolderStudySource(tmp_path / "in", stable_seconds=0,
+                                       clock=lambda: FAR_FUTURE)
+            first = _folder_runner(store, source, sink).run()
+            rows = store.conn.execute("SELECT study_uid, status FROM imaging_studies "
+                                      "WHERE status != 'done'").fetchall()
+            failing[0] = False
+            second = _folder_runner(store, source, sink).run()
+            sink.close()
+            done = store.conn.execute("SELECT COUNT(*) FROM imaging_studies "
+                                      "WHERE status = 'done'").fetchone()[0]
+        sops = sorted(str(pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True)
+                          .SOPInstanceUID) for b in stored)
+        outcomes[background] = (first.to_dict(), rows, second.retried, second.scored,
+                                len(stored), done, sops)
+        outcomes[background][0].pop("duration_s")
+    on, off = outcomes[True], outcomes[False]
+    assert on[:6] == off[:6]
+    assert on[0]["sink_failures"] == 1 and on[1] == [(target, "retry")]
+    assert (on[2], on[3], on[4], on[5]) == (1, 1, 12, 12)  # the one study retried, once
+    assert on[6] == off[6] and len(set(on[6])) == 12  # the same SRs stored, each once
+    assert not any(t.name == "vigil-sr-store" for t in threading.enumerate())

@@ -296,30 +296,42 @@ class ImagingRunner:
                   ) -> list[list[_Recorded]]:
         """Make the sinks' held writes durable (before the page's record); mark failures.
 
-        A sink that fails here failed for every study it was handed in this page: those
-        studies are recorded ``retry`` (their score counted once) and written again at
-        the next run, as for a failed :meth:`StudySink.write`.
+        A sink whose ``end_page`` raises failed for every study it was handed in this
+        page; one whose ``end_page`` returns ``{study_uid: error type}`` (writes it ran
+        in the background) failed for those studies. They are recorded ``retry`` (their
+        score counted once) and written again at the next run, as for a failed
+        :meth:`StudySink.write`.
         """
-        failed = None
+        every: str | None = None
+        some: dict[str, str] = {}
         for sink in self.sinks:
             end = getattr(sink, "end_page", None)
             if end is None:
                 continue
             try:
-                end()
+                failed = end() or {}
             except Exception as exc:  # noqa: BLE001 - as a failed write: retried
-                failed = failed or f"sink {sink.name!r} failed: {type(exc).__name__}"
+                every = every or f"sink {sink.name!r} failed: {type(exc).__name__}"
                 log.warning("imaging sink %r failed at the end of a page (%s); the page's "
                             "studies are retried at the next poll", sink.name,
                             type(exc).__name__)
-        if failed is None:
+                continue
+            for uid, kind in failed.items():
+                some.setdefault(uid, f"sink {sink.name!r} failed: {kind}")
+            if failed:
+                log.warning("imaging sink %r failed for %d studies of a page (%s); they are "
+                            "retried at the next poll", sink.name, len(failed),
+                            ", ".join(sorted(set(failed.values()))))
+        if every is None and not some:
             return done
         out = []
         for recorded in done:
             kept = []
             for r in recorded:
-                if r.error is None and r.score.role == "active" and r.score.sop_instance_uids:
-                    r = _Recorded(r.score, r.records, r.digest, failed)
+                why = every or some.get(r.score.study.study_uid)
+                if (why is not None and r.error is None and r.score.role == "active"
+                        and r.score.sop_instance_uids):
+                    r = _Recorded(r.score, r.records, r.digest, why)
                     result.sink_failures += 1
                 kept.append(r)
             out.append(kept)

@@ -271,7 +271,8 @@ def open_imaging_io(settings: VigilSettings) -> tuple[StudySource, list[StudySin
         if s.writeback.sr:
             from vigil.dicom_adapter.sr import SRStudySink
 
-            sinks.append(SRStudySink(client.store, site=settings.site_id))
+            sinks.append(SRStudySink(client.store, site=settings.site_id,
+                                     background=s.writeback.sr_background))
         source = OrthancSource(client, modalities=s.modalities)
         return (FromNow(source) if s.start == "now" else source), sinks
     from vigil.runtime.folder_studies import FolderStudySource

@@ -47,6 +47,11 @@ class ImagingWriteback(_Section):
     sr: bool = Field(
         default=False, description="A DICOM Structured Report (TID 1500) stored back to the PACS."
     )
+    sr_background: bool = Field(
+        default=True,
+        description="Store the SRs from a worker thread while the next studies are rendered; "
+                    "a page waits for its stores before it is recorded.",
+    )
 
 
 class ImagingSettings(_Section):
