@@ -136,20 +136,6 @@ def _spans(obj: Any, name: str, spans: list[tuple[float, float]]) -> None:
     setattr(obj, name, spanned)
 
 
-def _timed(obj: Any, name: str, bucket: dict[str, float], key: str) -> None:
-    """Wrap ``obj.name`` so its wall time accumulates in ``bucket[key]``."""
-    inner = getattr(obj, name)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            bucket[key] += time.perf_counter() - t
-
-    setattr(obj, name, timed)
-
-
 def runtime_path(server: LocalOrthanc, work: Path, n: int, *, sr: bool = True,
                  prefetch: bool = True, sr_background: bool = True,
                  profile: Path | None = None) -> dict[str, Any]:
@@ -212,16 +198,15 @@ sr_background = {"true" if sr_background else "false"}
     from vigil.runtime import imaging_cycle
     from vigil.runtime.images import ImageScorer
 
-    own = {"read_decode_chain": 0.0, "score_onnx": 0.0, "record": 0.0}
-    _timed(imaging_cycle, "read_instances", own, "read_decode_chain")
-    _timed(ImageScorer, "predict_images", own, "score_onnx")
-    _timed(loop.runner, "_commit", own, "record")
+    own: dict[str, list[tuple[float, float]]] = {
+        "read_decode_chain": [], "score_onnx": [], "record": []}
+    _spans(imaging_cycle, "read_instances", own["read_decode_chain"])
+    _spans(ImageScorer, "predict_images", own["score_onnx"])
+    _spans(loop.runner, "_commit", own["record"])
     for sink in loop.sinks:  # a sink's time includes its PACS requests (the SR store)
-        own[f"sink_{sink.name}"] = 0.0
-        _timed(sink, "write", own, f"sink_{sink.name}")
+        _spans(sink, "write", own.setdefault(f"sink_{sink.name}", []))
         if hasattr(sink, "end_page"):
-            own[f"sink_{sink.name}_end_page"] = 0.0
-            _timed(sink, "end_page", own, f"sink_{sink.name}_end_page")
+            _spans(sink, "end_page", own.setdefault(f"sink_{sink.name}_end_page", []))
     scored = instances = skipped = 0
     quarantined = 0
     profiler = cProfile.Profile() if profile is not None else None
@@ -260,7 +245,7 @@ sr_background = {"true" if sr_background else "false"}
             "fetch_s": busy_seconds(within(fetches)),
             "sr_store_s": busy_seconds(within(stores)),
             "pacs_requests_per_study": len(requests) / max(scored, 1),
-            "own_s": {k: round(v, 3) for k, v in own.items()},
+            "own_s": {k: round(sum(b - a for a, b in v), 3) for k, v in own.items()},
             "fhir_reports": len((work / "out" / "DiagnosticReport.ndjson").read_text()
                                 .splitlines())}
 

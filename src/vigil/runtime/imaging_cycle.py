@@ -77,6 +77,7 @@ from vigil.runtime.study_contracts import (
     StudySource,
 )
 from vigil.runtime.study_prefetch import DEFAULT_MAX_BYTES, open_pages
+from vigil.runtime.study_sinks import begin_page, end_page, write_all
 
 __all__ = ["ImagingResult", "ImagingRunner", "binary_only", "site_threshold", "skip_instance"]
 
@@ -259,7 +260,7 @@ class ImagingRunner:
             retry = retry_studies(self.store.conn, limit=self.retry_limit)
             for lo in range(0, len(retry), self.page_limit):
                 part = retry[lo:lo + self.page_limit]
-                self._begin_page()
+                begin_page(self.sinks)
                 done = self._page(part, models, result, force=True)
                 self._commit(self._end_page(done, result), None, result)
                 result.retried += len(part)
@@ -269,7 +270,7 @@ class ImagingRunner:
                        and not (stop and stop())):
                     page = pages.next_page(more=max_pages is None
                                            or result.pages + 1 < max_pages)
-                    self._begin_page()
+                    begin_page(self.sinks)
                     done = self._page(page.studies, models, result, fetch=pages.fetch)
                     self._commit(self._end_page(done, result), page.cursor, result)
                     result.pages += 1
@@ -286,12 +287,6 @@ class ImagingRunner:
         result.duration_s = time.monotonic() - started
         return result
 
-    def _begin_page(self) -> None:
-        for sink in self.sinks:
-            begin = getattr(sink, "begin_page", None)
-            if begin is not None:
-                begin()
-
     def _end_page(self, done: list[list[_Recorded]], result: ImagingResult
                   ) -> list[list[_Recorded]]:
         """Make the sinks' held writes durable (before the page's record); mark failures.
@@ -302,26 +297,7 @@ class ImagingRunner:
         score counted once) and written again at the next run, as for a failed
         :meth:`StudySink.write`.
         """
-        every: str | None = None
-        some: dict[str, str] = {}
-        for sink in self.sinks:
-            end = getattr(sink, "end_page", None)
-            if end is None:
-                continue
-            try:
-                failed = end() or {}
-            except Exception as exc:  # noqa: BLE001 - as a failed write: retried
-                every = every or f"sink {sink.name!r} failed: {type(exc).__name__}"
-                log.warning("imaging sink %r failed at the end of a page (%s); the page's "
-                            "studies are retried at the next poll", sink.name,
-                            type(exc).__name__)
-                continue
-            for uid, kind in failed.items():
-                some.setdefault(uid, f"sink {sink.name!r} failed: {kind}")
-            if failed:
-                log.warning("imaging sink %r failed for %d studies of a page (%s); they are "
-                            "retried at the next poll", sink.name, len(failed),
-                            ", ".join(sorted(set(failed.values()))))
+        every, some = end_page(self.sinks)
         if every is None and not some:
             return done
         out = []
@@ -388,7 +364,8 @@ class ImagingRunner:
                 batch, histogram = p.reads[_size(m)]
                 score, records = self._score(p.ref, m, batch, histogram, raw[(i, j)], now)
                 result.instances_scored += len(score.sop_instance_uids)
-                error = self._write(score, batch.datasets) if m.row.role == "active" else None
+                error = (write_all(self.sinks, score, batch.datasets)
+                         if m.row.role == "active" else None)
                 result.sink_failures += error is not None
                 recorded.append(_Recorded(score, records, p.digest, error))
             done.append(recorded)
@@ -451,20 +428,6 @@ class ImagingRunner:
                                        np.zeros(N_BINS, dtype=np.int64), nan, nan, reason))
                     for k, reason in batch.quarantined]
         return score, records
-
-    def _write(self, score: StudyScore, sources: Sequence[Dataset]) -> str | None:
-        """Hand a score to every sink; the first failure (one line, no identifier) or None."""
-        if not score.sop_instance_uids:
-            return None  # nothing scored: no report to write
-        failed = None
-        for sink in self.sinks:
-            try:
-                sink.write(score, sources)
-            except Exception as exc:  # noqa: BLE001 - a sink failure marks the study for retry
-                failed = failed or f"sink {sink.name!r} failed: {type(exc).__name__}"
-                log.warning("imaging sink %r failed (%s); the study is retried at the next poll",
-                            sink.name, type(exc).__name__)
-        return failed
 
 
 def _drop_pixels(ds: Dataset) -> None:
