@@ -7,7 +7,9 @@ runtime's own work; done one after the other, the PACS idles while the runtime w
 and the runtime idles while the PACS answers. :class:`PrefetchedPages` overlaps them:
 one worker thread polls the *next* page (from the current page's cursor, which is not
 stored yet) and fetches its studies while the current page is processed. Socket I/O
-releases the GIL and the PACS runs in its own process, so the two proceed together.
+releases the GIL and the PACS runs in its own process, so the two proceed together. (The
+worker and the loop share the Orthanc client: an ``httpx.Client`` "can be shared between
+threads", its documentation says; its connection pool is locked.)
 
 What does not change (the cycle's contract):
 
