@@ -205,8 +205,12 @@ class ImagingLoop:
                 "last_good_poll_age_s": None if age is None else round(age, 1)}
 
     def close(self) -> None:
-        """Close the loop's store connection and whatever the source and sinks hold."""
-        for part in (self.source, *self.sinks):
+        """Close the loop's store connection and whatever the sinks and the source hold.
+
+        The sinks first: an SR sink storing in the background finishes its queued stores
+        through the PACS connection the source then closes.
+        """
+        for part in (*self.sinks, self.source):
             close = getattr(part, "close", None)
             if close is not None:
                 close()
