@@ -419,3 +419,46 @@ def test_background_sr_stores_fail_per_study_exactly_as_synchronous_ones(folder_
     assert (on[2], on[3], on[4], on[5]) == (1, 1, 12, 12)  # the one study retried, once
     assert on[6] == off[6] and len(set(on[6])) == 12  # the same SRs stored, each once
     assert not any(t.name == "vigil-sr-store" for t in threading.enumerate())
+
+
+@pytest.mark.slow  # SR building for two runs: about 6 s under load
+def test_a_crash_with_sr_stores_in_flight_replays_the_page_and_stores_each_sr_once(folder_site):
+    """Killed after page 1's writes, its SR stores still queued: close finishes them, the
+    restart replays the page, and the PACS (keeping the first copy of a UID) holds each once."""
+    from vigil.dicom_adapter.sr import SRStudySink
+
+    tmp_path, url = folder_site
+    pacs: dict[str, bytes] = {}  # SOPInstanceUID -> first bytes stored, as Orthanc keeps them
+    gate = threading.Event()
+
+    def store_sr(data: bytes) -> None:
+        gate.wait(5)  # stores stay in flight until the crash has happened
+        uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+        pacs.setdefault(uid, data)
+
+    class Killer(RecordingSink):
+        def write(self, score, sources) -> None:
+            super().write(score, sources)
+            if self.writes == 3:
+                raise KeyboardInterrupt("killed with SR stores in flight")
+
+    sr = SRStudySink(store_sr, site="s", background=True)
+    with StateStore.open(url) as store:
+        source = FolderStudySource(tmp_path / "in", stable_seconds=0, clock=lambda: FAR_FUTURE)
+        with pytest.raises(KeyboardInterrupt):
+            ImagingRunner(store=store, source=source, sinks=[sr, Killer()], page_limit=5,
+                          models=lambda: load_live_models(store, public_key=None,
+                                                          task="imaging")).run()
+        assert store.conn.execute("SELECT COUNT(*) FROM imaging_studies").fetchone()[0] == 0
+        gate.set()
+        sr.close()  # the loop's close: the queued stores finish, the worker stops
+        assert len(pacs) == 3 and not any(t.name == "vigil-sr-store"
+                                          for t in threading.enumerate())
+        again = SRStudySink(store_sr, site="s", background=True)
+        result = _folder_runner(store, source, again).run()
+        again.close()
+        n = store.conn.execute("SELECT COUNT(*) FROM imaging_studies WHERE status = 'done'"
+                               ).fetchone()[0]
+    assert result.ok and result.scored == 12 and n == 12 and result.sink_failures == 0
+    assert len(pacs) == 12  # each study's SR once (the crashed page's 3 kept their first copy)
+    assert no_prefetch_thread()
