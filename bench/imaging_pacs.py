@@ -14,15 +14,21 @@ left to turn stable. Then:
     change feed, WADO-RS, pydicom decode and quarantine, the pixel chain, onnxruntime
     with ``models/imaging-federated`` on one thread, the state store, and the write-back:
     a TID 1500 SR per study stored back into Orthanc and a FHIR DiagnosticReport +
-    Observation to NDJSON), until every study is scored. PACS I/O is the wall time
-    inside the Orthanc client's HTTP requests;
+    Observation to NDJSON), until every study is scored. The loop reads the PACS one
+    page ahead in a worker thread (``imaging.prefetch``, default on; ``--no-prefetch``
+    turns it off) and stores the SRs from another (``imaging.writeback.sr_background``;
+    ``--no-sr-background``), so PACS requests overlap the runtime's own work;
 (a) runs twice before (b) (after (b) every study also holds its SR, so a retrieval then
     would move twice the instances); the mean of both runs is the PACS rate.
 
-Printed: both rates, their ratio, and the runtime's share beyond PACS I/O two ways:
-``share_beyond_pacs_io`` = (runtime − time in PACS requests) / runtime (the issue's
-target ≤ 0.25), and the stricter ``share_beyond_fetch`` = (runtime − WADO-RS fetch) /
-runtime (counting the change feed and the SR store as the runtime's).
+Printed: both rates and their ratio (``runtime_over_pacs``: the loop's studies/s over
+Orthanc's own WADO-RS studies/s, same run), and the runtime's share beyond PACS I/O:
+``share_beyond_pacs_io`` = the fraction of the loop's wall time during which **no** PACS
+request is in flight in any thread (one minus the length of the union of every
+request's interval, over the loop's wall time; the issue's target ≤ 0.25). With the
+prefetch the requests overlap the runtime's work, so time "inside a request" no longer
+partitions the loop; the union does. ``share_beyond_fetch``: the same with WADO-RS
+retrievals only (the change feed, lookups and SR store counted as the runtime's).
 Wall-clock times (``time.perf_counter``): the work is I/O; the machine is shared.
 
 ``--film-size PX`` measures realistically sized films: every test image upscaled
@@ -33,14 +39,18 @@ Also printed: Orthanc requests per scored study, and the runtime's own time by s
 (read + decode + pixel chain, ONNX scoring, sinks, the store's record).
 
 Usage: ``nice -n 10 .venv/bin/python bench/imaging_pacs.py [--data NPZ|sample] [--json]
-[--no-sr] [--film-size PX] [--limit N]``
+[--no-sr] [--no-prefetch] [--no-sr-background] [--film-size PX] [--limit N]
+[--profile FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,27 +111,40 @@ def upscale(images: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(images[:, rows][:, :, cols])
 
 
-def _timed(obj: Any, name: str, bucket: dict[str, float], key: str) -> None:
-    """Wrap ``obj.name`` so its wall time accumulates in ``bucket[key]``."""
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals (overlapping requests counted once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def _spans(obj: Any, name: str, spans: list[tuple[float, float]]) -> None:
+    """Wrap ``obj.name`` so each call's ``(start, end)`` is appended to ``spans`` (any thread)."""
     inner = getattr(obj, name)
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
+    def spanned(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
             return inner(*args, **kwargs)
         finally:
-            bucket[key] += time.perf_counter() - t
+            spans.append((t, time.perf_counter()))  # list.append is atomic
 
-    setattr(obj, name, timed)
+    setattr(obj, name, spanned)
 
 
-def runtime_path(server: LocalOrthanc, work: Path, n: int, *, sr: bool = True) -> dict[str, Any]:
+def runtime_path(server: LocalOrthanc, work: Path, n: int, *, sr: bool = True,
+                 prefetch: bool = True, sr_background: bool = True,
+                 profile: Path | None = None) -> dict[str, Any]:
     """The imaging loop ``vigil serve`` runs, built from a site.toml, until ``n`` studies scored.
 
     Orthanc source from the feed's beginning, FHIR DiagnosticReport + Observation to NDJSON
-    and a TID 1500 SR stored back into Orthanc per study. PACS I/O = wall time inside the
-    client's HTTP requests (change feed, study lookups, WADO-RS, SR store); the rest is the
-    runtime's own work (decode, chain, scoring, SR and FHIR building, the state store).
+    and a TID 1500 SR stored back into Orthanc per study. Every HTTP request to the PACS
+    (change feed, study lookups, WADO-RS, SR store) is recorded as an interval; their
+    union is the PACS I/O time, the rest of the loop's wall time the runtime's alone.
     """
     from vigil.runtime.imaging_service import build_imaging
     from vigil.runtime.models import install_model
@@ -151,9 +174,11 @@ username = "{server.username}"
 password_file = "{secret}"
 start = "beginning"
 page_limit = 50
+prefetch = {"true" if prefetch else "false"}
 [imaging.writeback]
 fhir = true
 sr = {"true" if sr else "false"}
+sr_background = {"true" if sr_background else "false"}
 """)
     (work / "export").mkdir()
     settings = load_settings(config, environ=False)
@@ -162,34 +187,31 @@ sr = {"true" if sr else "false"}
     loop = build_imaging(settings, registry=None)
     if sr:  # highdicom's first import (about 1 s) is start-up, not per-study work
         import highdicom  # noqa: F401
-    io_s = {"pacs_io": 0.0, "fetch": 0.0, "sr_store": 0.0, "requests": 0}
+    requests: list[tuple[float, float]] = []
+    fetches: list[tuple[float, float]] = []
+    stores: list[tuple[float, float]] = []
     client = loop.source.client
-    _timed(client, "_request", io_s, "pacs_io")
-    _timed(client, "retrieve_study", io_s, "fetch")
-    count = client._request
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        io_s["requests"] += 1
-        return count(*args, **kwargs)
-
-    client._request = counted  # type: ignore[method-assign]
+    _spans(client, "_request", requests)
+    _spans(client, "retrieve_study", fetches)
+    _spans(client, "store_status", stores)
     # where the runtime's own time goes (wall time, nested in the loop's)
     from vigil.runtime import imaging_cycle
     from vigil.runtime.images import ImageScorer
 
-    own = {"read_decode_chain": 0.0, "score_onnx": 0.0, "record": 0.0}
-    _timed(imaging_cycle, "read_instances", own, "read_decode_chain")
-    _timed(ImageScorer, "predict_images", own, "score_onnx")
-    _timed(loop.runner, "_commit", own, "record")
+    own: dict[str, list[tuple[float, float]]] = {
+        "read_decode_chain": [], "score_onnx": [], "record": []}
+    _spans(imaging_cycle, "read_instances", own["read_decode_chain"])
+    _spans(ImageScorer, "predict_images", own["score_onnx"])
+    _spans(loop.runner, "_commit", own["record"])
     for sink in loop.sinks:  # a sink's time includes its PACS requests (the SR store)
-        own[f"sink_{sink.name}"] = 0.0
-        _timed(sink, "write", own, f"sink_{sink.name}")
+        _spans(sink, "write", own.setdefault(f"sink_{sink.name}", []))
         if hasattr(sink, "end_page"):
-            own[f"sink_{sink.name}_end_page"] = 0.0
-            _timed(sink, "end_page", own, f"sink_{sink.name}_end_page")
-    _timed(client, "store_status", io_s, "sr_store")
+            _spans(sink, "end_page", own.setdefault(f"sink_{sink.name}_end_page", []))
     scored = instances = skipped = 0
     quarantined = 0
+    profiler = cProfile.Profile() if profile is not None else None
+    if profiler is not None:
+        profiler.enable()
     start = time.perf_counter()
     try:
         while scored < n:
@@ -204,13 +226,26 @@ sr = {"true" if sr else "false"}
                 raise SystemExit(f"only {scored} of {n} studies scored in 300 s")
     finally:
         seconds = time.perf_counter() - start
+        end = start + seconds
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         loop.close()
+        if any(t.name == "vigil-pacs-prefetch" for t in threading.enumerate()):
+            raise SystemExit("the prefetch worker outlived the loop")
+
+    def within(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return [(max(a, start), min(b, end)) for a, b in spans if b > start and a < end]
+
     return {"seconds": seconds, "studies": scored, "instances": instances,
             "quarantined": quarantined, "studies_per_s": scored / seconds,
-            "pacs_io_s": io_s["pacs_io"], "fetch_s": io_s["fetch"],
-            "sr_store_s": io_s["sr_store"],
-            "pacs_requests_per_study": io_s["requests"] / max(scored, 1),
-            "own_s": {k: round(v, 3) for k, v in own.items()},
+            "prefetch": prefetch, "sr_background": sr_background,
+            "pacs_io_s": busy_seconds(within(requests)),
+            "pacs_request_s_summed": sum(b - a for a, b in within(requests)),
+            "fetch_s": busy_seconds(within(fetches)),
+            "sr_store_s": busy_seconds(within(stores)),
+            "pacs_requests_per_study": len(requests) / max(scored, 1),
+            "own_s": {k: round(sum(b - a for a, b in v), 3) for k, v in own.items()},
             "fhir_reports": len((work / "out" / "DiagnosticReport.ndjson").read_text()
                                 .splitlines())}
 
@@ -222,6 +257,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--no-sr", action="store_true",
                     help="write back FHIR only (no DICOM SR stored to the PACS)")
+    ap.add_argument("--no-prefetch", action="store_true",
+                    help="imaging.prefetch = false: poll and fetch on the loop's own thread")
+    ap.add_argument("--no-sr-background", action="store_true",
+                    help="imaging.writeback.sr_background = false: store each SR before the "
+                         "next study (with --no-prefetch: the loop without any overlap)")
+    ap.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                    help="cProfile the loop's own thread into FILE")
     ap.add_argument("--film-size", type=int, default=0, metavar="PX",
                     help="upscale each image to PX x PX (synthetic films; default: the 28-px "
                          "originals)")
@@ -254,7 +296,10 @@ def main() -> None:
             before = pacs_rate(server, uids)
             after = pacs_rate(server, uids)
             (Path(tmp) / "site").mkdir()
-            runtime = runtime_path(server, Path(tmp) / "site", len(uids), sr=not args.no_sr)
+            runtime = runtime_path(server, Path(tmp) / "site", len(uids), sr=not args.no_sr,
+                                   prefetch=not args.no_prefetch,
+                                   sr_background=not args.no_sr_background,
+                                   profile=args.profile)
     pacs_s = (before["seconds"] + after["seconds"]) / 2
     pacs_per_s = len(uids) / pacs_s
     total = runtime["seconds"]
@@ -277,6 +322,7 @@ def main() -> None:
         "target_share": TARGET_SHARE,
         "met_beyond_fetch": beyond_fetch <= TARGET_SHARE,
         "met_beyond_pacs_io": beyond_io <= TARGET_SHARE,
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "writeback": ("FHIR DiagnosticReport/Observation (NDJSON)" if args.no_sr else
                       "TID 1500 SR stored to Orthanc + FHIR DiagnosticReport/Observation (NDJSON)"),
     }
@@ -285,8 +331,11 @@ def main() -> None:
         return
     print(f"{len(uids)} studies: PACS WADO-RS {pacs_per_s:.1f} studies/s, runtime path "
           f"{runtime['studies_per_s']:.1f} studies/s ({out['runtime_over_pacs']:.2f}x)")
-    print(f"runtime {total:.1f} s, of which PACS requests {runtime['pacs_io_s']:.1f} s "
-          f"(WADO-RS fetch {runtime['fetch_s']:.1f} s)")
+    overlap = [k for k in ("prefetch", "sr_background") if runtime[k]]
+    print(f"loop {total:.1f} s (overlap: {', '.join(overlap) or 'none'}); a PACS "
+          f"request in flight {runtime['pacs_io_s']:.1f} s of it (requests' own times summed "
+          f"{runtime['pacs_request_s_summed']:.1f} s; WADO-RS {runtime['fetch_s']:.1f} s, SR "
+          f"store {runtime['sr_store_s']:.1f} s); load average {out['load_average']}")
     print(f"share beyond fetch {beyond_fetch:.1%}, beyond all PACS I/O {beyond_io:.1%} "
           f"(target <= {TARGET_SHARE:.0%})")
     per = {k: f"{1e3 * v / max(runtime['studies'], 1):.1f} ms" for k, v in runtime["own_s"].items()}

@@ -67,8 +67,45 @@ def test_a_new_shape_is_built_by_highdicom_and_then_templated() -> None:
     for score in (score_of(one, [0.9]), score_of(two, [0.8]), score_of(two, [0.1])):
         assert sink.encode(score, two if score.study_probability < 0.9 else one) == golden(
             score, two if score.study_probability < 0.9 else one, sink)
-    # positive twice (one shape), then negative (a second shape)
-    assert (sink.templates.compiled, sink.templates.hits) == (2, 1)
+    # one shape: the decision (positive twice, then negative) is a value of the template
+    assert (sink.templates.compiled, sink.templates.hits) == (1, 2)
+
+
+def test_decisions_and_scanners_equipment_are_values_not_shapes() -> None:
+    """Four scanners' equipment (names of other lengths, one empty), both decisions: one build."""
+    sink = SRStudySink(lambda _: None, site="hospital-a", institution_name="General")
+    equipment = [("Acme Medical", "CR-1"), ("Be Imaging Systems GmbH", "STATION-LONG-16C"),
+                 ("X", ""), ("Acme Medical", "CR-2")]
+    for k in range(8):
+        sources = varied_study(10 + 2 * k, 1)  # same character set (k % 4 != 3) throughout
+        manufacturer, station = equipment[k % 4]
+        for ds in sources:
+            ds.Manufacturer, ds.StationName = manufacturer, station
+            ds.SoftwareVersions = ["1.0", f"fw {k}"] if k % 2 else f"v{k}"
+        score = score_of(sources, [0.9 if k % 3 else 0.1])
+        assert sink.encode(score, sources) == golden(score, sources, sink), k
+    # the empty StationName is part of the shape (one more), the rest are values
+    assert (sink.templates.compiled, sink.templates.refused) == (2, 0)
+    assert sink.templates.hits == 6
+
+
+def test_a_template_that_misses_the_second_build_is_never_used(monkeypatch) -> None:
+    """The second check (every value slot changed) is real: a divergent build refuses the shape."""
+    sink = SRStudySink(lambda _: None, site="hospital-a")
+    sources = varied_study(5, 1)
+    real = sink._build
+    builds = []
+
+    def divergent(score, srcs):
+        builds.append(score.positive)
+        return real(score, srcs) + (b"x" if len(builds) == 1 else b"")
+
+    monkeypatch.setattr(sink, "_build", divergent)
+    score = score_of(sources, [0.9])
+    for _ in range(2):
+        assert sink.encode(score, sources) == golden(score, sources, sink)
+    assert builds == [False]  # the variant has the opposite decision
+    assert (sink.templates.compiled, sink.templates.refused, sink.templates.hits) == (0, 1, 0)
 
 
 def test_a_template_that_cannot_reproduce_its_sr_is_never_used(monkeypatch) -> None:

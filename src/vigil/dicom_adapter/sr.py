@@ -253,16 +253,25 @@ class SRStudySink:
         InstitutionName written in the SR.
     include_shadow : bool, optional
         Also write shadow models' scores (default False).
+    background : bool, optional
+        Store from a worker thread (:class:`~vigil.runtime.write_behind.WriteBehind`)
+        while the caller goes on; :meth:`end_page` waits for the stores and names the
+        studies whose store failed (default False: :meth:`write` stores before it
+        returns).
     """
 
     name = "dicom-sr"
 
     def __init__(self, store: Callable[[bytes], None], *, site: str,
-                 institution_name: str | None = None, include_shadow: bool = False) -> None:
+                 institution_name: str | None = None, include_shadow: bool = False,
+                 background: bool = False) -> None:
+        from vigil.runtime.write_behind import WriteBehind
+
         self.store = store
         self.site = site
         self.institution_name = institution_name
         self.include_shadow = include_shadow
+        self._behind = WriteBehind(store, name="vigil-sr-store") if background else None
         self.templates = SRTemplates()
         """Compiled SRs by shape (:mod:`vigil.dicom_adapter.sr_template`)."""
 
@@ -288,11 +297,44 @@ class SRStudySink:
             sr = build_sr(score, sources, site=self.site, institution_name=self.institution_name)
             data = sr_bytes(sr)
             if not self.templates.known(key):
-                self.templates.learn(key, sr, data, score, scored, uids)
+                self.templates.learn(key, sr, data, score, scored, uids, build=self._build)
         return data
 
+    def _build(self, score: StudyScore, sources: Sequence[Dataset]) -> bytes:
+        """Highdicom + pydicom's bytes of a score's SR (the template's reference)."""
+        return sr_bytes(build_sr(score, sources, site=self.site,
+                                 institution_name=self.institution_name))
+
     def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
-        """Encode the SR of ``score`` and store it (errors of ``store`` propagate)."""
+        """Encode the SR of ``score`` and store it (errors of ``store`` propagate).
+
+        In the background (``background=True``) the store is queued and its error is
+        reported by :meth:`end_page`; an error encoding the SR still raises here.
+        """
         data = self.encode(score, sources)
-        if data is not None:
+        if data is None:
+            return
+        if self._behind is None:
             self.store(data)
+        else:
+            self._behind.submit(score.study.study_uid, data)
+
+    def begin_page(self) -> None:
+        """Wait for background stores left by a page that ended in an error (not reported)."""
+        if self._behind is not None:
+            self._behind.drain()
+
+    def end_page(self) -> dict[str, str]:
+        """Wait for the page's background stores; the failed ones' error types by study UID.
+
+        The imaging cycle marks those studies for retry, as for a :meth:`write` that
+        raised (empty without ``background``).
+        """
+        if self._behind is None:
+            return {}
+        return {uid: type(exc).__name__ for uid, exc in self._behind.drain().items()}
+
+    def close(self) -> None:
+        """Finish and stop the background stores (their failures are not reported)."""
+        if self._behind is not None:
+            self._behind.close()

@@ -2,10 +2,10 @@
 
 :func:`vigil.dicom_adapter.sr.build_sr` builds each SR with highdicom (content-item
 validation, evidence collection, module copying; ~35 ms) and pydicom writes it (~10 ms).
-Within one *shape* (model name and version, role, decision, the number, SOP classes and
-series grouping of the scored instances, which attributes the first scored instance
-carries, its character set and acquisition equipment) the encoded SR differs between
-studies only in a known set of element values:
+Within one *shape* (model name and version, role, the number, SOP classes and series
+grouping of the scored instances, which attributes the first scored instance carries,
+its character set and which acquisition-equipment attributes it has) the encoded SR
+differs between studies only in a known set of element values:
 
 - the Patient and Study module attributes highdicom copies from the first scored
   instance (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2 and the clinical-trial modules, as
@@ -13,16 +13,25 @@ studies only in a known set of element values:
 - the study's, the SR's (series, instance, tracking) and the scored instances' UIDs;
 - the content, series and instance-creation date and time and every
   ContributionDateTime (the scoring time in UTC);
-- the measurement's NumericValue (DS) and FloatingPointValue (FD), PS3.3 C.18.1.
+- the measurement's NumericValue (DS) and FloatingPointValue (FD), PS3.3 C.18.1;
+- the qualitative evaluation's concept code, SNOMED CT Present (52101004) or Absent
+  (272519000): its CodeValue and CodeMeaning (PS3.3 8.8, Table 8.8-1a);
+- the source's acquisition equipment highdicom copies into the
+  ContributingEquipmentSequence (PS3.3 C.12.1: Manufacturer, ManufacturerModelName,
+  SoftwareVersions, DeviceSerialNumber, InstitutionName, InstitutionalDepartmentName,
+  InstitutionAddress, StationName).
 
 :class:`SRTemplates` builds the first SR of each shape with highdicom, *compiles* it into
 a tree of constant bytes and value slots (sequences and items keep pydicom's length
 encoding, PS3.5 7.5: lengths are recomputed from their content), and checks that the
-compiled tree renders that very SR byte for byte; a shape whose check fails is never
-templated (highdicom builds every SR of it). Later SRs of a shape are rendered by
-encoding only the slot elements (pydicom's own element writer) and joining bytes.
-Values that would make the slot encoding diverge (a constant holding a per-study UID,
-two per-study UIDs that coincide) also disable the shape.
+compiled tree renders that very SR byte for byte, and a second SR of the same shape that
+highdicom builds with every value slot changed (the opposite decision, another
+probability, other equipment values of other lengths); a shape whose check fails is
+never templated (highdicom builds every SR of it). Later SRs of a shape are rendered by
+encoding only the slot elements (pydicom's own element writer) and joining bytes; the
+file meta group (PS3.10 7.1) likewise, its group length recomputed. Values that would
+make the slot encoding diverge (a constant holding a per-study UID, two per-study UIDs
+that coincide) also disable the shape.
 """
 
 from __future__ import annotations
@@ -30,16 +39,18 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.sr.codedict import codes
 from pydicom.valuerep import DS
 
 if TYPE_CHECKING:
@@ -58,6 +69,12 @@ _EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions", "Devi
               "InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress",
               "StationName")
 """What highdicom's ContributingEquipment.for_image_acquisition copies from the source."""
+_EQUIPMENT_TAGS = {int(tag_for_keyword(k) or 0): k for k in _EQUIPMENT}
+_CODE_VALUE, _CODE_MEANING = 0x00080100, 0x00080104
+_MEDIA_SOP = 0x00020003
+"""MediaStorageSOPInstanceUID."""
+_NONE = object()
+_DECISIONS = {True: codes.SCT.Present, False: codes.SCT.Absent}
 _ITEM, _ITEM_END, _SEQ_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0"
 _UNDEFINED = 0xFFFFFFFF
 
@@ -99,10 +116,10 @@ def shape_key(score: StudyScore, scored: Sequence[Dataset]) -> Hashable:
     series: dict[str, int] = {}
     pattern = tuple(series.setdefault(str(ds.get("SeriesInstanceUID", "")), len(series))
                     for ds in scored)
-    return (score.model_name, score.model_version, score.role, score.positive,
+    return (score.model_name, score.model_version, score.role,
             tuple(str(ds.SOPClassUID) for ds in scored), pattern,
             tuple(int(t) for t in first.keys()), str(first.get("SpecificCharacterSet", "")),
-            tuple(str(first.get(k, "")) for k in _EQUIPMENT), _acquisition_time_known(first))
+            tuple(_filled(first, t) for t in _EQUIPMENT_TAGS), _acquisition_time_known(first))
 
 
 @dataclass(frozen=True)
@@ -229,8 +246,10 @@ def _render(parts: Sequence[Part], values: dict[Hashable, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class _Template:
-    meta: Dataset
     preamble: bytes
+    """The 128-byte preamble, ``DICM`` and the meta group length's tag, VR and length."""
+    meta: list[Part]
+    """The file meta elements after the group length."""
     parts: list[Part]
 
 
@@ -240,9 +259,11 @@ def _values(score: StudyScore, scored: Sequence[Dataset], uids: dict[str, str]
     when = score.scored_at.astimezone(UTC)
     day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
     p = score.study_probability
+    decision = _DECISIONS[score.positive]
     values: dict[Hashable, Any] = {
         "day": day, "clock": clock, "datetime": f"{day}{clock}+0000",
         "ds": DS(p, auto_format=True), "fd": p, ("uid", "study"): score.study.study_uid,
+        ("decision", _CODE_VALUE): decision.value, ("decision", _CODE_MEANING): decision.meaning,
         **{("uid", k): v for k, v in uids.items()}}
     series: dict[str, int] = {}
     for i, ds in enumerate(scored):
@@ -253,7 +274,55 @@ def _values(score: StudyScore, scored: Sequence[Dataset], uids: dict[str, str]
     for tag in _copied_tags(str(first.SOPClassUID)):
         if tag in first:
             values[("src", tag)] = first[tag]
+    for tag in _EQUIPMENT_TAGS:
+        if _filled(first, tag):
+            values[("equip", tag)] = first[tag].value
     return values
+
+
+def _filled(ds: Dataset, tag: int) -> bool:
+    """Whether ``ds`` has a non-empty ``tag`` (an empty one is part of the shape, not a slot)."""
+    if tag not in ds:
+        return False
+    value = ds[tag].value
+    return value is not None and len(value) > 0
+
+
+def _variant(score: StudyScore, scored: Sequence[Dataset]) -> tuple[StudyScore, list[Dataset]]:
+    """Return the same shape with every value slot changed (decision, probability, equipment).
+
+    Used to check a compiled template against a second highdicom build.
+    """
+    flipped = replace(score, probability=np.full_like(score.probability,
+                                                      0.25 if score.positive else 0.75),
+                      threshold=0.5)
+    first = Dataset()  # a new header over the same elements, but the equipment's
+    for element in scored[0]:
+        first.add(element)
+    for i, tag in enumerate(_EQUIPMENT_TAGS):
+        if _filled(first, tag):  # a new element: the source's stays as it is
+            old = first[tag]
+            first.add_new(tag, old.VR, f"check {i}{'x' * (3 - len(str(old.value)) % 3)}")
+    return flipped, [first, *scored[1:]]
+
+
+def _compile_meta(sr: Dataset, sop_uid: str) -> tuple[bytes, list[Part]]:
+    """Compile the file meta group as pydicom writes it: its group length's head, the parts.
+
+    The group length's value (4 bytes) is left out: :meth:`SRTemplates.render` puts the
+    length of the rendered elements there (PS3.10 7.1).
+    """
+    meta = FileMetaDataset(sr.file_meta)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(fp, meta, enforce_standard=True)  # type: ignore[arg-type]
+    written = fp.getvalue()  # ``meta`` now holds what the writer added
+    if "FileMetaInformationGroupLength" in meta:
+        del meta.FileMetaInformationGroupLength
+    parts = _Compiler(lambda depth, elem: "meta_sop" if int(elem.tag) == _MEDIA_SOP else None,
+                      frozenset()).dataset(meta, "iso8859", 0)
+    return written[:8], parts
 
 
 class SRTemplates:
@@ -281,23 +350,23 @@ class SRTemplates:
         self._templates.move_to_end(key)
         self.hits += 1
         values = _values(score, scored, uids)
-        meta = FileMetaDataset(template.meta)  # a new header over the same elements
-        meta.MediaStorageSOPInstanceUID = uids["sop"]
-        fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
-        write_file_meta_info(fp, meta, enforce_standard=True)  # type: ignore[arg-type]
-        return template.preamble + fp.getvalue() + _render(template.parts, values)
+        meta = _render(template.meta, {"meta_sop": uids["sop"]})
+        return (template.preamble + struct.pack("<I", len(meta)) + meta
+                + _render(template.parts, values))
 
     def known(self, key: Hashable) -> bool:
         """Whether ``key`` was compiled (or refused) already."""
         return key in self._templates
 
     def learn(self, key: Hashable, sr: Dataset, data: bytes, score: StudyScore,
-              scored: Sequence[Dataset], uids: dict[str, str]) -> bool:
+              scored: Sequence[Dataset], uids: dict[str, str],
+              build: Callable[[StudyScore, Sequence[Dataset]], bytes]) -> bool:
         """Compile ``sr`` (encoded as ``data`` by highdicom + pydicom) as the shape's template.
 
-        Returns whether the template renders ``data`` byte for byte (else the shape is
-        marked as not templated: highdicom builds each of its SRs).
+        ``build``: highdicom + pydicom's bytes of a score's SR (for the second check).
+        Returns whether the template renders ``data`` and ``build``'s SR of
+        :func:`_variant` byte for byte (else the shape is marked as not templated:
+        highdicom builds each of its SRs).
         """
         values = _values(score, scored, uids)
         by_uid: dict[str, Hashable] = {}
@@ -308,10 +377,16 @@ class SRTemplates:
                 by_uid[str(v)] = name
         src = {name[1] for name in values if isinstance(name, tuple) and name[0] == "src"}
 
+        decision = values[("decision", _CODE_VALUE)], values[("decision", _CODE_MEANING)]
+
         def bind(depth: int, elem: DataElement) -> Hashable | None:
             tag = int(elem.tag)
             if depth == 0 and tag in src:
                 return ("src", tag)
+            if depth > 0 and values.get(("equip", tag), _NONE) == elem.value:
+                return ("equip", tag)  # the source's equipment item, not vigil's own
+            if (tag, elem.value) in ((_CODE_VALUE, decision[0]), (_CODE_MEANING, decision[1])):
+                return ("decision", tag)
             if depth == 0 and tag in _ROOT_DATES:
                 return "day"
             if depth == 0 and tag in _ROOT_TIMES:
@@ -328,14 +403,17 @@ class SRTemplates:
 
         compiler = _Compiler(bind, frozenset(by_uid))
         parts = compiler.dataset(sr, "iso8859", 0)
-        meta = FileMetaDataset(sr.file_meta)
-        template = _Template(meta, bytes(data[:132]), parts)
         if compiler.refused:
             return self._keep(key, None)
-        self._templates[key] = template
+        head, meta = _compile_meta(sr, uids["sop"])
+        self._templates[key] = _Template(bytes(data[:132]) + head, meta, parts)
         ok = self.render(key, score, scored, uids) == data
+        if ok:
+            other, other_scored = _variant(score, scored)
+            ok = self.render(key, other, other_scored, uids) == build(other, other_scored)
+            self.hits -= 1
         self.hits -= 1
-        return self._keep(key, template if ok else None)
+        return self._keep(key, self._templates[key] if ok else None)
 
     def _keep(self, key: Hashable, template: _Template | None) -> bool:
         self._templates[key] = template

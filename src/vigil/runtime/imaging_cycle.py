@@ -3,7 +3,10 @@
 Pure orchestration over a :class:`~vigil.runtime.study_contracts.StudySource`, the live
 imaging models (active and shadow, from the registry), and
 :class:`~vigil.runtime.study_contracts.StudySink` s; no torch. One :meth:`ImagingRunner.run`
-works through the source from its stored cursor, one page at a time:
+works through the source from its stored cursor, one page at a time, reading it through
+a page reader (:mod:`vigil.runtime.study_prefetch`: by default a worker thread polls the
+next page and fetches its studies while the current page is processed; it only reads
+the source, so nothing below changes):
 
 1. each study of the page is fetched and read by :func:`vigil.runtime.images.read_instances`
    (the reader ``vigil evaluate --images`` uses); an instance the pixel chain refuses is
@@ -33,7 +36,9 @@ page; the page is read again and its studies scored and written again, and sinks
 idempotent (deterministic ids), so the retry replaces what the crashed run wrote. A
 sink that fails marks the study ``retry`` (its score is recorded once, never counted
 twice); the next run fetches, scores and writes it again before polling. A failing
-source (the PACS is down) ends the run with ``error`` set and the cursor unmoved.
+source (the PACS is down) ends the run with ``error`` set and the cursor unmoved, whether
+the failing call ran ahead in the prefetch worker or not (its error is raised where the
+sequential cycle would have made the call); pages fetched ahead are never committed.
 """
 
 from __future__ import annotations
@@ -65,11 +70,14 @@ from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.store import StateStore
 from vigil.runtime.study_contracts import (
     InstanceRecord,
+    StudyInstance,
     StudyRef,
     StudyScore,
     StudySink,
     StudySource,
 )
+from vigil.runtime.study_prefetch import DEFAULT_MAX_BYTES, open_pages
+from vigil.runtime.study_sinks import begin_page, end_page, write_all
 
 __all__ = ["ImagingResult", "ImagingRunner", "binary_only", "site_threshold", "skip_instance"]
 
@@ -193,6 +201,11 @@ class ImagingRunner:
         Called with each recorded score (metrics).
     clock : callable, optional
         Now, timezone-aware.
+    prefetch : bool, optional
+        Poll and fetch the next page while the current one is processed
+        (:mod:`vigil.runtime.study_prefetch`; default True).
+    prefetch_bytes : int, optional
+        Instance bytes fetched ahead at most (at least one study).
     """
 
     def __init__(
@@ -201,6 +214,7 @@ class ImagingRunner:
         page_limit: int = 50, retention_hours: float | None = None, site_id: str | None = None,
         on_study: Callable[[StudyScore, str | None], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        prefetch: bool = True, prefetch_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.store, self.source, self.sinks = store, source, tuple(sinks)
         self.models = models
@@ -211,6 +225,7 @@ class ImagingRunner:
         self.site_id = site_id
         self.on_study = on_study
         self.clock = clock
+        self.prefetch, self.prefetch_bytes = prefetch, prefetch_bytes
 
     @property
     def cursor(self) -> str | None:
@@ -245,20 +260,24 @@ class ImagingRunner:
             retry = retry_studies(self.store.conn, limit=self.retry_limit)
             for lo in range(0, len(retry), self.page_limit):
                 part = retry[lo:lo + self.page_limit]
-                self._begin_page()
+                begin_page(self.sinks)
                 done = self._page(part, models, result, force=True)
                 self._commit(self._end_page(done, result), None, result)
                 result.retried += len(part)
-            while (max_pages is None or result.pages < max_pages) and not (stop and stop()):
-                page = self.source.poll(result.cursor, limit=self.page_limit)
-                self._begin_page()
-                done = self._page(page.studies, models, result)
-                self._commit(self._end_page(done, result), page.cursor, result)
-                result.pages += 1
-                result.studies += len(page.studies)
-                result.cursor = page.cursor
-                if page.done or not page.studies:
-                    break
+            with open_pages(self.source, result.cursor, limit=self.page_limit,
+                            prefetch=self.prefetch, max_bytes=self.prefetch_bytes) as pages:
+                while ((max_pages is None or result.pages < max_pages)
+                       and not (stop and stop())):
+                    page = pages.next_page(more=max_pages is None
+                                           or result.pages + 1 < max_pages)
+                    begin_page(self.sinks)
+                    done = self._page(page.studies, models, result, fetch=pages.fetch)
+                    self._commit(self._end_page(done, result), page.cursor, result)
+                    result.pages += 1
+                    result.studies += len(page.studies)
+                    result.cursor = page.cursor
+                    if page.done or not page.studies:
+                        break
         except Exception as exc:  # noqa: BLE001 - a source failure ends the run, not the service
             # vigil's own messages carry no identifier; a library's may (a WADO URL holds UIDs)
             detail = f": {_first_line(exc)}" if isinstance(exc, VigilError) else ""
@@ -268,40 +287,27 @@ class ImagingRunner:
         result.duration_s = time.monotonic() - started
         return result
 
-    def _begin_page(self) -> None:
-        for sink in self.sinks:
-            begin = getattr(sink, "begin_page", None)
-            if begin is not None:
-                begin()
-
     def _end_page(self, done: list[list[_Recorded]], result: ImagingResult
                   ) -> list[list[_Recorded]]:
         """Make the sinks' held writes durable (before the page's record); mark failures.
 
-        A sink that fails here failed for every study it was handed in this page: those
-        studies are recorded ``retry`` (their score counted once) and written again at
-        the next run, as for a failed :meth:`StudySink.write`.
+        A sink whose ``end_page`` raises failed for every study it was handed in this
+        page; one whose ``end_page`` returns ``{study_uid: error type}`` (writes it ran
+        in the background) failed for those studies. They are recorded ``retry`` (their
+        score counted once) and written again at the next run, as for a failed
+        :meth:`StudySink.write`.
         """
-        failed = None
-        for sink in self.sinks:
-            end = getattr(sink, "end_page", None)
-            if end is None:
-                continue
-            try:
-                end()
-            except Exception as exc:  # noqa: BLE001 - as a failed write: retried
-                failed = failed or f"sink {sink.name!r} failed: {type(exc).__name__}"
-                log.warning("imaging sink %r failed at the end of a page (%s); the page's "
-                            "studies are retried at the next poll", sink.name,
-                            type(exc).__name__)
-        if failed is None:
+        every, some = end_page(self.sinks)
+        if every is None and not some:
             return done
         out = []
         for recorded in done:
             kept = []
             for r in recorded:
-                if r.error is None and r.score.role == "active" and r.score.sop_instance_uids:
-                    r = _Recorded(r.score, r.records, r.digest, failed)
+                why = every or some.get(r.score.study.study_uid)
+                if (why is not None and r.error is None and r.score.role == "active"
+                        and r.score.sop_instance_uids):
+                    r = _Recorded(r.score, r.records, r.digest, why)
                     result.sink_failures += 1
                 kept.append(r)
             out.append(kept)
@@ -324,10 +330,18 @@ class ImagingRunner:
                     self.on_study(r.score, r.error)
 
     def _page(self, refs: Sequence[StudyRef], models: list[LiveModel], result: ImagingResult,
-              *, force: bool = False) -> list[list[_Recorded]]:
-        """Score a page: read each study, one ONNX call per model for the page, then write."""
+              *, force: bool = False,
+              fetch: Callable[[StudyRef], list[StudyInstance]] | None = None,
+              ) -> list[list[_Recorded]]:
+        """Score a page: read each study, one ONNX call per model for the page, then write.
+
+        ``fetch``: where the studies' instances come from (the page reader's, in page
+        order; default the source's).
+        """
+        fetch = fetch or self.source.fetch
         pending = [p for ref in refs
-                   if (p := self._prepare(ref, models, result, force=force)) is not None]
+                   if (p := self._prepare(ref, fetch(ref), models, result, force=force))
+                   is not None]
         raw: dict[tuple[int, int], np.ndarray] = {}
         for j, m in enumerate(models):
             users = [i for i, p in enumerate(pending) if any(w is m for w in p.wanted)]
@@ -350,22 +364,22 @@ class ImagingRunner:
                 batch, histogram = p.reads[_size(m)]
                 score, records = self._score(p.ref, m, batch, histogram, raw[(i, j)], now)
                 result.instances_scored += len(score.sop_instance_uids)
-                error = self._write(score, batch.datasets) if m.row.role == "active" else None
+                error = (write_all(self.sinks, score, batch.datasets)
+                         if m.row.role == "active" else None)
                 result.sink_failures += error is not None
                 recorded.append(_Recorded(score, records, p.digest, error))
             done.append(recorded)
         return done
 
-    def _prepare(self, ref: StudyRef, models: list[LiveModel], result: ImagingResult, *,
-                 force: bool = False) -> _Pending | None:
-        """Fetch and read a study for every model that has not recorded it as it is now.
+    def _prepare(self, ref: StudyRef, instances: list[StudyInstance], models: list[LiveModel],
+                 result: ImagingResult, *, force: bool = False) -> _Pending | None:
+        """Read a study's fetched instances for every model that has not recorded it as it is now.
 
         None when no model needs it (``unchanged``). The instances' pixel data are
         dropped once read (the sinks need their headers only), so a page of films
         holds its model inputs, not its pixels.
         """
         rows = study_rows(self.store.conn, ref.study_uid)
-        instances = self.source.fetch(ref)
         reads: dict[int, tuple[InstanceBatch, np.ndarray]] = {}
 
         def read(size: int) -> tuple[InstanceBatch, np.ndarray]:
@@ -414,20 +428,6 @@ class ImagingRunner:
                                        np.zeros(N_BINS, dtype=np.int64), nan, nan, reason))
                     for k, reason in batch.quarantined]
         return score, records
-
-    def _write(self, score: StudyScore, sources: Sequence[Dataset]) -> str | None:
-        """Hand a score to every sink; the first failure (one line, no identifier) or None."""
-        if not score.sop_instance_uids:
-            return None  # nothing scored: no report to write
-        failed = None
-        for sink in self.sinks:
-            try:
-                sink.write(score, sources)
-            except Exception as exc:  # noqa: BLE001 - a sink failure marks the study for retry
-                failed = failed or f"sink {sink.name!r} failed: {type(exc).__name__}"
-                log.warning("imaging sink %r failed (%s); the study is retried at the next poll",
-                            sink.name, type(exc).__name__)
-        return failed
 
 
 def _drop_pixels(ds: Dataset) -> None:

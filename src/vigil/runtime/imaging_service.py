@@ -143,6 +143,7 @@ class ImagingLoop:
             modalities=s.modalities, page_limit=s.page_limit,
             retention_hours=settings.store.retention_hours,
             site_id=s.site_id or settings.site_id, on_study=metrics.study,
+            prefetch=s.prefetch, prefetch_bytes=s.prefetch_mb * 2**20,
         )
 
     def live_models(self) -> LiveModels:
@@ -204,8 +205,12 @@ class ImagingLoop:
                 "last_good_poll_age_s": None if age is None else round(age, 1)}
 
     def close(self) -> None:
-        """Close the loop's store connection and whatever the source and sinks hold."""
-        for part in (self.source, *self.sinks):
+        """Close the loop's store connection and whatever the sinks and the source hold.
+
+        The sinks first: an SR sink storing in the background finishes its queued stores
+        through the PACS connection the source then closes.
+        """
+        for part in (*self.sinks, self.source):
             close = getattr(part, "close", None)
             if close is not None:
                 close()
@@ -270,7 +275,8 @@ def open_imaging_io(settings: VigilSettings) -> tuple[StudySource, list[StudySin
         if s.writeback.sr:
             from vigil.dicom_adapter.sr import SRStudySink
 
-            sinks.append(SRStudySink(client.store, site=settings.site_id))
+            sinks.append(SRStudySink(client.store, site=settings.site_id,
+                                     background=s.writeback.sr_background))
         source = OrthancSource(client, modalities=s.modalities)
         return (FromNow(source) if s.start == "now" else source), sinks
     from vigil.runtime.folder_studies import FolderStudySource

@@ -13,6 +13,7 @@ Part of :class:`vigil.runtime.settings.VigilSettings` (built once with the rest,
     modalities = ["CR", "DX"]
     poll_seconds = 30
     page_limit = 50
+    prefetch = true                    # fetch the next page while this one is scored
     model = "imaging-federated"
 
     [imaging.writeback]
@@ -45,6 +46,11 @@ class ImagingWriteback(_Section):
     )
     sr: bool = Field(
         default=False, description="A DICOM Structured Report (TID 1500) stored back to the PACS."
+    )
+    sr_background: bool = Field(
+        default=True,
+        description="Store the SRs from a worker thread while the next studies are rendered; "
+                    "a page waits for its stores before it is recorded.",
     )
 
 
@@ -83,6 +89,16 @@ class ImagingSettings(_Section):
     poll_seconds: float = Field(default=30.0, ge=1, le=3600, description="Seconds between polls.")
     page_limit: int = Field(
         default=50, ge=1, le=10_000, description="Studies per page (one store transaction)."
+    )
+    prefetch: bool = Field(
+        default=True,
+        description="Poll and fetch the next page of studies from the PACS while the current "
+                    "one is decoded, scored and written back (one worker thread, one page "
+                    "ahead; nothing fetched ahead is committed before its page).",
+    )
+    prefetch_mb: int = Field(
+        default=256, ge=1, le=65_536,
+        description="MiB of fetched instances held ahead at most (always at least one study).",
     )
     model: str | None = Field(
         default=None,
