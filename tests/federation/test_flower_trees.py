@@ -8,6 +8,7 @@ the SuperNode's run state exactly as deployed, without processes.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,51 @@ def test_a_level_request_crosses_the_wire_bit_for_bit(task) -> None:  # noqa: F8
             assert (mine is None) == (theirs is None)
             if mine is not None:
                 _same_trees((mine,), (theirs,))
+
+
+@pytest.mark.slow
+def test_the_retraining_job_on_flower_releases_the_shipped_recipe_with_its_trees(
+    site_dirs, task, tmp_path, monkeypatch  # noqa: F811
+) -> None:  # type: ignore[no-untyped-def]
+    """``engine = "flower"`` with ``[trees]``: network and trees over Flower messages, signed.
+
+    The ServerApp runs over the fake grid in place of ``flwr run`` (the processes are
+    ``test_flower_deploy``'s subject); the settings, the result on disk, its wrapping, the
+    export and the signed release are the retraining job's own.
+    """
+    from vigil.core.package import read_package
+    from vigil.core.signing import generate_keypair
+    from vigil.federation.flower import launch
+    from vigil.federation.flower import runner as flower_runner
+    from vigil.federation.retraining import Engine, load_retrain_config, retrain_once
+
+    def run_on_fake_grid(coordinator, settings, run_dir, **_):  # type: ignore[no-untyped-def]
+        settings = dataclasses.replace(settings, out_dir=str(Path(run_dir) / "result"))
+        return run_serverapp(site_dirs, settings)[1]
+
+    monkeypatch.setattr(flower_runner, "run_on_flower", run_on_fake_grid)
+    monkeypatch.setattr(launch.Coordinator, "from_certs", lambda *a, **k: None)  # no SuperLink
+    private, public = generate_keypair()
+    (tmp_path / "release.pem").write_bytes(private)
+    (tmp_path / "release.pub").write_bytes(public)
+    (tmp_path / "retrain.toml").write_text(
+        'engine = "flower"\nregistry = "registry"\nprivate_key = "release.pem"\n'
+        'name = "sepsis-test"\n[plan]\nrounds = 1\nseed = 3\ntime_budget = 30.0\n'
+        '[model]\nhidden = [8]\n'
+        f'[trees]\nn_trees = {TREES.n_trees}\nmax_depth = {TREES.max_depth}\n'
+        f'n_bins = {TREES.n_bins}\n'
+        '[flower]\nwork = "coord"\ncerts = "pki"\nsites = 3\nwait = 1.0\n')
+    config = load_retrain_config(tmp_path / "retrain.toml")
+    assert config.engine is Engine.FLOWER and config.trees == TREES
+    release = retrain_once(config)
+
+    package = read_package(config.registry / release.version,
+                           public_key=tmp_path / "release.pub")
+    assert release.signed and package.manifest.training["method"].startswith("federated (Flower")
+    assert package.manifest.model_dump()["architecture"]["type"] == "SepsisNet+trees"
+    assert package.manifest.training["boosting"]["n_trees"] == TREES.n_trees
+    # the same model.onnx as the in-process run of the same sites and settings
+    settings = _settings(tmp_path / "reference")
+    (local,) = export_run(_in_process(site_dirs, settings), tmp_path / "local",
+                          name="sepsis-test", version=release.version)
+    assert (package.path / "model.onnx").read_bytes() == (local.path / "model.onnx").read_bytes()
