@@ -19,7 +19,7 @@ def test_default_package_verifies_with_the_release_key_on_the_current_schema():
                        expected_schema_sha256=FEATURE_SCHEMA.sha256)
     m = pkg.manifest
     assert pkg.signed
-    assert (m.name, m.version) == ("sepsis-federated", "1.1.0")
+    assert (m.name, m.version) == ("sepsis-federated", "1.2.0")
     training = m.training
     assert training["strategy"]["name"] == "fedprox" and training["site_scheme"] == "hospital-unit"
     assert sorted(training["sites"]) == ["A-MICU", "A-SICU", "B-MICU", "B-SICU"]
