@@ -11,10 +11,17 @@ per-site AUC and accuracy. For every site and split this prints the largest
 validation threshold) and the decisions that differ; then the pooled test AUC and
 accuracy at the sites' thresholds. The test scores are read, never used for a choice.
 
+``--versus OLD`` also scores another package (a former release) on the same images and
+prints ``package − OLD`` per site and pooled with 95 % paired bootstrap intervals
+(:func:`vigil.federation.image_intervals.paired_interval`, ``--n-boot`` resamples of the test
+images; for accuracy also with each site's validation images resampled and both
+packages' thresholds re-chosen on them).
+
 Usage::
 
     .venv/bin/python bench/imaging_shipped.py --bench grid-shift0.json [--arm fedavg] \
-        [--seed 0] [--model models/imaging-federated] [--sites-cache sites.npz]
+        [--seed 0] [--model models/imaging-federated] [--sites-cache sites.npz] \
+        [--versus OLD_PACKAGE] [--n-boot 2000]
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHARED) if SHARED.is_file() else "sample")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "imaging-federated")
     parser.add_argument("--sites-cache", type=Path)
+    parser.add_argument("--versus", type=Path, help="a former package to compare with")
+    parser.add_argument("--n-boot", type=int, default=2000)
     args = parser.parse_args()
 
     bench = json.loads(args.bench.read_text())
@@ -80,6 +89,45 @@ def main() -> None:
     print(f"\npooled test, each site at its own threshold: AUC {auroc(labels, probability):.4f} "
           f"/ bench {ref['auc']:.4f}, accuracy {np.mean(decided == (labels > 0)):.4f} "
           f"/ bench {ref['accuracy']:.4f} ({labels.size} images)")
+    if args.versus is not None:
+        print("\n" + _versus(package, read_package(args.versus), split, args.n_boot))
+
+
+def _versus(new: Any, old: Any, split: dict[str, Any], n_boot: int) -> str:
+    """Markdown: ``new − old`` per site and pooled, with paired bootstrap intervals."""
+    from vigil.federation.image_intervals import paired_interval
+    from vigil.runtime.images import ImageScorer
+
+    names = {"new": new.manifest.version, "old": old.manifest.version}
+    test: dict[str, Any] = {}
+    valid: dict[str, Any] = {}
+    for arm, package in (("new", new), ("old", old)):
+        scorer = ImageScorer(package, threads=1)
+        thresholds = package.manifest.model_extra["site_thresholds"]
+        test[arm] = {site: {"probability": scorer.predict_images(x),
+                            "threshold": thresholds[site]} for site, x, _ in split["test"]}
+        valid[arm] = {site: {"probability": scorer.predict_images(x)}
+                      for site, x, _ in split["val"]}
+    labels = {site: np.asarray(y).ravel() for site, _, y in split["test"]}
+    valid_labels = {site: np.asarray(y).ravel() for site, _, y in split["val"]}
+    lines = [f"| site | AUC {names['new']} / {names['old']} | difference (95 % paired interval) "
+             f"| accuracy {names['new']} / {names['old']} | difference, thresholds fixed "
+             "| difference, thresholds re-chosen on resampled validation |",
+             "|---|---|---|---|---|---|"]
+    for site in [*labels, "pooled"]:
+        one = {a: paired_interval(labels, [test], a, site=site, n_boot=n_boot)
+               for a in ("new", "old")}
+        fixed = paired_interval(labels, [test], "new", "old", site=site, n_boot=n_boot)
+        rechosen = paired_interval(labels, [test], "new", "old", site=site, n_boot=n_boot,
+                                   valid_labels=valid_labels, valid_runs=[valid])["accuracy"]
+        auc, acc = fixed["auc"], fixed["accuracy"]
+        lines.append(
+            f"| {site} | {one['new']['auc'].value:.3f} / {one['old']['auc'].value:.3f} | "
+            f"{auc.value:+.3f} [{auc.low:+.3f}, {auc.high:+.3f}] | "
+            f"{one['new']['accuracy'].value:.3f} / {one['old']['accuracy'].value:.3f} | "
+            f"{acc.value:+.3f} [{acc.low:+.3f}, {acc.high:+.3f}] | "
+            f"[{rechosen.low:+.3f}, {rechosen.high:+.3f}] |")
+    return "\n".join(lines)
 
 
 def _the_run(runs: list[dict[str, Any]], seed: int, arm: str, path: Path) -> dict[str, Any]:
