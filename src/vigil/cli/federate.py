@@ -181,8 +181,8 @@ def federate(
     dp_delta: DpDeltaOption = None,
     dp_clip: DpClipOption = None,
     rounds: Annotated[
-        int | None, typer.Option(min=1, help="Federated rounds [sepsis 10; imaging 20, the "
-                                             "imaging recipe].")
+        int | None, typer.Option(min=1, help="Federated rounds (default: sepsis 10; imaging "
+                                             "20, the imaging recipe).")
     ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[

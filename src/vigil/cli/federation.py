@@ -307,7 +307,8 @@ def run(
     dp_delta: DpDeltaOption = None,
     dp_clip: DpClipOption = None,
     rounds: Annotated[int | None, typer.Option(
-        min=1, help="Federated rounds [sepsis 10; imaging 20, the imaging recipe].")] = None,
+        min=1, help="Federated rounds (default: sepsis 10; imaging 20, the imaging recipe).")
+    ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Local batch size [sepsis 2048, under --dp-epsilon 4096; imaging 128].")
