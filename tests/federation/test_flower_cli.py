@@ -46,3 +46,35 @@ def test_run_with_dp_trees_refuses_a_bad_split_in_one_line(tmp_path: Path) -> No
     assert result.exit_code == 2, result.output
     assert "expected 0 < tree share < 1" in result.output
     assert "Traceback" not in result.output
+
+
+def test_run_defaults_each_task_to_its_recipe(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No --rounds / --batch-size / --lr: imaging takes IMAGING_RECIPE's, sepsis its own."""
+    from types import SimpleNamespace
+
+    from vigil.cli import federation as federation_cli
+    from vigil.core.errors import ConfigError
+    from vigil.federation.flower import runner
+    from vigil.federation.image_run import IMAGING_RECIPE
+    from vigil.federation.recipes import NON_PRIVATE, SEPSIS_ROUNDS
+
+    seen = []
+
+    def stop(coordinator, settings, run_dir, **_):  # type: ignore[no-untyped-def]
+        seen.append(settings.plan)
+        raise ConfigError("stopped before training", key="test")
+
+    monkeypatch.setattr(federation_cli, "_coordinator",
+                        lambda *a: SimpleNamespace(work_dir=tmp_path / "w"))
+    monkeypatch.setattr(runner, "train_on_flower", stop)
+    for task in ("imaging", "sepsis"):
+        result = CliRunner().invoke(app, [
+            "federation", "run", "--work", str(tmp_path / "w"), "--certs", str(tmp_path / "c"),
+            "--sites", "2", "--out", str(tmp_path / "pkg"), "--task", task])
+        assert result.exit_code == 2 and "stopped before training" in result.output
+    imaging, sepsis = seen
+    assert {k: getattr(imaging, k) for k in IMAGING_RECIPE if k != "max_shift"} == {
+        k: v for k, v in IMAGING_RECIPE.items() if k != "max_shift"}
+    assert imaging.rounds == 20
+    assert (sepsis.rounds, sepsis.batch_size, sepsis.lr, sepsis.keep_by) == (
+        SEPSIS_ROUNDS, NON_PRIVATE.batch_size, NON_PRIVATE.lr, "pooled")

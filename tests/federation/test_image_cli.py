@@ -51,3 +51,21 @@ def test_bad_imaging_options_are_one_line_exit_2(tmp_path, args, message):
     result = runner.invoke(app, ["federate", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_federate_imaging_defaults_to_the_imaging_recipe(tmp_path, monkeypatch):
+    """No --rounds / --batch-size / --lr: the run gets IMAGING_RECIPE's plan (20 rounds)."""
+    from vigil.cli import federate as federate_cli
+    from vigil.federation.image_run import IMAGING_RECIPE
+
+    seen = {}
+    monkeypatch.setattr(federate_cli, "_federate_images", lambda **kw: seen.update(kw))
+    result = runner.invoke(app, ["federate", "--task", "imaging", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    plan = seen["plan"]
+    assert (plan.rounds, plan.local_epochs, plan.batch_size, plan.lr, plan.weight_decay,
+            plan.keep_by) == (20, 1, 128, 1e-3, 1e-4, "site")
+    assert plan.rounds == IMAGING_RECIPE["rounds"]
+    result = runner.invoke(app, ["federate", "--task", "imaging", "--rounds", "3",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0 and seen["plan"].rounds == 3

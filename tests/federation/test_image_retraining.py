@@ -106,3 +106,21 @@ def test_imaging_retraining_refuses_what_it_cannot_release(tmp_path: Path, extra
     with pytest.raises(ConfigError, match=match) as info:
         load_retrain_config(_config(tmp_path, extra))
     assert info.value.key == key
+
+
+def test_imaging_plan_defaults_to_the_imaging_recipe_and_sepsis_keeps_its_rounds(
+        tmp_path: Path) -> None:
+    """Without ``[plan]`` rounds, an imaging job trains the recipe's 20 rounds; sepsis its 10."""
+    from vigil.federation.image_run import IMAGING_RECIPE
+
+    path = tmp_path / "retrain.toml"
+    path.write_text('task = "imaging"\nregistry = "registry"\n[plan]\nbatch_size = 64\n')
+    partial = load_retrain_config(path).plan
+    assert (partial.rounds, partial.batch_size, partial.keep_by) == (20, 64, "site")
+    path.write_text('task = "imaging"\nregistry = "registry"\n')
+    plan = load_retrain_config(path).plan
+    assert {k: getattr(plan, k) for k in IMAGING_RECIPE if k != "max_shift"} == {
+        k: v for k, v in IMAGING_RECIPE.items() if k != "max_shift"}
+    assert IMAGING_RECIPE["rounds"] == 20 and IMAGING_RECIPE["max_shift"] == 0  # choose.txt
+    path.write_text('registry = "registry"\n')
+    assert load_retrain_config(path).plan.rounds == 10

@@ -49,16 +49,17 @@ def _train(out: Path, *, rounds: int, private_key: bytes, log: Log) -> Any:
     from vigil.dicom_adapter.sites import medmnist_sites
     from vigil.federation.driver import Plan
     from vigil.federation.image_export import PARITY_IMAGES
-    from vigil.federation.image_run import export_imaging_run, federate_images
+    from vigil.federation.image_run import IMAGING_RECIPE, export_imaging_run, federate_images
     from vigil.federation.strategies import StrategyName, make_strategy
 
     parts = medmnist_sites(_DATA, seed=0, splits=("train", "val"))
     train = [(s.site, s.inputs, s.labels) for s in parts["train"]]
     valid = [(s.site, s.inputs, s.labels) for s in parts["val"]]
-    plan = Plan(rounds=rounds, local_epochs=1, batch_size=128, lr=1e-3, seed=0,
-                weight_decay=1e-4, keep_by="site")
+    plan = Plan(rounds=rounds, seed=0, **{k: IMAGING_RECIPE[k] for k in (
+        "local_epochs", "batch_size", "lr", "weight_decay", "keep_by")})  # the demo's rounds
     run = federate_images(
         train, valid, strategy=make_strategy(StrategyName.FEDAVG), plan=plan, data="sample",
+        max_shift=IMAGING_RECIPE["max_shift"],
         on_round=lambda r: log(f"  round {r.round}: pooled validation AUROC "
                                f"{r.valid_auroc:.4f}"),
     )

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table
 from vigil.core.errors import ConfigError
-from vigil.federation.recipes import DP_TREE_SHARE, NON_PRIVATE, sepsis_recipe
+from vigil.federation.recipes import DP_TREE_SHARE, NON_PRIVATE, SEPSIS_ROUNDS, sepsis_recipe
 from vigil.federation.strategies import Robust, StrategyName
 
 app = typer.Typer(
@@ -180,7 +180,10 @@ def federate(
     dp_epsilon: DpEpsilonOption = None,
     dp_delta: DpDeltaOption = None,
     dp_clip: DpClipOption = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Federated rounds (default: sepsis 10; imaging "
+                                             "20, the imaging recipe).")
+    ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Local batch size [sepsis 2048, under "
@@ -249,7 +252,7 @@ def federate(
             raise ConfigError("expected --boost-trees 0 with --task imaging (trees are for "
                               f"feature rows); got {boost_trees}", key="boost_trees")
         _federate_images(data=data, strategy=chosen, dp=dp,
-                         plan=_plan(rounds, local_epochs,
+                         plan=_plan(rounds or IMAGING_RECIPE["rounds"], local_epochs,
                                     batch_size or IMAGING_RECIPE["batch_size"],
                                     lr or IMAGING_RECIPE["lr"], seed, min_sites, time_budget,
                                     weight_decay=IMAGING_RECIPE["weight_decay"],
@@ -260,6 +263,7 @@ def federate(
                          version=version, json_out=json_out)
         return
     recipe = sepsis_recipe(private=dp is not None)
+    rounds = SEPSIS_ROUNDS if rounds is None else rounds
     batch_size = recipe.batch_size if batch_size is None else batch_size
     lr = recipe.lr if lr is None else lr
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -306,7 +306,9 @@ def run(
     dp_epsilon: DpEpsilonOption = None,
     dp_delta: DpDeltaOption = None,
     dp_clip: DpClipOption = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    rounds: Annotated[int | None, typer.Option(
+        min=1, help="Federated rounds (default: sepsis 10; imaging 20, the imaging recipe).")
+    ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Local batch size [sepsis 2048, under --dp-epsilon 4096; imaging 128].")
@@ -334,7 +336,8 @@ def run(
     dp_tree_floor: DPTreeFloorOption = 2.0,
     task: Annotated[str, typer.Option(
         help="sepsis or imaging (every SuperNode prepared with `site --task imaging`; "
-             "defaults then: --batch-size 128, --lr 1e-3; GroupNorm CNN under DP-SGD).")
+             "defaults then: the imaging recipe, 20 rounds, --batch-size 128, --lr 1e-3; "
+             "GroupNorm CNN under DP-SGD).")
     ] = "sepsis",
     secure_aggregation: Annotated[bool, typer.Option(
         "--secure-aggregation", help="The coordinator sees only sums across the sites "
@@ -359,12 +362,13 @@ def run(
     from vigil.federation.flower.runner import train_on_flower
     from vigil.federation.flower.settings import RunSettings
     from vigil.federation.image_run import (
+        IMAGING_RECIPE,
         dp_spec,
         export_imaging_run,
         imaging_summary,
         public_check_inputs,
     )
-    from vigil.federation.recipes import sepsis_recipe
+    from vigil.federation.recipes import SEPSIS_ROUNDS, sepsis_recipe
     from vigil.federation.secure_sum import SecureSumSettings
     from vigil.federation.simulation import export_run, run_summary
     from vigil.federation.site import ModelSpec
@@ -375,14 +379,17 @@ def run(
     dp = _dp(dp_epsilon, dp_delta, dp_clip, imaging=imaging)
     recipe = sepsis_recipe(private=dp is not None)
     trees = _boosting(boost_trees, boost_depth, boost_lr, boost_bins, recipe)
+    if rounds is None:
+        rounds = IMAGING_RECIPE["rounds"] if imaging else SEPSIS_ROUNDS
     if batch_size is None:
-        batch_size = 128 if imaging else recipe.batch_size
+        batch_size = IMAGING_RECIPE["batch_size"] if imaging else recipe.batch_size
     if lr is None:
-        lr = 1e-3 if imaging else recipe.lr
+        lr = IMAGING_RECIPE["lr"] if imaging else recipe.lr
     settings = RunSettings(
         plan=Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
                   seed=seed, min_sites=min_sites, time_budget=timeout,
-                  **({"weight_decay": 1e-4, "keep_by": "site"} if imaging else {})),
+                  **({k: IMAGING_RECIPE[k] for k in ("weight_decay", "keep_by")}
+                     if imaging else {})),
         model=ModelSpec(dropout=recipe.dropout),
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),
         dp=dp, sites=sites, wait=wait, trees=trees, task=task, image=dp_spec(dp),

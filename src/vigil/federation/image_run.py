@@ -69,13 +69,17 @@ MULTICLASS_DECISION = (
     "temperature is fitted; the round is kept by pooled validation accuracy)"
 )
 
-IMAGING_RECIPE: dict[str, Any] = {"rounds": 10, "local_epochs": 1, "batch_size": 128,
+IMAGING_RECIPE: dict[str, Any] = {"rounds": 20, "local_epochs": 1, "batch_size": 128,
                                    "lr": 1e-3, "weight_decay": 1e-4, "max_shift": 0,
                                    "keep_by": "site"}
 """The imaging training recipe of the measurement and the shipped model (``docs/imaging.md``):
 local AdamW settings, rounds, the training augmentation (``max_shift`` pixels) and the
 round-keeping rule (:attr:`Plan.keep_by <vigil.federation.driver.Plan>`: the round with
-the best validation accuracy after site calibration)."""
+the best validation accuracy after site calibration). Rounds and ``max_shift`` are the
+federated arms' choice on training seed 0's validation split (``bench/imaging_federated.py
+--choose``: 20 rounds over 10, no augmentation over 2 pixels); the rest is the grid's fixed
+setting. Every command that trains images defaults to it (``vigil federate --task imaging``,
+``vigil federation run --task imaging``, the retraining job's ``[plan]``, the bench)."""
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DP_CLIP", "DP_TREE_SHARE", "NON_PRIVATE", "PRIVATE", "SepsisRecipe", "sepsis_recipe"]
+__all__ = ["DP_CLIP", "DP_TREE_SHARE", "NON_PRIVATE", "PRIVATE", "SEPSIS_ROUNDS", "SepsisRecipe",
+           "sepsis_recipe"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ NON_PRIVATE = SepsisRecipe(batch_size=2048, lr=3e-4, dropout=0.5, tree_depth=6, 
 PRIVATE = SepsisRecipe(batch_size=4096, lr=1e-3, dropout=0.0, tree_depth=4, tree_lr=0.2,
                        tree_bins=32)
 """The recipe chosen on validation patients at epsilon 8 per site."""
+
+SEPSIS_ROUNDS = 10
+"""Federated rounds of a sepsis run that names none (the shipped model's; the imaging
+task's are :data:`vigil.federation.image_run.IMAGING_RECIPE`'s)."""
 
 DP_CLIP = 10.0
 """DP-SGD per-row clipping norm of :data:`PRIVATE`."""

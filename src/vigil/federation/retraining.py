@@ -77,9 +77,10 @@ from vigil.core.errors import ConfigError, VigilError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
-from vigil.federation.image_run import dp_spec
+from vigil.federation.image_run import IMAGING_RECIPE, dp_spec
 from vigil.federation.image_task import check_task
 from vigil.federation.privacy import DPSettings
+from vigil.federation.recipes import SEPSIS_ROUNDS
 from vigil.federation.registry import Registry, Release
 from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
@@ -106,9 +107,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CRON = "0 2 1 1,7 *"
 """02:00 on the first of January and of July: every six months."""
-IMAGING_PLAN = {"batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4, "keep_by": "site"}
-"""``[plan]`` defaults of ``task = "imaging"`` (``vigil federate --task imaging``'s: the
-rounds kept by validation accuracy after site calibration)."""
+IMAGING_PLAN = {k: IMAGING_RECIPE[k] for k in ("rounds", "local_epochs", "batch_size", "lr",
+                                              "weight_decay", "keep_by")}
+"""``[plan]`` defaults of ``task = "imaging"``: the plan part of
+:data:`~vigil.federation.image_run.IMAGING_RECIPE` (``vigil federate --task imaging``'s;
+20 rounds, the round kept by validation accuracy after site calibration). The recipe's
+augmentation (``max_shift``) is not a plan setting: the in-process job passes it."""
 
 
 class Engine(StrEnum):
@@ -274,7 +278,8 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
 
     task = str(raw.get("task", "sepsis"))
     strategy = {"name": "fedavg", **raw.get("strategy", {})}
-    plan = {**(IMAGING_PLAN if task == "imaging" else {}), **raw.get("plan", {"rounds": 10})}
+    plan = ({**IMAGING_PLAN, **raw.get("plan", {})} if task == "imaging"
+            else raw.get("plan", {"rounds": SEPSIS_ROUNDS}))
     model = dict(raw.get("model", {}))
     if "hidden" in model:
         model["hidden"] = tuple(model["hidden"])
@@ -361,6 +366,7 @@ def _train_images(config: RetrainConfig, version: str) -> Any:
     train, valid = ([(s.site, s.inputs, s.labels) for s in parts[k]] for k in ("train", "val"))
     return federate_images(list(train), list(valid), strategy=config.strategy, plan=config.plan,
                            data=Path(data).name, dp=config.dp,
+                           max_shift=IMAGING_RECIPE["max_shift"],
                            ledgers=config.in_process.ledgers, run_id=_run_id(version))
 
 
