@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vigil.core.errors import DataError, VigilError
@@ -31,7 +32,10 @@ __all__ = [
     "setup_logging",
 ]
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, markup=False)
+"""Messages to stderr. Markup is off: an error naming a TOML section (``[fhir]``) or a
+path with brackets prints as written; the two styled prefixes pass ``markup=True`` and
+escape what they interpolate (:func:`styled`)."""
 DATA_HELP = "PhysioNet parquet file, or 'sample' for the bundled sample (env VIGIL_DATA)."
 T = TypeVar("T")
 
@@ -86,8 +90,17 @@ def fail_on_vigil_error() -> Iterator[None]:
         _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space")
 
 
+def styled(prefix: str, message: str) -> str:
+    """Return ``message`` after a rich-markup ``prefix`` (``"[bold red]error:[/]"``), escaped.
+
+    Print it with ``err_console.print(..., markup=True)``.
+    """
+    return f"{prefix} {escape(message)}"
+
+
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(styled("[bold red]error:[/]", message), markup=True, highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(code=2) from None
 
 

@@ -10,7 +10,15 @@ from rich.table import Table
 
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS
 from vigil.calibration.methods import DEFAULT_METHOD
-from vigil.cli._common import DATA_HELP, err_console, guarded, print_json, print_table, read_table
+from vigil.cli._common import (
+    DATA_HELP,
+    err_console,
+    guarded,
+    print_json,
+    print_table,
+    read_table,
+    styled,
+)
 
 _SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
           ("calibration slope", "calibration", "slope"), ("AUROC", "calibration", "auroc"),
@@ -169,7 +177,7 @@ def calibrate(
 
         page = write_report(result, report, site=site_id, model=ref)
     if result.overshoot > TIE_TOLERANCE:
-        err_console.print(f"[yellow]warning:[/] {tie_warning(result)}")
+        err_console.print(styled("[yellow]warning:[/]", tie_warning(result)), markup=True)
     summary = {
         "record": str(out),
         "report": None if page is None else str(page),

@@ -35,7 +35,7 @@ DpDeltaOption = Annotated[
     float | None, typer.Option(help="DP delta (default 1/n, n = a site's training rows).")
 ]
 DpClipOption = Annotated[float | None, typer.Option(
-    help="DP-SGD per-row clipping norm [sepsis 10, imaging 1].")]
+    help="DP-SGD per-row clipping norm \\[sepsis 10, imaging 1].")]
 BoostBinsOption = Annotated[int | None, typer.Option(
     min=2, max=256, help="Bins per feature [64; under --dp-epsilon 32].")]
 DPTreeShareOption = Annotated[float, typer.Option(
@@ -186,11 +186,11 @@ def federate(
     ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Local batch size [sepsis 2048, under "
+        int | None, typer.Option(min=1, help="Local batch size \\[sepsis 2048, under "
                                              "--dp-epsilon 4096; imaging 128].")
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Local AdamW learning rate [sepsis 3e-4, under "
+        float | None, typer.Option(help="Local AdamW learning rate \\[sepsis 3e-4, under "
                                         "--dp-epsilon 1e-3; imaging 1e-3].")
     ] = None,
     hidden: HiddenOption = "256,128",

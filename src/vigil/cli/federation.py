@@ -311,10 +311,10 @@ def run(
     ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     batch_size: Annotated[int | None, typer.Option(
-        min=1, help="Local batch size [sepsis 2048, under --dp-epsilon 4096; imaging 128].")
+        min=1, help="Local batch size \\[sepsis 2048, under --dp-epsilon 4096; imaging 128].")
     ] = None,
     lr: Annotated[float | None, typer.Option(
-        help="Local AdamW learning rate [sepsis 3e-4, under --dp-epsilon 1e-3; imaging 1e-3].")
+        help="Local AdamW learning rate \\[sepsis 3e-4, under --dp-epsilon 1e-3; imaging 1e-3].")
     ] = None,
     min_sites: Annotated[int, typer.Option(min=1, help="Accepted updates a round needs.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds a site has to answer a request "

@@ -25,7 +25,7 @@ def replay(
     fhir_url: Annotated[str | None, typer.Option(help="FHIR server holding the data.")] = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="Site settings (TOML) whose [fhir] section sets the source's options "
+        typer.Option(help="Site settings (TOML) whose \\[fhir] section sets the source's options "
                           "(auth, categories, paging, ICU locations); --fhir-url overrides its "
                           "base_url."),
     ] = None,
