@@ -261,6 +261,19 @@ def test_separated_is_no_negative_above_a_positive():
     assert not separated(np.array([0.9, 0.1]), np.array([0, 1]))  # reversed: slope 0, not a step
 
 
+def test_separated_each_is_separated_for_every_weighting():
+    from vigil.calibration import separated, separated_each
+
+    rng = np.random.default_rng(5)
+    score, y = rng.uniform(size=12), np.r_[np.zeros(6, dtype=np.int8), np.ones(6, dtype=np.int8)]
+    score[6:] += 0.4  # overlapping classes: some resamples separate them, some do not
+    weights = rng.poisson(1.0, size=(300, 12)).astype(np.float64)
+    weights[0, 6:] = 0.0  # a resample without a positive: not separated
+    got = separated_each(score, y, weights)
+    assert got.shape == (300,) and not got[0] and 0 < got.sum() < 300
+    assert got.tolist() == [separated(score, y, w) for w in weights]
+
+
 @pytest.mark.parametrize("cls", [LogisticCalibration, BetaCalibration])
 def test_logistic_maps_on_separated_data_warn_of_a_near_step(cls):
     rng = np.random.default_rng(3)

@@ -1,6 +1,7 @@
 """Site calibration: recalibration maps, threshold policies, the alert policy, records, reports."""
 
 from vigil.calibration._base import CalibrationWarning, Calibrator, MinimumSamples
+from vigil.calibration._logistic import separated, separated_each
 from vigil.calibration.alerts import DEFAULT_SUPPRESSION_HOURS, alert_events, alerts_per_patient_day
 from vigil.calibration.isotonic import IsotonicCalibration
 from vigil.calibration.methods import (
@@ -48,5 +49,7 @@ __all__ = [
     "operating_point",
     "parse_method",
     "parse_policy",
+    "separated",
+    "separated_each",
     "write_record",
 ]

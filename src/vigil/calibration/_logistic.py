@@ -47,15 +47,40 @@ def sigmoid(z: NDArray[np.floating]) -> NDArray[np.float64]:
     return out
 
 
+def separated_each(score: NDArray[np.floating], y: NDArray[np.integer] | NDArray[np.bool_],
+                   weights: NDArray[np.floating]) -> NDArray[np.bool_]:
+    """:func:`separated` for many weightings of the same rows at once (bootstrap resamples).
+
+    Parameters
+    ----------
+    score : ndarray of shape (n_samples,)
+    y : ndarray of shape (n_samples,)
+        0/1 outcomes.
+    weights : ndarray of shape (n_weightings, n_samples)
+        A row counts in a weighting where its weight is > 0.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_weightings,)
+    """
+    s = np.asarray(score, dtype=np.float64)
+    yb = np.asarray(y) == 1
+    drawn = np.asarray(weights) > 0
+    top_negative = np.where(drawn & ~yb, s, -np.inf).max(axis=1)
+    low_positive = np.where(drawn & yb, s, np.inf).min(axis=1)
+    both = (drawn & yb).any(axis=1) & (drawn & ~yb).any(axis=1)
+    return both & (top_negative <= low_positive)
+
+
 def separated(score: NDArray[np.floating], y: NDArray[np.integer] | NDArray[np.floating],
               sample_weight: NDArray[np.floating] | None = None) -> bool:
     """Whether a non-decreasing map of ``score`` separates the outcomes perfectly.
 
-    True when no row with outcome 0 scores above any row with outcome 1
-    (complete or quasi-complete separation, rows of zero weight ignored). A
-    logistic fit increasing in the score then has no finite maximum-likelihood
-    estimate: its slope grows until the iterations stop, and the map is a
-    near step (Albert & Anderson, Biometrika 71:1-10, 1984).
+    True when both outcomes occur and no row with outcome 0 scores above any row
+    with outcome 1 (complete or quasi-complete separation, rows of zero weight
+    ignored). A logistic fit increasing in the score then has no finite
+    maximum-likelihood estimate: its slope grows until the iterations stop, and
+    the map is a near step (Albert & Anderson, Biometrika 71:1-10, 1984).
 
     Parameters
     ----------
@@ -64,11 +89,8 @@ def separated(score: NDArray[np.floating], y: NDArray[np.integer] | NDArray[np.f
         0/1 outcomes.
     sample_weight : ndarray of shape (n_samples,), optional
     """
-    s = np.asarray(score, dtype=np.float64)
-    yb = np.asarray(y) == 1
-    keep = np.ones_like(yb) if sample_weight is None else np.asarray(sample_weight) > 0
-    pos, neg = s[yb & keep], s[~yb & keep]
-    return bool(pos.size and neg.size and neg.max() <= pos.min())
+    w = np.ones(np.shape(score)) if sample_weight is None else np.asarray(sample_weight)
+    return bool(separated_each(score, y, w[np.newaxis])[0])
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vigil.calibration import DEFAULT_METHOD, CalibrationWarning, Method, make_calibrator
+from vigil.calibration import (
+    DEFAULT_METHOD,
+    CalibrationWarning,
+    Method,
+    make_calibrator,
+    separated_each,
+)
 from vigil.core.errors import DataError
 from vigil.features.bootstrap import Estimate, percentile_interval, weighted_auroc
 from vigil.federation.evaluation import SCORE_EDGES
@@ -90,18 +96,6 @@ def _site_predictions(
         raise DataError(f"expected {n_test} test and {n_valid} validation predictions at "
                         f"{site}, got {p_t.size} and {p_v.size}")
     return p_t, p_v
-
-
-def _separated(p_v: NDArray[np.float64], y_v: NDArray[np.bool_],
-               weights: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """(n_rows,): no validation negative scores above a positive on that resample.
-
-    ``weights`` has shape (n_rows, n_valid); an image counts where its weight is > 0.
-    """
-    drawn = weights > 0
-    top_negative = np.where(drawn & ~y_v, p_v, -np.inf).max(axis=1)
-    low_positive = np.where(drawn & y_v, p_v, np.inf).min(axis=1)
-    return top_negative <= low_positive
 
 
 def _fit_site(
@@ -235,7 +229,7 @@ class _Replicates:
             part = slice(self.offsets[i], self.offsets[i + 1])
             p_t, p_v = _site_predictions(self.runs[index], self.valid_runs[index], arm,
                                          self.sites[i], y_t.size, y_v.size)
-            separated |= _separated(p_v, y_v, self.valid_counts[i][:n_rows])
+            separated |= separated_each(p_v, y_v, self.valid_counts[i][:n_rows])
             for b in range(n_rows):
                 try:
                     with warnings.catch_warnings():
