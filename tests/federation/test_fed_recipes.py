@@ -58,3 +58,37 @@ def test_the_private_recipe_is_the_dp_grids_network():
     chosen = {**grid.BASE, **grid.PLANS["lr0.2"]}
     assert (chosen["max_depth"], chosen["learning_rate"], chosen["n_bins"]) == (
         PRIVATE.tree_depth, PRIVATE.tree_lr, PRIVATE.tree_bins)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # sepsis: the shipped model's recipe; with [dp] the one chosen for DP
+    ("", {"rounds": 10, "batch_size": 2048, "lr": 3e-4, "dropout": 0.5, "clip": None,
+          "trees": (6, 0.1, 64)}),
+    ("[dp]\ntarget_epsilon = 8.0\n",
+     {"rounds": 10, "batch_size": 4096, "lr": 1e-3, "dropout": 0.0, "clip": DP_CLIP,
+      "trees": (4, 0.2, 32)}),
+    # what the file sets wins, section by section
+    ("[plan]\nbatch_size = 512\n[model]\ndropout = 0.1\n[dp]\ntarget_epsilon = 8.0\n"
+     "max_grad_norm = 2.0\n",
+     {"rounds": 10, "batch_size": 512, "lr": 1e-3, "dropout": 0.1, "clip": 2.0,
+      "trees": (4, 0.2, 32)}),
+    # imaging: IMAGING_RECIPE; with [dp] IMAGING_DP_RECIPE, clipping norm 1
+    ('task = "imaging"\n', {"rounds": 20, "batch_size": 128, "lr": 1e-3, "clip": None}),
+    ('task = "imaging"\n[dp]\ntarget_epsilon = 8.0\n',
+     {"rounds": 20, "batch_size": 256, "lr": 3e-3, "clip": 1.0}),
+])
+def test_the_retraining_job_falls_back_on_the_command_lines_recipes(
+        tmp_path, text: str, expected: dict) -> None:  # type: ignore[type-arg]
+    from vigil.federation.retraining import load_retrain_config
+
+    trees = "" if 'task = "imaging"' in text else "[trees]\nn_trees = 50\n"
+    (tmp_path / "r.toml").write_text('registry = "reg"\n' + text + trees)
+    config = load_retrain_config(tmp_path / "r.toml")
+    assert (config.plan.rounds, config.plan.batch_size, config.plan.lr) == (
+        expected["rounds"], expected["batch_size"], expected["lr"])
+    assert (None if config.dp is None else config.dp.max_grad_norm) == expected["clip"]
+    if "trees" in expected:
+        assert config.model.dropout == expected["dropout"]
+        assert config.trees is not None and config.trees.n_trees == 50
+        assert (config.trees.max_depth, config.trees.learning_rate,
+                config.trees.n_bins) == expected["trees"]

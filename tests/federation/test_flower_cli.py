@@ -78,3 +78,13 @@ def test_run_defaults_each_task_to_its_recipe(tmp_path: Path, monkeypatch) -> No
     assert imaging.rounds == 20
     assert (sepsis.rounds, sepsis.batch_size, sepsis.lr, sepsis.keep_by) == (
         SEPSIS_ROUNDS, NON_PRIVATE.batch_size, NON_PRIVATE.lr, "pooled")
+    # under DP-SGD each task falls back on its DP recipe
+    for task in ("imaging", "sepsis"):
+        result = CliRunner().invoke(app, [
+            "federation", "run", "--work", str(tmp_path / "w"), "--certs", str(tmp_path / "c"),
+            "--sites", "2", "--out", str(tmp_path / "pkg"), "--task", task,
+            "--dp-epsilon", "8"])
+        assert result.exit_code == 2 and "stopped before training" in result.output
+    imaging, sepsis = seen[2:]
+    assert (imaging.rounds, imaging.batch_size, imaging.lr) == (20, 256, 3e-3)
+    assert (sepsis.rounds, sepsis.batch_size, sepsis.lr) == (SEPSIS_ROUNDS, 4096, 1e-3)

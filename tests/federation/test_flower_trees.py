@@ -249,7 +249,8 @@ def test_the_retraining_job_on_flower_releases_the_shipped_recipe_with_its_trees
     assert package.manifest.model_dump()["architecture"]["type"] == "SepsisNet+trees"
     assert package.manifest.training["boosting"]["n_trees"] == TREES.n_trees
     # the same model.onnx as the in-process run of the same sites and settings
-    settings = _settings(tmp_path / "reference")
+    settings = dataclasses.replace(_settings(tmp_path / "reference"), plan=config.plan,
+                                   model=config.model)
     (local,) = export_run(_in_process(site_dirs, settings), tmp_path / "local",
                           name="sepsis-test", version=release.version)
     assert (package.path / "model.onnx").read_bytes() == (local.path / "model.onnx").read_bytes()

@@ -69,3 +69,10 @@ def test_federate_imaging_defaults_to_the_imaging_recipe(tmp_path, monkeypatch):
     result = runner.invoke(app, ["federate", "--task", "imaging", "--rounds", "3",
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 0 and seen["plan"].rounds == 3
+    # under DP-SGD: the recipe chosen at epsilon 8 on validation (IMAGING_DP_RECIPE)
+    result = runner.invoke(app, ["federate", "--task", "imaging", "--dp-epsilon", "8",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    plan = seen["plan"]
+    assert (plan.rounds, plan.batch_size, plan.lr, plan.keep_by) == (20, 256, 3e-3, "site")
+    assert seen["dp"].max_grad_norm == 1.0

@@ -244,19 +244,20 @@ def federate(
     chosen = _strategy(strategy, mu, robust, max_share)
     dp = _dp(dp_epsilon, dp_delta, dp_clip, imaging=task == "imaging")
     if task == "imaging":
-        from vigil.federation.image_run import IMAGING_RECIPE
+        from vigil.federation.image_run import imaging_recipe
         from vigil.federation.image_task import check_imaging_options
 
         check_imaging_options(dp=dp, keeps_norm_local=chosen.keeps_norm_local)
         if boost_trees:
             raise ConfigError("expected --boost-trees 0 with --task imaging (trees are for "
                               f"feature rows); got {boost_trees}", key="boost_trees")
+        recipe_images = imaging_recipe(private=dp is not None)
         _federate_images(data=data, strategy=chosen, dp=dp,
-                         plan=_plan(rounds or IMAGING_RECIPE["rounds"], local_epochs,
-                                    batch_size or IMAGING_RECIPE["batch_size"],
-                                    lr or IMAGING_RECIPE["lr"], seed, min_sites, time_budget,
-                                    weight_decay=IMAGING_RECIPE["weight_decay"],
-                                    keep_by=IMAGING_RECIPE["keep_by"]),
+                         plan=_plan(rounds or recipe_images["rounds"], local_epochs,
+                                    batch_size or recipe_images["batch_size"],
+                                    lr or recipe_images["lr"], seed, min_sites, time_budget,
+                                    weight_decay=recipe_images["weight_decay"],
+                                    keep_by=recipe_images["keep_by"]),
                          threads=threads, out=out, export_site=export_site,
                          private_key=private_key,
                          name="imaging-federated" if name == "sepsis-federated" else name,

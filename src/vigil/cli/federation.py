@@ -362,9 +362,9 @@ def run(
     from vigil.federation.flower.runner import train_on_flower
     from vigil.federation.flower.settings import RunSettings
     from vigil.federation.image_run import (
-        IMAGING_RECIPE,
         dp_spec,
         export_imaging_run,
+        imaging_recipe,
         imaging_summary,
         public_check_inputs,
     )
@@ -378,17 +378,18 @@ def run(
     imaging = task == "imaging"
     dp = _dp(dp_epsilon, dp_delta, dp_clip, imaging=imaging)
     recipe = sepsis_recipe(private=dp is not None)
+    images = imaging_recipe(private=dp is not None)
     trees = _boosting(boost_trees, boost_depth, boost_lr, boost_bins, recipe)
     if rounds is None:
-        rounds = IMAGING_RECIPE["rounds"] if imaging else SEPSIS_ROUNDS
+        rounds = images["rounds"] if imaging else SEPSIS_ROUNDS
     if batch_size is None:
-        batch_size = IMAGING_RECIPE["batch_size"] if imaging else recipe.batch_size
+        batch_size = images["batch_size"] if imaging else recipe.batch_size
     if lr is None:
-        lr = IMAGING_RECIPE["lr"] if imaging else recipe.lr
+        lr = images["lr"] if imaging else recipe.lr
     settings = RunSettings(
         plan=Plan(rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
                   seed=seed, min_sites=min_sites, time_budget=timeout,
-                  **({k: IMAGING_RECIPE[k] for k in ("weight_decay", "keep_by")}
+                  **({k: images[k] for k in ("weight_decay", "keep_by")}
                      if imaging else {})),
         model=ModelSpec(dropout=recipe.dropout),
         strategy=make_strategy(strategy, mu=mu, robust=robust, max_share=max_share),

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from vigil.dicom_adapter.headers import HeaderRecord
 
 __all__ = [
+    "IMAGING_DP_RECIPE",
     "IMAGING_RECIPE",
     "THRESHOLD_RULE",
     "ImagingRun",
@@ -54,6 +55,7 @@ __all__ = [
     "dp_spec",
     "export_imaging_run",
     "federate_images",
+    "imaging_recipe",
     "imaging_summary",
     "public_check_inputs",
     "spec_for",
@@ -80,6 +82,19 @@ federated arms' choice on training seed 0's validation split (``bench/imaging_fe
 --choose``: 20 rounds over 10, no augmentation over 2 pixels); the rest is the grid's fixed
 setting. Every command that trains images defaults to it (``vigil federate --task imaging``,
 ``vigil federation run --task imaging``, the retraining job's ``[plan]``, the bench)."""
+
+IMAGING_DP_RECIPE: dict[str, Any] = {**IMAGING_RECIPE, "batch_size": 256, "lr": 3e-3}
+"""The recipe a DP-SGD imaging run falls back on (``--dp-epsilon``, a ``[dp]`` section):
+batch 256 and learning rate 3e-3 over :data:`IMAGING_RECIPE`'s 20 rounds, chosen at
+epsilon 8 per site on training seed 0's validation split (``bench/imaging_dp.py``;
+docs/imaging.md, "A DP recipe chosen on validation"), the test split read after the choice.
+With the GroupNorm CNN and clipping norm 1."""
+
+
+def imaging_recipe(private: bool) -> dict[str, Any]:
+    """Return :data:`IMAGING_DP_RECIPE` for a DP-SGD run, else :data:`IMAGING_RECIPE`."""
+    return IMAGING_DP_RECIPE if private else IMAGING_RECIPE
+
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]
 """``(site name, model inputs (n, size, size), labels (n,))``."""

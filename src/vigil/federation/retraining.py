@@ -51,13 +51,21 @@ The settings are one TOML file (:func:`load_retrain_config`)::
     sites = "hospital-unit"
     ledgers = "ledgers"           # optional: each simulated site's budget and ledger
 
+A setting a section leaves unset takes the value the command line would
+(:func:`_recipe_defaults`): for sepsis the shipped model's recipe (10 rounds, batch 2048,
+learning rate 3e-4, dropout 0.5; trees of depth 6 from 64 bins at learning rate 0.1), and
+with ``[dp]`` the recipe chosen for DP (batch 4096, learning rate 1e-3, dropout 0,
+clipping norm 10; trees of depth 4 from 32 bins at learning rate 0.2), as
+:mod:`vigil.federation.recipes` states them; the strategy stays what ``[strategy]`` names
+(the shipped model's is ``name = "fedprox"``, ``mu = 0.01``).
+
 The imaging task (``task = "imaging"``) retrains the imaging CNN the same way: on
 Flower each SuperNode holds a scanner site prepared with ``vigil federation site --task
 imaging``; in process ``[in_process] data`` is a MedMNIST ``.npz`` (or ``"sample"``)
 dealt to the four scanner sites through DICOM (:func:`vigil.dicom_adapter.sites.medmnist_sites`,
 site assignment seeded with ``plan.seed``). ``[plan]`` then defaults to the imaging recipe
-(:data:`IMAGING_PLAN`), ``[dp]`` trains the GroupNorm CNN, FedBN and ``[trees]`` are
-refused, and the package is written by
+(:data:`IMAGING_PLAN`; with ``[dp]`` batch 256 and learning rate 3e-3), ``[dp]`` trains the
+GroupNorm CNN, FedBN and ``[trees]`` are refused, and the package is written by
 :func:`vigil.federation.image_run.export_imaging_run` (ONNX parity checked on the bundled
 public PneumoniaMNIST sample, :func:`~vigil.federation.image_run.public_check_inputs`).
 """
@@ -77,10 +85,10 @@ from vigil.core.errors import ConfigError, VigilError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
-from vigil.federation.image_run import IMAGING_RECIPE, dp_spec
+from vigil.federation.image_run import IMAGING_RECIPE, dp_spec, imaging_recipe
 from vigil.federation.image_task import check_task
 from vigil.federation.privacy import DPSettings
-from vigil.federation.recipes import SEPSIS_ROUNDS
+from vigil.federation.recipes import DP_CLIP, SEPSIS_ROUNDS, sepsis_recipe
 from vigil.federation.registry import Registry, Release
 from vigil.federation.secure_sum import SecureSumSettings
 from vigil.federation.site import ModelSpec
@@ -107,12 +115,31 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CRON = "0 2 1 1,7 *"
 """02:00 on the first of January and of July: every six months."""
-IMAGING_PLAN = {k: IMAGING_RECIPE[k] for k in ("rounds", "local_epochs", "batch_size", "lr",
-                                              "weight_decay", "keep_by")}
+_PLAN_KEYS = ("rounds", "local_epochs", "batch_size", "lr", "weight_decay", "keep_by")
+IMAGING_PLAN = {k: IMAGING_RECIPE[k] for k in _PLAN_KEYS}
 """``[plan]`` defaults of ``task = "imaging"``: the plan part of
 :data:`~vigil.federation.image_run.IMAGING_RECIPE` (``vigil federate --task imaging``'s;
-20 rounds, the round kept by validation accuracy after site calibration). The recipe's
-augmentation (``max_shift``) is not a plan setting: the in-process job passes it."""
+20 rounds, the round kept by validation accuracy after site calibration); with ``[dp]``,
+:data:`~vigil.federation.image_run.IMAGING_DP_RECIPE`'s. The recipe's augmentation
+(``max_shift``) is not a plan setting: the in-process job passes it."""
+
+
+def _recipe_defaults(task: str, private: bool) -> dict[str, dict[str, Any]]:
+    """Return the values each section takes where the file leaves them unset (the recipes).
+
+    Sepsis: :func:`~vigil.federation.recipes.sepsis_recipe` (the shipped model's, or the one
+    chosen for DP with ``[dp]``: batch, learning rate, dropout, clipping norm, tree plan) and
+    :data:`~vigil.federation.recipes.SEPSIS_ROUNDS`; imaging:
+    :func:`~vigil.federation.image_run.imaging_recipe`'s plan (clipping norm 1, the
+    :class:`DPSettings` default).
+    """
+    if task == "imaging":
+        return {"plan": {k: imaging_recipe(private)[k] for k in _PLAN_KEYS}}
+    recipe = sepsis_recipe(private)
+    return {"plan": {"rounds": SEPSIS_ROUNDS, "batch_size": recipe.batch_size, "lr": recipe.lr},
+            "model": {"dropout": recipe.dropout}, "dp": {"max_grad_norm": DP_CLIP},
+            "trees": {"max_depth": recipe.tree_depth, "learning_rate": recipe.tree_lr,
+                      "n_bins": recipe.tree_bins}}
 
 
 class Engine(StrEnum):
@@ -278,9 +305,17 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
 
     task = str(raw.get("task", "sepsis"))
     strategy = {"name": "fedavg", **raw.get("strategy", {})}
-    plan = ({**IMAGING_PLAN, **raw.get("plan", {})} if task == "imaging"
-            else raw.get("plan", {"rounds": SEPSIS_ROUNDS}))
-    model = dict(raw.get("model", {}))
+    defaults = _recipe_defaults(task, private="dp" in raw)
+
+    def section(key: str) -> Any:
+        """Return the file's section over the recipe's defaults (a non-table as it came)."""
+        given = raw.get(key, {})
+        return {**defaults.get(key, {}), **given} if isinstance(given, dict) else given
+
+    plan = section("plan")
+    model = section("model")
+    if not isinstance(model, dict):
+        raise ConfigError(f"expected a [model] table, got {model!r}", key="model")
     if "hidden" in model:
         model["hidden"] = tuple(model["hidden"])
     flower = None
@@ -298,14 +333,14 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
         strategy=_section(make_strategy, strategy, "strategy"),
         plan=_section(Plan, plan, "plan"),
         model=_section(ModelSpec, model, "model"),
-        dp=_section(DPSettings, raw["dp"], "dp") if "dp" in raw else None,
+        dp=_section(DPSettings, section("dp"), "dp") if "dp" in raw else None,
         engine=engine, flower=flower,
         in_process=_in_process(raw.get("in_process", {}), here),
         name=str(raw.get("name", "imaging-federated" if task == "imaging" else
                          "sepsis-federated")),
         private_key=here(raw["private_key"]) if "private_key" in raw else None,
         cron=str(raw.get("cron", DEFAULT_CRON)), timezone=str(raw.get("timezone", "UTC")),
-        trees=_section(BoostingPlan, raw["trees"], "trees") if "trees" in raw else None,
+        trees=_section(BoostingPlan, section("trees"), "trees") if "trees" in raw else None,
         task=task,
         secure=_section(SecureSumSettings, raw["secure"], "secure") if "secure" in raw else None,
         tree_dp=_section(TreeDPSettings, raw["tree_dp"], "tree_dp") if "tree_dp" in raw else None,
