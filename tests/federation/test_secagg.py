@@ -7,7 +7,6 @@ SuperLink relaying the messages) gets to see.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,48 +23,26 @@ from vigil.federation.secure_sum import (
     quantization_error,
     quantize,
 )
+from vigil.federation.view_audit import InProcessSites
 
 SETTINGS = SecureSumSettings()
 
 
-class Sites:
+class Sites(InProcessSites):
     """``n`` sites behind an exchange; ``vectors[i]`` is what site ``i`` sums.
 
     ``silent_at[stage]``: sites that do not answer that stage (dropped out);
-    ``raw[i]``: integers site ``i`` sends instead of its masked vector's
-    quantization (modified code). ``seen`` records every message.
+    ``seen`` records every message (:class:`InProcessSites`).
     """
 
     def __init__(self, vectors: np.ndarray, settings: SecureSumSettings = SETTINGS) -> None:
-        self.vectors = vectors
-        self.settings = settings
-        self.states: list[dict[str, bytes]] = [{} for _ in vectors]
+        super().__init__(vectors, settings)
         self.silent_at: dict[str, set[int]] = {}
-        self.seen: list[tuple[str, int, str, Any]] = []
 
-    def __call__(self, stage: str, messages: Mapping[int, dict[str, Any]]) -> dict[int, Any]:
-        out: dict[int, Any] = {}
-        for i, m in messages.items():
-            self.seen.append((stage, i, "request", m))
-            if i in self.silent_at.get(stage, set()):
-                out[i] = TimeoutError("no answer")
-                continue
-            client = SecAggClient(self.states[i])
-            try:
-                if stage == "keys":
-                    out[i] = client.keys(i, m["n"], m["k"], m["t"])
-                elif stage == "share":
-                    out[i] = client.share(m["public"])
-                elif stage == "mask":
-                    chosen = self.settings.widened(m["n"]) if m["wide"] else self.settings
-                    out[i] = client.mask(m["index"], m["active"], self.vectors[i], chosen)
-                else:
-                    out[i] = client.unmask(m["index"], m["survivors"], m["dropped"],
-                                           m["seed_shares"], m["key_shares"])
-            except ValueError as exc:
-                out[i] = exc
-            self.seen.append((stage, i, "answer", out[i]))
-        return out
+    def answer(self, stage: str, site: int, message: dict[str, Any]) -> Any:
+        if site in self.silent_at.get(stage, set()):
+            raise TimeoutError("no answer")
+        return super().answer(stage, site, message)
 
 
 def _vectors(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -76,7 +76,7 @@ from numpy.typing import NDArray
 from vigil.core.errors import AggregationError
 from vigil.federation.secure_sum import SecureSumSettings, dequantize_sum, mask_stream, quantize
 
-__all__ = ["MIN_SUMMED", "Exchange", "SecAggClient", "SecureAggregator", "neighbours"]
+__all__ = ["MIN_SUMMED", "Exchange", "Message", "SecAggClient", "SecureAggregator", "neighbours"]
 
 MIN_SUMMED = 3
 """No sum of fewer sites is revealed: a sum of two is each one's vector to the other."""
@@ -368,9 +368,9 @@ class SecureAggregator:
         total = np.zeros(size, dtype=dtype)
         for u in alive:
             total += np.asarray(masked[u]["masked"], dtype=dtype)  # type: ignore[index]
-            total -= mask_stream(self._rebuild(u, "seeds", ok), self.index, size, dtype)
+            total -= mask_stream(self.rebuild(u, "seeds", ok), self.index, size, dtype)
         for v in gone:
-            key = self._rebuild(v, "keys", ok)
+            key = self.rebuild(v, "keys", ok)
             for w in alive:
                 if w in neighbours(v, self.n, self.k):
                     pairwise = mask_stream(_pair_secret(key, self._public[w][1]), self.index,
@@ -384,7 +384,18 @@ class SecureAggregator:
                                    "values outside the quantization range; sum refused")
         return dequantize_sum(total, len(alive), settings), alive
 
-    def _rebuild(self, site: int, kind: str, answers: Mapping[int, Message]) -> bytes:
+    def rebuild(self, site: int, kind: str, answers: Mapping[int, Message]) -> bytes:
+        """Rebuild a site's secret from the unmask ``answers``, as the unmask stage does.
+
+        ``kind`` ``"seeds"``: a survivor's self-mask seed ``b_u``; ``"keys"``: a dropped
+        site's ``mask`` private key. What the coordinator can rebuild is what it learns
+        (:mod:`vigil.federation.view_audit` checks what that reveals).
+
+        Raises
+        ------
+        AggregationError
+            With fewer than the threshold of shares.
+        """
         shares = [a[kind][site] for a in answers.values() if site in a[kind]]
         if len(shares) < self.t:
             raise AggregationError(f"secure aggregation needs at least the reconstruction "
