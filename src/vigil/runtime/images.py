@@ -194,6 +194,7 @@ def read_instances(
 
     quarantined: list[tuple[str, str]] = []
     datasets, keys = [], []
+    raw: list[bytes | None] = []
     skipped = 0
     for key, item in items:
         try:
@@ -205,8 +206,9 @@ def read_instances(
             skipped += 1
             continue
         datasets.append(ds)
+        raw.append(item if isinstance(item, bytes) else None)
         keys.append(str(getattr(ds, "SOPInstanceUID", "") or key))
-    batch = prepare_batch(datasets, size=size, channels=channels)
+    batch = prepare_batch(datasets, size=size, channels=channels, raw=raw)
     quarantined.extend((keys[i], reason) for i, reason in batch.quarantined)
     return InstanceBatch(
         inputs=batch.inputs, keys=[keys[i] for i in batch.accepted],
