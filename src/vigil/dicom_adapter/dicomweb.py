@@ -123,7 +123,7 @@ _UIDS = ("SOPInstanceUID", "SeriesInstanceUID")
 
 
 def _uids(content: bytes, i: int) -> tuple[str, str]:
-    """The part's SOP Instance and Series UIDs by pydicom (what the light reader leaves)."""
+    """Read the part's SOP Instance and Series UIDs with pydicom (what the light reader leaves)."""
     try:
         ds = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True,
                              specific_tags=list(_UIDS))

@@ -1,4 +1,4 @@
-"""The common instance read without pydicom: the pixel chain's headers and pixels from Part 10 bytes.
+"""The common instance read without pydicom: the chain's headers and pixels from Part 10 bytes.
 
 The imaging runtime reads one small radiograph per study in about 1 ms of Python when
 pydicom converts each header element and decodes the pixels through its plugin
@@ -285,7 +285,7 @@ def _sequence(buf: memoryview, pos: int, end: int, *, undefined: bool
 
 
 def _fragments(buf: memoryview, pos: int, end: int) -> tuple[list[memoryview], int]:
-    """Encapsulated Pixel Data (PS3.5 §A.4): the fragments after the Basic Offset Table."""
+    """Split encapsulated Pixel Data (PS3.5 §A.4): its fragments after the offset table."""
     out: list[memoryview] = []
     first = True
     while pos + 8 <= end:
@@ -391,12 +391,12 @@ def _rle_frame(frame: bytes, rows: int, columns: int, allocated: int) -> NDArray
         return None
     header = struct.unpack_from("<16I", frame)
     count, offsets = header[0], list(header[1:1 + header[0]])
-    if count != per or offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:]))\
-            or offsets[-1] >= len(frame):
+    increasing = all(a < b for a, b in zip(offsets, offsets[1:], strict=False))
+    if count != per or offsets[0] != 64 or not increasing or offsets[-1] >= len(frame):
         return None
     bounds = [*offsets, len(frame)]
     n = rows * columns
-    planes = [_packbits(memoryview(frame)[a:b]) for a, b in zip(bounds, bounds[1:])]
+    planes = [_packbits(memoryview(frame)[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
     if any(len(p) != n for p in planes):
         return None  # short, or padded: pydicom warns or fails; its path decides
     out = np.zeros(n, dtype=np.uint16 if per == 2 else np.uint8)
@@ -423,7 +423,7 @@ def _jpeg_ls_frame(frame: bytes, rows: int, columns: int, allocated: int
 
 
 def light_pixels(inst: LightInstance) -> NDArray[np.integer] | None:
-    """The stored values of a common-case instance's one frame, as pydicom decodes them.
+    """Decode the one frame of a common-case instance to stored values, as pydicom does.
 
     Returns
     -------

@@ -50,12 +50,19 @@ _SIZE_COINCIDENCE = "The number of bytes of compressed pixel data matches the ex
 
 
 class Header(Protocol):
-    """What the validation reads of an instance: a pydicom ``Dataset``, or the light
-    reader's :class:`~vigil.dicom_adapter.light.LightHeader` (the same values)."""
+    """What the validation reads of an instance.
 
-    def __contains__(self, keyword: object, /) -> bool: ...
+    A pydicom ``Dataset``, or the light reader's
+    :class:`~vigil.dicom_adapter.light.LightHeader` (the same values).
+    """
 
-    def get(self, keyword: str, default: Any = None, /) -> Any: ...
+    def __contains__(self, keyword: object, /) -> bool:
+        """Whether the instance has the element ``keyword``."""
+        ...
+
+    def get(self, keyword: str, default: Any = None, /) -> Any:
+        """Return the value of ``keyword``, ``default`` when absent."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
