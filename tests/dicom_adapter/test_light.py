@@ -25,6 +25,7 @@ from vigil.core.errors import DICOMError
 from vigil.dicom_adapter import Scanner, build_instance, prepare_batch, read_image
 from vigil.dicom_adapter.dicomweb import MultipartPart, instances_from_parts
 from vigil.dicom_adapter.light import light_pixels, light_uids, parse_light
+from vigil.dicom_adapter.light_dataset import light_dataset
 from vigil.dicom_adapter.reading import display_parameters, read_image_bytes
 from vigil.imaging import Photometric, PresentationShape, to_model_input
 from vigil.imaging.histogram import INPUT_EDGES, N_BINS, input_histogram
@@ -119,6 +120,22 @@ def _short_voi_lut(ds: Dataset) -> None:
     ds.add_new("VOILUTSequence", "SQ", [item])
 
 
+@pytest.mark.parametrize("scanner", SCANNERS[::5] + SCANNERS[-3:], ids=lambda s: s.name)
+def test_light_dataset_equals_dcmread(scanner):
+    ds = build_instance(IMAGE, scanner, key=f"light/ds/{scanner.name}")
+    ds.PatientName = "Doe^Jane"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    data = _bytes(ds)
+    light = parse_light(data)
+    assert light is not None
+    got, expected = light_dataset(light), pydicom.dcmread(io.BytesIO(data))
+    assert got == expected  # every element, converted
+    assert got.file_meta == expected.file_meta and got.preamble == expected.preamble
+    assert got.original_encoding == expected.original_encoding
+    assert got.original_character_set == expected.original_character_set
+    np.testing.assert_array_equal(got.pixel_array, expected.pixel_array)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_broken_instances_get_the_same_reason(case):
     change, _ = CASES[case]
@@ -195,7 +212,7 @@ def test_prepare_batch_with_bytes_equals_without():
     broken.Modality = "CT"
     raw.append(_bytes(broken))
     datasets.append(pydicom.dcmread(io.BytesIO(raw[-1])))
-    fast = prepare_batch(datasets, raw=raw)
+    fast = prepare_batch(datasets, light=[parse_light(b) for b in raw])
     slow = prepare_batch([pydicom.dcmread(io.BytesIO(b)) for b in raw])
     assert fast.accepted == slow.accepted and fast.quarantined == slow.quarantined
     np.testing.assert_array_equal(fast.inputs, slow.inputs)

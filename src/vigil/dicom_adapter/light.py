@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,12 @@ class _Outside(Exception):
 class _Element:
     vr: bytes
     value: memoryview | list[dict[int, _Element]] | list[memoryview]
+    start: int = 0
+    """Offset of the value in the file."""
+    stop: int = 0
+    """End of the value (an undefined length's: before its delimiter)."""
+    length: int = 0
+    """The length as written (0xFFFFFFFF: undefined)."""
 
 
 class LightHeader:
@@ -139,11 +145,18 @@ class LightInstance:
     pixels : memoryview or list of memoryview or None
         Native Pixel Data, or its encapsulated fragments (after the offset table);
         None when absent.
+    data : bytes
+        The instance's bytes.
     """
 
     syntax: str
     header: LightHeader
     pixels: memoryview | list[memoryview] | None
+    data: bytes = b""
+    meta: dict[int, _Element] = field(default_factory=dict)
+    """The File Meta elements (:mod:`vigil.dicom_adapter.light_dataset`)."""
+    elements: dict[int, _Element] = field(default_factory=dict)
+    """The data set's top-level elements, by tag."""
 
 
 def _text(raw: memoryview, *, uid: bool = False) -> str:
@@ -235,13 +248,14 @@ def _elements(buf: memoryview, pos: int, end: int, *, in_item: bool
             length, pos = short, pos + 8
         else:
             raise _Outside
+        start = pos
         if length == _UNDEFINED:
             if vr == b"SQ":
                 items, pos = _sequence(buf, pos, end, undefined=True)
-                out[tag] = _Element(vr, items)
+                out[tag] = _Element(vr, items, start, pos - 8, length)
             elif tag == _PIXEL_DATA and not in_item:
                 fragments, pos = _fragments(buf, pos, end)
-                out[tag] = _Element(vr, fragments)
+                out[tag] = _Element(vr, fragments, start, pos - 8, length)
             else:
                 raise _Outside
             continue
@@ -249,9 +263,9 @@ def _elements(buf: memoryview, pos: int, end: int, *, in_item: bool
             raise _Outside
         if vr == b"SQ":
             items, _ = _sequence(buf, pos, pos + length, undefined=False)
-            out[tag] = _Element(vr, items)
+            out[tag] = _Element(vr, items, start, pos + length, length)
         else:
-            out[tag] = _Element(vr, buf[pos:pos + length])
+            out[tag] = _Element(vr, buf[pos:pos + length], start, pos + length, length)
         pos += length
     if in_item:
         raise _Outside
@@ -303,11 +317,12 @@ def _fragments(buf: memoryview, pos: int, end: int) -> tuple[list[memoryview], i
     raise _Outside
 
 
-def _file_meta(buf: memoryview) -> tuple[str, int]:
-    """Transfer Syntax UID and where the data set starts (PS3.10 §7.1)."""
+def _file_meta(buf: memoryview) -> tuple[str, int, dict[int, _Element]]:
+    """Transfer Syntax UID, where the data set starts and the File Meta (PS3.10 §7.1)."""
     if len(buf) < 132 or bytes(buf[128:132]) != b"DICM":
         raise _Outside
     pos, syntax = 132, None
+    meta: dict[int, _Element] = {}
     while pos + 8 <= len(buf) and _HEAD.unpack_from(buf, pos)[0] == 0x0002:
         _, number, vr, short = _HEAD.unpack_from(buf, pos)
         if vr in _LONG_VRS:
@@ -321,10 +336,12 @@ def _file_meta(buf: memoryview) -> tuple[str, int]:
             raise _Outside
         if number == 0x0010:
             syntax = _text(buf[pos:pos + length], uid=True)
+        meta[0x00020000 | number] = _Element(vr, buf[pos:pos + length], pos, pos + length,
+                                             length)
         pos += length
     if syntax not in _SYNTAXES:
         raise _Outside
-    return syntax, pos
+    return syntax, pos, meta
 
 
 def parse_light(data: bytes) -> LightInstance | None:
@@ -341,7 +358,7 @@ def parse_light(data: bytes) -> LightInstance | None:
     """
     buf = memoryview(data)
     try:
-        syntax, pos = _file_meta(buf)
+        syntax, pos, meta = _file_meta(buf)
         elements, _ = _elements(buf, pos, len(buf), in_item=False)
         values: dict[str, Any] = {}
         for keyword, (tag, vrs) in _KEYWORDS.items():
@@ -357,7 +374,8 @@ def parse_light(data: bytes) -> LightInstance | None:
     pixel = elements.get(_PIXEL_DATA)
     pixels = pixel.value if pixel is not None else None
     assert pixels is None or isinstance(pixels, memoryview | list)
-    return LightInstance(syntax, LightHeader(values), pixels)  # type: ignore[arg-type]
+    return LightInstance(syntax, LightHeader(values), pixels,  # type: ignore[arg-type]
+                         data, meta, elements)
 
 
 def light_uids(data: bytes) -> tuple[str, str] | None:

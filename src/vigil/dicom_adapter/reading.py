@@ -16,13 +16,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+if TYPE_CHECKING:
+    from vigil.dicom_adapter.light import LightInstance
 
 from vigil.core.errors import DataError, DICOMError
 from vigil.imaging import (
@@ -42,6 +45,7 @@ __all__ = [
     "read_file",
     "read_image",
     "read_image_bytes",
+    "read_image_light",
 ]
 
 ACCEPTED_MODALITIES: tuple[str, ...] = ("CR", "DX")
@@ -331,9 +335,16 @@ def read_image_bytes(data: bytes, ds: Dataset, *,
         The same instance read by pydicom (``pydicom.dcmread(data)``).
     modalities : sequence of str, optional
     """
-    from vigil.dicom_adapter.light import light_pixels, parse_light
+    from vigil.dicom_adapter.light import parse_light
 
-    light = parse_light(data)
+    return read_image_light(parse_light(data), ds, modalities=modalities)
+
+
+def read_image_light(light: LightInstance | None, ds: Dataset, *,
+                     modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
+    """:func:`read_image_bytes` of an instance already parsed by the light reader (or None)."""
+    from vigil.dicom_adapter.light import light_pixels
+
     if light is not None:
         params = display_parameters(light.header, modalities)
         stored = light_pixels(light)

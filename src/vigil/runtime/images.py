@@ -34,6 +34,8 @@ from vigil.runtime.scoring import Scorer
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from vigil.dicom_adapter.light import LightInstance
+
 __all__ = [
     "UNREAD_HEADERS", "ImageBatch", "ImageScorer", "InstanceBatch", "evaluate_images",
     "load_images", "read_instances"]
@@ -158,10 +160,16 @@ class InstanceBatch:
     skipped: int = 0
 
 
-def _dataset(item: bytes | Path) -> Dataset:
+def _dataset(item: bytes | Path) -> tuple[Dataset, LightInstance | None]:
+    """Read an instance: by the light reader when it is of the common case, else pydicom."""
+    from vigil.dicom_adapter.light import parse_light
+    from vigil.dicom_adapter.light_dataset import light_dataset
     from vigil.dicom_adapter.reading import read_file
 
-    return read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
+    light = parse_light(item) if isinstance(item, bytes) else None
+    if light is not None:
+        return light_dataset(light), light
+    return read_file(io.BytesIO(item) if isinstance(item, bytes) else item), None  # type: ignore[arg-type]
 
 
 def read_instances(
@@ -194,11 +202,11 @@ def read_instances(
 
     quarantined: list[tuple[str, str]] = []
     datasets, keys = [], []
-    raw: list[bytes | None] = []
+    parsed: list[LightInstance | None] = []
     skipped = 0
     for key, item in items:
         try:
-            ds = _dataset(item)
+            ds, light = _dataset(item)
         except DICOMError as exc:
             quarantined.append((key, str(exc)))
             continue
@@ -206,9 +214,9 @@ def read_instances(
             skipped += 1
             continue
         datasets.append(ds)
-        raw.append(item if isinstance(item, bytes) else None)
+        parsed.append(light)
         keys.append(str(getattr(ds, "SOPInstanceUID", "") or key))
-    batch = prepare_batch(datasets, size=size, channels=channels, raw=raw)
+    batch = prepare_batch(datasets, size=size, channels=channels, light=parsed)
     quarantined.extend((keys[i], reason) for i, reason in batch.quarantined)
     return InstanceBatch(
         inputs=batch.inputs, keys=[keys[i] for i in batch.accepted],
