@@ -32,12 +32,27 @@ _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 
 
+_TAGS: dict[int, BaseTag] = {}
+_VRS = {vr: vr.decode("ascii") for vr in (
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV")}
+
+
+def _tag(tag: int) -> BaseTag:
+    found = _TAGS.get(tag)
+    if found is None:
+        found = _TAGS.setdefault(tag, BaseTag(tag))
+    return found
+
+
 def _raw(tag: int, el: _Element, data: bytes) -> RawDataElement:
-    vr = el.vr.decode("ascii")
+    """The ``RawDataElement`` pydicom's reader yields for ``el`` (a tuple, built directly)."""
+    vr = _VRS[el.vr]
     value = data[el.start:el.stop] if el.stop > el.start else (
         empty_value_for_VR(vr, raw=True) if el.length != _UNDEFINED else b"")
-    return RawDataElement(BaseTag(tag), vr, el.length, value,  # type: ignore[arg-type]
-                          el.start, False, True)
+    return tuple.__new__(RawDataElement, (_tag(tag), vr, el.length, value, el.start, False,
+                                          True, True, False))
 
 
 def light_dataset(inst: LightInstance) -> FileDataset:
@@ -53,7 +68,7 @@ def light_dataset(inst: LightInstance) -> FileDataset:
     pydicom.dataset.FileDataset
     """
     data = inst.data
-    meta = FileMetaDataset({BaseTag(t): _raw(t, el, data) for t, el in inst.meta.items()})
+    meta = FileMetaDataset({_tag(t): _raw(t, el, data) for t, el in inst.meta.items()})
     meta.set_original_encoding(False, True, default_encoding)
     encoding: str | list[str] = default_encoding
     charset = inst.elements.get(_CHARSET)
@@ -65,10 +80,10 @@ def light_dataset(inst: LightInstance) -> FileDataset:
             fp = io.BytesIO(data)
             fp.seek(el.start)
             seq = read_sequence(fp, False, True, _UNDEFINED, encoding)
-            elements[BaseTag(tag)] = DataElement(BaseTag(tag), "SQ", seq, el.start,
-                                                 is_undefined_length=True)
+            elements[_tag(tag)] = DataElement(_tag(tag), "SQ", seq, el.start,
+                                              is_undefined_length=True)
         else:
-            elements[BaseTag(tag)] = _raw(tag, el, data)
+            elements[_tag(tag)] = _raw(tag, el, data)
     ds = FileDataset(io.BytesIO(data), elements, data[:128], meta, False, True)
     ds.set_original_encoding(False, True, encoding)
     return ds
