@@ -47,7 +47,7 @@ def _tag(tag: int) -> BaseTag:
 
 
 def _raw(tag: int, el: _Element, data: bytes) -> RawDataElement:
-    """The ``RawDataElement`` pydicom's reader yields for ``el`` (a tuple, built directly)."""
+    """Build the ``RawDataElement`` pydicom's reader yields for ``el`` (as a tuple)."""
     vr = _VRS[el.vr]
     value = data[el.start:el.stop] if el.stop > el.start else (
         empty_value_for_VR(vr, raw=True) if el.length != _UNDEFINED else b"")
