@@ -191,9 +191,13 @@ def test_truncated_and_garbage_bytes_are_left_to_pydicom():
 
 
 def test_uids_of_wado_parts_match_pydicom():
-    ds = build_instance(IMAGE, SCANNERS[0], key="light/uids")
-    data = _bytes(ds)
-    assert light_uids(data) == (ds.SOPInstanceUID, ds.SeriesInstanceUID)
+    for scanner in SCANNERS:
+        ds = build_instance(IMAGE, scanner, key=f"light/uids/{scanner.name}")
+        data = _bytes(ds)
+        assert light_uids(data) == (ds.SOPInstanceUID, ds.SeriesInstanceUID)
+    no_series = build_instance(IMAGE, SCANNERS[0], key="light/uids/none")
+    del no_series.SeriesInstanceUID
+    assert light_uids(_bytes(no_series)) == (no_series.SOPInstanceUID, "")
     implicit = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))
     part = MultipartPart({"content-type": "application/dicom"},
                          Path(get_testdata_file("MR_small_implicit.dcm")).read_bytes())

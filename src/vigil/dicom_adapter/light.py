@@ -226,15 +226,20 @@ def _item(item: dict[int, _Element]) -> LightHeader:
     return LightHeader(values)
 
 
-def _elements(buf: memoryview, pos: int, end: int, *, in_item: bool
+def _elements(buf: memoryview, pos: int, end: int, *, in_item: bool, until: int = 0xFFFFFFFF
               ) -> tuple[dict[int, _Element], int]:
-    """Parse Explicit VR Little Endian elements from ``pos``; (elements by tag, end position)."""
+    """Parse Explicit VR Little Endian elements from ``pos``; (elements by tag, end position).
+
+    ``until``: stop before the first top-level element whose tag is above it.
+    """
     out: dict[int, _Element] = {}
     while pos < end:
         if pos + 8 > end:
             raise _Outside
         group, number, vr, short = _HEAD.unpack_from(buf, pos)
         tag = group << 16 | number
+        if tag > until:
+            return out, pos
         if tag == _ITEM_END and in_item:
             return out, pos + 8
         if group == 0xFFFE:
@@ -378,12 +383,27 @@ def parse_light(data: bytes) -> LightInstance | None:
                          data, meta, elements)
 
 
+_UID_TAGS = (0x00080018, 0x0020000E)
+
+
 def light_uids(data: bytes) -> tuple[str, str] | None:
-    """``(SOPInstanceUID, SeriesInstanceUID)`` of a common-case instance; None otherwise."""
-    inst = parse_light(data)
-    if inst is None:
+    """``(SOPInstanceUID, SeriesInstanceUID)`` of a common-case instance; None otherwise.
+
+    Reads the elements up to Series Instance UID only (they come early: group 0008, 0020).
+    """
+    buf = memoryview(data)
+    try:
+        _, pos, _ = _file_meta(buf)
+        elements, _ = _elements(buf, pos, len(buf), in_item=False, until=_UID_TAGS[1])
+        uids = []
+        for tag in _UID_TAGS:
+            el = elements.get(tag)
+            if el is not None and (el.vr != b"UI" or not isinstance(el.value, memoryview)):
+                return None
+            uids.append(_text(el.value, uid=True) if el is not None else "")
+    except (_Outside, struct.error, UnicodeDecodeError, ValueError):
         return None
-    return str(inst.header.get("SOPInstanceUID", "")), str(inst.header.get("SeriesInstanceUID", ""))
+    return uids[0], uids[1]
 
 
 def _packbits(src: memoryview | bytes) -> bytearray:
