@@ -24,8 +24,9 @@ from test_dicom_reading import CASES, good
 from vigil.core.errors import DICOMError
 from vigil.dicom_adapter import Scanner, build_instance, prepare_batch, read_image
 from vigil.dicom_adapter.dicomweb import MultipartPart, instances_from_parts
-from vigil.dicom_adapter.light import light_pixels, light_uids, parse_light
+from vigil.dicom_adapter.light import light_uids, parse_light
 from vigil.dicom_adapter.light_dataset import light_dataset
+from vigil.dicom_adapter.light_pixels import light_pixels
 from vigil.dicom_adapter.reading import display_parameters, read_image_bytes
 from vigil.imaging import Photometric, PresentationShape, to_model_input
 from vigil.imaging.histogram import INPUT_EDGES, N_BINS, input_histogram

@@ -9,9 +9,9 @@ PS3.5 §7.1.2: data elements in Explicit VR Little Endian, sequences of defined 
 undefined length, §A.4: encapsulated Pixel Data) and returns a :class:`LightInstance`
 whose :attr:`~LightInstance.header` answers ``get``/``in`` like a pydicom ``Dataset``
 for the keywords the pixel chain reads, with the values pydicom gives them. Its
-pixels come from :func:`light_pixels`: native (Explicit VR Little Endian), RLE
-Lossless (PS3.5 Annex G, decoded here) and JPEG-LS Lossless (PS3.5 §A.4.3, CharLS
-through ``jpeg_ls``, the decoder pydicom itself calls).
+pixels come from :func:`vigil.dicom_adapter.light_pixels.light_pixels`: native
+(Explicit VR Little Endian), RLE Lossless (PS3.5 Annex G) and JPEG-LS Lossless
+(PS3.5 §A.4.3, CharLS through ``jpeg_ls``, the decoder pydicom itself calls).
 
 Anything outside that common case returns None, and the caller reads the instance with
 pydicom (:func:`vigil.dicom_adapter.reading.read_image`): another transfer syntax
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-__all__ = ["LightHeader", "LightInstance", "light_pixels", "light_uids", "parse_light"]
+__all__ = ["LightHeader", "LightInstance", "light_uids", "parse_light"]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+"""Explicit VR Little Endian (and the two compressed syntaxes below: the light reader's)."""
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 _SYNTAXES = frozenset({EXPLICIT_LE, RLE_LOSSLESS, JPEG_LS_LOSSLESS})
@@ -404,91 +404,3 @@ def light_uids(data: bytes) -> tuple[str, str] | None:
     except (_Outside, struct.error, UnicodeDecodeError, ValueError):
         return None
     return uids[0], uids[1]
-
-
-def _packbits(src: memoryview | bytes) -> bytearray:
-    """Decode one RLE segment (PS3.5 §G.3.1: PackBits)."""
-    out = bytearray()
-    pos, n = 0, len(src)
-    while pos < n:
-        header = src[pos]
-        pos += 1
-        if header < 128:  # copy the next header + 1 bytes literally
-            out += src[pos:pos + header + 1]
-            pos += header + 1
-        elif header > 128:  # repeat the next byte 257 - header times
-            out += bytes(src[pos:pos + 1]) * (257 - header)
-            pos += 1
-    return out
-
-
-def _rle_frame(frame: bytes, rows: int, columns: int, allocated: int) -> NDArray[np.integer] | None:
-    """One RLE Lossless frame of one sample (PS3.5 Annex G), or None outside the common case."""
-    per = allocated // 8
-    if len(frame) < 64:
-        return None
-    header = struct.unpack_from("<16I", frame)
-    count, offsets = header[0], list(header[1:1 + header[0]])
-    increasing = all(a < b for a, b in zip(offsets, offsets[1:], strict=False))
-    if count != per or offsets[0] != 64 or not increasing or offsets[-1] >= len(frame):
-        return None
-    bounds = [*offsets, len(frame)]
-    n = rows * columns
-    planes = [_packbits(memoryview(frame)[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
-    if any(len(p) != n for p in planes):
-        return None  # short, or padded: pydicom warns or fails; its path decides
-    out = np.zeros(n, dtype=np.uint16 if per == 2 else np.uint8)
-    for k, plane in enumerate(planes):  # segment 0 holds the most significant bytes
-        out |= np.frombuffer(plane, dtype=np.uint8).astype(out.dtype) << (8 * (per - 1 - k))
-    return out.reshape(rows, columns)
-
-
-def _jpeg_ls_frame(frame: bytes, rows: int, columns: int, allocated: int
-                   ) -> NDArray[np.integer] | None:
-    """One JPEG-LS frame decoded by CharLS, as pydicom's pyjpegls plugin does; None otherwise."""
-    import jpeg_ls
-
-    try:
-        buffer, info = jpeg_ls.decode_pixel_data(frame)
-    except Exception:  # noqa: BLE001 - a stream CharLS refuses: pydicom's path gives the reason
-        return None
-    precision = int(info.get("bits_per_sample", 0))
-    per = 1 if 0 < precision <= 8 else 2 if 8 < precision <= 16 else 0
-    if (info.get("components") != 1 or per * 8 != allocated or info.get("width") != columns
-            or info.get("height") != rows or len(buffer) != rows * columns * per):
-        return None
-    return np.frombuffer(buffer, dtype=np.uint8 if per == 1 else "<u2").reshape(rows, columns)
-
-
-def light_pixels(inst: LightInstance) -> NDArray[np.integer] | None:
-    """Decode the one frame of a common-case instance to stored values, as pydicom does.
-
-    Returns
-    -------
-    ndarray of integers, shape (Rows, Columns), or None
-        ``uint8``/``uint16`` (``int8``/``int16`` for signed native pixels); None
-        outside the common case (module notes): read the instance with pydicom.
-    """
-    h = inst.header
-    rows, columns, allocated = h.get("Rows"), h.get("Columns"), h.get("BitsAllocated")
-    stored, signed = h.get("BitsStored"), h.get("PixelRepresentation")
-    frames = h.get("NumberOfFrames", 1)
-    if not all(isinstance(v, int) for v in (rows, columns, allocated, stored, signed)) or \
-            allocated not in (8, 16) or signed not in (0, 1) or frames not in (1, None) or \
-            h.get("SamplesPerPixel") != 1 or not rows or not columns or inst.pixels is None:
-        return None
-    if inst.syntax == EXPLICIT_LE:
-        if not isinstance(inst.pixels, memoryview) or (signed and stored != allocated):
-            return None
-        n = rows * columns * allocated // 8
-        if len(inst.pixels) not in (n, n + (n % 2)):
-            return None
-        kind = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): "<u2", (16, 1): "<i2"}[
-            (allocated, signed)]
-        return np.frombuffer(inst.pixels[:n], dtype=kind).reshape(rows, columns).copy()
-    if signed or not isinstance(inst.pixels, list) or not inst.pixels:
-        return None
-    frame = b"".join(inst.pixels)
-    if inst.syntax == RLE_LOSSLESS:
-        return _rle_frame(frame, rows, columns, allocated)
-    return _jpeg_ls_frame(frame, rows, columns, allocated)

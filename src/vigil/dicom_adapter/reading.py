@@ -343,7 +343,7 @@ def read_image_bytes(data: bytes, ds: Dataset, *,
 def read_image_light(light: LightInstance | None, ds: Dataset, *,
                      modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
     """:func:`read_image_bytes` of an instance already parsed by the light reader (or None)."""
-    from vigil.dicom_adapter.light import light_pixels
+    from vigil.dicom_adapter.light_pixels import light_pixels
 
     if light is not None:
         params = display_parameters(light.header, modalities)
