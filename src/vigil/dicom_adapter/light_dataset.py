@@ -46,13 +46,13 @@ def _tag(tag: int) -> BaseTag:
     return found
 
 
-def _raw(tag: int, el: _Element, data: bytes) -> RawDataElement:
+def _raw(tag: BaseTag, el: _Element, data: bytes) -> RawDataElement:
     """Build the ``RawDataElement`` pydicom's reader yields for ``el`` (as a tuple)."""
     vr = _VRS[el.vr]
     value = data[el.start:el.stop] if el.stop > el.start else (
         empty_value_for_VR(vr, raw=True) if el.length != _UNDEFINED else b"")
-    return tuple.__new__(RawDataElement, (_tag(tag), vr, el.length, value, el.start, False,
-                                          True, True, False))
+    return tuple.__new__(RawDataElement, (tag, vr, el.length, value, el.start, False, True,
+                                          True, False))
 
 
 def light_dataset(inst: LightInstance) -> FileDataset:
@@ -68,7 +68,8 @@ def light_dataset(inst: LightInstance) -> FileDataset:
     pydicom.dataset.FileDataset
     """
     data = inst.data
-    meta = FileMetaDataset({_tag(t): _raw(t, el, data) for t, el in inst.meta.items()})
+    meta = FileMetaDataset({(bt := _TAGS.get(t) or _tag(t)): _raw(bt, el, data)
+                            for t, el in inst.meta.items()})
     meta.set_original_encoding(False, True, default_encoding)
     encoding: str | list[str] = default_encoding
     charset = inst.elements.get(_CHARSET)
@@ -76,14 +77,14 @@ def light_dataset(inst: LightInstance) -> FileDataset:
         encoding = convert_encodings(convert_string(data[charset.start:charset.stop], True))
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     for tag, el in inst.elements.items():
+        bt = _TAGS.get(tag) or _tag(tag)
         if el.vr == b"SQ" and el.length == _UNDEFINED:
             fp = io.BytesIO(data)
             fp.seek(el.start)
             seq = read_sequence(fp, False, True, _UNDEFINED, encoding)
-            elements[_tag(tag)] = DataElement(_tag(tag), "SQ", seq, el.start,
-                                              is_undefined_length=True)
+            elements[bt] = DataElement(bt, "SQ", seq, el.start, is_undefined_length=True)
         else:
-            elements[_tag(tag)] = _raw(tag, el, data)
+            elements[bt] = _raw(bt, el, data)
     ds = FileDataset(io.BytesIO(data), elements, data[:128], meta, False, True)
     ds.set_original_encoding(False, True, encoding)
     return ds
