@@ -232,3 +232,50 @@ def test_input_histogram_counts_as_searchsorted():
     expected = np.stack([np.bincount(row, minlength=N_BINS) for row in idx])
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.int64 and got.sum(axis=1).tolist() == [784] * 6
+
+
+def _same_headers(data: bytes) -> bool:
+    """The header record, the skip check and the key read through the view equal pydicom's."""
+    from vigil.dicom_adapter.headers import header_record
+    from vigil.dicom_adapter.light_dataset import HeaderView
+    from vigil.runtime.imaging_cycle import skip_instance
+
+    light = parse_light(data)
+    assert light is not None
+    view = HeaderView(light, light_dataset(light))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    got, expected = header_record(view), header_record(ds)
+    assert repr(got) == repr(expected)  # NaN spacing compares equal this way
+    assert skip_instance(view) == skip_instance(ds)
+    assert skip_instance(view, modalities=("DX",)) == skip_instance(ds, modalities=("DX",))
+    assert str(view.get("SOPInstanceUID", "")) == str(ds.SOPInstanceUID)
+    assert view.get("NotAKeyword", "x") == "x" and "PatientID" in view
+    return skip_instance(view)
+
+
+@pytest.mark.parametrize("scanner", SCANNERS[::7] + SCANNERS[-3:], ids=lambda s: s.name)
+def test_header_view_reads_as_pydicom(scanner):
+    _same_headers(_bytes(build_instance(IMAGE, scanner, key=f"light/view/{scanner.name}")))
+
+
+def test_header_view_leaves_odd_values_to_pydicom():
+    latin = good()
+    latin.SpecificCharacterSet = "ISO_IR 100"
+    latin.Manufacturer = "Müller  Röntgen "  # non-ASCII, a double space
+    latin.ManufacturerModelName = " leading"
+    latin.PixelSpacing = ["0.139", "0.139"]
+    light = parse_light(_bytes(latin))
+    assert light is not None and "Manufacturer" not in light.header  # left to pydicom
+    assert "PixelSpacing" in light.header
+    _same_headers(_bytes(latin))
+    own = good()
+    own.Modality, own.Manufacturer = "SR", "vigil"
+    own.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    assert _same_headers(_bytes(own))  # the runtime's own result: skipped both ways
+    other = good()
+    other.Modality, other.Manufacturer = "SR", "another vendor"
+    assert _same_headers(_bytes(other))  # not an image: skipped both ways
+    single = good()
+    single.ImagerPixelSpacing = "0.2"  # one value: not a pair
+    del single.Manufacturer
+    assert not _same_headers(_bytes(single))

@@ -82,6 +82,15 @@ _KEYWORDS: dict[str, tuple[int, frozenset[bytes]]] = {
     "DoubleFloatPixelData": (0x7FE00009, frozenset({b"OD"})),
     "PixelData": (_PIXEL_DATA, frozenset({b"OB", b"OW"})),
 }
+_EXTRA_KEYWORDS: dict[str, tuple[int, frozenset[bytes]]] = {
+    "SOPClassUID": (0x00080016, frozenset({b"UI"})),
+    "Manufacturer": (0x00080070, frozenset({b"LO"})),
+    "ManufacturerModelName": (0x00081090, frozenset({b"LO"})),
+    "PixelSpacing": (0x00280030, frozenset({b"DS"})),
+    "ImagerPixelSpacing": (0x00181164, frozenset({b"DS"})),
+}
+"""What the header record and the own-output check read besides: converted when plain,
+else left to pydicom one keyword at a time (the instance stays light)."""
 _ITEM_KEYWORDS: dict[str, tuple[int, frozenset[bytes]]] = {
     "LUTDescriptor": (0x00283002, frozenset({b"US", b"SS"})),
     "LUTData": (0x00283006, frozenset({b"US", b"OW"})),
@@ -116,10 +125,12 @@ class LightHeader:
     entries (OW: ``bytes``, as pydicom). Keywords outside the set are absent.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "absent")
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], absent: frozenset[str] = frozenset()) -> None:
         self._values = values
+        self.absent = absent
+        """Keywords of the reader's sets that the instance does not have."""
 
     def __contains__(self, keyword: object) -> bool:
         return keyword in self._values
@@ -195,7 +206,7 @@ def _convert(el: _Element, keyword: str) -> Any:
         return [_item(item) for item in value] if keyword != "PresentationLUTSequence" else value
     if not isinstance(value, memoryview):
         return value  # encapsulated Pixel Data: its presence is what is asked
-    if vr in (b"CS", b"UI"):
+    if vr in (b"CS", b"UI", b"LO"):
         return _text(value, uid=vr == b"UI")
     if vr == b"DS":
         return _numbers(value, float)
@@ -366,9 +377,11 @@ def parse_light(data: bytes) -> LightInstance | None:
         syntax, pos, meta = _file_meta(buf)
         elements, _ = _elements(buf, pos, len(buf), in_item=False)
         values: dict[str, Any] = {}
+        absent = set()
         for keyword, (tag, vrs) in _KEYWORDS.items():
             el = elements.get(tag)
             if el is None:
+                absent.add(keyword)
                 continue
             if el.vr not in vrs or (el.vr == b"SQ" and tag not in _LUT_SEQUENCES
                                     and keyword != "PresentationLUTSequence"):
@@ -376,11 +389,21 @@ def parse_light(data: bytes) -> LightInstance | None:
             values[keyword] = _convert(el, keyword)
     except (_Outside, struct.error, UnicodeDecodeError, ValueError):
         return None
+    for keyword, (tag, vrs) in _EXTRA_KEYWORDS.items():
+        el = elements.get(tag)
+        if el is None:
+            absent.add(keyword)
+            continue
+        try:
+            if el.vr in vrs:
+                values[keyword] = _convert(el, keyword)
+        except (_Outside, UnicodeDecodeError, ValueError):
+            pass  # not plain: pydicom reads this one
     pixel = elements.get(_PIXEL_DATA)
     pixels = pixel.value if pixel is not None else None
     assert pixels is None or isinstance(pixels, memoryview | list)
-    return LightInstance(syntax, LightHeader(values), pixels,  # type: ignore[arg-type]
-                         data, meta, elements)
+    return LightInstance(syntax, LightHeader(values, frozenset(absent)),
+                         pixels, data, meta, elements)  # type: ignore[arg-type]
 
 
 _UID_TAGS = (0x00080018, 0x0020000E)

@@ -16,17 +16,21 @@ they read ``dcmread``'s; ``tests/dicom_adapter/test_light.py`` checks it equals
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import read_sequence
 from pydicom.tag import BaseTag
 from pydicom.values import convert_string
 
 from vigil.dicom_adapter.light import LightInstance, _Element
 
-__all__ = ["light_dataset"]
+_NOT_FOUND = object()
+
+__all__ = ["HeaderView", "light_dataset"]
 
 _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
@@ -88,3 +92,51 @@ def light_dataset(inst: LightInstance) -> FileDataset:
     ds = FileDataset(io.BytesIO(data), elements, data[:128], meta, False, True)
     ds.set_original_encoding(False, True, encoding)
     return ds
+
+
+class HeaderView(Mapping[str, Any]):
+    """An instance's header values: the light reader's where it has them, else pydicom's.
+
+    What the header record (:func:`vigil.dicom_adapter.headers.header_record`) and the
+    own-output check (:func:`vigil.dicom_adapter.own_output.is_own_output`) read, without
+    pydicom converting each element on access: a keyword the light header converted is
+    answered from it, one it knows the instance lacks is absent, any other is asked of
+    the pydicom dataset (the same instance, :func:`light_dataset`), so the answers are
+    pydicom's. ``file_meta`` is the dataset's.
+
+    Parameters
+    ----------
+    light : LightInstance
+    ds : pydicom.dataset.Dataset
+        The same instance (:func:`light_dataset` of ``light``).
+    """
+
+    def __init__(self, light: LightInstance, ds: Dataset) -> None:
+        self._header, self._ds = light.header, ds
+        self.file_meta = getattr(ds, "file_meta", None)
+
+    def get(self, keyword: str, default: Any = None) -> Any:  # type: ignore[override]
+        """Return the value of ``keyword``, ``default`` when the instance lacks it."""
+        if keyword in self._header:
+            return self._header.get(keyword)
+        if keyword in self._header.absent:
+            return default
+        return self._ds.get(keyword, default)
+
+    def __getitem__(self, keyword: str) -> Any:
+        value = self.get(keyword, _NOT_FOUND)
+        if value is _NOT_FOUND:
+            raise KeyError(keyword)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (str(e.keyword) for e in self._ds if e.keyword)
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __contains__(self, keyword: object) -> bool:
+        return isinstance(keyword, str) and self.get(keyword, _NOT_FOUND) is not _NOT_FOUND
+
+    def __repr__(self) -> str:
+        return "HeaderView(...)"

@@ -46,9 +46,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -84,7 +85,8 @@ __all__ = ["ImagingResult", "ImagingRunner", "binary_only", "site_threshold", "s
 log = logging.getLogger(__name__)
 
 
-def skip_instance(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) -> bool:
+def skip_instance(ds: Dataset | Mapping[str, Any], *,
+                  modalities: Sequence[str] = ACCEPTED_MODALITIES) -> bool:
     """Whether an instance is left out of scoring: the runtime's own output, or not an image.
 
     vigil's own results (:func:`vigil.dicom_adapter.own_output.is_own_output`) and every
