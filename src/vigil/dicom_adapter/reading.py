@@ -8,6 +8,11 @@ whose message is the quarantine reason.
 keeps going past the rejected ones. Reasons name DICOM keywords and
 values of the image's structure only: never a Patient, Study or Accession
 identifier, and never a file name (which may embed one).
+
+The validation is :func:`display_parameters`, which reads through ``get``/``in`` only, so it
+runs unchanged on the light reader's header (:mod:`vigil.dicom_adapter.light`):
+:func:`read_image_light` / :func:`read_image_bytes` read the common instance without
+pydicom and give :func:`read_image`'s result and reasons.
 """
 
 from __future__ import annotations
