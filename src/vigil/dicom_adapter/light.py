@@ -122,9 +122,10 @@ class LightHeader:
     The set: what the pixel chain reads (every one converted, or the instance is left to
     pydicom) and what the header record and own-output check read besides (converted when
     plain, else missing here and not in :attr:`absent`: ask pydicom). Text is ``str``
-    (trailing padding removed; ``""`` when empty), US and SS are ``int`` or a list of them, DS is ``float`` or a list, IS ``int``; an empty number is None;
-    a LUT sequence is a list of item headers; LUTData of VR US is an ndarray of its
-    entries (OW: ``bytes``, as pydicom). Keywords outside the set are absent.
+    (trailing padding removed; ``""`` when empty), US and SS are ``int`` or a list of them,
+    DS is ``float`` or a list, IS ``int``; an empty number is None; a LUT sequence is a
+    list of item headers; LUTData of VR US is an ndarray of its entries (OW: ``bytes``, as
+    pydicom). Keywords outside the set are absent.
     """
 
     __slots__ = ("_values", "absent")
