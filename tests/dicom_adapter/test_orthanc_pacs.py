@@ -30,7 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 from vigil.cli.main import app
-from vigil.core.errors import PACSError
+from vigil.core.errors import ConfigError, PACSError
 
 pytestmark = pytest.mark.slow
 
@@ -242,3 +242,30 @@ def test_a_killed_launcher_leaves_no_orthanc_behind(tmp_path):
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in pids)
+
+
+def test_the_forwarder_as_a_process_serves_and_leaves_nothing(tmp_path):
+    """``forwarder="process"`` (the bench's): it serves the client, and no process is left."""
+    from vigil.dicom_adapter.orthanc_local import LocalOrthanc, local_orthanc_missing
+
+    if local_orthanc_missing():
+        pytest.skip(local_orthanc_missing())
+    with pytest.raises(ConfigError, match="forwarder 'thread' or 'process'"):
+        LocalOrthanc(tmp_path / "x", forwarder="fork")
+    (image,) = write_studies(tmp_path / "dicom", 1, tag="forwarder")
+    server = LocalOrthanc(tmp_path / "pacs", forwarder="process").start()
+    try:
+        pids, url = set(server.pids), server.url
+        assert len(pids) == 3 and all(alive(p) for p in pids)  # supervisor, Orthanc, forwarder
+        client = client_for(server)
+        client.store(image.read_bytes())
+        assert client.system()["Name"] == "vigil-private-pacs"
+        uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+        assert len(client.retrieve_study(uid)) == 1
+        client.close()
+        pids.update(server.pids)
+    finally:
+        server.stop()
+    assert not any(alive(p) for p in pids)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/system", timeout=2)

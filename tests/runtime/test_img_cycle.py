@@ -25,7 +25,7 @@ from vigil.core.package import read_package
 from vigil.runtime.folder_studies import FolderStudySource, parse_cursor
 from vigil.runtime.images import ImageScorer, load_images
 from vigil.runtime.imaging_cycle import ImagingRunner, site_threshold
-from vigil.runtime.imaging_store import cursor_key, instance_records
+from vigil.runtime.imaging_store import cursor_key, instance_records, studies_rows, study_rows
 from vigil.runtime.models import install_model, load_live_models
 from vigil.runtime.store import StateStore
 
@@ -67,6 +67,14 @@ def test_each_study_scored_once_with_the_evaluate_code(site):
         replay = runner(store, tmp_path / "in", sink).run()
         assert (replay.scored, replay.unchanged, sink.writes) == (0, 12, 12)
         rows = studies(store)
+        # a page's recorded scores in one query: the same rows as one query per study
+        uids = sorted({r[0] for r in rows}) + ["2.25.0"]
+        many = studies_rows(store.conn, uids)
+        assert set(many) == set(uids) and many["2.25.0"] == {}
+        for uid in uids:
+            assert {k: repr(v) for k, v in many[uid].items()} == {
+                k: repr(v) for k, v in study_rows(store.conn, uid).items()}
+            assert all(v.study.study_uid == uid for v in many[uid].values())
     assert len(rows) == 12 and {r[7] for r in rows} == {"done"}
     # the numbers of the plain reader + scorer (`load_images`, ImageScorer) on the same files
     package = read_package(SHIPPED)

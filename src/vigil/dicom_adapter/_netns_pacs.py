@@ -7,6 +7,11 @@ own the only interface is loopback, so nothing outside this process tree can rea
 one way in is the Unix socket ``SOCKET`` (mode 0600, in the launcher's private directory),
 forwarded byte for byte to ``127.0.0.1:<HttpPort>`` inside the namespace.
 
+``python _netns_pacs.py --host-forward SOCKET`` (run by path, importing nothing of vigil) is
+the host side as a process of its own (``LocalOrthanc(forwarder="process")``): it accepts on
+``127.0.0.1:<ephemeral port>``, prints the port on one line, forwards each connection to
+``SOCKET`` and exits on SIGTERM or when its launcher dies (``PR_SET_PDEATHSIG``).
+
 SIGTERM or SIGINT stops Orthanc (SIGTERM, then SIGKILL after 15 s) and exits; so does
 Orthanc exiting on its own. This process gets ``PR_SET_PDEATHSIG`` = SIGTERM (the
 launcher killed, say a test run timed out: it stops Orthanc and exits) and Orthanc gets
@@ -88,8 +93,33 @@ async def _serve(orthanc: str, config: Path, sock: Path, log: Path, pidfile: Pat
     return 0 if stop.is_set() else 1
 
 
+async def _host_forward(sock: Path) -> int:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+        except OSError:
+            w.close()
+            return
+        await asyncio.gather(_pipe(r, writer), _pipe(reader, w))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(int(server.sockets[0].getsockname()[1]), flush=True)
+    await stop.wait()
+    server.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Run the namespace side until told to stop; the exit code is 1 if Orthanc died first."""
+    if argv[:1] == ["--host-forward"]:
+        _die_with_parent(signal.SIGTERM)
+        if str(os.getppid()) != os.environ.get(LAUNCHER_ENV, str(os.getppid())):
+            return 1
+        return asyncio.run(_host_forward(Path(argv[1])))
     orthanc, config, sock, log, pidfile = argv
     _die_with_parent(signal.SIGTERM)  # the launcher's process gone (killed): stop cleanly
     if str(os.getppid()) != os.environ.get(LAUNCHER_ENV, str(os.getppid())):

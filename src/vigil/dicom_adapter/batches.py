@@ -22,7 +22,13 @@ from pydicom.dataset import Dataset
 
 from vigil.core.errors import DataError, DICOMError
 from vigil.dicom_adapter.colour import COLOUR_MODALITIES, read_colour_image
-from vigil.dicom_adapter.reading import ACCEPTED_MODALITIES, read_file, read_image
+from vigil.dicom_adapter.light import LightInstance
+from vigil.dicom_adapter.reading import (
+    ACCEPTED_MODALITIES,
+    read_file,
+    read_image,
+    read_image_light,
+)
 from vigil.dicom_adapter.scanners import missing_required
 from vigil.imaging import MODEL_SIZE, stored_colour_input, to_model_input
 
@@ -62,6 +68,7 @@ def prepare_batch(
     size: int = MODEL_SIZE,
     modalities: Sequence[str] | None = None,
     channels: int = 1,
+    light: Sequence[LightInstance | None] | None = None,
 ) -> PreparedBatch:
     """Model inputs of every acceptable instance; the others are quarantined with their reason.
 
@@ -96,7 +103,10 @@ def prepare_batch(
                 colour = read_colour_image(ds, modalities=modalities or COLOUR_MODALITIES)
                 inputs.append(stored_colour_input(colour.stored, colour.space, size=size))
             else:
-                image = read_image(ds, modalities=modalities or ACCEPTED_MODALITIES)
+                parsed = light[position] if light is not None else None
+                accept = modalities or ACCEPTED_MODALITIES
+                image = (read_image(ds, modalities=accept) if parsed is None
+                         else read_image_light(parsed, ds, modalities=accept))
                 inputs.append(to_model_input(image.stored, image.params, size=size))
         except (DICOMError, DataError) as exc:
             quarantined.append((position, str(exc)))

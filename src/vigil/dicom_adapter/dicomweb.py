@@ -18,6 +18,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from vigil.core.errors import PACSError
+from vigil.dicom_adapter.light import light_uids
 from vigil.runtime.study_contracts import StudyInstance
 
 __all__ = ["MultipartPart", "boundary_of", "instances_from_parts", "split_multipart"]
@@ -121,8 +122,23 @@ def split_multipart(body: bytes, boundary: str) -> list[MultipartPart]:
 _UIDS = ("SOPInstanceUID", "SeriesInstanceUID")
 
 
+def _uids(content: bytes, i: int) -> tuple[str, str]:
+    """Read the part's SOP Instance and Series UIDs with pydicom (what the light reader leaves)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True,
+                             specific_tags=list(_UIDS))
+    except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
+        raise PACSError(f"part {i + 1} of the WADO-RS answer is not a DICOM Part 10 "
+                        f"instance ({type(exc).__name__})") from exc
+    sop, series = (str(ds.get(k, "") or "") for k in _UIDS)
+    return sop, series
+
+
 def instances_from_parts(parts: list[MultipartPart]) -> list[StudyInstance]:
     """Each part as a :class:`StudyInstance` (UIDs read from its header, bytes kept as sent).
+
+    The UIDs of a common-case instance come from :func:`~vigil.dicom_adapter.light.light_uids`
+    (no pydicom), of any other from pydicom.
 
     Raises
     ------
@@ -136,13 +152,7 @@ def instances_from_parts(parts: list[MultipartPart]) -> list[StudyInstance]:
         if kind != "application/dicom":
             raise PACSError(f"part {i + 1} of the WADO-RS answer is {kind!r}, expected "
                             "application/dicom")
-        try:
-            ds = pydicom.dcmread(io.BytesIO(part.content), stop_before_pixels=True,
-                                 specific_tags=list(_UIDS))
-        except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
-            raise PACSError(f"part {i + 1} of the WADO-RS answer is not a DICOM Part 10 "
-                            f"instance ({type(exc).__name__})") from exc
-        sop, series = (str(ds.get(k, "") or "") for k in _UIDS)
+        sop, series = light_uids(part.content) or _uids(part.content, i)
         if not sop or not series:
             raise PACSError(f"part {i + 1} of the WADO-RS answer lacks SOPInstanceUID or "
                             "SeriesInstanceUID")

@@ -10,6 +10,7 @@ describes what came, the pixel chain decides what is scored.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +40,12 @@ HEADER_FIELDS: tuple[str, ...] = tuple(HeaderRecord.__dataclass_fields__)
 """The field names of :class:`HeaderRecord`, in order (the store's and monitor's columns)."""
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: Dataset | Mapping[str, Any], keyword: str) -> str:
     value: Any = ds.get(keyword, "")
     return str(value).strip() if value is not None else ""
 
 
-def _spacing(ds: Dataset) -> float:
+def _spacing(ds: Dataset | Mapping[str, Any]) -> float:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value: Any = ds.get(keyword)
         try:
@@ -56,13 +57,14 @@ def _spacing(ds: Dataset) -> float:
     return math.nan
 
 
-def header_record(ds: Dataset) -> HeaderRecord:
+def header_record(ds: Dataset | Mapping[str, Any]) -> HeaderRecord:
     """Read the watched headers of ``ds``.
 
     Parameters
     ----------
-    ds : pydicom.dataset.Dataset
-        One instance (its file meta, when present, gives the transfer syntax).
+    ds : pydicom.dataset.Dataset or mapping
+        One instance (its file meta, when present, gives the transfer syntax), or its
+        :class:`~vigil.dicom_adapter.light_dataset.HeaderView` (read by ``get`` alike).
 
     Returns
     -------

@@ -10,7 +10,10 @@ forwarders bridge it to this process:
 - inside the namespace, ``vigil.dicom_adapter._netns_pacs`` accepts on a Unix socket
   (mode 0600 in a 0700 directory: only this user can connect) and connects to
   Orthanc's ``127.0.0.1:8042``;
-- here, a thread accepts on ``127.0.0.1:<ephemeral port>`` and connects to that socket,
+- here, a thread accepts on ``127.0.0.1:<ephemeral port>`` and connects to that socket
+  (``forwarder="process"``: a process of its own does, so the forwarding's Python work
+  does not share this process's interpreter lock: the bench, which measures this
+  process, uses it; a PACS on another host has no forwarder in the runtime's process),
 
 so a client talks plain ``http://127.0.0.1:<port>`` and nothing off the machine can
 reach the PACS. A veth pair would need a routed address on the host side; the socket
@@ -113,6 +116,35 @@ class _HostForwarder:
         self._thread.join(10)
 
 
+class _ProcessForwarder:
+    """The same forwarding in a child process (``_netns_pacs.py --host-forward``)."""
+
+    def __init__(self, sock: Path) -> None:
+        script = Path(__file__).with_name("_netns_pacs.py")
+        self._proc = subprocess.Popen(
+            [sys.executable, str(script), "--host-forward", str(sock)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, LAUNCHER_ENV: str(os.getpid())})
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.close()
+            raise ConfigError("the PACS forwarder process did not start")
+        self.port = int(line)
+        self.pid = self._proc.pid
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
 class LocalOrthanc:
     """A private Orthanc (own storage, own network namespace, auth on); a context manager.
 
@@ -127,6 +159,8 @@ class LocalOrthanc:
         The one registered user; the password is generated (:attr:`password`).
     binary, plugin : str, optional
         Where Debian installs Orthanc and its DICOMweb plugin.
+    forwarder : {"thread", "process"}, optional
+        Where the host side of the forwarding runs (module notes).
 
     Raises
     ------
@@ -136,7 +170,11 @@ class LocalOrthanc:
     """
 
     def __init__(self, workdir: Path, *, stable_age: int = 1, username: str = "vigil",
-                 binary: str = ORTHANC_BINARY, plugin: str = ORTHANC_DICOMWEB_PLUGIN) -> None:
+                 binary: str = ORTHANC_BINARY, plugin: str = ORTHANC_DICOMWEB_PLUGIN,
+                 forwarder: str = "thread") -> None:
+        if forwarder not in ("thread", "process"):
+            raise ConfigError(f"expected forwarder 'thread' or 'process', got {forwarder!r}")
+        self.forwarder = forwarder
         self.workdir = Path(workdir)
         self.stable_age = stable_age
         self.username = username
@@ -144,7 +182,7 @@ class LocalOrthanc:
         self.binary = binary
         self.plugin = plugin
         self._proc: subprocess.Popen[bytes] | None = None
-        self._forwarder: _HostForwarder | None = None
+        self._forwarder: _HostForwarder | _ProcessForwarder | None = None
         self.orthanc_pid: int | None = None
 
     def __repr__(self) -> str:
@@ -165,8 +203,9 @@ class LocalOrthanc:
     @property
     def pids(self) -> tuple[int, ...]:
         """Process ids of the namespace supervisor and of Orthanc (for leak checks)."""
-        return tuple(p for p in (self._proc.pid if self._proc else None, self.orthanc_pid)
-                     if p is not None)
+        forwarder = getattr(self._forwarder, "pid", None)
+        return tuple(p for p in (self._proc.pid if self._proc else None, self.orthanc_pid,
+                                 forwarder) if p is not None)
 
     def _write_config(self) -> Path:
         config = {
@@ -211,7 +250,8 @@ class LocalOrthanc:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
                 start_new_session=True, env={**os.environ, LAUNCHER_ENV: str(os.getpid())})
         if self._forwarder is None:
-            self._forwarder = _HostForwarder(sock)
+            self._forwarder = (_ProcessForwarder(sock) if self.forwarder == "process"
+                               else _HostForwarder(sock))
         try:
             self._wait_ready(pidfile)
         except BaseException:

@@ -8,6 +8,11 @@ whose message is the quarantine reason.
 keeps going past the rejected ones. Reasons name DICOM keywords and
 values of the image's structure only: never a Patient, Study or Accession
 identifier, and never a file name (which may embed one).
+
+The validation is :func:`display_parameters`, which reads through ``get``/``in`` only, so it
+runs unchanged on the light reader's header (:mod:`vigil.dicom_adapter.light`):
+:func:`read_image_light` / :func:`read_image_bytes` read the common instance without
+pydicom and give :func:`read_image`'s result and reasons.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+if TYPE_CHECKING:
+    from vigil.dicom_adapter.light import LightInstance
 
 from vigil.core.errors import DataError, DICOMError
 from vigil.imaging import (
@@ -37,13 +45,33 @@ from vigil.imaging import (
 __all__ = [
     "ACCEPTED_MODALITIES",
     "DicomImage",
+    "Header",
+    "display_parameters",
     "read_file",
     "read_image",
+    "read_image_bytes",
+    "read_image_light",
 ]
 
 ACCEPTED_MODALITIES: tuple[str, ...] = ("CR", "DX")
 """Modalities of projection radiographs, the chest X-ray model's input."""
 _SIZE_COINCIDENCE = "The number of bytes of compressed pixel data matches the expected number"
+
+
+class Header(Protocol):
+    """What the validation reads of an instance.
+
+    A pydicom ``Dataset``, or the light reader's
+    :class:`~vigil.dicom_adapter.light.LightHeader` (the same values).
+    """
+
+    def __contains__(self, keyword: object, /) -> bool:
+        """Whether the instance has the element ``keyword``."""
+        ...
+
+    def get(self, keyword: str, default: Any = None, /) -> Any:
+        """Return the value of ``keyword``, ``default`` when absent."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +116,7 @@ def _first(value: Any) -> Any:
     return value[0] if len(value) else None
 
 
-def _number(ds: Dataset, keyword: str, default: float | None = None) -> float | None:
+def _number(ds: Header, keyword: str, default: float | None = None) -> float | None:
     """Read a numeric element (first value) as float, ``default`` when absent or empty."""
     raw = _first(ds.get(keyword)) if keyword in ds else None
     if raw is None or raw == "":
@@ -101,7 +129,7 @@ def _number(ds: Dataset, keyword: str, default: float | None = None) -> float | 
         ) from exc
 
 
-def _lut(item: Dataset, sequence: str, *, signed: bool) -> LookupTable:
+def _lut(item: Header, sequence: str, *, signed: bool) -> LookupTable:
     """Build a LookupTable from an item of a Modality or VOI LUT Sequence."""
     descriptor = item.get("LUTDescriptor")
     data = item.get("LUTData")
@@ -116,6 +144,8 @@ def _lut(item: Dataset, sequence: str, *, signed: bool) -> LookupTable:
         first -= 65536
     if isinstance(data, bytes):
         entries = np.frombuffer(data, dtype="<u2" if bits > 8 else np.uint8)
+    elif isinstance(data, np.ndarray):  # the light reader's US entries
+        entries = data
     else:
         entries = np.asarray([int(v) for v in (data if hasattr(data, "__len__") else [data])])
     if entries.size != n:
@@ -129,7 +159,7 @@ def _lut(item: Dataset, sequence: str, *, signed: bool) -> LookupTable:
         raise DICOMError(f"{sequence}: {exc}", attribute=sequence) from exc
 
 
-def _check_structure(ds: Dataset, modalities: Sequence[str]) -> tuple[Photometric, bool]:
+def _check_structure(ds: Header, modalities: Sequence[str]) -> tuple[Photometric, bool]:
     """Modality, pixel data, frames, photometric interpretation, bits; what the chain needs."""
     modality = str(ds.get("Modality", "") or "")
     if modality not in modalities:
@@ -172,11 +202,11 @@ def _check_structure(ds: Dataset, modalities: Sequence[str]) -> tuple[Photometri
     return Photometric(photometric), bool(representation)
 
 
-def _voi(ds: Dataset, *, signed: bool) -> tuple[Window | None, LookupTable | None]:
+def _voi(ds: Header, *, signed: bool) -> tuple[Window | None, LookupTable | None]:
     """Read the first window and the first VOI LUT (either may be None)."""
     voi_lut = None
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        voi_lut = _lut(ds.VOILUTSequence[0], "VOILUTSequence", signed=signed)
+    if "VOILUTSequence" in ds and len(ds.get("VOILUTSequence")):
+        voi_lut = _lut(ds.get("VOILUTSequence")[0], "VOILUTSequence", signed=signed)
     center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
     if (center is None) != (width is None):
         raise DICOMError(
@@ -196,6 +226,57 @@ def _voi(ds: Dataset, *, signed: bool) -> tuple[Window | None, LookupTable | Non
         except DataError as exc:
             raise DICOMError(str(exc), attribute="WindowWidth") from exc
     return window, voi_lut
+
+
+def display_parameters(ds: Header, modalities: Sequence[str] = ACCEPTED_MODALITIES
+                       ) -> DisplayParameters:
+    """Validate an instance's headers and return its display parameters (no pixels read).
+
+    The first half of :func:`read_image` (the checks in the same order, the same
+    reasons), on a pydicom ``Dataset`` or the light reader's header.
+
+    Raises
+    ------
+    DICOMError
+        With the quarantine reason (:func:`read_image`).
+    """
+    photometric, signed = _check_structure(ds, modalities)
+    window, voi_lut = _voi(ds, signed=signed)
+    modality_lut = None
+    if "ModalityLUTSequence" in ds and len(ds.get("ModalityLUTSequence")):
+        modality_lut = _lut(ds.get("ModalityLUTSequence")[0], "ModalityLUTSequence",
+                            signed=signed)
+    shape_name = str(ds.get("PresentationLUTShape", "") or "").strip()
+    if shape_name and shape_name not in PresentationShape.__members__:
+        raise DICOMError(
+            f"expected PresentationLUTShape IDENTITY or INVERSE, got {shape_name!r}",
+            attribute="PresentationLUTShape",
+        )
+    try:
+        return DisplayParameters(
+            bits_stored=int(ds.get("BitsStored")),
+            signed=signed,
+            photometric=photometric,
+            slope=float(_number(ds, "RescaleSlope", 1.0) or 0.0),
+            intercept=float(_number(ds, "RescaleIntercept", 0.0) or 0.0),
+            modality_lut=modality_lut,
+            window=window,
+            voi_lut=voi_lut,
+            presentation_shape=PresentationShape(shape_name) if shape_name else None,
+        )
+    except DataError as exc:
+        raise DICOMError(str(exc)) from exc
+
+
+def _checked_pixels(stored: NDArray[Any], rows: int, columns: int) -> NDArray[np.integer]:
+    expected = (rows, columns)
+    if stored.shape != expected or not np.issubdtype(stored.dtype, np.integer):
+        raise DICOMError(
+            f"expected integer pixel data of shape {expected} (Rows, Columns), "
+            f"got {stored.dtype} {stored.shape}",
+            attribute="PixelData",
+        )
+    return stored
 
 
 def read_image(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
@@ -223,31 +304,7 @@ def read_image(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) 
         a zero slope, a Presentation LUT Sequence, MONOCHROME1 with shape IDENTITY,
         pixel data that cannot be decoded or has the wrong shape.
     """
-    photometric, signed = _check_structure(ds, modalities)
-    window, voi_lut = _voi(ds, signed=signed)
-    modality_lut = None
-    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
-        modality_lut = _lut(ds.ModalityLUTSequence[0], "ModalityLUTSequence", signed=signed)
-    shape_name = str(ds.get("PresentationLUTShape", "") or "").strip()
-    if shape_name and shape_name not in PresentationShape.__members__:
-        raise DICOMError(
-            f"expected PresentationLUTShape IDENTITY or INVERSE, got {shape_name!r}",
-            attribute="PresentationLUTShape",
-        )
-    try:
-        params = DisplayParameters(
-            bits_stored=int(ds.BitsStored),
-            signed=signed,
-            photometric=photometric,
-            slope=float(_number(ds, "RescaleSlope", 1.0) or 0.0),
-            intercept=float(_number(ds, "RescaleIntercept", 0.0) or 0.0),
-            modality_lut=modality_lut,
-            window=window,
-            voi_lut=voi_lut,
-            presentation_shape=PresentationShape(shape_name) if shape_name else None,
-        )
-    except DataError as exc:
-        raise DICOMError(str(exc)) from exc
+    params = display_parameters(ds, modalities)
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
@@ -262,11 +319,41 @@ def read_image(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) 
             f"expected decodable pixel data, the {name} decoder failed ({type(exc).__name__})",
             attribute="PixelData",
         ) from exc
-    expected = (int(ds.Rows), int(ds.Columns))
-    if stored.shape != expected or not np.issubdtype(stored.dtype, np.integer):
-        raise DICOMError(
-            f"expected integer pixel data of shape {expected} (Rows, Columns), "
-            f"got {stored.dtype} {stored.shape}",
-            attribute="PixelData",
-        )
-    return DicomImage(stored=stored, params=params)
+    return DicomImage(stored=_checked_pixels(stored, int(ds.Rows), int(ds.Columns)),
+                      params=params)
+
+
+def read_image_bytes(data: bytes, ds: Dataset, *,
+                     modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
+    """:func:`read_image` of ``ds``, read from ``data`` (its Part 10 bytes) when it can be.
+
+    The common instance (:mod:`vigil.dicom_adapter.light`) is validated by the same code
+    on the same header values and its pixels decoded without pydicom; any other
+    instance, and any whose pixels the light decoders leave, goes to :func:`read_image`.
+    Same result, same quarantine reasons.
+
+    Parameters
+    ----------
+    data : bytes
+        The instance as stored.
+    ds : pydicom.Dataset
+        The same instance read by pydicom (``pydicom.dcmread(data)``).
+    modalities : sequence of str, optional
+    """
+    from vigil.dicom_adapter.light import parse_light
+
+    return read_image_light(parse_light(data), ds, modalities=modalities)
+
+
+def read_image_light(light: LightInstance | None, ds: Dataset, *,
+                     modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
+    """:func:`read_image_bytes` of an instance already parsed by the light reader (or None)."""
+    from vigil.dicom_adapter.light_pixels import light_pixels
+
+    if light is not None:
+        params = display_parameters(light.header, modalities)
+        stored = light_pixels(light)
+        if stored is not None:
+            return DicomImage(stored=_checked_pixels(stored, stored.shape[0], stored.shape[1]),
+                              params=params)
+    return read_image(ds, modalities=modalities)

@@ -236,6 +236,7 @@ def imaging_report(score: StudyScore, *, site: str, deployment: str,
             acsn["system"] = accession_system
         based_on = [{"type": "ServiceRequest", "identifier": acsn}]
     observation: dict[str, Any] | None = None
+    effective = _effective(sources, when)
     p = _probability(score) if len(score.sop_instance_uids) else None
     if p is not None:
         decision = ("POS", "Positive") if score.positive else ("NEG", "Negative")
@@ -252,7 +253,7 @@ def imaging_report(score: StudyScore, *, site: str, deployment: str,
             "code": {"coding": [{"system": _DCM, "code": "122157", "display": "Probability"}],
                      "text": "Probability of pneumonia (AI, chest radiograph)"},
             "subject": subject,
-            "effectiveDateTime": _effective(sources, when),
+            "effectiveDateTime": effective,
             "issued": when,
             "valueQuantity": {"value": p, **fraction},
             "interpretation": [{"coding": [{"system": _INTERPRETATION, "code": decision[0],
@@ -281,7 +282,7 @@ def imaging_report(score: StudyScore, *, site: str, deployment: str,
                              "display": "Diagnostic imaging study"}],
                  "text": "AI chest radiograph assessment (pneumonia)"},
         "subject": subject,
-        "effectiveDateTime": _effective(sources, when),
+        "effectiveDateTime": effective,
         "issued": when,
         "imagingStudy": [imaging_study],
         "conclusion": " ".join([_conclusion(score, p), *notes]),

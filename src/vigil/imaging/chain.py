@@ -98,9 +98,9 @@ def display_values(stored: NDArray[np.integer], params: DisplayParameters) -> ND
     low, high = params.stored_range
     entries = high - low + 1
     if arr.size < _LUT_MIN_PIXELS_PER_ENTRY * entries or entries > 2**16:
-        return apply_presentation(apply_voi(apply_modality(arr, params), params), params)
+        return apply_presentation(apply_voi(_modality(arr, params), params), params)
     every = np.arange(low, high + 1, dtype=np.int64).reshape(1, entries)
-    table = apply_presentation(apply_voi(apply_modality(every, params), params), params)[0]
+    table = apply_presentation(apply_voi(_modality(every, params), params), params)[0]
     index = arr if low == 0 else arr.astype(np.int32) - low
     return table[index]
 
@@ -134,7 +134,11 @@ def apply_modality(stored: NDArray[np.integer], params: DisplayParameters) -> ND
     >>> apply_modality(np.array([[0, 10]]), p).tolist()
     [[100.0, 80.0]]
     """
-    arr = _checked_stored(stored, params)
+    return _modality(_checked_stored(stored, params), params)
+
+
+def _modality(arr: NDArray[np.integer], params: DisplayParameters) -> NDArray[np.float64]:
+    """:func:`apply_modality` of stored values already checked (:func:`_checked_stored`)."""
     if params.modality_lut is not None:
         return params.modality_lut.lookup(arr)
     return arr.astype(np.float64) * params.slope + params.intercept

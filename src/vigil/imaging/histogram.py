@@ -55,6 +55,6 @@ def input_histogram(inputs: NDArray[np.floating]) -> NDArray[np.int64]:
         raise DataError("expected model inputs without NaN, got NaN")
     flat = x.reshape(x.shape[0], -1)
     idx = np.clip(np.searchsorted(INPUT_EDGES, flat, side="right") - 1, 0, N_BINS - 1)
-    out = np.zeros((x.shape[0], N_BINS), dtype=np.int64)
-    np.add.at(out, (np.repeat(np.arange(x.shape[0]), flat.shape[1]), idx.ravel()), 1)
-    return out
+    cells = (np.arange(x.shape[0])[:, None] * N_BINS + idx).ravel()
+    counts = np.bincount(cells, minlength=x.shape[0] * N_BINS)
+    return counts.reshape(x.shape[0], N_BINS).astype(np.int64, copy=False)

@@ -34,6 +34,9 @@ from vigil.runtime.scoring import Scorer
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from vigil.dicom_adapter.light import LightInstance
+    from vigil.dicom_adapter.light_dataset import HeaderView
+
 __all__ = [
     "UNREAD_HEADERS", "ImageBatch", "ImageScorer", "InstanceBatch", "evaluate_images",
     "load_images", "read_instances"]
@@ -158,15 +161,28 @@ class InstanceBatch:
     skipped: int = 0
 
 
-def _dataset(item: bytes | Path) -> Dataset:
+def _dataset(item: bytes | Path) -> tuple[Dataset, LightInstance | None, Dataset | HeaderView]:
+    """Read an instance: by the light reader when it is of the common case, else pydicom.
+
+    Returns the pydicom dataset, the light parse (or None) and what the header record and
+    the skip check read (:class:`~vigil.dicom_adapter.light_dataset.HeaderView`, or the
+    dataset itself).
+    """
+    from vigil.dicom_adapter.light import parse_light
+    from vigil.dicom_adapter.light_dataset import HeaderView, light_dataset
     from vigil.dicom_adapter.reading import read_file
 
-    return read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
+    light = parse_light(item) if isinstance(item, bytes) else None
+    if light is not None:
+        ds = light_dataset(light)
+        return ds, light, HeaderView(light, ds)
+    ds = read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
+    return ds, None, ds
 
 
 def read_instances(
     items: Iterable[tuple[str, bytes | Path]], *, size: int, channels: int = 1,
-    skip: Callable[[Dataset], bool] | None = None,
+    skip: Callable[[Dataset | HeaderView], bool] | None = None,
 ) -> InstanceBatch:
     """Read instances and turn the acceptable ones into model inputs (the runtime's reader).
 
@@ -181,7 +197,8 @@ def read_instances(
         The package's input channels (1 grayscale, 3 colour): an instance of the other
         kind is quarantined with its reason.
     skip : callable or None, optional
-        Instances for which it returns True are neither scored nor quarantined.
+        Instances for which it returns True are neither scored nor quarantined (it is
+        given the instance's header: a pydicom dataset or a ``HeaderView``, read by ``get``).
 
     Returns
     -------
@@ -194,24 +211,28 @@ def read_instances(
 
     quarantined: list[tuple[str, str]] = []
     datasets, keys = [], []
+    parsed: list[LightInstance | None] = []
+    views: list[Dataset | HeaderView] = []
     skipped = 0
     for key, item in items:
         try:
-            ds = _dataset(item)
+            ds, light, view = _dataset(item)
         except DICOMError as exc:
             quarantined.append((key, str(exc)))
             continue
-        if skip is not None and skip(ds):
+        if skip is not None and skip(view):
             skipped += 1
             continue
         datasets.append(ds)
-        keys.append(str(getattr(ds, "SOPInstanceUID", "") or key))
-    batch = prepare_batch(datasets, size=size, channels=channels)
+        parsed.append(light)
+        views.append(view)
+        keys.append(str(view.get("SOPInstanceUID", "") or key))
+    batch = prepare_batch(datasets, size=size, channels=channels, light=parsed)
     quarantined.extend((keys[i], reason) for i, reason in batch.quarantined)
     return InstanceBatch(
         inputs=batch.inputs, keys=[keys[i] for i in batch.accepted],
         datasets=[datasets[i] for i in batch.accepted], quarantined=quarantined,
-        headers={k: header_record(ds) for k, ds in zip(keys, datasets, strict=True)},
+        headers={k: header_record(v) for k, v in zip(keys, views, strict=True)},
         skipped=skipped)
 
 

@@ -46,9 +46,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -59,12 +60,13 @@ from vigil.dicom_adapter.reading import ACCEPTED_MODALITIES
 from vigil.imaging.histogram import N_BINS, input_histogram
 from vigil.runtime.images import UNREAD_HEADERS, ImageScorer, InstanceBatch, read_instances
 from vigil.runtime.imaging_store import (
+    StudyRow,
     cursor_key,
     instances_digest,
     prune_instances,
     put_study,
     retry_studies,
-    study_rows,
+    studies_rows,
 )
 from vigil.runtime.models import LiveModel, LiveModels
 from vigil.runtime.store import StateStore
@@ -84,7 +86,8 @@ __all__ = ["ImagingResult", "ImagingRunner", "binary_only", "site_threshold", "s
 log = logging.getLogger(__name__)
 
 
-def skip_instance(ds: Dataset, *, modalities: Sequence[str] = ACCEPTED_MODALITIES) -> bool:
+def skip_instance(ds: Dataset | Mapping[str, Any], *,
+                  modalities: Sequence[str] = ACCEPTED_MODALITIES) -> bool:
     """Whether an instance is left out of scoring: the runtime's own output, or not an image.
 
     vigil's own results (:func:`vigil.dicom_adapter.own_output.is_own_output`) and every
@@ -339,8 +342,10 @@ class ImagingRunner:
         order; default the source's).
         """
         fetch = fetch or self.source.fetch
+        recorded = studies_rows(self.store.conn, [ref.study_uid for ref in refs])
         pending = [p for ref in refs
-                   if (p := self._prepare(ref, fetch(ref), models, result, force=force))
+                   if (p := self._prepare(ref, fetch(ref), models, result,
+                                          recorded[ref.study_uid], force=force))
                    is not None]
         raw: dict[tuple[int, int], np.ndarray] = {}
         for j, m in enumerate(models):
@@ -372,14 +377,15 @@ class ImagingRunner:
         return done
 
     def _prepare(self, ref: StudyRef, instances: list[StudyInstance], models: list[LiveModel],
-                 result: ImagingResult, *, force: bool = False) -> _Pending | None:
+                 result: ImagingResult, rows: dict[tuple[str, str], StudyRow], *,
+                 force: bool = False) -> _Pending | None:
         """Read a study's fetched instances for every model that has not recorded it as it is now.
 
-        None when no model needs it (``unchanged``). The instances' pixel data are
-        dropped once read (the sinks need their headers only), so a page of films
-        holds its model inputs, not its pixels.
+        ``rows``: its recorded scores (read for the whole page before it is processed:
+        nothing of the page is recorded before its commit). None when no model needs it
+        (``unchanged``). The instances' pixel data are dropped once read (the sinks need
+        their headers only), so a page of films holds its model inputs, not its pixels.
         """
-        rows = study_rows(self.store.conn, ref.study_uid)
         reads: dict[int, tuple[InstanceBatch, np.ndarray]] = {}
 
         def read(size: int) -> tuple[InstanceBatch, np.ndarray]:

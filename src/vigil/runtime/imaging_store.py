@@ -42,7 +42,7 @@ __all__ = [
     "prune_instances",
     "put_study",
     "retry_studies",
-    "study_rows",
+    "studies_rows", "study_rows",
 ]
 
 IMAGING_MIGRATION = """
@@ -141,6 +141,20 @@ def study_rows(conn: sqlite3.Connection, study_uid: str) -> dict[tuple[str, str]
     rows = conn.execute(f"SELECT {_STUDY_COLUMNS} FROM imaging_studies WHERE study_uid = ?",
                         (study_uid,))
     return {(r.model, r.role): r for r in map(_study_row, rows)}
+
+
+def studies_rows(conn: sqlite3.Connection, study_uids: Sequence[str]
+                 ) -> dict[str, dict[tuple[str, str], StudyRow]]:
+    """:func:`study_rows` of several studies in one query per 500 (a page's, before its record)."""
+    out: dict[str, dict[tuple[str, str], StudyRow]] = {u: {} for u in study_uids}
+    uids = list(out)
+    for lo in range(0, len(uids), 500):
+        part = uids[lo:lo + 500]
+        rows = conn.execute(f"SELECT {_STUDY_COLUMNS} FROM imaging_studies WHERE study_uid IN "
+                            f"({', '.join('?' * len(part))})", part)
+        for r in map(_study_row, rows):
+            out[r.study.study_uid][(r.model, r.role)] = r
+    return out
 
 
 def retry_studies(conn: sqlite3.Connection, *, limit: int) -> list[StudyRef]:

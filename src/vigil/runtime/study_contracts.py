@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -141,10 +142,14 @@ class StudyScore:
         """``name@version``, the model's key in the store."""
         return f"{self.model_name}@{self.model_version}"
 
-    @property
+    @cached_property
     def study_probability(self) -> float:
-        """The study's probability: the highest of its scored instances (NaN if none)."""
-        return float(np.max(self.probability)) if len(self.probability) else float("nan")
+        """The study's probability: the highest of its scored instances (NaN if none).
+
+        Computed once (the report, the SR and the record each read it).
+        """
+        p = np.asarray(self.probability)
+        return float(p.max()) if len(p) else float("nan")
 
     @property
     def positive(self) -> bool:
