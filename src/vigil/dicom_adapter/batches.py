@@ -28,6 +28,7 @@ from vigil.dicom_adapter.reading import (
     read_file,
     read_image,
     read_image_light,
+    unreadable_element,
 )
 from vigil.dicom_adapter.scanners import missing_required
 from vigil.imaging import MODEL_SIZE, stored_colour_input, to_model_input
@@ -110,6 +111,9 @@ def prepare_batch(
                 inputs.append(to_model_input(image.stored, image.params, size=size))
         except (DICOMError, DataError) as exc:
             quarantined.append((position, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a damaged element pydicom cannot convert
+            quarantined.append((position, unreadable_element(exc)))
             continue
         accepted.append(position)
     shape = (0, size, size) if channels == 1 else (0, 3, size, size)

@@ -181,7 +181,10 @@ def _text(raw: memoryview, *, uid: bool = False) -> str:
 
 
 def _numbers(raw: memoryview, kind: type) -> Any:
-    parts = bytes(raw).strip(b" \x00")
+    data = bytes(raw)
+    if b"\x00" in data:
+        raise _Outside  # DS / IS pad with spaces; a NUL anywhere is pydicom's to judge
+    parts = data.strip(b" ")
     if not parts:
         return None
     values = []
@@ -236,7 +239,10 @@ def _item(item: dict[int, _Element]) -> LightHeader:
         else:
             if len(el.value) != 6:
                 raise _Outside
+            # the entry count is US even in an SS descriptor (PS3.3 C.11.1.1.1); pydicom
+            # fixes that value only (``pydicom.hooks.raw_element_value``), and so does this
             values[keyword] = _binary(el.value, "<u2" if el.vr == b"US" else "<i2")
+            values[keyword][0] &= 0xFFFF
     return LightHeader(values)
 
 

@@ -104,10 +104,14 @@ def light_pixels(inst: LightInstance) -> NDArray[np.integer] | None:
             return None
         kind = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): "<u2", (16, 1): "<i2"}[
             (allocated, signed)]
-        return np.frombuffer(inst.pixels[:n], dtype=kind).reshape(rows, columns).copy()
-    if signed or not isinstance(inst.pixels, list) or not inst.pixels:
+        stored_values = np.frombuffer(inst.pixels[:n], dtype=kind).reshape(rows, columns).copy()
+    elif signed or not isinstance(inst.pixels, list) or not inst.pixels:
         return None
-    frame = b"".join(inst.pixels)
-    if inst.syntax == RLE_LOSSLESS:
-        return _rle_frame(frame, rows, columns, allocated)
-    return _jpeg_ls_frame(frame, rows, columns, allocated)
+    elif inst.syntax == RLE_LOSSLESS:
+        stored_values = _rle_frame(b"".join(inst.pixels), rows, columns, allocated)
+    else:
+        stored_values = _jpeg_ls_frame(b"".join(inst.pixels), rows, columns, allocated)
+    if stored_values is not None and not signed and stored < allocated and \
+            int(stored_values.max(initial=0)) >> stored:
+        return None  # bits set above Bits Stored (damage): pydicom's masking decides them
+    return stored_values

@@ -17,6 +17,7 @@ pydicom and give :func:`read_image`'s result and reasons.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 if TYPE_CHECKING:
     from vigil.dicom_adapter.light import LightInstance
@@ -51,6 +51,7 @@ __all__ = [
     "read_image",
     "read_image_bytes",
     "read_image_light",
+    "unreadable_element",
 ]
 
 ACCEPTED_MODALITIES: tuple[str, ...] = ("CR", "DX")
@@ -93,6 +94,20 @@ class DicomImage:
         return f"DicomImage(shape={self.stored.shape}, params={self.params!r})"
 
 
+def unreadable_element(exc: Exception) -> str:
+    """Return the quarantine reason of an instance with an element pydicom cannot convert.
+
+    pydicom converts element values when they are first read; a damaged one raises
+    there (``BytesLengthException`` for a value of the wrong length, ``ValueError``,
+    ...), wherever that is. The reason names the exception type and pydicom's tag,
+    never a value.
+    """
+    tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
+    where = f" {tag.group(0)}" if tag else ""
+    return (f"expected readable DICOM elements, pydicom could not convert one{where} "
+            f"({type(exc).__name__})")
+
+
 def read_file(path: str | Path) -> Dataset:
     """Read a DICOM Part 10 file.
 
@@ -103,7 +118,8 @@ def read_file(path: str | Path) -> Dataset:
     """
     try:
         return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - on damaged bytes the parser raises struct.error,
+        # KeyError, ... besides InvalidDicomError: every one is an unreadable file
         raise DICOMError(
             f"expected a DICOM Part 10 file, could not read it ({type(exc).__name__})"
         ) from exc

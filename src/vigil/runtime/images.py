@@ -174,8 +174,12 @@ def _dataset(item: bytes | Path) -> tuple[Dataset, LightInstance | None, Dataset
 
     light = parse_light(item) if isinstance(item, bytes) else None
     if light is not None:
-        ds = light_dataset(light)
-        return ds, light, HeaderView(light, ds)
+        try:
+            ds = light_dataset(light)
+        except Exception:  # noqa: BLE001 - an element pydicom would not read: pydicom decides
+            light = None
+        else:
+            return ds, light, HeaderView(light, ds)
     ds = read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
     return ds, None, ds
 
@@ -208,32 +212,37 @@ def read_instances(
     """
     from vigil.dicom_adapter.batches import prepare_batch
     from vigil.dicom_adapter.headers import header_record
+    from vigil.dicom_adapter.reading import unreadable_element
 
     quarantined: list[tuple[str, str]] = []
     datasets, keys = [], []
     parsed: list[LightInstance | None] = []
-    views: list[Dataset | HeaderView] = []
+    headers: dict[str, HeaderRecord] = {}
     skipped = 0
     for key, item in items:
         try:
             ds, light, view = _dataset(item)
+            if skip is not None and skip(view):
+                skipped += 1
+                continue
+            uid = str(view.get("SOPInstanceUID", "") or key)
+            header = header_record(view)
         except DICOMError as exc:
             quarantined.append((key, str(exc)))
             continue
-        if skip is not None and skip(view):
-            skipped += 1
+        except Exception as exc:  # noqa: BLE001 - a damaged element pydicom cannot convert
+            quarantined.append((key, unreadable_element(exc)))
             continue
         datasets.append(ds)
         parsed.append(light)
-        views.append(view)
-        keys.append(str(view.get("SOPInstanceUID", "") or key))
+        keys.append(uid)
+        headers[uid] = header
     batch = prepare_batch(datasets, size=size, channels=channels, light=parsed)
     quarantined.extend((keys[i], reason) for i, reason in batch.quarantined)
     return InstanceBatch(
         inputs=batch.inputs, keys=[keys[i] for i in batch.accepted],
         datasets=[datasets[i] for i in batch.accepted], quarantined=quarantined,
-        headers={k: header_record(v) for k, v in zip(keys, views, strict=True)},
-        skipped=skipped)
+        headers=headers, skipped=skipped)
 
 
 def _labels(folder: Path) -> dict[str, int]:
