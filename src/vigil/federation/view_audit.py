@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from vigil.core.errors import DataError
 from vigil.federation.secagg import Message, SecAggClient, SecureAggregator
-from vigil.federation.secure_sum import SecureSumSettings, mask_stream
+from vigil.federation.secure_sum import SecureSumSettings, dequantize_sum, mask_stream
 
 __all__ = ["Z_999", "InProcessSites", "SiteReconstruction", "reconstruction_check",
            "secure_view"]
@@ -131,12 +131,11 @@ def secure_view(vectors: NDArray[np.floating], settings: SecureSumSettings, *,
     masked = sites.answers("mask", index)
     unmasked = sites.answers("unmask", index)
     view = np.empty_like(x)
-    c, levels = chosen.clipping_range, chosen.quantization_range
     for u in survivors:
         seed = aggregator.rebuild(u, "seeds", unmasked)  # as the coordinator does, to unmask
         z = np.asarray(masked[u]["masked"], dtype=chosen.dtype) - mask_stream(
             seed, index, x.shape[1], chosen.dtype)
-        view[u] = z.astype(np.float64) * (2.0 * c / levels) - c
+        view[u] = dequantize_sum(z, 1, chosen)  # read as one site's quantized vector
     return total, view
 
 
