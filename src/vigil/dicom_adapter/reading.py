@@ -366,10 +366,11 @@ def read_image_light(light: LightInstance | None, ds: Dataset, *,
     """:func:`read_image_bytes` of an instance already parsed by the light reader (or None)."""
     from vigil.dicom_adapter.light_pixels import light_pixels
 
-    if light is not None:
-        params = display_parameters(light.header, modalities)
-        stored = light_pixels(light)
-        if stored is not None:
-            return DicomImage(stored=_checked_pixels(stored, stored.shape[0], stored.shape[1]),
-                              params=params)
-    return read_image(ds, modalities=modalities)
+    stored = light_pixels(light) if light is not None else None
+    if stored is None:  # not the common case after all: pydicom reads and validates it
+        return read_image(ds, modalities=modalities)
+    assert light is not None
+    params = display_parameters(light.header, modalities)
+    h = light.header
+    return DicomImage(stored=_checked_pixels(stored, int(h.get("Rows")), int(h.get("Columns"))),
+                      params=params)

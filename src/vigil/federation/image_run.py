@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGING_DP_RECIPE",
+    "IMAGING_PLAN_KEYS",
     "IMAGING_RECIPE",
     "THRESHOLD_RULE",
     "ImagingRun",
@@ -89,6 +90,10 @@ batch 256 and learning rate 3e-3 over :data:`IMAGING_RECIPE`'s 20 rounds, chosen
 epsilon 8 per site on training seed 0's validation split (``bench/imaging_dp.py``;
 docs/imaging.md, "A DP recipe chosen on validation"), the test split read after the choice.
 With the GroupNorm CNN and clipping norm 1."""
+
+
+IMAGING_PLAN_KEYS = ("rounds", "local_epochs", "batch_size", "lr", "weight_decay", "keep_by")
+"""The recipe's :class:`~vigil.federation.driver.Plan` settings (``max_shift`` is not one)."""
 
 
 def imaging_recipe(private: bool) -> dict[str, Any]:

@@ -138,9 +138,7 @@ def _study_row(r: Sequence[object]) -> StudyRow:
 
 def study_rows(conn: sqlite3.Connection, study_uid: str) -> dict[tuple[str, str], StudyRow]:
     """Return the recorded scores of one study, by ``(model, role)``."""
-    rows = conn.execute(f"SELECT {_STUDY_COLUMNS} FROM imaging_studies WHERE study_uid = ?",
-                        (study_uid,))
-    return {(r.model, r.role): r for r in map(_study_row, rows)}
+    return studies_rows(conn, [study_uid])[study_uid]
 
 
 def studies_rows(conn: sqlite3.Connection, study_uids: Sequence[str]
