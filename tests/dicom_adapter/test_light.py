@@ -26,7 +26,7 @@ from vigil.core.errors import DICOMError
 from vigil.dicom_adapter import Scanner, build_instance, prepare_batch, read_image
 from vigil.dicom_adapter.dicomweb import MultipartPart, instances_from_parts
 from vigil.dicom_adapter.light import light_uids, parse_light
-from vigil.dicom_adapter.light_dataset import light_dataset
+from vigil.dicom_adapter.light_dataset import HeaderView, light_dataset
 from vigil.dicom_adapter.light_pixels import light_pixels
 from vigil.dicom_adapter.reading import display_parameters, read_image_bytes
 from vigil.imaging import Photometric, PresentationShape, to_model_input
@@ -218,10 +218,63 @@ def test_prepare_batch_with_bytes_equals_without():
     broken.Modality = "CT"
     raw.append(_bytes(broken))
     datasets.append(pydicom.dcmread(io.BytesIO(raw[-1])))
-    fast = prepare_batch(datasets, light=[parse_light(b) for b in raw])
-    slow = prepare_batch([pydicom.dcmread(io.BytesIO(b)) for b in raw])
+    views = [HeaderView(light) for light in map(parse_light, raw) if light is not None]
+    assert len(views) == len(raw)
+    fast = prepare_batch(views)
+    slow = prepare_batch(datasets)
     assert fast.accepted == slow.accepted and fast.quarantined == slow.quarantined
     np.testing.assert_array_equal(fast.inputs, slow.inputs)
+    decoded = [v for v in views if light_pixels(v.light) is not None]
+    assert len(decoded) >= len(views) // 2
+    assert all(v._ds is None for v in decoded)  # no pydicom dataset was needed
+
+
+@pytest.mark.parametrize("scanner", SCANNERS[::5] + SCANNERS[-3:], ids=lambda s: s.name)
+def test_released_pixels_leave_the_header_and_free_the_bytes(scanner):
+    """After the chain: the view's dataset is ``dcmread``'s without Pixel Data, built from
+    the header bytes alone (nothing of the instance's pixels held); pydicom's dataset
+    drops the buffer ``dcmread`` read it from."""
+    from vigil.dicom_adapter.light_dataset import release_pixels
+
+    ds = build_instance(IMAGE, scanner, key=f"light/release/{scanner.name}")
+    ds.TimezoneOffsetFromUTC = "+0100"
+    data = _bytes(ds)
+    light = parse_light(data)
+    assert light is not None
+    view = HeaderView(light)
+    release_pixels(view)
+    kept = view.light
+    assert kept.pixels is None and len(kept.data) < len(data) - IMAGE.size // 2
+    assert not any(len(el.value) for el in (*kept.elements.values(), *kept.meta.values()))
+    expected = pydicom.dcmread(io.BytesIO(data))
+    del expected.PixelData
+    assert view.get("PixelData") is None and "PixelData" not in view
+    for keyword in ("StudyInstanceUID", "StudyDate", "StudyTime", "TimezoneOffsetFromUTC",
+                    "Modality", "Manufacturer", "BitsStored", "PixelSpacing"):
+        assert view.get(keyword) == expected.get(keyword), keyword
+    assert view.Modality == expected.Modality and not hasattr(view, "PixelData")
+    assert view._ds is None  # answered from the light header
+    got = view.dataset
+    assert got == expected and got.file_meta == expected.file_meta
+    assert len(got.buffer.getvalue()) == len(kept.data)
+    general = pydicom.dcmread(io.BytesIO(data))
+    release_pixels(general)
+    assert "PixelData" not in general and general.buffer is None
+
+
+def test_an_element_after_the_pixels_keeps_the_dataset_whole_without_them():
+    from vigil.dicom_adapter.light import header_only
+    from vigil.dicom_adapter.light_dataset import release_pixels
+
+    ds = good()
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4)  # Data Set Trailing Padding, after Pixel Data
+    data = _bytes(ds)
+    light = parse_light(data)
+    assert light is not None and header_only(light) is None
+    view = HeaderView(light)
+    release_pixels(view)
+    assert "PixelData" not in view.dataset and view.dataset.buffer is None
+    assert view.get("Modality") == "CR" and view.get("PixelData") is None
 
 
 def test_input_histogram_counts_as_searchsorted():
@@ -238,14 +291,15 @@ def test_input_histogram_counts_as_searchsorted():
 def _same_headers(data: bytes) -> bool:
     """The header record, the skip check and the key read through the view equal pydicom's."""
     from vigil.dicom_adapter.headers import header_record
-    from vigil.dicom_adapter.light_dataset import HeaderView
     from vigil.runtime.imaging_cycle import skip_instance
 
     light = parse_light(data)
     assert light is not None
-    view = HeaderView(light, light_dataset(light))
+    view = HeaderView(light)
     ds = pydicom.dcmread(io.BytesIO(data))
     got, expected = header_record(view), header_record(ds)
+    for keyword in ("StudyInstanceUID", "StudyDate", "StudyTime", "TimezoneOffsetFromUTC"):
+        assert view.get(keyword) == ds.get(keyword), keyword
     assert repr(got) == repr(expected)  # NaN spacing compares equal this way
     assert skip_instance(view) == skip_instance(ds)
     assert skip_instance(view, modalities=("DX",)) == skip_instance(ds, modalities=("DX",))

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from vigil.core.errors import DataError, DICOMError
 from vigil.dicom_adapter.colour import COLOUR_MODALITIES, read_colour_image
-from vigil.dicom_adapter.light import LightInstance
+from vigil.dicom_adapter.light_dataset import HeaderView, as_dataset
 from vigil.dicom_adapter.reading import (
     ACCEPTED_MODALITIES,
     read_file,
@@ -64,19 +64,20 @@ class PreparedBatch:
 
 
 def prepare_batch(
-    datasets: Iterable[Dataset],
+    datasets: Iterable[Dataset | HeaderView],
     *,
     size: int = MODEL_SIZE,
     modalities: Sequence[str] | None = None,
     channels: int = 1,
-    light: Sequence[LightInstance | None] | None = None,
 ) -> PreparedBatch:
     """Model inputs of every acceptable instance; the others are quarantined with their reason.
 
     Parameters
     ----------
-    datasets : iterable of pydicom.Dataset
-        The instances, in order.
+    datasets : iterable of pydicom.Dataset or HeaderView
+        The instances, in order: pydicom's, or the light reader's
+        (:class:`~vigil.dicom_adapter.light_dataset.HeaderView`: its pixels decoded
+        without pydicom where they can be, :func:`~vigil.dicom_adapter.reading.read_image_light`).
     size : int, optional
         Side of the model input.
     modalities : sequence of str or None, optional
@@ -101,13 +102,13 @@ def prepare_batch(
     for position, ds in enumerate(datasets):
         try:
             if channels == 3:
-                colour = read_colour_image(ds, modalities=modalities or COLOUR_MODALITIES)
+                colour = read_colour_image(as_dataset(ds),
+                                           modalities=modalities or COLOUR_MODALITIES)
                 inputs.append(stored_colour_input(colour.stored, colour.space, size=size))
             else:
-                parsed = light[position] if light is not None else None
                 accept = modalities or ACCEPTED_MODALITIES
-                image = (read_image(ds, modalities=accept) if parsed is None
-                         else read_image_light(parsed, ds, modalities=accept))
+                image = (read_image_light(ds.light, ds, modalities=accept)
+                         if isinstance(ds, HeaderView) else read_image(ds, modalities=accept))
                 inputs.append(to_model_input(image.stored, image.params, size=size))
         except (DICOMError, DataError) as exc:
             quarantined.append((position, str(exc)))

@@ -32,11 +32,11 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["LightHeader", "LightInstance", "light_uids", "parse_light"]
+__all__ = ["LightHeader", "LightInstance", "header_only", "light_uids", "parse_light"]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 """Explicit VR Little Endian (and the two compressed syntaxes below: the light reader's)."""
@@ -88,14 +88,19 @@ _EXTRA_KEYWORDS: dict[str, tuple[int, frozenset[bytes]]] = {
     "ManufacturerModelName": (0x00081090, frozenset({b"LO"})),
     "PixelSpacing": (0x00280030, frozenset({b"DS"})),
     "ImagerPixelSpacing": (0x00181164, frozenset({b"DS"})),
+    "StudyInstanceUID": (0x0020000D, frozenset({b"UI"})),
+    "StudyDate": (0x00080020, frozenset({b"DA"})),
+    "StudyTime": (0x00080030, frozenset({b"TM"})),
+    "TimezoneOffsetFromUTC": (0x00080201, frozenset({b"SH"})),
 }
-"""What the header record and the own-output check read besides: converted when plain,
-else left to pydicom one keyword at a time (the instance stays light)."""
+"""What the header record, the own-output check and the FHIR write-back read besides:
+converted when plain, else left to pydicom one keyword at a time (the instance stays light)."""
 _ITEM_KEYWORDS: dict[str, tuple[int, frozenset[bytes]]] = {
     "LUTDescriptor": (0x00283002, frozenset({b"US", b"SS"})),
     "LUTData": (0x00283006, frozenset({b"US", b"OW"})),
 }
 _LUT_SEQUENCES = frozenset({0x00283000, 0x00283010})
+_TEXT_VRS = frozenset({b"CS", b"UI", b"LO", b"SH", b"DA", b"TM"})
 _NUMBER = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _TEXT = re.compile(rb"[\x21-\x5b\x5d-\x7e]+(?: [\x21-\x5b\x5d-\x7e]+)*")
 
@@ -104,8 +109,9 @@ class _Outside(Exception):
     """The instance is not the common case: the caller reads it with pydicom."""
 
 
-@dataclass(frozen=True, eq=False)
-class _Element:
+class _Element(NamedTuple):
+    """One parsed element (a tuple: made about 50 times an instance)."""
+
     vr: bytes
     value: memoryview | list[dict[int, _Element]] | list[memoryview]
     start: int = 0
@@ -212,7 +218,7 @@ def _convert(el: _Element, keyword: str) -> Any:
         return [_item(item) for item in value] if keyword != "PresentationLUTSequence" else value
     if not isinstance(value, memoryview):
         return value  # encapsulated Pixel Data: its presence is what is asked
-    if vr in (b"CS", b"UI", b"LO"):
+    if vr in _TEXT_VRS:
         return _text(value, uid=vr == b"UI")
     if vr == b"DS":
         return _numbers(value, float)
@@ -413,6 +419,47 @@ def parse_light(data: bytes) -> LightInstance | None:
     assert pixels is None or isinstance(pixels, memoryview | list)
     return LightInstance(syntax, LightHeader(values, frozenset(absent)),
                          pixels, data, meta, elements)  # type: ignore[arg-type]
+
+
+_HEADER_LEN_LONG = 12
+"""An Explicit VR element header with a 32-bit length: tag, VR, 2 reserved bytes, length."""
+_UNHELD = memoryview(b"")
+_VIEWS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "PresentationLUTSequence")
+"""Header values that stay views into the instance's bytes (not converted copies)."""
+
+
+def header_only(inst: LightInstance) -> LightInstance | None:
+    """Return the instance without its pixels, holding nothing of its original bytes.
+
+    The bytes up to Pixel Data's element (copied), the same element boundaries without
+    their value views, and the header without Pixel Data (as an instance whose Pixel Data
+    was deleted): what the sinks read once the pixel chain is done, while the instance's
+    pixel bytes are freed with the original buffer. None when an element follows Pixel
+    Data (trailing padding, private tags) or the header holds another view (float pixels,
+    a Presentation LUT Sequence): the caller then keeps the whole instance.
+
+    Parameters
+    ----------
+    inst : LightInstance
+
+    Returns
+    -------
+    LightInstance or None
+    """
+    pixel = inst.elements.get(_PIXEL_DATA)
+    cut = len(inst.data) if pixel is None else pixel.start - _HEADER_LEN_LONG
+    if (any(el.start > cut for t, el in inst.elements.items() if t != _PIXEL_DATA)
+            or any(k in inst.header for k in _VIEWS[1:])):
+        return None
+
+    def unheld(elements: dict[int, _Element]) -> dict[int, _Element]:
+        return {t: _Element(vr, _UNHELD, start, stop, length)
+                for t, (vr, _, start, stop, length) in elements.items() if t != _PIXEL_DATA}
+
+    values = {k: v for k, v in inst.header._values.items() if k != "PixelData"}
+    absent = inst.header.absent | {"PixelData"}
+    return LightInstance(inst.syntax, LightHeader(values, absent), None, inst.data[:cut],
+                         unheld(inst.meta), unheld(inst.elements))
 
 
 _UID_TAGS = (0x00080018, 0x0020000E)

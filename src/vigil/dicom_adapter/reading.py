@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
     from vigil.dicom_adapter.light import LightInstance
+    from vigil.dicom_adapter.light_dataset import HeaderView
 
 from vigil.core.errors import DataError, DICOMError
 from vigil.imaging import (
@@ -361,14 +362,20 @@ def read_image_bytes(data: bytes, ds: Dataset, *,
     return read_image_light(parse_light(data), ds, modalities=modalities)
 
 
-def read_image_light(light: LightInstance | None, ds: Dataset, *,
+def read_image_light(light: LightInstance | None, ds: Dataset | HeaderView, *,
                      modalities: Sequence[str] = ACCEPTED_MODALITIES) -> DicomImage:
-    """:func:`read_image_bytes` of an instance already parsed by the light reader (or None)."""
+    """:func:`read_image_bytes` of an instance already parsed by the light reader (or None).
+
+    ``ds``: the same instance, pydicom's dataset or its
+    :class:`~vigil.dicom_adapter.light_dataset.HeaderView` (whose dataset is then built
+    only when the light decoders leave the pixels to pydicom).
+    """
+    from vigil.dicom_adapter.light_dataset import as_dataset
     from vigil.dicom_adapter.light_pixels import light_pixels
 
     stored = light_pixels(light) if light is not None else None
     if stored is None:  # not the common case after all: pydicom reads and validates it
-        return read_image(ds, modalities=modalities)
+        return read_image(as_dataset(ds), modalities=modalities)
     assert light is not None
     params = display_parameters(light.header, modalities)
     h = light.header

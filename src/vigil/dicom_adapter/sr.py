@@ -46,11 +46,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from vigil.core.errors import DataError, ScoringError
+from vigil.dicom_adapter.light_dataset import as_dataset
 from vigil.dicom_adapter.own_output import OWN_MANUFACTURER, is_own_output
 from vigil.dicom_adapter.scanners import deterministic_uid
 from vigil.dicom_adapter.sr_template import SRTemplates, shape_key
 
 if TYPE_CHECKING:
+    from vigil.dicom_adapter.light_dataset import HeaderView
     from vigil.runtime.study_contracts import StudyScore
 
 __all__ = [
@@ -92,13 +94,13 @@ def _quiet_highdicom() -> None:
     logging.getLogger("highdicom").setLevel(logging.ERROR)
 
 
-def _scored_sources(score: StudyScore, sources: Sequence[Dataset]) -> list[Dataset]:
+def _scored_sources(score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> list[Dataset]:
     by_uid = {str(ds.get("SOPInstanceUID", "")): ds for ds in sources}
     missing = [u for u in score.sop_instance_uids if u not in by_uid]
     if missing:
         raise DataError(f"expected a source instance for each of the "
                         f"{len(score.sop_instance_uids)} scored instances, {len(missing)} missing")
-    scored = [by_uid[u] for u in score.sop_instance_uids]
+    scored = [as_dataset(by_uid[u]) for u in score.sop_instance_uids]
     other = sum(str(ds.get("StudyInstanceUID", "")) != score.study.study_uid for ds in scored)
     if other:
         raise DataError(f"expected every scored instance in the scored study, got {other} "
@@ -114,7 +116,7 @@ def _scored_sources(score: StudyScore, sources: Sequence[Dataset]) -> list[Datas
     return scored
 
 
-def _checked(score: StudyScore, sources: Sequence[Dataset]) -> list[Dataset]:
+def _checked(score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> list[Dataset]:
     """Check a score for an SR and return its scored instances (see :func:`build_sr`)."""
     if not score.sop_instance_uids:
         raise DataError("expected at least one scored instance for a DICOM SR, got none "
@@ -129,7 +131,7 @@ def _checked(score: StudyScore, sources: Sequence[Dataset]) -> list[Dataset]:
     return _scored_sources(score, sources)
 
 
-def _content(score: StudyScore, scored: Sequence[Dataset], *, site: str,
+def _content(score: StudyScore, scored: Sequence[Dataset | HeaderView], *, site: str,
              probability: float) -> Dataset:
     """Build the TID 1500 content tree (the root CONTAINER) of a score."""
     algorithm = hd.sr.AlgorithmIdentification(name=score.model_name,
@@ -163,7 +165,7 @@ def _content(score: StudyScore, scored: Sequence[Dataset], *, site: str,
     return root
 
 
-def build_sr(score: StudyScore, sources: Sequence[Dataset], *, site: str,
+def build_sr(score: StudyScore, sources: Sequence[Dataset | HeaderView], *, site: str,
              institution_name: str | None = None) -> hd.sr.ComprehensiveSR:
     """Build the Comprehensive SR (TID 1500) of one study's score.
 
@@ -278,7 +280,7 @@ class SRStudySink:
     def __repr__(self) -> str:
         return f"SRStudySink(include_shadow={self.include_shadow})"
 
-    def encode(self, score: StudyScore, sources: Sequence[Dataset]) -> bytes | None:
+    def encode(self, score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> bytes | None:
         """Return the Part 10 bytes :meth:`write` stores for ``score`` (None: nothing to write).
 
         The bytes are :func:`sr_bytes` of :func:`build_sr`; the first SR of each shape is
@@ -300,12 +302,12 @@ class SRStudySink:
                 self.templates.learn(key, sr, data, score, scored, uids, build=self._build)
         return data
 
-    def _build(self, score: StudyScore, sources: Sequence[Dataset]) -> bytes:
+    def _build(self, score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> bytes:
         """Highdicom + pydicom's bytes of a score's SR (the template's reference)."""
         return sr_bytes(build_sr(score, sources, site=self.site,
                                  institution_name=self.institution_name))
 
-    def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
+    def write(self, score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> None:
         """Encode the SR of ``score`` and store it (errors of ``store`` propagate).
 
         In the background (``background=True``) the store is queued and its error is

@@ -58,6 +58,7 @@ from vigil.fhir_adapter.writers import NDJSONWriter
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from vigil.dicom_adapter.light_dataset import HeaderView
     from vigil.runtime.study_contracts import StudyScore
 
 __all__ = [
@@ -135,7 +136,7 @@ def _subject(patient_key: str, patient_system: str | None) -> dict[str, Any]:
     return {"reference": f"Patient/{patient_key}"}
 
 
-def _effective(sources: Sequence[Dataset], fallback: str) -> str:
+def _effective(sources: Sequence[Dataset | HeaderView], fallback: str) -> str:
     """Return the study's DICOM date (and time with a known UTC offset) as a FHIR dateTime."""
     if not sources:
         return fallback
@@ -182,7 +183,7 @@ def _conclusion(score: StudyScore, p: float | None) -> str:
 
 
 def imaging_report(score: StudyScore, *, site: str, deployment: str,
-                   sources: Sequence[Dataset] = (), patient_system: str | None = None,
+                   sources: Sequence[Dataset | HeaderView] = (), patient_system: str | None = None,
                    accession_system: str | None = None) -> tuple[dict[str, Any],
                                                                  dict[str, Any] | None]:
     """Build the DiagnosticReport and Observation of one study's score.
@@ -347,7 +348,8 @@ class FhirStudySink:
         where = repr(self.http) if self.http is not None else repr(list(self.files.values()))
         return f"FhirStudySink({where}, include_shadow={self.include_shadow})"
 
-    def resources(self, score: StudyScore, sources: Sequence[Dataset] = ()) -> list[dict[str, Any]]:
+    def resources(self, score: StudyScore, sources: Sequence[Dataset | HeaderView] = ()
+                  ) -> list[dict[str, Any]]:
         """Return the resources :meth:`write` sends for ``score``, in order (none if skipped)."""
         if score.role != "active" and not self.include_shadow:
             return []
@@ -356,7 +358,7 @@ class FhirStudySink:
             patient_system=self.patient_system, accession_system=self.accession_system)
         return [r for r in (observation, report) if r is not None]
 
-    def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
+    def write(self, score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> None:
         """Write the score's resources (PUT, or one NDJSON line per id).
 
         Raises

@@ -34,7 +34,6 @@ from vigil.runtime.scoring import Scorer
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from vigil.dicom_adapter.light import LightInstance
     from vigil.dicom_adapter.light_dataset import HeaderView
 
 __all__ = [
@@ -143,8 +142,9 @@ class InstanceBatch:
         Model inputs of the accepted instances, in order (colour: ``channels=3``).
     keys : list of str
         Key (SOPInstanceUID) of each accepted instance.
-    datasets : list of pydicom.Dataset
-        The accepted instances (the sinks reference them).
+    datasets : list of pydicom.Dataset or HeaderView
+        The accepted instances (the sinks reference them): a light-read instance's
+        :class:`~vigil.dicom_adapter.light_dataset.HeaderView`, else pydicom's dataset.
     quarantined : list of (str, str)
         ``(key, reason)`` of each instance refused (unreadable, or by the pixel chain).
     headers : dict of str to HeaderRecord
@@ -155,33 +155,27 @@ class InstanceBatch:
 
     inputs: NDArray[np.float32]
     keys: list[str]
-    datasets: list[Dataset]
+    datasets: list[Dataset | HeaderView]
     quarantined: list[tuple[str, str]]
     headers: dict[str, HeaderRecord]
     skipped: int = 0
 
 
-def _dataset(item: bytes | Path) -> tuple[Dataset, LightInstance | None, Dataset | HeaderView]:
+def _dataset(item: bytes | Path) -> Dataset | HeaderView:
     """Read an instance: by the light reader when it is of the common case, else pydicom.
 
-    Returns the pydicom dataset, the light parse (or None) and what the header record and
-    the skip check read (:class:`~vigil.dicom_adapter.light_dataset.HeaderView`, or the
-    dataset itself).
+    Returns a :class:`~vigil.dicom_adapter.light_dataset.HeaderView` of the light parse
+    (its pydicom dataset built only if something asks what the light header lacks), or
+    pydicom's dataset.
     """
     from vigil.dicom_adapter.light import parse_light
-    from vigil.dicom_adapter.light_dataset import HeaderView, light_dataset
+    from vigil.dicom_adapter.light_dataset import HeaderView
     from vigil.dicom_adapter.reading import read_file
 
     light = parse_light(item) if isinstance(item, bytes) else None
     if light is not None:
-        try:
-            ds = light_dataset(light)
-        except Exception:  # noqa: BLE001 - an element pydicom would not read: pydicom decides
-            light = None
-        else:
-            return ds, light, HeaderView(light, ds)
-    ds = read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
-    return ds, None, ds
+        return HeaderView(light)
+    return read_file(io.BytesIO(item) if isinstance(item, bytes) else item)  # type: ignore[arg-type]
 
 
 def read_instances(
@@ -216,17 +210,16 @@ def read_instances(
 
     quarantined: list[tuple[str, str]] = []
     datasets, keys = [], []
-    parsed: list[LightInstance | None] = []
     headers: dict[str, HeaderRecord] = {}
     skipped = 0
     for key, item in items:
         try:
-            ds, light, view = _dataset(item)
-            if skip is not None and skip(view):
+            ds = _dataset(item)
+            if skip is not None and skip(ds):
                 skipped += 1
                 continue
-            uid = str(view.get("SOPInstanceUID", "") or key)
-            header = header_record(view)
+            uid = str(ds.get("SOPInstanceUID", "") or key)
+            header = header_record(ds)
         except DICOMError as exc:
             quarantined.append((key, str(exc)))
             continue
@@ -234,10 +227,9 @@ def read_instances(
             quarantined.append((key, unreadable_element(exc)))
             continue
         datasets.append(ds)
-        parsed.append(light)
         keys.append(uid)
         headers[uid] = header
-    batch = prepare_batch(datasets, size=size, channels=channels, light=parsed)
+    batch = prepare_batch(datasets, size=size, channels=channels)
     quarantined.extend((keys[i], reason) for i, reason in batch.quarantined)
     return InstanceBatch(
         inputs=batch.inputs, keys=[keys[i] for i in batch.accepted],

@@ -55,6 +55,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from vigil.core.errors import VigilError
+from vigil.dicom_adapter.light_dataset import release_pixels
 from vigil.dicom_adapter.own_output import is_own_output
 from vigil.dicom_adapter.reading import ACCEPTED_MODALITIES
 from vigil.imaging.histogram import N_BINS, input_histogram
@@ -167,9 +168,12 @@ class ImagingResult:
 @dataclass(frozen=True, eq=False)
 class _Pending:
     ref: StudyRef
-    reads: dict[int, tuple[InstanceBatch, np.ndarray]]
+    reads: dict[int, InstanceBatch]
+    """The study read at each model input size."""
     digest: str
     wanted: list[LiveModel]
+    histograms: dict[int, np.ndarray] = field(default_factory=dict)
+    """Input histograms of each read's accepted instances (:func:`_histograms`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,6 +351,7 @@ class ImagingRunner:
                    if (p := self._prepare(ref, fetch(ref), models, result,
                                           recorded[ref.study_uid], force=force))
                    is not None]
+        _histograms(pending)
         raw: dict[tuple[int, int], np.ndarray] = {}
         for j, m in enumerate(models):
             users = [i for i, p in enumerate(pending) if any(w is m for w in p.wanted)]
@@ -354,7 +359,7 @@ class ImagingRunner:
                 continue
             scorer = m.scorer
             assert isinstance(scorer, ImageScorer)
-            inputs = [pending[i].reads[scorer.size][0].inputs for i in users]
+            inputs = [pending[i].reads[scorer.size].inputs for i in users]
             out = scorer.predict_images(np.concatenate(inputs))
             bounds = np.cumsum([0, *(len(x) for x in inputs)])
             for k, i in enumerate(users):
@@ -366,8 +371,10 @@ class ImagingRunner:
             for j, m in enumerate(models):
                 if not any(w is m for w in p.wanted):
                     continue
-                batch, histogram = p.reads[_size(m)]
-                score, records = self._score(p.ref, m, batch, histogram, raw[(i, j)], now)
+                size = _size(m)
+                batch = p.reads[size]
+                score, records = self._score(p.ref, m, batch, p.histograms[size], raw[(i, j)],
+                                             now)
                 result.instances_scored += len(score.sop_instance_uids)
                 error = (write_all(self.sinks, score, batch.datasets)
                          if m.row.role == "active" else None)
@@ -386,19 +393,18 @@ class ImagingRunner:
         (``unchanged``). The instances' pixel data are dropped once read (the sinks need
         their headers only), so a page of films holds its model inputs, not its pixels.
         """
-        reads: dict[int, tuple[InstanceBatch, np.ndarray]] = {}
+        reads: dict[int, InstanceBatch] = {}
 
-        def read(size: int) -> tuple[InstanceBatch, np.ndarray]:
+        def read(size: int) -> InstanceBatch:
             if size not in reads:
                 b = read_instances(((i.sop_instance_uid, i.data) for i in instances), size=size,
                                    skip=lambda ds: skip_instance(ds, modalities=self.modalities))
                 for ds in b.datasets:
-                    _drop_pixels(ds)
-                reads[size] = (b, input_histogram(b.inputs) if b.keys
-                               else np.zeros((0, N_BINS), dtype=np.int64))
+                    release_pixels(ds)
+                reads[size] = b
             return reads[size]
 
-        batch, _ = read(_size(models[0]))
+        batch = read(_size(models[0]))
         digest = instances_digest([*batch.keys, *(k for k, _ in batch.quarantined)])
         wanted = []
         for m in models:
@@ -436,11 +442,20 @@ class ImagingRunner:
         return score, records
 
 
-def _drop_pixels(ds: Dataset) -> None:
-    """Free an instance's pixels (its Pixel Data and pydicom's decoded copy); headers stay."""
-    if "PixelData" in ds:
-        del ds.PixelData
-    ds._pixel_array = None
+def _histograms(pending: Sequence[_Pending]) -> None:
+    """Set each read's input histograms: one :func:`input_histogram` per input size and page.
+
+    Per image the same counts as a call per study; the page's inputs are counted at once.
+    """
+    sizes = {size for p in pending for size in p.reads}
+    for size in sizes:
+        users = [p for p in pending if size in p.reads]
+        inputs = [p.reads[size].inputs for p in users]
+        counts = (input_histogram(np.concatenate(inputs)) if any(len(x) for x in inputs)
+                  else np.zeros((0, N_BINS), dtype=np.int64))
+        bounds = np.cumsum([0, *(len(x) for x in inputs)])
+        for k, p in enumerate(users):
+            p.histograms[size] = counts[bounds[k]:bounds[k + 1]]
 
 
 def _size(model: LiveModel) -> int:

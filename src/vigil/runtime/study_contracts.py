@@ -28,6 +28,8 @@ from vigil.dicom_adapter.headers import HeaderRecord
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from vigil.dicom_adapter.light_dataset import HeaderView
+
 __all__ = [
     "InstanceRecord",
     "StudyInstance", "StudyPage", "StudyRef", "StudyScore", "StudySink", "StudySource"]
@@ -167,7 +169,7 @@ class StudySink(Protocol):
 
     name: str
 
-    def write(self, score: StudyScore, sources: Sequence[Dataset]) -> None:
+    def write(self, score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> None:
         """Write the result of ``score`` (``sources``: the scored instances, for references)."""
         ...
 

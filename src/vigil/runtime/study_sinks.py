@@ -25,6 +25,8 @@ from vigil.runtime.study_contracts import StudyScore, StudySink
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from vigil.dicom_adapter.light_dataset import HeaderView
+
 __all__ = ["begin_page", "end_page", "write_all"]
 
 log = logging.getLogger("vigil.runtime.imaging_cycle")
@@ -39,7 +41,7 @@ def begin_page(sinks: Sequence[StudySink]) -> None:
 
 
 def write_all(sinks: Sequence[StudySink], score: StudyScore,
-              sources: Sequence[Dataset]) -> str | None:
+              sources: Sequence[Dataset | HeaderView]) -> str | None:
     """Hand a score to every sink; the first failure (one line, no identifier) or None."""
     if not score.sop_instance_uids:
         return None  # nothing scored: no report to write
