@@ -274,6 +274,7 @@ def test_an_element_after_the_pixels_keeps_the_dataset_whole_without_them():
     view = HeaderView(light)
     release_pixels(view)
     assert "PixelData" not in view.dataset and view.dataset.buffer is None
+    assert not view.light.data and view.light.pixels is None  # nothing of the bytes held
     assert view.get("Modality") == "CR" and view.get("PixelData") is None
 
 

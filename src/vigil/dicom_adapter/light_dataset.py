@@ -189,7 +189,9 @@ class HeaderView(Mapping[str, Any]):
                 self._light, self._header = kept, kept.header
                 return
         release_pixels(self.dataset)
-        self._header = _NO_HEADER  # it may hold views into the pixels: pydicom answers all
+        # the parse holds views into the pixels: drop it, pydicom's dataset answers all
+        self._light = LightInstance(self._light.syntax, _NO_HEADER, None)
+        self._header = _NO_HEADER
 
     def get(self, keyword: str, default: Any = None) -> Any:  # type: ignore[override]
         """Return the value of ``keyword``, ``default`` when the instance lacks it."""

@@ -131,7 +131,7 @@ def _checked(score: StudyScore, sources: Sequence[Dataset | HeaderView]) -> list
     return _scored_sources(score, sources)
 
 
-def _content(score: StudyScore, scored: Sequence[Dataset | HeaderView], *, site: str,
+def _content(score: StudyScore, scored: Sequence[Dataset], *, site: str,
              probability: float) -> Dataset:
     """Build the TID 1500 content tree (the root CONTAINER) of a score."""
     algorithm = hd.sr.AlgorithmIdentification(name=score.model_name,
