@@ -110,10 +110,15 @@ class _Outside(Exception):
 
 
 class _Element(NamedTuple):
-    """One parsed element (a tuple: made about 50 times an instance)."""
+    """One parsed element (a tuple: made about 50 times an instance).
+
+    ``value``: a sequence's items, the top-level Pixel Data's value (native) or
+    fragments (encapsulated); None for any other element, whose value is the bytes
+    ``start:stop`` of the instance (no view is kept: see :func:`header_only`).
+    """
 
     vr: bytes
-    value: memoryview | list[dict[int, _Element]] | list[memoryview]
+    value: list[dict[int, _Element]] | memoryview | list[memoryview] | None
     start: int = 0
     """Offset of the value in the file."""
     stop: int = 0
@@ -211,13 +216,15 @@ def _binary(raw: memoryview, fmt: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _convert(el: _Element, keyword: str) -> Any:
+def _convert(el: _Element, keyword: str, buf: memoryview) -> Any:
     vr, value = el.vr, el.value
     if vr == b"SQ":
         assert isinstance(value, list)
-        return [_item(item) for item in value] if keyword != "PresentationLUTSequence" else value
-    if not isinstance(value, memoryview):
-        return value  # encapsulated Pixel Data: its presence is what is asked
+        return ([_item(item, buf) for item in value] if keyword != "PresentationLUTSequence"
+                else value)
+    if value is not None:
+        return value  # Pixel Data: its value or fragments (its presence is what is asked)
+    value = buf[el.start:el.stop]
     if vr in _TEXT_VRS:
         return _text(value, uid=vr == b"UI")
     if vr == b"DS":
@@ -229,25 +236,26 @@ def _convert(el: _Element, keyword: str) -> Any:
     return value
 
 
-def _item(item: dict[int, _Element]) -> LightHeader:
+def _item(item: dict[int, _Element], buf: memoryview) -> LightHeader:
     values: dict[str, Any] = {}
     for keyword, (tag, vrs) in _ITEM_KEYWORDS.items():
         el = item.get(tag)
         if el is None:
             continue
-        if el.vr not in vrs or not isinstance(el.value, memoryview):
+        if el.vr not in vrs or el.value is not None:
             raise _Outside
+        raw = buf[el.start:el.stop]
         if keyword == "LUTData":
-            if el.vr == b"US" and (len(el.value) % 2 or len(el.value) < 4):
+            if el.vr == b"US" and (len(raw) % 2 or len(raw) < 4):
                 raise _Outside  # a single US entry is an int to pydicom
-            values[keyword] = (bytes(el.value) if el.vr == b"OW" else
-                               np.frombuffer(el.value, dtype="<u2").astype(np.int64))
+            values[keyword] = (bytes(raw) if el.vr == b"OW" else
+                               np.frombuffer(raw, dtype="<u2").astype(np.int64))
         else:
-            if len(el.value) != 6:
+            if len(raw) != 6:
                 raise _Outside
             # the entry count is US even in an SS descriptor (PS3.3 C.11.1.1.1); pydicom
             # fixes that value only (``pydicom.hooks.raw_element_value``), and so does this
-            values[keyword] = _binary(el.value, "<u2" if el.vr == b"US" else "<i2")
+            values[keyword] = _binary(raw, "<u2" if el.vr == b"US" else "<i2")
             values[keyword][0] &= 0xFFFF
     return LightHeader(values)
 
@@ -296,7 +304,8 @@ def _elements(buf: memoryview, pos: int, end: int, *, in_item: bool, until: int 
             items, _ = _sequence(buf, pos, pos + length, undefined=False)
             out[tag] = _Element(vr, items, start, pos + length, length)
         else:
-            out[tag] = _Element(vr, buf[pos:pos + length], start, pos + length, length)
+            value = buf[pos:pos + length] if tag == _PIXEL_DATA and not in_item else None
+            out[tag] = _Element(vr, value, start, pos + length, length)
         pos += length
     if in_item:
         raise _Outside
@@ -367,8 +376,7 @@ def _file_meta(buf: memoryview) -> tuple[str, int, dict[int, _Element]]:
             raise _Outside
         if number == 0x0010:
             syntax = _text(buf[pos:pos + length], uid=True)
-        meta[0x00020000 | number] = _Element(vr, buf[pos:pos + length], pos, pos + length,
-                                             length)
+        meta[0x00020000 | number] = _Element(vr, None, pos, pos + length, length)
         pos += length
     if syntax not in _SYNTAXES:
         raise _Outside
@@ -401,7 +409,7 @@ def parse_light(data: bytes) -> LightInstance | None:
             if el.vr not in vrs or (el.vr == b"SQ" and tag not in _LUT_SEQUENCES
                                     and keyword != "PresentationLUTSequence"):
                 raise _Outside
-            values[keyword] = _convert(el, keyword)
+            values[keyword] = _convert(el, keyword, buf)
     except (_Outside, struct.error, UnicodeDecodeError, ValueError):
         return None
     for keyword, (tag, vrs) in _EXTRA_KEYWORDS.items():
@@ -411,7 +419,7 @@ def parse_light(data: bytes) -> LightInstance | None:
             continue
         try:
             if el.vr in vrs:
-                values[keyword] = _convert(el, keyword)
+                values[keyword] = _convert(el, keyword, buf)
         except (_Outside, UnicodeDecodeError, ValueError):
             pass  # not plain: pydicom reads this one
     pixel = elements.get(_PIXEL_DATA)
@@ -423,7 +431,6 @@ def parse_light(data: bytes) -> LightInstance | None:
 
 _HEADER_LEN_LONG = 12
 """An Explicit VR element header with a 32-bit length: tag, VR, 2 reserved bytes, length."""
-_UNHELD = memoryview(b"")
 _VIEWS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "PresentationLUTSequence")
 """Header values that stay views into the instance's bytes (not converted copies)."""
 
@@ -431,12 +438,13 @@ _VIEWS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "PresentationLU
 def header_only(inst: LightInstance) -> LightInstance | None:
     """Return the instance without its pixels, holding nothing of its original bytes.
 
-    The bytes up to Pixel Data's element (copied), the same element boundaries without
-    their value views, and the header without Pixel Data (as an instance whose Pixel Data
-    was deleted): what the sinks read once the pixel chain is done, while the instance's
-    pixel bytes are freed with the original buffer. None when an element follows Pixel
-    Data (trailing padding, private tags) or the header holds another view (float pixels,
-    a Presentation LUT Sequence): the caller then keeps the whole instance.
+    The bytes up to Pixel Data's element (copied), the same element boundaries (which
+    hold no view but Pixel Data's, left out), and the header without Pixel Data (as an
+    instance whose Pixel Data was deleted): what the sinks read once the pixel chain is
+    done, while the instance's pixel bytes are freed with the original buffer. None when
+    an element follows Pixel Data (trailing padding, private tags) or the header holds
+    another view (float pixels, a Presentation LUT Sequence): the caller then keeps the
+    whole instance.
 
     Parameters
     ----------
@@ -452,14 +460,11 @@ def header_only(inst: LightInstance) -> LightInstance | None:
             or any(k in inst.header for k in _VIEWS[1:])):
         return None
 
-    def unheld(elements: dict[int, _Element]) -> dict[int, _Element]:
-        return {t: _Element(vr, _UNHELD, start, stop, length)
-                for t, (vr, _, start, stop, length) in elements.items() if t != _PIXEL_DATA}
-
     values = {k: v for k, v in inst.header._values.items() if k != "PixelData"}
     absent = inst.header.absent | {"PixelData"}
+    elements = {t: el for t, el in inst.elements.items() if t != _PIXEL_DATA}
     return LightInstance(inst.syntax, LightHeader(values, absent), None, inst.data[:cut],
-                         unheld(inst.meta), unheld(inst.elements))
+                         inst.meta, elements)
 
 
 _UID_TAGS = (0x00080018, 0x0020000E)
@@ -477,9 +482,9 @@ def light_uids(data: bytes) -> tuple[str, str] | None:
         uids = []
         for tag in _UID_TAGS:
             el = elements.get(tag)
-            if el is not None and (el.vr != b"UI" or not isinstance(el.value, memoryview)):
+            if el is not None and el.vr != b"UI":
                 return None
-            uids.append(_text(el.value, uid=True) if el is not None else "")
+            uids.append(_text(buf[el.start:el.stop], uid=True) if el is not None else "")
     except (_Outside, struct.error, UnicodeDecodeError, ValueError):
         return None
     return uids[0], uids[1]
