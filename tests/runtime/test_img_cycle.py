@@ -414,3 +414,28 @@ def test_a_page_is_scored_in_one_onnx_call_per_model_and_the_pixels_are_let_go(s
     assert result.scored == 12 and calls == [2, 5, 5, 2]
     assert len(seen) == 12 and not any("PixelData" in ds for ds in seen)  # headers only
     assert len(rows) == 12 and {r[7] for r in rows} == {"done"}
+
+
+def test_page_histograms_equal_a_count_per_study():
+    """One ``input_histogram`` per page and size gives each study the counts of its own call."""
+    from vigil.imaging.histogram import N_BINS, input_histogram
+    from vigil.runtime.images import InstanceBatch
+    from vigil.runtime.imaging_cycle import _histograms, _Pending
+
+    rng = np.random.default_rng(3)
+    pending = []
+    for n in (2, 0, 3, 1):  # a study with every instance quarantined reads no input
+        reads = {28: InstanceBatch(rng.uniform(-1, 1, (n, 28, 28)).astype(np.float32),
+                                   [f"k{i}" for i in range(n)], [], [], {})}
+        if n == 3:
+            reads[64] = InstanceBatch(rng.uniform(-1, 1, (3, 64, 64)).astype(np.float32),
+                                      ["a", "b", "c"], [], [], {})
+        pending.append(_Pending(None, reads, "digest", []))  # type: ignore[arg-type]
+    _histograms(pending)
+    for p in pending:
+        assert set(p.histograms) == set(p.reads)
+        for size, batch in p.reads.items():
+            expected = (input_histogram(batch.inputs) if batch.keys
+                        else np.zeros((0, N_BINS), dtype=np.int64))
+            np.testing.assert_array_equal(p.histograms[size], expected)
+            assert p.histograms[size].shape == (len(batch.keys), N_BINS)
