@@ -167,21 +167,23 @@ class LightInstance:
         Transfer Syntax UID.
     header : LightHeader
         The pixel chain's keywords (and the instance's SOP Instance, Series UIDs).
-    pixels : memoryview or list of memoryview or None
-        Native Pixel Data, or its encapsulated fragments (after the offset table);
-        None when absent.
     data : bytes
         The instance's bytes.
     """
 
     syntax: str
     header: LightHeader
-    pixels: memoryview | list[memoryview] | None
     data: bytes = b""
     meta: dict[int, _Element] = field(default_factory=dict)
     """The File Meta elements (:mod:`vigil.dicom_adapter.light_dataset`)."""
     elements: dict[int, _Element] = field(default_factory=dict)
     """The data set's top-level elements, by tag."""
+
+    @property
+    def pixels(self) -> memoryview | list[memoryview] | None:
+        """Native Pixel Data or its encapsulated fragments (Pixel Data's element; or None)."""
+        pixel = self.elements.get(_PIXEL_DATA)
+        return pixel.value if pixel is not None else None  # type: ignore[return-value]
 
 
 def _text(raw: memoryview, *, uid: bool = False) -> str:
@@ -422,17 +424,13 @@ def parse_light(data: bytes) -> LightInstance | None:
                 values[keyword] = _convert(el, keyword, buf)
         except (_Outside, UnicodeDecodeError, ValueError):
             pass  # not plain: pydicom reads this one
-    pixel = elements.get(_PIXEL_DATA)
-    pixels = pixel.value if pixel is not None else None
-    assert pixels is None or isinstance(pixels, memoryview | list)
-    return LightInstance(syntax, LightHeader(values, frozenset(absent)),
-                         pixels, data, meta, elements)  # type: ignore[arg-type]
+    return LightInstance(syntax, LightHeader(values, frozenset(absent)), data, meta, elements)
 
 
 _HEADER_LEN_LONG = 12
 """An Explicit VR element header with a 32-bit length: tag, VR, 2 reserved bytes, length."""
-_VIEWS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "PresentationLUTSequence")
-"""Header values that stay views into the instance's bytes (not converted copies)."""
+_FLOAT_PIXELS = ("FloatPixelData", "DoubleFloatPixelData")
+"""Header values besides Pixel Data that stay views into the instance's bytes."""
 
 
 def header_only(inst: LightInstance) -> LightInstance | None:
@@ -443,8 +441,7 @@ def header_only(inst: LightInstance) -> LightInstance | None:
     instance whose Pixel Data was deleted): what the sinks read once the pixel chain is
     done, while the instance's pixel bytes are freed with the original buffer. None when
     an element follows Pixel Data (trailing padding, private tags) or the header holds
-    another view (float pixels, a Presentation LUT Sequence): the caller then keeps the
-    whole instance.
+    another view (float pixels): the caller then keeps the whole instance.
 
     Parameters
     ----------
@@ -457,14 +454,14 @@ def header_only(inst: LightInstance) -> LightInstance | None:
     pixel = inst.elements.get(_PIXEL_DATA)
     cut = len(inst.data) if pixel is None else pixel.start - _HEADER_LEN_LONG
     if (any(el.start > cut for t, el in inst.elements.items() if t != _PIXEL_DATA)
-            or any(k in inst.header for k in _VIEWS[1:])):
+            or any(k in inst.header for k in _FLOAT_PIXELS)):
         return None
 
     values = {k: v for k, v in inst.header._values.items() if k != "PixelData"}
     absent = inst.header.absent | {"PixelData"}
     elements = {t: el for t, el in inst.elements.items() if t != _PIXEL_DATA}
-    return LightInstance(inst.syntax, LightHeader(values, absent), None, inst.data[:cut],
-                         inst.meta, elements)
+    return LightInstance(inst.syntax, LightHeader(values, absent), inst.data[:cut], inst.meta,
+                         elements)
 
 
 _UID_TAGS = (0x00080018, 0x0020000E)

@@ -190,7 +190,7 @@ class HeaderView(Mapping[str, Any]):
                 return
         release_pixels(self.dataset)
         # the parse holds views into the pixels: drop it, pydicom's dataset answers all
-        self._light = LightInstance(self._light.syntax, _NO_HEADER, None)
+        self._light = LightInstance(self._light.syntax, _NO_HEADER)
         self._header = _NO_HEADER
 
     def get(self, keyword: str, default: Any = None) -> Any:  # type: ignore[override]
