@@ -359,11 +359,9 @@ class ImagingRunner:
                 continue
             scorer = m.scorer
             assert isinstance(scorer, ImageScorer)
-            inputs = [pending[i].reads[scorer.size].inputs for i in users]
-            out = scorer.predict_images(np.concatenate(inputs))
-            bounds = np.cumsum([0, *(len(x) for x in inputs)])
-            for k, i in enumerate(users):
-                raw[(i, j)] = out[bounds[k]:bounds[k + 1]]
+            out = _at_once(scorer.predict_images,
+                           [pending[i].reads[scorer.size].inputs for i in users])
+            raw.update(((i, j), o) for i, o in zip(users, out, strict=True))
         now = self.clock()
         done = []
         for i, p in enumerate(pending):
@@ -447,15 +445,26 @@ def _histograms(pending: Sequence[_Pending]) -> None:
 
     Per image the same counts as a call per study; the page's inputs are counted at once.
     """
-    sizes = {size for p in pending for size in p.reads}
-    for size in sizes:
+    def count(x: np.ndarray) -> np.ndarray:
+        return input_histogram(x) if len(x) else np.zeros((0, N_BINS), dtype=np.int64)
+
+    for size in {size for p in pending for size in p.reads}:
         users = [p for p in pending if size in p.reads]
-        inputs = [p.reads[size].inputs for p in users]
-        counts = (input_histogram(np.concatenate(inputs)) if any(len(x) for x in inputs)
-                  else np.zeros((0, N_BINS), dtype=np.int64))
-        bounds = np.cumsum([0, *(len(x) for x in inputs)])
-        for k, p in enumerate(users):
-            p.histograms[size] = counts[bounds[k]:bounds[k + 1]]
+        for p, counts in zip(users, _at_once(count, [p.reads[size].inputs for p in users]),
+                             strict=True):
+            p.histograms[size] = counts
+
+
+def _at_once(fn: Callable[[np.ndarray], np.ndarray], inputs: Sequence[np.ndarray]
+             ) -> list[np.ndarray]:
+    """Apply ``fn`` to the studies' inputs concatenated; return its rows split back per study.
+
+    ``inputs``: one array of shape (n_i, ...) per study; ``fn`` maps (sum n_i, ...) to
+    (sum n_i, ...) row by row (one ONNX call, one histogram count for the page).
+    """
+    out = fn(np.concatenate(inputs))
+    bounds = np.cumsum([0, *(len(x) for x in inputs)])
+    return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _size(model: LiveModel) -> int:
