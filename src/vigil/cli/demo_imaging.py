@@ -50,18 +50,17 @@ def _train(out: Path, *, rounds: int, private_key: bytes, log: Log) -> Any:
     from vigil.federation.driver import Plan
     from vigil.federation.image_export import PARITY_IMAGES
     from vigil.federation.image_run import (
-        IMAGING_PLAN_KEYS,
         IMAGING_RECIPE,
         export_imaging_run,
         federate_images,
+        imaging_plan,
     )
     from vigil.federation.strategies import StrategyName, make_strategy
 
     parts = medmnist_sites(_DATA, seed=0, splits=("train", "val"))
     train = [(s.site, s.inputs, s.labels) for s in parts["train"]]
     valid = [(s.site, s.inputs, s.labels) for s in parts["val"]]
-    plan = Plan(seed=0, **{**{k: IMAGING_RECIPE[k] for k in IMAGING_PLAN_KEYS},
-                           "rounds": rounds})  # the demo's own rounds
+    plan = Plan(seed=0, **{**imaging_plan(), "rounds": rounds})  # the demo's own rounds
     run = federate_images(
         train, valid, strategy=make_strategy(StrategyName.FEDAVG), plan=plan, data="sample",
         max_shift=IMAGING_RECIPE["max_shift"],

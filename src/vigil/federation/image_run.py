@@ -56,6 +56,7 @@ __all__ = [
     "dp_spec",
     "export_imaging_run",
     "federate_images",
+    "imaging_plan",
     "imaging_recipe",
     "imaging_summary",
     "public_check_inputs",
@@ -99,6 +100,12 @@ IMAGING_PLAN_KEYS = ("rounds", "local_epochs", "batch_size", "lr", "weight_decay
 def imaging_recipe(private: bool) -> dict[str, Any]:
     """Return :data:`IMAGING_DP_RECIPE` for a DP-SGD run, else :data:`IMAGING_RECIPE`."""
     return IMAGING_DP_RECIPE if private else IMAGING_RECIPE
+
+
+def imaging_plan(private: bool = False) -> dict[str, Any]:
+    """Return the :class:`~vigil.federation.driver.Plan` settings of :func:`imaging_recipe`."""
+    recipe = imaging_recipe(private)
+    return {k: recipe[k] for k in IMAGING_PLAN_KEYS}
 
 
 SiteArrays = tuple[str, NDArray[np.float32], NDArray[np.integer]]

@@ -85,12 +85,7 @@ from vigil.core.errors import ConfigError, VigilError
 from vigil.federation.boosting import BoostingPlan
 from vigil.federation.driver import Plan
 from vigil.federation.hybrid import refuse_trees
-from vigil.federation.image_run import (
-    IMAGING_PLAN_KEYS,
-    IMAGING_RECIPE,
-    dp_spec,
-    imaging_recipe,
-)
+from vigil.federation.image_run import IMAGING_RECIPE, dp_spec, imaging_plan
 from vigil.federation.image_task import check_task
 from vigil.federation.privacy import DPSettings
 from vigil.federation.recipes import DP_CLIP, SEPSIS_ROUNDS, sepsis_recipe
@@ -120,7 +115,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CRON = "0 2 1 1,7 *"
 """02:00 on the first of January and of July: every six months."""
-IMAGING_PLAN = {k: IMAGING_RECIPE[k] for k in IMAGING_PLAN_KEYS}
+IMAGING_PLAN = imaging_plan()
 """``[plan]`` defaults of ``task = "imaging"``: the plan part of
 :data:`~vigil.federation.image_run.IMAGING_RECIPE` (``vigil federate --task imaging``'s;
 20 rounds, the round kept by validation accuracy after site calibration); with ``[dp]``,
@@ -134,11 +129,11 @@ def _recipe_defaults(task: str, private: bool) -> dict[str, dict[str, Any]]:
     Sepsis: :func:`~vigil.federation.recipes.sepsis_recipe` (the shipped model's, or the one
     chosen for DP with ``[dp]``: batch, learning rate, dropout, clipping norm, tree plan) and
     :data:`~vigil.federation.recipes.SEPSIS_ROUNDS`; imaging:
-    :func:`~vigil.federation.image_run.imaging_recipe`'s plan (clipping norm 1, the
+    :func:`~vigil.federation.image_run.imaging_plan` (clipping norm 1, the
     :class:`DPSettings` default).
     """
     if task == "imaging":
-        return {"plan": {k: imaging_recipe(private)[k] for k in IMAGING_PLAN_KEYS}}
+        return {"plan": imaging_plan(private)}
     recipe = sepsis_recipe(private)
     return {"plan": {"rounds": SEPSIS_ROUNDS, "batch_size": recipe.batch_size, "lr": recipe.lr},
             "model": {"dropout": recipe.dropout}, "dp": {"max_grad_norm": DP_CLIP},
