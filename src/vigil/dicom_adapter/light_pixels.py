@@ -91,26 +91,26 @@ def light_pixels(inst: LightInstance) -> NDArray[np.integer] | None:
     h = inst.header
     rows, columns, allocated = h.get("Rows"), h.get("Columns"), h.get("BitsAllocated")
     stored, signed = h.get("BitsStored"), h.get("PixelRepresentation")
-    frames = h.get("NumberOfFrames", 1)
+    frames, pixels = h.get("NumberOfFrames", 1), inst.pixels
     if not all(isinstance(v, int) for v in (rows, columns, allocated, stored, signed)) or \
             allocated not in (8, 16) or signed not in (0, 1) or frames not in (1, None) or \
-            h.get("SamplesPerPixel") != 1 or not rows or not columns or inst.pixels is None:
+            h.get("SamplesPerPixel") != 1 or not rows or not columns or pixels is None:
         return None
     if inst.syntax == EXPLICIT_LE:
-        if not isinstance(inst.pixels, memoryview) or (signed and stored != allocated):
+        if not isinstance(pixels, memoryview) or (signed and stored != allocated):
             return None
         n = rows * columns * allocated // 8
-        if len(inst.pixels) not in (n, n + (n % 2)):
+        if len(pixels) not in (n, n + (n % 2)):
             return None
         kind = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): "<u2", (16, 1): "<i2"}[
             (allocated, signed)]
-        stored_values = np.frombuffer(inst.pixels[:n], dtype=kind).reshape(rows, columns).copy()
-    elif signed or not isinstance(inst.pixels, list) or not inst.pixels:
+        stored_values = np.frombuffer(pixels[:n], dtype=kind).reshape(rows, columns).copy()
+    elif signed or not isinstance(pixels, list) or not pixels:
         return None
     elif inst.syntax == RLE_LOSSLESS:
-        stored_values = _rle_frame(b"".join(inst.pixels), rows, columns, allocated)
+        stored_values = _rle_frame(b"".join(pixels), rows, columns, allocated)
     else:
-        stored_values = _jpeg_ls_frame(b"".join(inst.pixels), rows, columns, allocated)
+        stored_values = _jpeg_ls_frame(b"".join(pixels), rows, columns, allocated)
     if stored_values is not None and not signed and stored < allocated and \
             int(stored_values.max(initial=0)) >> stored:
         return None  # bits set above Bits Stored (damage): pydicom's masking decides them
