@@ -141,12 +141,11 @@ class HeaderView(Mapping[str, Any]):
     Parameters
     ----------
     light : LightInstance
-    ds : pydicom.dataset.Dataset or None, optional
-        The same instance (:func:`light_dataset` of ``light``); None: built when first needed.
     """
 
-    def __init__(self, light: LightInstance, ds: Dataset | None = None) -> None:
-        self._light, self._header, self._ds = light, light.header, ds
+    def __init__(self, light: LightInstance) -> None:
+        self._light, self._header = light, light.header
+        self._ds: Dataset | None = None
 
     @property
     def light(self) -> LightInstance:
