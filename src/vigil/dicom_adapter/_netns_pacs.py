@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -49,11 +50,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def bridge(
-    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, port: int
+    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+    opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
 ) -> None:
-    """Forward one accepted connection to ``127.0.0.1:port`` until either side closes."""
+    """Forward one accepted connection to the one ``opening`` opens until either side closes.
+
+    ``opening``: ``asyncio.open_connection(...)`` or ``asyncio.open_unix_connection(...)``;
+    when it fails the accepted connection is closed.
+    """
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await opening
     except OSError:
         client_writer.close()
         return
@@ -74,7 +80,8 @@ async def _serve(orthanc: str, config: Path, sock: Path, log: Path, pidfile: Pat
         loop.add_signal_handler(sig, stop.set)
     old = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(lambda r, w: bridge(r, w, port), path=str(sock))
+        server = await asyncio.start_unix_server(
+            lambda r, w: bridge(r, w, asyncio.open_connection("127.0.0.1", port)), path=str(sock))
     finally:
         os.umask(old)
     exited = asyncio.ensure_future(proc.wait())
@@ -95,12 +102,7 @@ async def _serve(orthanc: str, config: Path, sock: Path, log: Path, pidfile: Pat
 
 async def _host_forward(sock: Path) -> int:
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(sock))
-        except OSError:
-            w.close()
-            return
-        await asyncio.gather(_pipe(r, writer), _pipe(reader, w))
+        await bridge(r, w, asyncio.open_unix_connection(str(sock)))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     stop = asyncio.Event()

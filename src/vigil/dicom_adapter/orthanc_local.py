@@ -78,10 +78,10 @@ class _HostForwarder:
     """``127.0.0.1:<ephemeral>`` → a Unix socket, on an asyncio loop in a daemon thread."""
 
     def __init__(self, sock: Path) -> None:
-        from vigil.dicom_adapter._netns_pacs import _pipe
+        from vigil.dicom_adapter._netns_pacs import bridge
 
         self._sock = sock
-        self._pipe = _pipe
+        self._bridge = bridge
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orthanc-forwarder", daemon=True)
@@ -90,12 +90,7 @@ class _HostForwarder:
         self._ready.wait()
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(self._sock))
-        except OSError:
-            w.close()
-            return
-        await asyncio.gather(self._pipe(r, writer), self._pipe(reader, w))
+        await self._bridge(r, w, asyncio.open_unix_connection(str(self._sock)))
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
