@@ -254,6 +254,34 @@ class SecAggClient:
         return out
 
 
+    def answer(self, stage: str, message: Message, values: Callable[[], NDArray[np.floating]],
+               settings: SecureSumSettings, *, me: int | None = None) -> Message:
+        """Answer the coordinator's message of ``stage`` (one of the four stages above).
+
+        ``values()``: the vector to sum (asked at ``mask`` only), quantized by
+        ``settings`` (widened to 64 bits when the message says ``wide``); ``me``: this
+        site's number at ``keys`` (default: the message's ``me``).
+
+        Raises
+        ------
+        ValueError
+            If ``stage`` is none of them, or following the message would reveal more
+            than a sum.
+        """
+        if stage == "keys":
+            return self.keys(int(message["me"]) if me is None else me, int(message["n"]),
+                             int(message["k"]), int(message["t"]))
+        if stage == "share":
+            return self.share(message["public"])
+        if stage == "mask":
+            chosen = settings.widened(int(message["n"])) if message.get("wide") else settings
+            return self.mask(int(message["index"]), message["active"], values(), chosen)
+        if stage == "unmask":
+            return self.unmask(int(message["index"]), message["survivors"], message["dropped"],
+                               message.get("seed_shares", {}), message.get("key_shares", {}))
+        raise ValueError(f"expected a secure aggregation stage among keys, share, mask, "
+                         f"unmask; got {stage!r}")
+
 class SecureAggregator:
     """The coordinator's side: set-up once, then sums that reveal only their totals.
 

@@ -68,16 +68,8 @@ class InProcessSites:
 
     def answer(self, stage: str, site: int, message: Message) -> Message:
         """Site ``site``'s answer to its message of ``stage`` (raises what the site raises)."""
-        client = SecAggClient(self.states[site])
-        if stage == "keys":
-            return client.keys(site, message["n"], message["k"], message["t"])
-        if stage == "share":
-            return client.share(message["public"])
-        if stage == "mask":
-            chosen = self.settings.widened(message["n"]) if message["wide"] else self.settings
-            return client.mask(message["index"], message["active"], self.vectors[site], chosen)
-        return client.unmask(message["index"], message["survivors"], message["dropped"],
-                             message["seed_shares"], message["key_shares"])
+        return SecAggClient(self.states[site]).answer(
+            stage, message, lambda: self.vectors[site], self.settings, me=site)
 
     def __call__(self, stage: str, messages: Mapping[int, Message]) -> dict[int, Any]:
         """Deliver each site its message of ``stage``; its answer or what it raised."""

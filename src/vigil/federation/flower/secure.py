@@ -135,22 +135,8 @@ def answer_secure(
     saved = state.config_records.get(_STATE)
     client = SecAggClient({k: v for k, v in saved.items()} if saved is not None else {})  # type: ignore[misc]
     stage = message.get("stage")
-    if stage == "keys":
-        answer = client.keys(int(message["me"]), int(message["n"]), int(message["k"]),
-                             int(message["t"]))
-    elif stage == "share":
-        answer = client.share(message["public"])
-    elif stage == "mask":
-        values = vector(str(message["what"]), content)
-        chosen = settings.widened(int(message["n"])) if message.get("wide") else settings
-        answer = client.mask(int(message["index"]), message["active"], values, chosen)
-    elif stage == "unmask":
-        answer = client.unmask(int(message["index"]), message["survivors"], message["dropped"],
-                               message.get("seed_shares", {}), message.get("key_shares", {}))
-        answer = {"stage": "unmask", **answer}
-    else:
-        raise ValueError(f"expected a secure aggregation stage among keys, share, mask, "
-                         f"unmask; got {stage!r}")
+    answer = client.answer(stage, message, lambda: vector(str(message["what"]), content),
+                           settings)
     state[_STATE] = ConfigRecord(dict(client.state))
     return encode({"stage": stage, **answer})
 
