@@ -7,7 +7,7 @@ from typing import Any
 
 from vigil.calibration.methods import Method
 from vigil.calibration.policies import ThresholdPolicy
-from vigil.cli._common import err_console, styled
+from vigil.cli._common import err_console, warn
 from vigil.core.errors import DataError
 from vigil.core.package import ModelPackage
 
@@ -63,11 +63,9 @@ def calibrate_images(
     write_record(record, out)
     if result.overshoot > TIE_TOLERANCE:
         n_pos = int(result.fit.labels.sum())
-        err_console.print(styled(
-            "[yellow]warning:[/]",
-            f"{result.policy} was asked for, but on the {n_pos} positive fit studies the nearest "
-            f"threshold reaching it gives {result.fit_achieved:.3f} (steps of 1/{n_pos}); more "
-            "labelled studies bring it closer"), markup=True)
+        warn(f"{result.policy} was asked for, but on the {n_pos} positive fit studies the "
+             f"nearest threshold reaching it gives {result.fit_achieved:.3f} (steps of "
+             f"1/{n_pos}); more labelled studies bring it closer")
     return {
         "record": str(out), "report": None, "site": site, "unit": "study",
         "model": ref.model_dump(), "method": record.method, "policy": record.policy,

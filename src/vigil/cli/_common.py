@@ -30,6 +30,8 @@ __all__ = [
     "print_table",
     "read_table",
     "setup_logging",
+    "styled",
+    "warn",
 ]
 
 err_console = Console(stderr=True, markup=False)
@@ -96,6 +98,11 @@ def styled(prefix: str, message: str) -> str:
     Print it with ``err_console.print(..., markup=True)``.
     """
     return f"{prefix} {escape(message)}"
+
+
+def warn(message: str) -> None:
+    """Print ``message`` to stderr after a yellow ``warning:`` (the message as written)."""
+    err_console.print(styled("[yellow]warning:[/]", message), markup=True)
 
 
 def _fail(message: str) -> None:

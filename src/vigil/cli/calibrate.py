@@ -17,7 +17,7 @@ from vigil.cli._common import (
     print_json,
     print_table,
     read_table,
-    styled,
+    warn,
 )
 
 _SHOWN = (("ECE", "calibration", "ece"), ("calibration intercept", "calibration", "intercept"),
@@ -177,7 +177,7 @@ def calibrate(
 
         page = write_report(result, report, site=site_id, model=ref)
     if result.overshoot > TIE_TOLERANCE:
-        err_console.print(styled("[yellow]warning:[/]", tie_warning(result)), markup=True)
+        warn(tie_warning(result))
     summary = {
         "record": str(out),
         "report": None if page is None else str(page),
