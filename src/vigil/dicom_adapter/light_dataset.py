@@ -144,7 +144,7 @@ class HeaderView(Mapping[str, Any]):
     """
 
     def __init__(self, light: LightInstance) -> None:
-        self._light, self._header = light, light.header
+        self._light = light
         self._ds: Dataset | None = None
 
     @property
@@ -185,18 +185,18 @@ class HeaderView(Mapping[str, Any]):
         if self._ds is None:
             kept = header_only(self._light)
             if kept is not None:
-                self._light, self._header = kept, kept.header
+                self._light = kept
                 return
         release_pixels(self.dataset)
         # the parse holds views into the pixels: drop it, pydicom's dataset answers all
         self._light = LightInstance(self._light.syntax, _NO_HEADER)
-        self._header = _NO_HEADER
 
     def get(self, keyword: str, default: Any = None) -> Any:  # type: ignore[override]
         """Return the value of ``keyword``, ``default`` when the instance lacks it."""
-        if keyword in self._header:
-            return self._header.get(keyword)
-        if keyword in self._header.absent or (
+        header = self._light.header
+        if keyword in header:
+            return header.get(keyword)
+        if keyword in header.absent or (
                 self._ds is None and tag_for_keyword(keyword) is None
                 and not hasattr(Dataset, keyword)):
             return default
